@@ -1,0 +1,383 @@
+"""Typed run configuration: mindformers-style ``run_*.yaml`` in, dataclasses out.
+
+One dataclass per concern (model, generation, context, parallel, runner, optimizer, lr schedule, loss scale);
+:class:`RunConfig` gathers them under the YAML section names mindformers users know
+(``model.model_config``, ``context``, ``parallel_config``, ``runner_config``, ``optimizer``, ``lr_schedule``,
+``runner_wrapper``, ``recompute_config``) plus ``generation``.
+
+Loading rules:
+- ``base_config: other.yaml`` (or a list) inherits from files relative to the YAML; later files and keys win.
+- Unknown keys are an error that names the file, the dotted key and the nearest valid name.
+- Values are type-checked against the field annotations; an int is accepted where a float is expected.
+- ``key.path=value`` overrides (from the command line) are applied after the files, parsed as YAML scalars.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional, Sequence
+
+import yaml
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be turned into a valid config."""
+
+
+@dataclass
+class ModelConfig:
+    """Network shape and numerics of one backbone (GPT-2 or Llama family)."""
+
+    type: str = "gpt2"  # registry name of the backbone family: gpt2 | llama
+    vocab_size: int = 50257  # rows of the token embedding
+    hidden_size: int = 768  # width of the residual stream H
+    num_layers: int = 12  # transformer blocks
+    num_heads: int = 12  # query heads; head_dim = hidden_size // num_heads
+    num_kv_heads: Optional[int] = None  # key/value heads (grouped-query attention); None = num_heads
+    intermediate_size: Optional[int] = None  # MLP width; None = derived (GPT-2: expand_ratio*H, Llama: multiple_of rule)
+    expand_ratio: int = 4  # GPT-2 MLP width factor when intermediate_size is None
+    multiple_of: int = 256  # Llama: MLP width is 2/3*4H rounded up to a multiple of this when intermediate_size is None
+    seq_length: int = 1024  # maximum sequence length (GPT-2: learned position table size)
+    hidden_act: str = "gelu"  # gelu (tanh approximation, GPT-2's gelu_new) | silu (Llama SwiGLU)
+    layernorm_epsilon: float = 1e-5  # GPT-2 LayerNorm epsilon
+    rms_norm_eps: float = 1e-5  # Llama RMSNorm epsilon
+    rope_theta: float = 10000.0  # Llama rotary base
+    hidden_dropout_rate: float = 0.0  # dropout on embeddings, attention output and MLP output (training only)
+    attention_dropout_rate: float = 0.0  # dropout on attention probabilities (training only)
+    initializer_range: float = 0.02  # std of the normal initialiser for weights built from scratch
+    tie_word_embeddings: Optional[bool] = None  # LM head shares the token embedding; None = family default
+    pad_token_id: int = 50256  # padding id
+    bos_token_id: int = 50256  # beginning-of-sequence id
+    eos_token_id: int = 50256  # end-of-sequence id (generation stops on it)
+    compute_dtype: str = "float32"  # matmul dtype: float32 on CPU; float16/bfloat16 on GPU/Ascend
+    param_init_type: str = "float32"  # dtype parameters are stored in
+    layernorm_compute_type: str = "float32"  # dtype of LayerNorm/RMSNorm arithmetic
+    softmax_compute_type: str = "float32"  # dtype of attention softmax
+
+    def __post_init__(self):
+        if self.num_kv_heads is None:
+            self.num_kv_heads = self.num_heads
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"model_config: hidden_size {self.hidden_size} must be a multiple of "
+                              f"num_heads {self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(f"model_config: num_heads {self.num_heads} must be a multiple of "
+                              f"num_kv_heads {self.num_kv_heads}")
+        if self.hidden_act not in ("gelu", "silu"):
+            raise ConfigError(f"model_config.hidden_act: {self.hidden_act!r} is not one of gelu, silu")
+        for name in ("compute_dtype", "param_init_type", "layernorm_compute_type", "softmax_compute_type"):
+            if getattr(self, name) not in DTYPES:
+                raise ConfigError(f"model_config.{name}: {getattr(self, name)!r} is not one of {', '.join(DTYPES)}")
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head (derived)."""
+        return self.hidden_size // self.num_heads
+
+
+@dataclass
+class ModelSection:
+    """The YAML ``model`` section."""
+
+    model_config: ModelConfig = field(default_factory=ModelConfig)
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling settings for :func:`mindrlhf.models.generation.generate`."""
+
+    max_new_tokens: int = 64  # tokens generated after the prompt (the predecessor's max_decode_length)
+    do_sample: bool = True  # False = greedy decoding
+    temperature: float = 1.0  # logits are divided by this before sampling
+    top_k: int = 0  # keep the k most likely tokens; 0 = off
+    top_p: float = 1.0  # keep the smallest set whose probability reaches top_p; 1.0 = off
+    seed: int = 0  # seed of the sampling generator (same seed, same tokens)
+    use_cache: bool = True  # KV-cache decoding; False recomputes the whole sequence each step
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"generation.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature <= 0:
+            raise ConfigError(f"generation.temperature must be > 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"generation.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ConfigError(f"generation.top_k must be >= 0, got {self.top_k}")
+
+
+@dataclass
+class ContextConfig:
+    """Device and execution mode (the YAML ``context`` section)."""
+
+    mode: int = 0  # 0 = GRAPH_MODE (compiled), 1 = PYNATIVE_MODE (eager)
+    device_target: str = "CPU"  # CPU | GPU | Ascend
+    device_id: int = 0  # device used by a single-process run
+    max_device_memory: Optional[str] = None  # e.g. "31GB" (GPU/Ascend)
+    max_call_depth: int = 10000  # graph-mode recursion limit
+
+    def __post_init__(self):
+        if self.mode not in (0, 1):
+            raise ConfigError(f"context.mode must be 0 (graph) or 1 (pynative), got {self.mode}")
+        if self.device_target not in ("CPU", "GPU", "Ascend"):
+            raise ConfigError(f"context.device_target {self.device_target!r} is not one of CPU, GPU, Ascend")
+
+
+@dataclass
+class ParallelConfig:
+    """Device layout (the YAML ``parallel_config`` section)."""
+
+    data_parallel: int = 1  # replicas that split the batch
+    model_parallel: int = 1  # tensor-parallel degree (Ascend semi_auto_parallel)
+    pipeline_stage: int = 1  # pipeline stages (Ascend semi_auto_parallel)
+    micro_batch_num: int = 1  # micro batches per step when pipeline_stage > 1
+    optimizer_shard: bool = False  # shard optimizer states across data-parallel ranks
+    vocab_emb_dp: bool = True  # keep the embedding table data-parallel
+    gradient_aggregation_group: int = 4  # gradients fused per all-reduce
+
+
+@dataclass
+class RunnerConfig:
+    """Loop sizes (the YAML ``runner_config`` section)."""
+
+    epochs: int = 1  # passes over the training data
+    batch_size: int = 1  # per-device batch (pairs for the reward model)
+    sink_mode: bool = False  # dataset sinking (Ascend)
+    sink_size: int = 1  # steps per sink
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW settings (the YAML ``optimizer`` section)."""
+
+    type: str = "AdamWeightDecay"  # AdamWeightDecay | FP32StateAdamWeightDecay | FusedAdamWeightDecay (all AdamW)
+    learning_rate: float = 1e-5  # peak learning rate when lr_schedule does not set one
+    beta1: float = 0.9  # first-moment decay
+    beta2: float = 0.95  # second-moment decay
+    eps: float = 1e-8  # denominator epsilon
+    weight_decay: float = 0.0  # decoupled weight decay (not applied to norms and biases)
+
+
+@dataclass
+class LrScheduleConfig:
+    """Learning-rate schedule (the YAML ``lr_schedule`` section)."""
+
+    type: str = "constant"  # constant | cosine | polynomial (linear decay), each with linear warmup
+    learning_rate: Optional[float] = None  # peak lr; None = optimizer.learning_rate
+    lr_end: float = 0.0  # lr at total_steps
+    warmup_steps: int = 0  # linear warmup steps from 0
+    warmup_ratio: float = 0.0  # warmup as a share of total steps (used when warmup_steps is 0)
+    total_steps: int = -1  # decay horizon; -1 = the run's total steps
+
+    def __post_init__(self):
+        if self.type not in ("constant", "cosine", "polynomial"):
+            raise ConfigError(f"lr_schedule.type {self.type!r} is not one of constant, cosine, polynomial")
+
+
+@dataclass
+class LossScaleConfig:
+    """Dynamic loss scale and gradient clipping (the YAML ``runner_wrapper`` section)."""
+
+    loss_scale_value: float = 128.0  # initial loss scale
+    scale_factor: float = 2.0  # divide on overflow, multiply after scale_window clean steps
+    scale_window: int = 1000  # clean steps before the scale grows
+    use_clip_grad: bool = True  # clip gradients by global norm
+    max_grad_norm: float = 1.0  # global-norm clip threshold
+
+
+@dataclass
+class RecomputeConfig:
+    """Activation recomputation (the YAML ``recompute_config`` section)."""
+
+    recompute: bool = False  # recompute each transformer block in the backward pass to save memory
+
+
+@dataclass
+class RunConfig:
+    """Everything one run reads, as loaded from a ``run_*.yaml`` recipe."""
+
+    seed: int = 0  # global seed (parameter init, data order)
+    output_dir: str = "./output"  # logs, checkpoints and the resolved config go here
+    load_checkpoint: str = ""  # checkpoint file or folder to start from ("" = fresh weights)
+    model: ModelSection = field(default_factory=ModelSection)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    context: ContextConfig = field(default_factory=ContextConfig)
+    parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
+    runner_config: RunnerConfig = field(default_factory=RunnerConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    lr_schedule: LrScheduleConfig = field(default_factory=LrScheduleConfig)
+    runner_wrapper: LossScaleConfig = field(default_factory=LossScaleConfig)
+    recompute_config: RecomputeConfig = field(default_factory=RecomputeConfig)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# YAML reading
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-5`` (no dot) as a float, as users write learning rates."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: str) -> Dict[str, Any]:
+    """Read one YAML file (without following ``base_config``) as a dict."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.load(f, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: Dict[str, Any], top: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml_with_bases(path: str, _seen: Sequence[str] = ()) -> Dict[str, Any]:
+    """Read a YAML file and merge the files named by its ``base_config`` key underneath it."""
+    path = os.path.abspath(path)
+    if path in _seen:
+        raise ConfigError(f"{path}: base_config cycle through {' -> '.join(_seen)}")
+    data = read_yaml(path)
+    bases = data.pop("base_config", None) or []
+    if isinstance(bases, str):
+        bases = [bases]
+    merged: Dict[str, Any] = {}
+    for base in bases:
+        base_path = os.path.join(os.path.dirname(path), base)
+        merged = _deep_merge(merged, read_yaml_with_bases(base_path, (*_seen, path)))
+    return _deep_merge(merged, data)
+
+
+def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides; values are parsed as YAML scalars (``3``, ``1e-4``, ``true``)."""
+    data = _deep_merge({}, data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        key, raw = item.split("=", 1)
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""  # noqa: S506
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# dict -> dataclass with type checks
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _check_value(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _check_value(arg, value, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return [_check_value(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a section (mapping), got {type(value).__name__} {value!r}")
+        return from_dict(tp, value, where)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is Any:
+        return value
+    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: Dict[str, Any], where: str = ""):
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types.
+
+    Args:
+        cls: the dataclass to build.
+        data: its values; nested dataclass fields take nested mappings.
+        where: dotted path of ``data`` for error messages.
+    """
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"{path}: unknown key{hint}")
+        kwargs[key] = _check_value(hints[key], value, path)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}" if where and not str(err).startswith(where) else str(err)) from None
+
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Load a :class:`RunConfig` from a YAML recipe plus ``key=value`` overrides.
+
+    Errors name the file and the dotted key, for example
+    ``run_gpt2_tiny.yaml: model.model_config.hiden_size: unknown key; did you mean 'hidden_size'?``.
+    """
+    data = read_yaml_with_bases(path) if path else {}
+    data = apply_overrides(data, overrides)
+    try:
+        return from_dict(RunConfig, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}" if path else str(err)) from None
+
+
+def save_config(config: RunConfig, path: str) -> None:
+    """Write the resolved config as YAML, atomically (a temporary file renamed into place)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        yaml.safe_dump(dataclasses.asdict(config), f, sort_keys=False, allow_unicode=True)
+    os.replace(tmp, path)

@@ -1,0 +1,339 @@
+"""Checkpoints: Hugging Face folders (``config.json`` + ``model.safetensors`` or a sharded
+``model.safetensors.index.json``) to and from our cells, checked key by key and shape by shape, and MindSpore
+``.ckpt`` files. Everything written goes to a temporary name first and is renamed into place.
+
+Name map: Hugging Face ``transformer.*`` (GPT-2) / ``model.*`` (Llama) <-> our ``backbone.*``; heads keep their
+names (``lm_head.weight``, ``score.weight``). GPT-2's ``Conv1D`` weights are stored ``(in, out)`` and are
+transposed to our ``(out, in)``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, nn
+
+from mindrlhf.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+BACKBONE_PREFIX = "backbone."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model: names the file and lists every problem."""
+
+
+@dataclass(frozen=True)
+class HFFamily:
+    """How one model family is laid out in Hugging Face checkpoints."""
+
+    model_type: str  # config.json "model_type"
+    prefix: str  # backbone prefix in HF state dicts
+    transposed: Tuple[str, ...]  # name suffixes stored (in, out) in HF
+    ignored: Tuple[str, ...]  # HF buffers that are not parameters
+    lm_class: str  # architectures entry for a causal LM
+    reward_class: str  # architectures entry for a scalar-head model
+
+
+FAMILIES: Dict[str, HFFamily] = {
+    "gpt2": HFFamily("gpt2", "transformer.",
+                     ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"),
+                     (".attn.bias", ".attn.masked_bias"), "GPT2LMHeadModel", "GPT2ForSequenceClassification"),
+    "llama": HFFamily("llama", "model.", (), (".rotary_emb.inv_freq",), "LlamaForCausalLM",
+                      "LlamaForSequenceClassification"),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# config.json <-> ModelConfig
+
+
+def model_config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
+    """Translate a Hugging Face ``config.json`` dict into a :class:`ModelConfig`."""
+    model_type = hf.get("model_type")
+    if model_type == "gpt2":
+        act = hf.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise CheckpointError(f"{source}: activation_function {act!r} is not supported (gelu_new only)")
+        eos = hf.get("eos_token_id", 50256)
+        return ModelConfig(
+            type="gpt2", vocab_size=hf["vocab_size"], hidden_size=hf["n_embd"], num_layers=hf["n_layer"],
+            num_heads=hf["n_head"], intermediate_size=hf.get("n_inner"), seq_length=hf["n_positions"],
+            hidden_act="gelu", layernorm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
+            initializer_range=hf.get("initializer_range", 0.02),
+            tie_word_embeddings=hf.get("tie_word_embeddings", True),
+            bos_token_id=hf.get("bos_token_id", eos), eos_token_id=eos,
+            pad_token_id=hf.get("pad_token_id") if hf.get("pad_token_id") is not None else eos)
+    if model_type == "llama":
+        if hf.get("rope_scaling"):
+            raise CheckpointError(f"{source}: rope_scaling {hf['rope_scaling']!r} is not supported")
+        if hf.get("attention_bias") or hf.get("mlp_bias"):
+            raise CheckpointError(f"{source}: attention_bias/mlp_bias are not supported (Llama-2 has none)")
+        eos = hf.get("eos_token_id", 2)
+        return ModelConfig(
+            type="llama", vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+            num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
+            num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+            intermediate_size=hf["intermediate_size"], seq_length=hf.get("max_position_embeddings", 4096),
+            hidden_act="silu", rms_norm_eps=hf.get("rms_norm_eps", 1e-5), rope_theta=hf.get("rope_theta", 10000.0),
+            initializer_range=hf.get("initializer_range", 0.02),
+            tie_word_embeddings=hf.get("tie_word_embeddings", False), bos_token_id=hf.get("bos_token_id", 1),
+            eos_token_id=eos, pad_token_id=hf.get("pad_token_id") if hf.get("pad_token_id") is not None else 0)
+    raise CheckpointError(f"{source}: model_type {model_type!r} is not supported (supported: {', '.join(FAMILIES)})")
+
+
+def model_config_to_hf(cfg: ModelConfig, reward: bool = False) -> dict:
+    """The ``config.json`` dict Hugging Face ``transformers`` loads for ``cfg``."""
+    family = FAMILIES[cfg.type]
+    arch = family.reward_class if reward else family.lm_class
+    common = {"architectures": [arch], "model_type": family.model_type, "vocab_size": cfg.vocab_size,
+              "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id,
+              "initializer_range": cfg.initializer_range, "torch_dtype": cfg.param_init_type}
+    if reward:
+        common["num_labels"] = 1
+    if cfg.type == "gpt2":
+        tied = True if cfg.tie_word_embeddings is None else cfg.tie_word_embeddings
+        return {**common, "n_embd": cfg.hidden_size, "n_layer": cfg.num_layers, "n_head": cfg.num_heads,
+                "n_inner": cfg.intermediate_size, "n_positions": cfg.seq_length, "n_ctx": cfg.seq_length,
+                "activation_function": "gelu_new", "layer_norm_epsilon": cfg.layernorm_epsilon,
+                "resid_pdrop": cfg.hidden_dropout_rate, "embd_pdrop": cfg.hidden_dropout_rate,
+                "attn_pdrop": cfg.attention_dropout_rate, "tie_word_embeddings": tied}
+    from mindrlhf.models.llama import llama_intermediate_size
+    return {**common, "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers,
+            "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
+            "intermediate_size": llama_intermediate_size(cfg), "max_position_embeddings": cfg.seq_length,
+            "hidden_act": "silu", "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta,
+            "attention_bias": False, "mlp_bias": False, "attention_dropout": cfg.attention_dropout_rate,
+            "tie_word_embeddings": bool(cfg.tie_word_embeddings)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reading Hugging Face folders
+
+
+def read_hf_config(folder: str) -> dict:
+    """``folder/config.json`` as a dict (clear error when missing or malformed)."""
+    path = os.path.join(folder, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not found (a Hugging Face checkpoint folder needs config.json)") from None
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: not valid JSON: line {err.lineno}: {err.msg}") from None
+
+
+def safetensors_files(folder: str) -> List[str]:
+    """The weight files of a checkpoint folder: ``model.safetensors`` or the shards listed by its index."""
+    single = os.path.join(folder, "model.safetensors")
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.exists(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                weight_map = json.load(f)["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{index}: not a safetensors index (needs a 'weight_map'): {err}") from None
+        files = sorted(set(weight_map.values()))
+        missing = [name for name in files if not os.path.exists(os.path.join(folder, name))]
+        if missing:
+            raise CheckpointError(f"{index}: shard files missing: {', '.join(missing)}")
+        return [os.path.join(folder, name) for name in files]
+    if os.path.exists(single):
+        return [single]
+    raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+
+
+def read_hf_tensors(folder: str) -> Dict[str, np.ndarray]:
+    """All tensors of a checkpoint folder as numpy arrays, by their Hugging Face names."""
+    from safetensors.numpy import load_file
+
+    tensors: Dict[str, np.ndarray] = {}
+    for path in safetensors_files(folder):
+        try:
+            tensors.update(load_file(path))
+        except Exception as err:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: cannot read safetensors: {err}") from None
+    return tensors
+
+
+def _family_of(cfg: ModelConfig) -> HFFamily:
+    if cfg.type not in FAMILIES:
+        raise CheckpointError(f"no Hugging Face layout known for model type {cfg.type!r}")
+    return FAMILIES[cfg.type]
+
+
+def hf_to_ours(tensors: Dict[str, np.ndarray], cfg: ModelConfig) -> Dict[str, np.ndarray]:
+    """Rename (and transpose) Hugging Face tensors to our parameter names; buffers are dropped."""
+    family = _family_of(cfg)
+    head_names = ("lm_head.", "score.", "v_head.")
+    out = {}
+    for name, array in tensors.items():
+        if name.endswith(family.ignored):
+            continue
+        if name.startswith(family.prefix):
+            ours = BACKBONE_PREFIX + name[len(family.prefix):]
+        elif name.startswith(head_names):
+            ours = name
+        else:  # the original GPT-2 release stores backbone names without a prefix
+            ours = BACKBONE_PREFIX + name
+        if name.endswith(family.transposed) and array.ndim == 2:
+            array = array.T
+        out[ours] = np.ascontiguousarray(array)
+    return out
+
+
+def ours_to_hf(params: Dict[str, np.ndarray], cfg: ModelConfig) -> Dict[str, np.ndarray]:
+    """Inverse of :func:`hf_to_ours` (our names -> Hugging Face names)."""
+    family = _family_of(cfg)
+    out = {}
+    for name, array in params.items():
+        hf = family.prefix + name[len(BACKBONE_PREFIX):] if name.startswith(BACKBONE_PREFIX) else name
+        if hf.endswith(family.transposed) and array.ndim == 2:
+            array = array.T
+        out[hf] = np.ascontiguousarray(array)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loading into cells
+
+
+def cell_parameters(cell: nn.Cell) -> Dict[str, ms.Parameter]:
+    """Trainable and frozen parameters of ``cell`` by name (KV caches and other state excluded)."""
+    return {p.name: p for p in cell.get_parameters() if not p.name.startswith("kv_cache")}
+
+
+def assign_parameters(cell: nn.Cell, arrays: Dict[str, np.ndarray], source: str,
+                      allow_missing: Iterable[str] = (), ignore_unexpected: Iterable[str] = ()) -> List[str]:
+    """Copy ``arrays`` into ``cell``'s parameters after checking every name and shape.
+
+    Args:
+        allow_missing: name prefixes that may be absent from ``arrays`` (freshly initialised heads).
+        ignore_unexpected: name prefixes in ``arrays`` that the cell does not need (an LM head when loading a
+            causal LM checkpoint into a reward model).
+    Returns:
+        The names that kept their initial values.
+    Raises:
+        CheckpointError: listing every missing, unexpected and shape-mismatched name.
+    """
+    params = cell_parameters(cell)
+    allow_missing, ignore_unexpected = tuple(allow_missing), tuple(ignore_unexpected)
+    missing = [n for n in params if n not in arrays and not n.startswith(allow_missing)]
+    unexpected = [n for n in arrays if n not in params and not n.startswith(ignore_unexpected)]
+    mismatched = [f"{n}: checkpoint {tuple(arrays[n].shape)} vs model {tuple(params[n].shape)}"
+                  for n in params if n in arrays and tuple(arrays[n].shape) != tuple(params[n].shape)]
+    if missing or unexpected or mismatched:
+        parts = []
+        for title, names in (("missing keys", missing), ("unexpected keys", unexpected),
+                             ("shape mismatches", mismatched)):
+            if names:
+                parts.append(f"{title} ({len(names)}): " + ", ".join(names[:20]) + (" ..." if len(names) > 20 else ""))
+        raise CheckpointError(f"{source}: checkpoint does not fit the model; " + "; ".join(parts))
+    for name, param in params.items():
+        if name in arrays:
+            param.set_data(Tensor(arrays[name].astype(ms.dtype_to_nptype(param.dtype), copy=False)))
+    kept = [n for n in params if n not in arrays]
+    if kept:
+        logger.info("%s: %d parameters not in the checkpoint kept their initial values: %s", source, len(kept),
+                    ", ".join(kept))
+    return kept
+
+
+def load_hf_checkpoint(cell: nn.Cell, folder: str, cfg: ModelConfig, new_heads: bool = False) -> List[str]:
+    """Load a Hugging Face checkpoint folder into ``cell`` (a CausalLM, RewardModel or Critic).
+
+    With ``new_heads`` the value/score heads may be missing (they keep their initialisation) and an
+    ``lm_head`` the cell lacks is ignored, so an SFT checkpoint can start a reward model or a critic.
+    """
+    arrays = hf_to_ours(read_hf_tensors(folder), cfg)
+    params = cell_parameters(cell)
+    tied_head = "lm_head.weight" in arrays and "lm_head.weight" not in params
+    ignore = ("lm_head.",) if (new_heads or tied_head) else ()
+    allow = ("v_head.", "score.") if new_heads else ()
+    return assign_parameters(cell, arrays, folder, allow_missing=allow, ignore_unexpected=ignore)
+
+
+def model_config_from_hf_folder(folder: str) -> ModelConfig:
+    """The :class:`ModelConfig` of a Hugging Face checkpoint folder."""
+    return model_config_from_hf(read_hf_config(folder), os.path.join(folder, "config.json"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# writing
+
+
+def _atomic_dir(final: str):
+    parent = os.path.dirname(os.path.abspath(final)) or "."
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=".tmp_" + os.path.basename(final) + "_", dir=parent)
+
+
+def _replace_dir(tmp: str, final: str) -> None:
+    if os.path.isdir(final):
+        old = tmp + ".old"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+
+
+def save_hf_checkpoint(cell: nn.Cell, cfg: ModelConfig, folder: str, reward: Optional[bool] = None) -> str:
+    """Write ``cell`` as a Hugging Face folder (``config.json`` + ``model.safetensors``) that ``transformers``
+    loads; ``reward`` (default: the cell has a ``score`` head) selects ``*ForSequenceClassification``."""
+    from safetensors.numpy import save_file
+
+    arrays = {name: p.asnumpy() for name, p in cell_parameters(cell).items()}
+    if reward is None:
+        reward = "score.weight" in arrays
+    hf_arrays = ours_to_hf(arrays, cfg)
+    tmp = _atomic_dir(folder)
+    try:
+        save_file(hf_arrays, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(model_config_to_hf(cfg, reward), f, indent=2)
+        _replace_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def save_ckpt(cell: nn.Cell, path: str, append_dict: Optional[dict] = None) -> str:
+    """Save a MindSpore ``.ckpt`` atomically (written under a temporary name, then renamed)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    params = [{"name": n, "data": p} for n, p in cell_parameters(cell).items()]
+    try:
+        ms.save_checkpoint(params, tmp, append_dict=append_dict)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_ckpt(cell: nn.Cell, path: str, allow_missing: Iterable[str] = ()) -> Dict[str, np.ndarray]:
+    """Load a MindSpore ``.ckpt`` into ``cell`` with the same checks as Hugging Face loading.
+
+    Returns the entries of the file that are not parameters of ``cell`` (``append_dict`` values such as a step).
+    """
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        loaded = ms.load_checkpoint(path)
+    except (ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: cannot read MindSpore checkpoint: {err}") from None
+    model_names = (BACKBONE_PREFIX, "lm_head.", "score.", "v_head.")
+    arrays = {n: v.asnumpy() for n, v in loaded.items() if n.startswith(model_names)}
+    extras = {n: v.asnumpy() for n, v in loaded.items() if not n.startswith(model_names)}
+    assign_parameters(cell, arrays, path, allow_missing=allow_missing)
+    return extras

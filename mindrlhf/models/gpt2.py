@@ -1,0 +1,112 @@
+"""GPT-2 backbone: learned positions, pre-LayerNorm blocks, GELU MLP (Hugging Face ``GPT2Model`` layout)."""
+from __future__ import annotations
+
+from mindspore import nn, ops
+
+from mindrlhf.config import ModelConfig
+from mindrlhf.models.layers import (Attention, Embedding, LayerNorm, Linear, causal_padding_bias, key_padding_bias,
+                                    ms_dtype, positions_from_mask, split_heads)
+from mindrlhf.models.registry import register_backbone
+
+
+class GPT2Attention(nn.Cell):
+    """Fused QKV projection ``c_attn`` (H -> 3H), attention, output projection ``c_proj``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        dtypes = dict(param_dtype=ms_dtype(cfg.param_init_type), compute_dtype=ms_dtype(cfg.compute_dtype))
+        self.c_attn = Linear(cfg.hidden_size, 3 * cfg.hidden_size, init_std=cfg.initializer_range, **dtypes)
+        self.c_proj = Linear(cfg.hidden_size, cfg.hidden_size, init_std=cfg.initializer_range, **dtypes)
+        self.attn = Attention(cfg.num_heads, cfg.num_heads, cfg.head_dim, cfg.attention_dropout_rate,
+                              ms_dtype(cfg.softmax_compute_type), ms_dtype(cfg.compute_dtype))
+        self.heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.resid_dropout = nn.Dropout(p=cfg.hidden_dropout_rate) if cfg.hidden_dropout_rate > 0 else nn.Identity()
+
+    def construct(self, x, bias, k_cache=None, v_cache=None, cache_index=None):
+        q, k, v = ops.split(self.c_attn(x), x.shape[-1], -1)
+        q, k, v = (split_heads(t, self.heads, self.head_dim) for t in (q, k, v))
+        out = self.attn(q, k, v, bias, k_cache, v_cache, cache_index)
+        return self.resid_dropout(self.c_proj(out))
+
+
+class GPT2MLP(nn.Cell):
+    """``c_proj(gelu(c_fc(x)))`` with the tanh GELU GPT-2 was trained with."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        width = cfg.intermediate_size or cfg.expand_ratio * cfg.hidden_size
+        dtypes = dict(param_dtype=ms_dtype(cfg.param_init_type), compute_dtype=ms_dtype(cfg.compute_dtype))
+        self.c_fc = Linear(cfg.hidden_size, width, init_std=cfg.initializer_range, **dtypes)
+        self.c_proj = Linear(width, cfg.hidden_size, init_std=cfg.initializer_range, **dtypes)
+        self.act = nn.GELU(approximate=True)
+        self.dropout = nn.Dropout(p=cfg.hidden_dropout_rate) if cfg.hidden_dropout_rate > 0 else nn.Identity()
+
+    def construct(self, x):
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class GPT2Block(nn.Cell):
+    """Pre-LN block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        norm = dict(eps=cfg.layernorm_epsilon, param_dtype=ms_dtype(cfg.param_init_type),
+                    compute_dtype=ms_dtype(cfg.layernorm_compute_type))
+        self.ln_1 = LayerNorm(cfg.hidden_size, **norm)
+        self.attn = GPT2Attention(cfg)
+        self.ln_2 = LayerNorm(cfg.hidden_size, **norm)
+        self.mlp = GPT2MLP(cfg)
+
+    def construct(self, x, bias, k_cache=None, v_cache=None, cache_index=None):
+        x = x + self.attn(self.ln_1(x), bias, k_cache, v_cache, cache_index)
+        return x + self.mlp(self.ln_2(x))
+
+
+@register_backbone("gpt2")
+class GPT2Model(nn.Cell):
+    """GPT-2 transformer without the LM head.
+
+    ``construct(input_ids (B, S), attention_mask (B, S) | None, position_ids (B, S) | None) -> hidden (B, S, H)``.
+    Position ids default to :func:`positions_from_mask`. With ``kv_cache`` (a tuple ``(k_0, v_0, k_1, v_1, ...)``
+    of Parameters ``(B, n_kv, L, head_dim)``) the call either fills the cache (``cache_index`` None) or decodes one
+    token into slot ``cache_index``; in the decode case ``attention_mask`` is the ``(B, L)`` mask over cache slots
+    and ``position_ids`` must be given.
+    """
+
+    tie_word_embeddings_default = True
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        dtype = ms_dtype(cfg.param_init_type)
+        self.wte = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.initializer_range, dtype)
+        self.wpe = Embedding(cfg.seq_length, cfg.hidden_size, cfg.initializer_range / 2, dtype)
+        self.drop = nn.Dropout(p=cfg.hidden_dropout_rate) if cfg.hidden_dropout_rate > 0 else nn.Identity()
+        self.h = nn.CellList([GPT2Block(cfg) for _ in range(cfg.num_layers)])
+        self.ln_f = LayerNorm(cfg.hidden_size, cfg.layernorm_epsilon, dtype, ms_dtype(cfg.layernorm_compute_type))
+        self.num_layers = cfg.num_layers
+        self.compute_dtype = ms_dtype(cfg.compute_dtype)
+
+    def input_embedding_table(self):
+        """The ``(V, H)`` token table (the tied LM head multiplies with it)."""
+        return self.wte.weight
+
+    def blocks(self):
+        """The transformer blocks (for recompute)."""
+        return self.h
+
+    def construct(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, cache_index=None):
+        if attention_mask is None:
+            attention_mask = ops.ones_like(input_ids)
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask)
+        if cache_index is None:
+            bias = causal_padding_bias(attention_mask, self.compute_dtype)
+        else:
+            bias = key_padding_bias(attention_mask, self.compute_dtype)
+        x = self.drop(ops.cast(self.wte(input_ids) + self.wpe(position_ids), self.compute_dtype))
+        for i in range(self.num_layers):
+            if kv_cache is None:
+                x = self.h[i](x, bias)
+            else:
+                x = self.h[i](x, bias, kv_cache[2 * i], kv_cache[2 * i + 1], cache_index)
+        return self.ln_f(x)

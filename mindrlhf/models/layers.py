@@ -1,0 +1,186 @@
+"""Building blocks shared by the GPT-2 and Llama backbones.
+
+Parameter names mirror Hugging Face (``weight``/``bias``) so checkpoint conversion is a name map, not a rewrite.
+The shapes of the ops are chosen for MindSpore's CPU kernels: matmuls take 2-D inputs, attention uses
+``BatchMatMul(transpose_b=True)`` instead of an explicit transpose, and KV caches are Parameters updated in place.
+"""
+from __future__ import annotations
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import Normal, One, Zero, initializer
+
+NEG_INF = -1e9  # additive bias for masked attention scores (finite, so fully masked rows stay NaN-free)
+
+
+def ms_dtype(name: str):
+    """MindSpore dtype from its config name (``float32``, ``float16``, ``bfloat16``)."""
+    return {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}[name]
+
+
+class Linear(nn.Cell):
+    """``y = x @ W.T + b`` over the last axis, computed as one 2-D matmul.
+
+    Args:
+        in_features, out_features: sizes; ``weight`` is ``(out_features, in_features)``.
+        has_bias: add a bias vector ``(out_features,)``.
+        compute_dtype: dtype of the matmul; the result is returned in that dtype.
+    """
+
+    def __init__(self, in_features: int, out_features: int, has_bias: bool = True, init_std: float = 0.02,
+                 param_dtype=ms.float32, compute_dtype=ms.float32):
+        super().__init__()
+        self.weight = Parameter(initializer(Normal(init_std), (out_features, in_features), param_dtype), name="weight")
+        self.has_bias = has_bias
+        if has_bias:
+            self.bias = Parameter(initializer(Zero(), (out_features,), param_dtype), name="bias")
+        self.matmul = ops.MatMul(transpose_b=True)
+        self.out_features = out_features
+        self.compute_dtype = compute_dtype
+
+    def construct(self, x):
+        shape = x.shape
+        x2d = ops.reshape(ops.cast(x, self.compute_dtype), (-1, shape[-1]))
+        y = self.matmul(x2d, ops.cast(self.weight, self.compute_dtype))
+        if self.has_bias:
+            y = y + ops.cast(self.bias, self.compute_dtype)
+        return ops.reshape(y, shape[:-1] + (self.out_features,))
+
+
+class Embedding(nn.Cell):
+    """Token (or position) lookup table ``weight (num, dim)``."""
+
+    def __init__(self, num: int, dim: int, init_std: float = 0.02, param_dtype=ms.float32):
+        super().__init__()
+        self.weight = Parameter(initializer(Normal(init_std), (num, dim), param_dtype), name="weight")
+        self.gather = ops.Gather()
+
+    def construct(self, ids):
+        return self.gather(self.weight, ids, 0)
+
+
+class LayerNorm(nn.Cell):
+    """LayerNorm over the last axis with ``weight``/``bias``, computed in ``compute_dtype``."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, param_dtype=ms.float32, compute_dtype=ms.float32):
+        super().__init__()
+        self.weight = Parameter(initializer(One(), (dim,), param_dtype), name="weight")
+        self.bias = Parameter(initializer(Zero(), (dim,), param_dtype), name="bias")
+        self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+        self.compute_dtype = compute_dtype
+
+    def construct(self, x):
+        out_dtype = x.dtype
+        y, _, _ = self.norm(ops.cast(x, self.compute_dtype), ops.cast(self.weight, self.compute_dtype),
+                            ops.cast(self.bias, self.compute_dtype))
+        return ops.cast(y, out_dtype)
+
+
+class RMSNorm(nn.Cell):
+    """Root-mean-square norm ``x / sqrt(mean(x^2) + eps) * weight`` (Llama), computed in ``compute_dtype``."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, param_dtype=ms.float32, compute_dtype=ms.float32):
+        super().__init__()
+        self.weight = Parameter(initializer(One(), (dim,), param_dtype), name="weight")
+        self.eps = eps
+        self.compute_dtype = compute_dtype
+
+    def construct(self, x):
+        out_dtype = x.dtype
+        x = ops.cast(x, self.compute_dtype)
+        var = ops.mean(ops.square(x), -1, keep_dims=True)
+        y = x * ops.rsqrt(var + self.eps)
+        return ops.cast(y * ops.cast(self.weight, self.compute_dtype), out_dtype)
+
+
+def positions_from_mask(attention_mask):
+    """Position ids that count only real tokens: ``clip(cumsum(mask) - 1, 0)``.
+
+    With right padding this is ``arange``; with left padding the first real token gets position 0, the same
+    positions generation uses, so scoring a padded batch sees what sampling saw. Shapes: ``(B, S) -> (B, S)``.
+    """
+    pos = ops.cumsum(ops.cast(attention_mask, ms.int32), 1) - 1
+    return ops.maximum(pos, 0)
+
+
+def causal_padding_bias(attention_mask, dtype):
+    """Additive attention bias ``(B, 1, S, S)``: 0 where query i may see key j (j <= i and key j is real)."""
+    seq = attention_mask.shape[1]
+    causal = ops.tril(ops.ones((seq, seq), ms.float32))
+    allowed = ops.expand_dims(causal, 0) * ops.expand_dims(ops.cast(attention_mask, ms.float32), 1)
+    return ops.cast(ops.expand_dims((1.0 - allowed) * NEG_INF, 1), dtype)
+
+
+def key_padding_bias(key_mask, dtype):
+    """Additive attention bias ``(B, 1, 1, L)`` from a key mask over cache slots (decode step)."""
+    return ops.cast(ops.reshape((1.0 - ops.cast(key_mask, ms.float32)) * NEG_INF,
+                                (key_mask.shape[0], 1, 1, key_mask.shape[1])), dtype)
+
+
+class Attention(nn.Cell):
+    """Scaled dot-product attention over ``num_kv_heads`` key/value heads shared by groups of query heads.
+
+    Grouped-query attention needs no key/value repeat: query head ``h`` uses key/value head
+    ``h // (num_heads // num_kv_heads)`` (Hugging Face's ``repeat_kv`` order), so queries are reshaped to
+    ``(B, num_kv_heads, groups * S, head_dim)`` and multiplied with the un-repeated keys.
+
+    The optional KV cache is a pair of Parameters ``(B, num_kv_heads, L, head_dim)``:
+    - prefill (``cache_index`` None): the prompt's keys/values fill slots ``[0, S)``;
+    - decode (``cache_index`` a scalar tensor): the one new key/value goes to slot ``cache_index`` in place and
+      the query attends over all ``L`` slots (the bias masks empty and padded ones).
+    """
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, dropout: float = 0.0,
+                 softmax_dtype=ms.float32, compute_dtype=ms.float32):
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.groups = num_heads // num_kv_heads
+        self.head_dim = head_dim
+        self.scale = 1.0 / float(np.sqrt(head_dim))
+        self.qk = ops.BatchMatMul(transpose_b=True)
+        self.pv = ops.BatchMatMul()
+        self.softmax_dtype = softmax_dtype
+        self.compute_dtype = compute_dtype
+        self.dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+
+    def write_cache(self, k, v, k_cache, v_cache, cache_index):
+        """Store new keys/values in the cache; returns the keys/values to attend over."""
+        if cache_index is None:
+            batch, heads, seq, dim = k.shape
+            pad = ops.zeros((batch, heads, k_cache.shape[2] - seq, dim), k_cache.dtype)
+            k_cache = ops.depend(k_cache, ops.assign(k_cache, ops.concat((ops.cast(k, k_cache.dtype), pad), 2)))
+            v_cache = ops.depend(v_cache, ops.assign(v_cache, ops.concat((ops.cast(v, v_cache.dtype), pad), 2)))
+            return k, v
+        batch, heads, _, dim = k.shape
+        idx = ops.stack([ops.repeat_interleave(ops.arange(batch, dtype=ms.int32), heads).reshape(batch, heads),
+                         ops.tile(ops.arange(heads, dtype=ms.int32), (batch,)).reshape(batch, heads),
+                         ops.fill(ms.int32, (batch, heads), 1) * cache_index], axis=-1)
+        k_cache = ops.depend(k_cache, ops.scatter_nd_update(k_cache, idx, ops.cast(k.reshape(batch, heads, dim),
+                                                                                   k_cache.dtype)))
+        v_cache = ops.depend(v_cache, ops.scatter_nd_update(v_cache, idx, ops.cast(v.reshape(batch, heads, dim),
+                                                                                   v_cache.dtype)))
+        return ops.cast(k_cache, k.dtype), ops.cast(v_cache, v.dtype)
+
+    def construct(self, q, k, v, bias, k_cache=None, v_cache=None, cache_index=None):
+        """q ``(B, num_heads, S, D)``, k/v ``(B, num_kv_heads, S, D)``, bias ``(B, 1, S, L)`` -> ``(B, S, H)``."""
+        if k_cache is not None:
+            k, v = self.write_cache(k, v, k_cache, v_cache, cache_index)
+        batch, _, seq, dim = q.shape
+        keys = k.shape[2]
+        qg = ops.reshape(q, (batch, self.num_kv_heads, self.groups * seq, dim))
+        scores = self.qk(qg, k) * self.scale  # (B, n_kv, groups*S, L)
+        scores = ops.reshape(ops.cast(scores, self.softmax_dtype), (batch, self.num_kv_heads, self.groups, seq, keys))
+        scores = scores + ops.expand_dims(ops.cast(bias, self.softmax_dtype), 1)
+        probs = ops.softmax(scores, -1)
+        probs = self.dropout(ops.cast(probs, self.compute_dtype))
+        out = self.pv(ops.reshape(probs, (batch, self.num_kv_heads, self.groups * seq, keys)), v)
+        out = ops.reshape(out, (batch, self.num_heads, seq, dim))
+        return ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, seq, self.num_heads * dim))
+
+
+def split_heads(x, heads: int, head_dim: int):
+    """``(B, S, heads*head_dim) -> (B, heads, S, head_dim)``."""
+    batch, seq, _ = x.shape
+    return ops.transpose(ops.reshape(x, (batch, seq, heads, head_dim)), (0, 2, 1, 3))

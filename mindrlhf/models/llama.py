@@ -1,0 +1,145 @@
+"""Llama-2 backbone: RMSNorm, rotary positions, SwiGLU MLP, no biases, grouped-query attention
+(Hugging Face ``LlamaModel`` layout)."""
+from __future__ import annotations
+
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from mindrlhf.config import ModelConfig
+from mindrlhf.models.layers import (Attention, Embedding, Linear, RMSNorm, causal_padding_bias, key_padding_bias,
+                                    ms_dtype, positions_from_mask, split_heads)
+from mindrlhf.models.registry import register_backbone
+
+
+def llama_intermediate_size(cfg: ModelConfig) -> int:
+    """MLP width: ``intermediate_size`` if set, else ``2/3 * 4H`` rounded up to ``multiple_of`` (11008 for 7B)."""
+    if cfg.intermediate_size:
+        return cfg.intermediate_size
+    width = int(2 * 4 * cfg.hidden_size / 3)
+    return cfg.multiple_of * ((width + cfg.multiple_of - 1) // cfg.multiple_of)
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate ``x (B, heads, S, D)`` in Hugging Face's half-split layout: ``x*cos + rotate_half(x)*sin``."""
+    dtype = x.dtype
+    half = x.shape[-1] // 2
+    x = ops.cast(x, ms.float32)
+    rotated = ops.concat((-x[..., half:], x[..., :half]), -1)
+    return ops.cast(x * cos + rotated * sin, dtype)
+
+
+class Rotary(nn.Cell):
+    """Rotary position tables: inverse frequencies ``theta^(-2i/D)``."""
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+        self.inv_freq = Tensor(inv_freq.reshape(1, 1, -1), ms.float32)
+
+    def construct(self, position_ids):
+        """``(B, S)`` positions -> cos, sin ``(B, 1, S, head_dim)`` in float32."""
+        freqs = ops.expand_dims(ops.cast(position_ids, ms.float32), -1) * self.inv_freq
+        emb = ops.concat((freqs, freqs), -1)
+        return ops.expand_dims(ops.cos(emb), 1), ops.expand_dims(ops.sin(emb), 1)
+
+
+class LlamaAttention(nn.Cell):
+    """``q_proj``/``k_proj``/``v_proj`` (no bias), rotary on q and k, attention, ``o_proj``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        dtypes = dict(has_bias=False, init_std=cfg.initializer_range, param_dtype=ms_dtype(cfg.param_init_type),
+                      compute_dtype=ms_dtype(cfg.compute_dtype))
+        kv_width = cfg.num_kv_heads * cfg.head_dim
+        self.q_proj = Linear(cfg.hidden_size, cfg.hidden_size, **dtypes)
+        self.k_proj = Linear(cfg.hidden_size, kv_width, **dtypes)
+        self.v_proj = Linear(cfg.hidden_size, kv_width, **dtypes)
+        self.o_proj = Linear(cfg.hidden_size, cfg.hidden_size, **dtypes)
+        self.attn = Attention(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.attention_dropout_rate,
+                              ms_dtype(cfg.softmax_compute_type), ms_dtype(cfg.compute_dtype))
+        self.heads, self.kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+
+    def construct(self, x, bias, cos, sin, k_cache=None, v_cache=None, cache_index=None):
+        q = apply_rotary(split_heads(self.q_proj(x), self.heads, self.head_dim), cos, sin)
+        k = apply_rotary(split_heads(self.k_proj(x), self.kv_heads, self.head_dim), cos, sin)
+        v = split_heads(self.v_proj(x), self.kv_heads, self.head_dim)
+        return self.o_proj(self.attn(q, k, v, bias, k_cache, v_cache, cache_index))
+
+
+class LlamaMLP(nn.Cell):
+    """SwiGLU: ``down_proj(silu(gate_proj(x)) * up_proj(x))``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        width = llama_intermediate_size(cfg)
+        dtypes = dict(has_bias=False, init_std=cfg.initializer_range, param_dtype=ms_dtype(cfg.param_init_type),
+                      compute_dtype=ms_dtype(cfg.compute_dtype))
+        self.gate_proj = Linear(cfg.hidden_size, width, **dtypes)
+        self.up_proj = Linear(cfg.hidden_size, width, **dtypes)
+        self.down_proj = Linear(width, cfg.hidden_size, **dtypes)
+
+    def construct(self, x):
+        return self.down_proj(ops.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Cell):
+    """Pre-RMSNorm block: ``x + attn(input_layernorm(x))``, then ``x + mlp(post_attention_layernorm(x))``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        norm = dict(eps=cfg.rms_norm_eps, param_dtype=ms_dtype(cfg.param_init_type),
+                    compute_dtype=ms_dtype(cfg.layernorm_compute_type))
+        self.input_layernorm = RMSNorm(cfg.hidden_size, **norm)
+        self.self_attn = LlamaAttention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, **norm)
+        self.mlp = LlamaMLP(cfg)
+        self.dropout = nn.Dropout(p=cfg.hidden_dropout_rate) if cfg.hidden_dropout_rate > 0 else nn.Identity()
+
+    def construct(self, x, bias, cos, sin, k_cache=None, v_cache=None, cache_index=None):
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), bias, cos, sin, k_cache, v_cache, cache_index))
+        return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
+
+
+@register_backbone("llama")
+class LlamaModel(nn.Cell):
+    """Llama transformer without the LM head; same call contract as :class:`mindrlhf.models.gpt2.GPT2Model`."""
+
+    tie_word_embeddings_default = False
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.initializer_range,
+                                      ms_dtype(cfg.param_init_type))
+        self.layers = nn.CellList([LlamaDecoderLayer(cfg) for _ in range(cfg.num_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ms_dtype(cfg.param_init_type),
+                            ms_dtype(cfg.layernorm_compute_type))
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_theta)
+        self.num_layers = cfg.num_layers
+        self.compute_dtype = ms_dtype(cfg.compute_dtype)
+
+    def input_embedding_table(self):
+        """The ``(V, H)`` token table."""
+        return self.embed_tokens.weight
+
+    def blocks(self):
+        """The transformer blocks (for recompute)."""
+        return self.layers
+
+    def construct(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, cache_index=None):
+        if attention_mask is None:
+            attention_mask = ops.ones_like(input_ids)
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask)
+        if cache_index is None:
+            bias = causal_padding_bias(attention_mask, self.compute_dtype)
+        else:
+            bias = key_padding_bias(attention_mask, self.compute_dtype)
+        cos, sin = self.rotary(position_ids)
+        x = ops.cast(self.embed_tokens(input_ids), self.compute_dtype)
+        for i in range(self.num_layers):
+            if kv_cache is None:
+                x = self.layers[i](x, bias, cos, sin)
+            else:
+                x = self.layers[i](x, bias, cos, sin, kv_cache[2 * i], kv_cache[2 * i + 1], cache_index)
+        return self.norm(x)

@@ -1,0 +1,75 @@
+"""Causal language model (policy / reference) on any registered backbone, with an optional value head that shares
+the backbone (PPO's actor-critic)."""
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import nn, ops
+
+from mindrlhf.config import ModelConfig
+from mindrlhf.models.heads import LMHead, ScalarHead
+from mindrlhf.models.layers import ms_dtype
+from mindrlhf.models.registry import build_backbone
+
+
+def token_logprobs(logits, labels):
+    """Log-probability of each label under its logits: ``(B, T, V), (B, T) -> (B, T)`` float32.
+
+    Computed as ``logit[label] - logsumexp(logits)`` in float32.
+    """
+    logits = ops.cast(logits, ms.float32)
+    picked = ops.squeeze(ops.gather_elements(logits, -1, ops.expand_dims(labels, -1)), -1)
+    return picked - ops.logsumexp(logits, -1)
+
+
+class CausalLM(nn.Cell):
+    """Backbone + LM head (tied to the token table for GPT-2), optionally + value head ``v_head``.
+
+    ``construct(input_ids (B, S), attention_mask (B, S) | None, position_ids | None) -> logits (B, S, V)``.
+    Graph-mode callers use the methods below from their own ``construct``.
+    """
+
+    def __init__(self, cfg: ModelConfig, with_value_head: bool = False, recompute: bool = False):
+        super().__init__()
+        self.backbone = build_backbone(cfg, recompute)
+        tied = cfg.tie_word_embeddings
+        if tied is None:
+            tied = type(self.backbone).tie_word_embeddings_default
+        self.tied = tied
+        self.lm_head = LMHead(cfg.hidden_size, cfg.vocab_size, tied, cfg.initializer_range,
+                              ms_dtype(cfg.param_init_type), ms_dtype(cfg.compute_dtype))
+        self.with_value_head = with_value_head
+        if with_value_head:
+            self.v_head = ScalarHead(cfg.hidden_size, has_bias=True, init_std=cfg.initializer_range,
+                                     compute_dtype=ms_dtype(cfg.compute_dtype))
+        self.config = cfg
+
+    def logits(self, hidden):
+        """``(..., H) -> (..., V)`` float32 logits."""
+        return self.lm_head(hidden, self.backbone.input_embedding_table())
+
+    def values(self, hidden):
+        """``(B, S, H) -> (B, S)`` value estimates from the shared-backbone value head."""
+        return self.v_head(hidden)
+
+    def logprobs(self, input_ids, attention_mask=None, position_ids=None):
+        """``log p(x_{t+1} | x_<=t)`` for the given tokens: ``(B, T) -> (B, T-1)``."""
+        hidden = self.backbone(input_ids, attention_mask, position_ids)
+        return token_logprobs(self.logits(hidden[:, :-1]), input_ids[:, 1:])
+
+    def construct(self, input_ids, attention_mask=None, position_ids=None):
+        return self.logits(self.backbone(input_ids, attention_mask, position_ids))
+
+
+class TokenLogProbs(nn.Cell):
+    """Compiled wrapper: ``(input_ids, attention_mask) -> logprobs (B, T-1)`` [, ``values (B, T)``]."""
+
+    def __init__(self, lm: CausalLM):
+        super().__init__(auto_prefix=False)
+        self.lm = lm
+
+    def construct(self, input_ids, attention_mask):
+        hidden = self.lm.backbone(input_ids, attention_mask)
+        logprobs = token_logprobs(self.lm.logits(hidden[:, :-1]), input_ids[:, 1:])
+        if self.lm.with_value_head:
+            return logprobs, self.lm.values(hidden)
+        return logprobs
