@@ -310,14 +310,16 @@ def save_hf_checkpoint(cell: nn.Cell, cfg: ModelConfig, folder: str, reward: Opt
 def save_ckpt(cell: nn.Cell, path: str, append_dict: Optional[dict] = None) -> str:
     """Save a MindSpore ``.ckpt`` atomically (written under a temporary name, then renamed)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
+    # MindSpore appends ".ckpt" to a name without it, and writes through its own "<name>.tmp" file
+    tmp = f"{path}.tmp.{os.getpid()}.ckpt"
     params = [{"name": n, "data": p} for n, p in cell_parameters(cell).items()]
     try:
         ms.save_checkpoint(params, tmp, append_dict=append_dict)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for leftover in (tmp, tmp[:-len(".ckpt")] + ".tmp"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
     return path
 
 
@@ -337,3 +339,18 @@ def load_ckpt(cell: nn.Cell, path: str, allow_missing: Iterable[str] = ()) -> Di
     extras = {n: v.asnumpy() for n, v in loaded.items() if not n.startswith(model_names)}
     assign_parameters(cell, arrays, path, allow_missing=allow_missing)
     return extras
+
+
+def is_hf_folder(path: str) -> bool:
+    """True for a folder holding a Hugging Face ``config.json``."""
+    return os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json"))
+
+
+def load_weights(cell: nn.Cell, path: str, cfg: ModelConfig, new_heads: bool = False) -> List[str]:
+    """Load a Hugging Face folder or a MindSpore ``.ckpt`` into ``cell``; returns the names left initialised."""
+    if is_hf_folder(path):
+        return load_hf_checkpoint(cell, path, cfg, new_heads=new_heads)
+    if path.endswith(".ckpt"):
+        load_ckpt(cell, path, allow_missing=("v_head.", "score.") if new_heads else ())
+        return []
+    raise CheckpointError(f"{path}: not a Hugging Face folder (config.json) or a MindSpore .ckpt file")

@@ -150,8 +150,8 @@ class Attention(nn.Cell):
         if cache_index is None:
             batch, heads, seq, dim = k.shape
             pad = ops.zeros((batch, heads, k_cache.shape[2] - seq, dim), k_cache.dtype)
-            k_cache = ops.depend(k_cache, ops.assign(k_cache, ops.concat((ops.cast(k, k_cache.dtype), pad), 2)))
-            v_cache = ops.depend(v_cache, ops.assign(v_cache, ops.concat((ops.cast(v, v_cache.dtype), pad), 2)))
+            k = ops.depend(k, ops.assign(k_cache, ops.concat((ops.cast(k, k_cache.dtype), pad), 2)))
+            v = ops.depend(v, ops.assign(v_cache, ops.concat((ops.cast(v, v_cache.dtype), pad), 2)))
             return k, v
         batch, heads, _, dim = k.shape
         idx = ops.stack([ops.repeat_interleave(ops.arange(batch, dtype=ms.int32), heads).reshape(batch, heads),

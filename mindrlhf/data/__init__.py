@@ -1,0 +1,1 @@
+"""Data: tokenizers, templates, JSONL -> MindRecord converters and mindspore.dataset pipelines."""
