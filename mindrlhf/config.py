@@ -63,6 +63,9 @@ class ModelConfig:
     def __post_init__(self):
         if self.num_kv_heads is None:
             self.num_kv_heads = self.num_heads
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "seq_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model_config.{name} must be >= 1, got {getattr(self, name)}")
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"model_config: hidden_size {self.hidden_size} must be a multiple of "
                               f"num_heads {self.num_heads}")
@@ -219,13 +222,28 @@ class RunConfig:
 # YAML reading
 
 
+# ``1e-5``: a float to users, a string to YAML 1.1 (which wants ``1.0e-5``).
+_FLOAT_WITHOUT_DOT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader that also reads ``1e-5`` (no dot) as a float, as users write learning rates."""
 
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    _FLOAT_WITHOUT_DOT,
+    list("-+0123456789."),
+)
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes strings :class:`_Loader` would read as floats, so saved configs load back equal."""
+
+
+_Dumper.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    _FLOAT_WITHOUT_DOT,
     list("-+0123456789."),
 )
 
@@ -237,6 +255,8 @@ def read_yaml(path: str) -> Dict[str, Any]:
             data = yaml.load(f, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if data is None:
@@ -279,7 +299,10 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str,
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.path=value")
         key, raw = item.split("=", 1)
-        value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""  # noqa: S506
+        try:
+            value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""  # noqa: S506
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {err}") from None
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -378,6 +401,10 @@ def save_config(config: RunConfig, path: str) -> None:
     """Write the resolved config as YAML, atomically (a temporary file renamed into place)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(dataclasses.asdict(config), f, sort_keys=False, allow_unicode=True)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            yaml.dump(dataclasses.asdict(config), f, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

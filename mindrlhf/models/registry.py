@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Dict, List
 
+import mindspore as ms
+
 from mindrlhf.config import ConfigError, ModelConfig
 
 _BACKBONES: Dict[str, Callable] = {}
@@ -38,6 +40,9 @@ def backbone_class(name: str):
 
 def build_backbone(cfg: ModelConfig, recompute: bool = False):
     """Build the backbone named by ``cfg.type``; ``recompute`` recomputes each block in the backward pass."""
+    if cfg.compute_dtype == "bfloat16" and ms.get_context("device_target") == "CPU":
+        raise ConfigError("model_config.compute_dtype: bfloat16 matmuls are not available on MindSpore's CPU "
+                          "kernels; use float32 or float16 on CPU (bfloat16 works on GPU/Ascend)")
     backbone = backbone_class(cfg.type)(cfg)
     if recompute:
         for block in backbone.blocks():

@@ -1,0 +1,372 @@
+"""Config loading: recipes, base_config inheritance, overrides, key/type/value checks, save round trip (CPU, no graphs)."""
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from mindrlhf import config as config_module
+from mindrlhf.config import ConfigError, RunConfig, load_config, save_config
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "model_configs"
+RECIPES = sorted(CONFIG_DIR.glob("**/*.yaml"))
+
+# recipe -> (type, hidden_size, num_layers, num_heads, num_kv_heads, vocab_size, seq_length, compute_dtype, device)
+EXPECTED_SIZES = {
+    "gpt2_config/run_gpt2_124m.yaml": ("gpt2", 768, 12, 12, 12, 50257, 1024, "float16", "Ascend"),
+    "gpt2_config/run_gpt2_350m.yaml": ("gpt2", 1024, 24, 16, 16, 50257, 1024, "float16", "Ascend"),
+    "gpt2_config/run_gpt2_1_3b.yaml": ("gpt2", 2048, 24, 32, 32, 50257, 1024, "float16", "Ascend"),
+    "gpt2_config/run_gpt2_tiny.yaml": ("gpt2", 64, 2, 4, 4, 50257, 256, "float32", "CPU"),
+    "llama2_config/run_llama2_7b.yaml": ("llama", 4096, 32, 32, 32, 32000, 4096, "float16", "Ascend"),
+    "llama2_config/run_llama2_tiny.yaml": ("llama", 64, 2, 4, 2, 32000, 256, "float32", "CPU"),
+}
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# recipes
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_every_recipe_loads(path):
+    cfg = load_config(str(path))
+    model = cfg.model.model_config
+    assert model.type in ("gpt2", "llama")
+    assert model.hidden_size % model.num_heads == 0
+    assert model.num_heads % model.num_kv_heads == 0
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_SIZES))
+def test_recipe_sizes(name):
+    cfg = load_config(str(CONFIG_DIR / name))
+    model = cfg.model.model_config
+    got = (model.type, model.hidden_size, model.num_layers, model.num_heads, model.num_kv_heads, model.vocab_size,
+           model.seq_length, model.compute_dtype, cfg.context.device_target)
+    assert got == EXPECTED_SIZES[name]
+
+
+def test_recipes_inherit_instead_of_repeating():
+    # House rule 14: the derived recipes name a base and carry no copy of its optimizer/schedule sections.
+    for name in ("run_gpt2_350m.yaml", "run_gpt2_1_3b.yaml", "run_gpt2_tiny.yaml"):
+        data = config_module.read_yaml(str(CONFIG_DIR / "gpt2_config" / name))
+        assert data["base_config"] == "run_gpt2_124m.yaml"
+        assert "optimizer" not in data and "lr_schedule" not in data
+    data = config_module.read_yaml(str(CONFIG_DIR / "llama2_config" / "run_llama2_tiny.yaml"))
+    assert data["base_config"] == "run_llama2_7b.yaml"
+    assert "optimizer" not in data and "lr_schedule" not in data
+
+
+def test_gpt2_124m_training_settings():
+    cfg = load_config(str(CONFIG_DIR / "gpt2_config" / "run_gpt2_124m.yaml"))
+    model = cfg.model.model_config
+    assert (model.bos_token_id, model.eos_token_id, model.pad_token_id) == (50256, 50256, 50256)
+    assert model.hidden_act == "gelu" and cfg.context.mode == 0
+    opt = cfg.optimizer
+    assert (opt.type, opt.beta1, opt.beta2, opt.eps, opt.weight_decay, opt.learning_rate) == (
+        "FusedAdamWeightDecay", 0.9, 0.95, 1e-8, 0.1, 1e-4)
+    assert (cfg.lr_schedule.type, cfg.lr_schedule.learning_rate, cfg.lr_schedule.lr_end) == ("polynomial", 1e-4, 1e-5)
+    wrap = cfg.runner_wrapper
+    assert (wrap.loss_scale_value, wrap.scale_factor, wrap.scale_window, wrap.use_clip_grad) == (2.0 ** 32, 2, 1000, True)
+    assert isinstance(wrap.loss_scale_value, float)
+    run = cfg.runner_config
+    assert (run.epochs, run.batch_size, run.sink_size) == (3, 4, 2)
+
+
+def test_gpt2_bigger_recipes_keep_base_training_settings():
+    base = load_config(str(CONFIG_DIR / "gpt2_config" / "run_gpt2_124m.yaml"))
+    for name in ("run_gpt2_350m.yaml", "run_gpt2_1_3b.yaml"):
+        cfg = load_config(str(CONFIG_DIR / "gpt2_config" / name))
+        assert cfg.optimizer == base.optimizer and cfg.lr_schedule == base.lr_schedule
+        assert cfg.runner_wrapper == base.runner_wrapper and cfg.context == base.context
+
+
+def test_llama2_7b_settings():
+    cfg = load_config(str(CONFIG_DIR / "llama2_config" / "run_llama2_7b.yaml"))
+    model = cfg.model.model_config
+    assert (model.intermediate_size, model.rms_norm_eps, model.hidden_act) == (11008, 1e-5, "silu")
+    assert (model.bos_token_id, model.eos_token_id, model.pad_token_id) == (1, 2, 0)
+    assert model.tie_word_embeddings is False
+    assert cfg.parallel_config.model_parallel == 8
+    assert cfg.optimizer.type == "FP32StateAdamWeightDecay"
+    sched = cfg.lr_schedule
+    assert (sched.type, sched.learning_rate, sched.lr_end, sched.warmup_ratio) == ("cosine", 3e-4, 3e-5, 0.03)
+
+
+def test_tiny_recipes_run_on_one_cpu():
+    for name in ("gpt2_config/run_gpt2_tiny.yaml", "llama2_config/run_llama2_tiny.yaml"):
+        cfg = load_config(str(CONFIG_DIR / name))
+        assert cfg.parallel_config.model_parallel == 1 and cfg.parallel_config.data_parallel == 1
+        assert cfg.runner_config.sink_mode is False
+        assert cfg.recompute_config.recompute is False
+    llama = load_config(str(CONFIG_DIR / "llama2_config" / "run_llama2_tiny.yaml")).model.model_config
+    assert (llama.intermediate_size, llama.head_dim, llama.tie_word_embeddings) == (172, 16, False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# base_config
+
+
+def test_base_config_inheritance(tmp_path):
+    write(tmp_path / "base.yaml", "seed: 7\nmodel:\n  model_config:\n    hidden_size: 128\n    num_heads: 4\n"
+                                  "optimizer:\n  weight_decay: 0.1\n")
+    child = write(tmp_path / "sub" / "child.yaml", "base_config: ../base.yaml\nmodel:\n  model_config:\n"
+                                                  "    num_heads: 8\n")
+    cfg = load_config(str(child))
+    assert cfg.seed == 7  # from the base
+    assert cfg.model.model_config.hidden_size == 128  # sibling key of an overridden one survives the deep merge
+    assert cfg.model.model_config.num_heads == 8  # the child wins
+    assert cfg.optimizer.weight_decay == 0.1
+
+
+def test_base_config_list_later_base_wins(tmp_path):
+    write(tmp_path / "a.yaml", "seed: 1\noutput_dir: from_a\n")
+    write(tmp_path / "b.yaml", "seed: 2\n")
+    child = write(tmp_path / "child.yaml", "base_config: [a.yaml, b.yaml]\n")
+    cfg = load_config(str(child))
+    assert (cfg.seed, cfg.output_dir) == (2, "from_a")
+
+
+def test_base_config_cycle_is_an_error(tmp_path):
+    write(tmp_path / "a.yaml", "base_config: b.yaml\nseed: 1\n")
+    write(tmp_path / "b.yaml", "base_config: a.yaml\nseed: 2\n")
+    with pytest.raises(ConfigError, match="cycle") as err:
+        load_config(str(tmp_path / "a.yaml"))
+    assert "a.yaml" in str(err.value) and "b.yaml" in str(err.value)
+
+
+def test_base_config_self_reference_is_a_cycle(tmp_path):
+    write(tmp_path / "self.yaml", "base_config: self.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(str(tmp_path / "self.yaml"))
+
+
+def test_missing_base_config_names_the_base(tmp_path):
+    child = write(tmp_path / "child.yaml", "base_config: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml"):
+        load_config(str(child))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# overrides
+
+
+def test_overrides_parse_yaml_scalars():
+    cfg = load_config(str(CONFIG_DIR / "gpt2_config" / "run_gpt2_tiny.yaml"), [
+        "optimizer.learning_rate=1e-4", "lr_schedule.lr_end=2E-6", "recompute_config.recompute=true",
+        "model.model_config.num_layers=3", "output_dir=/tmp/run 1", "load_checkpoint="])
+    assert isinstance(cfg.optimizer.learning_rate, float) and cfg.optimizer.learning_rate == 1e-4
+    assert cfg.lr_schedule.lr_end == 2e-6
+    assert cfg.recompute_config.recompute is True
+    assert cfg.model.model_config.num_layers == 3
+    assert cfg.model.model_config.hidden_size == 64  # untouched keys keep the file's value
+    assert cfg.output_dir == "/tmp/run 1" and cfg.load_checkpoint == ""
+
+
+def test_overrides_without_a_file_start_from_defaults():
+    cfg = load_config(None, ["seed=5"])
+    assert cfg.seed == 5
+    assert cfg.model == RunConfig().model
+
+
+def test_int_is_accepted_for_a_float_field():
+    cfg = load_config(None, ["runner_wrapper.loss_scale_value=1024"])
+    assert isinstance(cfg.runner_wrapper.loss_scale_value, float) and cfg.runner_wrapper.loss_scale_value == 1024.0
+
+
+@pytest.mark.parametrize("override", ["seed", "=3"])
+def test_malformed_override_is_an_error(override):
+    with pytest.raises(ConfigError):
+        load_config(None, [override])
+
+
+def test_override_value_that_is_not_yaml_is_a_config_error():
+    with pytest.raises(ConfigError, match="seed"):
+        load_config(None, ["seed=[1,"])
+
+
+def test_override_through_a_scalar_is_an_error():
+    with pytest.raises(ConfigError, match="'seed' is not a section"):
+        load_config(str(CONFIG_DIR / "gpt2_config" / "run_gpt2_tiny.yaml"), ["seed.value=1"])
+    with pytest.raises(ConfigError, match="seed: expected int"):  # not in the file: the new mapping fails the type check
+        load_config(None, ["seed.value=1"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# unknown keys
+
+
+@pytest.mark.parametrize("override, dotted, nearest", [
+    ("model.model_config.hiden_size=64", "model.model_config.hiden_size", "hidden_size"),
+    ("optimizer.beta_1=0.9", "optimizer.beta_1", "beta1"),
+    ("runner_config.batchsize=2", "runner_config.batchsize", "batch_size"),
+    ("parallel_config.model_paralel=2", "parallel_config.model_paralel", "model_parallel"),
+    ("modle.model_config.hidden_size=64", "modle", "model"),  # unknown top-level section
+    ("lr_scheduler.type=cosine", "lr_scheduler", "lr_schedule"),
+])
+def test_unknown_key_names_dotted_key_and_nearest(override, dotted, nearest):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    msg = str(err.value)
+    assert f"{dotted}: unknown key" in msg
+    assert f"did you mean {nearest!r}" in msg
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    path = write(tmp_path / "bad.yaml", "model:\n  model_config:\n    hiden_size: 64\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    msg = str(err.value)
+    assert str(path) in msg and "model.model_config.hiden_size" in msg and "'hidden_size'" in msg
+
+
+def test_unknown_key_far_from_any_name_lists_valid_keys():
+    with pytest.raises(ConfigError, match="valid keys: .*sink_size") as err:
+        load_config(None, ["runner_config.zzzzzz=1"])
+    assert "runner_config.zzzzzz" in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# wrong types
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.model_config.num_layers=two", "model.model_config.num_layers"),  # str for int
+    ("seed='3'", "seed"),  # quoted number is a str
+    ("model.model_config.num_layers=true", "model.model_config.num_layers"),  # bool for int
+    ("optimizer.learning_rate=false", "optimizer.learning_rate"),  # bool for float
+    ("runner_config.sink_mode=1", "runner_config.sink_mode"),  # int for bool
+    ("model.model_config.num_kv_heads=yes", "model.model_config.num_kv_heads"),  # bool for Optional[int]
+    ("context=[1, 2]", "context"),  # list for a section
+    ("model.model_config=null", "model.model_config"),  # null for a section
+    ("output_dir=3", "output_dir"),  # int for str
+])
+def test_wrong_type_names_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert str(err.value).startswith(f"{key}: expected")
+
+
+def test_wrong_type_in_file_names_file_and_key(tmp_path):
+    path = write(tmp_path / "bad.yaml", "model:\n  model_config:\n    hidden_size: '768'\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert str(path) in str(err.value) and "model.model_config.hidden_size: expected int" in str(err.value)
+
+
+def test_optional_field_accepts_null():
+    cfg = load_config(None, ["model.model_config.intermediate_size=null", "model.model_config.num_kv_heads=null"])
+    assert cfg.model.model_config.intermediate_size is None
+    assert cfg.model.model_config.num_kv_heads == cfg.model.model_config.num_heads  # None = num_heads (derived)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# invalid values (__post_init__)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["model.model_config.hidden_size=100"], "hidden_size 100 must be a multiple of num_heads 12"),
+    (["model.model_config.num_heads=4", "model.model_config.num_kv_heads=3", "model.model_config.hidden_size=64"],
+     "num_heads 4 must be a multiple of num_kv_heads 3"),
+    (["model.model_config.num_heads=0"], "num_heads must be >= 1"),
+    (["model.model_config.num_kv_heads=0"], "num_kv_heads must be >= 1"),
+    (["model.model_config.compute_dtype=float64"], "compute_dtype: 'float64' is not one of"),
+    (["model.model_config.softmax_compute_type=fp16"], "softmax_compute_type"),
+    (["model.model_config.hidden_act=relu"], "hidden_act"),
+    (["context.mode=2"], "context.mode must be 0 .* or 1"),
+    (["context.device_target=TPU"], "device_target"),
+    (["lr_schedule.type=exponential"], "lr_schedule.type"),
+    (["generation.top_p=0"], "top_p"),
+    (["generation.temperature=0"], "temperature"),
+])
+def test_invalid_values_are_rejected(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)
+
+
+def test_invalid_value_in_file_names_the_file(tmp_path):
+    path = write(tmp_path / "bad.yaml", "context:\n  mode: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert str(path) in str(err.value) and "context.mode" in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# unreadable files
+
+
+def test_missing_file_names_the_file(tmp_path):
+    path = tmp_path / "absent.yaml"
+    with pytest.raises(ConfigError, match="not found") as err:
+        load_config(str(path))
+    assert str(path) in str(err.value)
+
+
+def test_malformed_yaml_names_the_file(tmp_path):
+    path = write(tmp_path / "broken.yaml", "model:\n  model_config: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as err:
+        load_config(str(path))
+    assert str(path) in str(err.value)
+
+
+def test_top_level_list_is_an_error(tmp_path):
+    path = write(tmp_path / "list.yaml", "- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping") as err:
+        load_config(str(path))
+    assert str(path) in str(err.value)
+
+
+def test_directory_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(str(tmp_path))
+    assert str(tmp_path) in str(err.value)
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    path = write(tmp_path / "empty.yaml", "")
+    assert load_config(str(path)) == RunConfig()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# save_config
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_SIZES))
+def test_save_config_round_trip(tmp_path, name):
+    cfg = load_config(str(CONFIG_DIR / name), ["optimizer.learning_rate=3e-5", "context.max_device_memory=31GB"])
+    out_dir = tmp_path / "out" / "nested"  # created by save_config
+    save_config(cfg, str(out_dir / "resolved.yaml"))
+    again = load_config(str(out_dir / "resolved.yaml"))
+    assert again == cfg
+    assert dataclasses.asdict(again) == dataclasses.asdict(cfg)
+    assert sorted(os.listdir(out_dir)) == ["resolved.yaml"]  # no temporary file left behind
+
+
+def test_save_config_round_trip_keeps_float_like_strings(tmp_path):
+    # "1e5" reads as a float under the config loader, so the saved file must quote it.
+    cfg = load_config(None, ["output_dir='1e5'", "load_checkpoint='2E-3'"])
+    save_config(cfg, str(tmp_path / "c.yaml"))
+    again = load_config(str(tmp_path / "c.yaml"))
+    assert (again.output_dir, again.load_checkpoint) == ("1e5", "2E-3")
+
+
+def test_save_config_overwrites(tmp_path):
+    path = tmp_path / "c.yaml"
+    save_config(load_config(None, ["seed=1"]), str(path))
+    save_config(load_config(None, ["seed=2"]), str(path))
+    assert load_config(str(path)).seed == 2
+    assert os.listdir(tmp_path) == ["c.yaml"]
+
+
+def test_save_config_failure_leaves_no_files(tmp_path, monkeypatch):
+    def broken_dump(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(config_module.yaml, "dump", broken_dump)
+    with pytest.raises(OSError, match="disk full"):
+        save_config(RunConfig(), str(tmp_path / "c.yaml"))
+    assert os.listdir(tmp_path) == []
