@@ -65,19 +65,8 @@ def build_policy(cfg: RunConfig, checkpoint: str):
     return lm
 
 
-def left_pad(rows, pad_id: int):
-    """Token lists -> left-padded ``ids (B, P)`` and ``mask (B, P)`` int32."""
-    width = max(len(r) for r in rows)
-    ids = np.full((len(rows), width), pad_id, np.int32)
-    mask = np.zeros((len(rows), width), np.int32)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = row
-        mask[i, width - len(row):] = 1
-    return ids, mask
-
-
 def run_generate(args) -> int:
-    from mindrlhf.data.tokenizer import load_tokenizer
+    from mindrlhf.data.tokenizer import left_pad, load_tokenizer
     from mindrlhf.models.generation import Generator
 
     cfg = load_config(args.config, args.overrides)

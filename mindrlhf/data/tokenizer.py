@@ -7,7 +7,9 @@ SentencePiece ``tokenizer.model`` (Llama-2 / Mistral layout). No hub downloads: 
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "tokenizers")
 BUNDLED = {"gpt2": os.path.join(ASSETS, "gpt2", "tokenizer.json"),
@@ -102,3 +104,14 @@ def load_tokenizer(path: str) -> Tokenizer:
     if path.endswith(".model"):
         return SentencePieceTokenizer(path)
     return HFTokenizer(path)
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Token lists -> left-padded ``ids (B, P)`` and ``mask (B, P)`` int32 (the layout generation takes)."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = row
+        mask[i, width - len(row):] = 1
+    return ids, mask

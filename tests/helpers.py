@@ -1,0 +1,108 @@
+"""Shared builders for the test suite: tiny model configs, padded batches and Hugging Face references.
+
+Tiny shapes keep MindSpore graph compilation to a few seconds per network on a 2-core CPU. Token ids: 0 is the
+pad id, 1/2 are bos/eos, text tokens are drawn from ``[3, vocab)`` so a pad id never occurs inside text (Hugging
+Face's sequence classifiers find the last real token by looking for ``pad_token_id``).
+"""
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor
+
+from mindrlhf.config import ModelConfig
+
+PAD, BOS, EOS = 0, 1, 2
+FIRST_TEXT_ID = 3
+SEQ_LEN = 8  # the one sequence length most tests use, so graph mode compiles each network once
+LENGTHS = (8, 5, 2)  # real tokens per row of the standard padded batch (one full row, two padded ones)
+
+
+def tiny_gpt2_config(**overrides) -> ModelConfig:
+    """A 2-layer GPT-2 with hidden size 32, 4 heads and vocab 100 (untied options via ``overrides``)."""
+    base = dict(type="gpt2", vocab_size=100, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                seq_length=32, hidden_act="gelu", pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS)
+    return ModelConfig(**{**base, **overrides})
+
+
+def tiny_llama_config(**overrides) -> ModelConfig:
+    """A 2-layer Llama with grouped-query attention (4 query heads, 2 key/value heads), hidden 32, MLP 64."""
+    base = dict(type="llama", vocab_size=100, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                intermediate_size=64, seq_length=32, hidden_act="silu", pad_token_id=PAD, bos_token_id=BOS,
+                eos_token_id=EOS)
+    return ModelConfig(**{**base, **overrides})
+
+
+TINY_CONFIGS = {"gpt2": tiny_gpt2_config, "llama": tiny_llama_config}
+
+
+def padded_batch(cfg: ModelConfig, lengths: Sequence[int] = LENGTHS, seq_len: int = SEQ_LEN, side: str = "right",
+                 seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """Random text padded with ``cfg.pad_token_id`` on ``side``: ``input_ids, attention_mask`` both ``(B, S)`` int32."""
+    rng = np.random.default_rng(seed)
+    ids = np.full((len(lengths), seq_len), cfg.pad_token_id, np.int32)
+    mask = np.zeros((len(lengths), seq_len), np.int32)
+    for row, length in enumerate(lengths):
+        span = slice(0, length) if side == "right" else slice(seq_len - length, seq_len)
+        ids[row, span] = rng.integers(FIRST_TEXT_ID, cfg.vocab_size, length)
+        mask[row, span] = 1
+    return ids, mask
+
+
+def positions_from_mask(mask: np.ndarray) -> np.ndarray:
+    """numpy twin of the model's position ids: ``clip(cumsum(mask) - 1, 0)``."""
+    return np.maximum(np.cumsum(mask, 1) - 1, 0)
+
+
+def randomize_parameters(cell, seed: int = 0, scale: float = 0.2) -> None:
+    """Overwrite every parameter with ``N(0, scale)`` noise (norm weights around 1), so biases and norm weights
+    are not at their zero/one initial values and a mapping mistake changes the outputs."""
+    rng = np.random.default_rng(seed)
+    for param in cell.get_parameters():
+        noise = rng.normal(0.0, scale, param.shape).astype(np.float32)
+        if "norm" in param.name or ".ln_" in param.name:
+            noise += 1.0
+        param.set_data(Tensor(noise, param.dtype))
+
+
+def parameter_arrays(cell) -> dict:
+    """``{name: numpy array}`` of every parameter of ``cell``."""
+    return {p.name: p.asnumpy() for p in cell.get_parameters()}
+
+
+def ms_numpy(cell, *arrays):
+    """Call ``cell`` on numpy arrays and return numpy output(s)."""
+    out = cell(*(Tensor(a) for a in arrays))
+    return tuple(o.asnumpy() for o in out) if isinstance(out, tuple) else out.asnumpy()
+
+
+def torch_forward(hf_model, ids: np.ndarray, mask: np.ndarray, position_ids: np.ndarray = None, **kwargs):
+    """Run a ``transformers`` model without gradients on numpy inputs (int64 as torch expects)."""
+    import torch
+
+    extra = {} if position_ids is None else {"position_ids": torch.from_numpy(position_ids.astype(np.int64))}
+    with torch.no_grad():
+        return hf_model(input_ids=torch.from_numpy(ids.astype(np.int64)),
+                        attention_mask=torch.from_numpy(mask.astype(np.int64)), **extra, **kwargs)
+
+
+def load_transformers(folder: str, reward: bool = False):
+    """Load a folder with ``transformers`` (eager attention, float32, eval mode)."""
+    import transformers
+
+    auto = transformers.AutoModelForSequenceClassification if reward else transformers.AutoModelForCausalLM
+    return auto.from_pretrained(folder, attn_implementation="eager").eval()
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
+    """Largest ``|a - b|`` over the positions where ``where`` is true (broadcast over trailing axes)."""
+    where = where.astype(bool)
+    return float(np.abs(a[where] - b[where]).max())
+
+
+def set_mode(name: str) -> None:
+    """Switch MindSpore to ``graph`` or ``pynative`` on CPU."""
+    mode = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}[name]
+    ms.set_context(mode=mode, device_target="CPU")

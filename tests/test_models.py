@@ -1,0 +1,169 @@
+"""Model numerics against Hugging Face ``transformers`` (torch CPU, eager attention), in GRAPH and PYNATIVE mode.
+
+Each test exports our randomly initialised model with ``save_hf_checkpoint`` and loads it with ``transformers``,
+so the reference has exactly our weights. Only non-pad positions are compared: what a model computes at a pad
+query is undefined and differs between implementations.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import Tensor
+
+from mindrlhf.config import ConfigError
+from mindrlhf.models import CausalLM, Critic, RewardModel, TokenLogProbs, list_backbones, token_logprobs
+from mindrlhf.models.convert import save_hf_checkpoint
+from mindrlhf.models.registry import backbone_class
+from tests.helpers import (FIRST_TEXT_ID, TINY_CONFIGS, load_transformers, max_abs_diff, ms_numpy, padded_batch,
+                           parameter_arrays, positions_from_mask, randomize_parameters, tiny_llama_config,
+                           torch_forward)
+
+TOL = 1e-4
+FAMILIES = sorted(TINY_CONFIGS)
+SIDES = ("right", "left")
+
+
+def hf_inputs(mask: np.ndarray, side: str):
+    """Position ids to hand Hugging Face: its default ``arange`` for right padding (checking that both agree),
+    our ``clip(cumsum(mask) - 1, 0)`` for left padding."""
+    return None if side == "right" else positions_from_mask(mask)
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    shifted = x - x.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def exported(cell, cfg, folder, reward=False):
+    """Randomise ``cell``'s weights, export them, and load the export with ``transformers``."""
+    randomize_parameters(cell, seed=1)
+    save_hf_checkpoint(cell, cfg, folder)
+    return load_transformers(folder, reward=reward)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_match_transformers_on_padded_batches(family, ms_mode, tmp_dir):
+    cfg = TINY_CONFIGS[family]()
+    lm = CausalLM(cfg)
+    hf = exported(lm, cfg, tmp_dir)
+    for side in SIDES:
+        ids, mask = padded_batch(cfg, side=side)
+        ours = ms_numpy(lm, ids, mask)
+        ref = torch_forward(hf, ids, mask, hf_inputs(mask, side)).logits.numpy()
+        assert ours.shape == ref.shape == (*ids.shape, cfg.vocab_size)
+        assert max_abs_diff(ours, ref, mask) <= TOL, f"{family} {side} padding, {ms_mode}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_token_logprobs_match_log_softmax_of_reference_logits(family, ms_mode, tmp_dir):
+    cfg = TINY_CONFIGS[family]()
+    lm = CausalLM(cfg)
+    hf = exported(lm, cfg, tmp_dir)
+    ids, mask = padded_batch(cfg, side="left")
+    ref_logits = torch_forward(hf, ids, mask, positions_from_mask(mask)).logits.numpy()
+    labels = ids[:, 1:]
+    ref = np.take_along_axis(log_softmax(ref_logits[:, :-1]), labels[..., None], -1)[..., 0]
+    real = mask[:, :-1]  # the logprob at t is defined when position t (the context's last token) is real
+
+    cell_out = ms_numpy(TokenLogProbs(lm), ids, mask)
+    assert cell_out.shape == (ids.shape[0], ids.shape[1] - 1)
+    assert max_abs_diff(cell_out, ref, real) <= TOL
+
+    fn_out = token_logprobs(Tensor(ref_logits[:, :-1]), Tensor(labels)).asnumpy()
+    assert fn_out.shape == ref.shape
+    np.testing.assert_allclose(fn_out, ref, atol=1e-5)
+
+
+def test_value_head_gives_one_value_per_token(ms_mode, tmp_dir):
+    cfg = tiny_llama_config()
+    lm = CausalLM(cfg, with_value_head=True)
+    randomize_parameters(lm, seed=2)
+    ids, mask = padded_batch(cfg, side="right")
+    logprobs, values = ms_numpy(TokenLogProbs(lm), ids, mask)
+    assert logprobs.shape == (3, ids.shape[1] - 1)
+    assert values.shape == ids.shape and values.dtype == np.float32
+
+    # values = v_head(final hidden state); the hidden state comes from the exported backbone in transformers
+    params = parameter_arrays(lm)
+    save_hf_checkpoint(lm, cfg, tmp_dir)
+    hidden = torch_forward(load_transformers(tmp_dir), ids, mask, output_hidden_states=True).hidden_states[-1]
+    expected = hidden.numpy() @ params["v_head.weight"][0] + params["v_head.bias"][0]
+    assert max_abs_diff(values, expected, mask) <= TOL
+
+
+def last_real_index(mask: np.ndarray) -> np.ndarray:
+    return np.array([np.flatnonzero(row).max() for row in mask])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reward_model_scores_the_last_real_token(family, ms_mode, tmp_dir):
+    cfg = TINY_CONFIGS[family]()
+    reward_model = RewardModel(cfg)
+    hf = exported(reward_model, cfg, tmp_dir, reward=True)
+    critic = Critic(cfg)
+    params = parameter_arrays(reward_model)
+    for param in critic.get_parameters():
+        param.set_data(Tensor(params[param.name]))
+
+    for side in SIDES:
+        ids, mask = padded_batch(cfg, side=side)
+        assert not np.any(ids[mask == 1] == cfg.pad_token_id)  # HF finds the last token by pad id
+        rewards = ms_numpy(reward_model, ids, mask)
+        per_token = ms_numpy(critic, ids, mask)
+        assert rewards.shape == (3,) and per_token.shape == ids.shape
+        expected = per_token[np.arange(3), last_real_index(mask)]
+        np.testing.assert_allclose(rewards, expected, atol=1e-6, err_msg=f"{side} padding")
+
+        ref = torch_forward(hf, ids, mask, hf_inputs(mask, side)).logits.numpy()
+        assert ref.shape == (3, 1)
+        assert np.abs(rewards - ref[:, 0]).max() <= TOL, f"{family} {side} padding, {ms_mode}"
+    # the rows differ in length, so scoring a fixed column instead would not match on both sides
+    assert len(set(last_real_index(padded_batch(cfg, side="right")[1]))) == 3
+
+
+def test_recompute_gives_the_same_forward_and_gradients():
+    ms.set_context(mode=ms.GRAPH_MODE)
+    cfg = tiny_llama_config()
+    plain, recomputed = CausalLM(cfg), CausalLM(cfg, recompute=True)
+    randomize_parameters(plain, seed=3)
+    params = parameter_arrays(plain)
+    for param in recomputed.get_parameters():
+        param.set_data(Tensor(params[param.name]))
+    ids, mask = padded_batch(cfg, side="right")
+
+    np.testing.assert_allclose(ms_numpy(recomputed, ids, mask), ms_numpy(plain, ids, mask), atol=1e-6)
+
+    def grads(lm):
+        def loss_fn(input_ids, attention_mask):
+            return -(lm.logprobs(input_ids, attention_mask) * attention_mask[:, 1:]).sum()
+
+        grad_fn = ms.value_and_grad(loss_fn, None, lm.trainable_params())
+        loss, grad = grad_fn(Tensor(ids), Tensor(mask, ms.float32))
+        return loss.asnumpy(), [g.asnumpy() for g in grad]
+
+    (loss_a, grads_a), (loss_b, grads_b) = grads(plain), grads(recomputed)
+    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-6)
+    assert len(grads_a) == len(grads_b) == len(plain.trainable_params())
+    for name, g_a, g_b in zip((p.name for p in plain.trainable_params()), grads_a, grads_b):
+        np.testing.assert_allclose(g_b, g_a, atol=1e-5, err_msg=name)
+    assert any(np.abs(g).max() > 0 for g in grads_a)
+
+
+def test_unknown_model_type_names_the_nearest_registered_one():
+    with pytest.raises(ConfigError, match=r"unknown model 'lama'.*did you mean 'llama'"):
+        CausalLM(tiny_llama_config(type="lama"))
+    with pytest.raises(ConfigError, match=r"did you mean 'gpt2'"):
+        backbone_class("gpt3")
+
+
+def test_registry_lists_both_families():
+    assert {"gpt2", "llama"} <= set(list_backbones())
+    assert backbone_class("llama").__name__ == "LlamaModel"
+
+
+def test_batch_builder_keeps_pad_ids_out_of_text():
+    ids, mask = padded_batch(tiny_llama_config(), side="left")
+    assert (ids[mask == 1] >= FIRST_TEXT_ID).all() and (ids[mask == 0] == 0).all()
+    assert mask.sum(1).tolist() == [8, 5, 2] and mask[:, -1].all()
