@@ -4,7 +4,8 @@ from __future__ import annotations
 from mindspore import nn, ops
 
 from mindrlhf.config import ModelConfig
-from mindrlhf.models.layers import (Attention, Embedding, LayerNorm, Linear, causal_padding_bias, key_padding_bias,
+from mindrlhf.models.layers import (Attention, Embedding, LayerNorm, Linear, cache_slot_index, causal_padding_bias,
+                                    key_padding_bias,
                                     ms_dtype, positions_from_mask, split_heads)
 from mindrlhf.models.registry import register_backbone
 
@@ -85,6 +86,7 @@ class GPT2Model(nn.Cell):
         self.ln_f = LayerNorm(cfg.hidden_size, cfg.layernorm_epsilon, dtype, ms_dtype(cfg.layernorm_compute_type))
         self.num_layers = cfg.num_layers
         self.compute_dtype = ms_dtype(cfg.compute_dtype)
+        self.cache_heads = cfg.num_heads
 
     def input_embedding_table(self):
         """The ``(V, H)`` token table (the tied LM head multiplies with it)."""
@@ -103,6 +105,7 @@ class GPT2Model(nn.Cell):
             bias = causal_padding_bias(attention_mask, self.compute_dtype)
         else:
             bias = key_padding_bias(attention_mask, self.compute_dtype)
+            cache_index = cache_slot_index(cache_index, input_ids.shape[0], self.cache_heads)
         x = self.drop(ops.cast(self.wte(input_ids) + self.wpe(position_ids), self.compute_dtype))
         for i in range(self.num_layers):
             if kv_cache is None:

@@ -14,6 +14,11 @@ from mindspore.common.initializer import Normal, One, Zero, initializer
 NEG_INF = -1e9  # additive bias for masked attention scores (finite, so fully masked rows stay NaN-free)
 
 
+def cast(x, dtype):
+    """``ops.cast`` that adds no op when ``x`` already has ``dtype`` (decided at compile time)."""
+    return x if x.dtype == dtype else ops.cast(x, dtype)
+
+
 def ms_dtype(name: str):
     """MindSpore dtype from its config name (``float32``, ``float16``, ``bfloat16``)."""
     return {"float32": ms.float32, "float16": ms.float16, "bfloat16": ms.bfloat16}[name]
@@ -36,15 +41,16 @@ class Linear(nn.Cell):
         if has_bias:
             self.bias = Parameter(initializer(Zero(), (out_features,), param_dtype), name="bias")
         self.matmul = ops.MatMul(transpose_b=True)
+        self.bias_add = ops.BiasAdd()
         self.out_features = out_features
         self.compute_dtype = compute_dtype
 
     def construct(self, x):
         shape = x.shape
-        x2d = ops.reshape(ops.cast(x, self.compute_dtype), (-1, shape[-1]))
-        y = self.matmul(x2d, ops.cast(self.weight, self.compute_dtype))
+        x2d = ops.reshape(cast(x, self.compute_dtype), (-1, shape[-1]))
+        y = self.matmul(x2d, cast(self.weight, self.compute_dtype))
         if self.has_bias:
-            y = y + ops.cast(self.bias, self.compute_dtype)
+            y = self.bias_add(y, cast(self.bias, self.compute_dtype))
         return ops.reshape(y, shape[:-1] + (self.out_features,))
 
 
@@ -72,9 +78,9 @@ class LayerNorm(nn.Cell):
 
     def construct(self, x):
         out_dtype = x.dtype
-        y, _, _ = self.norm(ops.cast(x, self.compute_dtype), ops.cast(self.weight, self.compute_dtype),
-                            ops.cast(self.bias, self.compute_dtype))
-        return ops.cast(y, out_dtype)
+        y, _, _ = self.norm(cast(x, self.compute_dtype), cast(self.weight, self.compute_dtype),
+                            cast(self.bias, self.compute_dtype))
+        return cast(y, out_dtype)
 
 
 class RMSNorm(nn.Cell):
@@ -88,10 +94,10 @@ class RMSNorm(nn.Cell):
 
     def construct(self, x):
         out_dtype = x.dtype
-        x = ops.cast(x, self.compute_dtype)
+        x = cast(x, self.compute_dtype)
         var = ops.mean(ops.square(x), -1, keep_dims=True)
         y = x * ops.rsqrt(var + self.eps)
-        return ops.cast(y * ops.cast(self.weight, self.compute_dtype), out_dtype)
+        return cast(y * cast(self.weight, self.compute_dtype), out_dtype)
 
 
 def positions_from_mask(attention_mask):
@@ -127,8 +133,9 @@ class Attention(nn.Cell):
 
     The optional KV cache is a pair of Parameters ``(B, num_kv_heads, L, head_dim)``:
     - prefill (``cache_index`` None): the prompt's keys/values fill slots ``[0, S)``;
-    - decode (``cache_index`` a scalar tensor): the one new key/value goes to slot ``cache_index`` in place and
-      the query attends over all ``L`` slots (the bias masks empty and padded ones).
+    - decode (``cache_index`` the ``(B, num_kv_heads, 3)`` scatter index from :func:`cache_slot_index`): the one
+      new key/value goes to its slot in place and the query attends over all ``L`` slots (the bias masks empty and
+      padded ones).
     """
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, dropout: float = 0.0,
@@ -154,14 +161,9 @@ class Attention(nn.Cell):
             v = ops.depend(v, ops.assign(v_cache, ops.concat((ops.cast(v, v_cache.dtype), pad), 2)))
             return k, v
         batch, heads, _, dim = k.shape
-        idx = ops.stack([ops.repeat_interleave(ops.arange(batch, dtype=ms.int32), heads).reshape(batch, heads),
-                         ops.tile(ops.arange(heads, dtype=ms.int32), (batch,)).reshape(batch, heads),
-                         ops.fill(ms.int32, (batch, heads), 1) * cache_index], axis=-1)
-        k_cache = ops.depend(k_cache, ops.scatter_nd_update(k_cache, idx, ops.cast(k.reshape(batch, heads, dim),
-                                                                                   k_cache.dtype)))
-        v_cache = ops.depend(v_cache, ops.scatter_nd_update(v_cache, idx, ops.cast(v.reshape(batch, heads, dim),
-                                                                                   v_cache.dtype)))
-        return ops.cast(k_cache, k.dtype), ops.cast(v_cache, v.dtype)
+        k_all = ops.scatter_nd_update(k_cache, cache_index, cast(ops.reshape(k, (batch, heads, dim)), k_cache.dtype))
+        v_all = ops.scatter_nd_update(v_cache, cache_index, cast(ops.reshape(v, (batch, heads, dim)), v_cache.dtype))
+        return cast(k_all, k.dtype), cast(v_all, v.dtype)
 
     def construct(self, q, k, v, bias, k_cache=None, v_cache=None, cache_index=None):
         """q ``(B, num_heads, S, D)``, k/v ``(B, num_kv_heads, S, D)``, bias ``(B, 1, S, L)`` -> ``(B, S, H)``."""
@@ -169,18 +171,35 @@ class Attention(nn.Cell):
             k, v = self.write_cache(k, v, k_cache, v_cache, cache_index)
         batch, _, seq, dim = q.shape
         keys = k.shape[2]
-        qg = ops.reshape(q, (batch, self.num_kv_heads, self.groups * seq, dim))
-        scores = self.qk(qg, k) * self.scale  # (B, n_kv, groups*S, L)
-        scores = ops.reshape(ops.cast(scores, self.softmax_dtype), (batch, self.num_kv_heads, self.groups, seq, keys))
-        scores = scores + ops.expand_dims(ops.cast(bias, self.softmax_dtype), 1)
-        probs = ops.softmax(scores, -1)
-        probs = self.dropout(ops.cast(probs, self.compute_dtype))
+        q = q * ops.cast(self.scale, q.dtype)
+        if self.groups == 1:
+            scores = cast(self.qk(q, k), self.softmax_dtype) + cast(bias, self.softmax_dtype)  # (B, n, S, L)
+        else:
+            qg = ops.reshape(q, (batch, self.num_kv_heads, self.groups * seq, dim))
+            scores = ops.reshape(cast(self.qk(qg, k), self.softmax_dtype),
+                                 (batch, self.num_kv_heads, self.groups, seq, keys))
+            scores = scores + ops.expand_dims(cast(bias, self.softmax_dtype), 1)
+        probs = self.dropout(cast(ops.softmax(scores, -1), self.compute_dtype))
         out = self.pv(ops.reshape(probs, (batch, self.num_kv_heads, self.groups * seq, keys)), v)
+        if seq == 1:
+            return ops.reshape(out, (batch, 1, self.num_heads * dim))
         out = ops.reshape(out, (batch, self.num_heads, seq, dim))
         return ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, seq, self.num_heads * dim))
+
+
+def cache_slot_index(slot, batch: int, heads: int):
+    """Scatter index ``(B, heads, 3)`` of ``[b, h, slot]`` entries: where a decode step writes into the cache.
+
+    Built once per decode step and shared by every layer.
+    """
+    rows = ops.reshape(ops.repeat_interleave(ops.arange(batch, dtype=ms.int32), heads), (batch, heads))
+    cols = ops.reshape(ops.tile(ops.arange(heads, dtype=ms.int32), (batch,)), (batch, heads))
+    return ops.stack([rows, cols, ops.fill(ms.int32, (batch, heads), 1) * slot], axis=-1)
 
 
 def split_heads(x, heads: int, head_dim: int):
     """``(B, S, heads*head_dim) -> (B, heads, S, head_dim)``."""
     batch, seq, _ = x.shape
+    if seq == 1:  # a decode step: the transpose is a reshape, and a reshape costs no kernel
+        return ops.reshape(x, (batch, heads, 1, head_dim))
     return ops.transpose(ops.reshape(x, (batch, seq, heads, head_dim)), (0, 2, 1, 3))

@@ -7,7 +7,8 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from mindrlhf.config import ModelConfig
-from mindrlhf.models.layers import (Attention, Embedding, Linear, RMSNorm, causal_padding_bias, key_padding_bias,
+from mindrlhf.models.layers import (Attention, Embedding, Linear, RMSNorm, cache_slot_index, causal_padding_bias,
+                                    key_padding_bias,
                                     ms_dtype, positions_from_mask, split_heads)
 from mindrlhf.models.registry import register_backbone
 
@@ -117,6 +118,7 @@ class LlamaModel(nn.Cell):
         self.rotary = Rotary(cfg.head_dim, cfg.rope_theta)
         self.num_layers = cfg.num_layers
         self.compute_dtype = ms_dtype(cfg.compute_dtype)
+        self.cache_heads = cfg.num_kv_heads
 
     def input_embedding_table(self):
         """The ``(V, H)`` token table."""
@@ -135,6 +137,7 @@ class LlamaModel(nn.Cell):
             bias = causal_padding_bias(attention_mask, self.compute_dtype)
         else:
             bias = key_padding_bias(attention_mask, self.compute_dtype)
+            cache_index = cache_slot_index(cache_index, input_ids.shape[0], self.cache_heads)
         cos, sin = self.rotary(position_ids)
         x = ops.cast(self.embed_tokens(input_ids), self.compute_dtype)
         for i in range(self.num_layers):
