@@ -201,12 +201,63 @@ class RecomputeConfig:
 
 
 @dataclass
+class DataLoaderConfig:
+    """Where records come from (``<split>_dataset.data_loader``)."""
+
+    type: str = "MindDataset"  # only MindRecord files are read
+    dataset_dir: str = ""  # a .mindrecord file (its .db index beside it)
+    shuffle: bool = True  # reshuffle every epoch (seeded by `seed` and the epoch number)
+    num_samples: Optional[int] = None  # use only the first N records (None = all)
+
+    def __post_init__(self):
+        if self.type != "MindDataset":
+            raise ConfigError(f"data_loader.type {self.type!r} is not supported (MindDataset)")
+
+
+@dataclass
+class DatasetConfig:
+    """One data split (the YAML ``train_dataset`` / ``eval_dataset`` sections)."""
+
+    data_loader: DataLoaderConfig = field(default_factory=DataLoaderConfig)
+    batch_size: Optional[int] = None  # per device (pairs for the reward model); None = runner_config.batch_size
+    drop_remainder: bool = True  # drop a last incomplete batch
+    num_parallel_workers: int = 1  # dataset worker threads
+
+
+@dataclass
+class RewardConfig:
+    """Reward-model loss (the YAML ``reward`` section)."""
+
+    loss_type: str = "span"  # span: mean -log sigmoid(c_t - r_t) over the divergence span (MindRLHF/DeepSpeed-Chat);
+    #                         end: -log sigmoid(c - r) at each sequence's own last token (Bradley-Terry, TRL)
+
+    def __post_init__(self):
+        if self.loss_type not in ("span", "end"):
+            raise ConfigError(f"reward.loss_type {self.loss_type!r} is not one of span, end")
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoint saving (the YAML ``checkpoint`` section; mindformers' CheckpointMonitor)."""
+
+    prefix: str = "mindrlhf"  # file names: <prefix>_rank_<id>-<global step>_<epoch>.ckpt
+    save_checkpoint_steps: int = 1000  # save every this many optimizer steps (and at the end of training)
+    keep_checkpoint_max: int = 3  # newest files kept per rank; older ones are deleted
+    log_interval: int = 1  # log (stdout, info.log, tensorboard) every this many steps
+
+    def __post_init__(self):
+        if self.save_checkpoint_steps < 1 or self.keep_checkpoint_max < 1 or self.log_interval < 1:
+            raise ConfigError("checkpoint: save_checkpoint_steps, keep_checkpoint_max and log_interval must be >= 1")
+
+
+@dataclass
 class RunConfig:
     """Everything one run reads, as loaded from a ``run_*.yaml`` recipe."""
 
     seed: int = 0  # global seed (parameter init, data order)
     output_dir: str = "./output"  # logs, checkpoints and the resolved config go here
-    load_checkpoint: str = ""  # checkpoint file or folder to start from ("" = fresh weights)
+    load_checkpoint: str = ""  # a checkpoint folder with rank_<id>/ to resume from, or a .ckpt / Hugging Face folder
+    #                             whose weights start the run ("" = fresh weights)
     model: ModelSection = field(default_factory=ModelSection)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
@@ -216,6 +267,11 @@ class RunConfig:
     lr_schedule: LrScheduleConfig = field(default_factory=LrScheduleConfig)
     runner_wrapper: LossScaleConfig = field(default_factory=LossScaleConfig)
     recompute_config: RecomputeConfig = field(default_factory=RecomputeConfig)
+    train_dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    eval_dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(
+        data_loader=DataLoaderConfig(shuffle=False), drop_remainder=False))
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------------
