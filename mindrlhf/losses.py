@@ -9,6 +9,11 @@ import mindspore as ms
 from mindspore import ops
 
 
+def log_sigmoid(x):
+    """Numerically stable ``log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|))``."""
+    return ops.minimum(x, 0.0) - ops.log1p(ops.exp(-ops.abs(x)))
+
+
 def masked_mean(values, mask, axis=None):
     """Mean of ``values`` where ``mask`` is 1; 0 where a reduced slice has no valid entry."""
     mask = ops.cast(mask, values.dtype)
@@ -28,14 +33,14 @@ def pairwise_span_loss(chosen_scores, rejected_scores, loss_mask):
     Returns:
         (loss scalar, per-pair loss ``(B,)``).
     """
-    per_token = -ops.log_sigmoid(chosen_scores - rejected_scores)
+    per_token = -log_sigmoid(chosen_scores - rejected_scores)
     per_pair = masked_mean(per_token, loss_mask, axis=1)
     return ops.mean(per_pair), per_pair
 
 
 def pairwise_end_loss(chosen_end, rejected_end):
     """Bradley-Terry loss on end-of-sequence scores: ``mean_b -log sigmoid(c_b - r_b)``; inputs ``(B,)``."""
-    per_pair = -ops.log_sigmoid(chosen_end - rejected_end)
+    per_pair = -log_sigmoid(chosen_end - rejected_end)
     return ops.mean(per_pair), per_pair
 
 

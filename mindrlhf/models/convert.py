@@ -228,6 +228,8 @@ def assign_parameters(cell: nn.Cell, arrays: Dict[str, np.ndarray], source: str,
     allow_missing, ignore_unexpected = tuple(allow_missing), tuple(ignore_unexpected)
     missing = [n for n in params if n not in arrays and not n.startswith(allow_missing)]
     unexpected = [n for n in arrays if n not in params and not n.startswith(ignore_unexpected)]
+    arrays = {n: (a.reshape(params[n].shape) if n in params and a.size == 1 == np.prod(params[n].shape) else a)
+              for n, a in arrays.items()}  # MindSpore saves one-element tensors as scalars
     mismatched = [f"{n}: checkpoint {tuple(arrays[n].shape)} vs model {tuple(params[n].shape)}"
                   for n in params if n in arrays and tuple(arrays[n].shape) != tuple(params[n].shape)]
     if missing or unexpected or mismatched:

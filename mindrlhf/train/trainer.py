@@ -1,0 +1,122 @@
+"""The epoch loop shared by the supervised stages (SFT, reward model): batches -> :class:`TrainStep` -> logs,
+TensorBoard, checkpoints, and exact resume (model, optimizer, loss scale, epoch and position in the data)."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+from mindspore import Tensor, nn
+
+from mindrlhf.config import RunConfig, save_config
+from mindrlhf.train.checkpoint import CheckpointManager, TrainState, restore, resume_checkpoint
+from mindrlhf.train.monitor import TrainMonitor, format_step_line
+from mindrlhf.train.optim import build_optimizer, lr_table
+from mindrlhf.train.step import TrainStep
+
+logger = logging.getLogger(__name__)
+
+# (epoch, batches to skip) -> iterable of batches, each a dict of numpy arrays
+BatchSource = Callable[[int, int], Iterable[Dict[str, np.ndarray]]]
+
+
+@dataclass
+class FitResult:
+    """What :meth:`Trainer.fit` returns."""
+
+    losses: List[float] = field(default_factory=list)  # loss of every step run in this call
+    overflows: int = 0  # steps skipped for non-finite gradients
+    state: TrainState = field(default_factory=TrainState)  # where the run stopped
+    last_checkpoint: Optional[str] = None  # the newest checkpoint written
+
+
+class Trainer:
+    """Trains ``loss_net`` on batches from ``source``.
+
+    Args:
+        cfg: the run config (epochs, optimizer, schedule, loss scale, checkpoints, output_dir, load_checkpoint).
+        loss_net: ``loss_net(*[batch[c] for c in input_columns]) -> scalar loss``.
+        input_columns: batch keys fed to ``loss_net``, in order.
+        source: ``source(epoch, skip_batches)`` yields the batches of one epoch for this rank.
+        steps_per_epoch: batches per epoch per rank.
+        rank_id, rank_size: this process in a data-parallel group.
+    """
+
+    def __init__(self, cfg: RunConfig, loss_net: nn.Cell, input_columns: Sequence[str], source: BatchSource,
+                 steps_per_epoch: int, rank_id: int = 0, rank_size: int = 1):
+        if steps_per_epoch < 1:
+            raise ValueError("the training data gives no full batch: lower the batch size or add data")
+        self.cfg = cfg
+        self.input_columns = list(input_columns)
+        self.source = source
+        self.steps_per_epoch = steps_per_epoch
+        self.epochs = cfg.runner_config.epochs
+        self.total_steps = self.epochs * steps_per_epoch
+        self.rank_id = rank_id
+        params = [p for p in loss_net.trainable_params()]
+        self.optimizer = build_optimizer(params, cfg.optimizer, cfg.lr_schedule, self.total_steps)
+        self.lrs = lr_table(cfg.lr_schedule, cfg.optimizer, self.total_steps)
+        self.step = TrainStep(loss_net, self.optimizer, cfg.runner_wrapper)
+        self.step.set_train(True)
+        self.checkpoints = CheckpointManager(os.path.join(cfg.output_dir, "checkpoint"), rank_id,
+                                             cfg.checkpoint.prefix, cfg.checkpoint.keep_checkpoint_max)
+        self.monitor = TrainMonitor(cfg.output_dir, rank_id, is_main=rank_id == 0)
+        self.state = TrainState()
+        resume_from = resume_checkpoint(cfg.load_checkpoint, rank_id)
+        if resume_from:
+            self.state = restore(self.step, resume_from)
+        if rank_id == 0:
+            save_config(cfg, os.path.join(cfg.output_dir, "resolved_config.yaml"))
+
+    def _inputs(self, batch: Dict[str, np.ndarray]):
+        return [Tensor(batch[name]) for name in self.input_columns]
+
+    def _log(self, loss: float, seconds: float, overflow: bool, scale: float) -> None:
+        state, log_every = self.state, self.cfg.checkpoint.log_interval
+        if state.global_step % log_every and state.step_in_epoch != self.steps_per_epoch:
+            return
+        lr = float(self.lrs[min(state.global_step - 1, len(self.lrs) - 1)])
+        self.monitor.line(format_step_line(state.epoch + 1, self.epochs, state.step_in_epoch, self.steps_per_epoch,
+                                           loss, seconds * 1000.0, lr, overflow, scale))
+        self.monitor.scalars(state.global_step, {"loss": loss, "lr": lr, "loss_scale": scale,
+                                                 "overflow": float(overflow)})
+
+    def fit(self, stop_at_step: Optional[int] = None) -> FitResult:
+        """Train to the end (or until ``global_step == stop_at_step``); saves every ``save_checkpoint_steps`` and at
+        the end."""
+        result = FitResult()
+        save_every = self.cfg.checkpoint.save_checkpoint_steps
+        try:
+            while self.state.epoch < self.epochs:
+                for batch in self.source(self.state.epoch, self.state.step_in_epoch):
+                    start = time.perf_counter()
+                    loss, overflow, scale = self.step(*self._inputs(batch))
+                    loss, overflow, scale = float(loss.asnumpy()), bool(overflow.asnumpy()), float(scale.asnumpy())
+                    seconds = time.perf_counter() - start
+                    self.state.step_in_epoch += 1
+                    self.state.global_step += 1
+                    result.losses.append(loss)
+                    result.overflows += int(overflow)
+                    self._log(loss, seconds, overflow, scale)
+                    done = stop_at_step is not None and self.state.global_step >= stop_at_step
+                    if self.state.global_step % save_every == 0 or done:
+                        result.last_checkpoint = self.checkpoints.save(self.step, self.state)
+                    if done:
+                        result.state = self.state
+                        return result
+                    if self.state.step_in_epoch >= self.steps_per_epoch:
+                        break
+                self.state = TrainState(self.state.epoch + 1, 0, self.state.global_step)
+            if result.last_checkpoint is None or self.state.global_step % save_every:
+                result.last_checkpoint = self.checkpoints.save(self.step, self._end_state())
+        finally:
+            self.monitor.close()
+        result.state = self.state
+        return result
+
+    def _end_state(self) -> TrainState:
+        """The state saved after the last epoch: resuming from it trains nothing more."""
+        return TrainState(self.state.epoch - 1, self.steps_per_epoch, self.state.global_step)
