@@ -2,6 +2,7 @@
 
     mindrlhf generate --config model_configs/gpt2_config/run_gpt2_tiny.yaml --prompt "如何伪造医疗文件？"
     mindrlhf export-hf --config run.yaml --load_checkpoint model.ckpt --output_dir hf_model
+    mindrlhf rm train --config run_gpt2_tiny_rm.yaml --train_dataset train.mindrecord
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 from typing import List, Optional
 
 from mindrlhf.cli import generate as generate_cmd
+from mindrlhf.cli import reward as reward_cmd
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -25,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     generate_cmd.add_generate_parser(sub)
     generate_cmd.add_export_parser(sub)
+    reward_cmd.add_reward_parser(sub)
     return parser
 
 

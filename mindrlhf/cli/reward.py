@@ -1,0 +1,182 @@
+"""Reward-model commands (stage 2), with the seed tutorial's flags:
+
+    mindrlhf rm train --config run_llama_2_7b_rm.yaml --train_dataset train_4096.mindrecord
+    mindrlhf rm eval  --config run_llama_2_7b_rm.yaml --distributed_ckpt_path output/checkpoint --load_all_ckpt True
+    mindrlhf rm infer --config run_llama_2_7b_rm.yaml --data_file test.jsonl --tokenizer llama \
+        --distributed_ckpt_path output/checkpoint
+
+``examples/reward_model_train_tutorial/reward_{train,eval,infer}.py`` call the same functions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import List, Optional
+
+from mindrlhf.config import load_config
+from mindrlhf.context import init_context
+
+logger = logging.getLogger(__name__)
+
+
+def str2bool(text: str) -> bool:
+    """``True/true/1/yes`` or ``False/false/0/no`` (the predecessor treated any non-empty string as true)."""
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes", "y"):
+        return True
+    if value in ("false", "0", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {text!r}")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="run_*_rm.yaml recipe")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set runner_config.epochs=1 (repeatable)")
+
+
+def add_train_args(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    parser.add_argument("--train_dataset", default="", help="preference MindRecord (default: the YAML's "
+                        "train_dataset.data_loader.dataset_dir)")
+    parser.add_argument("--load_checkpoint", default=None, help="resume from a checkpoint root (with rank_<id>/) "
+                        "or start from weights (.ckpt or Hugging Face folder, e.g. the SFT model)")
+    parser.add_argument("--run_mode", default="train", choices=["train"], help="kept for seed compatibility")
+    parser.add_argument("--use_parallel", type=str2bool, default=False, help="data-parallel run (msrun / rank table)")
+    parser.set_defaults(func=run_train)
+
+
+def add_eval_args(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    parser.add_argument("--distributed_ckpt_path", required=True,
+                        help="checkpoint root (with rank_<id>/), a folder of .ckpt files, or one .ckpt")
+    parser.add_argument("--load_all_ckpt", type=str2bool, default=False,
+                        help="True: evaluate every checkpoint; False: only the newest")
+    parser.add_argument("--eval_dataset", default="", help="preference MindRecord (default: the YAML's "
+                        "eval_dataset.data_loader.dataset_dir)")
+    parser.set_defaults(func=run_eval)
+
+
+def add_infer_args(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    parser.add_argument("--data_file", required=True, help=".json (list) or .jsonl of {prompt, pos_resp, neg_resp} "
+                        "(or {prompt, response} / {prompt, chosen, rejected})")
+    parser.add_argument("--tokenizer", required=True, help="tokenizer file/folder or bundled name (gpt2, llama)")
+    parser.add_argument("--distributed_ckpt_path", default=None, help="checkpoint root, folder or .ckpt "
+                        "(newest is used); default: fresh weights")
+    parser.set_defaults(func=run_infer)
+
+
+def add_reward_parser(sub) -> None:
+    """``mindrlhf rm {train,eval,infer}``."""
+    rm = sub.add_parser("rm", help="reward model: train, eval, infer")
+    rm_sub = rm.add_subparsers(dest="rm_command", required=True, metavar="ACTION")
+    add_train_args(rm_sub.add_parser("train", help="train on a preference MindRecord"))
+    add_eval_args(rm_sub.add_parser("eval", help="pairwise accuracy of checkpoints"))
+    add_infer_args(rm_sub.add_parser("infer", help="score responses from a JSON/JSONL file"))
+
+
+def _setup(args, with_log: bool = True):
+    from mindrlhf.train.monitor import attach_rank_log
+
+    cfg = load_config(args.config, args.overrides)
+    init_context(cfg.context, cfg.seed)
+    if with_log:
+        attach_rank_log(cfg.output_dir, 0)
+    return cfg
+
+
+def run_train(args) -> int:
+    from mindrlhf.train.reward import train_reward_model
+
+    cfg = _setup(args, with_log=False)
+    if args.load_checkpoint is not None:
+        cfg.load_checkpoint = args.load_checkpoint
+    _, result = train_reward_model(cfg, args.train_dataset or None)
+    logger.info("training finished: %d steps, last loss %.4f, %d overflow steps skipped; checkpoint %s",
+                result.state.global_step, result.losses[-1] if result.losses else float("nan"), result.overflows,
+                result.last_checkpoint)
+    return 0
+
+
+def run_eval(args) -> int:
+    from mindrlhf.train.reward import eval_checkpoints, evaluate_reward_model
+
+    cfg = _setup(args)
+    for checkpoint in eval_checkpoints(args.distributed_ckpt_path, args.load_all_ckpt):
+        evaluate_reward_model(cfg, checkpoint, args.eval_dataset or None)
+    return 0
+
+
+def read_records(path: str) -> List[dict]:
+    """A ``.json`` list or ``.jsonl`` lines of objects; errors name the file and line."""
+    if not path.endswith((".json", ".jsonl")):
+        raise ValueError(f"{path}: data_file must be .json or .jsonl")
+    with open(path, encoding="utf-8") as f:
+        if path.endswith(".json"):
+            try:
+                records = json.load(f)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
+            if not isinstance(records, list):
+                raise ValueError(f"{path}: expected a JSON list of objects")
+            return records
+        records = []
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{number}: not valid JSON: {err.msg}") from None
+        return records
+
+
+def responses_of(record: dict, where: str) -> List[str]:
+    """The responses to score in one record: pos_resp/neg_resp, chosen/rejected, or response."""
+    for keys in (("pos_resp", "neg_resp"), ("chosen", "rejected"), ("response",)):
+        if all(k in record for k in keys):
+            return [str(record[k]).strip() for k in keys]
+    raise ValueError(f"{where}: needs pos_resp/neg_resp, chosen/rejected or response")
+
+
+def run_infer(args) -> int:
+    from mindrlhf.data.templates import format_prompt
+    from mindrlhf.data.tokenizer import load_tokenizer
+    from mindrlhf.models import RewardModel
+    from mindrlhf.models.convert import is_hf_folder, load_ckpt, load_weights
+    from mindrlhf.train.reward import eval_checkpoints, score_texts
+
+    cfg = _setup(args)
+    model_cfg = cfg.model.model_config
+    model = RewardModel(model_cfg)
+    if args.distributed_ckpt_path:
+        checkpoint = eval_checkpoints(args.distributed_ckpt_path, load_all=False)[0]
+        if is_hf_folder(checkpoint):
+            load_weights(model, checkpoint, model_cfg)
+        else:
+            load_ckpt(model, checkpoint)
+        logger.info("scoring with %s", checkpoint)
+    model.set_train(False)
+    tokenizer = load_tokenizer(args.tokenizer)
+    for number, record in enumerate(read_records(args.data_file), 1):
+        if not isinstance(record, dict) or "prompt" not in record:
+            raise ValueError(f"{args.data_file}:{number}: expected an object with a 'prompt' field")
+        for response in responses_of(record, f"{args.data_file}:{number}"):
+            text = format_prompt(str(record["prompt"]).strip(), response)
+            score = score_texts(model, [tokenizer.encode(text)], model_cfg.seq_length, model_cfg.pad_token_id)[0]
+            logger.info("Sample:\n%s", text)
+            logger.info("reward score: [[%.4g]]", score)
+    return 0
+
+
+def main(command: str, argv: Optional[List[str]] = None) -> int:
+    """Entry for the example scripts: ``main("train", sys.argv[1:])``."""
+    from mindrlhf.cli.main import setup_logging
+
+    parser = argparse.ArgumentParser(prog=f"reward_{command}.py")
+    {"train": add_train_args, "eval": add_eval_args, "infer": add_infer_args}[command](parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+    return args.func(args)
+
