@@ -31,7 +31,7 @@ def format_step_line(epoch: int, epochs: int, step: int, steps: int, loss: float
     """``Epoch:[  1/  2], step:[    2/29134], loss: 0.744, time:68580.279 ms, lr:8e-08, overflow cond: False,
     loss_scale: 128.0`` (epoch and step 1-based)."""
     return (f"Epoch:[{epoch:3d}/{epochs:3d}], step:[{step:5d}/{steps:5d}], loss: {loss:5.3f}, "
-            f"time:{ms_per_step:.3f} ms, lr:{np.float32(lr)}, overflow cond: {bool(overflow)}, "
+            f"time:{ms_per_step:.3f} ms, lr:{np.float32(lr)!s}, overflow cond: {bool(overflow)}, "
             f"loss_scale: {float(loss_scale)}")
 
 
