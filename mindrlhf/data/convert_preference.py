@@ -1,0 +1,461 @@
+"""Preference data -> MindRecord for reward-model training (the seed's ``cvalues_comparison.py``).
+
+    python -m mindrlhf.data.convert_preference --model gpt2 --src_file train.jsonl \\
+        --dst_file data/train_1024.mindrecord --seq_length 1024 --pad_token_id 50256
+
+Input formats (``--format``, auto-detected from the keys of the first record by default):
+
+- ``cvalues``: JSONL ``{prompt, pos_resp, neg_resp}`` (CValues-Comparison; ``pos_type``/``neg_type`` unused).
+- ``pairwise``: JSONL ``{prompt, chosen, rejected}``.
+- ``hh``: JSONL ``{chosen, rejected}`` full Anthropic-HH transcripts ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``. The
+  prompt is the chosen transcript up to and including its last ``"\\n\\nAssistant:"``; the rejected transcript must
+  start with the same prompt; the responses are what follows it.
+- ``oasst``: ``{instruction, input, output: [best, ..., worst], history: [[q, a], ...]}`` as a JSON array or JSONL.
+  Pairs are best-vs-each-worse: ``(output[0], output[k])`` for ``k = 1..n-1`` (n-1 pairs per row; every pair
+  is a ranking the annotators made against the top answer). The prompt is ``instruction`` (then ``"\\n" + input``
+  when ``input`` is not empty), preceded by the history turns written in the template's own markup
+  (:data:`HISTORY_TURN`), so the templated text reads as one multi-turn ``### 问题`` / ``### 回答`` transcript.
+
+Each pair becomes ``format_prompt(prompt.strip(), response.strip())`` for both responses, tokenized without special
+tokens, cut to ``seq_length`` and padded with ``pad_token_id``. The seven stored fields (``S = seq_length``,
+``Lc``/``Lr`` = real tokens of chosen/rejected, ``d`` = first index where they differ, or ``min(Lc, Lr)`` when one
+is a prefix of the other; computed from lengths, never by searching for the pad id, which may equal eos):
+
+- ``chosen_input_ids``, ``chosen_attention_mask``, ``rejected_input_ids``, ``rejected_attention_mask``: int32 (S,).
+- ``position_id``: int32 (S,). Right padding: ``arange(S)``; left padding: ``clip(cumsum(mask) - 1, 0)``.
+- ``loss_mask``: int32 (S,), 1 on ``[o + d, o + max(Lc, Lr))``, 0 elsewhere (``o`` = start offset, below).
+- ``end_ind``: int64 scalar ``o + max(Lc, Lr)``, one past the last token of the longer sequence.
+
+``padding_side="right"``: both sequences start at ``o = 0``. ``padding_side="left"``: the PAIR is left-padded as
+a unit, both sequences start at ``o = S - max(Lc, Lr)`` (the longer one ends at S, the shorter one is followed by
+pad). Aligned starts keep the shared prompt at the same positions in both rows, so one ``position_id`` and one
+``loss_mask`` serve both (with each sequence right-aligned on its own they could not).
+
+Skipped and counted (never a crash, unlike the predecessor's bug B1): pairs whose token ids are identical after
+templating and truncation (``skipped_identical``) and pairs with an empty response after ``strip()``
+(``skipped_empty``). Bad records (malformed JSON line, missing/null or non-string field, undetectable format) raise
+:class:`ConversionError` naming ``file:line`` and the field, or with ``skip_bad_lines`` are skipped and counted
+(``skipped_bad``); a syntax error inside a JSON array is always fatal (there is no next line to resume at).
+
+The MindRecord (and its ``.db`` index) is written to a fresh temporary folder inside the destination folder under
+its final name (MindRecord headers store the file name, so a renamed file would not open), then both files are
+moved into place; on any error nothing new is left behind and an existing destination is untouched.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from tqdm import tqdm
+
+from mindrlhf.data.templates import format_prompt
+from mindrlhf.data.tokenizer import Tokenizer, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+# The stored schema: six int32 vectors and the int64 scalar end_ind, in the spec order.
+PREFERENCE_SCHEMA = {
+    "chosen_input_ids": {"type": "int32", "shape": [-1]},
+    "chosen_attention_mask": {"type": "int32", "shape": [-1]},
+    "rejected_input_ids": {"type": "int32", "shape": [-1]},
+    "rejected_attention_mask": {"type": "int32", "shape": [-1]},
+    "position_id": {"type": "int32", "shape": [-1]},
+    "loss_mask": {"type": "int32", "shape": [-1]},
+    "end_ind": {"type": "int64"},
+}
+FORMATS = ("cvalues", "pairwise", "hh", "oasst")
+PADDING_SIDES = ("right", "left")
+HH_ASSISTANT = "\n\nAssistant:"
+# One earlier oasst turn; the current question follows the last one (the template supplies the first "### 问题").
+HISTORY_TURN = "{question}\n\n### 回答：\n{answer}\n\n### 问题：\n"
+WRITE_CHUNK = 1000  # samples handed to FileWriter.write_raw_data at a time
+
+
+class ConversionError(ValueError):
+    """A source file, record or argument that cannot be converted; the message names ``file:line`` and field."""
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One comparison read from a source file (texts as read, before strip and template)."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    line: int  # 1-based line of the record in the source file
+
+
+@dataclass
+class ConversionStats:
+    """Counters and raw-text token counts (each capped at seq_length, as the predecessor measured them)."""
+
+    skipped_identical: int = 0  # pairs whose token ids were identical after templating and truncation
+    skipped_empty: int = 0  # pairs with an empty chosen or rejected response after strip()
+    skipped_bad: int = 0  # bad records skipped with skip_bad_lines
+    truncated: int = 0  # written pairs where chosen or rejected was cut at seq_length
+    lengths: Dict[str, List[int]] = field(default_factory=lambda: {"prompt": [], "chosen": [], "reject": []})
+
+    def as_dict(self) -> Dict[str, Union[int, float]]:
+        """``count, skipped_*, truncated`` and ``{prompt,chosen,reject}_{max,min,avg}``."""
+        out: Dict[str, Union[int, float]] = {"count": len(self.lengths["prompt"]),
+                                             "skipped_identical": self.skipped_identical,
+                                             "skipped_empty": self.skipped_empty, "skipped_bad": self.skipped_bad,
+                                             "truncated": self.truncated}
+        for name, values in self.lengths.items():
+            out[f"{name}_max"] = max(values, default=0)
+            out[f"{name}_min"] = min(values, default=0)
+            out[f"{name}_avg"] = float(np.mean(values)) if values else 0.0
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading: records with line numbers, then (prompt, chosen, rejected) per format
+
+
+def read_records(path: str) -> Tuple[int, Iterator[Tuple[int, Any]]]:
+    """``(number of records, iterator of (line, record))`` for a JSON array or JSON Lines file.
+
+    A JSONL line that does not parse is yielded as a :class:`ConversionError` (the caller raises or skips it);
+    blank lines are ignored. A JSON array that does not parse raises at once.
+    """
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            text = f.read()
+    except UnicodeDecodeError as err:
+        raise ConversionError(f"{path}: not UTF-8 text ({err})") from err
+    stripped = text.lstrip()
+    if not stripped:
+        raise ConversionError(f"{path}: empty file, no records")
+    if stripped.startswith("["):
+        return _read_json_array(path, text)
+    lines = [(i, line) for i, line in enumerate(text.split("\n"), 1) if line.strip()]
+    return len(lines), (_parse_line(path, i, line) for i, line in lines)
+
+
+def _parse_line(path: str, line_no: int, line: str) -> Tuple[int, Any]:
+    try:
+        return line_no, json.loads(line)
+    except json.JSONDecodeError as err:
+        return line_no, ConversionError(f"{path}:{line_no}: malformed JSON ({err.msg} at column {err.colno})")
+
+
+def _read_json_array(path: str, text: str) -> Tuple[int, Iterator[Tuple[int, Any]]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConversionError(f"{path}:{err.lineno}: malformed JSON array ({err.msg} at column {err.colno})") from err
+    if not isinstance(data, list):
+        raise ConversionError(f"{path}:1: top-level JSON value is a {type(data).__name__}, expected a list")
+    # Each element's line: the text is valid JSON, so raw_decode walks it element by element.
+    decoder, pos, seen, line, lines = json.JSONDecoder(), text.index("[") + 1, 0, 1, []
+    for _ in data:
+        while text[pos] in " \t\r\n,":
+            pos += 1
+        line, seen = line + text.count("\n", seen, pos), pos
+        lines.append(line)
+        pos = decoder.raw_decode(text, pos)[1]
+    return len(data), iter(list(zip(lines, data)))
+
+
+def _text(record: dict, name: str, where: str) -> str:
+    value = record.get(name)
+    if value is None:
+        raise ConversionError(f"{where}: field '{name}': missing")
+    if not isinstance(value, str):
+        raise ConversionError(f"{where}: field '{name}': expected a string, got {type(value).__name__}")
+    return value
+
+
+def _pairs_cvalues(record: dict, where: str) -> List[Tuple[str, str, str]]:
+    return [(_text(record, "prompt", where), _text(record, "pos_resp", where), _text(record, "neg_resp", where))]
+
+
+def _pairs_pairwise(record: dict, where: str) -> List[Tuple[str, str, str]]:
+    return [(_text(record, "prompt", where), _text(record, "chosen", where), _text(record, "rejected", where))]
+
+
+def _pairs_hh(record: dict, where: str) -> List[Tuple[str, str, str]]:
+    chosen, rejected = _text(record, "chosen", where), _text(record, "rejected", where)
+    cut = chosen.rfind(HH_ASSISTANT)
+    if cut < 0:
+        raise ConversionError(f"{where}: field 'chosen': no {HH_ASSISTANT!r} turn in the transcript")
+    prompt = chosen[:cut + len(HH_ASSISTANT)]
+    if not rejected.startswith(prompt):
+        raise ConversionError(f"{where}: field 'rejected': does not start with the chosen transcript's prompt "
+                              f"(everything up to its last {HH_ASSISTANT!r})")
+    return [(prompt, chosen[len(prompt):], rejected[len(prompt):])]
+
+
+def _pairs_oasst(record: dict, where: str) -> List[Tuple[str, str, str]]:
+    prompt = _text(record, "instruction", where)
+    extra = record.get("input") or ""
+    if not isinstance(extra, str):
+        raise ConversionError(f"{where}: field 'input': expected a string, got {type(extra).__name__}")
+    prompt = f"{prompt}\n{extra}" if extra else prompt
+    history = record.get("history") or []
+    if not isinstance(history, list) or not all(
+            isinstance(t, (list, tuple)) and len(t) == 2 and all(isinstance(s, str) for s in t) for t in history):
+        raise ConversionError(f"{where}: field 'history': expected a list of [question, answer] string pairs")
+    prompt = "".join(HISTORY_TURN.format(question=q.strip(), answer=a.strip()) for q, a in history) + prompt
+    answers = record.get("output")
+    if not isinstance(answers, list) or len(answers) < 2 or not all(isinstance(a, str) for a in answers):
+        raise ConversionError(f"{where}: field 'output': expected a list of at least 2 ranked answer strings")
+    return [(prompt, answers[0], worse) for worse in answers[1:]]
+
+
+READERS: Dict[str, Callable[[dict, str], List[Tuple[str, str, str]]]] = {
+    "cvalues": _pairs_cvalues, "pairwise": _pairs_pairwise, "hh": _pairs_hh, "oasst": _pairs_oasst}
+# Keys that identify each format, most specific first (pairwise before hh: both have chosen/rejected).
+SIGNATURES = (("cvalues", {"prompt", "pos_resp", "neg_resp"}), ("pairwise", {"prompt", "chosen", "rejected"}),
+              ("hh", {"chosen", "rejected"}), ("oasst", {"instruction", "output"}))
+
+
+def detect_format(record: dict, where: str) -> str:
+    """The format whose keys the record has; :class:`ConversionError` when none matches."""
+    for name, keys in SIGNATURES:
+        if keys <= record.keys():
+            return name
+    expected = "; ".join(f"{name}: {', '.join(sorted(keys))}" for name, keys in SIGNATURES)
+    raise ConversionError(f"{where}: cannot detect the format from keys {sorted(record)} (expected {expected}); "
+                          f"pass --format")
+
+
+def read_pairs(path: str, fmt: str = "auto", skip_bad_lines: bool = False, stats: Optional[ConversionStats] = None,
+               progress: bool = False) -> Iterator[PreferencePair]:
+    """The comparisons of ``path``; bad records raise, or are skipped and counted in ``stats.skipped_bad``.
+
+    The file is read (and an empty or unparsable JSON array rejected) at once; records are checked as iterated.
+    """
+    if fmt != "auto" and fmt not in READERS:
+        raise ConversionError(f"--format must be auto or one of {', '.join(FORMATS)}, got {fmt!r}")
+    total, records = read_records(path)
+    return _iter_pairs(path, total, records, fmt, skip_bad_lines, stats, progress)
+
+
+def _iter_pairs(path: str, total: int, records: Iterator[Tuple[int, Any]], fmt: str, skip_bad_lines: bool,
+                stats: Optional[ConversionStats], progress: bool) -> Iterator[PreferencePair]:
+    reader = None if fmt == "auto" else READERS[fmt]
+    for line, record in tqdm(records, total=total, desc="records", unit="rec", disable=not progress):
+        where = f"{path}:{line}"
+        try:
+            if isinstance(record, ConversionError):
+                raise record
+            if not isinstance(record, dict):
+                raise ConversionError(f"{where}: record is a JSON {type(record).__name__}, expected an object")
+            if reader is None:
+                fmt = detect_format(record, where)
+                reader = READERS[fmt]
+                logger.info("%s: format %s (detected at line %d)", path, fmt, line)
+            triples = reader(record, where)
+        except ConversionError as err:
+            if not skip_bad_lines:
+                raise
+            logger.warning("skipped: %s", err)
+            if stats is not None:
+                stats.skipped_bad += 1
+            continue
+        for prompt, chosen, rejected in triples:
+            yield PreferencePair(prompt, chosen, rejected, line)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Encoding one pair into the seven fields
+
+
+def pair_fields(chosen: Sequence[int], rejected: Sequence[int], seq_length: int, pad_token_id: int,
+                padding_side: str = "right") -> Optional[Dict[str, Union[np.ndarray, int]]]:
+    """The seven fields of one pair of token lists (each already at most ``seq_length`` long); None if identical.
+
+    See the module docstring for the definitions. Everything derives from the two lengths, not from pad ids.
+    """
+    len_c, len_r = len(chosen), len(rejected)
+    common = min(len_c, len_r)
+    differs = np.flatnonzero(np.asarray(chosen[:common]) != np.asarray(rejected[:common]))
+    divergence = int(differs[0]) if differs.size else common
+    if divergence == len_c == len_r:
+        return None
+    end = max(len_c, len_r)
+    start = 0 if padding_side == "right" else seq_length - end
+    fields: Dict[str, Union[np.ndarray, int]] = {}
+    for name, ids in (("chosen", chosen), ("rejected", rejected)):
+        padded = np.full(seq_length, pad_token_id, np.int32)
+        padded[start:start + len(ids)] = ids
+        mask = np.zeros(seq_length, np.int32)
+        mask[start:start + len(ids)] = 1
+        fields[f"{name}_input_ids"], fields[f"{name}_attention_mask"] = padded, mask
+    if padding_side == "right":
+        fields["position_id"] = np.arange(seq_length, dtype=np.int32)
+    else:
+        either = fields["chosen_attention_mask"] | fields["rejected_attention_mask"]
+        fields["position_id"] = np.maximum(np.cumsum(either) - 1, 0).astype(np.int32)
+    loss_mask = np.zeros(seq_length, np.int32)
+    loss_mask[start + divergence:start + end] = 1
+    fields["loss_mask"] = loss_mask
+    fields["end_ind"] = int(start + end)
+    return {name: fields[name] for name in PREFERENCE_SCHEMA}
+
+
+def encode_pair(tokenizer: Tokenizer, pair: PreferencePair, seq_length: int
+                ) -> Tuple[List[int], List[int], bool, Tuple[int, int, int]]:
+    """Templated, tokenized and truncated ``(chosen ids, rejected ids, truncated?, raw token counts)``."""
+    prompt, chosen, rejected = pair.prompt.strip(), pair.chosen.strip(), pair.rejected.strip()
+    ids = [tokenizer.encode(format_prompt(prompt, response)) for response in (chosen, rejected)]
+    truncated = any(len(x) > seq_length for x in ids)
+    raw = tuple(min(len(tokenizer.encode(text)), seq_length) for text in (prompt, chosen, rejected))
+    return ids[0][:seq_length], ids[1][:seq_length], truncated, raw
+
+
+def encode_pairs(pairs: Iterator[PreferencePair], tokenizer: Tokenizer, seq_length: int, pad_token_id: int,
+                 padding_side: str, stats: ConversionStats) -> Iterator[Dict[str, Union[np.ndarray, int]]]:
+    """Samples for every pair that is kept; skipped pairs are counted in ``stats``."""
+    for pair in pairs:
+        if not pair.chosen.strip() or not pair.rejected.strip():
+            stats.skipped_empty += 1
+            continue
+        chosen, rejected, truncated, raw = encode_pair(tokenizer, pair, seq_length)
+        sample = pair_fields(chosen, rejected, seq_length, pad_token_id, padding_side)
+        if sample is None:
+            stats.skipped_identical += 1
+            continue
+        stats.truncated += truncated
+        for name, count in zip(("prompt", "chosen", "reject"), raw):
+            stats.lengths[name].append(count)
+        yield sample
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+@contextmanager
+def atomic_mindrecord(dst_file: str, schema: Dict[str, dict], desc: str = "preference"):
+    """Yield a ``FileWriter`` whose file and ``.db`` appear at ``dst_file`` only if the block succeeds.
+
+    The writer works in a temporary folder beside ``dst_file`` under the final base name (the header and the
+    index record that name); after ``commit`` the two files are moved into place, index first. On any error the
+    temporary folder is removed, as is a destination folder this call created.
+    """
+    from mindspore.mindrecord import FileWriter
+
+    folder, name = os.path.split(os.path.abspath(dst_file))
+    created = not os.path.isdir(folder)
+    os.makedirs(folder, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=folder)
+    try:
+        writer = FileWriter(os.path.join(tmp, name), shard_num=1, overwrite=True)
+        writer.add_schema(schema, desc)
+        yield writer
+        writer.commit()
+        os.replace(os.path.join(tmp, name + ".db"), os.path.join(folder, name + ".db"))
+        os.replace(os.path.join(tmp, name), os.path.join(folder, name))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created and not os.listdir(folder):
+            os.rmdir(folder)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_arguments(src_file: str, dst_file: str, seq_length: int, padding_side: str, fmt: str) -> None:
+    """Raise :class:`ConversionError` for an argument that cannot work, before anything is read or written."""
+    if not isinstance(seq_length, (int, np.integer)) or isinstance(seq_length, bool) or seq_length < 2:
+        raise ConversionError(f"--seq_length must be an integer >= 2, got {seq_length!r}")
+    if padding_side not in PADDING_SIDES:
+        raise ConversionError(f"--padding_side must be one of {', '.join(PADDING_SIDES)}, got {padding_side!r}")
+    if fmt != "auto" and fmt not in FORMATS:
+        raise ConversionError(f"--format must be auto or one of {', '.join(FORMATS)}, got {fmt!r}")
+    if not os.path.isfile(src_file):
+        raise ConversionError(f"--src_file {src_file}: no such file")
+    if os.path.isdir(dst_file):
+        raise ConversionError(f"--dst_file {dst_file}: is a folder, give a file path")
+
+
+def convert_preference(src_file: str, dst_file: str, tokenizer: Union[str, Tokenizer], seq_length: int = 1024,
+                       pad_token_id: Optional[int] = None, padding_side: str = "right", fmt: str = "auto",
+                       skip_bad_lines: bool = False, progress: bool = True) -> Dict[str, Union[int, float]]:
+    """Convert ``src_file`` to the MindRecord ``dst_file`` (see the module docstring); return the statistics.
+
+    Args:
+        tokenizer: a :class:`Tokenizer` or anything :func:`load_tokenizer` takes (path or ``gpt2``/``llama``).
+        pad_token_id: padding id; None = the tokenizer's eos id.
+        fmt: ``auto`` or one of :data:`FORMATS`.
+    Raises:
+        ConversionError: bad arguments, a bad record (unless ``skip_bad_lines``) or no pair left to write.
+    """
+    check_arguments(src_file, dst_file, seq_length, padding_side, fmt)
+    try:
+        tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ConversionError(f"--model {tokenizer}: {err}") from err
+    pad = tok.eos_token_id if pad_token_id is None else pad_token_id
+    if pad is None or not 0 <= pad < tok.vocab_size:
+        raise ConversionError(f"--pad_token_id {pad} is not an id of the tokenizer (0..{tok.vocab_size - 1})")
+    stats = ConversionStats()
+    pairs = read_pairs(src_file, fmt, skip_bad_lines, stats, progress)
+    with atomic_mindrecord(dst_file, PREFERENCE_SCHEMA) as writer:
+        chunk: List[dict] = []
+        for sample in encode_pairs(pairs, tok, seq_length, pad, padding_side, stats):
+            chunk.append(sample)
+            if len(chunk) == WRITE_CHUNK:
+                writer.write_raw_data(chunk)
+                chunk = []
+        if chunk:
+            writer.write_raw_data(chunk)
+        summary = stats.as_dict()
+        if summary["count"] == 0:
+            raise ConversionError(f"{src_file}: no pairs to write (skipped: {summary['skipped_identical']} identical, "
+                                  f"{summary['skipped_empty']} empty, {summary['skipped_bad']} bad)")
+    return summary
+
+
+def format_stats(stats: Dict[str, Union[int, float]]) -> str:
+    """The statistics as two small Markdown tables (counts, then raw-text token lengths)."""
+    counts = ("count", "skipped_identical", "skipped_empty", "skipped_bad", "truncated")
+    rows = ["| " + " | ".join(counts) + " |", "|" + " --- |" * len(counts),
+            "| " + " | ".join(str(stats[k]) for k in counts) + " |", "",
+            "| tokens | max | min | avg |", "| --- | --- | --- | --- |"]
+    for name in ("prompt", "chosen", "reject"):
+        rows.append(f"| {name} | {stats[name + '_max']} | {stats[name + '_min']} | {stats[name + '_avg']:.1f} |")
+    return "\n".join(rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The seed's flags plus ``--format`` and ``--skip_bad_lines``."""
+    parser = argparse.ArgumentParser(description="Preference JSONL/JSON -> MindRecord for reward-model training.")
+    parser.add_argument("--model", required=True,
+                        help="tokenizer: tokenizer.json, GPT-2 folder, SentencePiece .model, or gpt2 / llama")
+    parser.add_argument("--padding_side", default="right", help="right (default) or left")
+    parser.add_argument("--src_file", required=True, help="source file (JSONL, or a JSON array for oasst)")
+    parser.add_argument("--dst_file", required=True, help="output .mindrecord path (its folder is created)")
+    parser.add_argument("--seq_length", type=int, default=1024, help="length of every stored sequence")
+    parser.add_argument("--pad_token_id", type=int, default=None, help="padding id (default: the tokenizer's eos)")
+    parser.add_argument("--format", default="auto", help=f"auto (default) or one of {', '.join(FORMATS)}")
+    parser.add_argument("--skip_bad_lines", action="store_true", help="skip and count bad records instead of failing")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry: convert, print the statistics and the closing line; 0 on success, 1 on a conversion error."""
+    args = build_parser().parse_args(argv)
+    try:
+        stats = convert_preference(args.src_file, args.dst_file, args.model, args.seq_length, args.pad_token_id,
+                                   args.padding_side, args.format, args.skip_bad_lines)
+    except ConversionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(format_stats(stats))
+    print(f"Transformation finished! Output file refer: {args.dst_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

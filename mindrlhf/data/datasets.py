@@ -1,0 +1,130 @@
+"""``mindspore.dataset`` pipelines over the converters' MindRecord files.
+
+:func:`reward_model_dataset` reads the seven preference columns written by
+:mod:`mindrlhf.data.convert_preference` and yields, per batch of ``B`` pairs (``S`` = stored sequence length):
+
+- ``input_ids (2B, S) int32``: rows ``0..B-1`` the chosen sequences, rows ``B..2B-1`` the rejected ones.
+- ``position_id (2B, S) int32``: the stored position ids, once for each half.
+- ``attention_mask (2B, S) int32``: chosen masks then rejected masks.
+- ``loss_mask (B, S) float32``: the stored divergence span.
+- ``end_ind (2B,) int32``: each row's OWN end, one past its last real token according to its attention mask. For
+  right padding this is the row's number of real tokens; the score of a row is read at ``end_ind - 1``. The stored
+  ``end_ind`` (the longer sequence's end, shared by the pair) is not used, and pad ids are never counted (pad may
+  equal eos, the predecessor's bug B3).
+
+Order is a pure function of ``(seed, epoch, rank_id, rank_size, skip_batches)``, so a resumed run sees exactly the
+batches it would have seen; see :func:`epoch_indices`.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional, Tuple
+
+import numpy as np
+
+from mindrlhf.data.convert_preference import PREFERENCE_SCHEMA
+
+PREFERENCE_COLUMNS: Tuple[str, ...] = tuple(PREFERENCE_SCHEMA)  # stored columns, in the spec order
+REWARD_COLUMNS: Tuple[str, ...] = ("input_ids", "position_id", "attention_mask", "loss_mask", "end_ind")
+
+
+def record_count(path: str, columns: Tuple[str, ...] = PREFERENCE_COLUMNS) -> int:
+    """Number of records in the MindRecord ``path``; a clear error if it or its ``.db`` is missing, or it lacks
+    one of ``columns``."""
+    from mindspore.mindrecord import FileReader
+
+    for needed in (path, path + ".db"):
+        if not os.path.isfile(needed):
+            raise FileNotFoundError(f"{needed}: no such file (a MindRecord needs the file and its .db index; "
+                                    f"write one with python -m mindrlhf.data.convert_preference)")
+    try:
+        reader = FileReader(path)
+    except RuntimeError as err:
+        lines = [line for line in str(err).splitlines() if "[ERROR]" in line] or str(err).strip().splitlines()
+        raise ValueError(f"{path}: not a readable MindRecord file ({lines[0].strip()})") from err
+    try:
+        missing = [c for c in columns if c not in reader.schema()]
+        count = reader.len()
+    finally:
+        reader.close()
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}; a preference MindRecord has {list(columns)}")
+    return count
+
+
+def epoch_indices(n: int, batch_size: int, *, epoch: int = 0, seed: int = 0, shuffle: bool = True, rank_id: int = 0,
+                  rank_size: int = 1, skip_batches: int = 0, num_samples: Optional[int] = None) -> np.ndarray:
+    """Record indices one rank reads in one epoch, in order.
+
+    1. ``m = min(n, num_samples)`` records are used (the first ``m``).
+    2. ``numpy.random.default_rng(seed + epoch).permutation(m)`` when ``shuffle``, else ``arange(m)``.
+    3. The tail is cut to a multiple of ``rank_size`` (every rank gets as many records) and rank ``r`` takes
+       ``indices[r::rank_size]``.
+    4. The first ``skip_batches * batch_size`` indices are dropped (resuming inside an epoch).
+    """
+    if batch_size < 1 or rank_size < 1 or not 0 <= rank_id < rank_size:
+        raise ValueError(f"need batch_size >= 1 and 0 <= rank_id < rank_size, got batch_size={batch_size}, "
+                         f"rank_id={rank_id}, rank_size={rank_size}")
+    if skip_batches < 0 or epoch < 0 or seed < 0 or (num_samples is not None and num_samples < 1):
+        raise ValueError(f"need skip_batches, epoch and seed >= 0 and num_samples None or >= 1, got "
+                         f"skip_batches={skip_batches}, epoch={epoch}, seed={seed}, num_samples={num_samples}")
+    used = n if num_samples is None else min(n, num_samples)
+    indices = np.random.default_rng(seed + epoch).permutation(used) if shuffle else np.arange(used)
+    indices = indices[:used // rank_size * rank_size][rank_id::rank_size]
+    return indices[skip_batches * batch_size:]
+
+
+def num_batches(path: str, batch_size: int, rank_size: int = 1, drop_remainder: bool = True,
+                num_samples: Optional[int] = None) -> int:
+    """Batches per epoch on each rank (before any ``skip_batches``)."""
+    per_rank = len(epoch_indices(record_count(path), batch_size, rank_size=rank_size, shuffle=False,
+                                 num_samples=num_samples))
+    return per_rank // batch_size if drop_remainder else math.ceil(per_rank / batch_size)
+
+
+def row_ends(attention_mask: np.ndarray) -> np.ndarray:
+    """``(N, S)`` mask -> ``(N,)`` int32: one past each row's last nonzero entry (0 for an all-zero row)."""
+    mask = np.asarray(attention_mask) != 0
+    last = mask.shape[1] - np.argmax(mask[:, ::-1], axis=1)
+    return np.where(mask.any(axis=1), last, 0).astype(np.int32)
+
+
+def _pair_layout(chosen_ids, chosen_mask, rejected_ids, rejected_mask, position_id, loss_mask, end_ind):
+    """Batched stored columns ``(B, S)`` -> the ``(2B, S)`` training layout (see the module docstring)."""
+    del end_ind  # the shared stored end; each row's own end comes from its mask
+    attention_mask = np.concatenate([chosen_mask, rejected_mask]).astype(np.int32)
+    return (np.concatenate([chosen_ids, rejected_ids]).astype(np.int32),
+            np.concatenate([position_id, position_id]).astype(np.int32),
+            attention_mask,
+            loss_mask.astype(np.float32),
+            row_ends(attention_mask))
+
+
+def reward_model_dataset(path: str, batch_size: int, *, epoch: int = 0, seed: int = 0, shuffle: bool = True,
+                         rank_id: int = 0, rank_size: int = 1, skip_batches: int = 0, drop_remainder: bool = True,
+                         num_samples: Optional[int] = None, num_parallel_workers: int = 1):
+    """One epoch of reward-model batches from a preference MindRecord; columns :data:`REWARD_COLUMNS`.
+
+    Args:
+        path: the ``.mindrecord`` file (its ``.db`` beside it).
+        batch_size: pairs per batch ``B`` (the batch holds ``2B`` sequences).
+        epoch, seed, shuffle, rank_id, rank_size, skip_batches, num_samples: select and order the records, see
+            :func:`epoch_indices`.
+        drop_remainder: drop a last batch with fewer than ``B`` pairs.
+        num_parallel_workers: reader / map threads (the order does not depend on it).
+    Returns:
+        A ``mindspore.dataset`` pipeline; iterate it with ``create_dict_iterator(num_epochs=1)``.
+    """
+    import mindspore.dataset as ds
+
+    indices = epoch_indices(record_count(path), batch_size, epoch=epoch, seed=seed, shuffle=shuffle, rank_id=rank_id,
+                            rank_size=rank_size, skip_batches=skip_batches, num_samples=num_samples)
+    # SubsetSampler yields exactly the given indices in the given order (checked in tests/test_datasets.py).
+    dataset = ds.MindDataset(path, columns_list=list(PREFERENCE_COLUMNS), sampler=ds.SubsetSampler(indices.tolist()),
+                             num_parallel_workers=num_parallel_workers)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_workers=num_parallel_workers)
+    # per_batch_map must return B rows per column, so the (2B, S) layout is built by a map over whole batches.
+    dataset = dataset.map(_pair_layout, input_columns=list(PREFERENCE_COLUMNS), output_columns=list(REWARD_COLUMNS),
+                          num_parallel_workers=num_parallel_workers)
+    return dataset.project(list(REWARD_COLUMNS))
