@@ -94,9 +94,12 @@ def run_train(args) -> int:
     if args.load_checkpoint is not None:
         cfg.load_checkpoint = args.load_checkpoint
     _, result = train_reward_model(cfg, args.train_dataset or None)
-    logger.info("training finished: %d steps, last loss %.4f, %d overflow steps skipped; checkpoint %s",
-                result.state.global_step, result.losses[-1] if result.losses else float("nan"), result.overflows,
-                result.last_checkpoint)
+    if not result.losses:
+        logger.info("nothing left to train: the checkpoint is at the end of training (global step %d)",
+                    result.state.global_step)
+    else:
+        logger.info("training finished: global step %d, last loss %.4f, %d overflow steps skipped; checkpoint %s",
+                    result.state.global_step, result.losses[-1], result.overflows, result.last_checkpoint)
     return 0
 
 
