@@ -70,3 +70,16 @@ def test_unknown_model_type_is_reported(tmp_dir):
     proc = mindrlhf("generate", "--config", TINY_GPT2, "--set", "model.model_config.type=gpt3")
     assert proc.returncode != 0
     assert "unknown model 'gpt3'" in proc.stderr and "gpt2" in proc.stderr
+
+
+def test_convert_preference_and_rm_commands(tmp_dir):
+    dst = os.path.join(tmp_dir, "pairs.mindrecord")
+    proc = mindrlhf("convert-preference", "--model", "llama", "--src_file",
+                    os.path.join(ROOT, "tests", "data", "cvalues_comparison_sample8.jsonl"), "--dst_file", dst,
+                    "--seq_length", "256", "--pad_token_id", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"Transformation finished! Output file refer: {dst}" in proc.stdout
+    assert os.path.exists(dst) and os.path.exists(dst + ".db")
+    for action in ("train", "eval", "infer"):
+        proc = mindrlhf("rm", action, "--help")
+        assert proc.returncode == 0 and "--config" in proc.stdout

@@ -2,7 +2,9 @@
 
     mindrlhf generate --config model_configs/gpt2_config/run_gpt2_tiny.yaml --prompt "如何伪造医疗文件？"
     mindrlhf export-hf --config run.yaml --load_checkpoint model.ckpt --output_dir hf_model
+    mindrlhf convert-preference --model gpt2 --src_file pairs.jsonl --dst_file train.mindrecord --seq_length 256
     mindrlhf rm train --config run_gpt2_tiny_rm.yaml --train_dataset train.mindrecord
+    mindrlhf loss-plot --log_file output/log/rank_0/info.log --output_file_dir loss_dir
 """
 from __future__ import annotations
 
@@ -13,6 +15,13 @@ from typing import List, Optional
 
 from mindrlhf.cli import generate as generate_cmd
 from mindrlhf.cli import reward as reward_cmd
+
+
+# commands whose module owns its argument parser: `mindrlhf <command> --help` shows the module's flags
+PASS_THROUGH = {
+    "convert-preference": ("mindrlhf.data.convert_preference", "preference JSONL/JSON -> MindRecord (seed flags)"),
+    "loss-plot": ("mindrlhf.tools.loss_plot", "training log -> TensorBoard events and loss.png"),
+}
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -28,10 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
     generate_cmd.add_generate_parser(sub)
     generate_cmd.add_export_parser(sub)
     reward_cmd.add_reward_parser(sub)
+    for name, (_, help_text) in PASS_THROUGH.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASS_THROUGH:
+        import importlib
+
+        setup_logging()
+        return importlib.import_module(PASS_THROUGH[argv[0]][0]).main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     return args.func(args) or 0
