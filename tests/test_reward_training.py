@@ -198,3 +198,23 @@ def test_tutorial_scripts_end_to_end(tmp_dir):
     proc = run_script("reward_eval.py", *common, "--distributed_ckpt_path", ckpt_root, "--load_all_ckpt", "maybe",
                       cwd=tmp_dir)
     assert proc.returncode != 0 and "expected a boolean" in proc.stderr
+
+
+def test_llama_reward_model_trains_with_end_loss(tmp_dir):
+    """The Llama recipe (grouped-query attention, pad = eos = 2) on the CValues rows with the Llama tokenizer."""
+    set_mode("graph")
+    data = os.path.join(tmp_dir, "cvalues.mindrecord")
+    convert_preference(os.path.join(ROOT, "tests", "data", "cvalues_comparison_sample8.jsonl"), data, "llama",
+                       seq_length=256, pad_token_id=2)
+    recipe = os.path.join(ROOT, "model_configs", "llama2_config", "run_llama2_tiny_rm.yaml")
+    cfg = load_config(recipe, [f"output_dir={tmp_dir}/out", f"train_dataset.data_loader.dataset_dir={data}",
+                               "runner_config.batch_size=2", "runner_config.epochs=2", "reward.loss_type=end",
+                               "lr_schedule.warmup_ratio=0.0", "model.model_config.hidden_size=32"])
+    ms.set_seed(0)
+    initial = params_of(RewardModel(cfg.model.model_config))
+    ms.set_seed(0)
+    model, result = train_reward_model(cfg)
+    assert len(result.losses) == 8 and np.isfinite(result.losses).all()
+    assert result.losses[-1] < result.losses[0]
+    final = params_of(model)
+    assert [n for n in final if np.array_equal(initial[n], final[n])] == []
