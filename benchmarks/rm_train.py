@@ -10,16 +10,17 @@ right-padded to ``--seq`` with 62.5-100 % real tokens (at least one full row per
                  ``RewardTrainer.compute_loss`` (called on a trainer instance when trl imports, else the same
                  formula ``-logsigmoid(r_chosen - r_rejected).mean()`` on the pooled logits); clip_grad_norm_ 1.0;
                  torch.optim.AdamW(fused=True) (``adamw_torch_fused``, the Trainer default for torch >= 2.8).
-  trl_trainer    a real ``RewardTrainer.train()`` on an in-memory pre-tokenised dataset of the same pairs; its step
-                 time is the median gap between ``on_step_end`` callbacks (first step excluded).
+  trl_trainer    a real ``RewardTrainer.train()`` (sdpa, its default AdamW) on an in-memory pre-tokenised dataset
+                 of the same pairs, padded to ``--seq``; step times are the gaps between ``on_step_end`` callbacks
+                 after ``WARMUP_STEPS``, cut into ``--repeats`` chunks of ``--steps`` (same statistic as below).
 
 Each timed figure is the median over ``--repeats`` runs of ``--steps`` steps, after ``WARMUP_STEPS`` untimed steps
 (graph compilation, optimizer state, allocator). Every step syncs on the loss (``asnumpy`` / ``item``), as a
-training loop that logs it does. Peak memory is the process RSS high-water mark (``getrusage(RUSAGE_SELF)
-.ru_maxrss``) of a separate subprocess per side that imports only its own framework, builds the model and runs
-warm-up + ``--steps`` steps; ``rss_after_import_mb`` is the same process right after its imports.
-``--breakdown`` also times forward alone (no grad), the step without the optimizer update, and the optimizer update
-alone. Prints one JSON document; run on an otherwise idle machine.
+training loop that logs it does. Peak memory is the process RSS high-water mark (``VmHWM``; see :func:`rss_mb`) of
+a separate subprocess per side that imports only its own framework, builds the model and runs warm-up + ``--steps``
+steps; ``rss_after_import_mb`` is the same process right after its imports. Unless ``--no-breakdown``, forward
+alone (no grad), the step without the optimizer update and the optimizer update alone are timed too. Prints one
+JSON document; run on an otherwise idle machine.
 
     python benchmarks/rm_train.py [--repeats 3] [--steps 5] [--batch 8] [--seq 256] [--skip-trl] [--no-breakdown]
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -48,7 +50,7 @@ logger = logging.getLogger("rm_train")
 VOCAB, HIDDEN, LAYERS, HEADS = 50257, 256, 4, 4
 PAD_ID = 50256  # GPT-2 eos, also the pad id; never drawn as a real token so HF pooling finds each row's end
 NUM_BATCHES = 4  # distinct fixed batches, cycled
-WARMUP_STEPS = 2
+WARMUP_STEPS = 6  # ours reaches its steady step time only ~5 steps after compiling; torch after 2-4
 TORCH_THREADS = 2
 LEARNING_RATE = 1e-5
 TOKENIZER = os.path.join(ROOT, "mindrlhf/assets/tokenizers/gpt2/tokenizer.json")
@@ -185,7 +187,7 @@ def ours_breakdown(seq, batches, steps, repeats) -> dict:
     out["step_without_optimizer_s"] = time_steps(lambda i: no_update(*inputs[i])[0].asnumpy(), len(inputs), steps,
                                                  repeats)["step_s"]
     grads = tuple(ms.Tensor(np.full(p.shape, 1e-4, np.float32)) for p in optimizer.parameters)
-    out["optimizer_only_s"] = time_steps(lambda i: (optimizer(grads), ms.runtime.synchronize()), 1, steps,
+    out["optimizer_only_s"] = time_steps(lambda i: (optimizer(grads), optimizer.global_step.asnumpy()), 1, steps,
                                          repeats)["step_s"]
     return out
 
@@ -202,9 +204,7 @@ def torch_model(hf_dir: str, attn: str):
     model = transformers.GPT2ForSequenceClassification.from_pretrained(hf_dir, attn_implementation=attn,
                                                                        dtype=torch.float32, **zero)
     model.config.pad_token_id = PAD_ID
-    model.config.use_cache = False
-    if getattr(model, "is_gradient_checkpointing", False):
-        model.gradient_checkpointing_disable()
+    model.config.use_cache = False  # gradient checkpointing stays off: from_pretrained does not enable it
     return model.train()
 
 
@@ -303,23 +303,24 @@ def trl_trainer_timing(hf_dir, pair_sets, seq, batch, steps, repeats) -> dict:
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=TOKENIZER, eos_token="<|endoftext|>",
                                         pad_token="<|endoftext|>")
     max_steps = WARMUP_STEPS + steps * repeats
-    out_dir = tempfile.mkdtemp(prefix="rm_train_trl_")
-    cfg = RewardConfig(output_dir=out_dir, per_device_train_batch_size=batch, max_steps=max_steps,
-                       gradient_checkpointing=False, bf16=False, fp16=False, report_to=[], logging_steps=max_steps,
-                       dataloader_num_workers=0, use_cpu=True, max_length=seq, pad_to_multiple_of=seq,
-                       save_strategy="no", learning_rate=LEARNING_RATE, adam_beta2=0.95, max_grad_norm=1.0,
-                       disable_dropout=True, seed=0)
     clock = StepClock()
-    trainer = RewardTrainer(model=torch_model(hf_dir, "sdpa"), args=cfg, train_dataset=dataset,
-                            processing_class=tokenizer, callbacks=[clock])
-    start = time.perf_counter()
-    result = trainer.train()
-    wall = time.perf_counter() - start
+    with tempfile.TemporaryDirectory(prefix="rm_train_trl_") as out_dir:
+        cfg = RewardConfig(output_dir=out_dir, per_device_train_batch_size=batch, max_steps=max_steps,
+                           gradient_checkpointing=False, bf16=False, fp16=False, report_to=[],
+                           logging_steps=max_steps, dataloader_num_workers=0, use_cpu=True, max_length=seq,
+                           pad_to_multiple_of=seq, save_strategy="no", learning_rate=LEARNING_RATE, adam_beta2=0.95,
+                           max_grad_norm=1.0, disable_dropout=True, seed=0, disable_tqdm=True)
+        trainer = RewardTrainer(model=torch_model(hf_dir, "sdpa"), args=cfg, train_dataset=dataset,
+                                processing_class=tokenizer, callbacks=[clock])
+        start = time.perf_counter()  # setup (model, tokenizer, dataset, trainer) is excluded
+        with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its log dicts; stdout is our JSON
+            result = trainer.train()
+        wall = time.perf_counter() - start
     gaps = np.diff(clock.stamps[WARMUP_STEPS - 1:])
     chunks = [float(np.mean(gaps[i * steps:(i + 1) * steps])) for i in range(repeats)]
-    return {"trl": trl.__version__, "optim": str(cfg.optim), "attn_implementation": "sdpa",
-            "max_steps": max_steps, "step_s": statistics.median(chunks), "step_s_all": chunks,
-            "train_wall_s": wall, "train_wall_step_s": wall / max_steps,
+    return {"trl": trl.__version__, "optim": getattr(cfg.optim, "value", str(cfg.optim)),
+            "attn_implementation": "sdpa", "max_steps": max_steps, "step_s": statistics.median(chunks),
+            "step_s_all": chunks, "train_wall_s": wall, "train_wall_steps_per_s": max_steps / wall,
             "train_runtime_s": result.metrics.get("train_runtime")}
 
 
@@ -328,6 +329,16 @@ def trl_trainer_timing(hf_dir, pair_sets, seq, batch, steps, repeats) -> dict:
 
 
 def rss_mb() -> float:
+    """This process's RSS high-water mark in MiB: ``VmHWM`` of /proc/self/status. ``getrusage(...).ru_maxrss`` is
+    not used where /proc exists: Linux carries the parent's high-water mark through fork + exec into it (and
+    RUSAGE_CHILDREN is a max over all children), so every worker would read at least the parent's RSS."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
@@ -368,7 +379,11 @@ def measure_memory(side: str, hf_dir: str, args) -> dict:
 
 
 def throughput(entry: dict, batch: int, real_tokens: float, padded_tokens: int) -> dict:
+    """Adds pairs/s, tokens/s and (with a breakdown) the derived backward+clip and update times."""
     step = entry["step_s"]
+    if "step_without_optimizer_s" in entry:
+        entry["derived_backward_and_clip_s"] = entry["step_without_optimizer_s"] - entry["forward_s"]
+        entry["derived_update_s"] = step - entry["step_without_optimizer_s"]
     return {**entry, "pairs_per_s": batch / step, "real_tokens_per_s": real_tokens / step,
             "padded_tokens_per_s": padded_tokens / step}
 
@@ -471,7 +486,7 @@ def main(argv=None) -> None:
                         "repeats": args.repeats, "steps_per_repeat": args.steps, "warmup_steps": WARMUP_STEPS,
                         "statistic": "median over repeats of the mean step time; every step syncs on the loss",
                         "real_tokens": "attention-mask ones per step", "padded_tokens": "2 * batch * seq per step",
-                        "peak_rss_mb": "process RSS high-water mark (ru_maxrss) of a subprocess per side"},
+                        "peak_rss_mb": "process RSS high-water mark (/proc VmHWM) of a subprocess per side"},
               **results, "ratios": ratios(results["sides"])}
     print(json.dumps(report, indent=2))
 
