@@ -112,7 +112,7 @@ def test_train_step_clips_by_global_norm():
     net, step = _step(scale=1.0, clip=True, max_norm=0.5)
     grad = 2.0 * net.w.asnumpy()  # d/dw sum(w^2)
     step(Tensor(1.0, ms.float32))
-    moment = [p for p in step.optimizer.get_parameters() if p.name.startswith("adam_m.")][0].asnumpy()
+    moment = [p for p in step.optimizer.get_parameters() if p.name.startswith("moment1.")][0].asnumpy()
     clipped = moment / (1 - 0.9)
     np.testing.assert_allclose(np.linalg.norm(clipped), 0.5, rtol=1e-4)
     np.testing.assert_allclose(clipped / np.linalg.norm(clipped), grad / np.linalg.norm(grad), rtol=1e-4)
@@ -140,3 +140,45 @@ def test_weight_decay_skips_norms_and_biases():
     assert not any(n.endswith(".bias") or ".ln_" in n for n in names)
     assert {p.name for p in plain["params"]} >= {"backbone.ln_f.weight", "backbone.h.0.attn.c_attn.bias"}
     assert plain["weight_decay"] == 0.0
+
+
+class _TwoParams(nn.Cell):
+    """A matrix (decayed) and a bias (not decayed); loss = sum(W x + b)^2."""
+
+    def __init__(self, w, b):
+        super().__init__()
+        self.weight = Parameter(Tensor(w), name="layer.weight")
+        self.bias = Parameter(Tensor(b), name="layer.bias")
+        self.x = Tensor(np.array([0.5, -1.0, 2.0], np.float32))
+
+    def construct(self):
+        return ops.reduce_sum(ops.square(ops.mv(self.weight, self.x) + self.bias))
+
+
+def test_adamw_matches_torch_adamw():
+    """Bias-corrected Adam with decoupled weight decay on matrices only, under a warmup+cosine schedule."""
+    import torch
+
+    set_mode("graph")
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(size=(2, 3)).astype(np.float32), rng.normal(size=2).astype(np.float32)
+    opt_cfg = OptimizerConfig(learning_rate=0.05, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1)
+    sched = LrScheduleConfig(type="cosine", lr_end=0.005, warmup_steps=2)
+    net = _TwoParams(w, b)
+    step = TrainStep(net, build_optimizer(net.trainable_params(), opt_cfg, sched, 6),
+                     LossScaleConfig(loss_scale_value=1.0, use_clip_grad=False))
+    tw, tb = torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)
+    topt = torch.optim.AdamW([{"params": [tw], "weight_decay": 0.1}, {"params": [tb], "weight_decay": 0.0}],
+                             lr=1.0, betas=(0.9, 0.999), eps=1e-8)
+    lrs = lr_table(sched, opt_cfg, 6)
+    x = torch.tensor([0.5, -1.0, 2.0])
+    for t in range(6):
+        step()
+        for group in topt.param_groups:
+            group["lr"] = float(lrs[t])
+        topt.zero_grad()
+        ((tw @ x + tb) ** 2).sum().backward()
+        topt.step()
+    np.testing.assert_allclose(net.weight.asnumpy(), tw.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.bias.asnumpy(), tb.detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(net.weight.asnumpy(), w)

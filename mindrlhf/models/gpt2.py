@@ -5,8 +5,7 @@ from mindspore import nn, ops
 
 from mindrlhf.config import ModelConfig
 from mindrlhf.models.layers import (Attention, Embedding, LayerNorm, Linear, cache_slot_index, causal_padding_bias,
-                                    key_padding_bias,
-                                    ms_dtype, positions_from_mask, split_heads)
+                                    gelu_tanh, key_padding_bias, ms_dtype, positions_from_mask, split_heads)
 from mindrlhf.models.registry import register_backbone
 
 
@@ -39,11 +38,10 @@ class GPT2MLP(nn.Cell):
         dtypes = dict(param_dtype=ms_dtype(cfg.param_init_type), compute_dtype=ms_dtype(cfg.compute_dtype))
         self.c_fc = Linear(cfg.hidden_size, width, init_std=cfg.initializer_range, **dtypes)
         self.c_proj = Linear(width, cfg.hidden_size, init_std=cfg.initializer_range, **dtypes)
-        self.act = nn.GELU(approximate=True)
         self.dropout = nn.Dropout(p=cfg.hidden_dropout_rate) if cfg.hidden_dropout_rate > 0 else nn.Identity()
 
     def construct(self, x):
-        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+        return self.dropout(self.c_proj(gelu_tanh(self.c_fc(x))))
 
 
 class GPT2Block(nn.Cell):

@@ -41,7 +41,6 @@ class Linear(nn.Cell):
         if has_bias:
             self.bias = Parameter(initializer(Zero(), (out_features,), param_dtype), name="bias")
         self.matmul = ops.MatMul(transpose_b=True)
-        self.bias_add = ops.BiasAdd()
         self.out_features = out_features
         self.compute_dtype = compute_dtype
 
@@ -50,7 +49,7 @@ class Linear(nn.Cell):
         x2d = ops.reshape(cast(x, self.compute_dtype), (-1, shape[-1]))
         y = self.matmul(x2d, cast(self.weight, self.compute_dtype))
         if self.has_bias:
-            y = self.bias_add(y, cast(self.bias, self.compute_dtype))
+            y = y + cast(self.bias, self.compute_dtype)
         return ops.reshape(y, shape[:-1] + (self.out_features,))
 
 
@@ -66,6 +65,14 @@ class Embedding(nn.Cell):
         return self.gather(self.weight, ids, 0)
 
 
+def row_mean(x2d, mean_column):
+    """Mean over the last axis of ``(N, H)`` as a matmul with a ``(H, 1)`` column of ``1/H``: ``(N, 1)``.
+
+    MindSpore's CPU reduction kernels (and their gradients) are far slower than a matmul at these shapes.
+    """
+    return ops.matmul(x2d, mean_column)
+
+
 class LayerNorm(nn.Cell):
     """LayerNorm over the last axis with ``weight``/``bias``, computed in ``compute_dtype``."""
 
@@ -73,14 +80,17 @@ class LayerNorm(nn.Cell):
         super().__init__()
         self.weight = Parameter(initializer(One(), (dim,), param_dtype), name="weight")
         self.bias = Parameter(initializer(Zero(), (dim,), param_dtype), name="bias")
-        self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+        self.mean_column = Tensor(np.full((dim, 1), 1.0 / dim), compute_dtype)
+        self.eps = eps
         self.compute_dtype = compute_dtype
 
     def construct(self, x):
-        out_dtype = x.dtype
-        y, _, _ = self.norm(cast(x, self.compute_dtype), cast(self.weight, self.compute_dtype),
-                            cast(self.bias, self.compute_dtype))
-        return cast(y, out_dtype)
+        shape, out_dtype = x.shape, x.dtype
+        x2d = ops.reshape(cast(x, self.compute_dtype), (-1, shape[-1]))
+        centered = x2d - row_mean(x2d, self.mean_column)
+        y = centered * ops.rsqrt(row_mean(centered * centered, self.mean_column) + self.eps)
+        y = y * cast(self.weight, self.compute_dtype) + cast(self.bias, self.compute_dtype)
+        return cast(ops.reshape(y, shape), out_dtype)
 
 
 class RMSNorm(nn.Cell):
@@ -89,15 +99,21 @@ class RMSNorm(nn.Cell):
     def __init__(self, dim: int, eps: float = 1e-5, param_dtype=ms.float32, compute_dtype=ms.float32):
         super().__init__()
         self.weight = Parameter(initializer(One(), (dim,), param_dtype), name="weight")
+        self.mean_column = Tensor(np.full((dim, 1), 1.0 / dim), compute_dtype)
         self.eps = eps
         self.compute_dtype = compute_dtype
 
     def construct(self, x):
-        out_dtype = x.dtype
-        x = cast(x, self.compute_dtype)
-        var = ops.mean(ops.square(x), -1, keep_dims=True)
-        y = x * ops.rsqrt(var + self.eps)
-        return cast(y * cast(self.weight, self.compute_dtype), out_dtype)
+        shape, out_dtype = x.shape, x.dtype
+        x2d = ops.reshape(cast(x, self.compute_dtype), (-1, shape[-1]))
+        y = x2d * ops.rsqrt(row_mean(x2d * x2d, self.mean_column) + self.eps)
+        return cast(ops.reshape(y * cast(self.weight, self.compute_dtype), shape), out_dtype)
+
+
+def gelu_tanh(x):
+    """GPT-2's GELU, ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``, from elementwise ops (MindSpore's fused
+    CPU GeLU and its gradient are several times slower)."""
+    return 0.5 * x * (1.0 + ops.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
 
 
 def positions_from_mask(attention_mask):

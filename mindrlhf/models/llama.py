@@ -8,8 +8,7 @@ from mindspore import Tensor, nn, ops
 
 from mindrlhf.config import ModelConfig
 from mindrlhf.models.layers import (Attention, Embedding, Linear, RMSNorm, cache_slot_index, causal_padding_bias,
-                                    key_padding_bias,
-                                    ms_dtype, positions_from_mask, split_heads)
+                                    key_padding_bias, ms_dtype, positions_from_mask, split_heads)
 from mindrlhf.models.registry import register_backbone
 
 

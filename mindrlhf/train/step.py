@@ -1,28 +1,35 @@
 """The one train step shared by SFT, reward-model and PPO training.
 
 ``TrainStep(loss_net, optimizer, scale_cfg)`` compiles (GRAPH_MODE) into: forward, backward with the loss scale as
-the sensitivity, gradient all-reduce when data parallel, unscale, an overflow check over every gradient (reduced
-across devices, so every rank skips together), clip by global norm, and the optimizer update only when every
-gradient is finite. The dynamic loss scale lives in Parameters (``loss_scale``, ``loss_scale_good_steps``), so it is
+the sensitivity, gradient all-reduce when data parallel, one global-norm pass that serves both the overflow check
+(the norm is finite only when every gradient is; the flag is reduced across devices, so every rank skips together)
+and clipping, one multiply that unscales and clips, and the optimizer update only when every gradient is finite. The dynamic loss scale lives in Parameters (``loss_scale``, ``loss_scale_good_steps``), so it is
 saved and restored with the optimizer state.
 """
 from __future__ import annotations
 
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
-from mindspore.amp import all_finite
 from mindspore.communication import get_group_size
 from mindspore.context import ParallelMode
 from mindspore.parallel._utils import _get_parallel_mode
 
 from mindrlhf.config import LossScaleConfig
 
-_unscale = ops.MultitypeFuncGraph("unscale")
+_scale_grad = ops.MultitypeFuncGraph("scale_grad")
 
 
-@_unscale.register("Tensor", "Tensor")
-def _unscale_tensor(inv_scale, grad):
-    return grad * ops.cast(inv_scale, grad.dtype)
+@_scale_grad.register("Tensor", "Tensor")
+def _scale_grad_tensor(factor, grad):
+    return grad * ops.cast(factor, grad.dtype)
+
+
+def global_norm(grads):
+    """``sqrt(sum_i |g_i|^2)`` in float32, each square sum as one dot product (MindSpore's CPU reductions are slow);
+    inf or nan when any gradient holds one."""
+    squares = [ops.matmul(ops.reshape(ops.cast(g, ms.float32), (1, -1)), ops.reshape(ops.cast(g, ms.float32), (-1, 1)))
+               for g in grads]
+    return ops.sqrt(ops.reshape(ops.addn(squares), ()))
 
 
 def data_parallel_reducer(parameters):
@@ -78,12 +85,14 @@ class TrainStep(nn.Cell):
         sens = ops.fill(loss.dtype, loss.shape, 1) * ops.cast(scale, loss.dtype)
         grads = self.grad(self.network, self.weights)(*inputs, sens)
         grads = self.reducer(grads)
-        grads = self.hyper_map(ops.partial(_unscale, 1.0 / scale), grads)
-        finite = all_finite(grads)
+        norm = global_norm(grads) / scale  # of the unscaled gradients
+        finite = ops.isfinite(norm)
         if self.distributed:
             finite = self.allreduce(ops.cast(ops.logical_not(finite), ms.float32)) < 0.5
+        factor = 1.0 / scale
         if self.use_clip:
-            grads = ops.clip_by_global_norm(grads, self.max_grad_norm)
+            factor = factor * ops.minimum(self.max_grad_norm / (norm + 1e-6), 1.0)
+        grads = self.hyper_map(ops.partial(_scale_grad, factor), grads)
         new_scale = self._update_scale(finite)
         if finite:
             loss = ops.depend(loss, self.optimizer(grads))
