@@ -241,7 +241,7 @@ def assign_parameters(cell: nn.Cell, arrays: Dict[str, np.ndarray], source: str,
         raise CheckpointError(f"{source}: checkpoint does not fit the model; " + "; ".join(parts))
     for name, param in params.items():
         if name in arrays:
-            param.set_data(Tensor(arrays[name].astype(ms.dtype_to_nptype(param.dtype), copy=False)))
+            param.set_data(Tensor(arrays[name], param.dtype))
     kept = [n for n in params if n not in arrays]
     if kept:
         logger.info("%s: %d parameters not in the checkpoint kept their initial values: %s", source, len(kept),
