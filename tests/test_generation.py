@@ -159,3 +159,23 @@ def test_bad_generation_inputs_are_rejected():
     for bad in (dict(temperature=0.0), dict(top_p=0.0), dict(top_k=-1), dict(max_new_tokens=0)):
         with pytest.raises(ValueError):
             GenerationConfig(**bad)
+
+
+def test_grouped_topk_is_exact():
+    from mindspore import Tensor, nn
+
+    from mindrlhf.models.generation import grouped_topk, topk_group_size
+
+    class Cell(nn.Cell):
+        def construct(self, x):
+            return grouped_topk(x, 10, 20)
+
+    set_mode("graph")
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4, 600)).astype(np.float32)
+    logits[0, 100:130] = 5.0 + np.arange(30) * 1e-3  # the whole top-10 of row 0 inside two adjacent groups
+    values, ids = (t.asnumpy() for t in Cell()(Tensor(logits)))
+    order = np.argsort(-logits, axis=-1)[:, :10]
+    np.testing.assert_array_equal(ids, order)
+    np.testing.assert_array_equal(values, np.take_along_axis(logits, order, -1))
+    assert topk_group_size(50257, 50) == 29 and topk_group_size(32000, 50) == 16 and topk_group_size(97, 5) == 0

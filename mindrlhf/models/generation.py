@@ -48,6 +48,26 @@ def candidate_count(cfg: GenerationConfig, vocab_size: int) -> int:
     return cfg.top_k if 0 < cfg.top_k < vocab_size else 0
 
 
+def topk_group_size(vocab_size: int, k: int) -> int:
+    """A divisor of ``vocab_size`` in [16, 128] leaving at least ``k`` groups (the smallest such), or 0 if none."""
+    for size in range(16, 129):
+        if vocab_size % size == 0 and vocab_size // size >= k:
+            return size
+    return 0
+
+
+def grouped_topk(logits, k: int, group: int):
+    """Exact top-k of ``(B, V)`` in two small passes: the ``k`` best groups of ``group`` consecutive tokens by their
+    maximum (they hold the top ``k`` tokens), then the top ``k`` of those ``k * group`` candidates. On CPU this is
+    faster than one ``TopK`` over the whole vocabulary. Returns values and token ids ``(B, k)``, best first."""
+    batch, vocab = logits.shape
+    grouped = ops.reshape(logits, (batch, vocab // group, group))
+    _, best_groups = ops.topk(ops.reduce_max(grouped, -1), k)
+    picked = ops.gather_elements(grouped, 1, ops.tile(ops.expand_dims(best_groups, -1), (1, 1, group)))
+    values, slot = ops.topk(ops.reshape(picked, (batch, k * group)), k)
+    return values, ops.gather_elements(best_groups, 1, slot // group) * group + slot % group
+
+
 class _StepBase(nn.Cell):
     """Shared tail of the compiled steps: logits of one position -> sampling candidates.
 
@@ -59,9 +79,12 @@ class _StepBase(nn.Cell):
         super().__init__(auto_prefix=False)
         self.lm = lm
         self.k = k
+        self.group = topk_group_size(lm.config.vocab_size, k) if k > 1 else 0
 
     def candidates(self, hidden_last):
         logits = self.lm.logits(hidden_last)
+        if self.k > 0 and self.group:
+            return grouped_topk(logits, self.k, self.group)
         if self.k > 0:
             return ops.topk(logits, self.k)
         return logits

@@ -65,6 +65,11 @@ class Embedding(nn.Cell):
         return self.gather(self.weight, ids, 0)
 
 
+# Below this many rows (tokens) a fused kernel beats the elementwise/matmul forms: decode steps are bound by the
+# number of kernels launched, large batches by the (slow) fused CPU kernels and their gradients.
+FUSED_MAX_ROWS = 256
+
+
 def row_mean(x2d, mean_column):
     """Mean over the last axis of ``(N, H)`` as a matmul with a ``(H, 1)`` column of ``1/H``: ``(N, 1)``.
 
@@ -83,10 +88,14 @@ class LayerNorm(nn.Cell):
         self.mean_column = Tensor(np.full((dim, 1), 1.0 / dim), compute_dtype)
         self.eps = eps
         self.compute_dtype = compute_dtype
+        self.fused = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
 
     def construct(self, x):
         shape, out_dtype = x.shape, x.dtype
         x2d = ops.reshape(cast(x, self.compute_dtype), (-1, shape[-1]))
+        if x2d.shape[0] <= FUSED_MAX_ROWS:
+            y, _, _ = self.fused(x2d, cast(self.weight, self.compute_dtype), cast(self.bias, self.compute_dtype))
+            return cast(ops.reshape(y, shape), out_dtype)
         centered = x2d - row_mean(x2d, self.mean_column)
         y = centered * ops.rsqrt(row_mean(centered * centered, self.mean_column) + self.eps)
         y = y * cast(self.weight, self.compute_dtype) + cast(self.bias, self.compute_dtype)
@@ -111,8 +120,10 @@ class RMSNorm(nn.Cell):
 
 
 def gelu_tanh(x):
-    """GPT-2's GELU, ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``, from elementwise ops (MindSpore's fused
-    CPU GeLU and its gradient are several times slower)."""
+    """GPT-2's GELU, ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``; from elementwise ops for large inputs
+    (MindSpore's fused CPU GeLU and its gradient are several times slower there), fused for decode-sized ones."""
+    if x.size <= FUSED_MAX_ROWS * x.shape[-1]:
+        return ops.gelu(x, approximate="tanh")
     return 0.5 * x * (1.0 + ops.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
 
 
