@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from typing import List, Optional
 
@@ -112,29 +111,6 @@ def run_eval(args) -> int:
     return 0
 
 
-def read_records(path: str) -> List[dict]:
-    """A ``.json`` list or ``.jsonl`` lines of objects; errors name the file and line."""
-    if not path.endswith((".json", ".jsonl")):
-        raise ValueError(f"{path}: data_file must be .json or .jsonl")
-    with open(path, encoding="utf-8") as f:
-        if path.endswith(".json"):
-            try:
-                records = json.load(f)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
-            if not isinstance(records, list):
-                raise ValueError(f"{path}: expected a JSON list of objects")
-            return records
-        records = []
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{number}: not valid JSON: {err.msg}") from None
-        return records
-
-
 def responses_of(record: dict, where: str) -> List[str]:
     """The responses to score in one record: pos_resp/neg_resp, chosen/rejected, or response."""
     for keys in (("pos_resp", "neg_resp"), ("chosen", "rejected"), ("response",)):
@@ -144,6 +120,7 @@ def responses_of(record: dict, where: str) -> List[str]:
 
 
 def run_infer(args) -> int:
+    from mindrlhf.data.convert_preference import read_records
     from mindrlhf.data.templates import format_prompt
     from mindrlhf.data.tokenizer import load_tokenizer
     from mindrlhf.models import RewardModel
@@ -162,7 +139,11 @@ def run_infer(args) -> int:
         logger.info("scoring with %s", checkpoint)
     model.set_train(False)
     tokenizer = load_tokenizer(args.tokenizer)
-    for number, record in enumerate(read_records(args.data_file), 1):
+    if not args.data_file.endswith((".json", ".jsonl")):
+        raise ValueError(f"{args.data_file}: data_file must be .json or .jsonl")
+    for number, record in read_records(args.data_file)[1]:
+        if isinstance(record, Exception):
+            raise record
         if not isinstance(record, dict) or "prompt" not in record:
             raise ValueError(f"{args.data_file}:{number}: expected an object with a 'prompt' field")
         for response in responses_of(record, f"{args.data_file}:{number}"):

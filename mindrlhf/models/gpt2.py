@@ -4,8 +4,8 @@ from __future__ import annotations
 from mindspore import nn, ops
 
 from mindrlhf.config import ModelConfig
-from mindrlhf.models.layers import (Attention, Embedding, LayerNorm, Linear, cache_slot_index, causal_padding_bias,
-                                    gelu_tanh, key_padding_bias, ms_dtype, positions_from_mask, split_heads)
+from mindrlhf.models.layers import (Attention, Embedding, LayerNorm, Linear, attention_inputs,
+                                    gelu_tanh, ms_dtype, split_heads)
 from mindrlhf.models.registry import register_backbone
 
 
@@ -95,15 +95,8 @@ class GPT2Model(nn.Cell):
         return self.h
 
     def construct(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, cache_index=None):
-        if attention_mask is None:
-            attention_mask = ops.ones_like(input_ids)
-        if position_ids is None:
-            position_ids = positions_from_mask(attention_mask)
-        if cache_index is None:
-            bias = causal_padding_bias(attention_mask, self.compute_dtype)
-        else:
-            bias = key_padding_bias(attention_mask, self.compute_dtype)
-            cache_index = cache_slot_index(cache_index, input_ids.shape[0], self.cache_heads)
+        position_ids, bias, cache_index = attention_inputs(input_ids, attention_mask, position_ids, cache_index,
+                                                           self.compute_dtype, self.cache_heads)
         x = self.drop(ops.cast(self.wte(input_ids) + self.wpe(position_ids), self.compute_dtype))
         for i in range(self.num_layers):
             if kv_cache is None:

@@ -224,6 +224,24 @@ def cache_slot_index(slot, batch: int, heads: int):
     return ops.stack([rows, cols, ops.fill(ms.int32, (batch, heads), 1) * slot], axis=-1)
 
 
+def attention_inputs(input_ids, attention_mask, position_ids, cache_index, dtype, cache_heads: int):
+    """What every backbone derives before its blocks: ``(position_ids, bias, cache_index)``.
+
+    Without a decode index (no cache, or a prefill) the bias is causal plus key padding ``(B, 1, S, S)``; in a decode
+    step ``attention_mask`` is the ``(B, L)`` cache-slot mask, the bias is ``(B, 1, 1, L)`` and the scalar slot
+    becomes the scatter index of :func:`cache_slot_index`. Missing masks mean all real; missing positions come from
+    :func:`positions_from_mask`.
+    """
+    if attention_mask is None:
+        attention_mask = ops.ones_like(input_ids)
+    if position_ids is None:
+        position_ids = positions_from_mask(attention_mask)
+    if cache_index is None:
+        return position_ids, causal_padding_bias(attention_mask, dtype), None
+    return (position_ids, key_padding_bias(attention_mask, dtype),
+            cache_slot_index(cache_index, input_ids.shape[0], cache_heads))
+
+
 def split_heads(x, heads: int, head_dim: int):
     """``(B, S, heads*head_dim) -> (B, heads, S, head_dim)``."""
     batch, seq, _ = x.shape
