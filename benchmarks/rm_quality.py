@@ -87,7 +87,8 @@ def main(argv=None) -> None:
                   "heads": model_cfg.num_heads, "vocab": model_cfg.vocab_size, "seq": args.seq},
         "data": {"conversations_train": n_train, "conversations_held_out": n_test,
                  "pairs_train": train_stats["count"], "pairs_held_out": test_stats["count"],
-                 "skipped_identical_after_truncation": train_stats["skipped_identical"] + test_stats["skipped_identical"]},
+                 "skipped_identical_after_truncation": (train_stats["skipped_identical"]
+                                                        + test_stats["skipped_identical"])},
         "training": {"epochs": args.epochs, "batch_pairs": args.batch, "loss": args.loss, "lr": args.lr,
                      "steps": fit.state.global_step, "first_loss": fit.losses[0], "last_loss": fit.losses[-1]},
         "held_out_accuracy": held_out.accuracy, "train_accuracy": train_acc.accuracy,

@@ -40,7 +40,7 @@ class ModelConfig:
     num_layers: int = 12  # transformer blocks
     num_heads: int = 12  # query heads; head_dim = hidden_size // num_heads
     num_kv_heads: Optional[int] = None  # key/value heads (grouped-query attention); None = num_heads
-    intermediate_size: Optional[int] = None  # MLP width; None = derived (GPT-2: expand_ratio*H, Llama: multiple_of rule)
+    intermediate_size: Optional[int] = None  # MLP width; None = derived (GPT-2: expand_ratio*H, Llama: multiple_of)
     expand_ratio: int = 4  # GPT-2 MLP width factor when intermediate_size is None
     multiple_of: int = 256  # Llama: MLP width is 2/3*4H rounded up to a multiple of this when intermediate_size is None
     seq_length: int = 1024  # maximum sequence length (GPT-2: learned position table size)

@@ -16,7 +16,7 @@ from mindrlhf.config import load_config
 from mindrlhf.data.convert_preference import convert_preference
 from mindrlhf.data.datasets import record_count, reward_model_dataset
 from mindrlhf.models import RewardModel
-from mindrlhf.models.convert import CheckpointError, load_ckpt
+from mindrlhf.models.convert import CheckpointError
 from mindrlhf.train.reward import eval_checkpoints, evaluate_reward_model, train_reward_model
 from tests.helpers import set_mode
 

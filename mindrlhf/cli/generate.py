@@ -7,7 +7,6 @@ import logging
 import os
 import time
 
-import numpy as np
 
 from mindrlhf.config import RunConfig, load_config, save_config
 from mindrlhf.context import init_context

@@ -34,7 +34,8 @@ def backbone_class(name: str):
     if name not in _BACKBONES:
         near = difflib.get_close_matches(name, list_backbones(), n=1, cutoff=0.3)
         hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ConfigError(f"model_config.type: unknown model {name!r}{hint} (registered: {', '.join(list_backbones())})")
+        raise ConfigError(f"model_config.type: unknown model {name!r}{hint} "
+                          f"(registered: {', '.join(list_backbones())})")
     return _BACKBONES[name]
 
 

@@ -19,8 +19,8 @@ def lr_table(schedule: LrScheduleConfig, optimizer: OptimizerConfig, total_steps
     """Learning rate of every step ``0 .. total_steps-1`` (float32).
 
     warmup: ``peak * (step + 1) / warmup`` for ``step < warmup`` (so step 0 trains); then
-    constant: ``peak``; cosine: ``end + (peak - end) * (1 + cos(pi * p)) / 2``; polynomial: ``end + (peak - end) * (1 - p)``
-    with ``p`` the share of decay steps done.
+    constant: ``peak``; cosine: ``end + (peak - end) * (1 + cos(pi * p)) / 2``;
+    polynomial: ``end + (peak - end) * (1 - p)``, with ``p`` the share of decay steps done.
     """
     peak = schedule.learning_rate if schedule.learning_rate is not None else optimizer.learning_rate
     horizon = schedule.total_steps if schedule.total_steps > 0 else total_steps

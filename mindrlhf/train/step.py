@@ -3,8 +3,9 @@
 ``TrainStep(loss_net, optimizer, scale_cfg)`` compiles (GRAPH_MODE) into: forward, backward with the loss scale as
 the sensitivity, gradient all-reduce when data parallel, one global-norm pass that serves both the overflow check
 (the norm is finite only when every gradient is; the flag is reduced across devices, so every rank skips together)
-and clipping, one multiply that unscales and clips, and the optimizer update only when every gradient is finite. The dynamic loss scale lives in Parameters (``loss_scale``, ``loss_scale_good_steps``), so it is
-saved and restored with the optimizer state.
+and clipping, one multiply that unscales and clips, and the optimizer update only when every gradient is finite.
+The dynamic loss scale lives in Parameters (``loss_scale``, ``loss_scale_good_steps``), so it is saved and restored
+with the optimizer state.
 """
 from __future__ import annotations
 
