@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from typing import Tuple
 
 import mindspore as ms
 
@@ -22,3 +24,20 @@ def init_context(ctx: ContextConfig, seed: int = 0) -> None:
     ms.set_seed(seed)
     logger.info("context: %s mode on %s (device %d), seed %d", "graph" if ctx.mode == 0 else "pynative",
                 ctx.device_target, ctx.device_id, seed)
+
+
+def init_distributed() -> Tuple[int, int]:
+    """Join the process group started by ``msrun`` (or a rank-table launch) and switch to data parallel with
+    mean-reduced gradients. Returns ``(rank_id, rank_size)``; ``(0, 1)`` when this process was not launched as a
+    worker of a group."""
+    from mindspore.communication import get_group_size, get_rank, init
+
+    if not any(os.environ.get(k) for k in ("MS_WORKER_NUM", "RANK_TABLE_FILE", "RANK_SIZE")):
+        logger.info("not launched by msrun or with a rank table: running as a single process")
+        return 0, 1
+    init()
+    rank_id, rank_size = get_rank(), get_group_size()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                 device_num=rank_size)
+    logger.info("data parallel: rank %d of %d", rank_id, rank_size)
+    return rank_id, rank_size

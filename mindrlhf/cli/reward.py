@@ -87,12 +87,14 @@ def _setup(args, with_log: bool = True):
 
 
 def run_train(args) -> int:
+    from mindrlhf.context import init_distributed
     from mindrlhf.train.reward import train_reward_model
 
     cfg = _setup(args, with_log=False)
     if args.load_checkpoint is not None:
         cfg.load_checkpoint = args.load_checkpoint
-    _, result = train_reward_model(cfg, args.train_dataset or None)
+    rank_id, rank_size = init_distributed() if args.use_parallel else (0, 1)
+    _, result = train_reward_model(cfg, args.train_dataset or None, rank_id, rank_size)
     if not result.losses:
         logger.info("nothing left to train: the checkpoint is at the end of training (global step %d)",
                     result.state.global_step)
