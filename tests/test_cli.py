@@ -83,3 +83,12 @@ def test_convert_preference_and_rm_commands(tmp_dir):
     for action in ("train", "eval", "infer"):
         proc = mindrlhf("rm", action, "--help")
         assert proc.returncode == 0 and "--config" in proc.stdout
+
+
+def test_rank_table_command(tmp_dir):
+    proc = mindrlhf("rank-table", "--device_num", "[0,2)", "--visible_devices", "0,1", "--server_ip", "127.0.0.1",
+                    "--device_ips", "10.0.0.1,10.0.0.2", "--output_dir", tmp_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    path = os.path.join(tmp_dir, "hccl_2p_01_127.0.0.1.json")
+    assert json.load(open(path))["server_list"][0]["device"][1] == {"device_id": "1", "device_ip": "10.0.0.2",
+                                                                    "rank_id": "1"}

@@ -21,6 +21,7 @@ from mindrlhf.cli import reward as reward_cmd
 PASS_THROUGH = {
     "convert-preference": ("mindrlhf.data.convert_preference", "preference JSONL/JSON -> MindRecord (seed flags)"),
     "loss-plot": ("mindrlhf.tools.loss_plot", "training log -> TensorBoard events and loss.png"),
+    "rank-table": ("mindrlhf.tools.rank_table", "HCCL rank table: generate, --merge, --validate (Ascend)"),
 }
 
 
