@@ -26,13 +26,20 @@ def init_context(ctx: ContextConfig, seed: int = 0) -> None:
                 ctx.device_target, ctx.device_id, seed)
 
 
+def launched_as_worker() -> bool:
+    """True inside a process started by msrun, or by a rank-table launch of more than one device."""
+    if os.environ.get("MS_WORKER_NUM"):
+        return True
+    return bool(os.environ.get("RANK_TABLE_FILE")) and int(os.environ.get("RANK_SIZE") or 1) > 1
+
+
 def init_distributed() -> Tuple[int, int]:
     """Join the process group started by ``msrun`` (or a rank-table launch) and switch to data parallel with
     mean-reduced gradients. Returns ``(rank_id, rank_size)``; ``(0, 1)`` when this process was not launched as a
     worker of a group."""
     from mindspore.communication import get_group_size, get_rank, init
 
-    if not any(os.environ.get(k) for k in ("MS_WORKER_NUM", "RANK_TABLE_FILE", "RANK_SIZE")):
+    if not launched_as_worker():
         logger.info("not launched by msrun or with a rank table: running as a single process")
         return 0, 1
     init()

@@ -42,7 +42,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--load_checkpoint", default=None, help="resume from a checkpoint root (with rank_<id>/) "
                         "or start from weights (.ckpt or Hugging Face folder, e.g. the SFT model)")
     parser.add_argument("--run_mode", default="train", choices=["train"], help="kept for seed compatibility")
-    parser.add_argument("--use_parallel", type=str2bool, default=False, help="data-parallel run (msrun / rank table)")
+    parser.add_argument("--use_parallel", type=str2bool, default=None,
+                        help="data-parallel run; default: yes when started by msrun or a rank-table launcher")
     parser.set_defaults(func=run_train)
 
 
@@ -87,13 +88,14 @@ def _setup(args, with_log: bool = True):
 
 
 def run_train(args) -> int:
-    from mindrlhf.context import init_distributed
+    from mindrlhf.context import init_distributed, launched_as_worker
     from mindrlhf.train.reward import train_reward_model
 
     cfg = _setup(args, with_log=False)
     if args.load_checkpoint is not None:
         cfg.load_checkpoint = args.load_checkpoint
-    rank_id, rank_size = init_distributed() if args.use_parallel else (0, 1)
+    parallel = launched_as_worker() if args.use_parallel is None else args.use_parallel
+    rank_id, rank_size = init_distributed() if parallel else (0, 1)
     _, result = train_reward_model(cfg, args.train_dataset or None, rank_id, rank_size)
     if not result.losses:
         logger.info("nothing left to train: the checkpoint is at the end of training (global step %d)",

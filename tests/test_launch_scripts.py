@@ -1,0 +1,71 @@
+"""The launch scripts: argument checks with usage text, and a real two-worker CPU run through
+run_distribute_reward.sh (msrun path) from a folder whose name has a space."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mindrlhf.data.convert_preference import convert_preference
+from mindrlhf.train.checkpoint import latest_checkpoint, read_ckpt
+from tests.test_data_parallel import free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(ROOT, "scripts")
+
+
+def run(script, *args, cwd=ROOT, env=None):
+    return subprocess.run(["bash", os.path.join(SCRIPTS, script), *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300, env=env)
+
+
+@pytest.mark.parametrize("args, message", [
+    ((), "expected 4 arguments, got 0"),
+    (("python x.py", "t.json", "0-8", "8"), "DEVICE_RANGE must look like [0,8]"),
+    (("python x.py", "t.json", "[0,8]", "eight"), "RANK_SIZE must be a whole number"),
+    (("python x.py", "t.json", "[0,2]", "3"), "has 2 devices but RANK_SIZE is 3"),
+    (("python x.py", "t.json", "[4,4]", "0"), "holds no device"),
+])
+def test_run_distribute_reward_argument_errors(args, message):
+    proc = run("run_distribute_reward.sh", *args)
+    assert proc.returncode == 2 and message in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    ((), "expected 1, 2, 6 or 9 arguments, got 0"),
+    (("python x.py", "two"), "WORKER_NUM must be a whole number"),
+    (("python x.py", "2", "8118", "log", "maybe", "600"), "JOIN must be True or False"),
+    (("python x.py", "2", "port", "log", "True", "600"), "MASTER_PORT must be a whole number"),
+])
+def test_msrun_launcher_argument_errors(args, message):
+    proc = run("msrun_launcher.sh", *args)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert "EXECUTE_ORDER" in proc.stderr  # the usage text follows the error
+
+
+def test_two_cpu_workers_through_run_distribute_reward(tmp_dir):
+    work = os.path.join(tmp_dir, "my runs")  # a space in every path the command sees
+    os.makedirs(work)
+    data = os.path.join(work, "pairs.mindrecord")
+    convert_preference(os.path.join(ROOT, "tests", "data", "oasst_rm_zh_sample5.json"), data, "gpt2",
+                       seq_length=128, pad_token_id=50256, progress=False)
+    recipe = os.path.join(work, "run tiny rm.yaml")
+    with open(recipe, "w", encoding="utf-8") as f:
+        f.write(f"base_config: {os.path.join(ROOT, 'model_configs', 'gpt2_config', 'run_gpt2_tiny_rm.yaml')}\n")
+    order = (f"python '{os.path.join(ROOT, 'examples', 'reward_model_train_tutorial', 'reward_train.py')}' "
+             f"--config '{recipe}' --train_dataset '{data}' --set runner_config.batch_size=1 "
+             f"--set model.model_config.hidden_size=32 --set model.model_config.seq_length=128")
+    env = dict(os.environ, MASTER_PORT=str(free_port()),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    proc = run("run_distribute_reward.sh", order, "hccl_2p_01_127.0.0.1.json", "[0,2]", "2", cwd=work, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "starting 2 workers with msrun" in proc.stdout
+    params = [read_ckpt(latest_checkpoint(os.path.join(work, "output", "checkpoint", f"rank_{r}"))) for r in (0, 1)]
+    names = [n for n in params[0] if n.startswith(("backbone.", "score."))]
+    assert names and all(np.array_equal(params[0][n], params[1][n]) for n in names)
+    worker_log = open(os.path.join(work, "output", "msrun_log", "worker_1.log"), encoding="utf-8").read()
+    assert "data parallel: rank 1 of 2" in worker_log  # joined the group without --use_parallel (auto)
+    assert os.path.exists(os.path.join(work, "output", "log", "rank_1", "info.log"))
