@@ -145,16 +145,19 @@ def run_infer(args) -> int:
     tokenizer = load_tokenizer(args.tokenizer)
     if not args.data_file.endswith((".json", ".jsonl")):
         raise ValueError(f"{args.data_file}: data_file must be .json or .jsonl")
+    texts = []
     for number, record in read_records(args.data_file)[1]:
         if isinstance(record, Exception):
             raise record
         if not isinstance(record, dict) or "prompt" not in record:
             raise ValueError(f"{args.data_file}:{number}: expected an object with a 'prompt' field")
-        for response in responses_of(record, f"{args.data_file}:{number}"):
-            text = format_prompt(str(record["prompt"]).strip(), response)
-            score = score_texts(model, [tokenizer.encode(text)], model_cfg.seq_length, model_cfg.pad_token_id)[0]
-            logger.info("Sample:\n%s", text)
-            logger.info("reward score: [[%.4g]]", score)
+        texts += [format_prompt(str(record["prompt"]).strip(), response)
+                  for response in responses_of(record, f"{args.data_file}:{number}")]
+    # one call: one scoring cell, compiled once for every sample
+    scores = score_texts(model, [tokenizer.encode(t) for t in texts], model_cfg.seq_length, model_cfg.pad_token_id)
+    for text, score in zip(texts, scores):
+        logger.info("Sample:\n%s", text)
+        logger.info("reward score: [[%.4g]]", score)
     return 0
 
 

@@ -14,9 +14,8 @@ Rows that emit ``eos_token_id`` are finished: later tokens are ``pad_token_id`` 
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import mindspore as ms
@@ -24,8 +23,6 @@ from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from mindrlhf.config import GenerationConfig
 from mindrlhf.models.policy import CausalLM
-
-logger = logging.getLogger(__name__)
 
 NO_CACHE_BUCKET = 32  # without a cache, sequences are padded up to a multiple of this (fewer graph compiles)
 
@@ -97,8 +94,8 @@ class _Prefill(_StepBase):
         super().__init__(lm, k)
         self.cache = cache
 
-    def construct(self, input_ids, attention_mask, position_ids):
-        hidden = self.lm.backbone(input_ids, attention_mask, position_ids, self.cache)
+    def construct(self, input_ids, attention_mask):
+        hidden = self.lm.backbone(input_ids, attention_mask, None, self.cache)  # positions from the mask
         return self.candidates(hidden[:, -1])
 
 
@@ -152,13 +149,9 @@ def sample_tokens(values: np.ndarray, token_ids: Optional[np.ndarray], cfg: Gene
     return (choice if token_ids is None else token_ids[rows, choice]).astype(np.int32)
 
 
-def prompt_positions(prompt_mask: np.ndarray) -> np.ndarray:
-    """``clip(cumsum(mask) - 1, 0)``: positions of a left-padded prompt ``(B, P)`` int32."""
-    return np.maximum(np.cumsum(prompt_mask, 1) - 1, 0).astype(np.int32)
-
-
 class Generator:
-    """Generates from a :class:`CausalLM`; compiled steps and caches are kept per ``(batch, length)`` shape.
+    """Generates from a :class:`CausalLM`; the compiled steps and the cache of the last ``(batch, length)`` shape are
+    kept, so repeated calls with the same shapes reuse them.
 
     Args:
         lm: the policy.
@@ -172,12 +165,13 @@ class Generator:
         self.cfg = cfg
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
-        self._cached: Dict[Tuple[int, int], Tuple[_Prefill, _Decode]] = {}
+        self._cached_key: Optional[Tuple[int, int]] = None  # shape of the one cache kept alive
+        self._cached_steps: Optional[Tuple[_Prefill, _Decode]] = None
         self._full: Optional[_FullStep] = None
 
     def _steps(self, batch: int, length: int) -> Tuple[_Prefill, _Decode]:
         key = (batch, length)
-        if key not in self._cached:
+        if key != self._cached_key:
             lm_cfg = self.lm.config
             shape = (batch, lm_cfg.num_kv_heads, length, lm_cfg.head_dim)
             dtype = ms.float16 if lm_cfg.compute_dtype == "float16" else ms.float32
@@ -188,8 +182,9 @@ class Generator:
                                             requires_grad=False))
             cache = ParameterTuple(params)
             k = candidate_count(self.cfg, lm_cfg.vocab_size)
-            self._cached = {key: (_Prefill(self.lm, k, cache), _Decode(self.lm, k, cache))}  # one cache at a time
-        return self._cached[key]
+            self._cached_key = key
+            self._cached_steps = (_Prefill(self.lm, k, cache), _Decode(self.lm, k, cache))
+        return self._cached_steps
 
     def generate(self, prompt_ids: np.ndarray, prompt_mask: Optional[np.ndarray] = None,
                  max_new_tokens: Optional[int] = None, seed: Optional[int] = None) -> GenerationOutput:
@@ -242,7 +237,7 @@ class Generator:
         next_pos = prompt_mask.sum(1).astype(np.int32)
         response = np.full((batch, steps), self.pad_token_id, np.int32)
         finished = np.zeros(batch, bool)
-        logits = prefill(Tensor(prompt_ids), Tensor(prompt_mask), Tensor(prompt_positions(prompt_mask)))
+        logits = prefill(Tensor(prompt_ids), Tensor(prompt_mask))
         for t in range(steps):
             tokens = self._next(logits, finished, rng)
             response[:, t] = tokens

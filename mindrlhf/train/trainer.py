@@ -56,8 +56,7 @@ class Trainer:
         self.epochs = cfg.runner_config.epochs
         self.total_steps = self.epochs * steps_per_epoch
         self.rank_id = rank_id
-        params = [p for p in loss_net.trainable_params()]
-        self.optimizer = build_optimizer(params, cfg.optimizer, cfg.lr_schedule, self.total_steps)
+        self.optimizer = build_optimizer(loss_net.trainable_params(), cfg.optimizer, cfg.lr_schedule, self.total_steps)
         self.lrs = lr_table(cfg.lr_schedule, cfg.optimizer, self.total_steps)
         self.step = TrainStep(loss_net, self.optimizer, cfg.runner_wrapper)
         self.step.set_train(True)
