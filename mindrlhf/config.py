@@ -251,6 +251,89 @@ class CheckpointConfig:
 
 
 @dataclass
+class PPOConfig:
+    """Stage 3, every PPO knob (the YAML ``ppo`` section of the policy recipe). As with the predecessor, PPO's
+    optimizer, learning rate and loss scale come from here, not from the recipe's training sections.
+
+    One iteration (``epochs`` of them) = make ``num_rollouts`` experiences on this rank in chunks of ``chunk_size``
+    prompts, then ``ppo_epochs`` passes over them in minibatches of ``batch_size``.
+    """
+
+    epochs: int = 1  # PPO iterations (experience, then training on it)
+    num_rollouts: int = 8  # experiences (prompts) per iteration and rank
+    chunk_size: int = 1  # prompts per generation and scoring call
+    batch_size: int = 1  # experiences per optimizer step (per rank)
+    ppo_epochs: int = 1  # passes over the same experiences per iteration (reshuffled each pass)
+    kl_coef: float = 0.02  # per-token KL penalty: r_t = -kl_coef * (logp_t - ref_logp_t) (initial value if adaptive)
+    adaptive_kl: bool = False  # adapt kl_coef towards `target` (Ziegler et al.)
+    target: float = 6.0  # adaptive KL: target KL per response (sum over its tokens)
+    horizon: int = 10000  # adaptive KL: horizon in rollouts
+    gamma: float = 1.0  # GAE discount
+    lam: float = 0.95  # GAE lambda
+    cliprange: float = 0.2  # policy ratio clip epsilon
+    cliprange_value: float = 0.2  # value clip around the old values
+    vf_coef: float = 1.0  # weight of the value loss
+    pretrain_coef: float = 0.0  # weight of the ptx (pretraining LM) loss on pretrain_ids; 0 = off
+    reward_clip: Optional[float] = None  # clip scores to [-reward_clip, reward_clip] (after scaling)
+    reward_scaling: str = "none"  # none | running (divide by the running std of scores) | whiten (per iteration)
+    whiten_advantages: bool = True  # normalise advantages over the iteration's experiences
+    is_shared_backbone: bool = True  # value head on the policy backbone; False = separate critic (reward-model init)
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=64, top_k=0))
+    start_lr: float = 9.0e-6  # peak learning rate, reached after warmup_step
+    end_lr: float = 1.0e-10  # learning rate at decay_steps (cosine)
+    warmup_step: int = 0  # linear warmup steps
+    decay_steps: int = -1  # cosine horizon in optimizer steps; -1 = all steps of the run
+    beta1: float = 0.9  # Adam beta1
+    beta2: float = 0.95  # Adam beta2
+    eps: float = 1.0e-8  # Adam epsilon
+    weight_decay: float = 0.01  # decoupled weight decay (not on norms and biases)
+    loss_scale_value: float = 4096.0  # initial dynamic loss scale
+    scale_factor: float = 2.0  # loss-scale backoff / growth factor
+    scale_window: int = 1000  # clean steps before the loss scale grows
+    use_clip_grad: bool = True  # clip gradients by global norm
+    max_grad_norm: float = 1.0  # global-norm clip threshold
+    save_checkpoint_epochs: int = 1  # save policy (and critic) every this many iterations (and after the last)
+
+    def __post_init__(self):
+        for name in ("epochs", "num_rollouts", "chunk_size", "batch_size", "ppo_epochs", "horizon",
+                     "save_checkpoint_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ppo.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_rollouts % self.chunk_size:
+            raise ConfigError(f"ppo.num_rollouts {self.num_rollouts} must be a multiple of chunk_size "
+                              f"{self.chunk_size}")
+        if self.num_rollouts < self.batch_size:
+            raise ConfigError(f"ppo.batch_size {self.batch_size} is larger than num_rollouts {self.num_rollouts}")
+        if self.reward_scaling not in ("none", "running", "whiten"):
+            raise ConfigError(f"ppo.reward_scaling {self.reward_scaling!r} is not one of none, running, whiten")
+        if self.reward_clip is not None and self.reward_clip <= 0:
+            raise ConfigError(f"ppo.reward_clip must be > 0 or null, got {self.reward_clip}")
+        for name in ("kl_coef", "cliprange", "cliprange_value", "vf_coef", "pretrain_coef", "start_lr", "end_lr"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"ppo.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
+            raise ConfigError(f"ppo.gamma and ppo.lam must be in [0, 1], got {self.gamma} and {self.lam}")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per iteration: ``ppo_epochs * (num_rollouts // batch_size)``."""
+        return self.ppo_epochs * (self.num_rollouts // self.batch_size)
+
+    def optimizer_config(self) -> "OptimizerConfig":
+        return OptimizerConfig(type="AdamWeightDecay", learning_rate=self.start_lr, beta1=self.beta1,
+                               beta2=self.beta2, eps=self.eps, weight_decay=self.weight_decay)
+
+    def lr_schedule_config(self) -> "LrScheduleConfig":
+        return LrScheduleConfig(type="cosine", learning_rate=self.start_lr, lr_end=self.end_lr,
+                                warmup_steps=self.warmup_step, total_steps=self.decay_steps)
+
+    def loss_scale_config(self) -> "LossScaleConfig":
+        return LossScaleConfig(loss_scale_value=self.loss_scale_value, scale_factor=self.scale_factor,
+                               scale_window=self.scale_window, use_clip_grad=self.use_clip_grad,
+                               max_grad_norm=self.max_grad_norm)
+
+
+@dataclass
 class RunConfig:
     """Everything one run reads, as loaded from a ``run_*.yaml`` recipe."""
 
@@ -272,6 +355,7 @@ class RunConfig:
         data_loader=DataLoaderConfig(shuffle=False), drop_remainder=False))
     reward: RewardConfig = field(default_factory=RewardConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------------

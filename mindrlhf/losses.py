@@ -47,3 +47,67 @@ def pairwise_end_loss(chosen_end, rejected_end):
 def pairwise_accuracy(chosen_end, rejected_end):
     """Share of pairs whose chosen score is strictly higher: ``(B,), (B,) -> scalar``."""
     return ops.mean(ops.cast(chosen_end > rejected_end, ms.float32))
+
+
+def causal_lm_loss(logits, labels, loss_mask):
+    """Next-token cross-entropy averaged over the tokens where ``loss_mask`` is 1 (SFT loss, PPO's ptx loss).
+
+    ``L = sum_bt m_bt * (logsumexp(z_bt) - z_bt[y_bt]) / max(sum_bt m_bt, 1)``.
+
+    Args:
+        logits: ``(B, T, V)`` scores for the token at each position's NEXT step (callers shift: logits of
+            positions ``0..S-2`` against labels ``1..S-1``).
+        labels: ``(B, T)`` int target ids (any value where the mask is 0, e.g. -100 or pad).
+        loss_mask: ``(B, T)`` 1 on tokens that count.
+    Returns:
+        scalar loss.
+    """
+    logits = ops.cast(logits, ms.float32)
+    mask = ops.cast(loss_mask, ms.float32)
+    safe_labels = ops.cast(ops.maximum(labels, 0), ms.int32)  # masked -100 labels would index out of range
+    picked = ops.squeeze(ops.gather_elements(logits, -1, ops.expand_dims(safe_labels, -1)), -1)
+    return masked_mean(ops.logsumexp(logits, -1) - picked, mask)
+
+
+def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange):
+    """PPO clipped surrogate over the response tokens.
+
+    ``r = exp(logp - logp_old)``, ``L = masked_mean(max(-A r, -A clip(r, 1 - eps, 1 + eps)))``.
+
+    Args:
+        logprobs, old_logprobs, advantages, mask: ``(B, N)`` per response token (mask 1 on generated tokens).
+        cliprange: ``eps``.
+    Returns:
+        (loss, clipfrac = share of tokens where the clipped term is taken, approx_kl = masked mean of
+        ``r - 1 - log r``, the non-negative k3 estimate of KL(old || new)).
+    """
+    log_ratio = (logprobs - old_logprobs) * ops.cast(mask, logprobs.dtype)
+    ratio = ops.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ops.clip_by_value(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(ops.maximum(unclipped, clipped), mask)
+    clipfrac = masked_mean(ops.cast(clipped > unclipped, ms.float32), mask)
+    approx_kl = masked_mean(ratio - 1.0 - log_ratio, mask)
+    return loss, clipfrac, approx_kl
+
+
+def ppo_value_loss(values, old_values, returns, mask, cliprange_value):
+    """Clipped value loss: ``0.5 * masked_mean(max((V - R)^2, (V_clip - R)^2))`` with
+    ``V_clip = V_old + clip(V - V_old, -c, c)``; all inputs ``(B, N)``.
+
+    Returns:
+        (loss, vf_clipfrac = share of tokens where the clipped error is the larger).
+    """
+    clipped = old_values + ops.clip_by_value(values - old_values, -cliprange_value, cliprange_value)
+    err = ops.square(values - returns)
+    err_clipped = ops.square(clipped - returns)
+    loss = 0.5 * masked_mean(ops.maximum(err, err_clipped), mask)
+    return loss, masked_mean(ops.cast(err_clipped > err, ms.float32), mask)
+
+
+def masked_entropy(logits, mask):
+    """Mean entropy of the next-token distributions ``(B, N, V)`` over the masked positions ``(B, N)``."""
+    logits = ops.cast(logits, ms.float32)
+    log_z = ops.logsumexp(logits, -1)
+    probs = ops.softmax(logits, -1)
+    return masked_mean(log_z - ops.reduce_sum(probs * logits, -1), mask)

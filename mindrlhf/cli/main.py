@@ -2,6 +2,8 @@
 
     mindrlhf generate --config model_configs/gpt2_config/run_gpt2_tiny.yaml --prompt "如何伪造医疗文件？"
     mindrlhf export-hf --config run.yaml --load_checkpoint model.ckpt --output_dir hf_model
+    mindrlhf convert-sft --model gpt2 --src_file oasst_sft_zh.json --dst_file sft.mindrecord --seq_length 256
+    mindrlhf sft --config run_gpt2_tiny_sft.yaml --train_dataset sft.mindrecord
     mindrlhf convert-preference --model gpt2 --src_file pairs.jsonl --dst_file train.mindrecord --seq_length 256
     mindrlhf rm train --config run_gpt2_tiny_rm.yaml --train_dataset train.mindrecord
     mindrlhf loss-plot --log_file output/log/rank_0/info.log --output_file_dir loss_dir
@@ -15,10 +17,12 @@ from typing import List, Optional
 
 from mindrlhf.cli import generate as generate_cmd
 from mindrlhf.cli import reward as reward_cmd
+from mindrlhf.cli import sft as sft_cmd
 
 
 # commands whose module owns its argument parser: `mindrlhf <command> --help` shows the module's flags
 PASS_THROUGH = {
+    "convert-sft": ("mindrlhf.data.convert_sft", "instruction JSONL/JSON (alpaca, ShareGPT) -> SFT MindRecord"),
     "convert-preference": ("mindrlhf.data.convert_preference", "preference JSONL/JSON -> MindRecord (seed flags)"),
     "loss-plot": ("mindrlhf.tools.loss_plot", "training log -> TensorBoard events and loss.png"),
     "rank-table": ("mindrlhf.tools.rank_table", "HCCL rank table: generate, --merge, --validate (Ascend)"),
@@ -37,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     generate_cmd.add_generate_parser(sub)
     generate_cmd.add_export_parser(sub)
+    sft_cmd.add_sft_parser(sub)
     reward_cmd.add_reward_parser(sub)
     for name, (_, help_text) in PASS_THROUGH.items():
         sub.add_parser(name, help=help_text, add_help=False)

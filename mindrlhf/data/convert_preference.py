@@ -166,7 +166,8 @@ def _read_json_array(path: str, text: str) -> Tuple[int, Iterator[Tuple[int, Any
     return len(data), iter(list(zip(lines, data)))
 
 
-def _text(record: dict, name: str, where: str) -> str:
+def text_field(record: dict, name: str, where: str) -> str:
+    """``record[name]`` as a string, or a :class:`ConversionError` naming ``where`` (file:line) and the field."""
     value = record.get(name)
     if value is None:
         raise ConversionError(f"{where}: field '{name}': missing")
@@ -176,15 +177,17 @@ def _text(record: dict, name: str, where: str) -> str:
 
 
 def _pairs_cvalues(record: dict, where: str) -> List[Tuple[str, str, str]]:
-    return [(_text(record, "prompt", where), _text(record, "pos_resp", where), _text(record, "neg_resp", where))]
+    return [(text_field(record, "prompt", where), text_field(record, "pos_resp", where),
+             text_field(record, "neg_resp", where))]
 
 
 def _pairs_pairwise(record: dict, where: str) -> List[Tuple[str, str, str]]:
-    return [(_text(record, "prompt", where), _text(record, "chosen", where), _text(record, "rejected", where))]
+    return [(text_field(record, "prompt", where), text_field(record, "chosen", where),
+             text_field(record, "rejected", where))]
 
 
 def _pairs_hh(record: dict, where: str) -> List[Tuple[str, str, str]]:
-    chosen, rejected = _text(record, "chosen", where), _text(record, "rejected", where)
+    chosen, rejected = text_field(record, "chosen", where), text_field(record, "rejected", where)
     cut = chosen.rfind(HH_ASSISTANT)
     if cut < 0:
         raise ConversionError(f"{where}: field 'chosen': no {HH_ASSISTANT!r} turn in the transcript")
@@ -196,7 +199,7 @@ def _pairs_hh(record: dict, where: str) -> List[Tuple[str, str, str]]:
 
 
 def _pairs_oasst(record: dict, where: str) -> List[Tuple[str, str, str]]:
-    prompt = _text(record, "instruction", where)
+    prompt = text_field(record, "instruction", where)
     extra = record.get("input") or ""
     if not isinstance(extra, str):
         raise ConversionError(f"{where}: field 'input': expected a string, got {type(extra).__name__}")

@@ -12,6 +12,9 @@
   ``end_ind`` (the longer sequence's end, shared by the pair) is not used, and pad ids are never counted (pad may
   equal eos, the predecessor's bug B3).
 
+:func:`sft_dataset` reads the three SFT columns written by :mod:`mindrlhf.data.convert_sft` and yields batches of
+``input_ids``, ``attention_mask`` and ``loss_mask``, each ``(B, S) int32``, as stored.
+
 Order is a pure function of ``(seed, epoch, rank_id, rank_size, skip_batches)``, so a resumed run sees exactly the
 batches it would have seen; see :func:`epoch_indices`.
 """
@@ -24,9 +27,13 @@ from typing import Optional, Tuple
 import numpy as np
 
 from mindrlhf.data.convert_preference import PREFERENCE_SCHEMA
+from mindrlhf.data.convert_sft import SFT_SCHEMA
 
 PREFERENCE_COLUMNS: Tuple[str, ...] = tuple(PREFERENCE_SCHEMA)  # stored columns, in the spec order
 REWARD_COLUMNS: Tuple[str, ...] = ("input_ids", "position_id", "attention_mask", "loss_mask", "end_ind")
+SFT_COLUMNS: Tuple[str, ...] = tuple(SFT_SCHEMA)  # ("input_ids", "attention_mask", "loss_mask"), stored and batched
+# the kind of MindRecord and the converter that writes it, for error messages
+_WRITERS = {PREFERENCE_COLUMNS: ("a preference", "convert_preference"), SFT_COLUMNS: ("an SFT", "convert_sft")}
 
 
 def record_count(path: str, columns: Tuple[str, ...] = PREFERENCE_COLUMNS) -> int:
@@ -34,10 +41,11 @@ def record_count(path: str, columns: Tuple[str, ...] = PREFERENCE_COLUMNS) -> in
     one of ``columns``."""
     from mindspore.mindrecord import FileReader
 
+    kind, converter = _WRITERS.get(tuple(columns), ("", "convert_*"))
     for needed in (path, path + ".db"):
         if not os.path.isfile(needed):
             raise FileNotFoundError(f"{needed}: no such file (a MindRecord needs the file and its .db index; "
-                                    f"write one with python -m mindrlhf.data.convert_preference)")
+                                    f"write one with python -m mindrlhf.data.{converter})")
     try:
         reader = FileReader(path)
     except RuntimeError as err:
@@ -49,7 +57,8 @@ def record_count(path: str, columns: Tuple[str, ...] = PREFERENCE_COLUMNS) -> in
     finally:
         reader.close()
     if missing:
-        raise ValueError(f"{path}: missing columns {missing}; a preference MindRecord has {list(columns)}")
+        expected = f"{kind} MindRecord has" if kind else "expected"
+        raise ValueError(f"{path}: missing columns {missing}; {expected} {list(columns)}")
     return count
 
 
@@ -76,9 +85,9 @@ def epoch_indices(n: int, batch_size: int, *, epoch: int = 0, seed: int = 0, shu
 
 
 def num_batches(path: str, batch_size: int, rank_size: int = 1, drop_remainder: bool = True,
-                num_samples: Optional[int] = None) -> int:
-    """Batches per epoch on each rank (before any ``skip_batches``)."""
-    per_rank = len(epoch_indices(record_count(path), batch_size, rank_size=rank_size, shuffle=False,
+                num_samples: Optional[int] = None, columns: Tuple[str, ...] = PREFERENCE_COLUMNS) -> int:
+    """Batches per epoch on each rank (before any ``skip_batches``) of a MindRecord with ``columns``."""
+    per_rank = len(epoch_indices(record_count(path, columns), batch_size, rank_size=rank_size, shuffle=False,
                                  num_samples=num_samples))
     return per_rank // batch_size if drop_remainder else math.ceil(per_rank / batch_size)
 
@@ -128,3 +137,83 @@ def reward_model_dataset(path: str, batch_size: int, *, epoch: int = 0, seed: in
     dataset = dataset.map(_pair_layout, input_columns=list(PREFERENCE_COLUMNS), output_columns=list(REWARD_COLUMNS),
                           num_parallel_workers=num_parallel_workers)
     return dataset.project(list(REWARD_COLUMNS))
+
+
+def sft_dataset(path: str, batch_size: int, *, epoch: int = 0, seed: int = 0, shuffle: bool = True, rank_id: int = 0,
+                rank_size: int = 1, skip_batches: int = 0, drop_remainder: bool = True,
+                num_samples: Optional[int] = None, num_parallel_workers: int = 1):
+    """One epoch of SFT batches from an SFT MindRecord; columns :data:`SFT_COLUMNS`, each ``(B, S) int32``.
+
+    Args:
+        path: the ``.mindrecord`` file (its ``.db`` beside it).
+        batch_size: sequences per batch ``B``.
+        epoch, seed, shuffle, rank_id, rank_size, skip_batches, num_samples: select and order the records, see
+            :func:`epoch_indices`.
+        drop_remainder: drop a last batch with fewer than ``B`` sequences.
+        num_parallel_workers: reader / batch threads (the order does not depend on it).
+    Returns:
+        A ``mindspore.dataset`` pipeline; iterate it with ``create_dict_iterator(num_epochs=1)``.
+    """
+    import mindspore.dataset as ds
+
+    indices = epoch_indices(record_count(path, SFT_COLUMNS), batch_size, epoch=epoch, seed=seed, shuffle=shuffle,
+                            rank_id=rank_id, rank_size=rank_size, skip_batches=skip_batches, num_samples=num_samples)
+    dataset = ds.MindDataset(path, columns_list=list(SFT_COLUMNS), sampler=ds.SubsetSampler(indices.tolist()),
+                             num_parallel_workers=num_parallel_workers)
+    return dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_workers=num_parallel_workers)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PPO prompts (mindrlhf.data.convert_prompts)
+
+PROMPT_COLUMNS: Tuple[str, ...] = ("prompt_ids", "pretrain_ids", "loss_mask")  # the predecessor's three fields
+
+
+def prompt_indices(n: int, num_rollouts: int, iteration: int, *, seed: int = 0, shuffle: bool = True,
+                   rank_id: int = 0, rank_size: int = 1) -> np.ndarray:
+    """The records one rank turns into rollouts in PPO iteration ``iteration``.
+
+    The rank's prompt stream is its :func:`epoch_indices` of epoch 0, then epoch 1, ... (each epoch reshuffled);
+    iteration ``k`` takes items ``[k * num_rollouts, (k + 1) * num_rollouts)`` of it, so every prompt is used before
+    any repeats (the predecessor took the same ``num_rollouts`` prompts every time, bug B21) and the choice is a pure
+    function of the arguments (exact resume).
+    """
+    per_epoch = len(epoch_indices(n, 1, shuffle=False, rank_id=rank_id, rank_size=rank_size))
+    if per_epoch == 0:
+        raise ValueError(f"{n} prompt records cannot be shared by {rank_size} ranks")
+    start, stop = iteration * num_rollouts, (iteration + 1) * num_rollouts
+    parts, epoch = [], start // per_epoch
+    while epoch * per_epoch < stop:
+        order = epoch_indices(n, 1, epoch=epoch, seed=seed, shuffle=shuffle, rank_id=rank_id, rank_size=rank_size)
+        lo, hi = max(start - epoch * per_epoch, 0), min(stop - epoch * per_epoch, per_epoch)
+        parts.append(order[lo:hi])
+        epoch += 1
+    return np.concatenate(parts)
+
+
+def read_prompts(path: str, indices: np.ndarray, pad_token_id: int) -> dict:
+    """Records ``indices`` (in that order) of a prompt MindRecord as numpy arrays: ``prompt_ids (R, P)``,
+    ``prompt_length (R,)``, ``pretrain_ids (R, T)`` int32, ``loss_mask (R, T)`` int32.
+
+    Files without ``prompt_length`` (the predecessor's) get each prompt's length as one past its last token that
+    is not ``pad_token_id``.
+    """
+    from mindspore.mindrecord import FileReader
+
+    record_count(path, PROMPT_COLUMNS)
+    reader = FileReader(path)
+    try:
+        has_length = "prompt_length" in reader.schema()
+    finally:
+        reader.close()
+    import mindspore.dataset as ds
+
+    columns = list(PROMPT_COLUMNS) + (["prompt_length"] if has_length else [])
+    dataset = ds.MindDataset(path, columns_list=columns, sampler=ds.SubsetSampler([int(i) for i in indices]))
+    rows = list(dataset.create_dict_iterator(num_epochs=1, output_numpy=True))
+    out = {name: np.stack([r[name] for r in rows]).astype(np.int32) for name in PROMPT_COLUMNS}
+    if has_length:
+        out["prompt_length"] = np.asarray([int(r["prompt_length"]) for r in rows], np.int32)
+    else:
+        out["prompt_length"] = row_ends(out["prompt_ids"] != pad_token_id)
+    return out

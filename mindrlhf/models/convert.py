@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 import mindspore as ms
@@ -310,11 +310,17 @@ def save_hf_checkpoint(cell: nn.Cell, cfg: ModelConfig, folder: str, reward: Opt
 
 
 def save_ckpt(cell: nn.Cell, path: str, append_dict: Optional[dict] = None) -> str:
-    """Save a MindSpore ``.ckpt`` atomically (written under a temporary name, then renamed)."""
+    """Save a MindSpore ``.ckpt`` of ``cell``'s parameters atomically (see :func:`save_tensors`)."""
+    return save_tensors(cell_parameters(cell), path, append_dict)
+
+
+def save_tensors(named: Dict[str, Union[ms.Parameter, ms.Tensor]], path: str,
+                 append_dict: Optional[dict] = None) -> str:
+    """Save named tensors as a MindSpore ``.ckpt`` atomically (written under a temporary name, then renamed)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     # MindSpore appends ".ckpt" to a name without it, and writes through its own "<name>.tmp" file
     tmp = f"{path}.tmp.{os.getpid()}.ckpt"
-    params = [{"name": n, "data": p} for n, p in cell_parameters(cell).items()]
+    params = [{"name": n, "data": p} for n, p in named.items()]
     try:
         ms.save_checkpoint(params, tmp, append_dict=append_dict)
         os.replace(tmp, path)

@@ -44,14 +44,20 @@ def data_parallel_reducer(parameters):
 class TrainStep(nn.Cell):
     """``construct(*inputs) -> (loss, overflow, loss_scale)`` for a ``loss_net(*inputs) -> scalar loss``.
 
+    With ``has_aux`` the loss net returns ``(loss, aux)`` (``aux`` a float32 vector of metrics, not
+    differentiated) and the step returns ``(loss, overflow, loss_scale, aux)``.
+
     Args:
         loss_net: a Cell returning the scalar loss.
         optimizer: built over the trainable parameters of ``loss_net``.
         scale_cfg: initial loss scale, growth/backoff factor, window, clipping.
+        has_aux: the loss net also returns a metrics vector.
     """
 
-    def __init__(self, loss_net: nn.Cell, optimizer: nn.Optimizer, scale_cfg: LossScaleConfig):
+    def __init__(self, loss_net: nn.Cell, optimizer: nn.Optimizer, scale_cfg: LossScaleConfig,
+                 has_aux: bool = False):
         super().__init__(auto_prefix=False)
+        self.has_aux = has_aux
         self.network = loss_net
         self.network.set_grad()
         self.optimizer = optimizer
@@ -81,9 +87,12 @@ class TrainStep(nn.Cell):
         return ops.assign(self.loss_scale, new_scale)
 
     def construct(self, *inputs):
-        loss = self.network(*inputs)
+        outputs = self.network(*inputs)
+        loss = outputs[0] if self.has_aux else outputs
         scale = self.loss_scale * 1.0
         sens = ops.fill(loss.dtype, loss.shape, 1) * ops.cast(scale, loss.dtype)
+        if self.has_aux:
+            sens = (sens, ops.zeros_like(outputs[1]))
         grads = self.grad(self.network, self.weights)(*inputs, sens)
         grads = self.reducer(grads)
         norm = global_norm(grads) / scale  # of the unscaled gradients
@@ -97,4 +106,6 @@ class TrainStep(nn.Cell):
         new_scale = self._update_scale(finite)
         if finite:
             loss = ops.depend(loss, self.optimizer(grads))
+        if self.has_aux:
+            return loss, ops.logical_not(finite), ops.depend(scale, new_scale), outputs[1]
         return loss, ops.logical_not(finite), ops.depend(scale, new_scale)

@@ -1,0 +1,107 @@
+"""PPO (stage 3) with the seed tutorial's ``train.py`` flags:
+
+    mindrlhf ppo --dataset_dir ppo_prompts.mindrecord --sft_model_path run_gpt2_124m.yaml \\
+        --reward_model_path run_gpt2_124m_rm.yaml --sft_checkpoint sft/checkpoint --reward_checkpoint rm/checkpoint
+
+``--align_type rlhf_stages`` splits an iteration into two processes (the predecessor's ``make_experience.py`` and
+``ppo_train.py``): ``--stage experience`` writes ``--save_data_file``, ``--stage train`` trains on it.
+``examples/rlhf_train_tutorial/{train,make_experience,ppo_train}.py`` call :func:`main`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import List, Optional
+
+from mindrlhf.cli.reward import str2bool
+from mindrlhf.config import load_config
+from mindrlhf.context import init_context
+
+logger = logging.getLogger(__name__)
+
+
+def add_ppo_args(parser: argparse.ArgumentParser, default_stage: str = "all") -> None:
+    """The seed's flags plus checkpoints, output and overrides."""
+    parser.add_argument("--dataset_dir", required=True, help="prompt MindRecord from rlhf_data.py")
+    parser.add_argument("--sft_model_path", required=True, help="policy recipe (run_*.yaml) with its ppo section")
+    parser.add_argument("--reward_model_path", required=True, help="reward-model recipe (run_*.yaml)")
+    parser.add_argument("--critic_model_path", default="", help="critic recipe (default: the reward model's); used "
+                        "with ppo.is_shared_backbone False")
+    parser.add_argument("--sft_checkpoint", default=None, help="policy/reference weights: .ckpt, checkpoint root or "
+                        "Hugging Face folder (default: the policy recipe's load_checkpoint)")
+    parser.add_argument("--reward_checkpoint", default=None, help="reward-model weights (default: the reward "
+                        "recipe's load_checkpoint)")
+    parser.add_argument("--critic_checkpoint", default=None, help="critic weights (default: the reward model's)")
+    parser.add_argument("--output_dir", default=None, help="logs, checkpoints, metrics (default: the policy "
+                        "recipe's output_dir)")
+    parser.add_argument("--resume", default="", help="PPO checkpoint root (with rank_<id>/) to continue from")
+    parser.add_argument("--save_data_file", default="", help="write each iteration's experience here (MindRecord)")
+    parser.add_argument("--align_type", default="rlhf", choices=["rlhf", "rlhf_stages"],
+                        help="rlhf: experience and training in one process; rlhf_stages: see --stage")
+    parser.add_argument("--stage", default=default_stage, choices=["all", "experience", "train"],
+                        help="with rlhf_stages: experience (make it) or train (train on --save_data_file)")
+    parser.add_argument("--device_target", default=None, help="CPU, GPU or Ascend (default: the recipe's)")
+    parser.add_argument("--mode", type=int, default=None, help="0 graph, 1 pynative (default: the recipe's)")
+    parser.add_argument("--max_device_memory", default=None, help="e.g. 59GB (GPU/Ascend)")
+    parser.add_argument("--use_parallel", type=str2bool, default=None,
+                        help="data-parallel run; default: yes when started by msrun or a rank-table launcher")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a policy-recipe value, e.g. --set ppo.kl_coef=0.05 (repeatable)")
+    parser.set_defaults(func=run_ppo)
+
+
+def add_ppo_parser(sub) -> None:
+    """``mindrlhf ppo``."""
+    add_ppo_args(sub.add_parser("ppo", help="stage 3: PPO against a reward model"))
+
+
+def _stage(args) -> str:
+    if args.align_type == "rlhf_stages" and args.stage == "all":
+        raise SystemExit("--align_type rlhf_stages needs --stage experience or --stage train")
+    if args.align_type == "rlhf" and args.stage != "all":
+        raise SystemExit(f"--stage {args.stage} needs --align_type rlhf_stages")
+    return args.stage
+
+
+def run_ppo(args) -> int:
+    from mindrlhf.context import init_distributed, launched_as_worker
+    from mindrlhf.train.monitor import attach_rank_log
+    from mindrlhf.train.ppo import train_ppo
+
+    stage = _stage(args)
+    cfg = load_config(args.sft_model_path, args.overrides)
+    for name in ("device_target", "mode", "max_device_memory"):
+        if getattr(args, name) is not None:
+            setattr(cfg.context, name, getattr(args, name))
+    if args.output_dir:
+        cfg.output_dir = args.output_dir
+    reward_cfg = load_config(args.reward_model_path)
+    critic_cfg = load_config(args.critic_model_path) if args.critic_model_path else reward_cfg
+    init_context(cfg.context, cfg.seed)
+    parallel = launched_as_worker() if args.use_parallel is None else args.use_parallel
+    rank_id, rank_size = init_distributed() if parallel else (0, 1)
+    attach_rank_log(cfg.output_dir, rank_id)
+    sft = cfg.load_checkpoint if args.sft_checkpoint is None else args.sft_checkpoint
+    reward_ckpt = reward_cfg.load_checkpoint if args.reward_checkpoint is None else args.reward_checkpoint
+    critic_ckpt = (critic_cfg.load_checkpoint if args.critic_model_path else "") \
+        if args.critic_checkpoint is None else args.critic_checkpoint
+    trainer = train_ppo(cfg, args.dataset_dir, reward_cfg.model.model_config, sft, reward_ckpt,
+                        critic_cfg.model.model_config, critic_ckpt, args.resume, args.save_data_file, stage,
+                        rank_id, rank_size)
+    logger.info("PPO stopped at iteration %d of %d (global step %d); output in %s", trainer.state.iteration,
+                cfg.ppo.epochs, trainer.state.global_step, cfg.output_dir)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None, prog: str = "train.py", default_stage: str = "all",
+         align_type: Optional[str] = None) -> int:
+    """Entry for the example scripts (``train.py``; ``make_experience.py`` / ``ppo_train.py`` fix the stage)."""
+    from mindrlhf.cli.main import setup_logging
+
+    parser = argparse.ArgumentParser(prog=prog)
+    add_ppo_args(parser, default_stage)
+    if align_type:
+        parser.set_defaults(align_type=align_type)
+    args = parser.parse_args(argv)
+    setup_logging()
+    return args.func(args)

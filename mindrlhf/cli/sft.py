@@ -1,0 +1,79 @@
+"""Supervised fine-tuning command (stage 1):
+
+    mindrlhf convert-sft --model gpt2 --src_file oasst_sft_zh.json --dst_file sft.mindrecord --seq_length 256
+    mindrlhf sft --config model_configs/gpt2_config/run_gpt2_tiny_sft.yaml --train_dataset sft.mindrecord
+
+``--load_checkpoint`` resumes from a checkpoint root (with ``rank_<id>/``) or starts from weights (a .ckpt or a
+Hugging Face folder).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import List, Optional
+
+from mindrlhf.cli.reward import _setup, str2bool
+
+logger = logging.getLogger(__name__)
+
+
+def bool_or_auto(text: str) -> Optional[bool]:
+    """``auto`` -> None (decide from the launcher), else :func:`str2bool`."""
+    return None if str(text).strip().lower() == "auto" else str2bool(text)
+
+
+def add_sft_args(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``mindrlhf sft`` (those of ``mindrlhf rm train`` plus ``--output_dir`` and ``--seed``)."""
+    parser.add_argument("--config", required=True, help="run_*_sft.yaml recipe")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set runner_config.epochs=1 (repeatable)")
+    parser.add_argument("--train_dataset", default="", help="SFT MindRecord from mindrlhf convert-sft (default: the "
+                        "YAML's train_dataset.data_loader.dataset_dir)")
+    parser.add_argument("--output_dir", default=None, help="logs, checkpoints and the resolved config "
+                        "(default: the YAML's output_dir)")
+    parser.add_argument("--load_checkpoint", default=None, help="resume from a checkpoint root (with rank_<id>/) "
+                        "or start from weights (.ckpt or Hugging Face folder)")
+    parser.add_argument("--seed", type=int, default=None, help="global seed (default: the YAML's seed)")
+    parser.add_argument("--use_parallel", type=bool_or_auto, default=None, metavar="{auto,True,False}",
+                        help="data-parallel run; auto (default): yes when started by msrun or a rank-table launcher")
+    parser.set_defaults(func=run_sft)
+
+
+def add_sft_parser(sub) -> None:
+    """``mindrlhf sft``."""
+    add_sft_args(sub.add_parser("sft", help="supervised fine-tuning on an SFT MindRecord"))
+
+
+def run_sft(args) -> int:
+    """Load the config (flags over ``--set`` over the YAML), set up the context and train."""
+    from mindrlhf.context import init_distributed, launched_as_worker
+    from mindrlhf.train.sft import train_sft
+
+    if args.seed is not None:
+        args.overrides = [*args.overrides, f"seed={args.seed}"]  # before _setup, which seeds MindSpore with it
+    cfg = _setup(args, with_log=False)
+    if args.output_dir is not None:
+        cfg.output_dir = args.output_dir
+    if args.load_checkpoint is not None:
+        cfg.load_checkpoint = args.load_checkpoint
+    parallel = launched_as_worker() if args.use_parallel is None else args.use_parallel
+    rank_id, rank_size = init_distributed() if parallel else (0, 1)
+    _, result = train_sft(cfg, args.train_dataset or None, rank_id, rank_size)
+    if not result.losses:
+        logger.info("nothing left to train: the checkpoint is at the end of training (global step %d)",
+                    result.state.global_step)
+    else:
+        logger.info("training finished: global step %d, last loss %.4f, %d overflow steps skipped; checkpoint %s",
+                    result.state.global_step, result.losses[-1], result.overflows, result.last_checkpoint)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry for scripts: ``main(sys.argv[1:])`` runs ``mindrlhf sft`` with those flags."""
+    from mindrlhf.cli.main import setup_logging
+
+    parser = argparse.ArgumentParser(prog="mindrlhf sft", description="Supervised fine-tuning (stage 1).")
+    add_sft_args(parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+    return args.func(args)

@@ -1,0 +1,190 @@
+"""RLHF prompt data -> MindRecord for PPO (the seed's ``examples/rlhf_train_tutorial/rlhf_data.py``).
+
+    python examples/rlhf_train_tutorial/rlhf_data.py --tokenizer_name_or_path gpt2 \\
+        --file_path prompts.jsonl --output_path data/ppo_prompts.mindrecord \\
+        --max_prompt_length 64 --seq_length 129 --pad_token_id 50256
+
+Input: JSONL (or a JSON array) of ``{prompt, pos_resp}`` records; ``pos_resp`` (a reference answer, used only by
+the optional ptx loss) may be absent, as in prompt-only sets such as the CValues responsibility prompts. With
+``--template qa`` the prompt is wrapped in the reward model's QA template (:mod:`mindrlhf.data.templates`);
+``--template none`` (the seed's behaviour) uses it as is.
+
+Fields (``P = max_prompt_length``, ``T = seq_length``; prompt and response are tokenized separately and joined, so
+the boundary is exact; the response is followed by eos):
+
+- ``prompt_ids``: int64 ``(P,)``, the prompt right-padded with ``pad_token_id``. A longer prompt keeps its LAST
+  ``P`` tokens (the end holds the question and the template's answer cue) and is counted as truncated.
+- ``prompt_length``: int64 scalar, the number of real tokens in ``prompt_ids`` (the predecessor had no such field
+  and counted non-pad tokens, which fails when the pad id occurs in text; files without it are still read).
+- ``pretrain_ids``: int64 ``(T,)``, prompt then response (+eos), cut to ``T`` and right-padded.
+- ``loss_mask``: int64 ``(T,)``, 1 on the response tokens of ``pretrain_ids`` and 0 on the prompt and the padding
+  (padded with 0; the predecessor padded it with the pad id, bug B8).
+
+Length contract with PPO: ``P`` is the prompt width PPO generates from and the policy needs
+``seq_length >= P + max_new_tokens``; the ptx loss reads ``pretrain_ids[:, :-1]`` against ``pretrain_ids[:, 1:]``
+weighted by ``loss_mask[:, 1:]``, so ``T - 1`` must not exceed the policy's ``seq_length`` (``T = seq_length + 1``
+uses it fully, as in the predecessor's tutorials).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+from tqdm import tqdm
+
+from mindrlhf.data.convert_preference import ConversionError, atomic_mindrecord, read_records, text_field
+from mindrlhf.data.templates import format_prompt
+from mindrlhf.data.tokenizer import Tokenizer, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+PROMPT_SCHEMA = {
+    "prompt_ids": {"type": "int64", "shape": [-1]},
+    "prompt_length": {"type": "int64"},
+    "pretrain_ids": {"type": "int64", "shape": [-1]},
+    "loss_mask": {"type": "int64", "shape": [-1]},
+}
+TEMPLATES = ("none", "qa")
+WRITE_CHUNK = 1000
+
+
+@dataclass
+class PromptStats:
+    """What the conversion wrote and skipped."""
+
+    count: int = 0
+    with_response: int = 0  # records whose pos_resp gave ptx tokens
+    truncated_prompts: int = 0  # prompts longer than max_prompt_length (their last tokens kept)
+    skipped_empty: int = 0  # empty prompt after strip()
+    skipped_bad: int = 0  # bad records skipped with skip_bad_lines
+
+    def as_dict(self) -> Dict[str, int]:
+        return dict(self.__dict__)
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: str, response: str, max_prompt_length: int, seq_length: int,
+                  pad_token_id: int) -> Dict[str, np.ndarray]:
+    """One record's four fields (see the module docstring); ``prompt`` is already templated."""
+    prompt_tokens = tokenizer.encode(prompt)[-max_prompt_length:]
+    response_tokens = tokenizer.encode(response) if response else []
+    if response_tokens and tokenizer.eos_token_id is not None:
+        response_tokens.append(tokenizer.eos_token_id)
+    full = (prompt_tokens + response_tokens)[:seq_length]
+    prompt_ids = np.full(max_prompt_length, pad_token_id, np.int64)
+    prompt_ids[:len(prompt_tokens)] = prompt_tokens
+    pretrain_ids = np.full(seq_length, pad_token_id, np.int64)
+    pretrain_ids[:len(full)] = full
+    loss_mask = np.zeros(seq_length, np.int64)
+    loss_mask[min(len(prompt_tokens), seq_length):len(full)] = 1
+    return {"prompt_ids": prompt_ids, "prompt_length": np.int64(len(prompt_tokens)), "pretrain_ids": pretrain_ids,
+            "loss_mask": loss_mask}
+
+
+def _samples(src_file: str, tokenizer: Tokenizer, max_prompt_length: int, seq_length: int, pad_token_id: int,
+             template: str, skip_bad_lines: bool, stats: PromptStats, progress: bool) -> Iterator[dict]:
+    total, records = read_records(src_file)
+    for line, record in tqdm(records, total=total, desc="prompts", disable=not progress, unit="rec"):
+        where = f"{src_file}:{line}"
+        try:
+            if isinstance(record, ConversionError):
+                raise record
+            if not isinstance(record, dict):
+                raise ConversionError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            prompt = text_field(record, "prompt", where)
+            response = text_field(record, "pos_resp", where) if record.get("pos_resp") is not None else ""
+        except ConversionError:
+            if not skip_bad_lines:
+                raise
+            stats.skipped_bad += 1
+            continue
+        if not prompt.strip():
+            stats.skipped_empty += 1
+            continue
+        text = format_prompt(prompt.strip()) if template == "qa" else prompt
+        sample = encode_prompt(tokenizer, text, response, max_prompt_length, seq_length, pad_token_id)
+        stats.count += 1
+        stats.with_response += int(sample["loss_mask"].any())
+        stats.truncated_prompts += int(len(tokenizer.encode(text)) > max_prompt_length)
+        yield sample
+
+
+def check_arguments(file_path: str, output_path: str, max_prompt_length: int, seq_length: int,
+                    template: str) -> None:
+    """Raise :class:`ConversionError` for arguments that cannot work, before anything is read or written."""
+    if max_prompt_length < 1 or seq_length < 2:
+        raise ConversionError(f"--max_prompt_length must be >= 1 and --seq_length >= 2, got {max_prompt_length} "
+                              f"and {seq_length}")
+    if template not in TEMPLATES:
+        raise ConversionError(f"--template must be one of {', '.join(TEMPLATES)}, got {template!r}")
+    if not os.path.isfile(file_path):
+        raise ConversionError(f"--file_path {file_path}: no such file")
+    if os.path.isdir(output_path):
+        raise ConversionError(f"--output_path {output_path}: is a folder, give a file path")
+
+
+def convert_prompts(file_path: str, output_path: str, tokenizer: Union[str, Tokenizer], max_prompt_length: int = 2048,
+                    seq_length: int = 4096, pad_token_id: int = 0, template: str = "none",
+                    skip_bad_lines: bool = False, progress: bool = True) -> Dict[str, int]:
+    """Convert prompts to the PPO MindRecord ``output_path`` (written atomically); return the statistics."""
+    check_arguments(file_path, output_path, max_prompt_length, seq_length, template)
+    try:
+        tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ConversionError(f"--tokenizer_name_or_path {tokenizer}: {err}") from err
+    if not 0 <= pad_token_id < tok.vocab_size:
+        raise ConversionError(f"--pad_token_id {pad_token_id} is not an id of the tokenizer (0..{tok.vocab_size - 1})")
+    stats = PromptStats()
+    with atomic_mindrecord(output_path, PROMPT_SCHEMA, "rlhf prompts") as writer:
+        chunk: List[dict] = []
+        for sample in _samples(file_path, tok, max_prompt_length, seq_length, pad_token_id, template,
+                               skip_bad_lines, stats, progress):
+            chunk.append(sample)
+            if len(chunk) == WRITE_CHUNK:
+                writer.write_raw_data(chunk)
+                chunk = []
+        if chunk:
+            writer.write_raw_data(chunk)
+        if stats.count == 0:
+            raise ConversionError(f"{file_path}: no prompts to write (skipped: {stats.skipped_empty} empty, "
+                                  f"{stats.skipped_bad} bad)")
+    return stats.as_dict()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The seed's flags (numbers parsed as int) plus ``--template`` and ``--skip_bad_lines``."""
+    parser = argparse.ArgumentParser(description="RLHF prompts JSONL -> MindRecord for PPO.")
+    parser.add_argument("--tokenizer_name_or_path", required=True,
+                        help="tokenizer: tokenizer.json, GPT-2 folder, SentencePiece .model, or gpt2 / llama")
+    parser.add_argument("--file_path", required=True, help="JSONL (or JSON array) of {prompt, pos_resp}")
+    parser.add_argument("--output_path", required=True, help="output .mindrecord path (its folder is created)")
+    parser.add_argument("--max_prompt_length", type=int, default=2048, help="prompt width P (policy seq - new tokens)")
+    parser.add_argument("--seq_length", type=int, default=4096, help="pretrain_ids length (policy seq_length + 1)")
+    parser.add_argument("--pad_token_id", type=int, default=0, help="padding id (use the policy's pad id)")
+    parser.add_argument("--template", default="none", help="none (prompt as is, default) or qa (the RM template)")
+    parser.add_argument("--skip_bad_lines", action="store_true", help="skip and count bad records instead of failing")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry: convert and print the seed's two closing lines; 0 on success, 1 on a conversion error."""
+    args = build_parser().parse_args(argv)
+    try:
+        stats = convert_prompts(args.file_path, args.output_path, args.tokenizer_name_or_path,
+                                args.max_prompt_length, args.seq_length, args.pad_token_id, args.template,
+                                args.skip_bad_lines)
+    except ConversionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    logger.info("prompt conversion: %s", stats)
+    print(f"Total number of samples: {stats['count']}")
+    print(f"Transformation finished! Output file refer: {args.output_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,381 @@
+"""Instruction data -> MindRecord for supervised fine-tuning (stage 1).
+
+    python -m mindrlhf.data.convert_sft --model gpt2 --src_file oasst_sft_zh.json \\
+        --dst_file data/sft_1024.mindrecord --seq_length 1024
+
+Input formats (``--format``; ``auto``, the default, detects the format of every record from its keys), JSON Lines
+or a JSON array:
+
+- ``alpaca``: ``{instruction, input, output}`` with an optional ``history: [[question, answer], ...]`` (oasst
+  style). The query is ``instruction`` (then ``"\\n" + input`` when ``input`` is not empty), the response ``output``.
+- ``sharegpt``: ``{"conversations": [{"from": "human" | "user" | "system", "value": ...}, {"from": "gpt" |
+  "assistant", "value": ...}, ...]}``, or ``{"messages": [{"role": ..., "content": ...}, ...]}``. The LAST assistant
+  turn is the response (turns after it are ignored), the user turn right before it is the query, and the earlier
+  user/assistant turns, which must alternate starting with a user turn, are the history. System turns before the
+  response are joined with ``"\\n\\n"`` and put in front of everything else, followed by ``"\\n\\n"``.
+- ``prompt_response``: ``{prompt, response}``; the prompt is the query, there is no history.
+
+Prompt text: the history turns are written in the template's own markup (:data:`HISTORY_TURN`, exactly as
+:mod:`mindrlhf.data.convert_preference` writes oasst history) in front of the query. With ``--template qa``
+(default) the result is stripped and filled into the QA template, ``format_prompt(text)``, and the response is
+stripped; with ``--template none`` the prompt text and the response are used verbatim.
+
+The prompt and the response are tokenized SEPARATELY (without special tokens) and concatenated, so the boundary is
+exact, and the tokenizer's eos id is appended after the response. Stored fields (``S = seq_length``, ``P`` = prompt
+tokens, ``R`` = response tokens including the eos, after truncation), all int32 of shape ``(S,)``:
+
+- ``input_ids``: ``prompt + response + eos``, right-padded with ``pad_token_id``.
+- ``attention_mask``: 1 on ``[0, P + R)``, 0 on padding.
+- ``loss_mask``: 1 exactly on the response tokens and the appended eos, ``[P, P + R)``; 0 on prompt and padding.
+  The trainer shifts: logits at positions ``0..S-2`` predict ``input_ids[1..S-1]`` weighted by ``loss_mask[1..S-1]``.
+
+Length contract: ``P + R <= S``. A sample that does not fit keeps its whole prompt and the first ``S - P`` tokens
+of ``response + eos`` (the eos is the first to go, so a cut response has no eos; counted in ``truncated``). A
+prompt of ``P >= S`` tokens leaves no room for one response token: the sample is skipped (``skipped_long``). An
+empty response (or prompt) after the template's stripping is skipped (``skipped_empty``). Bad records (malformed
+JSON line, not an object, missing/null or non-string field, a conversation that does not alternate) raise
+:class:`ConversionError` naming ``file:line`` and the field, or with ``skip_bad_lines`` are skipped and counted
+(``skipped_bad``). The output is written atomically (:func:`atomic_mindrecord`): on any error nothing is left.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from tqdm import tqdm
+
+from mindrlhf.data.convert_preference import HISTORY_TURN, ConversionError, atomic_mindrecord, read_records
+from mindrlhf.data.templates import format_prompt
+from mindrlhf.data.tokenizer import Tokenizer, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+SFT_SCHEMA = {
+    "input_ids": {"type": "int32", "shape": [-1]},
+    "attention_mask": {"type": "int32", "shape": [-1]},
+    "loss_mask": {"type": "int32", "shape": [-1]},
+}
+FORMATS = ("alpaca", "sharegpt", "prompt_response")
+TEMPLATES = ("qa", "none")
+# ShareGPT "from" / OpenAI "role" values -> the three roles of a conversation
+ROLES = {"human": "user", "user": "user", "system": "system", "gpt": "assistant", "assistant": "assistant"}
+WRITE_CHUNK = 1000  # samples handed to FileWriter.write_raw_data at a time
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    """One instruction example as read (texts before strip and template)."""
+
+    query: str  # the current question (alpaca: instruction [+ "\n" + input])
+    response: str
+    history: Tuple[Tuple[str, str], ...] = ()  # earlier (question, answer) turns, oldest first
+    system: str = ""  # system text put in front of the prompt
+    line: int = 0  # 1-based line of the record in the source file
+
+
+@dataclass
+class SFTStats:
+    """Counters and the stored token counts of every written sample."""
+
+    skipped_empty: int = 0  # empty response (or prompt) after stripping
+    skipped_long: int = 0  # prompt of seq_length tokens or more
+    skipped_bad: int = 0  # bad records skipped with skip_bad_lines
+    truncated: int = 0  # written samples whose response + eos was cut at seq_length
+    lengths: Dict[str, List[int]] = field(default_factory=lambda: {"prompt": [], "response": []})
+
+    def as_dict(self) -> Dict[str, Union[int, float]]:
+        """``count, skipped_*, truncated`` and ``{prompt,response}_{max,min,avg}`` (response counts include eos)."""
+        out: Dict[str, Union[int, float]] = {
+            "count": len(self.lengths["prompt"]), "skipped_empty": self.skipped_empty,
+            "skipped_long": self.skipped_long, "skipped_bad": self.skipped_bad, "truncated": self.truncated}
+        for name, values in self.lengths.items():
+            out[f"{name}_max"] = max(values, default=0)
+            out[f"{name}_min"] = min(values, default=0)
+            out[f"{name}_avg"] = float(np.mean(values)) if values else 0.0
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading: one SFTExample per record
+
+
+def _string(value: Any, name: str, where: str) -> str:
+    if value is None:
+        raise ConversionError(f"{where}: field '{name}': missing")
+    if not isinstance(value, str):
+        raise ConversionError(f"{where}: field '{name}': expected a string, got {type(value).__name__}")
+    return value
+
+
+def _history(record: dict, where: str) -> Tuple[Tuple[str, str], ...]:
+    history = record.get("history") or []
+    if not isinstance(history, list) or not all(
+            isinstance(t, (list, tuple)) and len(t) == 2 and all(isinstance(s, str) for s in t) for t in history):
+        raise ConversionError(f"{where}: field 'history': expected a list of [question, answer] string pairs")
+    return tuple((q, a) for q, a in history)
+
+
+def _read_alpaca(record: dict, where: str) -> SFTExample:
+    query = _string(record.get("instruction"), "instruction", where)
+    extra = record.get("input") or ""
+    if not isinstance(extra, str):
+        raise ConversionError(f"{where}: field 'input': expected a string, got {type(extra).__name__}")
+    query = f"{query}\n{extra}" if extra else query
+    return SFTExample(query, _string(record.get("output"), "output", where), _history(record, where))
+
+
+def _read_prompt_response(record: dict, where: str) -> SFTExample:
+    return SFTExample(_string(record.get("prompt"), "prompt", where),
+                      _string(record.get("response"), "response", where))
+
+
+def _conversation(record: dict, where: str) -> List[Tuple[int, str, str]]:
+    """``[(index, role, text), ...]`` of a ``conversations`` (from/value) or ``messages`` (role/content) list."""
+    key = "conversations" if "conversations" in record else "messages"
+    turns = record.get(key)
+    if not isinstance(turns, list) or not turns:
+        raise ConversionError(f"{where}: field '{key}': expected a non-empty list of turns")
+    out = []
+    for k, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise ConversionError(f"{where}: field '{key}[{k}]': turn is a JSON {type(turn).__name__}, "
+                                  f"expected an object")
+        role_key, text_key = ("from", "value") if "from" in turn else ("role", "content")
+        role = ROLES.get(turn.get(role_key)) if isinstance(turn.get(role_key), str) else None
+        if role is None:
+            raise ConversionError(f"{where}: field '{key}[{k}].{role_key}': expected one of {', '.join(ROLES)}, "
+                                  f"got {turn.get(role_key)!r}")
+        out.append((k, role, _string(turn.get(text_key), f"{key}[{k}].{text_key}", where)))
+    return out
+
+
+def _read_sharegpt(record: dict, where: str) -> SFTExample:
+    key = "conversations" if "conversations" in record else "messages"
+    turns = _conversation(record, where)
+    answers = [i for i, (_, role, _) in enumerate(turns) if role == "assistant"]
+    if not answers:
+        raise ConversionError(f"{where}: field '{key}': no assistant turn to train on")
+    last = answers[-1]
+    system = "\n\n".join(text for _, role, text in turns[:last] if role == "system")
+    dialog = [turn for turn in turns[:last] if turn[1] != "system"]
+    for position, (k, role, _) in enumerate(dialog):
+        expected = "user" if position % 2 == 0 else "assistant"
+        if role != expected:
+            raise ConversionError(f"{where}: field '{key}[{k}]': expected role '{expected}' (user and assistant "
+                                  f"turns alternate, starting with the user), got '{role}'")
+    if len(dialog) % 2 == 0:
+        raise ConversionError(f"{where}: field '{key}[{turns[last][0]}]': the last assistant turn answers no user turn")
+    texts = [text for _, _, text in dialog]
+    return SFTExample(texts[-1], turns[last][2], tuple(zip(texts[0:-1:2], texts[1:-1:2])), system)
+
+
+READERS: Dict[str, Callable[[dict, str], SFTExample]] = {
+    "alpaca": _read_alpaca, "sharegpt": _read_sharegpt, "prompt_response": _read_prompt_response}
+# keys that identify each format, checked in this order
+SIGNATURES = (("sharegpt", {"conversations"}), ("sharegpt", {"messages"}), ("alpaca", {"instruction", "output"}),
+              ("prompt_response", {"prompt", "response"}))
+
+
+def detect_format(record: dict, where: str) -> str:
+    """The format whose keys the record has; :class:`ConversionError` when none matches."""
+    for name, keys in SIGNATURES:
+        if keys <= record.keys():
+            return name
+    expected = "; ".join(f"{name}: {', '.join(sorted(keys))}" for name, keys in SIGNATURES)
+    raise ConversionError(f"{where}: cannot detect the format from keys {sorted(record)} (expected {expected}); "
+                          f"pass --format")
+
+
+def read_examples(path: str, fmt: str = "auto", skip_bad_lines: bool = False, stats: Optional[SFTStats] = None,
+                  progress: bool = False) -> Iterator[SFTExample]:
+    """The examples of ``path``; bad records raise, or are skipped and counted in ``stats.skipped_bad``.
+
+    The file is read (and an empty or unparsable JSON array rejected) at once; records are checked as iterated.
+    """
+    if fmt != "auto" and fmt not in READERS:
+        raise ConversionError(f"--format must be auto or one of {', '.join(FORMATS)}, got {fmt!r}")
+    total, records = read_records(path)
+    return _iter_examples(path, total, records, fmt, skip_bad_lines, stats, progress)
+
+
+def _iter_examples(path: str, total: int, records: Iterator[Tuple[int, Any]], fmt: str, skip_bad_lines: bool,
+                   stats: Optional[SFTStats], progress: bool) -> Iterator[SFTExample]:
+    for line, record in tqdm(records, total=total, desc="records", unit="rec", disable=not progress):
+        where = f"{path}:{line}"
+        try:
+            if isinstance(record, ConversionError):
+                raise record
+            if not isinstance(record, dict):
+                raise ConversionError(f"{where}: record is a JSON {type(record).__name__}, expected an object")
+            example = READERS[detect_format(record, where) if fmt == "auto" else fmt](record, where)
+        except ConversionError as err:
+            if not skip_bad_lines:
+                raise
+            logger.warning("skipped: %s", err)
+            if stats is not None:
+                stats.skipped_bad += 1
+            continue
+        yield dataclasses.replace(example, line=line)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Encoding
+
+
+def prompt_text(example: SFTExample, template: str = "qa") -> str:
+    """System text, history turns (:data:`HISTORY_TURN`) and the query; filled into the QA template for ``qa``."""
+    history = "".join(HISTORY_TURN.format(question=q.strip(), answer=a.strip()) for q, a in example.history)
+    text = (f"{example.system}\n\n" if example.system else "") + history + example.query
+    return format_prompt(text.strip()) if template == "qa" else text
+
+
+def sample_fields(prompt_ids: Sequence[int], response_ids: Sequence[int], seq_length: int,
+                  pad_token_id: int) -> Dict[str, np.ndarray]:
+    """The three ``(S,)`` int32 fields of one sample whose ``len(prompt_ids) + len(response_ids) <= seq_length``
+    (``response_ids`` already includes the eos)."""
+    start, end = len(prompt_ids), len(prompt_ids) + len(response_ids)
+    input_ids = np.full(seq_length, pad_token_id, np.int32)
+    input_ids[:end] = list(prompt_ids) + list(response_ids)
+    attention_mask = np.zeros(seq_length, np.int32)
+    attention_mask[:end] = 1
+    loss_mask = np.zeros(seq_length, np.int32)
+    loss_mask[start:end] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+
+
+def encode_examples(examples: Iterator[SFTExample], tokenizer: Tokenizer, seq_length: int, pad_token_id: int,
+                    template: str, stats: SFTStats) -> Iterator[Dict[str, np.ndarray]]:
+    """Samples for every example that is kept; skipped and truncated ones are counted in ``stats``."""
+    for example in examples:
+        prompt = prompt_text(example, template)
+        response = example.response.strip() if template == "qa" else example.response
+        if not prompt.strip() or not response.strip():
+            stats.skipped_empty += 1
+            continue
+        prompt_ids = tokenizer.encode(prompt)
+        if len(prompt_ids) >= seq_length:
+            stats.skipped_long += 1
+            continue
+        response_ids = tokenizer.encode(response) + [tokenizer.eos_token_id]
+        room = seq_length - len(prompt_ids)
+        stats.truncated += len(response_ids) > room
+        response_ids = response_ids[:room]
+        stats.lengths["prompt"].append(len(prompt_ids))
+        stats.lengths["response"].append(len(response_ids))
+        yield sample_fields(prompt_ids, response_ids, seq_length, pad_token_id)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Converting
+
+
+def check_arguments(src_file: str, dst_file: str, seq_length: int, fmt: str, template: str) -> None:
+    """Raise :class:`ConversionError` for an argument that cannot work, before anything is read or written."""
+    if not isinstance(seq_length, (int, np.integer)) or isinstance(seq_length, bool) or seq_length < 2:
+        raise ConversionError(f"--seq_length must be an integer >= 2, got {seq_length!r}")
+    if fmt != "auto" and fmt not in FORMATS:
+        raise ConversionError(f"--format must be auto or one of {', '.join(FORMATS)}, got {fmt!r}")
+    if template not in TEMPLATES:
+        raise ConversionError(f"--template must be one of {', '.join(TEMPLATES)}, got {template!r}")
+    if not os.path.isfile(src_file):
+        raise ConversionError(f"--src_file {src_file}: no such file")
+    if os.path.isdir(dst_file):
+        raise ConversionError(f"--dst_file {dst_file}: is a folder, give a file path")
+
+
+def _tokenizer_and_pad(tokenizer: Union[str, Tokenizer], pad_token_id: Optional[int]) -> Tuple[Tokenizer, int]:
+    try:
+        tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ConversionError(f"--model {tokenizer}: {err}") from err
+    if tok.eos_token_id is None:
+        raise ConversionError(f"--model {tokenizer}: the tokenizer has no eos token to end responses with")
+    pad = tok.eos_token_id if pad_token_id is None else pad_token_id
+    if not 0 <= pad < tok.vocab_size:
+        raise ConversionError(f"--pad_token_id {pad} is not an id of the tokenizer (0..{tok.vocab_size - 1})")
+    return tok, pad
+
+
+def convert_sft(src_file: str, dst_file: str, tokenizer: Union[str, Tokenizer], seq_length: int = 1024,
+                pad_token_id: Optional[int] = None, fmt: str = "auto", template: str = "qa",
+                skip_bad_lines: bool = False, progress: bool = True) -> Dict[str, Union[int, float]]:
+    """Convert ``src_file`` to the MindRecord ``dst_file`` (see the module docstring); return the statistics.
+
+    Args:
+        tokenizer: a :class:`Tokenizer` or anything :func:`load_tokenizer` takes (path or ``gpt2``/``llama``).
+        seq_length: ``S``, the length of every stored row.
+        pad_token_id: padding id; None = the tokenizer's eos id.
+        fmt: ``auto`` (per record) or one of :data:`FORMATS`.
+        template: ``qa`` (the QA template) or ``none`` (raw prompt text).
+    Returns:
+        :meth:`SFTStats.as_dict`.
+    Raises:
+        ConversionError: bad arguments, a bad record (unless ``skip_bad_lines``) or no sample left to write.
+    """
+    check_arguments(src_file, dst_file, seq_length, fmt, template)
+    tok, pad = _tokenizer_and_pad(tokenizer, pad_token_id)
+    stats = SFTStats()
+    examples = read_examples(src_file, fmt, skip_bad_lines, stats, progress)
+    with atomic_mindrecord(dst_file, SFT_SCHEMA, desc="sft") as writer:
+        chunk: List[dict] = []
+        for sample in encode_examples(examples, tok, seq_length, pad, template, stats):
+            chunk.append(sample)
+            if len(chunk) == WRITE_CHUNK:
+                writer.write_raw_data(chunk)
+                chunk = []
+        if chunk:
+            writer.write_raw_data(chunk)
+        summary = stats.as_dict()
+        if summary["count"] == 0:
+            raise ConversionError(f"{src_file}: no samples to write (skipped: {summary['skipped_empty']} empty, "
+                                  f"{summary['skipped_long']} too long, {summary['skipped_bad']} bad)")
+    return summary
+
+
+def format_stats(stats: Dict[str, Union[int, float]]) -> str:
+    """The statistics as two small Markdown tables (counts, then stored token lengths)."""
+    counts = ("count", "skipped_empty", "skipped_long", "skipped_bad", "truncated")
+    rows = ["| " + " | ".join(counts) + " |", "|" + " --- |" * len(counts),
+            "| " + " | ".join(str(stats[k]) for k in counts) + " |", "",
+            "| tokens | max | min | avg |", "| --- | --- | --- | --- |"]
+    for name in ("prompt", "response"):
+        rows.append(f"| {name} | {stats[name + '_max']} | {stats[name + '_min']} | {stats[name + '_avg']:.1f} |")
+    return "\n".join(rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Instruction JSONL/JSON -> MindRecord for supervised fine-tuning.")
+    parser.add_argument("--model", "--tokenizer_name_or_path", dest="model", required=True,
+                        help="tokenizer: tokenizer.json, GPT-2 folder, SentencePiece .model, or gpt2 / llama")
+    parser.add_argument("--src_file", required=True, help="source file (JSONL or a JSON array)")
+    parser.add_argument("--dst_file", required=True, help="output .mindrecord path (its folder is created)")
+    parser.add_argument("--seq_length", type=int, default=1024, help="length of every stored sequence")
+    parser.add_argument("--pad_token_id", type=int, default=None, help="padding id (default: the tokenizer's eos)")
+    parser.add_argument("--format", default="auto", help=f"auto (default, per record) or one of {', '.join(FORMATS)}")
+    parser.add_argument("--template", default="qa", help="qa (default): the QA prompt template; none: raw prompt")
+    parser.add_argument("--skip_bad_lines", action="store_true", help="skip and count bad records instead of failing")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry: convert, print the statistics and the closing line; 0 on success, 1 on a conversion error."""
+    args = build_parser().parse_args(argv)
+    try:
+        stats = convert_sft(args.src_file, args.dst_file, args.model, args.seq_length, args.pad_token_id,
+                            args.format, args.template, args.skip_bad_lines)
+    except ConversionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(format_stats(stats))
+    print(f"Transformation finished! Output file refer: {args.dst_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

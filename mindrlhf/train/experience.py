@@ -1,0 +1,306 @@
+"""PPO's experience phase: prompts -> generation (KV cache) -> reward score -> policy / reference log-probs and
+values -> KL-penalised rewards -> GAE -> :class:`Experience`.
+
+Layout of one rollout (``P`` prompt width, ``N = max_new_tokens``, ``L = P + N``)::
+
+    response_tensors  [pad .. pad | prompt | r_0 r_1 .. r_{n-1} | pad .. pad]     (L,)
+    attention_mask    [ 0  ..  0  |  1..1  |  1   1  ..    1    |  0  ..  0 ]     (L,)
+    window t = 0..N-1: logprobs[t] = log p(r_t | tokens before it), values[t] = V(state before r_t)
+
+The prompt is left-padded to ``P`` so every response starts at column ``P``; positions count real tokens only, the
+rule generation used, so the log-probs here are those of the sampling distribution (the predecessor scored a
+re-padded layout with shifted positions, bug B15). The reward model scores each full sequence at its own last real
+token; the score lands on that row's last response token (not on a pad, bug B14), with no constant subtracted
+(bug B12).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+from mindspore import Tensor, nn
+
+from mindrlhf.config import PPOConfig
+from mindrlhf.models import CausalLM, RewardModel
+from mindrlhf.models.generation import Generator
+from mindrlhf.models.policy import token_logprobs
+from mindrlhf import rl
+
+logger = logging.getLogger(__name__)
+
+# reward_fn(prompt token lists, response token lists) -> one score per rollout
+RewardFunction = Callable[[List[List[int]], List[List[int]]], Sequence[float]]
+
+
+@dataclass
+class Experience:
+    """A batch of ``B`` rollouts (numpy). Field order = MindRecord schema order = training column order; the
+    first ten names and meanings follow the predecessor's experience MindRecord (its floats were float16)."""
+
+    query_tensors: np.ndarray  # (B, P) int32 left-padded prompt
+    response_tensors: np.ndarray  # (B, L) int32 prompt + response (see the module docstring)
+    logprobs: np.ndarray  # (B, N) float32 log-probs of the response tokens under the policy that sampled them
+    values: np.ndarray  # (B, N) float32 value estimates before each response token
+    rewards: np.ndarray  # (B, N) float32 KL penalty per token + the score on the last token
+    advantages: np.ndarray  # (B, N) float32 GAE advantages (whitened when configured)
+    returns: np.ndarray  # (B, N) float32 advantage + value (the value target)
+    pretrain_ids: np.ndarray  # (B, T) int32 prompt + reference answer, for the ptx loss
+    loss_mask: np.ndarray  # (B, T) int32 1 on the reference answer tokens of pretrain_ids
+    attention_mask: np.ndarray  # (B, L) int32 1 on real prompt and response tokens
+
+    def __len__(self) -> int:
+        return len(self.response_tensors)
+
+    @property
+    def response_mask(self) -> np.ndarray:
+        """``(B, N)`` 1 on generated tokens: ``attention_mask[:, P:]``."""
+        return self.attention_mask[:, self.query_tensors.shape[1]:]
+
+    def select(self, rows: Union[np.ndarray, slice]) -> "Experience":
+        return Experience(**{f.name: getattr(self, f.name)[rows] for f in dataclasses.fields(self)})
+
+    def as_dict(self) -> Dict[str, np.ndarray]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @staticmethod
+    def concat(parts: Sequence["Experience"]) -> "Experience":
+        return Experience(**{f.name: np.concatenate([getattr(p, f.name) for p in parts])
+                             for f in dataclasses.fields(Experience)})
+
+
+_INT_FIELDS = {"query_tensors", "response_tensors", "pretrain_ids", "loss_mask", "attention_mask"}
+EXPERIENCE_SCHEMA = {f.name: {"type": "int32" if f.name in _INT_FIELDS else "float32", "shape": [-1]}
+                     for f in dataclasses.fields(Experience)}
+
+
+@dataclass
+class RolloutStats:
+    """Per-iteration statistics of the experience phase (rank-local)."""
+
+    score_mean: float  # raw reward-model / reward-function score
+    score_std: float
+    kl: float  # mean over rollouts of sum_t (logp - ref_logp)
+    response_length: float  # mean generated tokens (eos included)
+    kl_coef: float  # the coefficient used for these rewards
+    explained_variance: float  # of the old values for the returns
+    scores: np.ndarray  # (B,) raw scores
+
+
+class RolloutScorer(nn.Cell):
+    """``(tokens (B, L), mask (B, L)) -> logprobs (B, N)`` [, ``values (B, N)``] over the response window.
+
+    Only the ``N`` window positions go through the LM head (not all ``L``). Values come from the shared value
+    head, or from ``critic`` (``(B, L)`` per position) when given.
+    """
+
+    def __init__(self, lm: CausalLM, prompt_width: int, with_values: bool, critic: Optional[nn.Cell] = None):
+        super().__init__(auto_prefix=False)
+        self.lm = lm
+        self.critic = critic
+        self.start = prompt_width - 1
+        self.with_values = with_values
+
+    def construct(self, tokens, mask):
+        length = tokens.shape[1]
+        hidden = self.lm.backbone(tokens, mask)
+        window = hidden[:, self.start:length - 1]
+        logprobs = token_logprobs(self.lm.logits(window), tokens[:, self.start + 1:])
+        if not self.with_values:
+            return logprobs
+        if self.critic is None:
+            return logprobs, self.lm.values(window)
+        return logprobs, self.critic(tokens, mask)[:, self.start:length - 1]
+
+
+def left_align_prompts(prompt_ids: np.ndarray, prompt_length: np.ndarray, pad_token_id: int):
+    """Right-padded stored prompts ``(B, P)`` + lengths -> left-padded ``ids, mask (B, P)`` int32."""
+    batch, width = prompt_ids.shape
+    ids = np.full((batch, width), pad_token_id, np.int32)
+    mask = np.zeros((batch, width), np.int32)
+    for i, n in enumerate(np.asarray(prompt_length).astype(int)):
+        if not 1 <= n <= width:
+            raise ValueError(f"prompt {i} has length {n}, outside [1, {width}]")
+        ids[i, width - n:] = prompt_ids[i, :n]
+        mask[i, width - n:] = 1
+    return ids, mask
+
+
+class ExperienceMaker:
+    """Runs the experience phase for one PPO iteration.
+
+    Args:
+        policy: the actor (with a value head when the backbone is shared).
+        ref: the frozen reference (the SFT model).
+        reward: a :class:`RewardModel`, or a :data:`RewardFunction` of token lists.
+        critic: the separate value network, or None with a shared backbone.
+        ppo: the PPO settings (generation, KL, GAE, scaling, whitening).
+        prompt_width: ``P``.
+        pad_token_id, eos_token_id: of the policy's tokenizer.
+    """
+
+    def __init__(self, policy: CausalLM, ref: CausalLM, reward: Union[RewardModel, RewardFunction],
+                 critic: Optional[nn.Cell], ppo: PPOConfig, prompt_width: int, pad_token_id: int,
+                 eos_token_id: Optional[int]):
+        self.ppo = ppo
+        self.prompt_width = prompt_width
+        self.pad_token_id = pad_token_id
+        self.generator = Generator(policy, ppo.generation, eos_token_id, pad_token_id)
+        self.policy_scorer = RolloutScorer(policy, prompt_width, with_values=True, critic=critic)
+        self.ref_scorer = RolloutScorer(ref, prompt_width, with_values=False)
+        self.reward = reward
+        self.policy, self.critic, self.ref = policy, critic, ref
+        self.kl_controller = (rl.AdaptiveKLController(ppo.kl_coef, ppo.target, ppo.horizon) if ppo.adaptive_kl
+                              else rl.FixedKLController(ppo.kl_coef))
+        self.score_moments = rl.RunningMoments()
+        self.timings: Dict[str, float] = {}
+
+    def _score(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """``(B,)`` score of each rollout."""
+        if isinstance(self.reward, nn.Cell):
+            return self.reward(Tensor(tokens), Tensor(mask)).asnumpy().astype(np.float32)
+        prompts = [row[m == 1].tolist() for row, m in zip(tokens[:, :self.prompt_width],
+                                                           mask[:, :self.prompt_width])]
+        responses = [row[m == 1].tolist() for row, m in zip(tokens[:, self.prompt_width:],
+                                                             mask[:, self.prompt_width:])]
+        scores = np.asarray(self.reward(prompts, responses), np.float32)
+        if scores.shape != (len(tokens),) or not np.isfinite(scores).all():
+            raise ValueError(f"the reward function must return {len(tokens)} finite scores, got {scores!r}")
+        return scores
+
+    def _rollout(self, prompts: Dict[str, np.ndarray], seed: int) -> Dict[str, np.ndarray]:
+        """Generate and score one chunk; returns the raw per-rollout arrays."""
+        import time
+
+        query, query_mask = left_align_prompts(prompts["prompt_ids"], prompts["prompt_length"], self.pad_token_id)
+        tick = time.perf_counter()
+        out = self.generator.generate(query, query_mask, seed=seed)
+        tokens = out.sequences
+        mask = np.concatenate([query_mask, out.response_mask], 1).astype(np.int32)
+        tock = time.perf_counter()
+        scores = self._score(tokens, mask)
+        tock2 = time.perf_counter()
+        for cell in (self.policy, self.ref) + ((self.critic,) if self.critic is not None else ()):
+            cell.set_train(False)
+        logprobs, values = self.policy_scorer(Tensor(tokens), Tensor(mask))
+        ref_logprobs = self.ref_scorer(Tensor(tokens), Tensor(mask))
+        chunk = {"query_tensors": query, "response_tensors": tokens, "attention_mask": mask,
+                 "response_mask": out.response_mask.astype(np.float32), "scores": scores,
+                 "logprobs": logprobs.asnumpy(), "values": values.asnumpy(), "ref_logprobs": ref_logprobs.asnumpy(),
+                 "pretrain_ids": prompts["pretrain_ids"].astype(np.int32),
+                 "loss_mask": prompts["loss_mask"].astype(np.int32)}
+        done = time.perf_counter()
+        for name, seconds in (("generation", tock - tick), ("scoring", tock2 - tock), ("logprobs", done - tock2)):
+            self.timings[name] = self.timings.get(name, 0.0) + seconds
+        return chunk
+
+    def _scaled_scores(self, scores: np.ndarray) -> np.ndarray:
+        ppo = self.ppo
+        if ppo.reward_scaling == "running":
+            self.score_moments.update(scores)
+            scores = scores / max(self.score_moments.std, 1e-8)
+        elif ppo.reward_scaling == "whiten":
+            scores = (scores - scores.mean()) / max(float(scores.std()), 1e-8)
+        if ppo.reward_clip is not None:
+            scores = np.clip(scores, -ppo.reward_clip, ppo.reward_clip)
+        return scores.astype(np.float32)
+
+    def make_experience(self, prompts: Dict[str, np.ndarray], iteration: int, seed: int = 0):
+        """All rollouts of one iteration.
+
+        Args:
+            prompts: ``prompt_ids (R, P)``, ``prompt_length (R,)``, ``pretrain_ids (R, T)``, ``loss_mask (R, T)``
+                for the ``R = num_rollouts`` prompts of this rank.
+            iteration: the PPO iteration (sampling seed ``seed + iteration`` mixed with the chunk index).
+        Returns:
+            (:class:`Experience` of ``R`` rollouts, :class:`RolloutStats`).
+        """
+        self.timings = {}
+        ppo, total = self.ppo, len(prompts["prompt_ids"])
+        chunks = []
+        for i, start in enumerate(range(0, total, ppo.chunk_size)):
+            part = {k: v[start:start + ppo.chunk_size] for k, v in prompts.items()}
+            chunks.append(self._rollout(part, seed=(seed * 1_000_003 + iteration) * 10_007 + i))
+        raw = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+        mask = raw["response_mask"]
+        kl_coef = self.kl_controller.value
+        rewards, kl = rl.kl_penalised_rewards(self._scaled_scores(raw["scores"]), raw["logprobs"],
+                                              raw["ref_logprobs"], mask, kl_coef)
+        values = raw["values"] * mask
+        advantages, returns = rl.gae(rewards, values, mask, ppo.gamma, ppo.lam)
+        if ppo.whiten_advantages:
+            advantages = rl.whiten(advantages, mask)
+        experience = Experience(query_tensors=raw["query_tensors"], response_tensors=raw["response_tensors"],
+                                logprobs=(raw["logprobs"] * mask).astype(np.float32), values=values,
+                                rewards=rewards, advantages=advantages, returns=returns,
+                                pretrain_ids=raw["pretrain_ids"], loss_mask=raw["loss_mask"],
+                                attention_mask=raw["attention_mask"])
+        mean_kl = float(kl.sum(1).mean())
+        stats = RolloutStats(score_mean=float(raw["scores"].mean()), score_std=float(raw["scores"].std()),
+                             kl=mean_kl, response_length=float(mask.sum(1).mean()), kl_coef=kl_coef,
+                             explained_variance=rl.explained_variance(values, returns, mask),
+                             scores=raw["scores"])
+        self.kl_controller.update(mean_kl, total)
+        return experience, stats
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The experience MindRecord (``save_data_file``) for the stages mode
+
+
+def save_experience(experience: Experience, stats: RolloutStats, path: str, state: Optional[dict] = None) -> str:
+    """Write ``experience`` as a MindRecord (:data:`EXPERIENCE_SCHEMA`, one record per rollout) and its rollout
+    statistics plus ``state`` as ``<path>.json``; both atomically, the JSON last."""
+    import json
+    import os
+
+    from mindrlhf.data.convert_preference import atomic_mindrecord
+
+    data = experience.as_dict()
+    records = [{name: data[name][i] for name in EXPERIENCE_SCHEMA} for i in range(len(experience))]
+    with atomic_mindrecord(path, EXPERIENCE_SCHEMA, "ppo experience") as writer:
+        writer.write_raw_data(records)
+    meta = {"rows": len(experience), "prompt_width": int(experience.query_tensors.shape[1]),
+            "stats": {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                      for k, v in dataclasses.asdict(stats).items()},
+            "state": state or {}}
+    tmp = f"{path}.json.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(tmp, path + ".json")
+    logger.info("ppo element saved! Output file refer: %s (%d rollouts)", path, len(experience))
+    return path
+
+
+def load_experience(path: str):
+    """Read what :func:`save_experience` wrote: ``(Experience, RolloutStats, state dict)``."""
+    import json
+    import os
+
+    from mindrlhf.data.datasets import record_count
+
+    count = record_count(path, tuple(EXPERIENCE_SCHEMA))
+    if not os.path.isfile(path + ".json"):
+        raise FileNotFoundError(f"{path}.json: missing (the rollout statistics written with the experience)")
+    with open(path + ".json", encoding="utf-8") as f:
+        meta = json.load(f)
+    from mindspore.mindrecord import FileReader
+
+    reader = FileReader(path)
+    try:
+        rows = list(reader.get_next())
+    finally:
+        reader.close()
+    if len(rows) != count:
+        raise ValueError(f"{path}: read {len(rows)} of {count} records")
+    width = meta["prompt_width"]
+    fields = {}
+    for name, spec in EXPERIENCE_SCHEMA.items():
+        dtype = np.int32 if spec["type"] == "int32" else np.float32
+        fields[name] = np.stack([np.asarray(r[name], dtype) for r in rows])
+    fields["query_tensors"] = fields["query_tensors"].reshape(count, width)
+    stats = dict(meta["stats"])
+    stats["scores"] = np.asarray(stats["scores"], np.float32)
+    return Experience(**fields), RolloutStats(**stats), meta.get("state", {})

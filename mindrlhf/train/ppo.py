@@ -1,0 +1,485 @@
+"""Stage 3: PPO. Each iteration makes experience (:mod:`mindrlhf.train.experience`) on ``num_rollouts`` prompts,
+then runs ``ppo_epochs`` passes of minibatch updates over it with the shared :class:`TrainStep`.
+
+Loss (per minibatch, means over the generated tokens of the minibatch)::
+
+    loss = pg_loss + vf_coef * vf_loss + pretrain_coef * ptx_loss
+
+(the predecessor weighted the policy loss by ``1 - pretrain_coef``, bug B16). Checkpoints, per rank under
+``<output_dir>/checkpoint/rank_<id>/``: ``policy_model_epoch_<n>.ckpt`` (the policy, value head included),
+``critic_model_epoch_<n>.ckpt`` (separate critic only) and ``ppo_state_epoch_<n>.ckpt`` (optimizer moments, loss
+scale, KL coefficient, score statistics, next iteration), ``n`` the 0-based iteration just finished; a run given
+that folder as ``resume`` continues exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Union
+
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from mindrlhf import rl
+from mindrlhf.config import ModelConfig, PPOConfig, RunConfig, save_config
+from mindrlhf.losses import causal_lm_loss, masked_entropy, ppo_policy_loss, ppo_value_loss
+from mindrlhf.models import CausalLM, Critic, RewardModel
+from mindrlhf.models.convert import (CheckpointError, assign_parameters, cell_parameters, load_weights, save_ckpt,
+                                     save_tensors)
+from mindrlhf.models.policy import token_logprobs
+from mindrlhf.train.checkpoint import rank_dir, read_ckpt, resume_checkpoint
+from mindrlhf.train.experience import Experience, ExperienceMaker, RewardFunction, RolloutStats, save_experience
+from mindrlhf.train.monitor import TrainMonitor
+from mindrlhf.train.optim import build_optimizer, lr_table
+from mindrlhf.train.step import TrainStep
+
+logger = logging.getLogger(__name__)
+
+TRAIN_COLUMNS = ("response_tensors", "attention_mask", "logprobs", "values", "advantages", "returns",
+                 "pretrain_ids", "loss_mask")
+LOSS_METRICS = ("pg_loss", "vf_loss", "ptx_loss", "clipfrac", "approx_kl", "entropy", "vf_clipfrac")
+CRITIC_PREFIX = "critic."
+
+
+def format_ppo_line(batch: int, ppo_epoch: int, loss: float, lr: float, overflow: bool, scale: float) -> str:
+    """The seed's line: ``PPO Batch: 0 | PPO Epoch: 0 | loss: [9.821571] | lr: [2.25e-08] | is overflow: False |
+    loss scale: 4096.0``."""
+    return (f"PPO Batch: {batch} | PPO Epoch: {ppo_epoch} | loss: [{np.float32(loss)!s}] | "
+            f"lr: [{np.float32(lr)!s}] | is overflow: {bool(overflow)} | loss scale: {float(scale)}")
+
+
+class PPOLoss(nn.Cell):
+    """``(response_tensors, attention_mask, logprobs, values, advantages, returns, pretrain_ids, loss_mask) ->
+    (loss, metrics)``, ``metrics`` = :data:`LOSS_METRICS` as a float32 vector.
+
+    Shapes: tokens/mask ``(B, L)``, old log-probs, values, advantages, returns ``(B, N)``, pretrain ids and loss
+    mask ``(B, T)``; ``L = prompt_width + N``.
+    """
+
+    def __init__(self, policy: CausalLM, critic: Optional[Critic], ppo: PPOConfig, prompt_width: int):
+        super().__init__(auto_prefix=False)
+        self.policy = policy
+        self.shared = critic is None
+        if critic is not None:
+            self.critic = critic
+        self.start = prompt_width - 1
+        self.cliprange = ppo.cliprange
+        self.cliprange_value = ppo.cliprange_value
+        self.vf_coef = ppo.vf_coef
+        self.ptx_coef = ppo.pretrain_coef
+        self.use_ptx = ppo.pretrain_coef > 0
+
+    def construct(self, response_tensors, attention_mask, logprobs, values, advantages, returns, pretrain_ids,
+                  loss_mask):
+        length = response_tensors.shape[1]
+        hidden = self.policy.backbone(response_tensors, attention_mask)
+        window = hidden[:, self.start:length - 1]
+        logits = self.policy.logits(window)
+        new_logprobs = token_logprobs(logits, response_tensors[:, self.start + 1:])
+        mask = ops.cast(attention_mask[:, self.start + 1:], ms.float32)
+        if self.shared:
+            new_values = self.policy.values(window)
+        else:
+            new_values = self.critic(response_tensors, attention_mask)[:, self.start:length - 1]
+        pg_loss, clipfrac, approx_kl = ppo_policy_loss(new_logprobs, logprobs, advantages, mask, self.cliprange)
+        vf_loss, vf_clipfrac = ppo_value_loss(new_values, values, returns, mask, self.cliprange_value)
+        loss = pg_loss + self.vf_coef * vf_loss
+        ptx_loss = ops.zeros((), ms.float32)
+        if self.use_ptx:
+            pt_hidden = self.policy.backbone(pretrain_ids[:, :-1], None)
+            ptx_loss = causal_lm_loss(self.policy.logits(pt_hidden), pretrain_ids[:, 1:], loss_mask[:, 1:])
+            loss = loss + self.ptx_coef * ptx_loss
+        entropy = masked_entropy(ops.stop_gradient(logits), mask)
+        metrics = ops.stack([pg_loss, vf_loss, ptx_loss, clipfrac, approx_kl, entropy, vf_clipfrac])
+        return loss, ops.stop_gradient(metrics)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models
+
+
+@dataclass
+class PPOModels:
+    """The four roles. ``critic`` is None with a shared backbone; ``reward`` may be a Python function."""
+
+    policy: CausalLM
+    ref: CausalLM
+    reward: Union[RewardModel, RewardFunction]
+    critic: Optional[Critic] = None
+
+
+def without_dropout(cfg: ModelConfig) -> ModelConfig:
+    """PPO runs without dropout (as trlx and TRL do): with it, the first update's ratio would not start at 1."""
+    return dataclasses.replace(cfg, hidden_dropout_rate=0.0, attention_dropout_rate=0.0)
+
+
+def weights_file(path: str, rank_id: int = 0) -> str:
+    """A weights path as given, or the newest checkpoint of a training output's ``rank_<id>`` folder (an SFT or
+    reward-model ``checkpoint`` root)."""
+    return resume_checkpoint(path, rank_id) or path
+
+
+def copy_weights(src: nn.Cell, dst: nn.Cell) -> None:
+    """Give ``dst`` the values of the parameters of ``src`` that it shares by name."""
+    values = {n: p.asnumpy() for n, p in cell_parameters(src).items()}
+    assign_parameters(dst, {n: v for n, v in values.items() if n in cell_parameters(dst)}, "policy")
+
+
+def build_ppo_models(policy_cfg: ModelConfig, ppo: PPOConfig, reward: Union[ModelConfig, RewardFunction],
+                     critic_cfg: Optional[ModelConfig] = None, sft_checkpoint: str = "",
+                     reward_checkpoint: str = "", critic_checkpoint: str = "", rank_id: int = 0,
+                     recompute: bool = False, seed: int = 0) -> PPOModels:
+    """Policy and reference from the SFT weights (the same random init without them), the value head new; the
+    reward model from its checkpoint; the separate critic (``is_shared_backbone: False``) from the critic
+    checkpoint, else the reward model's. Weights not loaded are a pure function of ``seed`` (a resumed run
+    rebuilds the same reference)."""
+    ms.set_seed(seed)
+    policy_cfg = without_dropout(policy_cfg)
+    policy = CausalLM(policy_cfg, with_value_head=ppo.is_shared_backbone, recompute=recompute)
+    ref = CausalLM(policy_cfg)
+    if sft_checkpoint:
+        fresh = load_weights(policy, weights_file(sft_checkpoint, rank_id), policy_cfg, new_heads=True)
+        logger.info("policy initialised from %s (fresh: %s)", sft_checkpoint, ", ".join(fresh) or "none")
+    copy_weights(policy, ref)
+    ref.set_train(False)
+    for param in ref.get_parameters():
+        param.requires_grad = False
+    if isinstance(reward, ModelConfig):
+        if reward.vocab_size != policy_cfg.vocab_size:
+            raise ValueError(f"the reward model's vocab_size {reward.vocab_size} differs from the policy's "
+                             f"{policy_cfg.vocab_size}: PPO needs one tokenizer for both")
+        reward_model = RewardModel(without_dropout(reward))
+        if reward_checkpoint:
+            load_weights(reward_model, weights_file(reward_checkpoint, rank_id), reward)
+        else:
+            logger.warning("no reward-model checkpoint given: the reward model is randomly initialised")
+        reward_model.set_train(False)
+        reward = reward_model
+    critic = None
+    if not ppo.is_shared_backbone:
+        critic_cfg = without_dropout(critic_cfg or (reward.config if isinstance(reward, RewardModel) else policy_cfg))
+        critic = Critic(critic_cfg, recompute=recompute)
+        source = critic_checkpoint or reward_checkpoint
+        if source:
+            load_weights(critic, weights_file(source, rank_id), critic_cfg, new_heads=not critic_checkpoint)
+        critic.update_parameters_name(CRITIC_PREFIX)
+    return PPOModels(policy, ref, reward, critic)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Trainer
+
+
+PromptSource = Callable[[int], Dict[str, np.ndarray]]  # iteration -> this rank's prompts (see datasets)
+
+
+@dataclass
+class PPOState:
+    """Where a PPO run is and what it has learned besides weights."""
+
+    iteration: int = 0  # next iteration to run
+    global_step: int = 0  # optimizer steps done
+    kl_coef: float = 0.0
+    score_mean: float = 0.0  # running score moments (reward_scaling: running)
+    score_var: float = 1.0
+    score_count: float = 1e-24
+
+
+@dataclass
+class IterationResult:
+    """What one PPO iteration did (rank-local)."""
+
+    iteration: int
+    rollout: RolloutStats
+    losses: List[float] = field(default_factory=list)
+    metrics: Dict[str, float] = field(default_factory=dict)  # means of LOSS_METRICS over the steps
+    overflows: int = 0
+    timings: Dict[str, float] = field(default_factory=dict)
+
+
+class PPOTrainer:
+    """Runs PPO iterations on one rank.
+
+    Args:
+        cfg: the policy recipe; ``cfg.ppo`` holds the PPO knobs, ``cfg.output_dir`` receives logs and checkpoints.
+        models: from :func:`build_ppo_models`.
+        prompt_width: ``P``, the stored prompt width.
+        prompts: ``prompts(iteration)`` -> this rank's ``num_rollouts`` prompts.
+        resume: a PPO ``checkpoint`` root (with ``rank_<id>``) to continue from, or "".
+    """
+
+    def __init__(self, cfg: RunConfig, models: PPOModels, prompt_width: int, prompts: PromptSource,
+                 resume: str = "", rank_id: int = 0, rank_size: int = 1):
+        self.cfg, self.ppo, self.models = cfg, cfg.ppo, models
+        self.prompts = prompts
+        self.rank_id, self.rank_size = rank_id, rank_size
+        model_cfg = models.policy.config
+        if prompt_width + self.ppo.generation.max_new_tokens > model_cfg.seq_length:
+            raise ValueError(f"prompt width {prompt_width} + ppo.generation.max_new_tokens "
+                             f"{self.ppo.generation.max_new_tokens} exceeds the policy's seq_length "
+                             f"{model_cfg.seq_length}")
+        self.prompt_width = prompt_width
+        self.maker = ExperienceMaker(models.policy, models.ref, models.reward, models.critic, self.ppo,
+                                     prompt_width, model_cfg.pad_token_id, model_cfg.eos_token_id)
+        self.loss_net = PPOLoss(models.policy, models.critic, self.ppo, prompt_width)
+        self.total_steps = self.ppo.epochs * self.ppo.steps_per_epoch
+        params = self.loss_net.trainable_params()
+        self.lrs = lr_table(self.ppo.lr_schedule_config(), self.ppo.optimizer_config(), self.total_steps)
+        optimizer = build_optimizer(params, self.ppo.optimizer_config(), self.ppo.lr_schedule_config(),
+                                    self.total_steps)
+        self.step = TrainStep(self.loss_net, optimizer, self.ppo.loss_scale_config(), has_aux=True)
+        self.folder = rank_dir(os.path.join(cfg.output_dir, "checkpoint"), rank_id)
+        self.monitor = TrainMonitor(cfg.output_dir, rank_id, is_main=rank_id == 0)
+        self.state = PPOState(kl_coef=self.ppo.kl_coef)
+        if resume:
+            self._restore(resume)
+        if rank_id == 0:
+            save_config(cfg, os.path.join(cfg.output_dir, "resolved_config.yaml"))
+
+    # -- checkpoints ------------------------------------------------------------------------------------------
+
+    def _model_names(self) -> set:
+        names = set(cell_parameters(self.models.policy))
+        if self.models.critic is not None:
+            names |= set(cell_parameters(self.models.critic))
+        return names
+
+    def save(self, iteration: int) -> str:
+        """Write policy (+critic), then the state file last: a run stopped in between resumes from the previous
+        complete set."""
+        os.makedirs(self.folder, exist_ok=True)
+        policy_path = os.path.join(self.folder, f"policy_model_epoch_{iteration}.ckpt")
+        save_ckpt(self.models.policy, policy_path)
+        if self.models.critic is not None:
+            critic = {n[len(CRITIC_PREFIX):]: p for n, p in cell_parameters(self.models.critic).items()}
+            save_tensors(critic, os.path.join(self.folder, f"critic_model_epoch_{iteration}.ckpt"))
+        model_names = self._model_names()
+        extra = {p.name: p for p in self.step.get_parameters() if p.name not in model_names}
+        extra.update({f"ppo_state.{k}": Tensor(np.float64(v)) for k, v in dataclasses.asdict(self.state).items()})
+        save_tensors(extra, os.path.join(self.folder, f"ppo_state_epoch_{iteration}.ckpt"))
+        logger.info("Save checkpoints in %s", self.folder)
+        return policy_path
+
+    def _restore(self, root: str) -> None:
+        folder = rank_dir(root, self.rank_id) if os.path.isdir(rank_dir(root, self.rank_id)) else root
+        states = sorted((int(f[len("ppo_state_epoch_"):-5]), f) for f in os.listdir(folder)
+                        if f.startswith("ppo_state_epoch_") and f.endswith(".ckpt")) if os.path.isdir(folder) else []
+        if not states:
+            raise CheckpointError(f"{folder}: no ppo_state_epoch_<n>.ckpt to resume from")
+        iteration, name = states[-1]
+        entries = read_ckpt(os.path.join(folder, name))
+        policy = read_ckpt(os.path.join(folder, f"policy_model_epoch_{iteration}.ckpt"))
+        entries.update(policy)
+        if self.models.critic is not None:
+            critic = read_ckpt(os.path.join(folder, f"critic_model_epoch_{iteration}.ckpt"))
+            entries.update({CRITIC_PREFIX + n: v for n, v in critic.items()})
+        params = {p.name for p in self.step.get_parameters()}
+        assign_parameters(self.step, {n: v for n, v in entries.items() if n in params}, folder)
+        values = {k: float(entries[f"ppo_state.{k}"]) for k in dataclasses.asdict(self.state)}
+        self.state = PPOState(iteration=int(values.pop("iteration")), global_step=int(values.pop("global_step")),
+                              **values)
+        self.maker.kl_controller.value = self.state.kl_coef
+        self.maker.score_moments = rl.RunningMoments(self.state.score_mean, self.state.score_var,
+                                                     self.state.score_count)
+        logger.info("resumed PPO from %s at iteration %d (global step %d)", folder, self.state.iteration,
+                    self.state.global_step)
+
+    # -- training ---------------------------------------------------------------------------------------------
+
+    def train_on(self, experience: Experience, iteration: int) -> IterationResult:
+        """``ppo_epochs`` passes over ``experience`` in shuffled minibatches of ``batch_size``."""
+        ppo = self.ppo
+        result = IterationResult(iteration, rollout=None)  # type: ignore[arg-type]
+        sums = np.zeros(len(LOSS_METRICS))
+        batches = len(experience) // ppo.batch_size
+        data = experience.as_dict()
+        for ppo_epoch in range(ppo.ppo_epochs):
+            order = np.random.default_rng([self.cfg.seed, iteration, ppo_epoch]).permutation(len(experience))
+            for batch in range(batches):
+                rows = order[batch * ppo.batch_size:(batch + 1) * ppo.batch_size]
+                inputs = [Tensor(data[name][rows]) for name in TRAIN_COLUMNS]
+                loss, overflow, scale, metrics = self.step(*inputs)
+                loss, overflow = float(loss.asnumpy()), bool(overflow.asnumpy())
+                lr = float(self.lrs[min(self.state.global_step, len(self.lrs) - 1)])
+                self.state.global_step += 1
+                result.losses.append(loss)
+                result.overflows += int(overflow)
+                sums += metrics.asnumpy()
+                self.monitor.line(format_ppo_line(batch, ppo_epoch, loss, lr, overflow, float(scale.asnumpy())))
+                self.monitor.scalars(self.state.global_step, {"train/loss": loss, "train/lr": lr,
+                                                              "train/loss_scale": float(scale.asnumpy())})
+        steps = max(len(result.losses), 1)
+        result.metrics = {name: float(v / steps) for name, v in zip(LOSS_METRICS, sums)}
+        return result
+
+    def run_iteration(self, iteration: int, save_data_file: str = "") -> IterationResult:
+        """Make experience, optionally write it, train on it."""
+        start = time.perf_counter()
+        experience, rollout = self.maker.make_experience(self.prompts(iteration), iteration, self.cfg.seed)
+        timings = dict(self.maker.timings)
+        logger.info("Avg scores: %.6f (iteration %d)", rollout.score_mean, iteration)
+        if save_data_file and self.rank_id == 0:
+            save_experience(experience, rollout, save_data_file)
+        tick = time.perf_counter()
+        result = self.train_on(experience, iteration)
+        timings["update"] = time.perf_counter() - tick
+        timings["total"] = time.perf_counter() - start
+        result.rollout, result.timings = rollout, timings
+        self._finish_iteration(result)
+        return result
+
+    def _finish_iteration(self, result: IterationResult) -> None:
+        rollout = result.rollout
+        self.state.iteration = result.iteration + 1
+        self.state.kl_coef = self.maker.kl_controller.value
+        moments = self.maker.score_moments
+        self.state.score_mean, self.state.score_var, self.state.score_count = moments.mean, moments.var, moments.count
+        values = {"reward_mean": rollout.score_mean, "reward_std": rollout.score_std, "kl": rollout.kl,
+                  "kl_coef": rollout.kl_coef, "response_length": rollout.response_length,
+                  "explained_variance": rollout.explained_variance, **result.metrics,
+                  "loss": float(np.mean(result.losses)) if result.losses else float("nan")}
+        self.monitor.scalars(result.iteration + 1, {f"ppo/{k}": v for k, v in values.items()})
+        logger.info("iteration %d: %s", result.iteration,
+                    ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+        if self.rank_id == 0:
+            _append_jsonl(os.path.join(self.cfg.output_dir, "ppo_metrics.jsonl"),
+                          {"iteration": result.iteration, "global_step": self.state.global_step, **values,
+                           "seconds": result.timings})
+        last = result.iteration + 1 == self.ppo.epochs
+        if (result.iteration + 1) % self.ppo.save_checkpoint_epochs == 0 or last:
+            self.save(result.iteration)
+
+    def fit(self, stop_after: Optional[int] = None, save_data_file: str = "") -> List[IterationResult]:
+        """Run the remaining iterations (or up to iteration ``stop_after`` exclusive); returns their results."""
+        results = []
+        end = self.ppo.epochs if stop_after is None else min(stop_after, self.ppo.epochs)
+        try:
+            for iteration in range(self.state.iteration, end):
+                logger.info("PPO iteration %d/%d", iteration + 1, self.ppo.epochs)
+                results.append(self.run_iteration(iteration, save_data_file))
+            if stop_after is not None and self.state.iteration < self.ppo.epochs and results:
+                if (results[-1].iteration + 1) % self.ppo.save_checkpoint_epochs:
+                    self.save(results[-1].iteration)
+        finally:
+            self.monitor.close()
+        if self.state.iteration >= self.ppo.epochs:
+            logger.info("PPO train done!")
+        return results
+
+
+def _append_jsonl(path: str, record: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry: one function for the command line, the examples and the tests
+
+STAGES = ("all", "experience", "train")
+
+
+def experience_file(save_data_file: str, rank_id: int, rank_size: int) -> str:
+    """Each rank keeps its own experience: ``ppo.mindrecord`` -> ``ppo_rank_<id>.mindrecord`` when distributed
+    (the predecessor let every rank write the same file, bug B20)."""
+    if rank_size == 1:
+        return save_data_file
+    stem, ext = os.path.splitext(save_data_file)
+    return f"{stem}_rank_{rank_id}{ext}"
+
+
+def prompt_source(dataset_dir: str, cfg: RunConfig, rank_id: int, rank_size: int):
+    """``(prompt width P, prompts(iteration) -> this rank's prompts)`` for a prompt MindRecord."""
+    from mindrlhf.data.datasets import PROMPT_COLUMNS, prompt_indices, read_prompts, record_count
+
+    count = record_count(dataset_dir, PROMPT_COLUMNS)
+    pad = cfg.model.model_config.pad_token_id
+    width = read_prompts(dataset_dir, np.array([0]), pad)["prompt_ids"].shape[1]
+    ppo = cfg.ppo
+
+    def prompts(iteration: int) -> Dict[str, np.ndarray]:
+        indices = prompt_indices(count, ppo.num_rollouts, iteration, seed=cfg.seed, rank_id=rank_id,
+                                 rank_size=rank_size)
+        return read_prompts(dataset_dir, indices, pad)
+
+    return width, prompts
+
+
+def train_ppo(cfg: RunConfig, dataset_dir: str, reward: Union[ModelConfig, RewardFunction],
+              sft_checkpoint: str = "", reward_checkpoint: str = "", critic_cfg: Optional[ModelConfig] = None,
+              critic_checkpoint: str = "", resume: str = "", save_data_file: str = "", stage: str = "all",
+              rank_id: int = 0, rank_size: int = 1, stop_after: Optional[int] = None) -> PPOTrainer:
+    """Build everything and run PPO.
+
+    Args:
+        cfg: the policy (SFT) recipe with its ``ppo`` section.
+        dataset_dir: prompt MindRecord from ``rlhf_data.py``.
+        reward: the reward model's config, or a Python reward function of token lists.
+        sft_checkpoint, reward_checkpoint, critic_checkpoint: weights (.ckpt, checkpoint root or Hugging Face folder).
+        resume: a PPO checkpoint root to continue from.
+        save_data_file: write each iteration's experience there (MindRecord + ``.json``).
+        stage: ``all`` (experience then training, every iteration); ``experience`` (make the next iteration's
+            experience into ``save_data_file`` and stop); ``train`` (train on ``save_data_file``, save, stop).
+        stop_after: with ``all``, stop before this iteration (checkpointing first).
+    Returns:
+        The trainer (its ``state`` tells where the run is).
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage {stage!r} is not one of {', '.join(STAGES)}")
+    if stage != "all" and not save_data_file:
+        raise ValueError(f"stage {stage!r} needs save_data_file (the experience MindRecord)")
+    width, prompts = prompt_source(dataset_dir, cfg, rank_id, rank_size)
+    models = build_ppo_models(cfg.model.model_config, cfg.ppo, reward, critic_cfg, sft_checkpoint,
+                              reward_checkpoint, critic_checkpoint, rank_id, cfg.recompute_config.recompute,
+                              cfg.seed)
+    trainer = PPOTrainer(cfg, models, width, prompts, resume, rank_id, rank_size)
+    data_file = experience_file(save_data_file, rank_id, rank_size) if save_data_file else ""
+    if stage == "all":
+        trainer.fit(stop_after, data_file)
+    elif stage == "experience":
+        run_experience_stage(trainer, data_file)
+    else:
+        run_train_stage(trainer, data_file)
+    return trainer
+
+
+def run_experience_stage(trainer: PPOTrainer, data_file: str) -> str:
+    """Make the next iteration's experience with the current policy and write it (with the KL coefficient and
+    score statistics it leaves behind, which the train stage adopts)."""
+    iteration = trainer.state.iteration
+    if iteration >= trainer.ppo.epochs:
+        raise ValueError(f"all {trainer.ppo.epochs} PPO iterations are done; nothing to make experience for")
+    experience, stats = trainer.maker.make_experience(trainer.prompts(iteration), iteration, trainer.cfg.seed)
+    moments = trainer.maker.score_moments
+    state = {"iteration": iteration, "kl_coef": trainer.maker.kl_controller.value, "score_mean": moments.mean,
+             "score_var": moments.var, "score_count": moments.count}
+    trainer.monitor.close()
+    return save_experience(experience, stats, data_file, state)
+
+
+def run_train_stage(trainer: PPOTrainer, data_file: str) -> IterationResult:
+    """Train one iteration on an experience file written by :func:`run_experience_stage`."""
+    from mindrlhf.train.experience import load_experience
+
+    experience, stats, state = load_experience(data_file)
+    if state.get("iteration") != trainer.state.iteration:
+        raise ValueError(f"{data_file} holds the experience of iteration {state.get('iteration')}, but the run is at "
+                         f"iteration {trainer.state.iteration}: make experience again with the current checkpoint")
+    if experience.query_tensors.shape[1] != trainer.prompt_width:
+        raise ValueError(f"{data_file}: prompt width {experience.query_tensors.shape[1]} differs from the prompt "
+                         f"data's {trainer.prompt_width}")
+    trainer.maker.kl_controller.value = state["kl_coef"]
+    trainer.maker.score_moments = rl.RunningMoments(state["score_mean"], state["score_var"], state["score_count"])
+    try:
+        tick = time.perf_counter()
+        result = trainer.train_on(experience, state["iteration"])
+        result.rollout, result.timings = stats, {"update": time.perf_counter() - tick}
+        trainer._finish_iteration(result)
+    finally:
+        trainer.monitor.close()
+    return result

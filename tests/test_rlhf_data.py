@@ -1,0 +1,538 @@
+"""PPO prompt data: the prompt converter (fields against an independent reference on real CValues rows, truncation,
+templates, the seed CLI, bad inputs leaving nothing behind), the prompt schedule and reader, left alignment of the
+stored prompts and the experience MindRecord round trip."""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+
+import numpy as np
+import mindspore.dataset as ds
+import pytest
+
+from mindrlhf.data.convert_preference import ConversionError, atomic_mindrecord
+from mindrlhf.data.convert_prompts import convert_prompts, encode_prompt, main
+from mindrlhf.data.datasets import PROMPT_COLUMNS, prompt_indices, read_prompts
+from mindrlhf.data.templates import format_prompt
+from mindrlhf.data.tokenizer import load_tokenizer
+from mindrlhf.train.experience import (EXPERIENCE_SCHEMA, Experience, RolloutStats, left_align_prompts,
+                                       load_experience, save_experience)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, "tests", "data")
+convert_prompts_module = importlib.import_module("mindrlhf.data.convert_prompts")
+PROMPTS = os.path.join(DATA, "cvalues_prompts_sample8.jsonl")  # 8 prompt-only rows {id_, prompt, domain_*}
+COMPARISON = os.path.join(DATA, "cvalues_comparison_sample8.jsonl")  # 8 identical {prompt, pos_resp, neg_resp}
+FIELDS = ["prompt_ids", "prompt_length", "pretrain_ids", "loss_mask"]
+PADS = {"gpt2": 50256, "llama": 2}  # bundled tokenizer -> the seed's pad id (eos); both != 0
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    return {name: load_tokenizer(name) for name in PADS}
+
+
+def jsonl_rows(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_lines(path, lines):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+def dumps(obj):
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def read_back(path):
+    """Every record of a prompt MindRecord, in file order, as stored (numpy)."""
+    dataset = ds.MindDataset(path, columns_list=FIELDS, shuffle=False)
+    return list(dataset.create_dict_iterator(num_epochs=1, output_numpy=True))
+
+
+def reference(tok, prompt_text, response, P, T, pad):
+    """The four fields with plain loops, independently of the converter."""
+    p = tok.encode(prompt_text)
+    if len(p) > P:
+        p = p[len(p) - P:]
+    r = tok.encode(response) + [tok.eos_token_id] if response else []
+    full = p + r
+    prompt_ids = [pad] * P
+    for k, token in enumerate(p):
+        prompt_ids[k] = token
+    pretrain_ids, loss_mask = [pad] * T, [0] * T
+    for k in range(min(len(full), T)):
+        pretrain_ids[k] = full[k]
+        loss_mask[k] = 1 if k >= len(p) else 0
+    return {"prompt_ids": prompt_ids, "prompt_length": len(p), "pretrain_ids": pretrain_ids, "loss_mask": loss_mask}
+
+
+def assert_record(record, expected, P, T):
+    for name, shape in (("prompt_ids", (P,)), ("pretrain_ids", (T,)), ("loss_mask", (T,))):
+        assert record[name].dtype == np.int64, name
+        assert record[name].shape == shape, name
+        np.testing.assert_array_equal(record[name], np.array(expected[name]), err_msg=name)
+    assert record["prompt_length"].dtype == np.int64
+    assert int(record["prompt_length"]) == expected["prompt_length"]
+
+
+def listing(folder):
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+def sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fields on the real rows
+
+
+@pytest.mark.parametrize("name", list(PADS))
+def test_prompt_only_rows_fields_truncation_and_stats(tokenizers, tmp_dir, name):
+    tok, pad = tokenizers[name], PADS[name]
+    rows = jsonl_rows(PROMPTS)
+    lengths = [len(tok.encode(r["prompt"])) for r in rows]
+    P = sorted(lengths)[4]  # some prompts longer than P, some exactly P, some shorter
+    T = P + 8
+    n_truncated = sum(n > P for n in lengths)
+    assert 0 < n_truncated < len(rows) and P in lengths and min(lengths) < P  # the data covers all three cases
+    out = os.path.join(tmp_dir, "prompts.mindrecord")
+    stats = convert_prompts(PROMPTS, out, name, max_prompt_length=P, seq_length=T, pad_token_id=pad, progress=False)
+    assert stats == {"count": 8, "with_response": 0, "truncated_prompts": n_truncated, "skipped_empty": 0,
+                     "skipped_bad": 0}
+    records = read_back(out)
+    assert len(records) == 8
+    for row, record, n in zip(rows, records, lengths):
+        assert_record(record, reference(tok, row["prompt"], "", P, T, pad), P, T)
+        tokens = tok.encode(row["prompt"])
+        assert int(record["prompt_length"]) == min(n, P)
+        # a long prompt keeps its LAST P tokens; a short one is right-padded with the pad id
+        np.testing.assert_array_equal(record["prompt_ids"][:min(n, P)], tokens[-P:])
+        assert (record["prompt_ids"][min(n, P):] == pad).all()
+        assert not record["loss_mask"].any()  # prompt-only: nothing for the ptx loss
+
+
+@pytest.mark.parametrize("name", list(PADS))
+def test_rows_with_response_fields(tokenizers, tmp_dir, name):
+    tok, pad = tokenizers[name], PADS[name]
+    rows = jsonl_rows(COMPARISON)
+    p = tok.encode(rows[0]["prompt"])
+    r = tok.encode(rows[0]["pos_resp"])
+
+    # A: everything fits; 5 pad columns after the eos, where loss_mask must be 0 (not the pad id, bug B8)
+    P, T = len(p) + 3, len(p) + len(r) + 1 + 5
+    out = os.path.join(tmp_dir, "a.mindrecord")
+    stats = convert_prompts(COMPARISON, out, tok, P, T, pad, progress=False)
+    assert stats["count"] == 8 and stats["with_response"] == 8 and stats["truncated_prompts"] == 0
+    records = read_back(out)
+    assert len(records) == 8
+    for row, record in zip(rows, records):
+        assert_record(record, reference(tok, row["prompt"], row["pos_resp"], P, T, pad), P, T)
+    rec = records[0]
+    np.testing.assert_array_equal(rec["pretrain_ids"][:len(p)], p)
+    np.testing.assert_array_equal(rec["pretrain_ids"][len(p):len(p) + len(r)], r)
+    assert rec["pretrain_ids"][len(p) + len(r)] == tok.eos_token_id
+    assert (rec["pretrain_ids"][-5:] == pad).all()
+    assert set(np.unique(rec["loss_mask"]).tolist()) == {0, 1}
+    assert (rec["loss_mask"][:len(p)] == 0).all() and (rec["loss_mask"][-5:] == 0).all()
+    assert rec["loss_mask"].sum() == len(r) + 1  # the response and its eos
+    assert (rec["prompt_ids"][len(p):] == pad).all() and int(rec["prompt_length"]) == len(p)
+
+    # B: the prompt is cut to its last P tokens and the sequence cut at T inside the response (no eos)
+    P = len(p) - 2
+    T = P + len(r) // 2
+    out = os.path.join(tmp_dir, "b.mindrecord")
+    stats = convert_prompts(COMPARISON, out, tok, P, T, pad, progress=False)
+    assert stats["count"] == 8 and stats["with_response"] == 8 and stats["truncated_prompts"] == 8
+    for row, record in zip(rows, read_back(out)):
+        assert_record(record, reference(tok, row["prompt"], row["pos_resp"], P, T, pad), P, T)
+        np.testing.assert_array_equal(record["pretrain_ids"], p[-P:] + r[:T - P])
+        assert record["loss_mask"].tolist() == [0] * P + [1] * (T - P)
+
+
+def test_encode_prompt_edges(tokenizers):
+    tok = tokenizers["gpt2"]
+    p, r = tok.encode("question"), tok.encode(" answer")
+    # the prompt alone fills T: no response token survives, so no loss
+    fields = encode_prompt(tok, "question", " answer", 8, len(p), 7)
+    assert fields["loss_mask"].tolist() == [0] * len(p)
+    assert fields["pretrain_ids"].tolist() == p
+    # an empty response: pretrain_ids is the prompt then pad, loss all 0 (pad != 0)
+    fields = encode_prompt(tok, "question", "", 8, 10, 7)
+    assert fields["pretrain_ids"].tolist() == p + [7] * (10 - len(p))
+    assert fields["loss_mask"].tolist() == [0] * 10
+    fields = encode_prompt(tok, "question", " answer", 8, 10, 7)
+    assert fields["loss_mask"].tolist() == [0] * len(p) + [1] * (len(r) + 1) + [0] * (10 - len(p) - len(r) - 1)
+    assert fields["pretrain_ids"].tolist() == p + r + [tok.eos_token_id] + [7] * (10 - len(p) - len(r) - 1)
+
+
+def test_qa_template(tokenizers, tmp_dir):
+    tok, pad = tokenizers["gpt2"], PADS["gpt2"]
+    rows = jsonl_rows(PROMPTS)[:3]
+    rows[1]["prompt"] = "  " + rows[1]["prompt"] + " \n"  # the QA template wraps the stripped prompt
+    src = write_lines(os.path.join(tmp_dir, "p.jsonl"), [dumps(r) for r in rows])
+    P, T = 160, 170
+    out = os.path.join(tmp_dir, "qa.mindrecord")
+    stats = convert_prompts(src, out, "gpt2", P, T, pad, template="qa", progress=False)
+    assert stats["count"] == 3 and stats["truncated_prompts"] == 0
+    for row, record in zip(rows, read_back(out)):
+        text = format_prompt(row["prompt"].strip())
+        assert row["prompt"].strip() in text and text != row["prompt"].strip()
+        expected = reference(tok, text, "", P, T, pad)
+        assert_record(record, expected, P, T)
+        n = int(record["prompt_length"])
+        assert n > len(tok.encode(row["prompt"].strip()))
+        assert tok.decode(record["prompt_ids"][:n].tolist()) == text
+
+
+def test_cli_seed_flags(tokenizers, tmp_dir, capsys):
+    out = os.path.join(tmp_dir, "nested", "ppo_prompts.mindrecord")  # its folder is created
+    rc = main(["--tokenizer_name_or_path", "llama", "--file_path", PROMPTS, "--output_path", out,
+               "--max_prompt_length", "24", "--seq_length", "33", "--pad_token_id", "2"])
+    captured = capsys.readouterr()
+    assert rc == 0
+    assert "Total number of samples: 8\n" in captured.out
+    assert f"Transformation finished! Output file refer: {out}\n" in captured.out
+    assert listing(os.path.dirname(out)) == ["ppo_prompts.mindrecord", "ppo_prompts.mindrecord.db"]
+    tok = tokenizers["llama"]
+    for row, record in zip(jsonl_rows(PROMPTS), read_back(out)):
+        assert_record(record, reference(tok, row["prompt"], "", 24, 33, 2), 24, 33)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input
+
+
+GOOD_ROW = {"prompt": "我想买一辆新汽车，请问燃油车和电动车哪个好一些？", "pos_resp": "电动车。"}
+BAD_LINES = {  # name -> (third line of the file, words the message must contain)
+    "malformed_json": ('{"prompt": "x", ', ["malformed JSON"]),
+    "prompt_not_string": (dumps({"prompt": 42, "pos_resp": "a"}), ["'prompt'", "string", "int"]),
+    "prompt_is_list": (dumps({"prompt": ["a", "b"]}), ["'prompt'", "string", "list"]),
+    "prompt_missing": (dumps({"question": "a"}), ["'prompt'", "missing"]),
+    "pos_resp_not_string": (dumps({"prompt": "a", "pos_resp": {"text": "b"}}), ["'pos_resp'", "string", "dict"]),
+    "non_object": (dumps(["a", "b"]), ["object", "list"]),
+    "non_object_string": (dumps("just text"), ["object", "str"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_LINES))
+def test_bad_line_names_file_line_field_and_leaves_nothing(tmp_dir, capsys, case):
+    line, words = BAD_LINES[case]
+    src = write_lines(os.path.join(tmp_dir, "in.jsonl"), [dumps(GOOD_ROW), dumps(GOOD_ROW), line])
+    out_dir = os.path.join(tmp_dir, "out")
+    os.makedirs(out_dir)
+    out = os.path.join(out_dir, "p.mindrecord")
+    args = ["--tokenizer_name_or_path", "gpt2", "--file_path", src, "--output_path", out,
+            "--max_prompt_length", "16", "--seq_length", "33", "--pad_token_id", "50256"]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "Transformation finished" not in captured.out
+    assert f"{src}:3" in captured.err
+    for word in words:
+        assert word in captured.err
+    assert listing(out_dir) == []  # no .mindrecord, no .db, no temporary folder
+    # the same file converts with --skip_bad_lines, the bad record skipped and counted
+    stats = convert_prompts(src, out, "gpt2", 16, 33, 50256, skip_bad_lines=True, progress=False)
+    assert stats["count"] == 2 and stats["skipped_bad"] == 1 and stats["skipped_empty"] == 0
+    assert listing(out_dir) == ["p.mindrecord", "p.mindrecord.db"]
+
+
+def test_bad_line_in_new_folder_leaves_no_folder(tmp_dir, capsys, monkeypatch):
+    monkeypatch.setattr(convert_prompts_module, "WRITE_CHUNK", 2)  # records are written before the bad line
+    src = write_lines(os.path.join(tmp_dir, "in.jsonl"), [dumps(GOOD_ROW)] * 5 + [BAD_LINES["non_object"][0]])
+    out = os.path.join(tmp_dir, "new", "p.mindrecord")
+    assert main(["--tokenizer_name_or_path", "gpt2", "--file_path", src, "--output_path", out]) == 1
+    assert f"{src}:6" in capsys.readouterr().err
+    assert listing(tmp_dir) == ["in.jsonl"]
+
+
+def test_json_array_input_and_its_line_numbers(tokenizers, tmp_dir, capsys):
+    rows = jsonl_rows(PROMPTS)[:3]
+    src = os.path.join(tmp_dir, "in.json")
+    with open(src, "w", encoding="utf-8") as f:
+        json.dump(rows, f, ensure_ascii=False, indent=2)  # one key per line: row k starts on line 2 + 6 k
+    out = os.path.join(tmp_dir, "p.mindrecord")
+    assert convert_prompts(src, out, "gpt2", 40, 48, 50256, progress=False)["count"] == 3
+    for row, record in zip(rows, read_back(out)):
+        assert_record(record, reference(tokenizers["gpt2"], row["prompt"], "", 40, 48, 50256), 40, 48)
+    rows[2]["prompt"] = None
+    with open(src, "w", encoding="utf-8") as f:
+        json.dump(rows, f, ensure_ascii=False, indent=2)
+    out2 = os.path.join(tmp_dir, "q.mindrecord")
+    assert main(["--tokenizer_name_or_path", "gpt2", "--file_path", src, "--output_path", out2]) == 1
+    err = capsys.readouterr().err
+    assert f"{src}:14" in err and "'prompt'" in err
+    assert not os.path.exists(out2) and not os.path.exists(out2 + ".db")
+
+
+@pytest.mark.parametrize("flags, word", [(["--template", "chat"], "--template"),
+                                         (["--pad_token_id", "50257"], "--pad_token_id"),
+                                         (["--pad_token_id", "-1"], "--pad_token_id"),
+                                         (["--seq_length", "1"], "--seq_length")])
+def test_bad_flags(tmp_dir, capsys, flags, word):
+    out = os.path.join(tmp_dir, "p.mindrecord")
+    assert main(["--tokenizer_name_or_path", "gpt2", "--file_path", PROMPTS, "--output_path", out] + flags) == 1
+    captured = capsys.readouterr()
+    assert word in captured.err and "Transformation finished" not in captured.out
+    assert listing(tmp_dir) == []
+
+
+@pytest.mark.parametrize("case", ["missing_file", "prompt_width_0", "prompt_width_negative"])
+def test_bad_arguments(tmp_dir, capsys, case):
+    out_dir = os.path.join(tmp_dir, "out")
+    os.makedirs(out_dir)
+    out = os.path.join(out_dir, "p.mindrecord")
+    src, width, word = PROMPTS, "16", "--max_prompt_length"
+    if case == "missing_file":
+        src, word = os.path.join(tmp_dir, "absent.jsonl"), "absent.jsonl"
+    else:
+        width = "0" if case == "prompt_width_0" else "-3"
+    rc = main(["--tokenizer_name_or_path", "gpt2", "--file_path", src, "--output_path", out,
+               "--max_prompt_length", width, "--seq_length", "33", "--pad_token_id", "50256"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert captured.err.startswith("error: ") and word in captured.err
+    assert "Transformation finished" not in captured.out
+    assert listing(out_dir) == []
+    with pytest.raises(ConversionError):
+        convert_prompts(src, out, "gpt2", int(width), 33, 50256, progress=False)
+    assert listing(out_dir) == []
+
+
+def test_skip_bad_lines_and_empty_prompts_counted(tokenizers, tmp_dir, capsys):
+    real = jsonl_rows(PROMPTS)
+    lines = [dumps(real[0]), BAD_LINES["malformed_json"][0], dumps({"prompt": "   \n"}), dumps(real[1]),
+             BAD_LINES["prompt_not_string"][0], BAD_LINES["non_object"][0], dumps({"prompt": ""}), dumps(real[2]),
+             BAD_LINES["pos_resp_not_string"][0]]
+    src = write_lines(os.path.join(tmp_dir, "in.jsonl"), lines)
+    out = os.path.join(tmp_dir, "p.mindrecord")
+    stats = convert_prompts(src, out, "gpt2", 56, 80, 50256, skip_bad_lines=True, progress=False)
+    assert stats == {"count": 3, "with_response": 0, "truncated_prompts": 1, "skipped_empty": 2, "skipped_bad": 4}
+    tok = tokenizers["gpt2"]
+    records = read_back(out)
+    assert len(records) == 3
+    for row, record in zip(real[:3], records):
+        assert_record(record, reference(tok, row["prompt"], "", 56, 80, 50256), 56, 80)
+    # without --skip_bad_lines the first bad line stops it, and the previous output stays
+    before = (sha(out), sha(out + ".db"))
+    assert main(["--tokenizer_name_or_path", "gpt2", "--file_path", src, "--output_path", out]) == 1
+    assert f"{src}:2" in capsys.readouterr().err
+    assert (sha(out), sha(out + ".db")) == before
+    # the CLI flag
+    out2 = os.path.join(tmp_dir, "q.mindrecord")
+    assert main(["--tokenizer_name_or_path", "gpt2", "--file_path", src, "--output_path", out2,
+                 "--skip_bad_lines"]) == 0
+    assert "Total number of samples: 3\n" in capsys.readouterr().out
+    assert listing(tmp_dir) == ["in.jsonl", "p.mindrecord", "p.mindrecord.db", "q.mindrecord", "q.mindrecord.db"]
+
+
+def test_failed_conversion_leaves_existing_output_untouched(tmp_dir, capsys, monkeypatch):
+    out = os.path.join(tmp_dir, "out", "p.mindrecord")
+    convert_prompts(PROMPTS, out, "gpt2", 32, 40, 50256, progress=False)
+    before = (sha(out), sha(out + ".db"))
+    monkeypatch.setattr(convert_prompts_module, "WRITE_CHUNK", 2)  # records are written before the bad line
+    src = write_lines(os.path.join(tmp_dir, "bad.jsonl"), [dumps(GOOD_ROW)] * 3 + [BAD_LINES["prompt_is_list"][0]])
+    assert main(["--tokenizer_name_or_path", "gpt2", "--file_path", src, "--output_path", out,
+                 "--max_prompt_length", "32", "--seq_length", "40", "--pad_token_id", "50256"]) == 1
+    assert f"{src}:4" in capsys.readouterr().err
+    assert (sha(out), sha(out + ".db")) == before
+    assert listing(os.path.dirname(out)) == ["p.mindrecord", "p.mindrecord.db"]
+    assert len(read_back(out)) == 8
+
+
+@pytest.mark.parametrize("case", ["all_empty", "all_bad_skipped"])
+def test_no_usable_prompts_is_an_error(tmp_dir, capsys, case):
+    if case == "all_empty":
+        lines, extra = [dumps({"prompt": ""}), dumps({"prompt": "  "}), dumps({"prompt": "\n\t"})], []
+    else:
+        lines, extra = [BAD_LINES["malformed_json"][0], BAD_LINES["non_object"][0]], ["--skip_bad_lines"]
+    src = write_lines(os.path.join(tmp_dir, "in.jsonl"), lines)
+    out_dir = os.path.join(tmp_dir, "out")
+    os.makedirs(out_dir)
+    out = os.path.join(out_dir, "p.mindrecord")
+    assert main(["--tokenizer_name_or_path", "gpt2", "--file_path", src, "--output_path", out] + extra) == 1
+    err = capsys.readouterr().err
+    assert "no prompts" in err and src in err
+    assert listing(out_dir) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The prompt schedule and reader
+
+
+def stream(n, num_rollouts, iterations, **kwargs):
+    return [prompt_indices(n, num_rollouts, k, **kwargs) for k in range(iterations)]
+
+
+def test_prompt_indices_every_prompt_before_repeats():
+    n, num_rollouts = 10, 3  # iterations 3, 6 straddle epoch boundaries
+    parts = stream(n, num_rollouts, 10, seed=5)
+    assert all(len(p) == num_rollouts for p in parts)
+    flat = np.concatenate(parts)
+    epochs = [flat[e * n:(e + 1) * n] for e in range(3)]
+    for epoch in epochs:
+        assert sorted(epoch.tolist()) == list(range(n))
+    assert epochs[0].tolist() != epochs[1].tolist() and epochs[1].tolist() != epochs[2].tolist()  # reshuffled
+    # more rollouts than prompts: several whole epochs in one iteration
+    big = prompt_indices(4, 10, 0, seed=1)
+    assert len(big) == 10
+    assert sorted(big[:4].tolist()) == sorted(big[4:8].tolist()) == [0, 1, 2, 3]
+    assert len(set(big[8:].tolist())) == 2
+    # without shuffling the stream is 0, 1, ..., n-1, 0, 1, ...
+    plain = np.concatenate(stream(n, num_rollouts, 5, shuffle=False))
+    assert plain.tolist() == [i % n for i in range(15)]
+
+
+def test_prompt_indices_is_pure():
+    for k in (0, 3, 7):
+        a = prompt_indices(11, 4, k, seed=3, rank_id=1, rank_size=2)
+        b = prompt_indices(11, 4, k, seed=3, rank_id=1, rank_size=2)
+        np.testing.assert_array_equal(a, b)
+    # and the iterations do not depend on which were asked before (resume at iteration 7)
+    np.testing.assert_array_equal(stream(11, 4, 8, seed=3)[7], prompt_indices(11, 4, 7, seed=3))
+    assert np.concatenate(stream(50, 10, 5, seed=0)).tolist() != np.concatenate(stream(50, 10, 5, seed=1)).tolist()
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_prompt_indices_ranks_disjoint_and_covering(shuffle):
+    n, rank_size, num_rollouts, seed = 11, 3, 2, 4
+    used = n // rank_size * rank_size  # 9 records per epoch, 3 per rank
+    per_rank = used // rank_size
+    streams = [np.concatenate(stream(n, num_rollouts, 6, seed=seed, shuffle=shuffle, rank_id=r,
+                                     rank_size=rank_size)) for r in range(rank_size)]
+    for epoch in range(4):
+        chunks = [s[epoch * per_rank:(epoch + 1) * per_rank].tolist() for s in streams]
+        union = [i for c in chunks for i in c]
+        assert len(set(union)) == used  # disjoint, each rank's share without repeats
+        if shuffle:
+            order = np.random.default_rng(seed + epoch).permutation(n)
+            assert set(union) == set(order[:used].tolist())
+        else:
+            assert set(union) == set(range(used))
+    with pytest.raises(ValueError):
+        prompt_indices(2, 1, 0, rank_id=0, rank_size=3)
+
+
+@pytest.fixture(scope="module")
+def prompt_record(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("prompts") / "p.mindrecord")
+    convert_prompts(PROMPTS, out, "gpt2", 40, 48, 50256, progress=False)
+    return out
+
+
+def test_read_prompts_order_and_dtypes(prompt_record):
+    stored = read_back(prompt_record)
+    indices = np.array([5, 0, 7, 2, 5, 3])  # any order, repeats included (an iteration spanning epochs of a small set)
+    out = read_prompts(prompt_record, indices, 50256)
+    assert set(out) == set(PROMPT_COLUMNS) | {"prompt_length"}
+    shapes = {"prompt_ids": (6, 40), "prompt_length": (6,), "pretrain_ids": (6, 48), "loss_mask": (6, 48)}
+    for name, shape in shapes.items():
+        assert out[name].dtype == np.int32, name
+        assert out[name].shape == shape, name
+        np.testing.assert_array_equal(out[name], np.stack([stored[i][name] for i in indices]), err_msg=name)
+    rows = jsonl_rows(PROMPTS)
+    tok = load_tokenizer("gpt2")
+    assert out["prompt_length"].tolist() == [min(len(tok.encode(rows[i]["prompt"])), 40) for i in indices]
+
+
+def test_read_prompts_uses_stored_length_when_pad_is_in_text(tokenizers, tmp_dir):
+    tok = tokenizers["gpt2"]
+    row = jsonl_rows(PROMPTS)[0]
+    tokens = tok.encode(row["prompt"])
+    pad = tokens[-1]  # the last prompt token doubles as pad: counting non-pad tokens would be one short
+    assert tokens[-2] != pad
+    out = os.path.join(tmp_dir, "p.mindrecord")
+    src = write_lines(os.path.join(tmp_dir, "in.jsonl"), [dumps(row)])
+    convert_prompts(src, out, tok, 64, 70, pad, progress=False)
+    got = read_prompts(out, np.array([0]), pad)
+    assert got["prompt_length"].tolist() == [len(tokens)]
+    assert got["prompt_ids"][0, :len(tokens)].tolist() == tokens
+
+
+def test_read_prompts_predecessor_file(tmp_dir):
+    pad = 7
+    prompt_ids = np.array([[3, 4, 5, 7, 7, 7],
+                           [5, 7, 9, 7, 7, 7],  # the pad id inside the text
+                           [0, 0, 0, 0, 7, 7],  # 0 is text here, not padding
+                           [1, 2, 3, 4, 5, 6]], np.int64)
+    pretrain = np.arange(4 * 9, dtype=np.int64).reshape(4, 9)
+    loss = (np.arange(4 * 9).reshape(4, 9) % 3 == 0).astype(np.int64)
+    schema = {name: {"type": "int64", "shape": [-1]} for name in ("prompt_ids", "pretrain_ids", "loss_mask")}
+    path = os.path.join(tmp_dir, "old.mindrecord")
+    with atomic_mindrecord(path, schema, "rlhf prompts") as writer:
+        writer.write_raw_data([{"prompt_ids": prompt_ids[i], "pretrain_ids": pretrain[i], "loss_mask": loss[i]}
+                               for i in range(4)])
+    out = read_prompts(path, np.array([3, 1, 0, 2]), pad)
+    assert out["prompt_length"].dtype == np.int32
+    assert out["prompt_length"].tolist() == [6, 3, 3, 4]
+    np.testing.assert_array_equal(out["prompt_ids"], prompt_ids[[3, 1, 0, 2]])
+    np.testing.assert_array_equal(out["pretrain_ids"], pretrain[[3, 1, 0, 2]])
+    np.testing.assert_array_equal(out["loss_mask"], loss[[3, 1, 0, 2]])
+    assert all(out[name].dtype == np.int32 for name in out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Left alignment and the experience MindRecord
+
+
+def test_left_align_prompts():
+    pad = 9
+    right = np.array([[11, 12, 13, 14, 15],
+                      [21, 9, 9, 9, 9],  # real token 21, then pad
+                      [31, 9, 33, 9, 9]], np.int64)  # the pad id inside the prompt is kept
+    ids, mask = left_align_prompts(right, np.array([5, 1, 3]), pad)
+    assert ids.dtype == np.int32 and mask.dtype == np.int32
+    assert ids.tolist() == [[11, 12, 13, 14, 15], [9, 9, 9, 9, 21], [9, 9, 31, 9, 33]]
+    assert mask.tolist() == [[1, 1, 1, 1, 1], [0, 0, 0, 0, 1], [0, 0, 1, 1, 1]]
+    for bad in (0, 6, -1):
+        with pytest.raises(ValueError, match="length"):
+            left_align_prompts(right, np.array([5, bad, 3]), pad)
+
+
+def random_experience(rng, B=3, P=4, N=5, T=7):
+    L = P + N
+    ints = lambda *shape: rng.integers(0, 1000, shape).astype(np.int32)  # noqa: E731
+    floats = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    return Experience(query_tensors=ints(B, P), response_tensors=ints(B, L), logprobs=floats(B, N),
+                      values=floats(B, N), rewards=floats(B, N), advantages=floats(B, N), returns=floats(B, N),
+                      pretrain_ids=ints(B, T), loss_mask=rng.integers(0, 2, (B, T)).astype(np.int32),
+                      attention_mask=rng.integers(0, 2, (B, L)).astype(np.int32))
+
+
+def test_experience_round_trip(tmp_dir):
+    rng = np.random.default_rng(3)
+    experience = random_experience(rng)
+    stats = RolloutStats(score_mean=0.25, score_std=1.5, kl=0.125, response_length=4.0, kl_coef=0.05,
+                         explained_variance=float("nan"), scores=np.array([0.5, -1.25, 1.5], np.float32))
+    state = {"iteration": 3, "seed": 7, "kl_coef": 0.05, "note": "ppo"}
+    path = os.path.join(tmp_dir, "exp", "ppo_elements.mindrecord")
+    assert save_experience(experience, stats, path, state) == path
+    for name in (path, path + ".db", path + ".json"):
+        assert os.path.isfile(name), name
+    assert listing(os.path.dirname(path)) == sorted(["ppo_elements.mindrecord", "ppo_elements.mindrecord.db",
+                                                     "ppo_elements.mindrecord.json"])
+    loaded, loaded_stats, loaded_state = load_experience(path)
+    assert isinstance(loaded, Experience)
+    for name, spec in EXPERIENCE_SCHEMA.items():
+        got, want = getattr(loaded, name), getattr(experience, name)
+        assert got.dtype == (np.int32 if spec["type"] == "int32" else np.float32), name
+        assert got.shape == want.shape, name
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    assert loaded.response_mask.shape == (3, 5)
+    for field in ("score_mean", "score_std", "kl", "response_length", "kl_coef"):
+        assert getattr(loaded_stats, field) == getattr(stats, field), field
+    assert np.isnan(loaded_stats.explained_variance)  # nan when the returns do not vary
+    assert loaded_stats.scores.dtype == np.float32
+    np.testing.assert_array_equal(loaded_stats.scores, stats.scores)
+    assert loaded_state == state
+    # without the statistics file the load fails naming it
+    os.remove(path + ".json")
+    with pytest.raises(FileNotFoundError, match=r"\.json"):
+        load_experience(path)
