@@ -17,13 +17,13 @@ def init_context(ctx: ContextConfig, seed: int = 0) -> None:
     mode = ms.GRAPH_MODE if ctx.mode == 0 else ms.PYNATIVE_MODE
     kwargs = dict(mode=mode, device_target=ctx.device_target, max_call_depth=ctx.max_call_depth)
     if ctx.device_target != "CPU":
-        kwargs["device_id"] = ctx.device_id
+        kwargs["device_id"] = int(os.environ.get("DEVICE_ID", ctx.device_id))  # launch scripts export DEVICE_ID
         if ctx.max_device_memory:
             kwargs["max_device_memory"] = ctx.max_device_memory
     ms.set_context(**kwargs)
     ms.set_seed(seed)
-    logger.info("context: %s mode on %s (device %d), seed %d", "graph" if ctx.mode == 0 else "pynative",
-                ctx.device_target, ctx.device_id, seed)
+    logger.info("context: %s mode on %s (device %s), seed %d", "graph" if ctx.mode == 0 else "pynative",
+                ctx.device_target, kwargs.get("device_id", ctx.device_id), seed)
 
 
 def launched_as_worker() -> bool:

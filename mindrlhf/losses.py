@@ -62,11 +62,11 @@ def causal_lm_loss(logits, labels, loss_mask):
     Returns:
         scalar loss.
     """
-    logits = ops.cast(logits, ms.float32)
+    logp = ops.log_softmax(ops.cast(logits, ms.float32), -1)  # fused on CPU, unlike logsumexp
     mask = ops.cast(loss_mask, ms.float32)
     safe_labels = ops.cast(ops.maximum(labels, 0), ms.int32)  # masked -100 labels would index out of range
-    picked = ops.squeeze(ops.gather_elements(logits, -1, ops.expand_dims(safe_labels, -1)), -1)
-    return masked_mean(ops.logsumexp(logits, -1) - picked, mask)
+    picked = ops.squeeze(ops.gather_elements(logp, -1, ops.expand_dims(safe_labels, -1)), -1)
+    return masked_mean(-picked, mask)
 
 
 def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange):
@@ -107,7 +107,9 @@ def ppo_value_loss(values, old_values, returns, mask, cliprange_value):
 
 def masked_entropy(logits, mask):
     """Mean entropy of the next-token distributions ``(B, N, V)`` over the masked positions ``(B, N)``."""
-    logits = ops.cast(logits, ms.float32)
-    log_z = ops.logsumexp(logits, -1)
-    probs = ops.softmax(logits, -1)
-    return masked_mean(log_z - ops.reduce_sum(probs * logits, -1), mask)
+    logp = ops.log_softmax(ops.cast(logits, ms.float32), -1)
+    vocab = logp.shape[-1]
+    # -sum_v p log p, the sum over the vocabulary as a matmul (CPU reductions over a long axis are slow)
+    plogp = ops.reshape(ops.exp(logp) * logp, (-1, vocab))
+    entropy = -ops.reshape(ops.matmul(plogp, ops.ones((vocab, 1), ms.float32)), logp.shape[:-1])
+    return masked_mean(entropy, mask)

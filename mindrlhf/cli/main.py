@@ -6,6 +6,10 @@
     mindrlhf sft --config run_gpt2_tiny_sft.yaml --train_dataset sft.mindrecord
     mindrlhf convert-preference --model gpt2 --src_file pairs.jsonl --dst_file train.mindrecord --seq_length 256
     mindrlhf rm train --config run_gpt2_tiny_rm.yaml --train_dataset train.mindrecord
+    mindrlhf convert-prompts --tokenizer_name_or_path gpt2 --file_path prompts.jsonl --output_path ppo.mindrecord \
+        --max_prompt_length 64 --seq_length 129 --pad_token_id 50256 --template qa
+    mindrlhf ppo --dataset_dir ppo.mindrecord --sft_model_path run_gpt2_tiny_ppo.yaml \
+        --reward_model_path run_gpt2_tiny_rm.yaml --sft_checkpoint sft/checkpoint --reward_checkpoint rm/checkpoint
     mindrlhf loss-plot --log_file output/log/rank_0/info.log --output_file_dir loss_dir
 """
 from __future__ import annotations
@@ -16,6 +20,7 @@ import sys
 from typing import List, Optional
 
 from mindrlhf.cli import generate as generate_cmd
+from mindrlhf.cli import ppo as ppo_cmd
 from mindrlhf.cli import reward as reward_cmd
 from mindrlhf.cli import sft as sft_cmd
 
@@ -24,6 +29,7 @@ from mindrlhf.cli import sft as sft_cmd
 PASS_THROUGH = {
     "convert-sft": ("mindrlhf.data.convert_sft", "instruction JSONL/JSON (alpaca, ShareGPT) -> SFT MindRecord"),
     "convert-preference": ("mindrlhf.data.convert_preference", "preference JSONL/JSON -> MindRecord (seed flags)"),
+    "convert-prompts": ("mindrlhf.data.convert_prompts", "RLHF prompts JSONL -> PPO MindRecord (rlhf_data.py flags)"),
     "loss-plot": ("mindrlhf.tools.loss_plot", "training log -> TensorBoard events and loss.png"),
     "rank-table": ("mindrlhf.tools.rank_table", "HCCL rank table: generate, --merge, --validate (Ascend)"),
 }
@@ -43,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate_cmd.add_export_parser(sub)
     sft_cmd.add_sft_parser(sub)
     reward_cmd.add_reward_parser(sub)
+    ppo_cmd.add_ppo_parser(sub)
     for name, (_, help_text) in PASS_THROUGH.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser

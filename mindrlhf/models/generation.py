@@ -187,14 +187,14 @@ class Generator:
         return self._cached_steps
 
     def generate(self, prompt_ids: np.ndarray, prompt_mask: Optional[np.ndarray] = None,
-                 max_new_tokens: Optional[int] = None, seed: Optional[int] = None) -> GenerationOutput:
+                 max_new_tokens: Optional[int] = None, seed=None) -> GenerationOutput:
         """Generate for a left-padded batch.
 
         Args:
             prompt_ids: ``(B, P)`` int, left-padded.
             prompt_mask: ``(B, P)``, 1 on real tokens (default: all ones).
             max_new_tokens: overrides ``cfg.max_new_tokens``.
-            seed: overrides ``cfg.seed``.
+            seed: overrides ``cfg.seed`` (an int or a sequence of ints, as ``numpy.random.default_rng`` takes).
         """
         prompt_ids = np.asarray(prompt_ids, np.int32)
         prompt_mask = np.ones_like(prompt_ids) if prompt_mask is None else np.asarray(prompt_mask, np.int32)

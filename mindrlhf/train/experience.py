@@ -139,12 +139,14 @@ class ExperienceMaker:
         ppo: the PPO settings (generation, KL, GAE, scaling, whitening).
         prompt_width: ``P``.
         pad_token_id, eos_token_id: of the policy's tokenizer.
+        rank_id: this rank (sampling seeds differ per rank).
     """
 
     def __init__(self, policy: CausalLM, ref: CausalLM, reward: Union[RewardModel, RewardFunction],
                  critic: Optional[nn.Cell], ppo: PPOConfig, prompt_width: int, pad_token_id: int,
-                 eos_token_id: Optional[int]):
+                 eos_token_id: Optional[int], rank_id: int = 0):
         self.ppo = ppo
+        self.rank_id = rank_id
         self.prompt_width = prompt_width
         self.pad_token_id = pad_token_id
         self.generator = Generator(policy, ppo.generation, eos_token_id, pad_token_id)
@@ -213,7 +215,8 @@ class ExperienceMaker:
         Args:
             prompts: ``prompt_ids (R, P)``, ``prompt_length (R,)``, ``pretrain_ids (R, T)``, ``loss_mask (R, T)``
                 for the ``R = num_rollouts`` prompts of this rank.
-            iteration: the PPO iteration (sampling seed ``seed + iteration`` mixed with the chunk index).
+            iteration: the PPO iteration (the sampling seed of each chunk mixes ``seed``, ``iteration``, the rank
+                and the chunk index).
         Returns:
             (:class:`Experience` of ``R`` rollouts, :class:`RolloutStats`).
         """
@@ -222,7 +225,7 @@ class ExperienceMaker:
         chunks = []
         for i, start in enumerate(range(0, total, ppo.chunk_size)):
             part = {k: v[start:start + ppo.chunk_size] for k, v in prompts.items()}
-            chunks.append(self._rollout(part, seed=(seed * 1_000_003 + iteration) * 10_007 + i))
+            chunks.append(self._rollout(part, seed=[seed, iteration, self.rank_id, i]))
         raw = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
         mask = raw["response_mask"]
         kl_coef = self.kl_controller.value

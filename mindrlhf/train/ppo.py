@@ -225,7 +225,7 @@ class PPOTrainer:
                              f"{model_cfg.seq_length}")
         self.prompt_width = prompt_width
         self.maker = ExperienceMaker(models.policy, models.ref, models.reward, models.critic, self.ppo,
-                                     prompt_width, model_cfg.pad_token_id, model_cfg.eos_token_id)
+                                     prompt_width, model_cfg.pad_token_id, model_cfg.eos_token_id, rank_id)
         self.loss_net = PPOLoss(models.policy, models.critic, self.ppo, prompt_width)
         self.total_steps = self.ppo.epochs * self.ppo.steps_per_epoch
         params = self.loss_net.trainable_params()
