@@ -218,3 +218,40 @@ def test_bad_inputs_are_clear(prompts_file, tmp_dir):
     with pytest.raises(ValueError, match="iteration 0, but the run is at iteration 1"):
         train_ppo(run_config(out), prompts_file, target_reward, save_data_file=data, stage="train",
                   resume=os.path.join(out, "checkpoint"))
+
+
+def test_models_load_hugging_face_and_checkpoint_roots(tmp_dir):
+    """The policy and reference start from an SFT model exported as a Hugging Face folder, the reward model and
+    the critic from a reward model's training-checkpoint root (rank_0/ with optimizer state beside the weights)."""
+    from mindrlhf.models.convert import save_hf_checkpoint
+
+    cfg = tiny_gpt2_config(vocab_size=VOCAB)
+    sft = CausalLM(cfg)
+    sft_dir = save_hf_checkpoint(sft, cfg, os.path.join(tmp_dir, "sft_hf"))
+    reward = RewardModel(cfg)
+    root = os.path.join(tmp_dir, "rm", "checkpoint")
+    save_ckpt(reward, os.path.join(root, "rank_0", "rm_rank_0-10_1.ckpt"),
+              append_dict={"epoch": 0, "step_in_epoch": 10, "global_step": 10})
+    ppo = PPOConfig(is_shared_backbone=False)
+    models = build_ppo_models(cfg, ppo, cfg, sft_checkpoint=sft_dir, reward_checkpoint=root)
+    expected = parameter_arrays(sft)
+    for model in (models.policy, models.ref):
+        got = parameter_arrays(model)
+        assert all(np.array_equal(got[n], expected[n]) for n in expected)
+    assert "v_head.weight" not in parameter_arrays(models.policy)  # the separate critic carries the values
+    rm_expected = parameter_arrays(reward)
+    assert all(np.array_equal(v, rm_expected[n]) for n, v in parameter_arrays(models.reward).items())
+    critic = parameter_arrays(models.critic)
+    assert all(np.array_equal(critic["critic." + n], v) for n, v in rm_expected.items())
+
+
+def test_few_prompts_cycle_and_a_finished_run_can_be_extended(tmp_dir):
+    set_mode("graph")
+    prompts_file = write_prompts(os.path.join(tmp_dir, "few.mindrecord"), count=3)  # fewer than num_rollouts
+    out = os.path.join(tmp_dir, "out")
+    first = train_ppo(run_config(out, epochs=1, num_rollouts=8), prompts_file, target_reward)
+    assert first.state.iteration == 1
+    more = train_ppo(run_config(out, epochs=2, num_rollouts=8), prompts_file, target_reward,
+                     resume=os.path.join(out, "checkpoint"))
+    assert (more.state.iteration, more.state.global_step) == (2, 4)
+    assert [m["iteration"] for m in metrics(out)] == [0, 1]

@@ -57,7 +57,7 @@ def build_policy(cfg: RunConfig, checkpoint: str):
                                         param_init_type=model_cfg.param_init_type)
     lm = CausalLM(model_cfg, recompute=cfg.recompute_config.recompute)
     if checkpoint:
-        load_weights(lm, checkpoint, model_cfg)
+        load_weights(lm, checkpoint, model_cfg, ignore_unexpected=("v_head.",))  # a PPO policy's value head
         logger.info("loaded weights from %s", checkpoint)
     else:
         logger.info("no checkpoint given: %s built with fresh random weights (seed %d)", model_cfg.type, cfg.seed)

@@ -60,6 +60,8 @@ def _stage(args) -> str:
         raise SystemExit("--align_type rlhf_stages needs --stage experience or --stage train")
     if args.align_type == "rlhf" and args.stage != "all":
         raise SystemExit(f"--stage {args.stage} needs --align_type rlhf_stages")
+    if args.stage != "all" and not args.save_data_file:
+        raise SystemExit(f"--stage {args.stage} needs --save_data_file (the experience MindRecord)")
     return args.stage
 
 

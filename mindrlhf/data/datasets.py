@@ -209,8 +209,11 @@ def read_prompts(path: str, indices: np.ndarray, pad_token_id: int) -> dict:
     import mindspore.dataset as ds
 
     columns = list(PROMPT_COLUMNS) + (["prompt_length"] if has_length else [])
-    dataset = ds.MindDataset(path, columns_list=columns, sampler=ds.SubsetSampler([int(i) for i in indices]))
+    # each record once (a SubsetSampler takes no more indices than records), then repeated into the given order
+    unique, order = np.unique(np.asarray(indices, np.int64), return_inverse=True)
+    dataset = ds.MindDataset(path, columns_list=columns, sampler=ds.SubsetSampler([int(i) for i in unique]))
     rows = list(dataset.create_dict_iterator(num_epochs=1, output_numpy=True))
+    rows = [rows[i] for i in order]
     out = {name: np.stack([r[name] for r in rows]).astype(np.int32) for name in PROMPT_COLUMNS}
     if has_length:
         out["prompt_length"] = np.asarray([int(r["prompt_length"]) for r in rows], np.int32)

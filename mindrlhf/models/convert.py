@@ -331,11 +331,18 @@ def save_tensors(named: Dict[str, Union[ms.Parameter, ms.Tensor]], path: str,
     return path
 
 
-def load_ckpt(cell: nn.Cell, path: str, allow_missing: Iterable[str] = ()) -> Dict[str, np.ndarray]:
+def load_ckpt(cell: nn.Cell, path: str, allow_missing: Iterable[str] = (),
+              ignore_unexpected: Iterable[str] = ()) -> Dict[str, np.ndarray]:
     """Load a MindSpore ``.ckpt`` into ``cell`` with the same checks as Hugging Face loading.
 
     Returns the entries of the file that are not parameters of ``cell`` (``append_dict`` values such as a step).
     """
+    return _load_ckpt(cell, path, allow_missing, ignore_unexpected)[0]
+
+
+def _load_ckpt(cell: nn.Cell, path: str, allow_missing: Iterable[str], ignore_unexpected: Iterable[str]
+               ) -> Tuple[Dict[str, np.ndarray], List[str]]:
+    """``(extras, names kept at their initial values)``; see :func:`load_ckpt`."""
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
@@ -345,8 +352,8 @@ def load_ckpt(cell: nn.Cell, path: str, allow_missing: Iterable[str] = ()) -> Di
     model_names = (BACKBONE_PREFIX, "lm_head.", "score.", "v_head.")
     arrays = {n: v.asnumpy() for n, v in loaded.items() if n.startswith(model_names)}
     extras = {n: v.asnumpy() for n, v in loaded.items() if not n.startswith(model_names)}
-    assign_parameters(cell, arrays, path, allow_missing=allow_missing)
-    return extras
+    kept = assign_parameters(cell, arrays, path, allow_missing=allow_missing, ignore_unexpected=ignore_unexpected)
+    return extras, kept
 
 
 def is_hf_folder(path: str) -> bool:
@@ -354,11 +361,15 @@ def is_hf_folder(path: str) -> bool:
     return os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json"))
 
 
-def load_weights(cell: nn.Cell, path: str, cfg: ModelConfig, new_heads: bool = False) -> List[str]:
-    """Load a Hugging Face folder or a MindSpore ``.ckpt`` into ``cell``; returns the names left initialised."""
+def load_weights(cell: nn.Cell, path: str, cfg: ModelConfig, new_heads: bool = False,
+                 ignore_unexpected: Iterable[str] = ()) -> List[str]:
+    """Load a Hugging Face folder or a MindSpore ``.ckpt`` into ``cell``; returns the names left initialised.
+
+    ``new_heads``: the value / score heads may be absent (they start fresh); ``ignore_unexpected``: name prefixes
+    the file may have that ``cell`` does not (a PPO policy's ``v_head.`` when loading it for generation).
+    """
     if is_hf_folder(path):
         return load_hf_checkpoint(cell, path, cfg, new_heads=new_heads)
     if path.endswith(".ckpt"):
-        load_ckpt(cell, path, allow_missing=("v_head.", "score.") if new_heads else ())
-        return []
+        return _load_ckpt(cell, path, ("v_head.", "score.") if new_heads else (), ignore_unexpected)[1]
     raise CheckpointError(f"{path}: not a Hugging Face folder (config.json) or a MindSpore .ckpt file")

@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"_rank_(\d+)-(\d+)_(\d+)\.ckpt$")
 STATE_KEYS = ("epoch", "step_in_epoch", "global_step")
+# The optimizer's learning-rate table is a function of the config (schedule and run length), not state: a resumed
+# run rebuilds it, so more epochs can be added to a finished run.
+SCHEDULE_PARAMS = ("learning_rate",)
 
 
 @dataclass
@@ -103,8 +106,9 @@ def restore(train_step: nn.Cell, path: str) -> TrainState:
     if missing_state:
         raise CheckpointError(f"{path}: not a training checkpoint (no {', '.join(missing_state)}); give a "
                               f".ckpt of model weights as an initial checkpoint instead")
-    params = {p.name for p in train_step.get_parameters()}
-    assign_parameters(train_step, {n: v for n, v in entries.items() if n in params}, path)
+    params = {p.name for p in train_step.get_parameters() if p.name not in SCHEDULE_PARAMS}
+    assign_parameters(train_step, {n: v for n, v in entries.items() if n in params}, path,
+                      allow_missing=SCHEDULE_PARAMS)
     state = TrainState(**{k: int(entries[k]) for k in STATE_KEYS})
     logger.info("resumed from %s at epoch %d, step %d of the epoch (global step %d)", path, state.epoch + 1,
                 state.step_in_epoch, state.global_step)

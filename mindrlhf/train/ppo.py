@@ -32,7 +32,7 @@ from mindrlhf.models import CausalLM, Critic, RewardModel
 from mindrlhf.models.convert import (CheckpointError, assign_parameters, cell_parameters, load_weights, save_ckpt,
                                      save_tensors)
 from mindrlhf.models.policy import token_logprobs
-from mindrlhf.train.checkpoint import rank_dir, read_ckpt, resume_checkpoint
+from mindrlhf.train.checkpoint import SCHEDULE_PARAMS, rank_dir, read_ckpt, resume_checkpoint
 from mindrlhf.train.experience import Experience, ExperienceMaker, RewardFunction, RolloutStats, save_experience
 from mindrlhf.train.monitor import TrainMonitor
 from mindrlhf.train.optim import build_optimizer, lr_table
@@ -278,8 +278,9 @@ class PPOTrainer:
         if self.models.critic is not None:
             critic = read_ckpt(os.path.join(folder, f"critic_model_epoch_{iteration}.ckpt"))
             entries.update({CRITIC_PREFIX + n: v for n, v in critic.items()})
-        params = {p.name for p in self.step.get_parameters()}
-        assign_parameters(self.step, {n: v for n, v in entries.items() if n in params}, folder)
+        params = {p.name for p in self.step.get_parameters() if p.name not in SCHEDULE_PARAMS}
+        assign_parameters(self.step, {n: v for n, v in entries.items() if n in params}, folder,
+                          allow_missing=SCHEDULE_PARAMS)
         values = {k: float(entries[f"ppo_state.{k}"]) for k in dataclasses.asdict(self.state)}
         self.state = PPOState(iteration=int(values.pop("iteration")), global_step=int(values.pop("global_step")),
                               **values)
