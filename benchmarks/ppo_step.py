@@ -70,7 +70,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from rm_train import versions  # shared with the reward-model benchmark
+from rm_train import versions  # noqa: E402 - shared with the reward-model benchmark
 
 logger = logging.getLogger("ppo_step")
 
