@@ -69,3 +69,58 @@ def test_two_cpu_workers_through_run_distribute_reward(tmp_dir):
     worker_log = open(os.path.join(work, "output", "msrun_log", "worker_1.log"), encoding="utf-8").read()
     assert "data parallel: rank 1 of 2" in worker_log  # joined the group without --use_parallel (auto)
     assert os.path.exists(os.path.join(work, "output", "log", "rank_1", "info.log"))
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("run_distribute_train.sh", (), "expected at least 6 arguments, got 0"),
+    ("run_distribute_train.sh", ("d", "t.json", "first", "1", "a.yaml", "b.yaml"), "RANK_START must be a whole number"),
+    ("run_distribute_train.sh", ("d", "t.json", "0", "0", "a.yaml", "b.yaml"), "LOCAL_DEVICE_NUM must be a positive"),
+    ("run_distribute_train.sh", ("missing.mindrecord", "t.json", "0", "1", "a.yaml", "b.yaml"),
+     "DATA_DIR not found: missing.mindrecord"),
+    ("run_standalone_train.sh", ("d",), "expected at least 3 arguments, got 1"),
+    ("run_standalone_train.sh", ("missing.mindrecord", "a.yaml", "b.yaml"), "DATA_DIR not found"),
+])
+def test_ppo_launch_argument_errors(script, args, message):
+    proc = run(script, *args)
+    assert proc.returncode == 2 and message in proc.stderr
+    if "not found" not in message:
+        assert "SFT_MODEL_PATH" in proc.stderr  # the usage text follows an argument error
+
+
+def ppo_inputs(work: str):
+    """A prompt MindRecord of the real CValues prompts and the tiny recipes (with spaces in their paths)."""
+    from mindrlhf.data.convert_prompts import convert_prompts
+
+    data = os.path.join(work, "ppo prompts.mindrecord")
+    convert_prompts(os.path.join(ROOT, "tests", "data", "cvalues_prompts_sample8.jsonl"), data, "gpt2",
+                    max_prompt_length=56, seq_length=65, pad_token_id=50256, template="qa", progress=False)
+    recipes = []
+    for name in ("run_gpt2_tiny_ppo.yaml", "run_gpt2_tiny_rm.yaml"):
+        recipe = os.path.join(work, f"my {name}")
+        with open(recipe, "w", encoding="utf-8") as f:
+            f.write(f"base_config: {os.path.join(ROOT, 'model_configs', 'gpt2_config', name)}\n")
+            f.write("model:\n  model_config:\n    seq_length: 64\n    hidden_size: 32\n")
+        recipes.append(recipe)
+    flags = ["--set", "ppo.epochs=1", "--set", "ppo.num_rollouts=4", "--set", "ppo.chunk_size=4",
+             "--set", "ppo.batch_size=4", "--set", "ppo.generation.max_new_tokens=8"]
+    return data, recipes, flags
+
+
+def test_standalone_and_two_worker_ppo_scripts(tmp_dir):
+    work = os.path.join(tmp_dir, "my runs")
+    os.makedirs(work)
+    data, (policy, reward), flags = ppo_inputs(work)
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    proc = run("run_standalone_train.sh", data, policy, reward, *flags, "--output_dir", "solo", cwd=work, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "PPO Batch: 0 | PPO Epoch: 0 | loss: [" in proc.stdout
+    assert os.path.exists(os.path.join(work, "solo", "checkpoint", "rank_0", "policy_model_epoch_0.ckpt"))
+
+    env["MASTER_PORT"] = str(free_port())
+    proc = run("run_distribute_train.sh", data, "hccl_2p_01_127.0.0.1.json", "0", "2", policy, reward, *flags,
+               "--output_dir", "pair", cwd=work, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "starting 2 workers with msrun" in proc.stdout
+    ranks = [read_ckpt(os.path.join(work, "pair", "checkpoint", f"rank_{r}", "policy_model_epoch_0.ckpt"))
+             for r in (0, 1)]
+    assert all(np.array_equal(ranks[0][n], ranks[1][n]) for n in ranks[0])
