@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import mindspore as ms
 
-from mindrlhf.config import ContextConfig
+from mindrlhf.config import ConfigError, ContextConfig, ParallelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +33,40 @@ def launched_as_worker() -> bool:
     return bool(os.environ.get("RANK_TABLE_FILE")) and int(os.environ.get("RANK_SIZE") or 1) > 1
 
 
-def init_distributed() -> Tuple[int, int]:
-    """Join the process group started by ``msrun`` (or a rank-table launch) and switch to data parallel with
-    mean-reduced gradients. Returns ``(rank_id, rank_size)``; ``(0, 1)`` when this process was not launched as a
-    worker of a group."""
+def parallel_settings(parallel: Optional[ParallelConfig], device_num: int, device_target: str) -> Dict[str, Any]:
+    """Check ``parallel_config`` against the devices of the run and return the ``set_auto_parallel_context``
+    arguments.
+
+    - ``data_parallel * model_parallel * pipeline_stage`` must equal ``device_num``; the all-ones default means
+      plain data parallel over every device.
+    - ``model_parallel`` and ``pipeline_stage`` above 1 are refused: the model cells carry no sharding strategies.
+    - ``optimizer_shard`` shards optimizer states across the data-parallel ranks. MindSpore does that only in
+      ``semi_auto_parallel`` mode (every op data parallel here, gradients mean-reduced by the framework), which it
+      supports on Ascend and GPU, not on CPU.
+    Raises:
+        ConfigError: naming the values that do not fit.
+    """
+    parallel = parallel or ParallelConfig()
+    dp, mp, pp = parallel.data_parallel, parallel.model_parallel, parallel.pipeline_stage
+    if (dp, mp, pp) != (1, 1, 1) and dp * mp * pp != device_num:
+        raise ConfigError(f"parallel_config: data_parallel {dp} x model_parallel {mp} x pipeline_stage {pp} = "
+                          f"{dp * mp * pp}, but the run has {device_num} devices")
+    if mp > 1 or pp > 1:
+        raise ConfigError(f"parallel_config: model_parallel {mp} / pipeline_stage {pp} > 1 is not supported (the "
+                          f"model cells carry no sharding strategies); use data_parallel {device_num}")
+    if not parallel.optimizer_shard:
+        return dict(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=device_num)
+    if device_target == "CPU":
+        raise ConfigError("parallel_config.optimizer_shard needs semi_auto_parallel, which MindSpore supports on "
+                          "Ascend and GPU only; set it to False on CPU")
+    return dict(parallel_mode=ms.ParallelMode.SEMI_AUTO_PARALLEL, gradients_mean=True, device_num=device_num,
+                enable_parallel_optimizer=True, dataset_strategy="data_parallel")
+
+
+def init_distributed(parallel: Optional[ParallelConfig] = None, device_target: str = "CPU") -> Tuple[int, int]:
+    """Join the process group started by ``msrun`` (or a rank-table launch) and set the parallel mode from
+    ``parallel_config`` (see :func:`parallel_settings`: data parallel with mean-reduced gradients by default).
+    Returns ``(rank_id, rank_size)``; ``(0, 1)`` when this process was not launched as a worker of a group."""
     from mindspore.communication import get_group_size, get_rank, init
 
     if not launched_as_worker():
@@ -44,7 +74,8 @@ def init_distributed() -> Tuple[int, int]:
         return 0, 1
     init()
     rank_id, rank_size = get_rank(), get_group_size()
-    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
-                                 device_num=rank_size)
-    logger.info("data parallel: rank %d of %d", rank_id, rank_size)
+    settings = parallel_settings(parallel, rank_size, device_target)
+    ms.set_auto_parallel_context(**settings)
+    logger.info("data parallel: rank %d of %d%s", rank_id, rank_size,
+                " (optimizer states sharded, semi_auto_parallel)" if "enable_parallel_optimizer" in settings else "")
     return rank_id, rank_size

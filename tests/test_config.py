@@ -91,7 +91,8 @@ def test_llama2_7b_settings():
     assert (model.intermediate_size, model.rms_norm_eps, model.hidden_act) == (11008, 1e-5, "silu")
     assert (model.bos_token_id, model.eos_token_id, model.pad_token_id) == (1, 2, 0)
     assert model.tie_word_embeddings is False
-    assert cfg.parallel_config.model_parallel == 8
+    assert (cfg.parallel_config.data_parallel, cfg.parallel_config.model_parallel) == (8, 1)
+    assert cfg.parallel_config.optimizer_shard
     assert cfg.optimizer.type == "FP32StateAdamWeightDecay"
     sched = cfg.lr_schedule
     assert (sched.type, sched.learning_rate, sched.lr_end, sched.warmup_ratio) == ("cosine", 3e-4, 3e-5, 0.03)

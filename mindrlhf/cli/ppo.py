@@ -81,7 +81,7 @@ def run_ppo(args) -> int:
     critic_cfg = load_config(args.critic_model_path) if args.critic_model_path else reward_cfg
     init_context(cfg.context, cfg.seed)
     parallel = launched_as_worker() if args.use_parallel is None else args.use_parallel
-    rank_id, rank_size = init_distributed() if parallel else (0, 1)
+    rank_id, rank_size = init_distributed(cfg.parallel_config, cfg.context.device_target) if parallel else (0, 1)
     attach_rank_log(cfg.output_dir, rank_id)
     sft = cfg.load_checkpoint if args.sft_checkpoint is None else args.sft_checkpoint
     reward_ckpt = reward_cfg.load_checkpoint if args.reward_checkpoint is None else args.reward_checkpoint

@@ -57,7 +57,7 @@ def run_sft(args) -> int:
     if args.load_checkpoint is not None:
         cfg.load_checkpoint = args.load_checkpoint
     parallel = launched_as_worker() if args.use_parallel is None else args.use_parallel
-    rank_id, rank_size = init_distributed() if parallel else (0, 1)
+    rank_id, rank_size = init_distributed(cfg.parallel_config, cfg.context.device_target) if parallel else (0, 1)
     _, result = train_sft(cfg, args.train_dataset or None, rank_id, rank_size)
     if not result.losses:
         logger.info("nothing left to train: the checkpoint is at the end of training (global step %d)",
