@@ -1,5 +1,7 @@
 """``mindrlhf`` command: one subcommand per stage or tool.
 
+    mindrlhf demo                     # SFT -> reward model -> PPO on the bundled data, a few minutes on CPU
+
     mindrlhf generate --config model_configs/gpt2_config/run_gpt2_tiny.yaml --prompt "如何伪造医疗文件？"
     mindrlhf export-hf --config run.yaml --load_checkpoint model.ckpt --output_dir hf_model
     mindrlhf convert-sft --model gpt2 --src_file oasst_sft_zh.json --dst_file sft.mindrecord --seq_length 256
@@ -19,6 +21,7 @@ import logging
 import sys
 from typing import List, Optional
 
+from mindrlhf.cli import demo as demo_cmd
 from mindrlhf.cli import generate as generate_cmd
 from mindrlhf.cli import ppo as ppo_cmd
 from mindrlhf.cli import reward as reward_cmd
@@ -45,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mindrlhf", description="MindSpore-native RLHF: SFT, reward model, PPO.")
     parser.add_argument("--log_level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo_cmd.add_demo_parser(sub)
     generate_cmd.add_generate_parser(sub)
     generate_cmd.add_export_parser(sub)
     sft_cmd.add_sft_parser(sub)

@@ -371,5 +371,7 @@ def load_weights(cell: nn.Cell, path: str, cfg: ModelConfig, new_heads: bool = F
     if is_hf_folder(path):
         return load_hf_checkpoint(cell, path, cfg, new_heads=new_heads)
     if path.endswith(".ckpt"):
+        if new_heads:  # e.g. a causal LM's weights starting a reward model: its LM head is not needed
+            ignore_unexpected = tuple(ignore_unexpected) + ("lm_head.",)
         return _load_ckpt(cell, path, ("v_head.", "score.") if new_heads else (), ignore_unexpected)[1]
     raise CheckpointError(f"{path}: not a Hugging Face folder (config.json) or a MindSpore .ckpt file")

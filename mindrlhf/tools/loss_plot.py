@@ -97,22 +97,27 @@ def parse_loss_line(line: str) -> Optional[LossPoint]:
 
 
 def write_loss_png(path: str, steps: List[int], losses: List[float], title: str) -> None:
-    """Plot loss against global step into ``path`` (PNG, Agg canvas), atomically.
+    """Plot loss against global step into ``path`` (see :func:`write_curve_png`).
 
     A step that appears twice (a resumed run appending to the same log) is drawn with its latest loss.
     """
     latest = dict(zip(steps, losses))
     xs = sorted(latest)
+    write_curve_png(path, xs, [latest[x] for x in xs], title, "global step", "loss")
+
+
+def write_curve_png(path: str, xs: List[float], ys: List[float], title: str, xlabel: str, ylabel: str) -> None:
+    """One curve as a PNG (Agg canvas, no display needed), written under a temporary name and renamed."""
     fig = Figure(figsize=(8, 4.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.plot(xs, [latest[x] for x in xs], linewidth=1.0)
+    ax.plot(xs, ys, linewidth=1.0, marker="o" if len(xs) <= 50 else None, markersize=3)
     ax.set_title(title.replace("$", r"\$"))  # a "$" would start matplotlib mathtext
-    ax.set_xlabel("global step")
-    ax.set_ylabel("loss")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    folder, name = os.path.split(path)
+    folder, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
     try:
         fig.savefig(tmp, format="png")

@@ -24,6 +24,7 @@ from typing import Callable, Dict, List, Optional, Union
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
+from tqdm import tqdm
 
 from mindrlhf import rl
 from mindrlhf.config import ModelConfig, PPOConfig, RunConfig, save_config
@@ -211,10 +212,11 @@ class PPOTrainer:
         prompt_width: ``P``, the stored prompt width.
         prompts: ``prompts(iteration)`` -> this rank's ``num_rollouts`` prompts.
         resume: a PPO ``checkpoint`` root (with ``rank_<id>``) to continue from, or "".
+        progress: a progress bar over the iterations (rank 0), labelled ``progress`` when a string.
     """
 
     def __init__(self, cfg: RunConfig, models: PPOModels, prompt_width: int, prompts: PromptSource,
-                 resume: str = "", rank_id: int = 0, rank_size: int = 1):
+                 resume: str = "", rank_id: int = 0, rank_size: int = 1, progress: Union[bool, str] = False):
         self.cfg, self.ppo, self.models = cfg, cfg.ppo, models
         self.prompts = prompts
         self.rank_id, self.rank_size = rank_id, rank_size
@@ -235,6 +237,7 @@ class PPOTrainer:
         self.step = TrainStep(self.loss_net, optimizer, self.ppo.loss_scale_config(), has_aux=True)
         self.folder = rank_dir(os.path.join(cfg.output_dir, "checkpoint"), rank_id)
         self.monitor = TrainMonitor(cfg.output_dir, rank_id, is_main=rank_id == 0)
+        self.progress = progress if rank_id == 0 else False
         self.state = PPOState(kl_coef=self.ppo.kl_coef)
         if resume:
             self._restore(resume)
@@ -311,9 +314,10 @@ class PPOTrainer:
                 result.losses.append(loss)
                 result.overflows += int(overflow)
                 sums += metrics.asnumpy()
-                self.monitor.line(format_ppo_line(batch, ppo_epoch, loss, lr, overflow, float(scale.asnumpy())))
-                self.monitor.scalars(self.state.global_step, {"train/loss": loss, "train/lr": lr,
-                                                              "train/loss_scale": float(scale.asnumpy())})
+                if self.state.global_step % self.cfg.checkpoint.log_interval == 0:
+                    self.monitor.line(format_ppo_line(batch, ppo_epoch, loss, lr, overflow, float(scale.asnumpy())))
+                    self.monitor.scalars(self.state.global_step, {"train/loss": loss, "train/lr": lr,
+                                                                  "train/loss_scale": float(scale.asnumpy())})
         steps = max(len(result.losses), 1)
         result.metrics = {name: float(v / steps) for name, v in zip(LOSS_METRICS, sums)}
         return result
@@ -359,14 +363,20 @@ class PPOTrainer:
         """Run the remaining iterations (or up to iteration ``stop_after`` exclusive); returns their results."""
         results = []
         end = self.ppo.epochs if stop_after is None else min(stop_after, self.ppo.epochs)
+        bar = tqdm(total=self.ppo.epochs, initial=self.state.iteration, unit="iter", disable=not self.progress,
+                   desc=self.progress if isinstance(self.progress, str) else "ppo")
         try:
             for iteration in range(self.state.iteration, end):
                 logger.info("PPO iteration %d/%d", iteration + 1, self.ppo.epochs)
                 results.append(self.run_iteration(iteration, save_data_file))
+                rollout = results[-1].rollout
+                bar.update(1)
+                bar.set_postfix(reward=f"{rollout.score_mean:.3f}", kl=f"{rollout.kl:.3f}", refresh=False)
             if stop_after is not None and self.state.iteration < self.ppo.epochs and results:
                 if (results[-1].iteration + 1) % self.ppo.save_checkpoint_epochs:
                     self.save(results[-1].iteration)
         finally:
+            bar.close()
             self.monitor.close()
         if self.state.iteration >= self.ppo.epochs:
             logger.info("PPO train done!")
@@ -414,7 +424,8 @@ def prompt_source(dataset_dir: str, cfg: RunConfig, rank_id: int, rank_size: int
 def train_ppo(cfg: RunConfig, dataset_dir: str, reward: Union[ModelConfig, RewardFunction],
               sft_checkpoint: str = "", reward_checkpoint: str = "", critic_cfg: Optional[ModelConfig] = None,
               critic_checkpoint: str = "", resume: str = "", save_data_file: str = "", stage: str = "all",
-              rank_id: int = 0, rank_size: int = 1, stop_after: Optional[int] = None) -> PPOTrainer:
+              rank_id: int = 0, rank_size: int = 1, stop_after: Optional[int] = None,
+              progress: Union[bool, str] = False) -> PPOTrainer:
     """Build everything and run PPO.
 
     Args:
@@ -427,6 +438,7 @@ def train_ppo(cfg: RunConfig, dataset_dir: str, reward: Union[ModelConfig, Rewar
         stage: ``all`` (experience then training, every iteration); ``experience`` (make the next iteration's
             experience into ``save_data_file`` and stop); ``train`` (train on ``save_data_file``, save, stop).
         stop_after: with ``all``, stop before this iteration (checkpointing first).
+        progress: a progress bar over the iterations.
     Returns:
         The trainer (its ``state`` tells where the run is).
     """
@@ -438,7 +450,7 @@ def train_ppo(cfg: RunConfig, dataset_dir: str, reward: Union[ModelConfig, Rewar
     models = build_ppo_models(cfg.model.model_config, cfg.ppo, reward, critic_cfg, sft_checkpoint,
                               reward_checkpoint, critic_checkpoint, rank_id, cfg.recompute_config.recompute,
                               cfg.seed)
-    trainer = PPOTrainer(cfg, models, width, prompts, resume, rank_id, rank_size)
+    trainer = PPOTrainer(cfg, models, width, prompts, resume, rank_id, rank_size, progress)
     data_file = experience_file(save_data_file, rank_id, rank_size) if save_data_file else ""
     if stage == "all":
         trainer.fit(stop_after, data_file)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 from mindspore import Tensor, nn
@@ -71,8 +71,10 @@ def init_weights(model: RewardModel, cfg: RunConfig, rank_id: int) -> None:
 
 
 def train_reward_model(cfg: RunConfig, train_path: Optional[str] = None, rank_id: int = 0, rank_size: int = 1,
-                       stop_at_step: Optional[int] = None) -> Tuple[RewardModel, FitResult]:
-    """Train a reward model on a preference MindRecord (``train_path`` or ``train_dataset.data_loader.dataset_dir``)."""
+                       stop_at_step: Optional[int] = None, progress: Union[bool, str] = False
+                       ) -> Tuple[RewardModel, FitResult]:
+    """Train a reward model on a preference MindRecord (``train_path`` or ``train_dataset.data_loader.dataset_dir``);
+    ``progress`` shows a progress bar (see :class:`Trainer`)."""
     from mindrlhf.data.datasets import num_batches, reward_model_dataset
 
     data = cfg.train_dataset
@@ -91,7 +93,8 @@ def train_reward_model(cfg: RunConfig, train_path: Optional[str] = None, rank_id
 
     model = RewardModel(cfg.model.model_config, recompute=cfg.recompute_config.recompute)
     init_weights(model, cfg, rank_id)
-    trainer = Trainer(cfg, RewardLoss(model, cfg.reward.loss_type), TRAIN_COLUMNS, source, steps, rank_id, rank_size)
+    trainer = Trainer(cfg, RewardLoss(model, cfg.reward.loss_type), TRAIN_COLUMNS, source, steps, rank_id, rank_size,
+                      progress)
     logger.info("reward model training: %d epochs x %d steps, batch %d pairs per device, loss %s",
                 cfg.runner_config.epochs, steps, batch_size, cfg.reward.loss_type)
     return model, trainer.fit(stop_at_step)

@@ -6,7 +6,7 @@ each ``(B, S) int32``, right-padded; ``loss_mask`` is 1 on the response tokens a
 from __future__ import annotations
 
 import logging
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 from mindspore import nn
 
@@ -49,7 +49,7 @@ def init_weights(model: CausalLM, cfg: RunConfig, rank_id: int) -> None:
 
 
 def train_sft(cfg: RunConfig, train_path: Optional[str] = None, rank_id: int = 0, rank_size: int = 1,
-              stop_at_step: Optional[int] = None) -> Tuple[CausalLM, FitResult]:
+              stop_at_step: Optional[int] = None, progress: Union[bool, str] = False) -> Tuple[CausalLM, FitResult]:
     """Fine-tune a causal LM on an SFT MindRecord (``train_path`` or ``train_dataset.data_loader.dataset_dir``).
 
     Args:
@@ -57,6 +57,7 @@ def train_sft(cfg: RunConfig, train_path: Optional[str] = None, rank_id: int = 0
         train_path: the ``.mindrecord`` written by :mod:`mindrlhf.data.convert_sft`; overrides the config.
         rank_id, rank_size: this process in a data-parallel group.
         stop_at_step: stop (and save) once the global step reaches it.
+        progress: a progress bar over the steps (see :class:`Trainer`).
     Returns:
         ``(model, fit result)``.
     """
@@ -76,7 +77,7 @@ def train_sft(cfg: RunConfig, train_path: Optional[str] = None, rank_id: int = 0
 
     model = CausalLM(cfg.model.model_config, recompute=cfg.recompute_config.recompute)
     init_weights(model, cfg, rank_id)
-    trainer = Trainer(cfg, SFTLoss(model), SFT_COLUMNS, source, steps, rank_id, rank_size)
+    trainer = Trainer(cfg, SFTLoss(model), SFT_COLUMNS, source, steps, rank_id, rank_size, progress)
     logger.info("SFT training: %d epochs x %d steps, batch %d sequences per device", cfg.runner_config.epochs, steps,
                 batch_size)
     return model, trainer.fit(stop_at_step)

@@ -6,10 +6,11 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 from mindspore import Tensor, nn
+from tqdm import tqdm
 
 from mindrlhf.config import RunConfig, save_config
 from mindrlhf.train.checkpoint import CheckpointManager, TrainState, restore, resume_checkpoint
@@ -43,10 +44,11 @@ class Trainer:
         source: ``source(epoch, skip_batches)`` yields the batches of one epoch for this rank.
         steps_per_epoch: batches per epoch per rank.
         rank_id, rank_size: this process in a data-parallel group.
+        progress: show a progress bar over the run's steps (rank 0), labelled ``progress`` when a string.
     """
 
     def __init__(self, cfg: RunConfig, loss_net: nn.Cell, input_columns: Sequence[str], source: BatchSource,
-                 steps_per_epoch: int, rank_id: int = 0, rank_size: int = 1):
+                 steps_per_epoch: int, rank_id: int = 0, rank_size: int = 1, progress: Union[bool, str] = False):
         if steps_per_epoch < 1:
             raise ValueError("the training data gives no full batch: lower the batch size or add data")
         self.cfg = cfg
@@ -63,6 +65,7 @@ class Trainer:
         self.checkpoints = CheckpointManager(os.path.join(cfg.output_dir, "checkpoint"), rank_id,
                                              cfg.checkpoint.prefix, cfg.checkpoint.keep_checkpoint_max)
         self.monitor = TrainMonitor(cfg.output_dir, rank_id, is_main=rank_id == 0)
+        self.progress = progress if rank_id == 0 else False
         self.state = TrainState()
         resume_from = resume_checkpoint(cfg.load_checkpoint, rank_id)
         if resume_from:
@@ -88,6 +91,8 @@ class Trainer:
         the end."""
         result = FitResult()
         save_every = self.cfg.checkpoint.save_checkpoint_steps
+        bar = tqdm(total=self.total_steps, initial=self.state.global_step, unit="step", disable=not self.progress,
+                   desc=self.progress if isinstance(self.progress, str) else "train")
         try:
             while self.state.epoch < self.epochs:
                 for batch in self.source(self.state.epoch, self.state.step_in_epoch):
@@ -99,6 +104,8 @@ class Trainer:
                     self.state.global_step += 1
                     result.losses.append(loss)
                     result.overflows += int(overflow)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                     self._log(loss, seconds, overflow, scale)
                     done = stop_at_step is not None and self.state.global_step >= stop_at_step
                     if self.state.global_step % save_every == 0 or done:
@@ -112,6 +119,7 @@ class Trainer:
             if result.last_checkpoint is None or self.state.global_step % save_every:
                 result.last_checkpoint = self.checkpoints.save(self.step, self._end_state())
         finally:
+            bar.close()
             self.monitor.close()
         result.state = self.state
         return result

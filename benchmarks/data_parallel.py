@@ -1,0 +1,377 @@
+"""Reward-model training throughput with 1 and 2 data-parallel CPU workers (msrun), and the share of a 2-worker step
+spent communicating.
+
+Setup: the tiny GPT-2 reward recipe (model_configs/gpt2_config/run_gpt2_tiny_rm.yaml) widened with ``--set`` to
+4 layers x 256 (4 heads; vocab 50257, seq 256, fp32, span loss, AdamW), so one step on this 2-core machine takes
+about 0.25 s; data: ``mindrlhf convert-preference`` on mindrlhf/assets/data/oasst_rm_zh.json (seq 256). Weak
+scaling: every worker takes ``--batch`` pairs per step, so 2 workers process twice the pairs per step. Every run is
+the tutorial's entry point (examples/reward_model_train_tutorial/reward_train.py) in its own process(es):
+
+  one        1 process (``--use_parallel False``), ``--batch`` pairs per step.
+  two        ``msrun --worker_num=2 --local_worker_num=2``: data parallel, ``--batch`` pairs per worker, gradients
+             mean all-reduced and the overflow flag all-reduced every step.
+  two_alone  two independent single processes started together, each ``--batch`` pairs per step: the same compute
+             on the same shapes with the two cores shared the same way, but no communication.
+  profile    (unless ``--no-profile``) 2 msrun workers run the same TrainStep (built as the reward trainer builds
+             it) under MindSpore's profiler, which works on CPU (it writes per-op host times to
+             ``FRAMEWORK/cpu_op_type_info_<rank>.csv``): the AllReduce kernels' time per step.
+
+Step times are the ``time:... ms`` field of the step lines every rank writes to ``output/log/rank_<id>/info.log``
+(mindrlhf/train/monitor.py: the step call until the loss is on the host; data loading and logging excluded); the
+first ``WARMUP_STEPS`` steps (graph compilation, allocator growth) are dropped. Per run: ``two`` takes per step
+the slower rank's time; ``two_alone`` keeps only steps that ran while both processes were past their warm-up and
+still running (from the log timestamps). ``wall_s_per_step`` is the median gap between consecutive step lines
+(data loading and logging included). Each figure is the median over ``--repeats`` runs (run in turn one, two,
+two_alone) of the per-run median step time.
+
+Derived: pairs/s = pairs per step / s per step; scaling efficiency = pairs/s(two) / (2 x pairs/s(one)) =
+s/step(one) / s/step(two); communication share = 1 - s/step(two_alone) / s/step(two), the part of a data-parallel
+step that the same work without communication does not need (all-reduce transfers, waiting for the slower rank,
+msrun's scheduler); the profiler's share = AllReduce kernel time / profiled step time (a kernel's time includes
+waiting for the other rank to arrive).
+
+On 2 cores two workers each get one core, where one process alone uses both: ``two`` cannot be faster per pair
+than ``one``, and the efficiency figure measures the framework's data-parallel overhead on a shared machine, not a
+speed-up. Run on an otherwise idle machine (the load average is recorded).
+
+    python benchmarks/data_parallel.py [--repeats 3] [--steps 30] [--batch 4] [--no-profile] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import glob
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, ROOT)
+
+logger = logging.getLogger("data_parallel")
+
+SCRIPT = os.path.join(ROOT, "examples", "reward_model_train_tutorial", "reward_train.py")
+RECIPE = os.path.join(ROOT, "model_configs", "gpt2_config", "run_gpt2_tiny_rm.yaml")
+SOURCE = os.path.join(ROOT, "mindrlhf", "assets", "data", "oasst_rm_zh.json")
+SEQ, HIDDEN, LAYERS = 256, 256, 4
+WARMUP_STEPS = 8  # the step time settles about 6 steps after compilation
+PROFILED_STEPS = 5
+BIN = os.path.dirname(sys.executable)  # msrun starts `python` from PATH: this venv's
+STEP_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*step:\[\s*(\d+)/\s*\d+\].*time:([0-9.]+) ms")
+
+
+def overrides(out: str, batch: int, samples: int) -> list:
+    """``--set`` flags: the widened model, ``batch`` pairs per worker, the first ``samples`` records, no
+    checkpoint before the end."""
+    values = {"output_dir": out, "model.model_config.hidden_size": HIDDEN, "model.model_config.num_layers": LAYERS,
+              "model.model_config.seq_length": SEQ, "runner_config.batch_size": batch, "runner_config.epochs": 1,
+              "train_dataset.data_loader.num_samples": samples, "checkpoint.save_checkpoint_steps": 10 ** 9,
+              "checkpoint.log_interval": 1}
+    return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def child_env() -> dict:
+    return dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""), PYTHONPATH=ROOT)
+
+
+def convert_data(work: str) -> str:
+    """``mindrlhf convert-preference`` on the bundled oasst rankings; returns the MindRecord path."""
+    dst = os.path.join(work, "data", f"oasst_{SEQ}.mindrecord")
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    cmd = [os.path.join(BIN, "mindrlhf"), "convert-preference", "--model", "gpt2", "--src_file", SOURCE,
+           "--dst_file", dst, "--seq_length", str(SEQ), "--pad_token_id", "50256"]
+    subprocess.run(cmd, check=True, capture_output=True, env=child_env())
+    return dst
+
+
+def record_count(path: str) -> int:
+    from mindrlhf.data.datasets import record_count as count
+
+    return count(path)
+
+
+def run_checked(procs: list, what: str, logs: list) -> None:
+    """Wait for ``procs`` (Popen with stdout to a file); on failure raise with the tail of ``logs``."""
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        tails = "".join(open(f, encoding="utf-8", errors="replace").read()[-2000:] for f in logs if os.path.exists(f))
+        raise RuntimeError(f"{what} failed (exit codes {codes}):\n{tails}")
+
+
+def start(cmd: list, log: str, cwd: str) -> subprocess.Popen:
+    with open(log, "w", encoding="utf-8") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=child_env(), cwd=cwd)
+
+
+def msrun_cmd(log_dir: str, args: list) -> list:
+    return [os.path.join(BIN, "msrun"), "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
+            f"--log_dir={log_dir}", "--join=True", *args]
+
+
+def run_case(case: str, work: str, data: str, batch: int, steps: int) -> list:
+    """Run one configuration; returns the info.log paths of its processes (one per rank or process)."""
+    total = WARMUP_STEPS + steps
+    folder = tempfile.mkdtemp(prefix=f"{case}_", dir=work)
+    if case == "one":
+        cmd = [sys.executable, SCRIPT, "--config", RECIPE, "--train_dataset", data, "--use_parallel", "False",
+               *overrides(folder, batch, batch * total)]
+        run_checked([start(cmd, os.path.join(folder, "stdout.log"), folder)], case, [os.path.join(folder, "stdout.log")])
+        return [os.path.join(folder, "log", "rank_0", "info.log")]
+    if case == "two":
+        cmd = msrun_cmd(os.path.join(folder, "msrun_log"), [SCRIPT, "--config", RECIPE, "--train_dataset", data,
+                                                            *overrides(folder, batch, 2 * batch * total)])
+        logs = [os.path.join(folder, "msrun_log", f"worker_{r}.log") for r in range(2)]
+        run_checked([start(cmd, os.path.join(folder, "stdout.log"), folder)], case, logs)
+        return [os.path.join(folder, "log", f"rank_{r}", "info.log") for r in range(2)]
+    procs, outs = [], []
+    for name in ("a", "b"):
+        out = os.path.join(folder, name)
+        os.makedirs(out)
+        cmd = [sys.executable, SCRIPT, "--config", RECIPE, "--train_dataset", data, "--use_parallel", "False",
+               *overrides(out, batch, batch * total)]
+        procs.append(start(cmd, os.path.join(out, "stdout.log"), out))
+        outs.append(out)
+    run_checked(procs, case, [os.path.join(o, "stdout.log") for o in outs])
+    return [os.path.join(o, "log", "rank_0", "info.log") for o in outs]
+
+
+def parse_steps(info_log: str) -> list:
+    """``[(end time in s since the epoch, step number, step seconds), ...]`` from a rank's info.log."""
+    rows = []
+    with open(info_log, encoding="utf-8") as f:
+        for line in f:
+            match = STEP_LINE.match(line)
+            if match:
+                stamp = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                rows.append((stamp, int(match.group(2)), float(match.group(3)) / 1000.0))
+    return rows
+
+
+def median_gap(rows: list) -> float:
+    stamps = [r[0] for r in rows]
+    return statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
+
+
+def summarise(case: str, logs: list) -> dict:
+    """Per-run step statistics of one configuration (see the module docstring for each case's rule)."""
+    runs = [[r for r in parse_steps(path) if r[1] > WARMUP_STEPS] for path in logs]
+    if case == "one":
+        kept = runs[0]
+        times = [r[2] for r in kept]
+    elif case == "two":
+        by_step = [{r[1]: r[2] for r in rows} for rows in runs]
+        common = sorted(set(by_step[0]) & set(by_step[1]))
+        times = [max(b[s] for b in by_step) for s in common]
+        kept = [r for r in runs[0] if r[1] in common]
+    else:  # two_alone: only steps during which both processes were in their steady phase
+        begin = max(rows[0][0] - rows[0][2] for rows in runs)
+        end = min(rows[-1][0] for rows in runs)
+        runs = [[r for r in rows if r[0] - r[2] >= begin and r[0] <= end] for rows in runs]
+        times = [r[2] for rows in runs for r in rows]
+        kept = runs[0]
+    if len(kept) < 3:
+        raise RuntimeError(f"{case}: only {len(kept)} steady steps to time; raise --steps")
+    return {"step_s": statistics.median(times), "steps_timed": len(times), "wall_s_per_step": median_gap(kept),
+            "step_s_min": min(times), "step_s_max": max(times)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# profiler pass (its workers run this file with --profile-worker under msrun)
+
+
+def profile_worker(out: str, data: str, batch: int) -> None:
+    """One msrun worker: the reward trainer's TrainStep on this rank's batches, ``WARMUP_STEPS`` steps, then
+    ``PROFILED_STEPS`` steps under the profiler; writes ``profile_rank_<id>.json``."""
+    from mindspore import Profiler, Tensor
+
+    from mindrlhf.config import load_config
+    from mindrlhf.context import init_context, init_distributed
+    from mindrlhf.data.datasets import reward_model_dataset
+    from mindrlhf.models import RewardModel
+    from mindrlhf.train.optim import build_optimizer
+    from mindrlhf.train.reward import TRAIN_COLUMNS, RewardLoss
+    from mindrlhf.train.step import TrainStep
+
+    total = WARMUP_STEPS + PROFILED_STEPS
+    cfg = load_config(RECIPE, [s for s in overrides(out, batch, 2 * batch * total) if s != "--set"])
+    init_context(cfg.context, cfg.seed)
+    rank_id, rank_size = init_distributed(cfg.parallel_config, cfg.context.device_target)
+    loss_net = RewardLoss(RewardModel(cfg.model.model_config), cfg.reward.loss_type)
+    optimizer = build_optimizer(loss_net.trainable_params(), cfg.optimizer, cfg.lr_schedule, total)
+    step = TrainStep(loss_net, optimizer, cfg.runner_wrapper)
+    step.set_train(True)
+    batches = reward_model_dataset(data, batch, rank_id=rank_id, rank_size=rank_size, num_samples=2 * batch * total)
+    inputs = [[Tensor(b[c]) for c in TRAIN_COLUMNS] for b in batches.create_dict_iterator(num_epochs=1,
+                                                                                          output_numpy=True)]
+    for item in inputs[:WARMUP_STEPS]:
+        step(*item)[0].asnumpy()
+    profiler = Profiler(output_path=os.path.join(out, f"profiler_rank_{rank_id}"))
+    begin = time.perf_counter()
+    for item in inputs[WARMUP_STEPS:total]:
+        step(*item)[0].asnumpy()
+    seconds = (time.perf_counter() - begin) / PROFILED_STEPS
+    profiler.stop()
+    profiler.analyse()
+    with open(os.path.join(out, f"profile_rank_{rank_id}.json"), "w", encoding="utf-8") as f:
+        json.dump({"rank": rank_id, "rank_size": rank_size, "step_s": seconds,
+                   **op_times(os.path.join(out, f"profiler_rank_{rank_id}"))}, f)
+
+
+def op_times(folder: str) -> dict:
+    """AllReduce and all-op host time per profiled step from the profiler's per-op CSV."""
+    found = glob.glob(os.path.join(folder, "**", "cpu_op_detail_info_*.csv"), recursive=True)
+    if not found:
+        raise RuntimeError(f"no cpu_op_detail_info_*.csv under {folder}")
+    with open(found[0], encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    per_step = {r["full_op_name"]: float(r["op_total_time(ms)"]) / PROFILED_STEPS for r in rows}
+    reduce = {k: v for k, v in per_step.items() if "/AllReduce-op" in k}
+    grads = {k: v for k, v in reduce.items() if "DistributedGradReducer" in k}
+    biggest = sorted(reduce.items(), key=lambda kv: -kv[1])[:3]
+    return {"all_ops_ms": sum(per_step.values()), "allreduce_ms": sum(reduce.values()),
+            "allreduce_ops": len(reduce), "gradient_allreduce_ms": sum(grads.values()),
+            "gradient_allreduce_ops": len(grads), "largest_allreduce_ms": [[k, v] for k, v in biggest]}
+
+
+def run_profile(work: str, data: str, batch: int) -> dict:
+    """The profiler pass on 2 msrun workers; returns both ranks' figures and the mean AllReduce share."""
+    folder = tempfile.mkdtemp(prefix="profile_", dir=work)
+    cmd = msrun_cmd(os.path.join(folder, "msrun_log"), [os.path.abspath(__file__), "--profile-worker", folder,
+                                                        "--data", data, "--batch", str(batch)])
+    logs = [os.path.join(folder, "msrun_log", f"worker_{r}.log") for r in range(2)]
+    run_checked([start(cmd, os.path.join(folder, "stdout.log"), folder)], "profile", logs)
+    ranks = []
+    for rank in range(2):
+        with open(os.path.join(folder, f"profile_rank_{rank}.json"), encoding="utf-8") as f:
+            ranks.append(json.load(f))
+    share = statistics.mean(r["allreduce_ms"] / 1000.0 / r["step_s"] for r in ranks)
+    return {"ranks": ranks, "allreduce_share": share, "profiled_steps": PROFILED_STEPS,
+            "warmup_steps": WARMUP_STEPS}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# report
+
+
+def combine(per_run: dict, batch: int) -> dict:
+    """Medians over repeats, pairs/s, scaling efficiency and communication share."""
+    cases = {}
+    for case, runs in per_run.items():
+        step = statistics.median(r["step_s"] for r in runs)
+        pairs = batch if case == "one" else 2 * batch
+        cases[case] = {"workers": 1 if case == "one" else 2, "pairs_per_step": pairs, "step_s": step,
+                       "pairs_per_s": pairs / step, "wall_s_per_step": statistics.median(r["wall_s_per_step"]
+                                                                                       for r in runs),
+                       "runs": runs}
+    one, two, alone = cases["one"], cases["two"], cases["two_alone"]
+    return {"cases": cases, "scaling_efficiency": two["pairs_per_s"] / (2 * one["pairs_per_s"]),
+            "communication_share": 1.0 - alone["step_s"] / two["step_s"],
+            "two_alone_efficiency": alone["pairs_per_s"] / (2 * one["pairs_per_s"])}
+
+
+def markdown_table(result: dict, profile: dict | None) -> str:
+    rows = ["| run | workers | pairs / step | s / step | pairs/s | wall s / step |", "|---|---|---|---|---|---|"]
+    for case, entry in result["cases"].items():
+        rows.append(f"| {case} | {entry['workers']} | {entry['pairs_per_step']} | {entry['step_s']:.3f} | "
+                    f"{entry['pairs_per_s']:.1f} | {entry['wall_s_per_step']:.3f} |")
+    rows.append("")
+    rows.append(f"scaling efficiency (pairs/s two / 2 x one): {result['scaling_efficiency']:.2f}; "
+                f"two_alone / 2 x one: {result['two_alone_efficiency']:.2f}")
+    rows.append(f"communication share of a 2-worker step (1 - two_alone / two): {result['communication_share']:.2f}")
+    if profile:
+        ms_ = statistics.mean(r["allreduce_ms"] for r in profile["ranks"])
+        step = statistics.mean(r["step_s"] for r in profile["ranks"])
+        rows.append(f"profiler: AllReduce {ms_:.0f} ms of a {step * 1000:.0f} ms profiled step "
+                    f"({profile['allreduce_share']:.2f}), {profile['ranks'][0]['allreduce_ops']} AllReduce ops/step")
+    return "\n".join(rows)
+
+
+def versions_info() -> dict:
+    try:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from rm_train import versions
+
+        return versions()
+    except ImportError:  # rm_train's versions() also names torch and transformers
+        import mindspore as ms
+
+        return {"python": platform.python_version(), "mindspore": ms.__version__}
+
+
+def run_all(args, work: str) -> tuple:
+    data = convert_data(work)
+    needed = 2 * args.batch * (WARMUP_STEPS + args.steps)
+    if record_count(data) < needed:
+        raise SystemExit(f"{data}: {record_count(data)} pairs, the 2-worker run needs {needed}; lower --steps")
+    per_run = {"one": [], "two": [], "two_alone": []}
+    for repeat in range(args.repeats):
+        for case in per_run:
+            load = os.getloadavg()
+            logger.info("repeat %d: %s (load %.2f)", repeat + 1, case, load[0])
+            entry = summarise(case, run_case(case, work, data, args.batch, args.steps))
+            per_run[case].append({**entry, "load_avg_before": load})
+    profile = None
+    if args.profile:
+        logger.info("profiler pass")
+        profile = run_profile(work, data, args.batch)
+    return combine(per_run, args.batch), profile
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="runs per configuration (median reported)")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per run, after the warm-up steps")
+    parser.add_argument("--batch", type=int, default=4, help="pairs per worker per step")
+    parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the profiler pass")
+    parser.add_argument("--json", metavar="PATH", help="write the full report here")
+    parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep the runs' logs (default: a temp dir)")
+    parser.add_argument("--profile-worker", metavar="OUT", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.profile_worker:
+        profile_worker(args.profile_worker, args.data, args.batch)
+        return
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    load_start = os.getloadavg()
+    work = os.path.abspath(args.keep) if args.keep else tempfile.mkdtemp(prefix="data_parallel_")
+    os.makedirs(work, exist_ok=True)
+    try:
+        result, profile = run_all(args, work)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(markdown_table(result, profile))
+    if args.json:
+        report = {"machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                              "platform": platform.platform(), "load_avg_at_start": load_start,
+                              "load_avg_at_end": os.getloadavg()},
+                  "versions": versions_info(),
+                  "setup": {"recipe": os.path.relpath(RECIPE, ROOT), "model": f"gpt2 {LAYERS}x{HIDDEN}, 4 heads, "
+                            f"vocab 50257, seq {SEQ}, fp32, span loss", "data": os.path.relpath(SOURCE, ROOT),
+                            "batch_pairs_per_worker": args.batch, "steps_per_run": args.steps,
+                            "warmup_steps": WARMUP_STEPS, "repeats": args.repeats,
+                            "statistic": "median over repeats of each run's median step time (info.log time:)"},
+                  **result, "profile": profile}
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+        logger.info("wrote %s", args.json)
+
+
+if __name__ == "__main__":
+    main()
