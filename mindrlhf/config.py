@@ -93,7 +93,7 @@ class ModelSection:
 
 @dataclass
 class GenerationConfig:
-    """Sampling settings for :func:`mindrlhf.models.generation.generate`."""
+    """Sampling settings for :meth:`mindrlhf.models.generation.Generator.generate`."""
 
     max_new_tokens: int = 64  # tokens generated after the prompt (the predecessor's max_decode_length)
     do_sample: bool = True  # False = greedy decoding

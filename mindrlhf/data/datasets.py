@@ -215,6 +215,8 @@ def read_prompts(path: str, indices: np.ndarray, pad_token_id: int) -> dict:
     rows = list(dataset.create_dict_iterator(num_epochs=1, output_numpy=True))
     rows = [rows[i] for i in order]
     out = {name: np.stack([r[name] for r in rows]).astype(np.int32) for name in PROMPT_COLUMNS}
+    # the predecessor padded loss_mask with the pad id (bug B8): only 1 marks a ptx token
+    out["loss_mask"] = (out["loss_mask"] == 1).astype(np.int32)
     if has_length:
         out["prompt_length"] = np.asarray([int(r["prompt_length"]) for r in rows], np.int32)
     else:
