@@ -28,7 +28,8 @@ def test_demo_end_to_end(tmp_dir):
     summary = json.load(open(os.path.join(out, "summary.json"), encoding="utf-8"))
     assert 0.0 <= summary["rm_accuracy"] <= 1.0 and summary["rm_pairs"] > 0
     assert len(summary["ppo_reward_curve"]) == len(summary["ppo_kl_curve"]) == 2
-    numbers = summary["ppo_reward_curve"] + summary["ppo_kl_curve"] + [summary["reward_before"], summary["reward_after"]]
+    numbers = summary["ppo_reward_curve"] + summary["ppo_kl_curve"]
+    numbers += [summary["reward_before"], summary["reward_after"]]
     assert all(math.isfinite(x) for x in numbers)
     assert summary["ppo_kl_curve"][0] == 0.0 or abs(summary["ppo_kl_curve"][0]) < 1e-4  # policy == SFT at first
     assert len(summary["table"]) == 2 + 4  # the seed's two questions + the held-out prompts

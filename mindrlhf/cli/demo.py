@@ -2,7 +2,6 @@
 :mod:`mindrlhf.demo`)."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 
