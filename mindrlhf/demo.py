@@ -53,7 +53,9 @@ class DemoSettings:
 
     output_dir: str = "output/demo"
     seq_length: int = 256  # SFT and reward-model sequence length
-    sft_epochs: int = 4
+    hidden_size: int = 128  # of the tiny Llama (policy and reward model)
+    num_layers: int = 4
+    sft_epochs: int = 3
     sft_samples: Optional[int] = None  # SFT conversations used (None = all 689)
     rm_epochs: int = 2
     rm_conversations: Optional[int] = None  # ranked conversations used (None = all 775)
@@ -64,6 +66,7 @@ class DemoSettings:
     ppo_rollouts: int = 32  # prompts per PPO iteration
     eval_prompts: int = 30  # held-out prompts whose mean reward is compared before / after (plus SEED_PROMPTS)
     table_rows: int = 4  # rows of the effect table
+    kl_coef: float = 0.05  # PPO's per-token KL penalty (lower: more reward, further from the SFT model)
     seed: int = 0
     progress: bool = True
 
@@ -148,9 +151,15 @@ def prepare_data(settings: DemoSettings, folder: str) -> Dict[str, object]:
 
 
 def _stage_config(name: str, output_dir: str, settings: DemoSettings, extra: List[str]) -> RunConfig:
+    import mindspore as ms
+
+    ms.set_seed(settings.seed)  # every stage starts from the same random state: the demo repeats exactly
     overrides = [f"output_dir={output_dir}", f"seed={settings.seed}", "checkpoint.log_interval=1000000",
                  "checkpoint.save_checkpoint_steps=1000000", "checkpoint.keep_checkpoint_max=1",
-                 f"model.model_config.seq_length={settings.seq_length}"]
+                 f"model.model_config.seq_length={settings.seq_length}",
+                 f"model.model_config.hidden_size={settings.hidden_size}",
+                 f"model.model_config.intermediate_size={(settings.hidden_size * 8 // 3 + 3) // 4 * 4}",
+                 f"model.model_config.num_layers={settings.num_layers}"]
     return load_config(recipe(name), overrides + extra)
 
 
@@ -160,7 +169,7 @@ def run_sft(settings: DemoSettings, data: str, output_dir: str):
     cfg = _stage_config("run_llama2_tiny_sft.yaml", output_dir, settings, [
         f"runner_config.epochs={settings.sft_epochs}", "runner_config.batch_size=8",
         "lr_schedule.learning_rate=3.0e-3", "lr_schedule.lr_end=3.0e-4", "optimizer.learning_rate=3.0e-3"])
-    _, fit = train_sft(cfg, data, progress="stage 1 SFT")
+    _, fit = train_sft(cfg, data, progress=settings.progress and "stage 1 SFT")
     return fit
 
 
@@ -170,7 +179,7 @@ def run_reward_model(settings: DemoSettings, train: str, test: str, sft_checkpoi
     cfg = _stage_config("run_llama2_tiny_rm.yaml", output_dir, settings, [
         f"runner_config.epochs={settings.rm_epochs}", "runner_config.batch_size=8", "reward.loss_type=end",
         f"load_checkpoint={sft_checkpoint}"])
-    _, fit = train_reward_model(cfg, train, progress="stage 2 reward model")
+    _, fit = train_reward_model(cfg, train, progress=settings.progress and "stage 2 reward model")
     evaluation = evaluate_reward_model(cfg, fit.last_checkpoint, test, log_batches=False)
     return fit, evaluation
 
@@ -181,14 +190,14 @@ def run_ppo(settings: DemoSettings, prompts: str, sft_checkpoint: str, rm_checkp
     rollouts = settings.ppo_rollouts
     cfg = _stage_config("run_llama2_tiny_ppo.yaml", output_dir, settings, [
         f"ppo.epochs={settings.ppo_iterations}", f"ppo.num_rollouts={rollouts}", f"ppo.chunk_size={rollouts}",
-        f"ppo.batch_size={max(rollouts // 2, 1)}", "ppo.ppo_epochs=2", "ppo.kl_coef=0.02",
+        f"ppo.batch_size={max(rollouts // 2, 1)}", "ppo.ppo_epochs=2", f"ppo.kl_coef={settings.kl_coef}",
         "ppo.is_shared_backbone=False",  # InstructGPT's set-up: a separate critic started from the reward model
         # plain sampling: PPO's log-probs and KL estimate assume the rollouts come from the policy itself
         f"ppo.generation.max_new_tokens={settings.new_tokens}", "ppo.generation.top_k=0",
         "ppo.start_lr=1.0e-3", "ppo.end_lr=1.0e-4", "ppo.warmup_step=2"])
     reward_cfg = _stage_config("run_llama2_tiny_rm.yaml", output_dir, settings, []).model.model_config
     trainer = train_ppo(cfg, prompts, reward_cfg, sft_checkpoint=sft_checkpoint, reward_checkpoint=rm_checkpoint,
-                        progress="stage 3 PPO")
+                        progress=settings.progress and "stage 3 PPO")
     return cfg, trainer
 
 
@@ -280,7 +289,8 @@ def write_report(result: DemoResult, settings: DemoSettings, folder: str) -> str
     kl = ", ".join(f"{k:.3f}" for k in result.ppo_kl_curve)
     text = f"""# mindrlhf demo: SFT -> reward model -> PPO
 
-Tiny Llama (2 layers x 64, the bundled Llama-compatible tokenizer), CPU, seed {settings.seed}.
+Tiny Llama ({settings.num_layers} layers x {settings.hidden_size}, the bundled Llama-compatible tokenizer), CPU,
+seed {settings.seed}.
 
 | stage | data | result | seconds |
 |---|---|---|---:|

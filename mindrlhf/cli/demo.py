@@ -17,7 +17,7 @@ def add_demo_parser(sub) -> None:
         if f.name == "progress":
             continue
         default = getattr(defaults, f.name)
-        kind = str if f.name == "output_dir" else int
+        kind = type(default) if default is not None else int
         parser.add_argument(f"--{f.name}", type=kind, default=default, help=f"default: {default}")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run_demo)

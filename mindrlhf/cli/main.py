@@ -65,6 +65,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         import importlib
 
         setup_logging()
+        sys.argv[0] = f"mindrlhf {argv[0]}"  # argparse names the program after it in usage and errors
         return importlib.import_module(PASS_THROUGH[argv[0]][0]).main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)

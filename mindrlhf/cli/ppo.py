@@ -47,6 +47,11 @@ def add_ppo_args(parser: argparse.ArgumentParser, default_stage: str = "all") ->
                         help="data-parallel run; default: yes when started by msrun or a rank-table launcher")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a policy-recipe value, e.g. --set ppo.kl_coef=0.05 (repeatable)")
+    parser.add_argument("--set_reward", dest="reward_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a reward-recipe value, e.g. --set_reward model.model_config.compute_dtype="
+                        "float32 (repeatable)")
+    parser.add_argument("--set_critic", dest="critic_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a critic-recipe value (repeatable)")
     parser.set_defaults(func=run_ppo)
 
 
@@ -77,8 +82,9 @@ def run_ppo(args) -> int:
             setattr(cfg.context, name, getattr(args, name))
     if args.output_dir:
         cfg.output_dir = args.output_dir
-    reward_cfg = load_config(args.reward_model_path)
-    critic_cfg = load_config(args.critic_model_path) if args.critic_model_path else reward_cfg
+    reward_cfg = load_config(args.reward_model_path, args.reward_overrides)
+    critic_cfg = (load_config(args.critic_model_path, args.critic_overrides) if args.critic_model_path
+                  else load_config(args.reward_model_path, args.reward_overrides + args.critic_overrides))
     init_context(cfg.context, cfg.seed)
     parallel = launched_as_worker() if args.use_parallel is None else args.use_parallel
     rank_id, rank_size = init_distributed(cfg.parallel_config, cfg.context.device_target) if parallel else (0, 1)

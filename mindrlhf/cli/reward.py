@@ -41,6 +41,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
                         "train_dataset.data_loader.dataset_dir)")
     parser.add_argument("--load_checkpoint", default=None, help="resume from a checkpoint root (with rank_<id>/) "
                         "or start from weights (.ckpt or Hugging Face folder, e.g. the SFT model)")
+    parser.add_argument("--output_dir", default=None, help="logs, checkpoints and the resolved config "
+                        "(default: the YAML's output_dir)")
     parser.add_argument("--run_mode", default="train", choices=["train"], help="kept for seed compatibility")
     parser.add_argument("--use_parallel", type=str2bool, default=None,
                         help="data-parallel run; default: yes when started by msrun or a rank-table launcher")
@@ -92,6 +94,8 @@ def run_train(args) -> int:
     from mindrlhf.train.reward import train_reward_model
 
     cfg = _setup(args, with_log=False)
+    if args.output_dir is not None:
+        cfg.output_dir = args.output_dir
     if args.load_checkpoint is not None:
         cfg.load_checkpoint = args.load_checkpoint
     parallel = launched_as_worker() if args.use_parallel is None else args.use_parallel

@@ -275,7 +275,11 @@ def model_config_from_hf_folder(folder: str) -> ModelConfig:
 def _atomic_dir(final: str):
     parent = os.path.dirname(os.path.abspath(final)) or "."
     os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix=".tmp_" + os.path.basename(final) + "_", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=".tmp_" + os.path.basename(final) + "_", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the finished folder gets the usual permissions
+    return tmp
 
 
 def _replace_dir(tmp: str, final: str) -> None:
