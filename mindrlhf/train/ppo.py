@@ -328,7 +328,7 @@ class PPOTrainer:
         experience, rollout = self.maker.make_experience(self.prompts(iteration), iteration, self.cfg.seed)
         timings = dict(self.maker.timings)
         logger.info("Avg scores: %.6f (iteration %d)", rollout.score_mean, iteration)
-        if save_data_file and self.rank_id == 0:
+        if save_data_file:  # each rank its own file (experience_file names them)
             save_experience(experience, rollout, save_data_file)
         tick = time.perf_counter()
         result = self.train_on(experience, iteration)
