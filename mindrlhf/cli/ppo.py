@@ -13,7 +13,7 @@ import argparse
 import logging
 from typing import List, Optional
 
-from mindrlhf.cli.reward import str2bool
+from mindrlhf.cli.reward import join_group, str2bool
 from mindrlhf.config import load_config
 from mindrlhf.context import init_context
 
@@ -71,7 +71,6 @@ def _stage(args) -> str:
 
 
 def run_ppo(args) -> int:
-    from mindrlhf.context import init_distributed, launched_as_worker
     from mindrlhf.train.monitor import attach_rank_log
     from mindrlhf.train.ppo import train_ppo
 
@@ -86,8 +85,7 @@ def run_ppo(args) -> int:
     critic_cfg = (load_config(args.critic_model_path, args.critic_overrides) if args.critic_model_path
                   else load_config(args.reward_model_path, args.reward_overrides + args.critic_overrides))
     init_context(cfg.context, cfg.seed)
-    parallel = launched_as_worker() if args.use_parallel is None else args.use_parallel
-    rank_id, rank_size = init_distributed(cfg.parallel_config, cfg.context.device_target) if parallel else (0, 1)
+    rank_id, rank_size = join_group(cfg, args.use_parallel)
     attach_rank_log(cfg.output_dir, rank_id)
     sft = cfg.load_checkpoint if args.sft_checkpoint is None else args.sft_checkpoint
     reward_ckpt = reward_cfg.load_checkpoint if args.reward_checkpoint is None else args.reward_checkpoint

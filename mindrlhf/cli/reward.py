@@ -89,18 +89,25 @@ def _setup(args, with_log: bool = True):
     return cfg
 
 
-def run_train(args) -> int:
+def join_group(cfg, use_parallel: Optional[bool]):
+    """``(rank_id, rank_size)``: join the data-parallel group when asked to, or (``use_parallel`` None) when
+    started by msrun or a rank-table launcher."""
     from mindrlhf.context import init_distributed, launched_as_worker
-    from mindrlhf.train.reward import train_reward_model
 
+    parallel = launched_as_worker() if use_parallel is None else use_parallel
+    return init_distributed(cfg.parallel_config, cfg.context.device_target) if parallel else (0, 1)
+
+
+def run_training(args, train) -> int:
+    """The supervised stages' command body: config (flags over ``--set`` over the YAML), group, ``train(cfg,
+    dataset, rank_id, rank_size)``, a closing log line."""
     cfg = _setup(args, with_log=False)
     if args.output_dir is not None:
         cfg.output_dir = args.output_dir
     if args.load_checkpoint is not None:
         cfg.load_checkpoint = args.load_checkpoint
-    parallel = launched_as_worker() if args.use_parallel is None else args.use_parallel
-    rank_id, rank_size = init_distributed(cfg.parallel_config, cfg.context.device_target) if parallel else (0, 1)
-    _, result = train_reward_model(cfg, args.train_dataset or None, rank_id, rank_size)
+    rank_id, rank_size = join_group(cfg, args.use_parallel)
+    _, result = train(cfg, args.train_dataset or None, rank_id, rank_size)
     if not result.losses:
         logger.info("nothing left to train: the checkpoint is at the end of training (global step %d)",
                     result.state.global_step)
@@ -108,6 +115,12 @@ def run_train(args) -> int:
         logger.info("training finished: global step %d, last loss %.4f, %d overflow steps skipped; checkpoint %s",
                     result.state.global_step, result.losses[-1], result.overflows, result.last_checkpoint)
     return 0
+
+
+def run_train(args) -> int:
+    from mindrlhf.train.reward import train_reward_model
+
+    return run_training(args, train_reward_model)
 
 
 def run_eval(args) -> int:

@@ -12,7 +12,7 @@ import argparse
 import logging
 from typing import List, Optional
 
-from mindrlhf.cli.reward import _setup, str2bool
+from mindrlhf.cli.reward import run_training, str2bool
 
 logger = logging.getLogger(__name__)
 
@@ -46,26 +46,11 @@ def add_sft_parser(sub) -> None:
 
 def run_sft(args) -> int:
     """Load the config (flags over ``--set`` over the YAML), set up the context and train."""
-    from mindrlhf.context import init_distributed, launched_as_worker
     from mindrlhf.train.sft import train_sft
 
     if args.seed is not None:
         args.overrides = [*args.overrides, f"seed={args.seed}"]  # before _setup, which seeds MindSpore with it
-    cfg = _setup(args, with_log=False)
-    if args.output_dir is not None:
-        cfg.output_dir = args.output_dir
-    if args.load_checkpoint is not None:
-        cfg.load_checkpoint = args.load_checkpoint
-    parallel = launched_as_worker() if args.use_parallel is None else args.use_parallel
-    rank_id, rank_size = init_distributed(cfg.parallel_config, cfg.context.device_target) if parallel else (0, 1)
-    _, result = train_sft(cfg, args.train_dataset or None, rank_id, rank_size)
-    if not result.losses:
-        logger.info("nothing left to train: the checkpoint is at the end of training (global step %d)",
-                    result.state.global_step)
-    else:
-        logger.info("training finished: global step %d, last loss %.4f, %d overflow steps skipped; checkpoint %s",
-                    result.state.global_step, result.losses[-1], result.overflows, result.last_checkpoint)
-    return 0
+    return run_training(args, train_sft)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -19,7 +19,7 @@ from mindrlhf.models import RewardModel
 from mindrlhf.models.convert import CheckpointError, is_hf_folder, load_ckpt, load_weights
 from mindrlhf.models.heads import gather_rows
 from mindrlhf.train.checkpoint import latest_checkpoint, list_checkpoints, rank_dir, resume_checkpoint
-from mindrlhf.train.trainer import FitResult, Trainer
+from mindrlhf.train.trainer import FitResult, Trainer, mindrecord_source
 
 logger = logging.getLogger(__name__)
 
@@ -75,22 +75,10 @@ def train_reward_model(cfg: RunConfig, train_path: Optional[str] = None, rank_id
                        ) -> Tuple[RewardModel, FitResult]:
     """Train a reward model on a preference MindRecord (``train_path`` or ``train_dataset.data_loader.dataset_dir``);
     ``progress`` shows a progress bar (see :class:`Trainer`)."""
-    from mindrlhf.data.datasets import num_batches, reward_model_dataset
+    from mindrlhf.data.datasets import PREFERENCE_COLUMNS, reward_model_dataset
 
-    data = cfg.train_dataset
-    path = train_path or data.data_loader.dataset_dir
-    if not path:
-        raise ValueError("no training data: pass --train_dataset or set train_dataset.data_loader.dataset_dir")
-    batch_size = data.batch_size or cfg.runner_config.batch_size
-    steps = num_batches(path, batch_size, rank_size, data.drop_remainder, data.data_loader.num_samples)
-
-    def source(epoch: int, skip: int):
-        dataset = reward_model_dataset(path, batch_size, epoch=epoch, seed=cfg.seed, shuffle=data.data_loader.shuffle,
-                                       rank_id=rank_id, rank_size=rank_size, skip_batches=skip,
-                                       drop_remainder=data.drop_remainder, num_samples=data.data_loader.num_samples,
-                                       num_parallel_workers=data.num_parallel_workers)
-        return dataset.create_dict_iterator(num_epochs=1, output_numpy=True)
-
+    batch_size, steps, source = mindrecord_source(cfg, train_path, reward_model_dataset, PREFERENCE_COLUMNS, rank_id,
+                                                  rank_size)
     model = RewardModel(cfg.model.model_config, recompute=cfg.recompute_config.recompute)
     init_weights(model, cfg, rank_id)
     trainer = Trainer(cfg, RewardLoss(model, cfg.reward.loss_type), TRAIN_COLUMNS, source, steps, rank_id, rank_size,

@@ -11,12 +11,12 @@ from typing import Optional, Tuple, Union
 from mindspore import nn
 
 from mindrlhf.config import RunConfig
-from mindrlhf.data.datasets import SFT_COLUMNS, num_batches, sft_dataset
+from mindrlhf.data.datasets import SFT_COLUMNS, sft_dataset
 from mindrlhf.losses import causal_lm_loss
 from mindrlhf.models.convert import load_weights
 from mindrlhf.models.policy import CausalLM
 from mindrlhf.train.checkpoint import resume_checkpoint
-from mindrlhf.train.trainer import FitResult, Trainer
+from mindrlhf.train.trainer import FitResult, Trainer, mindrecord_source
 
 logger = logging.getLogger(__name__)
 
@@ -61,20 +61,7 @@ def train_sft(cfg: RunConfig, train_path: Optional[str] = None, rank_id: int = 0
     Returns:
         ``(model, fit result)``.
     """
-    data = cfg.train_dataset
-    path = train_path or data.data_loader.dataset_dir
-    if not path:
-        raise ValueError("no training data: pass --train_dataset or set train_dataset.data_loader.dataset_dir")
-    batch_size = data.batch_size or cfg.runner_config.batch_size
-    steps = num_batches(path, batch_size, rank_size, data.drop_remainder, data.data_loader.num_samples, SFT_COLUMNS)
-
-    def source(epoch: int, skip: int):
-        dataset = sft_dataset(path, batch_size, epoch=epoch, seed=cfg.seed, shuffle=data.data_loader.shuffle,
-                              rank_id=rank_id, rank_size=rank_size, skip_batches=skip,
-                              drop_remainder=data.drop_remainder, num_samples=data.data_loader.num_samples,
-                              num_parallel_workers=data.num_parallel_workers)
-        return dataset.create_dict_iterator(num_epochs=1, output_numpy=True)
-
+    batch_size, steps, source = mindrecord_source(cfg, train_path, sft_dataset, SFT_COLUMNS, rank_id, rank_size)
     model = CausalLM(cfg.model.model_config, recompute=cfg.recompute_config.recompute)
     init_weights(model, cfg, rank_id)
     trainer = Trainer(cfg, SFTLoss(model), SFT_COLUMNS, source, steps, rank_id, rank_size, progress)

@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from mindspore import Tensor, nn
@@ -22,6 +22,31 @@ logger = logging.getLogger(__name__)
 
 # (epoch, batches to skip) -> iterable of batches, each a dict of numpy arrays
 BatchSource = Callable[[int, int], Iterable[Dict[str, np.ndarray]]]
+
+
+def mindrecord_source(cfg: RunConfig, train_path: Optional[str], make_dataset: Callable, columns: Sequence[str],
+                      rank_id: int, rank_size: int) -> Tuple[int, int, BatchSource]:
+    """``(batch size, batches per epoch, source)`` for a training MindRecord (``train_path`` or
+    ``train_dataset.data_loader.dataset_dir``) read by ``make_dataset`` (``sft_dataset``, ``reward_model_dataset``)
+    with the ``train_dataset`` settings, sharded by rank."""
+    from mindrlhf.data.datasets import num_batches
+
+    data = cfg.train_dataset
+    path = train_path or data.data_loader.dataset_dir
+    if not path:
+        raise ValueError("no training data: pass --train_dataset or set train_dataset.data_loader.dataset_dir")
+    batch_size = data.batch_size or cfg.runner_config.batch_size
+    steps = num_batches(path, batch_size, rank_size, data.drop_remainder, data.data_loader.num_samples,
+                        tuple(columns))
+
+    def source(epoch: int, skip: int):
+        dataset = make_dataset(path, batch_size, epoch=epoch, seed=cfg.seed, shuffle=data.data_loader.shuffle,
+                               rank_id=rank_id, rank_size=rank_size, skip_batches=skip,
+                               drop_remainder=data.drop_remainder, num_samples=data.data_loader.num_samples,
+                               num_parallel_workers=data.num_parallel_workers)
+        return dataset.create_dict_iterator(num_epochs=1, output_numpy=True)
+
+    return batch_size, steps, source
 
 
 @dataclass
