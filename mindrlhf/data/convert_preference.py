@@ -368,6 +368,26 @@ def atomic_mindrecord(dst_file: str, schema: Dict[str, dict], desc: str = "prefe
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_in_chunks(writer, samples: Iterator[dict], chunk_size: int) -> None:
+    """Hand ``samples`` to a MindRecord ``FileWriter`` ``chunk_size`` at a time (memory stays bounded)."""
+    chunk: List[dict] = []
+    for sample in samples:
+        chunk.append(sample)
+        if len(chunk) == chunk_size:
+            writer.write_raw_data(chunk)
+            chunk = []
+    if chunk:
+        writer.write_raw_data(chunk)
+
+
+def check_paths(src_flag: str, src_file: str, dst_flag: str, dst_file: str) -> None:
+    """The source must be a file and the destination must not be a folder (errors name the flags)."""
+    if not os.path.isfile(src_file):
+        raise ConversionError(f"{src_flag} {src_file}: no such file")
+    if os.path.isdir(dst_file):
+        raise ConversionError(f"{dst_flag} {dst_file}: is a folder, give a file path")
+
+
 def check_arguments(src_file: str, dst_file: str, seq_length: int, padding_side: str, fmt: str) -> None:
     """Raise :class:`ConversionError` for an argument that cannot work, before anything is read or written."""
     if not isinstance(seq_length, (int, np.integer)) or isinstance(seq_length, bool) or seq_length < 2:
@@ -376,10 +396,7 @@ def check_arguments(src_file: str, dst_file: str, seq_length: int, padding_side:
         raise ConversionError(f"--padding_side must be one of {', '.join(PADDING_SIDES)}, got {padding_side!r}")
     if fmt != "auto" and fmt not in FORMATS:
         raise ConversionError(f"--format must be auto or one of {', '.join(FORMATS)}, got {fmt!r}")
-    if not os.path.isfile(src_file):
-        raise ConversionError(f"--src_file {src_file}: no such file")
-    if os.path.isdir(dst_file):
-        raise ConversionError(f"--dst_file {dst_file}: is a folder, give a file path")
+    check_paths("--src_file", src_file, "--dst_file", dst_file)
 
 
 def convert_preference(src_file: str, dst_file: str, tokenizer: Union[str, Tokenizer], seq_length: int = 1024,
@@ -405,14 +422,7 @@ def convert_preference(src_file: str, dst_file: str, tokenizer: Union[str, Token
     stats = ConversionStats()
     pairs = read_pairs(src_file, fmt, skip_bad_lines, stats, progress)
     with atomic_mindrecord(dst_file, PREFERENCE_SCHEMA) as writer:
-        chunk: List[dict] = []
-        for sample in encode_pairs(pairs, tok, seq_length, pad, padding_side, stats):
-            chunk.append(sample)
-            if len(chunk) == WRITE_CHUNK:
-                writer.write_raw_data(chunk)
-                chunk = []
-        if chunk:
-            writer.write_raw_data(chunk)
+        write_in_chunks(writer, encode_pairs(pairs, tok, seq_length, pad, padding_side, stats), WRITE_CHUNK)
         summary = stats.as_dict()
         if summary["count"] == 0:
             raise ConversionError(f"{src_file}: no pairs to write (skipped: {summary['skipped_identical']} identical, "

@@ -29,15 +29,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Union
+from typing import Dict, Iterator, Optional, Sequence, Union
 
 import numpy as np
 from tqdm import tqdm
 
-from mindrlhf.data.convert_preference import ConversionError, atomic_mindrecord, read_records, text_field
+from mindrlhf.data.convert_preference import (ConversionError, atomic_mindrecord, check_paths, read_records,
+                                              text_field, write_in_chunks)
 from mindrlhf.data.templates import format_prompt
 from mindrlhf.data.tokenizer import Tokenizer, load_tokenizer
 
@@ -121,10 +121,7 @@ def check_arguments(file_path: str, output_path: str, max_prompt_length: int, se
                               f"and {seq_length}")
     if template not in TEMPLATES:
         raise ConversionError(f"--template must be one of {', '.join(TEMPLATES)}, got {template!r}")
-    if not os.path.isfile(file_path):
-        raise ConversionError(f"--file_path {file_path}: no such file")
-    if os.path.isdir(output_path):
-        raise ConversionError(f"--output_path {output_path}: is a folder, give a file path")
+    check_paths("--file_path", file_path, "--output_path", output_path)
 
 
 def convert_prompts(file_path: str, output_path: str, tokenizer: Union[str, Tokenizer], max_prompt_length: int = 2048,
@@ -140,15 +137,8 @@ def convert_prompts(file_path: str, output_path: str, tokenizer: Union[str, Toke
         raise ConversionError(f"--pad_token_id {pad_token_id} is not an id of the tokenizer (0..{tok.vocab_size - 1})")
     stats = PromptStats()
     with atomic_mindrecord(output_path, PROMPT_SCHEMA, "rlhf prompts") as writer:
-        chunk: List[dict] = []
-        for sample in _samples(file_path, tok, max_prompt_length, seq_length, pad_token_id, template,
-                               skip_bad_lines, stats, progress):
-            chunk.append(sample)
-            if len(chunk) == WRITE_CHUNK:
-                writer.write_raw_data(chunk)
-                chunk = []
-        if chunk:
-            writer.write_raw_data(chunk)
+        write_in_chunks(writer, _samples(file_path, tok, max_prompt_length, seq_length, pad_token_id, template,
+                                         skip_bad_lines, stats, progress), WRITE_CHUNK)
         if stats.count == 0:
             raise ConversionError(f"{file_path}: no prompts to write (skipped: {stats.skipped_empty} empty, "
                                   f"{stats.skipped_bad} bad)")

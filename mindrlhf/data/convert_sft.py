@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -50,7 +49,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 from tqdm import tqdm
 
-from mindrlhf.data.convert_preference import HISTORY_TURN, ConversionError, atomic_mindrecord, read_records
+from mindrlhf.data.convert_preference import (HISTORY_TURN, ConversionError, atomic_mindrecord, check_paths,
+                                              read_records, write_in_chunks)
 from mindrlhf.data.templates import format_prompt
 from mindrlhf.data.tokenizer import Tokenizer, load_tokenizer
 
@@ -283,10 +283,7 @@ def check_arguments(src_file: str, dst_file: str, seq_length: int, fmt: str, tem
         raise ConversionError(f"--format must be auto or one of {', '.join(FORMATS)}, got {fmt!r}")
     if template not in TEMPLATES:
         raise ConversionError(f"--template must be one of {', '.join(TEMPLATES)}, got {template!r}")
-    if not os.path.isfile(src_file):
-        raise ConversionError(f"--src_file {src_file}: no such file")
-    if os.path.isdir(dst_file):
-        raise ConversionError(f"--dst_file {dst_file}: is a folder, give a file path")
+    check_paths("--src_file", src_file, "--dst_file", dst_file)
 
 
 def _tokenizer_and_pad(tokenizer: Union[str, Tokenizer], pad_token_id: Optional[int]) -> Tuple[Tokenizer, int]:
@@ -323,14 +320,7 @@ def convert_sft(src_file: str, dst_file: str, tokenizer: Union[str, Tokenizer], 
     stats = SFTStats()
     examples = read_examples(src_file, fmt, skip_bad_lines, stats, progress)
     with atomic_mindrecord(dst_file, SFT_SCHEMA, desc="sft") as writer:
-        chunk: List[dict] = []
-        for sample in encode_examples(examples, tok, seq_length, pad, template, stats):
-            chunk.append(sample)
-            if len(chunk) == WRITE_CHUNK:
-                writer.write_raw_data(chunk)
-                chunk = []
-        if chunk:
-            writer.write_raw_data(chunk)
+        write_in_chunks(writer, encode_examples(examples, tok, seq_length, pad, template, stats), WRITE_CHUNK)
         summary = stats.as_dict()
         if summary["count"] == 0:
             raise ConversionError(f"{src_file}: no samples to write (skipped: {summary['skipped_empty']} empty, "
