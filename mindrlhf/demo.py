@@ -210,12 +210,10 @@ def sample_and_score(policy, reward, prompt_rows: List[List[int]], cfg: RunConfi
     response with the reward model at the response's last token. Returns (response id lists, scores)."""
     from mindrlhf.models.generation import Generator
 
+    from mindrlhf.data.tokenizer import left_pad
+
     model_cfg = cfg.model.model_config
-    ids = np.full((len(prompt_rows), width), model_cfg.pad_token_id, np.int32)
-    mask = np.zeros_like(ids)
-    for i, row in enumerate(prompt_rows):
-        row = row[-width:]
-        ids[i, width - len(row):], mask[i, width - len(row):] = row, 1
+    ids, mask = left_pad([row[-width:] for row in prompt_rows], model_cfg.pad_token_id, width)
     out = Generator(policy, cfg.ppo.generation, model_cfg.eos_token_id, model_cfg.pad_token_id).generate(
         ids, mask, seed=seed)
     full_mask = np.concatenate([mask, out.response_mask], 1).astype(np.int32)

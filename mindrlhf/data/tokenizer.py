@@ -106,12 +106,15 @@ def load_tokenizer(path: str) -> Tokenizer:
     return HFTokenizer(path)
 
 
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Token lists -> left-padded ``ids (B, P)`` and ``mask (B, P)`` int32 (the layout generation takes)."""
-    width = max(len(r) for r in rows)
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, width: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Token lists -> left-padded ``ids (B, P)`` and ``mask (B, P)`` int32 (the layout generation takes);
+    ``P`` = the longest row, or ``width`` (rows must fit)."""
+    width = max(len(r) for r in rows) if width is None else width
     ids = np.full((len(rows), width), pad_id, np.int32)
     mask = np.zeros((len(rows), width), np.int32)
     for i, row in enumerate(rows):
+        if len(row) > width:
+            raise ValueError(f"row {i} has {len(row)} tokens, more than the width {width}")
         ids[i, width - len(row):] = row
         mask[i, width - len(row):] = 1
     return ids, mask

@@ -24,6 +24,7 @@ import numpy as np
 from mindspore import Tensor, nn
 
 from mindrlhf.config import PPOConfig
+from mindrlhf.data.tokenizer import left_pad
 from mindrlhf.models import CausalLM, RewardModel
 from mindrlhf.models.generation import Generator
 from mindrlhf.models.policy import token_logprobs
@@ -117,15 +118,12 @@ class RolloutScorer(nn.Cell):
 
 def left_align_prompts(prompt_ids: np.ndarray, prompt_length: np.ndarray, pad_token_id: int):
     """Right-padded stored prompts ``(B, P)`` + lengths -> left-padded ``ids, mask (B, P)`` int32."""
-    batch, width = prompt_ids.shape
-    ids = np.full((batch, width), pad_token_id, np.int32)
-    mask = np.zeros((batch, width), np.int32)
-    for i, n in enumerate(np.asarray(prompt_length).astype(int)):
+    width = prompt_ids.shape[1]
+    lengths = np.asarray(prompt_length).astype(int)
+    for i, n in enumerate(lengths):
         if not 1 <= n <= width:
             raise ValueError(f"prompt {i} has length {n}, outside [1, {width}]")
-        ids[i, width - n:] = prompt_ids[i, :n]
-        mask[i, width - n:] = 1
-    return ids, mask
+    return left_pad([row[:n] for row, n in zip(prompt_ids, lengths)], pad_token_id, width)
 
 
 class ExperienceMaker:
