@@ -253,7 +253,9 @@ class CheckpointConfig:
 @dataclass
 class PPOConfig:
     """Stage 3, every PPO knob (the YAML ``ppo`` section of the policy recipe). As with the predecessor, PPO's
-    optimizer, learning rate and loss scale come from here, not from the recipe's training sections.
+    optimizer, learning rate and loss scale come from here, not from the recipe's training sections. Rollouts are
+    sampled from softmax(logits / generation.temperature) over the full vocabulary, the distribution every PPO
+    log-prob is taken from: top-k, top-p and greedy decoding are refused.
 
     One iteration (``epochs`` of them) = make ``num_rollouts`` experiences on this rank in chunks of ``chunk_size``
     prompts, then ``ppo_epochs`` passes over them in minibatches of ``batch_size``.
@@ -267,7 +269,7 @@ class PPOConfig:
     kl_coef: float = 0.02  # per-token KL penalty: r_t = -kl_coef * (logp_t - ref_logp_t) (initial value if adaptive)
     adaptive_kl: bool = False  # adapt kl_coef towards `target` (Ziegler et al.)
     target: float = 6.0  # adaptive KL: target KL per response (sum over its tokens)
-    horizon: int = 10000  # adaptive KL: horizon in rollouts
+    horizon: int = 10000  # adaptive KL: horizon in rollouts (of all data-parallel ranks together)
     gamma: float = 1.0  # GAE discount
     lam: float = 0.95  # GAE lambda
     cliprange: float = 0.2  # policy ratio clip epsilon
@@ -275,8 +277,11 @@ class PPOConfig:
     vf_coef: float = 1.0  # weight of the value loss
     pretrain_coef: float = 0.0  # weight of the ptx (pretraining LM) loss on pretrain_ids; 0 = off
     reward_clip: Optional[float] = None  # clip scores to [-reward_clip, reward_clip] (after scaling)
-    reward_scaling: str = "none"  # none | running (divide by the running std of scores) | whiten (per iteration)
-    whiten_advantages: bool = True  # normalise advantages over the iteration's experiences
+    missing_eos_penalty: Optional[float] = None  # subtract from the score of a rollout cut at max_new_tokens
+    #                                              without eos, before scaling (TRL's name); None = off
+    reward_scaling: str = "none"  # none | running (divide by the running std of scores) | whiten (per iteration);
+    #                               statistics over the scores of all data-parallel ranks
+    whiten_advantages: bool = True  # normalise advantages over the iteration's experiences (of all ranks)
     is_shared_backbone: bool = True  # value head on the policy backbone; False = separate critic (reward-model init)
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=64, top_k=0))
     start_lr: float = 9.0e-6  # peak learning rate, reached after warmup_step
@@ -308,11 +313,34 @@ class PPOConfig:
             raise ConfigError(f"ppo.reward_scaling {self.reward_scaling!r} is not one of none, running, whiten")
         if self.reward_clip is not None and self.reward_clip <= 0:
             raise ConfigError(f"ppo.reward_clip must be > 0 or null, got {self.reward_clip}")
+        if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
+            raise ConfigError(f"ppo.missing_eos_penalty must be >= 0 or null, got {self.missing_eos_penalty}")
         for name in ("kl_coef", "cliprange", "cliprange_value", "vf_coef", "pretrain_coef", "start_lr", "end_lr"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"ppo.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
             raise ConfigError(f"ppo.gamma and ppo.lam must be in [0, 1], got {self.gamma} and {self.lam}")
+        self.check_sampling()
+
+    def check_sampling(self) -> None:
+        """PPO's log-probs (old policy, reference, training) are those of ``softmax(logits / temperature)`` over
+        the whole vocabulary, so the rollouts must be sampled from exactly that distribution.
+
+        Raises:
+            ConfigError: for greedy decoding, ``top_k`` > 0 or ``top_p`` < 1, saying why and what to set.
+        """
+        gen = self.generation
+        why = ("PPO's probability ratio and KL penalty are computed from the log-probs of "
+               "softmax(logits / temperature) over the full vocabulary, so they would be estimated from samples of "
+               "another distribution")
+        if not gen.do_sample:
+            raise ConfigError(f"ppo.generation.do_sample is False (greedy decoding): {why}. Set "
+                              f"ppo.generation.do_sample: True (lower ppo.generation.temperature for less random "
+                              f"rollouts)")
+        if gen.top_k != 0 or gen.top_p != 1.0:
+            raise ConfigError(f"ppo.generation.top_k {gen.top_k} / top_p {gen.top_p} truncate the sampling "
+                              f"distribution: {why}. Set ppo.generation.top_k: 0 and top_p: 1.0 (lower "
+                              f"ppo.generation.temperature to sharpen the distribution instead)")
 
     @property
     def steps_per_epoch(self) -> int:

@@ -99,12 +99,18 @@ def recipe(name: str) -> str:
     raise FileNotFoundError(f"recipe {name} not found under model_configs/ (a checkout) or share/mindrlhf")
 
 
-def _write_json(path: str, data) -> str:
+def write_text(path: str, text: str) -> str:
+    """Write ``text`` to ``path`` atomically (a temporary file, then a rename)."""
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, ensure_ascii=False, indent=1)
+        f.write(text)
     os.replace(tmp, path)
     return path
+
+
+def write_json(path: str, data) -> str:
+    """``data`` as indented JSON at ``path``, atomically."""
+    return write_text(path, json.dumps(data, ensure_ascii=False, indent=1))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -129,9 +135,9 @@ def prepare_data(settings: DemoSettings, folder: str) -> Dict[str, object]:
     ppo_prompts = [p for i, p in enumerate(prompts) if i % settings.holdout]
     files = {name: os.path.join(folder, name) for name in
              ("sft.json", "rm_train.json", "rm_test.json", "ppo_prompts.jsonl")}
-    _write_json(files["sft.json"], sft_rows)
-    _write_json(files["rm_train.json"], [r for i, r in enumerate(ranked) if i % settings.holdout])
-    _write_json(files["rm_test.json"], [r for i, r in enumerate(ranked) if i % settings.holdout == 0])
+    write_json(files["sft.json"], sft_rows)
+    write_json(files["rm_train.json"], [r for i, r in enumerate(ranked) if i % settings.holdout])
+    write_json(files["rm_test.json"], [r for i, r in enumerate(ranked) if i % settings.holdout == 0])
     with open(files["ppo_prompts.jsonl"], "w", encoding="utf-8") as f:
         f.writelines(json.dumps({"prompt": p}, ensure_ascii=False) + "\n" for p in ppo_prompts)
     seq, progress = settings.seq_length, settings.progress
@@ -225,11 +231,12 @@ def sample_and_score(policy, reward, prompt_rows: List[List[int]], cfg: RunConfi
 def before_and_after(settings: DemoSettings, cfg: RunConfig, trainer, eval_prompts: List[str]):
     """Responses and rewards of the SFT policy (the PPO reference) and of the PPO policy on the same prompts with
     the same sampling seed."""
+    from mindrlhf.data.contract import tokenize_prompt
     from mindrlhf.data.templates import format_prompt
     from mindrlhf.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(TOKENIZER)
-    rows = [tokenizer.encode(format_prompt(p)) for p in eval_prompts]
+    rows = [tokenize_prompt(tokenizer, format_prompt(p)) for p in eval_prompts]
     models, width = trainer.models, settings.prompt_length
     before, before_scores = sample_and_score(models.ref, models.reward, rows, cfg, width, settings.seed)
     after, after_scores = sample_and_score(models.policy, models.reward, rows, cfg, width, settings.seed)
@@ -304,12 +311,7 @@ KL per response per iteration: {kl}
 
 Plots: `sft_loss.png`, `rm_loss.png`, `ppo_reward.png`, `ppo_kl.png`. TensorBoard: `tensorboard --logdir {folder}`.
 """
-    path = os.path.join(folder, "report.md")
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    return write_text(os.path.join(folder, "report.md"), text)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -352,6 +354,6 @@ def run_demo(settings: DemoSettings) -> DemoResult:
                         ppo_kl_curve=[m["kl"] for m in metrics], table=table, seconds=seconds)
     result.files = write_plots(result, sft_fit.losses, rm_fit.losses, folder)
     result.files["report.md"] = write_report(result, settings, folder)
-    result.files["summary.json"] = _write_json(os.path.join(folder, "summary.json"),
+    result.files["summary.json"] = write_json(os.path.join(folder, "summary.json"),
                                                {**dataclasses.asdict(result), "settings": dataclasses.asdict(settings)})
     return result

@@ -2,6 +2,10 @@
 per-example values for metrics). None reads a config or keeps state.
 
 Shapes: ``B`` pairs / sequences, ``S`` sequence length.
+
+The token means of the PPO losses take an optional ``count``, the normaliser to divide the masked sum by instead of
+the mask's own sum: data-parallel PPO passes the global token count of the minibatch over the number of ranks, so
+the mean-reduced gradients are those of one token mean over every rank's tokens.
 """
 from __future__ import annotations
 
@@ -14,11 +18,16 @@ def log_sigmoid(x):
     return ops.minimum(x, 0.0) - ops.log1p(ops.exp(-ops.abs(x)))
 
 
-def masked_mean(values, mask, axis=None):
-    """Mean of ``values`` where ``mask`` is 1; 0 where a reduced slice has no valid entry."""
+def masked_mean(values, mask, axis=None, count=None):
+    """Mean of ``values`` where ``mask`` is 1; 0 where a reduced slice has no valid entry.
+
+    ``count`` (a scalar, whole-tensor mean only) replaces ``sum(mask)`` as the normaliser:
+    ``sum(mask * values) / max(count, 1)``.
+    """
     mask = ops.cast(mask, values.dtype)
     total = ops.reduce_sum(values * mask, axis) if axis is not None else ops.reduce_sum(values * mask)
-    count = ops.reduce_sum(mask, axis) if axis is not None else ops.reduce_sum(mask)
+    if count is None:
+        count = ops.reduce_sum(mask, axis) if axis is not None else ops.reduce_sum(mask)
     return total / ops.maximum(count, 1.0)
 
 
@@ -49,7 +58,7 @@ def pairwise_accuracy(chosen_end, rejected_end):
     return ops.mean(ops.cast(chosen_end > rejected_end, ms.float32))
 
 
-def causal_lm_loss(logits, labels, loss_mask):
+def causal_lm_loss(logits, labels, loss_mask, count=None):
     """Next-token cross-entropy averaged over the tokens where ``loss_mask`` is 1 (SFT loss, PPO's ptx loss).
 
     ``L = sum_bt m_bt * (logsumexp(z_bt) - z_bt[y_bt]) / max(sum_bt m_bt, 1)``.
@@ -59,6 +68,7 @@ def causal_lm_loss(logits, labels, loss_mask):
             positions ``0..S-2`` against labels ``1..S-1``).
         labels: ``(B, T)`` int target ids (any value where the mask is 0, e.g. -100 or pad).
         loss_mask: ``(B, T)`` 1 on tokens that count.
+        count: the normaliser instead of ``sum(loss_mask)`` (see :func:`masked_mean`).
     Returns:
         scalar loss.
     """
@@ -66,10 +76,10 @@ def causal_lm_loss(logits, labels, loss_mask):
     mask = ops.cast(loss_mask, ms.float32)
     safe_labels = ops.cast(ops.maximum(labels, 0), ms.int32)  # masked -100 labels would index out of range
     picked = ops.squeeze(ops.gather_elements(logp, -1, ops.expand_dims(safe_labels, -1)), -1)
-    return masked_mean(-picked, mask)
+    return masked_mean(-picked, mask, count=count)
 
 
-def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange):
+def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange, count=None):
     """PPO clipped surrogate over the response tokens.
 
     ``r = exp(logp - logp_old)``, ``L = masked_mean(max(-A r, -A clip(r, 1 - eps, 1 + eps)))``.
@@ -77,6 +87,7 @@ def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange):
     Args:
         logprobs, old_logprobs, advantages, mask: ``(B, N)`` per response token (mask 1 on generated tokens).
         cliprange: ``eps``.
+        count: the normaliser of the token means instead of ``sum(mask)`` (see :func:`masked_mean`).
     Returns:
         (loss, clipfrac = share of tokens where the clipped term is taken, approx_kl = masked mean of
         ``r - 1 - log r``, the non-negative k3 estimate of KL(old || new)).
@@ -85,15 +96,15 @@ def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange):
     ratio = ops.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * ops.clip_by_value(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(ops.maximum(unclipped, clipped), mask)
-    clipfrac = masked_mean(ops.cast(clipped > unclipped, ms.float32), mask)
-    approx_kl = masked_mean(ratio - 1.0 - log_ratio, mask)
+    loss = masked_mean(ops.maximum(unclipped, clipped), mask, count=count)
+    clipfrac = masked_mean(ops.cast(clipped > unclipped, ms.float32), mask, count=count)
+    approx_kl = masked_mean(ratio - 1.0 - log_ratio, mask, count=count)
     return loss, clipfrac, approx_kl
 
 
-def ppo_value_loss(values, old_values, returns, mask, cliprange_value):
+def ppo_value_loss(values, old_values, returns, mask, cliprange_value, count=None):
     """Clipped value loss: ``0.5 * masked_mean(max((V - R)^2, (V_clip - R)^2))`` with
-    ``V_clip = V_old + clip(V - V_old, -c, c)``; all inputs ``(B, N)``.
+    ``V_clip = V_old + clip(V - V_old, -c, c)``; all inputs ``(B, N)``; ``count`` as in :func:`masked_mean`.
 
     Returns:
         (loss, vf_clipfrac = share of tokens where the clipped error is the larger).
@@ -101,15 +112,16 @@ def ppo_value_loss(values, old_values, returns, mask, cliprange_value):
     clipped = old_values + ops.clip_by_value(values - old_values, -cliprange_value, cliprange_value)
     err = ops.square(values - returns)
     err_clipped = ops.square(clipped - returns)
-    loss = 0.5 * masked_mean(ops.maximum(err, err_clipped), mask)
-    return loss, masked_mean(ops.cast(err_clipped > err, ms.float32), mask)
+    loss = 0.5 * masked_mean(ops.maximum(err, err_clipped), mask, count=count)
+    return loss, masked_mean(ops.cast(err_clipped > err, ms.float32), mask, count=count)
 
 
-def masked_entropy(logits, mask):
-    """Mean entropy of the next-token distributions ``(B, N, V)`` over the masked positions ``(B, N)``."""
+def masked_entropy(logits, mask, count=None):
+    """Mean entropy of the next-token distributions ``(B, N, V)`` over the masked positions ``(B, N)``; ``count``
+    as in :func:`masked_mean`."""
     logp = ops.log_softmax(ops.cast(logits, ms.float32), -1)
     vocab = logp.shape[-1]
     # -sum_v p log p, the sum over the vocabulary as a matmul (CPU reductions over a long axis are slow)
     plogp = ops.reshape(ops.exp(logp) * logp, (-1, vocab))
     entropy = -ops.reshape(ops.matmul(plogp, ops.ones((vocab, 1), ms.float32)), logp.shape[:-1])
-    return masked_mean(entropy, mask)
+    return masked_mean(entropy, mask, count=count)

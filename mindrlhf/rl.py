@@ -3,13 +3,49 @@ advantage estimation, whitening, reward scaling and the KL controllers.
 
 Shapes: ``B`` rollouts, ``N`` response slots (``max_new_tokens``). ``mask (B, N)`` is 1 on the tokens a row
 generated (its eos included) and 0 on the padding after them; every row has at least one token.
+
+Statistics over a batch (:func:`masked_moments`, :func:`whiten`, :func:`explained_variance`,
+:meth:`RunningMoments.update`) take ``reduce``, a function that sums an array over the data-parallel ranks
+(:class:`mindrlhf.train.distributed.AllReduceSum`; the default sums over this process only). They are computed
+from summed moments, two passes (sum and count, then the sum of squared deviations from the global mean), so the
+result on every rank equals the single-process statistic of the ranks' concatenated data.
 """
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
+
+Reduce = Callable[[np.ndarray], np.ndarray]  # values -> float64 sum of every rank's values (same shape)
+
+
+def local_sum(values) -> np.ndarray:
+    """The single-process ``reduce``: ``values`` as float64."""
+    return np.array(values, np.float64)
+
+
+def masked_moments(values: np.ndarray, mask: Optional[np.ndarray] = None, reduce: Reduce = local_sum,
+                   ddof: int = 0) -> Tuple[float, float, float]:
+    """Mean and variance of the masked entries of ``values`` over every rank.
+
+    ``mean = sum(m x) / n``, ``var = sum(m (x - mean)^2) / (n - ddof)``, ``n = sum(m)``, each sum over all ranks
+    (``reduce``); ``var`` is nan when ``n <= ddof``.
+
+    Args:
+        values: any shape; mask: the same shape (None = every entry).
+        reduce: sums an array over the ranks.
+        ddof: 0 for the population variance, 1 for the unbiased one.
+    Returns:
+        (mean, var, n) as floats.
+    """
+    values = np.asarray(values, np.float64)
+    mask = np.ones_like(values) if mask is None else np.asarray(mask, np.float64)
+    total, count = reduce(np.array([(values * mask).sum(), mask.sum()]))
+    mean = total / count if count > 0 else 0.0
+    squares = reduce(np.array([(np.square(values - mean) * mask).sum()]))[0]
+    var = squares / (count - ddof) if count > ddof else float("nan")
+    return float(mean), float(var), float(count)
 
 
 def last_token_index(mask: np.ndarray) -> np.ndarray:
@@ -70,28 +106,37 @@ def gae(rewards: np.ndarray, values: np.ndarray, mask: np.ndarray, gamma: float,
     return advantages.astype(np.float32), returns.astype(np.float32)
 
 
-def whiten(values: np.ndarray, mask: np.ndarray, shift_mean: bool = True, eps: float = 1e-8) -> np.ndarray:
-    """``(x - mean) / std`` over the masked entries (mean added back when ``shift_mean`` is False); 0 where the
-    mask is 0. Uses the unbiased variance, as trlx and TRL do."""
+def whiten(values: np.ndarray, mask: np.ndarray, shift_mean: bool = True, eps: float = 1e-8,
+           reduce: Reduce = local_sum) -> np.ndarray:
+    """``(x - mean) / sqrt(var + eps)`` over the masked entries of every rank (mean added back when ``shift_mean``
+    is False); 0 where the mask is 0. Uses the unbiased variance, as trlx and TRL do; with fewer than two masked
+    entries in all the values come back masked, unchanged.
+
+    Args:
+        values, mask: ``(B, N)``.
+        reduce: sums over the ranks (:func:`masked_moments`).
+    Returns:
+        ``(B, N)`` float32.
+    """
     mask = np.asarray(mask, np.float64)
     values = np.asarray(values, np.float64)
-    count = mask.sum()
+    mean, var, count = masked_moments(values, mask, reduce, ddof=1)
     if count < 2:
         return (values * mask).astype(np.float32)
-    mean = (values * mask).sum() / count
-    var = (np.square(values - mean) * mask).sum() / (count - 1)
     out = (values - mean) / math.sqrt(var + eps)
     if not shift_mean:
         out = out + mean
     return (out * mask).astype(np.float32)
 
 
-def explained_variance(values: np.ndarray, returns: np.ndarray, mask: np.ndarray) -> float:
-    """``1 - Var(R - V) / Var(R)`` over the masked entries (nan when the returns do not vary)."""
-    mask = np.asarray(mask) != 0
-    returns, values = np.asarray(returns, np.float64)[mask], np.asarray(values, np.float64)[mask]
-    var = returns.var()
-    return float("nan") if var == 0 else float(1.0 - (returns - values).var() / var)
+def explained_variance(values: np.ndarray, returns: np.ndarray, mask: np.ndarray, reduce: Reduce = local_sum
+                       ) -> float:
+    """``1 - Var(R - V) / Var(R)`` over the masked entries of every rank, population variances (nan when the
+    returns do not vary); inputs ``(B, N)``."""
+    returns, values = np.asarray(returns, np.float64), np.asarray(values, np.float64)
+    var = masked_moments(returns, mask, reduce)[1]
+    residual = masked_moments(returns - values, mask, reduce)[1]
+    return float("nan") if var == 0 else float(1.0 - residual / var)
 
 
 class RunningMoments:
@@ -105,11 +150,15 @@ class RunningMoments:
     def std(self) -> float:
         return math.sqrt(self.var)
 
-    def update(self, x: np.ndarray) -> None:
-        x = np.asarray(x, np.float64).ravel()
-        if x.size == 0:
+    def update(self, x: np.ndarray, reduce: Reduce = local_sum) -> None:
+        """Add the batch ``x`` (any shape; every rank's, summed by ``reduce``)."""
+        batch_mean, batch_var, n = masked_moments(np.asarray(x, np.float64).ravel(), None, reduce)
+        self.update_from_moments(batch_mean, batch_var, n)
+
+    def update_from_moments(self, batch_mean: float, batch_var: float, n: float) -> None:
+        """Merge a batch given by its mean, population variance and size (Chan et al.)."""
+        if n == 0:
             return
-        batch_mean, batch_var, n = x.mean(), x.var(), x.size
         delta = batch_mean - self.mean
         total = self.count + n
         m2 = self.var * self.count + batch_var * n + delta ** 2 * self.count * n / total

@@ -5,7 +5,6 @@ Usage (under msrun): ``python tests/ppo_dp_worker.py PROMPTS OUTPUT_DIR``.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
@@ -14,18 +13,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from tests.helpers import tiny_gpt2_config  # noqa: E402
 from tests.test_ppo import run_config, target_reward  # noqa: E402
 
 
 def dp_config(out: str):
-    """2 iterations of 4 rollouts per rank, one minibatch of all 4 per iteration, and nothing that depends on the
-    rank's share of the data: no advantage whitening, no reward scaling, a fixed KL coefficient, and responses
-    always ``max_new_tokens`` long (eos id 64 lies outside the 64-token vocabulary, so it is never sampled and every
-    rank's token-mean loss averages over the same token count). Adam eps 1e-6 (see tests/test_data_parallel.py)."""
-    family = functools.partial(tiny_gpt2_config, eos_token_id=64)
-    return run_config(out, family=family, epochs=2, num_rollouts=4, chunk_size=4, batch_size=4, ppo_epochs=1,
-                      whiten_advantages=False, reward_scaling="none", adaptive_kl=False, eps=1e-6)
+    """3 iterations of 4 rollouts per rank, one minibatch of all 4 per iteration, with every statistic that spans
+    the ranks switched on: the adaptive KL controller (horizon 8: with the 8 rollouts of both ranks it moves the
+    coefficient by up to 20% per iteration), advantage whitening, running reward scaling, and the missing-eos
+    penalty. The eos id 2 lies in the 64-token vocabulary, so some responses end before ``max_new_tokens`` and the
+    ranks' minibatches hold different numbers of generated tokens. Adam eps 1e-6 (see tests/test_data_parallel.py)."""
+    return run_config(out, epochs=3, num_rollouts=4, chunk_size=4, batch_size=4, ppo_epochs=1,
+                      whiten_advantages=True, reward_scaling="running", adaptive_kl=True, target=1.0, horizon=8,
+                      missing_eos_penalty=0.5, eps=1e-6)
 
 
 def main(prompts: str, out: str) -> None:

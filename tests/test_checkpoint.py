@@ -24,18 +24,19 @@ TOL = 1e-4
 FAMILIES = sorted(TINY_CONFIGS)
 
 
-def torch_model(family: str, seed: int = 0):
+def torch_model(family: str, seed: int = 0, tied: bool = None):
     """A ``transformers`` causal LM built from a config with every weight randomised (not just HF's init, whose
-    zero biases and unit norm weights would hide a mapping mistake)."""
+    zero biases and unit norm weights would hide a mapping mistake); ``tied`` defaults to GPT-2 tied, Llama not."""
     torch.manual_seed(seed)
-    common = dict(vocab_size=100, pad_token_id=PAD, bos_token_id=1, eos_token_id=EOS)
+    tied = (family == "gpt2") if tied is None else tied
+    common = dict(vocab_size=100, pad_token_id=PAD, bos_token_id=1, eos_token_id=EOS, tie_word_embeddings=tied)
     if family == "gpt2":
         config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=32, **common)
         model = transformers.GPT2LMHeadModel(config)
     else:
         config = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                           num_key_value_heads=2, intermediate_size=64, max_position_embeddings=32,
-                                          tie_word_embeddings=False, **common)
+                                          **common)
         model = transformers.LlamaForCausalLM(config)
     with torch.no_grad():
         for param in model.parameters():
@@ -122,6 +123,81 @@ def test_original_gpt2_names_without_prefix_load(tmp_dir):
     loaded = ours_from_folder(tmp_dir)
     ids, mask = padded_batch(lm.config)
     np.testing.assert_array_equal(ms_numpy(loaded, ids, mask), ms_numpy(lm, ids, mask))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tied embeddings: a checkpoint may store the shared matrix as the token table, as lm_head.weight, or as both
+
+TABLE_NAMES = {"gpt2": "transformer.wte.weight", "llama": "model.embed_tokens.weight"}
+LAYOUTS = {"only_lm_head": ("lm_head.weight",), "only_token_table": ("table",), "both": ("table", "lm_head.weight")}
+
+
+def write_with_names(hf_model, folder: str, family: str, stored) -> set:
+    """Save ``hf_model``'s config.json and a ``model.safetensors`` (written with safetensors.numpy) holding the
+    token table and the LM head only under the names in ``stored`` (``"table"`` names the token table); returns
+    the stored names of the two."""
+    hf_model.config.save_pretrained(folder)
+    names = {TABLE_NAMES[family] if n == "table" else n for n in stored}
+    tensors = {n: t.detach().numpy().copy() for n, t in hf_model.state_dict().items()
+               if n in names or n not in (TABLE_NAMES[family], "lm_head.weight")}
+    save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    return names & set(load_file(os.path.join(folder, "model.safetensors")))
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tied_checkpoint_loads_whichever_name_it_stores(family, layout, tmp_dir):
+    hf_model = torch_model(family, tied=True)
+    stored = write_with_names(hf_model, tmp_dir, family, LAYOUTS[layout])
+    assert stored == {TABLE_NAMES[family] if n == "table" else n for n in LAYOUTS[layout]}
+    lm = ours_from_folder(tmp_dir)
+    assert lm.config.tie_word_embeddings and "lm_head.weight" not in parameter_arrays(lm)
+    assert_same_logits(lm, hf_model, side="left")
+    assert_same_logits(lm, load_transformers(tmp_dir), side="left")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_untied_checkpoint_loads_and_needs_both_matrices(family, tmp_dir):
+    hf_model = torch_model(family, tied=False)
+    write_with_names(hf_model, tmp_dir, family, LAYOUTS["both"])
+    lm = ours_from_folder(tmp_dir)
+    assert not lm.config.tie_word_embeddings and "lm_head.weight" in parameter_arrays(lm)
+    assert_same_logits(lm, hf_model, side="left")
+    assert_same_logits(lm, load_transformers(tmp_dir), side="left")
+    ours_table = "backbone." + TABLE_NAMES[family].split(".", 1)[1]
+    for layout, absent in (("only_lm_head", ours_table), ("only_token_table", "lm_head.weight")):
+        write_with_names(hf_model, tmp_dir, family, LAYOUTS[layout])
+        cfg = model_config_from_hf_folder(tmp_dir)
+        with pytest.raises(CheckpointError, match=rf"missing keys \(1\): {absent}") as err:
+            load_hf_checkpoint(CausalLM(cfg), tmp_dir, cfg)
+        assert tmp_dir in str(err.value)
+
+
+def test_tied_checkpoint_with_two_different_matrices_is_refused(tmp_dir):
+    hf_model = torch_model("llama", tied=True)
+    write_with_names(hf_model, tmp_dir, "llama", LAYOUTS["both"])
+    rewrite_weights(tmp_dir, lambda tensors: tensors["lm_head.weight"].__iadd__(1.0))
+    cfg = model_config_from_hf_folder(tmp_dir)
+    with pytest.raises(CheckpointError, match="lm_head.weight and the token table") as err:
+        load_hf_checkpoint(CausalLM(cfg), tmp_dir, cfg)
+    assert tmp_dir in str(err.value)
+
+
+def test_untied_checkpoint_does_not_load_into_a_tied_model(tmp_dir):
+    export("llama", tmp_dir)  # untied: its own lm_head.weight
+    cfg = tiny_llama_config(tie_word_embeddings=True)
+    with pytest.raises(CheckpointError, match=r"unexpected keys \(1\): lm_head\.weight"):
+        load_hf_checkpoint(CausalLM(cfg), tmp_dir, cfg)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tied_export_stores_the_token_table_only(family, tmp_dir):
+    lm = export(family, tmp_dir, tie_word_embeddings=True)
+    names = set(load_file(os.path.join(tmp_dir, "model.safetensors")))
+    assert TABLE_NAMES[family] in names and "lm_head.weight" not in names
+    with open(os.path.join(tmp_dir, "config.json"), encoding="utf-8") as f:
+        assert json.load(f)["tie_word_embeddings"] is True
+    assert_same_logits(lm, load_transformers(tmp_dir), side="left")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -25,8 +25,14 @@ SEED_TEMPLATE = "根据以下问题，写一个合适的回答。\n\n### 问题�
 COLUMNS = ["chosen_input_ids", "chosen_attention_mask", "rejected_input_ids", "rejected_attention_mask",
            "position_id", "loss_mask", "end_ind"]
 TOKENIZERS = {"gpt2": 50256, "llama": 2}  # bundled name -> pad id of the seed commands (eos)
-# (templated chosen length, templated rejected length, first differing index) of the CValues sample row.
-CVALUES_LENGTHS = {"gpt2": (300, 420, 107), "llama": (159, 211, 56)}
+# The contract's special tokens, spelled out: GPT-2 BPE starts sequences without bos, the SentencePiece Llama-style
+# tokenizer with bos 1; both end every preference sequence in their eos.
+BOS = {"gpt2": [], "llama": [1]}
+EOS = {"gpt2": 50256, "llama": 2}
+# (chosen length, rejected length, first differing index) of the CValues sample row, bos and eos included. The
+# prompt is 107 GPT-2 tokens, 57 Llama tokens with bos; a separately encoded SentencePiece response starts with a
+# word-boundary token "▁" common to both answers, so the Llama pair differs one token later.
+CVALUES_LENGTHS = {"gpt2": (301, 421, 107), "llama": (162, 214, 58)}
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +57,24 @@ def read_back(path):
     return list(dataset.create_dict_iterator(num_epochs=1, output_numpy=True))
 
 
-def reference(tok, prompt, chosen, rejected, seq_length, pad, side="right"):
+def contract_ids(name, tok, prompt, response, seq_length):
+    """``[bos] + prompt + response + [eos]`` with plain loops: prompt text and response tokenized separately, the
+    prompt keeping its last ``seq_length - 1`` tokens, the response cut one token early so the eos stays last."""
+    prompt_ids = tok.encode(SEED_TEMPLATE.format(instruction=prompt.strip(), response=""))
+    budget = seq_length - 1 - len(BOS[name])
+    while len(prompt_ids) > budget:
+        prompt_ids = prompt_ids[1:]
+    prompt_ids = BOS[name] + prompt_ids
+    response_ids = tok.encode(response.strip())
+    while len(prompt_ids) + len(response_ids) + 1 > seq_length:
+        response_ids = response_ids[:-1]
+    return prompt_ids + response_ids + [EOS[name]]
+
+
+def reference(name, tok, prompt, chosen, rejected, seq_length, pad, side="right"):
     """The seven fields computed with plain loops, independently of the converter."""
-    c = tok.encode(SEED_TEMPLATE.format(instruction=prompt.strip(), response=chosen.strip()))[:seq_length]
-    r = tok.encode(SEED_TEMPLATE.format(instruction=prompt.strip(), response=rejected.strip()))[:seq_length]
+    c = contract_ids(name, tok, prompt, chosen, seq_length)
+    r = contract_ids(name, tok, prompt, rejected, seq_length)
     div = 0
     while div < min(len(c), len(r)) and c[div] == r[div]:
         div += 1
@@ -71,7 +91,15 @@ def reference(tok, prompt, chosen, rejected, seq_length, pad, side="right"):
     return {"chosen_input_ids": c_ids, "chosen_attention_mask": c_mask, "rejected_input_ids": r_ids,
             "rejected_attention_mask": r_mask, "position_id": [max(t - start, 0) for t in range(seq_length)],
             "loss_mask": [1 if start + div <= t < start + end else 0 for t in range(seq_length)],
-            "end_ind": start + end, "_lengths": (len(c), len(r), div)}
+            "end_ind": start + end, "_lengths": (len(c), len(r), div),
+            "_prompt_len": len(contract_ids(name, tok, prompt, "", seq_length)) - 1}
+
+
+def assert_ends_in_eos(record, eos):
+    """The last real token (last mask-1 column) of both sequences is the eos."""
+    for side in ("chosen", "rejected"):
+        last = int(np.flatnonzero(record[f"{side}_attention_mask"])[-1])
+        assert record[f"{side}_input_ids"][last] == eos, side
 
 
 def assert_record(record, expected):
@@ -101,12 +129,16 @@ def test_cvalues_fields_match_reference(name, tokenizers, tmp_path):
     assert sorted(os.listdir(tmp_path / "out")) == ["cvalues.mindrecord", "cvalues.mindrecord.db"]
     for k in (0, 3):
         row = rows[k]
-        expected = reference(tok, row["prompt"], row["pos_resp"], row["neg_resp"], seq, pad)
+        expected = reference(name, tok, row["prompt"], row["pos_resp"], row["neg_resp"], seq, pad)
         assert expected["_lengths"] == CVALUES_LENGTHS[name]
         assert_record(records[k], expected)
-        chosen_len = expected["_lengths"][0]
-        text = tok.decode(records[k]["chosen_input_ids"][:chosen_len])
-        assert text == SEED_TEMPLATE.format(instruction=row["prompt"].strip(), response=row["pos_resp"].strip())
+        assert_ends_in_eos(records[k], EOS[name])
+        # bos (Llama) + the templated prompt, then the response, then the eos: each part decodes to its own text
+        chosen, prompt_len = records[k]["chosen_input_ids"], expected["_prompt_len"]
+        assert chosen[:len(BOS[name])].tolist() == BOS[name]
+        assert tok.decode(chosen[len(BOS[name]):prompt_len]) == SEED_TEMPLATE.format(
+            instruction=row["prompt"].strip(), response="")
+        assert tok.decode(chosen[prompt_len:CVALUES_LENGTHS[name][0] - 1]) == row["pos_resp"].strip()
     c_len, r_len, div = CVALUES_LENGTHS[name]
     assert [int(r["end_ind"]) for r in records] == [max(c_len, r_len)] * 8
     assert [int(r["loss_mask"].sum()) for r in records] == [max(c_len, r_len) - div] * 8
@@ -128,20 +160,25 @@ def test_read_back_equals_written(tokenizers, tmp_path):
         assert set(record) == set(sample) == set(COLUMNS)
         for name in COLUMNS:
             np.testing.assert_array_equal(record[name], sample[name])
+        assert_ends_in_eos(record, 2)
 
 
 def test_truncation_counted(tokenizers, tmp_path):
-    tok, seq = tokenizers["gpt2"], 256  # templated lengths 300 / 420: both cut
+    tok, seq = tokenizers["gpt2"], 256  # full lengths 301 / 421 (prompt 107): both cut
     dst = str(tmp_path / "cut.mindrecord")
     stats = convert_preference(CVALUES, dst, tok, seq, 50256, progress=False)
     assert stats["count"] == 8 and stats["truncated"] == 8
     assert stats["chosen_max"] == 193 and stats["reject_max"] == 256  # raw counts are capped at seq_length
     row = cvalues_rows()[0]
-    expected = reference(tok, row["prompt"], row["pos_resp"], row["neg_resp"], seq, 50256)
+    expected = reference("gpt2", tok, row["prompt"], row["pos_resp"], row["neg_resp"], seq, 50256)
     record = read_back(dst)[0]
     assert_record(record, expected)
     assert record["chosen_attention_mask"].all() and int(record["end_ind"]) == seq
     assert int(record["loss_mask"].sum()) == seq - 107
+    # the eos is kept: each response lost its tail one token early, so the row still ends in eos
+    assert_ends_in_eos(record, 50256)
+    chosen = tok.encode(row["pos_resp"].strip())
+    assert record["chosen_input_ids"][107:].tolist() == chosen[:seq - 107 - 1] + [50256]
 
 
 def test_left_padding(tokenizers, tmp_path):
@@ -149,27 +186,31 @@ def test_left_padding(tokenizers, tmp_path):
     dst = str(tmp_path / "left.mindrecord")
     convert_preference(CVALUES, dst, tok, seq, 50256, padding_side="left", progress=False)
     row, record = cvalues_rows()[0], read_back(dst)[0]
-    expected = reference(tok, row["prompt"], row["pos_resp"], row["neg_resp"], seq, 50256, side="left")
+    expected = reference("gpt2", tok, row["prompt"], row["pos_resp"], row["neg_resp"], seq, 50256, side="left")
     assert_record(record, expected)
-    start = seq - 420  # the pair starts where the longer (rejected) sequence must start to end at seq
+    assert_ends_in_eos(record, 50256)
+    start = seq - 421  # the pair starts where the longer (rejected) sequence must start to end at seq
     assert record["rejected_attention_mask"][start:].all() and not record["rejected_attention_mask"][:start].any()
-    assert record["chosen_attention_mask"][start:start + 300].all() and record["chosen_attention_mask"].sum() == 300
-    np.testing.assert_array_equal(record["position_id"][start:], np.arange(420))
+    assert record["chosen_attention_mask"][start:start + 301].all() and record["chosen_attention_mask"].sum() == 301
+    np.testing.assert_array_equal(record["position_id"][start:], np.arange(421))
     assert int(record["end_ind"]) == seq and np.flatnonzero(record["loss_mask"])[0] == start + 107
 
 
 def test_pad_equal_to_eos_inside_text(tokenizers, tmp_path):
     """Predecessor bug B3: a pad id inside the text must not end the sequence early."""
-    tok, seq = tokenizers["gpt2"], 64
+    tok, seq = tokenizers["gpt2"], 96  # nothing cut (the templated prompt alone is 61 tokens)
     rows = [{"prompt": "Say it twice.", "chosen": "one<|endoftext|>two", "rejected": "one<|endoftext|>"}]
     dst = str(tmp_path / "b3.mindrecord")
     convert_preference(write_jsonl(tmp_path / "b3.jsonl", rows), dst, tok, seq, 50256, progress=False)
     record = read_back(dst)[0]
-    expected = reference(tok, rows[0]["prompt"], rows[0]["chosen"], rows[0]["rejected"], seq, 50256)
+    expected = reference("gpt2", tok, rows[0]["prompt"], rows[0]["chosen"], rows[0]["rejected"], seq, 50256)
     c_len, r_len, div = expected["_lengths"]
-    assert c_len == r_len + 1 and div == r_len  # rejected is a prefix of chosen, ending in the eos/pad id
+    # chosen [.., one, eos, two, eos], rejected [.., one, eos, eos]: they differ at "two", the last two chosen tokens
+    assert c_len == r_len + 1 and div == r_len - 1 and c_len < seq
     assert_record(record, expected)
-    assert int(record["loss_mask"].sum()) == 1
+    assert int(record["chosen_attention_mask"].sum()) == c_len and int(record["rejected_attention_mask"].sum()) == r_len
+    assert record["rejected_input_ids"][r_len - 2:r_len].tolist() == [50256, 50256]
+    assert int(record["loss_mask"].sum()) == 2
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -188,7 +229,7 @@ def test_hh_transcripts(tokenizers, tmp_path):
         ("\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Name a colour.\n\nAssistant:", " Blue.", " I won't.", 2)]
     dst = str(tmp_path / "hh.mindrecord")
     assert convert_preference(src, dst, tokenizers["gpt2"], 128, 50256, progress=False)["count"] == 2
-    expected = reference(tokenizers["gpt2"], pairs[1].prompt, pairs[1].chosen, pairs[1].rejected, 128, 50256)
+    expected = reference("gpt2", tokenizers["gpt2"], pairs[1].prompt, pairs[1].chosen, pairs[1].rejected, 128, 50256)
     assert max(expected["_lengths"][:2]) < 128  # nothing cut
     assert_record(read_back(dst)[1], expected)
 
@@ -198,8 +239,9 @@ def test_prompt_chosen_rejected(tokenizers, tmp_path):
     src, dst = write_jsonl(tmp_path / "p.jsonl", rows), str(tmp_path / "p.mindrecord")
     stats = convert_preference(src, dst, tokenizers["llama"], 48, 2, fmt="pairwise", progress=False)
     assert stats["count"] == 3
-    expected = reference(tokenizers["llama"], "Question 2?", "A good answer.", "Bad.", 48, 2)
+    expected = reference("llama", tokenizers["llama"], "Question 2?", "A good answer.", "Bad.", 48, 2)
     assert_record(read_back(dst)[2], expected)
+    assert read_back(dst)[2]["chosen_input_ids"][0] == 1  # SentencePiece: bos in front
 
 
 def test_oasst_best_vs_each_worse(tokenizers, tmp_path):

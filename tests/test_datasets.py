@@ -1,5 +1,6 @@
-"""Reward-model dataset: the (2B, S) layout, per-row end_ind, reproducible order, rank shards, resume by skipping
-batches, num_batches and the errors for missing or foreign files."""
+"""Reward-model dataset: the (2B, S) layout, per-row end_ind (each row's eos), reproducible order, rank shards,
+resume by skipping batches, num_batches, the errors for missing or foreign files and the refusal of preference files
+whose sequences do not end in eos."""
 from __future__ import annotations
 
 import json
@@ -10,9 +11,12 @@ import mindspore.dataset as ds
 import pytest
 from mindspore.mindrecord import FileWriter
 
-from mindrlhf.data.convert_preference import convert_preference
-from mindrlhf.data.datasets import (PREFERENCE_COLUMNS, epoch_indices, num_batches, record_count,
-                                    reward_model_dataset, row_ends)
+from mindrlhf.data import convert_preference as cp
+from mindrlhf.data.convert_preference import PREFERENCE_SCHEMA, ConversionError, convert_preference
+from mindrlhf.data.datasets import (PREFERENCE_COLUMNS, check_preference_ends, epoch_indices, num_batches,
+                                    record_count, reward_model_dataset, row_ends)
+from mindrlhf.data.templates import format_prompt
+from mindrlhf.data.tokenizer import load_tokenizer
 
 N, SEQ, PAD = 10, 96, 50256
 SPEC_COLUMNS = ("chosen_input_ids", "chosen_attention_mask", "rejected_input_ids", "rejected_attention_mask",
@@ -78,9 +82,10 @@ def test_columns_and_layout(records):
         np.testing.assert_array_equal(first["position_id"][b], rec["position_id"])
         np.testing.assert_array_equal(first["position_id"][4 + b], rec["position_id"])
         np.testing.assert_array_equal(first["loss_mask"][b], rec["loss_mask"].astype(np.float32))
-        # each row's own number of real tokens, not the pair's shared stored end_ind
+        # each row's own number of real tokens, not the pair's shared stored end_ind; the score is read at its eos
         chosen_len, rejected_len = int(rec["chosen_attention_mask"].sum()), int(rec["rejected_attention_mask"].sum())
         assert (first["end_ind"][b], first["end_ind"][4 + b]) == (chosen_len, rejected_len)
+        assert first["input_ids"][b, chosen_len - 1] == first["input_ids"][4 + b, rejected_len - 1] == PAD  # eos
         assert int(rec["end_ind"]) == max(chosen_len, rejected_len)
     assert (first["end_ind"][:4] != first["end_ind"][4:]).any()
 
@@ -97,6 +102,7 @@ def test_left_padded_rows_end_at_their_last_token(tmp_path):
         for row, mask in ((b, stored[b]["chosen_attention_mask"]), (2 + b, stored[b]["rejected_attention_mask"])):
             last = int(np.flatnonzero(mask)[-1])
             assert first["end_ind"][row] == last + 1  # the score is read at end_ind - 1, the row's last token
+            assert first["input_ids"][row, last] == PAD  # which is the eos (GPT-2: the pad id too)
     assert max(first["end_ind"][0], first["end_ind"][2]) == SEQ
 
 
@@ -175,3 +181,33 @@ def test_missing_file_and_foreign_schema(tmp_path):
     with pytest.raises(ValueError, match="missing columns") as err:
         reward_model_dataset(path, 2)
     assert "chosen_input_ids" in str(err.value) and "other.mindrecord" in str(err.value)
+
+
+def write_old_preference_file(path, rows, seq_length=SEQ, pad=PAD):
+    """A preference MindRecord as the converter wrote it before the tokenization contract: ``format_prompt(prompt,
+    response)`` encoded as one string, no eos at the end."""
+    tok = load_tokenizer("gpt2")
+    samples = [cp.pair_fields(tok.encode(format_prompt(r["prompt"], r["chosen"])),
+                              tok.encode(format_prompt(r["prompt"], r["rejected"])), seq_length, pad) for r in rows]
+    writer = FileWriter(path, shard_num=1, overwrite=True)
+    writer.add_schema(PREFERENCE_SCHEMA, "preference")
+    writer.write_raw_data(samples)
+    writer.commit()
+    return path
+
+
+def test_sequences_must_end_in_the_model_eos(records, tmp_path):
+    path, _ = records
+    check_preference_ends(path, PAD)  # freshly converted: every sequence ends in eos
+    check_preference_ends(build(str(tmp_path), "left", padding_side="left")[0], PAD)
+    with pytest.raises(ConversionError, match="not the model's eos id 2 ") as err:
+        check_preference_ends(path, 2)  # converted with another tokenizer than the model's
+    assert "pairs.mindrecord: record 0: the chosen sequence ends in token 50256" in str(err.value)
+    old = write_old_preference_file(str(tmp_path / "old.mindrecord"), make_rows(3))
+    with pytest.raises(ConversionError) as err:
+        check_preference_ends(old, PAD)
+    message = str(err.value)
+    assert "old.mindrecord: record 0: the chosen sequence ends in token" in message
+    assert "reconvert it with `mindrlhf convert-preference`" in message
+    # an old file is still a readable preference MindRecord: only the eos check tells it apart
+    assert record_count(old) == 3

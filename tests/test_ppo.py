@@ -93,7 +93,7 @@ def test_reward_rises_and_the_kl_penalty_holds_the_policy_back(prompts_file, tmp
     assert np.mean([m["kl"] for m in held_m[-3:]]) < np.mean([m["kl"] for m in free_m[-3:]]) / 3
     assert np.mean([m["kl"] for m in held_m[-3:]]) < 2.0
     for key in ("reward_std", "entropy", "clipfrac", "approx_kl", "vf_loss", "explained_variance",
-                "response_length", "kl_coef"):
+                "response_length", "kl_coef", "no_eos_rate"):
         assert key in free_m[-1]
 
 

@@ -1,6 +1,9 @@
-"""PPO data parallel for real: two msrun CPU workers run 2 PPO iterations (graph mode, analytic reward) and end
-with identical policies, equal to one process that makes both ranks' experience with the same policy and takes
-one step on their concatenation each iteration."""
+"""PPO data parallel for real: two msrun CPU workers run 3 PPO iterations (graph mode, analytic reward) with
+adaptive KL, advantage whitening, running reward scaling, the missing-eos penalty and responses of different
+lengths on the two ranks, and end with identical policies, KL coefficients and score moments, equal to one process
+that makes both ranks' rollouts with the same policy, computes the experience statistics over all of them and takes
+one step on their concatenation each iteration. (That each global statistic differs from its rank-local version,
+so that these checks can fail, is shown in tests/test_ppo_statistics.py.)"""
 from __future__ import annotations
 
 import os
@@ -9,11 +12,11 @@ import subprocess
 import sys
 
 import numpy as np
-from mindspore import Tensor
+import pytest
 
 from mindrlhf.train.checkpoint import read_ckpt
-from mindrlhf.train.experience import Experience
-from mindrlhf.train.ppo import TRAIN_COLUMNS, PPOTrainer, build_ppo_models, prompt_source
+from mindrlhf.train.experience import build_experience
+from mindrlhf.train.ppo import PPOTrainer, build_ppo_models, prompt_source, token_counts
 from tests.helpers import parameter_arrays, set_mode
 from tests.ppo_dp_worker import dp_config
 from tests.test_data_parallel import free_port
@@ -21,8 +24,9 @@ from tests.test_ppo import target_reward, write_prompts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "ppo_dp_worker.py")
-FINAL = os.path.join("checkpoint", "{}", "policy_model_epoch_1.ckpt")
+FINAL = os.path.join("checkpoint", "{}", "{}_epoch_2.ckpt")
 LOSS = re.compile(r"PPO Batch: 0 \| PPO Epoch: 0 \| loss: \[([^\]]+)\]")
+STATE = ("kl_coef", "score_mean", "score_var", "score_count")
 
 
 def rank_losses(out: str, rank: int) -> list:
@@ -31,30 +35,36 @@ def rank_losses(out: str, rank: int) -> list:
 
 
 def one_process(prompts_file: str, out: str):
-    """The global minibatches of the two workers on one process: per iteration, rank 0's and rank 1's experience
-    (their prompts, their sampling seeds, the current policy), each in the row order the rank's ``train_on`` uses,
-    then ONE step on the 8 rows. Returns (initial and final policy parameters, losses, response lengths seen)."""
+    """The global minibatches of the two workers on one process: per iteration, rank 0's and rank 1's rollouts
+    (their prompts, their sampling seeds, the current policy), the experience built from all 8 with this process's
+    KL controller and score moments, then ONE step on the 8 rows, each rank's in the row order its ``train_on``
+    uses. Returns (initial and final policy parameters, losses, generated tokens of each rank's minibatch per
+    iteration, the final KL coefficient and score moments)."""
     set_mode("graph")
     cfg = dp_config(out)
     width, _ = prompt_source(prompts_file, cfg, 0, 1)
     sources = [prompt_source(prompts_file, cfg, rank, 2)[1] for rank in range(2)]
     models = build_ppo_models(cfg.model.model_config, cfg.ppo, target_reward, seed=cfg.seed)
     trainer = PPOTrainer(cfg, models, width, sources[0])
+    maker, size = trainer.maker, cfg.ppo.num_rollouts
     initial = {name: value.copy() for name, value in parameter_arrays(models.policy).items()}
-    losses, lengths = [], set()
+    losses, tokens = [], []
     for iteration in range(cfg.ppo.epochs):
-        parts = []
-        order = np.random.default_rng([cfg.seed, iteration, 0]).permutation(cfg.ppo.num_rollouts)
+        raws = []
         for rank in range(2):
-            trainer.maker.rank_id = rank
-            experience, _ = trainer.maker.make_experience(sources[rank](iteration), iteration, cfg.seed)
-            lengths.update(experience.response_mask.sum(1).tolist())
-            parts.append(experience.select(order))
-        data = Experience.concat(parts).as_dict()
-        loss, overflow, _, _ = trainer.step(*[Tensor(data[name]) for name in TRAIN_COLUMNS])
+            maker.rank_id = rank
+            raws.append(maker.rollouts(sources[rank](iteration), iteration, cfg.seed))
+        raw = {key: np.concatenate([part[key] for part in raws]) for key in raws[0]}
+        data = build_experience(raw, cfg.ppo, maker.kl_controller, maker.score_moments)[0].as_dict()
+        (rows,) = trainer.minibatches(size, iteration, 0)  # each rank's one minibatch, in its row order
+        tokens.append([float(token_counts(data, part, width)[0]) for part in (rows, size + rows)])
+        both = np.concatenate([rows, size + rows])
+        loss, overflow, _, _ = trainer.step(*trainer.step_inputs(data, both, token_counts(data, both, width)))
         assert not bool(overflow.asnumpy())
         losses.append(float(loss.asnumpy()))
-    return initial, parameter_arrays(models.policy), losses, lengths
+    moments = maker.score_moments
+    state = dict(zip(STATE, (maker.kl_controller.value, moments.mean, moments.var, moments.count)))
+    return initial, parameter_arrays(models.policy), losses, tokens, state
 
 
 def test_two_ppo_workers_match_one_process(tmp_dir):
@@ -69,25 +79,31 @@ def test_two_ppo_workers_match_one_process(tmp_dir):
                    for f in os.listdir(os.path.join(tmp_dir, "msrun_log")))
     assert proc.returncode == 0, logs
     assert "data parallel: rank 1 of 2" in logs
-    assert "worker 0 done at iteration 2" in logs and "worker 1 done at iteration 2" in logs
+    assert "worker 0 done at iteration 3" in logs and "worker 1 done at iteration 3" in logs
 
-    rank0 = read_ckpt(os.path.join(parallel, FINAL.format("rank_0")))
-    rank1 = read_ckpt(os.path.join(parallel, FINAL.format("rank_1")))
+    rank0, rank1 = (read_ckpt(os.path.join(parallel, FINAL.format(f"rank_{r}", "policy_model"))) for r in range(2))
     assert rank0.keys() == rank1.keys()
     rank_diff = max(float(np.abs(rank0[k] - rank1[k]).max()) for k in rank0)
     assert rank_diff <= 1e-7, rank_diff
+    states = [read_ckpt(os.path.join(parallel, FINAL.format(f"rank_{r}", "ppo_state"))) for r in range(2)]
+    states = [{name: float(s[f"ppo_state.{name}"]) for name in STATE} for s in states]
+    assert states[0] == states[1]  # the controller and the score moments saw the same global statistics
 
     # the ranks trained on different rollouts (their local losses differ), yet hold one policy
     local = [rank_losses(parallel, rank) for rank in range(2)]
-    assert all(len(v) == 2 for v in local), local
+    assert all(len(v) == 3 for v in local), local
     assert all(a != b for a, b in zip(*local)), local
 
-    initial, reference, losses, lengths = one_process(prompts_file, os.path.join(tmp_dir, "single"))
-    assert lengths == {8}  # every response is max_new_tokens long: equal token counts on both ranks
+    initial, reference, losses, tokens, state = one_process(prompts_file, os.path.join(tmp_dir, "single"))
+    assert any(a != b for a, b in tokens), tokens  # the ranks' minibatches hold different token counts
     assert reference.keys() == rank0.keys()
     single_diff = max(float(np.abs(rank0[k] - reference[k]).max()) for k in rank0)
-    print(f"rank0 vs rank1: {rank_diff:.3g}, ranks vs one process: {single_diff:.3g}, losses {local} vs {losses}")
+    print(f"rank0 vs rank1: {rank_diff:.3g}, ranks vs one process: {single_diff:.3g}, losses {local} vs {losses}, "
+          f"tokens {tokens}, state {states[0]} vs {state}")
     assert single_diff <= 1e-5, single_diff
     assert min(float(np.abs(reference[k] - initial[k]).max()) for k in rank0) > 5e-4  # every tensor moved 50x more
-    # the one-process loss over all 64 tokens is the mean of the two ranks' token means
+    for name in STATE:
+        assert states[0][name] == pytest.approx(state[name], rel=1e-9), name
+    assert state["kl_coef"] != dp_config("").ppo.kl_coef and state["score_count"] == 24  # both moved, globally
+    # each rank divides its token sums by half the global count: the one-process loss is the ranks' mean
     np.testing.assert_allclose(losses, np.mean(local, axis=0), atol=1e-5)

@@ -337,3 +337,26 @@ def test_masked_mean_over_all_tokens():
     mask = np.array([[1, 1, 0], [1, 0, 0]], np.float32)
     np.testing.assert_allclose(scalar(masked_mean(t32(values), t32(mask))), 7.0 / 3.0, rtol=RTOL)
     np.testing.assert_allclose(masked_mean(t32(values), t32(mask), axis=1).asnumpy(), [1.5, 4.0], rtol=RTOL)
+
+
+def test_a_given_count_replaces_the_token_count_of_every_token_mean():
+    """Data-parallel PPO divides each rank's token sums by the global count over the ranks: with ``count`` every
+    token mean is ``sum(mask * x) / count``, the plain masked mean times ``sum(mask) / count``."""
+    logp, old, adv, mask = policy_inputs(seed=9)
+    count = 2.5 * mask.sum()
+    shrink = mask.sum() / count
+    plain = [scalar(x) for x in ppo_policy_loss(t32(logp), t32(old), t32(adv), t32(mask), 0.2)]
+    scaled = [scalar(x) for x in ppo_policy_loss(t32(logp), t32(old), t32(adv), t32(mask), 0.2, t32(count))]
+    np.testing.assert_allclose(scaled, np.array(plain) * shrink, rtol=RTOL, atol=1e-7)
+    values = old + 0.3
+    plain = [scalar(x) for x in ppo_value_loss(t32(values), t32(old), t32(adv), t32(mask), 0.2)]
+    scaled = [scalar(x) for x in ppo_value_loss(t32(values), t32(old), t32(adv), t32(mask), 0.2, t32(count))]
+    np.testing.assert_allclose(scaled, np.array(plain) * shrink, rtol=RTOL, atol=1e-7)
+    logits = np.random.default_rng(10).normal(size=mask.shape + (5,)).astype(np.float32)
+    np.testing.assert_allclose(scalar(masked_entropy(t32(logits), t32(mask), t32(count))),
+                               naive_entropy(logits, mask) * shrink, rtol=RTOL)
+    labels = np.random.default_rng(11).integers(0, 5, mask.shape).astype(np.int32)
+    np.testing.assert_allclose(scalar(causal_lm_loss(t32(logits), Tensor(labels), t32(mask), t32(count))),
+                               naive_lm_loss(logits, labels, mask) * shrink, rtol=RTOL)
+    values = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert scalar(masked_mean(t32(values), t32(np.ones((3, 4))), count=t32(0.0))) == values.sum()  # max(count, 1)

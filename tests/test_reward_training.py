@@ -1,4 +1,5 @@
-"""Stage 2 end to end on real data (oasst Chinese preference rows): convert -> train -> resume -> eval -> infer."""
+"""Stage 2 end to end on real data (oasst Chinese preference rows): convert -> train -> resume -> eval -> infer;
+preference files without the eos refused; ``rm infer`` scores equal to PPO's reward on the same tokens."""
 from __future__ import annotations
 
 import glob
@@ -12,13 +13,20 @@ import pytest
 import mindspore as ms
 from mindspore import Tensor
 
+from mindrlhf.cli.reward import infer_samples
 from mindrlhf.config import load_config
-from mindrlhf.data.convert_preference import convert_preference
-from mindrlhf.data.datasets import record_count, reward_model_dataset
+from mindrlhf.data.contract import tokenize_response
+from mindrlhf.data.convert_preference import ConversionError, convert_preference
+from mindrlhf.data.convert_prompts import convert_prompts
+from mindrlhf.data.datasets import read_prompts, record_count, reward_model_dataset
+from mindrlhf.data.tokenizer import load_tokenizer
 from mindrlhf.models import RewardModel
 from mindrlhf.models.convert import CheckpointError
-from mindrlhf.train.reward import eval_checkpoints, evaluate_reward_model, train_reward_model
-from tests.helpers import set_mode
+from mindrlhf.train.experience import left_align_prompts
+from mindrlhf.train.reward import eval_checkpoints, evaluate_reward_model, score_texts, train_reward_model
+from tests.helpers import randomize_parameters, set_mode, tiny_gpt2_config, tiny_llama_config
+from tests.test_datasets import make_rows, write_old_preference_file
+from tests.test_tokenization_contract import TINYSTORIES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "model_configs", "gpt2_config", "run_gpt2_tiny_rm.yaml")
@@ -32,7 +40,9 @@ BATCH = 2  # 7 pairs -> 3 steps per epoch
 def pairs_file(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("data") / "oasst.mindrecord")
     convert_preference(OASST, path, "gpt2", seq_length=SEQ, pad_token_id=50256)
-    assert record_count(path) == PAIRS  # 11 ranked pairs, 4 identical once truncated to 128 tokens (skipped)
+    # 11 ranked pairs, 4 identical once truncated to 128 tokens (a prompt of 127 tokens or more leaves both
+    # responses only their eos; skipped)
+    assert record_count(path) == PAIRS
     return path
 
 
@@ -92,7 +102,7 @@ def test_eval_accuracy_matches_pair_by_pair_scoring(pairs_file, tmp_dir):
     set_mode("pynative")
     cfg = rm_config(tmp_dir, pairs_file, "eval_dataset.batch_size=4")
     model = RewardModel(cfg.model.model_config)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(1)  # weights whose accuracy on these 7 pairs is a mix (3 of 7)
     for p in model.get_parameters():
         p.set_data(Tensor(rng.normal(0, 0.3, p.shape).astype(np.float32)))
     from mindrlhf.models.convert import save_ckpt
@@ -108,6 +118,7 @@ def test_eval_accuracy_matches_pair_by_pair_scoring(pairs_file, tmp_dir):
         scores = []
         for row in (b, PAIRS + b):
             length = int(batch["attention_mask"][row].sum())
+            assert batch["input_ids"][row, length - 1] == 50256  # the score is read at the eos
             ids = Tensor(batch["input_ids"][row:row + 1, :length])
             scores.append(float(model.token_scores(ids, Tensor(np.ones((1, length), np.int32))).asnumpy()[0, -1]))
         wins.append(scores[0] > scores[1])
@@ -155,6 +166,68 @@ def test_eval_and_resume_errors_are_clear(pairs_file, tmp_dir):
         evaluate_reward_model(bad, weights_only)
     with pytest.raises(ValueError, match="no training data"):
         train_reward_model(rm_config(tmp_dir, ""))
+
+
+def test_files_without_eos_are_refused(tmp_dir):
+    """A preference file written before sequences ended in eos is refused by training and evaluation, before any
+    model is built, with the file name and the command that rewrites it."""
+    old = write_old_preference_file(os.path.join(tmp_dir, "old.mindrecord"), make_rows(4))
+    cfg = rm_config(tmp_dir, old)
+    with pytest.raises(ConversionError, match=r"old\.mindrecord: record 0: .*`mindrlhf convert-preference`"):
+        train_reward_model(cfg)
+    with pytest.raises(ConversionError, match=r"old\.mindrecord: record 0: .*`mindrlhf convert-preference`"):
+        evaluate_reward_model(cfg, os.path.join(tmp_dir, "unused.ckpt"))
+
+
+# One prompt-response pair per row: rm infer must score exactly what PPO's RewardModel scores on a rollout.
+INFER_ROWS = [{"prompt": "Tell me about the dog.", "response": "The dog was happy and ran to the park."},
+              {"prompt": "Who found the ball?", "response": "Lily found it."}]
+INFER_MODELS = {  # tokenizer -> tiny reward model config with that tokenizer's vocabulary and special ids
+    "gpt2": lambda: tiny_gpt2_config(vocab_size=50257, pad_token_id=50256, bos_token_id=50256, eos_token_id=50256,
+                                     seq_length=128),
+    "tinystories": lambda: tiny_llama_config(vocab_size=2048, seq_length=128)}
+
+
+def rollout_layout(tmp_dir, tokenizer, pad, width, new_tokens):
+    """PPO's rollout of each INFER_ROWS pair: the prompt converter's record left-aligned to ``width``, then the
+    response tokens with their eos, right-padded to ``new_tokens``. Returns ``tokens, mask (B, width + new_tokens)``."""
+    src = os.path.join(tmp_dir, "prompts.jsonl")
+    with open(src, "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in INFER_ROWS))
+    path = os.path.join(tmp_dir, "prompts.mindrecord")
+    convert_prompts(src, path, tokenizer, width, 2 * width, pad, template="qa", progress=False)
+    stored = read_prompts(path, np.arange(len(INFER_ROWS)), pad)
+    query, query_mask = left_align_prompts(stored["prompt_ids"], stored["prompt_length"], pad)
+    tokens = np.full((len(INFER_ROWS), width + new_tokens), pad, np.int32)
+    mask = np.zeros_like(tokens)
+    tokens[:, :width], mask[:, :width] = query, query_mask
+    for i, row in enumerate(INFER_ROWS):
+        response = tokenize_response(tokenizer, row["response"])  # what the policy emitted, eos included
+        tokens[i, width:width + len(response)], mask[i, width:width + len(response)] = response, 1
+    return tokens, mask
+
+
+@pytest.mark.parametrize("name", list(INFER_MODELS))
+def test_rm_infer_scores_equal_the_rollout_reward(name, tmp_dir):
+    tokenizer = load_tokenizer(TINYSTORIES if name == "tinystories" else name)
+    model_cfg = INFER_MODELS[name]()
+    model = RewardModel(model_cfg)
+    randomize_parameters(model, seed=3)
+    model.set_train(False)
+    data_file = os.path.join(tmp_dir, "infer.jsonl")
+    with open(data_file, "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in INFER_ROWS))
+    texts, rows = infer_samples(data_file, tokenizer, model_cfg.seq_length)
+    assert texts[1].endswith("Who found the ball?\n\n### 回答：\nLily found it.")
+    infer_scores = score_texts(model, rows, model_cfg.seq_length, model_cfg.pad_token_id)
+
+    tokens, mask = rollout_layout(tmp_dir, tokenizer, model_cfg.pad_token_id, width=80, new_tokens=24)
+    assert [row[m == 1].tolist() for row, m in zip(tokens, mask)] == rows  # the same ids, eos last
+    assert all(row[-1] == model_cfg.eos_token_id for row in rows)
+    assert len(set(mask[:, :80].sum(1).tolist())) == 2  # prompts of two lengths: real left padding
+    rollout_scores = model(Tensor(tokens), Tensor(mask)).asnumpy()
+    np.testing.assert_allclose(infer_scores, rollout_scores, atol=1e-5, rtol=0)
+    assert abs(infer_scores[0] - infer_scores[1]) > 1e-3  # distinct rows: the comparison is not vacuous
 
 
 def run_script(name, *args, cwd):

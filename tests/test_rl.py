@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mindrlhf.rl import (AdaptiveKLController, FixedKLController, RunningMoments, explained_variance, gae,
-                         kl_penalised_rewards, last_token_index, whiten)
+                         kl_penalised_rewards, last_token_index, masked_moments, whiten)
 
 RTOL, ATOL = 1e-5, 1e-5
 
@@ -312,3 +312,27 @@ def test_adaptive_kl_controller_direction():
 def test_adaptive_kl_controller_rejects_bad_settings(target, horizon):
     with pytest.raises(ValueError):
         AdaptiveKLController(0.1, target, horizon)
+
+
+def test_masked_moments_match_numpy():
+    rng = np.random.default_rng(12)
+    values = rng.normal(2.0, 3.0, (4, 6))
+    mask = mask_from_lengths([6, 1, 3, 4], 6)
+    kept = values[mask == 1]
+    for ddof in (0, 1):
+        mean, var, count = masked_moments(values, mask, ddof=ddof)
+        np.testing.assert_allclose([mean, var, count], [kept.mean(), kept.var(ddof=ddof), kept.size], rtol=1e-12)
+    assert masked_moments(values[0], None) == pytest.approx((values[0].mean(), values[0].var(), 6.0))
+    assert math.isnan(masked_moments(np.ones(3), np.array([0, 1, 0]), ddof=1)[1])  # n <= ddof
+
+
+def test_running_moments_merge_batch_moments_like_the_data():
+    rng = np.random.default_rng(13)
+    first, second = rng.normal(1.0, 2.0, 5), rng.normal(-3.0, 0.5, 7)
+    merged = RunningMoments()
+    merged.update_from_moments(first.mean(), first.var(), first.size)
+    merged.update_from_moments(second.mean(), second.var(), second.size)
+    both = np.concatenate([first, second])
+    np.testing.assert_allclose([merged.mean, merged.var], [both.mean(), both.var()], rtol=1e-9)
+    merged.update_from_moments(0.0, float("nan"), 0)  # an empty batch changes nothing
+    np.testing.assert_allclose([merged.mean, merged.var, merged.count], [both.mean(), both.var(), 12], rtol=1e-9)

@@ -27,6 +27,8 @@ PROMPTS = os.path.join(DATA, "cvalues_prompts_sample8.jsonl")  # 8 prompt-only r
 COMPARISON = os.path.join(DATA, "cvalues_comparison_sample8.jsonl")  # 8 identical {prompt, pos_resp, neg_resp}
 FIELDS = ["prompt_ids", "prompt_length", "pretrain_ids", "loss_mask"]
 PADS = {"gpt2": 50256, "llama": 2}  # bundled tokenizer -> the seed's pad id (eos); both != 0
+# The contract's bos rule, spelled out: GPT-2 BPE prompts start without bos, SentencePiece Llama-style ones with 1.
+BOS = {"gpt2": [], "llama": [1]}
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +57,26 @@ def read_back(path):
     return list(dataset.create_dict_iterator(num_epochs=1, output_numpy=True))
 
 
+def bos_of(tok):
+    return BOS["llama" if tok.path.endswith(".model") else "gpt2"]
+
+
+def prompt_tokens(tok, text):
+    """bos (Llama) + the tokens of the prompt text: the contract's prompt before any cut."""
+    return bos_of(tok) + tok.encode(text)
+
+
+def cut_prompt(tok, text, P):
+    """The last tokens of the prompt that fit P, bos back in front."""
+    bos, p = bos_of(tok), tok.encode(text)
+    while len(bos) + len(p) > P:
+        p = p[1:]
+    return bos + p
+
+
 def reference(tok, prompt_text, response, P, T, pad):
     """The four fields with plain loops, independently of the converter."""
-    p = tok.encode(prompt_text)
-    if len(p) > P:
-        p = p[len(p) - P:]
+    p = cut_prompt(tok, prompt_text, P)
     r = tok.encode(response) + [tok.eos_token_id] if response else []
     full = p + r
     prompt_ids = [pad] * P
@@ -98,7 +115,7 @@ def sha(path):
 def test_prompt_only_rows_fields_truncation_and_stats(tokenizers, tmp_dir, name):
     tok, pad = tokenizers[name], PADS[name]
     rows = jsonl_rows(PROMPTS)
-    lengths = [len(tok.encode(r["prompt"])) for r in rows]
+    lengths = [len(prompt_tokens(tok, r["prompt"])) for r in rows]
     P = sorted(lengths)[4]  # some prompts longer than P, some exactly P, some shorter
     T = P + 8
     n_truncated = sum(n > P for n in lengths)
@@ -111,10 +128,11 @@ def test_prompt_only_rows_fields_truncation_and_stats(tokenizers, tmp_dir, name)
     assert len(records) == 8
     for row, record, n in zip(rows, records, lengths):
         assert_record(record, reference(tok, row["prompt"], "", P, T, pad), P, T)
-        tokens = tok.encode(row["prompt"])
+        text = tok.encode(row["prompt"])
         assert int(record["prompt_length"]) == min(n, P)
-        # a long prompt keeps its LAST P tokens; a short one is right-padded with the pad id
-        np.testing.assert_array_equal(record["prompt_ids"][:min(n, P)], tokens[-P:])
+        # a long prompt keeps its LAST tokens behind its bos (Llama); a short one is right-padded with the pad id
+        kept = P - len(BOS[name])
+        np.testing.assert_array_equal(record["prompt_ids"][:min(n, P)], BOS[name] + text[-kept:])
         assert (record["prompt_ids"][min(n, P):] == pad).all()
         assert not record["loss_mask"].any()  # prompt-only: nothing for the ptx loss
 
@@ -123,8 +141,9 @@ def test_prompt_only_rows_fields_truncation_and_stats(tokenizers, tmp_dir, name)
 def test_rows_with_response_fields(tokenizers, tmp_dir, name):
     tok, pad = tokenizers[name], PADS[name]
     rows = jsonl_rows(COMPARISON)
-    p = tok.encode(rows[0]["prompt"])
+    p = prompt_tokens(tok, rows[0]["prompt"])
     r = tok.encode(rows[0]["pos_resp"])
+    assert p[:len(BOS[name])] == BOS[name]
 
     # A: everything fits; 5 pad columns after the eos, where loss_mask must be 0 (not the pad id, bug B8)
     P, T = len(p) + 3, len(p) + len(r) + 1 + 5
@@ -145,7 +164,7 @@ def test_rows_with_response_fields(tokenizers, tmp_dir, name):
     assert rec["loss_mask"].sum() == len(r) + 1  # the response and its eos
     assert (rec["prompt_ids"][len(p):] == pad).all() and int(rec["prompt_length"]) == len(p)
 
-    # B: the prompt is cut to its last P tokens and the sequence cut at T inside the response (no eos)
+    # B: the prompt is cut to bos + its last tokens and the sequence cut at T inside the response (no eos)
     P = len(p) - 2
     T = P + len(r) // 2
     out = os.path.join(tmp_dir, "b.mindrecord")
@@ -153,7 +172,8 @@ def test_rows_with_response_fields(tokenizers, tmp_dir, name):
     assert stats["count"] == 8 and stats["with_response"] == 8 and stats["truncated_prompts"] == 8
     for row, record in zip(rows, read_back(out)):
         assert_record(record, reference(tok, row["prompt"], row["pos_resp"], P, T, pad), P, T)
-        np.testing.assert_array_equal(record["pretrain_ids"], p[-P:] + r[:T - P])
+        kept = p[len(p) - (P - len(BOS[name])):]
+        np.testing.assert_array_equal(record["pretrain_ids"], BOS[name] + kept + r[:T - P])
         assert record["loss_mask"].tolist() == [0] * P + [1] * (T - P)
 
 
@@ -439,7 +459,7 @@ def test_read_prompts_order_and_dtypes(prompt_record):
         np.testing.assert_array_equal(out[name], np.stack([stored[i][name] for i in indices]), err_msg=name)
     rows = jsonl_rows(PROMPTS)
     tok = load_tokenizer("gpt2")
-    assert out["prompt_length"].tolist() == [min(len(tok.encode(rows[i]["prompt"])), 40) for i in indices]
+    assert out["prompt_length"].tolist() == [min(len(prompt_tokens(tok, rows[i]["prompt"])), 40) for i in indices]
 
 
 def test_read_prompts_uses_stored_length_when_pad_is_in_text(tokenizers, tmp_dir):

@@ -32,6 +32,8 @@ SEED_TEMPLATE = "根据以下问题，写一个合适的回答。\n\n### 问题�
 HISTORY = "{q}\n\n### 回答：\n{a}\n\n### 问题：\n"
 COLUMNS = ["input_ids", "attention_mask", "loss_mask"]
 EOS_IDS = {"gpt2": 50256, "llama": 2}
+# The contract's bos rule, spelled out: GPT-2 BPE prompts start without bos, SentencePiece Llama-style ones with 1.
+BOS = {"gpt2": [], "llama": [1]}
 SEQ = 512  # every sample row fits (longest: 288 + 148 GPT-2 tokens)
 
 
@@ -56,11 +58,12 @@ def read_back(path):
     return list(dataset.create_dict_iterator(num_epochs=1, output_numpy=True))
 
 
-def reference(tok, row, seq_length, pad):
-    """The three fields of an alpaca/oasst row with plain loops, or None when the prompt leaves no room."""
+def reference(tok, row, seq_length, pad, bos=()):
+    """The three fields of an alpaca/oasst row with plain loops, or None when the prompt leaves no room: ``bos`` +
+    the templated prompt and the response tokenized separately, then the eos, cut at the end (eos first)."""
     history = "".join(HISTORY.format(q=q.strip(), a=a.strip()) for q, a in row.get("history", []))
     query = row["instruction"] + (f"\n{row['input']}" if row.get("input") else "")
-    prompt = tok.encode(SEED_TEMPLATE.format(instruction=(history + query).strip(), response=""))
+    prompt = list(bos) + tok.encode(SEED_TEMPLATE.format(instruction=(history + query).strip(), response=""))
     if len(prompt) >= seq_length:
         return None
     full = tok.encode(row["output"].strip()) + [tok.eos_token_id]
@@ -95,12 +98,13 @@ def test_fields_match_reference_on_real_rows(name, tokenizers, tmp_path):
     stats = convert_sft(OASST, dst, tok, SEQ, progress=False)  # pad defaults to eos
     assert (stats["count"], stats["truncated"], stats["skipped_long"], stats["skipped_empty"]) == (6, 0, 0, 0)
     rows, records = oasst_rows(), read_back(dst)
-    expected = [reference(tok, row, SEQ, EOS_IDS[name]) for row in rows]
+    expected = [reference(tok, row, SEQ, EOS_IDS[name], BOS[name]) for row in rows]
     assert_records_equal(records, expected)
     for row, record, want in zip(rows, records, expected):
         ids, loss = record["input_ids"], record["loss_mask"].astype(bool)
         response = ids[loss]
         assert response[-1] == EOS_IDS[name] and np.flatnonzero(loss)[0] == want["_prompt_len"]
+        assert ids[:len(BOS[name])].tolist() == BOS[name]
         assert tok.decode(response[:-1]) == row["output"].strip()
         prompt = tok.decode(ids[:want["_prompt_len"]])
         for question, answer in row["history"]:  # history turns, in order, before the current question

@@ -1,5 +1,9 @@
-"""``mindrlhf demo``: SFT -> reward model -> PPO on the bundled data in a few minutes on CPU (see
-:mod:`mindrlhf.demo`)."""
+"""``mindrlhf demo``: the whole pipeline on bundled data in a few minutes on CPU.
+
+``--task stories`` (default, :mod:`mindrlhf.demo_stories`): a proxy reward model and PPO on the bundled pretrained
+TinyStories-656K, judged by a gold judge on held-out openings. ``--task cvalues`` (:mod:`mindrlhf.demo`): the seeds'
+three stages SFT -> reward model -> PPO on Chinese OpenAssistant and CValues data with a tiny Llama.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -7,34 +11,88 @@ import logging
 
 logger = logging.getLogger(__name__)
 
+TASKS = ("stories", "cvalues")
+
+
+def _settings_classes():
+    from mindrlhf.demo import DemoSettings
+    from mindrlhf.demo_stories import StoryDemoSettings
+
+    return {"stories": StoryDemoSettings, "cvalues": DemoSettings}
+
 
 def add_demo_parser(sub) -> None:
-    from mindrlhf.demo import DemoSettings
-
-    parser = sub.add_parser("demo", help="the three stages on bundled data (CPU, minutes): report, plots, TensorBoard")
-    defaults = DemoSettings()
-    for f in dataclasses.fields(DemoSettings):
-        if f.name == "progress":
-            continue
-        default = getattr(defaults, f.name)
-        kind = type(default) if default is not None else int
-        parser.add_argument(f"--{f.name}", type=kind, default=default, help=f"default: {default}")
+    parser = sub.add_parser("demo", help="RLHF end to end on bundled data (CPU, minutes): report, plots, TensorBoard")
+    parser.add_argument("--task", choices=TASKS, default="stories",
+                        help="stories (default): PPO on a real pretrained model judged by a gold judge; cvalues: "
+                             "the three stages on Chinese data with a tiny Llama")
+    seen = {}
+    for task, cls in _settings_classes().items():
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            if f.name == "progress":
+                continue
+            default = getattr(defaults, f.name)
+            seen.setdefault(f.name, []).append(f"{task}: {default}")
+            if len(seen[f.name]) == 1:
+                kind = type(default) if default is not None else int
+                parser.add_argument(f"--{f.name}", type=kind, default=None)
+    for action in parser._actions:  # help lists each task's default
+        name = action.dest
+        if name in seen:
+            action.help = "default " + ", ".join(seen[name])
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run_demo)
+
+
+def task_settings(args):
+    """The chosen task's settings dataclass from the parsed flags (unset flags keep the task's defaults); a flag
+    the task does not have is an error."""
+    cls = _settings_classes()[args.task]
+    names = {f.name for f in dataclasses.fields(cls)}
+    others = {f.name for c in _settings_classes().values() for f in dataclasses.fields(c)} - names
+    given = [n for n in sorted(others) if getattr(args, n, None) is not None]
+    if given:
+        raise SystemExit(f"error: --task {args.task} has no setting {', '.join('--' + n for n in given)}")
+    values = {n: getattr(args, n) for n in names if n != "progress" and getattr(args, n, None) is not None}
+    return cls(**values, progress=not args.no_progress)
 
 
 def run_demo(args) -> int:
     import mindspore as ms
 
-    from mindrlhf.demo import DemoSettings, effect_table, run_demo as run
-
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DemoSettings) if f.name != "progress"}
+    settings = task_settings(args)
     for handler in logging.getLogger().handlers:  # the console: progress bars and the final report tell the story
         handler.setLevel(logging.WARNING)  # (each stage's info.log still gets everything)
-    result = run(DemoSettings(**values, progress=not args.no_progress))
+    if args.task == "stories":
+        return _print_stories(settings)
+    return _print_cvalues(settings)
+
+
+def _print_stories(settings) -> int:
+    from mindrlhf.demo_stories import run_story_demo, story_effect_table
+
+    result = run_story_demo(settings)
     print()
-    print(effect_table(result.table[:args.table_rows]))
+    print(story_effect_table(result.table))
+    print()
+    print(f"proxy reward model, held-out accuracy against the gold judge: {result.rm_accuracy:.3f} "
+          f"({result.rm_pairs} pairs)")
+    print(f"held-out gold mean: before PPO {result.gold_before:.3f}, after PPO {result.gold_after:.3f} "
+          f"({result.gold_after - result.gold_before:+.3f}; initial std {result.gold_std_before:.3f}); "
+          f"KL to the pretrained model {result.kl_after:.2f}")
+    print(f"held-out gold mean per iteration: {', '.join(f'{g:.3f}' for g in result.gold_curve)}")
+    print(f"report: {result.files['report.md']}")
+    return 0
+
+
+def _print_cvalues(settings) -> int:
+    from mindrlhf.demo import effect_table, run_demo as run
+
+    result = run(settings)
+    print()
+    print(effect_table(result.table[:settings.table_rows]))
     print()
     print(f"reward model, held-out accuracy: {result.rm_accuracy:.3f} ({result.rm_pairs} pairs)")
     print(f"mean reward of {len(result.table)} held-out prompts: before PPO {result.reward_before:.3f}, "

@@ -5,13 +5,15 @@
     mindrlhf rm infer --config run_llama_2_7b_rm.yaml --data_file test.jsonl --tokenizer llama \
         --distributed_ckpt_path output/checkpoint
 
-``examples/reward_model_train_tutorial/reward_{train,eval,infer}.py`` call the same functions.
+``examples/reward_model_train_tutorial/reward_{train,eval,infer}.py`` call the same functions. ``rm infer`` encodes
+each (prompt, response) under the tokenization contract (:func:`infer_samples`) and reads the score at the eos that
+ends it, so its score equals the reward PPO gives a rollout of the same tokens.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from mindrlhf.config import load_config
 from mindrlhf.context import init_context
@@ -140,16 +142,44 @@ def responses_of(record: dict, where: str) -> List[str]:
     raise ValueError(f"{where}: needs pos_resp/neg_resp, chosen/rejected or response")
 
 
-def run_infer(args) -> int:
+def infer_samples(data_file: str, tokenizer, seq_length: int) -> Tuple[List[str], List[List[int]]]:
+    """``(texts, token rows)``: every (prompt, response) of ``data_file`` as the text logged and as the ids scored.
+
+    The ids follow the tokenization contract exactly as preference rows do
+    (:func:`mindrlhf.data.contract.encode_for_reward`): ``format_prompt(prompt)`` and the response tokenized
+    separately, bos in front iff the tokenizer's rule says so, eos appended and kept when cut to ``seq_length``.
+    Scored at the last token, a row gets the reward a PPO rollout of the same tokens gets.
+    """
+    from mindrlhf.data.contract import encode_for_reward
     from mindrlhf.data.convert_preference import read_records
     from mindrlhf.data.templates import format_prompt
-    from mindrlhf.data.tokenizer import load_tokenizer
+
+    if not data_file.endswith((".json", ".jsonl")):
+        raise ValueError(f"{data_file}: data_file must be .json or .jsonl")
+    texts, rows = [], []
+    for number, record in read_records(data_file)[1]:
+        if isinstance(record, Exception):
+            raise record
+        if not isinstance(record, dict) or "prompt" not in record:
+            raise ValueError(f"{data_file}:{number}: expected an object with a 'prompt' field")
+        prompt = format_prompt(str(record["prompt"]).strip())
+        for response in responses_of(record, f"{data_file}:{number}"):
+            texts.append(prompt + response)
+            rows.append(encode_for_reward(tokenizer, prompt, response, seq_length).ids)
+    return texts, rows
+
+
+def run_infer(args) -> int:
+    from mindrlhf.data.tokenizer import check_tokenizer_fits, load_tokenizer
     from mindrlhf.models import RewardModel
     from mindrlhf.models.convert import is_hf_folder, load_ckpt, load_weights
     from mindrlhf.train.reward import eval_checkpoints, score_texts
 
     cfg = _setup(args)
     model_cfg = cfg.model.model_config
+    tokenizer = load_tokenizer(args.tokenizer)
+    check_tokenizer_fits(tokenizer, model_cfg, f"--tokenizer {args.tokenizer}")
+    texts, rows = infer_samples(args.data_file, tokenizer, model_cfg.seq_length)
     model = RewardModel(model_cfg)
     if args.distributed_ckpt_path:
         checkpoint = eval_checkpoints(args.distributed_ckpt_path, load_all=False)[0]
@@ -159,19 +189,8 @@ def run_infer(args) -> int:
             load_ckpt(model, checkpoint)
         logger.info("scoring with %s", checkpoint)
     model.set_train(False)
-    tokenizer = load_tokenizer(args.tokenizer)
-    if not args.data_file.endswith((".json", ".jsonl")):
-        raise ValueError(f"{args.data_file}: data_file must be .json or .jsonl")
-    texts = []
-    for number, record in read_records(args.data_file)[1]:
-        if isinstance(record, Exception):
-            raise record
-        if not isinstance(record, dict) or "prompt" not in record:
-            raise ValueError(f"{args.data_file}:{number}: expected an object with a 'prompt' field")
-        texts += [format_prompt(str(record["prompt"]).strip(), response)
-                  for response in responses_of(record, f"{args.data_file}:{number}")]
     # one call: one scoring cell, compiled once for every sample
-    scores = score_texts(model, [tokenizer.encode(t) for t in texts], model_cfg.seq_length, model_cfg.pad_token_id)
+    scores = score_texts(model, rows, model_cfg.seq_length, model_cfg.pad_token_id)
     for text, score in zip(texts, scores):
         logger.info("Sample:\n%s", text)
         logger.info("reward score: [[%.4g]]", score)

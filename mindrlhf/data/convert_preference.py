@@ -16,23 +16,38 @@ Input formats (``--format``, auto-detected from the keys of the first record by 
   when ``input`` is not empty), preceded by the history turns written in the template's own markup
   (:data:`HISTORY_TURN`), so the templated text reads as one multi-turn ``### 问题`` / ``### 回答`` transcript.
 
-Each pair becomes ``format_prompt(prompt.strip(), response.strip())`` for both responses, tokenized without special
-tokens, cut to ``seq_length`` and padded with ``pad_token_id``. The seven stored fields (``S = seq_length``,
-``Lc``/``Lr`` = real tokens of chosen/rejected, ``d`` = first index where they differ, or ``min(Lc, Lr)`` when one
-is a prefix of the other; computed from lengths, never by searching for the pad id, which may equal eos):
+Each pair is encoded under the tokenization contract (:mod:`mindrlhf.data.contract`,
+:func:`~mindrlhf.data.contract.encode_for_reward`): the prompt text ``format_prompt(prompt.strip())`` and each
+response ``.strip()`` are tokenized separately, without special tokens; the prompt gets bos in front iff the
+tokenizer's rule says so (``Tokenizer.add_bos``: not for GPT-2 BPE, yes for SentencePiece Llama-style models), and
+each response gets eos appended: ``chosen = prompt_ids + chosen_ids + [eos]``, the same for rejected. Every stored
+sequence ends in eos, the token a reward model is trained and read at (PPO reads the reward at the eos of each
+rollout). Truncation to ``seq_length``: a prompt keeps at most its last ``seq_length - 1`` tokens (bos back in
+front), and a response that does not fit is cut from the right one token early so that the eos is KEPT as the last
+token. A prompt that fills ``seq_length - 1`` tokens leaves both responses only their eos: the pair is identical
+and skipped.
+
+The seven stored fields (``S = seq_length``, ``Lc``/``Lr`` = real tokens of chosen/rejected, eos included, ``d`` =
+first index where they differ, or ``min(Lc, Lr)`` when one is a prefix of the other; computed from lengths, never
+by searching for the pad id, which may equal eos):
 
 - ``chosen_input_ids``, ``chosen_attention_mask``, ``rejected_input_ids``, ``rejected_attention_mask``: int32 (S,).
+  The last real token of each sequence (its last mask-1 column) is the eos id.
 - ``position_id``: int32 (S,). Right padding: ``arange(S)``; left padding: ``clip(cumsum(mask) - 1, 0)``.
 - ``loss_mask``: int32 (S,), 1 on ``[o + d, o + max(Lc, Lr))``, 0 elsewhere (``o`` = start offset, below).
-- ``end_ind``: int64 scalar ``o + max(Lc, Lr)``, one past the last token of the longer sequence.
+- ``end_ind``: int64 scalar ``o + max(Lc, Lr)``, one past the last token (an eos) of the longer sequence.
 
 ``padding_side="right"``: both sequences start at ``o = 0``. ``padding_side="left"``: the PAIR is left-padded as
 a unit, both sequences start at ``o = S - max(Lc, Lr)`` (the longer one ends at S, the shorter one is followed by
 pad). Aligned starts keep the shared prompt at the same positions in both rows, so one ``position_id`` and one
 ``loss_mask`` serve both (with each sequence right-aligned on its own they could not).
 
+Files written before this contract end their sequences in the last response token, not eos; the reward trainer,
+``rm eval`` and :func:`mindrlhf.data.datasets.check_preference_ends` refuse them (reconvert with
+``mindrlhf convert-preference``).
+
 Skipped and counted (never a crash, unlike the predecessor's bug B1): pairs whose token ids are identical after
-templating and truncation (``skipped_identical``) and pairs with an empty response after ``strip()``
+encoding and truncation (``skipped_identical``) and pairs with an empty response after ``strip()``
 (``skipped_empty``). Bad records (malformed JSON line, missing/null or non-string field, undetectable format) raise
 :class:`ConversionError` naming ``file:line`` and the field, or with ``skip_bad_lines`` are skipped and counted
 (``skipped_bad``); a syntax error inside a JSON array is always fatal (there is no next line to resume at).
@@ -57,6 +72,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 from tqdm import tqdm
 
+from mindrlhf.data.contract import encode_for_reward
 from mindrlhf.data.templates import format_prompt
 from mindrlhf.data.tokenizer import Tokenizer, load_tokenizer
 
@@ -98,10 +114,10 @@ class PreferencePair:
 class ConversionStats:
     """Counters and raw-text token counts (each capped at seq_length, as the predecessor measured them)."""
 
-    skipped_identical: int = 0  # pairs whose token ids were identical after templating and truncation
+    skipped_identical: int = 0  # pairs whose token ids were identical after encoding and truncation
     skipped_empty: int = 0  # pairs with an empty chosen or rejected response after strip()
     skipped_bad: int = 0  # bad records skipped with skip_bad_lines
-    truncated: int = 0  # written pairs where chosen or rejected was cut at seq_length
+    truncated: int = 0  # written pairs where the prompt, chosen or rejected was cut to fit seq_length
     lengths: Dict[str, List[int]] = field(default_factory=lambda: {"prompt": [], "chosen": [], "reject": []})
 
     def as_dict(self) -> Dict[str, Union[int, float]]:
@@ -309,12 +325,13 @@ def pair_fields(chosen: Sequence[int], rejected: Sequence[int], seq_length: int,
 
 def encode_pair(tokenizer: Tokenizer, pair: PreferencePair, seq_length: int
                 ) -> Tuple[List[int], List[int], bool, Tuple[int, int, int]]:
-    """Templated, tokenized and truncated ``(chosen ids, rejected ids, truncated?, raw token counts)``."""
+    """``(chosen ids, rejected ids, truncated?, raw token counts)`` under the tokenization contract: each sequence is
+    ``prompt_ids + response_ids + [eos]``, at most ``seq_length`` long, ending in eos (see the module docstring)."""
     prompt, chosen, rejected = pair.prompt.strip(), pair.chosen.strip(), pair.rejected.strip()
-    ids = [tokenizer.encode(format_prompt(prompt, response)) for response in (chosen, rejected)]
-    truncated = any(len(x) > seq_length for x in ids)
+    encoded = [encode_for_reward(tokenizer, format_prompt(prompt), response, seq_length)
+               for response in (chosen, rejected)]
     raw = tuple(min(len(tokenizer.encode(text)), seq_length) for text in (prompt, chosen, rejected))
-    return ids[0][:seq_length], ids[1][:seq_length], truncated, raw
+    return encoded[0].ids, encoded[1].ids, any(e.truncated for e in encoded), raw
 
 
 def encode_pairs(pairs: Iterator[PreferencePair], tokenizer: Tokenizer, seq_length: int, pad_token_id: int,
@@ -380,6 +397,12 @@ def write_in_chunks(writer, samples: Iterator[dict], chunk_size: int) -> None:
         writer.write_raw_data(chunk)
 
 
+def default_pad(tokenizer: Tokenizer) -> int:
+    """The padding id when none is given: the tokenizer's pad id, or its eos id (GPT-2 and SentencePiece models
+    have no pad; masks, not ids, mark padding)."""
+    return tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
+
+
 def check_paths(src_flag: str, src_file: str, dst_flag: str, dst_file: str) -> None:
     """The source must be a file and the destination must not be a folder (errors name the flags)."""
     if not os.path.isfile(src_file):
@@ -406,7 +429,7 @@ def convert_preference(src_file: str, dst_file: str, tokenizer: Union[str, Token
 
     Args:
         tokenizer: a :class:`Tokenizer` or anything :func:`load_tokenizer` takes (path or ``gpt2``/``llama``).
-        pad_token_id: padding id; None = the tokenizer's eos id.
+        pad_token_id: padding id; None = the tokenizer's pad id, or its eos id when it has none.
         fmt: ``auto`` or one of :data:`FORMATS`.
     Raises:
         ConversionError: bad arguments, a bad record (unless ``skip_bad_lines``) or no pair left to write.
@@ -416,8 +439,10 @@ def convert_preference(src_file: str, dst_file: str, tokenizer: Union[str, Token
         tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     except (OSError, ValueError, RuntimeError) as err:
         raise ConversionError(f"--model {tokenizer}: {err}") from err
-    pad = tok.eos_token_id if pad_token_id is None else pad_token_id
-    if pad is None or not 0 <= pad < tok.vocab_size:
+    if tok.eos_token_id is None:
+        raise ConversionError(f"--model {tokenizer}: the tokenizer has no eos token to end sequences with")
+    pad = default_pad(tok) if pad_token_id is None else pad_token_id
+    if not 0 <= pad < tok.vocab_size:
         raise ConversionError(f"--pad_token_id {pad} is not an id of the tokenizer (0..{tok.vocab_size - 1})")
     stats = ConversionStats()
     pairs = read_pairs(src_file, fmt, skip_bad_lines, stats, progress)
@@ -450,7 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--src_file", required=True, help="source file (JSONL, or a JSON array for oasst)")
     parser.add_argument("--dst_file", required=True, help="output .mindrecord path (its folder is created)")
     parser.add_argument("--seq_length", type=int, default=1024, help="length of every stored sequence")
-    parser.add_argument("--pad_token_id", type=int, default=None, help="padding id (default: the tokenizer's eos)")
+    parser.add_argument("--pad_token_id", type=int, default=None,
+                        help="padding id (default: the tokenizer's pad, else its eos)")
     parser.add_argument("--format", default="auto", help=f"auto (default) or one of {', '.join(FORMATS)}")
     parser.add_argument("--skip_bad_lines", action="store_true", help="skip and count bad records instead of failing")
     return parser

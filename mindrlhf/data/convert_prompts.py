@@ -9,14 +9,19 @@ the optional ptx loss) may be absent, as in prompt-only sets such as the CValues
 ``--template qa`` the prompt is wrapped in the reward model's QA template (:mod:`mindrlhf.data.templates`);
 ``--template none`` (the seed's behaviour) uses it as is.
 
-Fields (``P = max_prompt_length``, ``T = seq_length``; prompt and response are tokenized separately and joined, so
-the boundary is exact; the response is followed by eos):
+Prompt and response follow the tokenization contract (:mod:`mindrlhf.data.contract`), as the SFT and preference
+converters do: they are tokenized separately (without special tokens) and joined, so the boundary is exact; the
+prompt starts with the tokenizer's bos iff ``Tokenizer.add_bos`` (not for GPT-2 BPE, yes for SentencePiece
+Llama-style models) and the response is followed by eos. With ``--template qa`` the response is stripped, as the
+SFT converter strips it. Fields (``P = max_prompt_length``, ``T = seq_length``):
 
-- ``prompt_ids``: int64 ``(P,)``, the prompt right-padded with ``pad_token_id``. A longer prompt keeps its LAST
-  ``P`` tokens (the end holds the question and the template's answer cue) and is counted as truncated.
+- ``prompt_ids``: int64 ``(P,)``, the prompt (bos included) right-padded with ``pad_token_id``. A longer prompt keeps
+  its LAST tokens (the end holds the question and the template's answer cue), with the bos back in front, and is
+  counted as truncated. PPO left-aligns these ids and generates the response after them.
 - ``prompt_length``: int64 scalar, the number of real tokens in ``prompt_ids`` (the predecessor had no such field
   and counted non-pad tokens, which fails when the pad id occurs in text; files without it are still read).
-- ``pretrain_ids``: int64 ``(T,)``, prompt then response (+eos), cut to ``T`` and right-padded.
+- ``pretrain_ids``: int64 ``(T,)``, prompt then response (+eos), cut to ``T`` (a cut response loses its eos first,
+  the SFT rule) and right-padded.
 - ``loss_mask``: int64 ``(T,)``, 1 on the response tokens of ``pretrain_ids`` and 0 on the prompt and the padding
   (padded with 0; the predecessor padded it with the pad id, bug B8).
 
@@ -36,6 +41,7 @@ from typing import Dict, Iterator, Optional, Sequence, Union
 import numpy as np
 from tqdm import tqdm
 
+from mindrlhf.data.contract import tokenize_prompt, tokenize_response
 from mindrlhf.data.convert_preference import (ConversionError, atomic_mindrecord, check_paths, read_records,
                                               text_field, write_in_chunks)
 from mindrlhf.data.templates import format_prompt
@@ -69,11 +75,10 @@ class PromptStats:
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str, response: str, max_prompt_length: int, seq_length: int,
                   pad_token_id: int) -> Dict[str, np.ndarray]:
-    """One record's four fields (see the module docstring); ``prompt`` is already templated."""
-    prompt_tokens = tokenizer.encode(prompt)[-max_prompt_length:]
-    response_tokens = tokenizer.encode(response) if response else []
-    if response_tokens and tokenizer.eos_token_id is not None:
-        response_tokens.append(tokenizer.eos_token_id)
+    """One record's four fields (see the module docstring); ``prompt`` is already templated, an empty ``response``
+    gives no ptx tokens (not even an eos)."""
+    prompt_tokens = tokenize_prompt(tokenizer, prompt, max_prompt_length)
+    response_tokens = tokenize_response(tokenizer, response) if response else []
     full = (prompt_tokens + response_tokens)[:seq_length]
     prompt_ids = np.full(max_prompt_length, pad_token_id, np.int64)
     prompt_ids[:len(prompt_tokens)] = prompt_tokens
@@ -106,10 +111,11 @@ def _samples(src_file: str, tokenizer: Tokenizer, max_prompt_length: int, seq_le
             stats.skipped_empty += 1
             continue
         text = format_prompt(prompt.strip()) if template == "qa" else prompt
+        response = response.strip() if template == "qa" else response
         sample = encode_prompt(tokenizer, text, response, max_prompt_length, seq_length, pad_token_id)
         stats.count += 1
         stats.with_response += int(sample["loss_mask"].any())
-        stats.truncated_prompts += int(len(tokenizer.encode(text)) > max_prompt_length)
+        stats.truncated_prompts += int(len(tokenize_prompt(tokenizer, text)) > max_prompt_length)
         yield sample
 
 
@@ -133,6 +139,9 @@ def convert_prompts(file_path: str, output_path: str, tokenizer: Union[str, Toke
         tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     except (OSError, ValueError, RuntimeError) as err:
         raise ConversionError(f"--tokenizer_name_or_path {tokenizer}: {err}") from err
+    if tok.eos_token_id is None:
+        raise ConversionError(f"--tokenizer_name_or_path {tokenizer}: the tokenizer has no eos token to end "
+                              f"responses with")
     if not 0 <= pad_token_id < tok.vocab_size:
         raise ConversionError(f"--pad_token_id {pad_token_id} is not an id of the tokenizer (0..{tok.vocab_size - 1})")
     stats = PromptStats()

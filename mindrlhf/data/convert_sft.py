@@ -20,17 +20,21 @@ Prompt text: the history turns are written in the template's own markup (:data:`
 (default) the result is stripped and filled into the QA template, ``format_prompt(text)``, and the response is
 stripped; with ``--template none`` the prompt text and the response are used verbatim.
 
-The prompt and the response are tokenized SEPARATELY (without special tokens) and concatenated, so the boundary is
-exact, and the tokenizer's eos id is appended after the response. Stored fields (``S = seq_length``, ``P`` = prompt
-tokens, ``R`` = response tokens including the eos, after truncation), all int32 of shape ``(S,)``:
+Prompt and response follow the tokenization contract (:mod:`mindrlhf.data.contract`): they are tokenized
+SEPARATELY (without special tokens) and concatenated, so the boundary is exact; the prompt gets the tokenizer's bos
+in front iff ``Tokenizer.add_bos`` (not for GPT-2 BPE, yes for SentencePiece Llama-style models), and the
+tokenizer's eos id is appended after the response. The same (prompt, response) gives the same ids here, in a
+preference row and in a PPO rollout. Stored fields (``S = seq_length``, ``P`` = prompt tokens including any bos,
+``R`` = response tokens including the eos, after truncation), all int32 of shape ``(S,)``:
 
-- ``input_ids``: ``prompt + response + eos``, right-padded with ``pad_token_id``.
+- ``input_ids``: ``[bos] + prompt + response + eos``, right-padded with ``pad_token_id``.
 - ``attention_mask``: 1 on ``[0, P + R)``, 0 on padding.
 - ``loss_mask``: 1 exactly on the response tokens and the appended eos, ``[P, P + R)``; 0 on prompt and padding.
   The trainer shifts: logits at positions ``0..S-2`` predict ``input_ids[1..S-1]`` weighted by ``loss_mask[1..S-1]``.
 
 Length contract: ``P + R <= S``. A sample that does not fit keeps its whole prompt and the first ``S - P`` tokens
-of ``response + eos`` (the eos is the first to go, so a cut response has no eos; counted in ``truncated``). A
+of ``response + eos`` (the eos is the first to go, so a cut response has no eos: an eos after a cut text would
+teach the policy to stop in mid-answer; counted in ``truncated``; preference rows keep their eos instead). A
 prompt of ``P >= S`` tokens leaves no room for one response token: the sample is skipped (``skipped_long``). An
 empty response (or prompt) after the template's stripping is skipped (``skipped_empty``). Bad records (malformed
 JSON line, not an object, missing/null or non-string field, a conversation that does not alternate) raise
@@ -49,8 +53,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 from tqdm import tqdm
 
+from mindrlhf.data.contract import encode_prompt_response
 from mindrlhf.data.convert_preference import (HISTORY_TURN, ConversionError, atomic_mindrecord, check_paths,
-                                              read_records, write_in_chunks)
+                                              default_pad, read_records, write_in_chunks)
 from mindrlhf.data.templates import format_prompt
 from mindrlhf.data.tokenizer import Tokenizer, load_tokenizer
 
@@ -258,17 +263,14 @@ def encode_examples(examples: Iterator[SFTExample], tokenizer: Tokenizer, seq_le
         if not prompt.strip() or not response.strip():
             stats.skipped_empty += 1
             continue
-        prompt_ids = tokenizer.encode(prompt)
-        if len(prompt_ids) >= seq_length:
+        encoded = encode_prompt_response(tokenizer, prompt, response, seq_length)
+        if len(encoded.prompt_ids) >= seq_length:
             stats.skipped_long += 1
             continue
-        response_ids = tokenizer.encode(response) + [tokenizer.eos_token_id]
-        room = seq_length - len(prompt_ids)
-        stats.truncated += len(response_ids) > room
-        response_ids = response_ids[:room]
-        stats.lengths["prompt"].append(len(prompt_ids))
-        stats.lengths["response"].append(len(response_ids))
-        yield sample_fields(prompt_ids, response_ids, seq_length, pad_token_id)
+        stats.truncated += encoded.response_cut
+        stats.lengths["prompt"].append(len(encoded.prompt_ids))
+        stats.lengths["response"].append(len(encoded.response_ids))
+        yield sample_fields(encoded.prompt_ids, encoded.response_ids, seq_length, pad_token_id)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -293,7 +295,7 @@ def _tokenizer_and_pad(tokenizer: Union[str, Tokenizer], pad_token_id: Optional[
         raise ConversionError(f"--model {tokenizer}: {err}") from err
     if tok.eos_token_id is None:
         raise ConversionError(f"--model {tokenizer}: the tokenizer has no eos token to end responses with")
-    pad = tok.eos_token_id if pad_token_id is None else pad_token_id
+    pad = default_pad(tok) if pad_token_id is None else pad_token_id
     if not 0 <= pad < tok.vocab_size:
         raise ConversionError(f"--pad_token_id {pad} is not an id of the tokenizer (0..{tok.vocab_size - 1})")
     return tok, pad
@@ -307,7 +309,7 @@ def convert_sft(src_file: str, dst_file: str, tokenizer: Union[str, Tokenizer], 
     Args:
         tokenizer: a :class:`Tokenizer` or anything :func:`load_tokenizer` takes (path or ``gpt2``/``llama``).
         seq_length: ``S``, the length of every stored row.
-        pad_token_id: padding id; None = the tokenizer's eos id.
+        pad_token_id: padding id; None = the tokenizer's pad id, or its eos id when it has none.
         fmt: ``auto`` (per record) or one of :data:`FORMATS`.
         template: ``qa`` (the QA template) or ``none`` (raw prompt text).
     Returns:
@@ -346,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--src_file", required=True, help="source file (JSONL or a JSON array)")
     parser.add_argument("--dst_file", required=True, help="output .mindrecord path (its folder is created)")
     parser.add_argument("--seq_length", type=int, default=1024, help="length of every stored sequence")
-    parser.add_argument("--pad_token_id", type=int, default=None, help="padding id (default: the tokenizer's eos)")
+    parser.add_argument("--pad_token_id", type=int, default=None,
+                        help="padding id (default: the tokenizer's pad, else its eos)")
     parser.add_argument("--format", default="auto", help=f"auto (default, per record) or one of {', '.join(FORMATS)}")
     parser.add_argument("--template", default="qa", help="qa (default): the QA prompt template; none: raw prompt")
     parser.add_argument("--skip_bad_lines", action="store_true", help="skip and count bad records instead of failing")

@@ -8,9 +8,13 @@
 - ``attention_mask (2B, S) int32``: chosen masks then rejected masks.
 - ``loss_mask (B, S) float32``: the stored divergence span.
 - ``end_ind (2B,) int32``: each row's OWN end, one past its last real token according to its attention mask. For
-  right padding this is the row's number of real tokens; the score of a row is read at ``end_ind - 1``. The stored
-  ``end_ind`` (the longer sequence's end, shared by the pair) is not used, and pad ids are never counted (pad may
-  equal eos, the predecessor's bug B3).
+  right padding this is the row's number of real tokens; the score of a row is read at ``end_ind - 1``, its eos
+  (every preference sequence ends in eos, the token PPO's reward is read at). The stored ``end_ind`` (the longer
+  sequence's end, shared by the pair) is not used, and pad ids are never counted (pad may equal eos, the
+  predecessor's bug B3).
+
+:func:`check_preference_ends` refuses preference files written before sequences ended in eos (their last real
+token is the last response token): the reward trainer and ``rm eval`` call it before reading a batch.
 
 :func:`sft_dataset` reads the three SFT columns written by :mod:`mindrlhf.data.convert_sft` and yields batches of
 ``input_ids``, ``attention_mask`` and ``loss_mask``, each ``(B, S) int32``, as stored.
@@ -26,7 +30,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from mindrlhf.data.convert_preference import PREFERENCE_SCHEMA
+from mindrlhf.data.convert_preference import PREFERENCE_SCHEMA, ConversionError
 from mindrlhf.data.convert_sft import SFT_SCHEMA
 
 PREFERENCE_COLUMNS: Tuple[str, ...] = tuple(PREFERENCE_SCHEMA)  # stored columns, in the spec order
@@ -97,6 +101,32 @@ def row_ends(attention_mask: np.ndarray) -> np.ndarray:
     mask = np.asarray(attention_mask) != 0
     last = mask.shape[1] - np.argmax(mask[:, ::-1], axis=1)
     return np.where(mask.any(axis=1), last, 0).astype(np.int32)
+
+
+def check_preference_ends(path: str, eos_token_id: int, records: int = 8) -> None:
+    """Raise :class:`ConversionError` naming ``path`` unless, in its first ``records`` records, the last real token
+    (last attention-mask-1 column) of every chosen and rejected sequence is ``eos_token_id``.
+
+    A reward model is read at the eos; files written before the tokenization contract end at the last response
+    token instead and must be reconverted. Also raised when the file was converted with a tokenizer whose eos is not
+    the model's ``eos_token_id``.
+    """
+    import mindspore.dataset as ds
+
+    count = min(record_count(path), records)
+    columns = ["chosen_input_ids", "chosen_attention_mask", "rejected_input_ids", "rejected_attention_mask"]
+    dataset = ds.MindDataset(path, columns_list=columns, sampler=ds.SubsetSampler(list(range(count))))
+    for k, row in enumerate(dataset.create_dict_iterator(num_epochs=1, output_numpy=True)):
+        for side in ("chosen", "rejected"):
+            ids, end = row[f"{side}_input_ids"], int(row_ends(row[f"{side}_attention_mask"][None])[0])
+            if end == 0 or int(ids[end - 1]) != eos_token_id:
+                last = int(ids[end - 1]) if end else None
+                raise ConversionError(
+                    f"{path}: record {k}: the {side} sequence ends in token {last}, not the model's eos id "
+                    f"{eos_token_id} (model.model_config.eos_token_id). Reward models are trained and read at the "
+                    f"eos that ends every sequence; this file was written by an older converter that did not end "
+                    f"sequences in eos, or with a different tokenizer: reconvert it with `mindrlhf "
+                    f"convert-preference` and the model's tokenizer")
 
 
 def _pair_layout(chosen_ids, chosen_mask, rejected_ids, rejected_mask, position_id, loss_mask, end_ind):

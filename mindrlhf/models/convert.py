@@ -5,6 +5,10 @@
 Name map: Hugging Face ``transformer.*`` (GPT-2) / ``model.*`` (Llama) <-> our ``backbone.*``; heads keep their
 names (``lm_head.weight``, ``score.weight``). GPT-2's ``Conv1D`` weights are stored ``(in, out)`` and are
 transposed to our ``(out, in)``.
+
+Tied embeddings (``tie_word_embeddings``): the one ``(V, H)`` matrix may be stored as the token table, as
+``lm_head.weight`` or under both names; loading accepts all three, writing stores the token table only (the
+layout ``transformers`` saves). Bundled models load by name: ``tinystories`` is :data:`BUNDLED_MODELS`' folder.
 """
 from __future__ import annotations
 
@@ -25,6 +29,11 @@ from mindrlhf.config import ModelConfig
 logger = logging.getLogger(__name__)
 
 BACKBONE_PREFIX = "backbone."
+LM_HEAD = "lm_head.weight"
+
+MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "models")
+# name -> Hugging Face folder shipped with the package (mindrlhf/assets/README.md has the sources and licenses)
+BUNDLED_MODELS: Dict[str, str] = {"tinystories": os.path.join(MODELS_DIR, "tinystories_656k")}
 
 
 class CheckpointError(ValueError):
@@ -37,6 +46,8 @@ class HFFamily:
 
     model_type: str  # config.json "model_type"
     prefix: str  # backbone prefix in HF state dicts
+    embed: str  # the token table's name under the prefix
+    tied_default: bool  # tie_word_embeddings when config.json does not say
     transposed: Tuple[str, ...]  # name suffixes stored (in, out) in HF
     ignored: Tuple[str, ...]  # HF buffers that are not parameters
     lm_class: str  # architectures entry for a causal LM
@@ -44,11 +55,11 @@ class HFFamily:
 
 
 FAMILIES: Dict[str, HFFamily] = {
-    "gpt2": HFFamily("gpt2", "transformer.",
+    "gpt2": HFFamily("gpt2", "transformer.", "wte.weight", True,
                      ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"),
                      (".attn.bias", ".attn.masked_bias"), "GPT2LMHeadModel", "GPT2ForSequenceClassification"),
-    "llama": HFFamily("llama", "model.", (), (".rotary_emb.inv_freq",), "LlamaForCausalLM",
-                      "LlamaForSequenceClassification"),
+    "llama": HFFamily("llama", "model.", "embed_tokens.weight", False, (), (".rotary_emb.inv_freq",),
+                      "LlamaForCausalLM", "LlamaForSequenceClassification"),
 }
 
 
@@ -69,7 +80,7 @@ def model_config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
             num_heads=hf["n_head"], intermediate_size=hf.get("n_inner"), seq_length=hf["n_positions"],
             hidden_act="gelu", layernorm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
             initializer_range=hf.get("initializer_range", 0.02),
-            tie_word_embeddings=hf.get("tie_word_embeddings", True),
+            tie_word_embeddings=hf_ties_embeddings(hf),
             bos_token_id=hf.get("bos_token_id", eos), eos_token_id=eos,
             pad_token_id=hf.get("pad_token_id") if hf.get("pad_token_id") is not None else eos)
     if model_type == "llama":
@@ -85,9 +96,18 @@ def model_config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
             intermediate_size=hf["intermediate_size"], seq_length=hf.get("max_position_embeddings", 4096),
             hidden_act="silu", rms_norm_eps=hf.get("rms_norm_eps", 1e-5), rope_theta=hf.get("rope_theta", 10000.0),
             initializer_range=hf.get("initializer_range", 0.02),
-            tie_word_embeddings=hf.get("tie_word_embeddings", False), bos_token_id=hf.get("bos_token_id", 1),
+            tie_word_embeddings=hf_ties_embeddings(hf), bos_token_id=hf.get("bos_token_id", 1),
             eos_token_id=eos, pad_token_id=hf.get("pad_token_id") if hf.get("pad_token_id") is not None else 0)
     raise CheckpointError(f"{source}: model_type {model_type!r} is not supported (supported: {', '.join(FAMILIES)})")
+
+
+def hf_ties_embeddings(hf: dict) -> bool:
+    """Whether a ``config.json`` dict ties the LM head to the token table (its family's default when unsaid)."""
+    tied = hf.get("tie_word_embeddings")
+    if tied is None:
+        family = FAMILIES.get(hf.get("model_type"))
+        return bool(family and family.tied_default)
+    return bool(tied)
 
 
 def model_config_to_hf(cfg: ModelConfig, reward: bool = False) -> dict:
@@ -117,6 +137,14 @@ def model_config_to_hf(cfg: ModelConfig, reward: bool = False) -> dict:
 
 # ---------------------------------------------------------------------------------------------------------------
 # reading Hugging Face folders
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A bundled model's name (a key of :data:`BUNDLED_MODELS`, e.g. ``tinystories``) -> its folder; any other
+    path, and a name that exists as a local path, is returned unchanged."""
+    if path in BUNDLED_MODELS and not os.path.exists(path):
+        return BUNDLED_MODELS[path]
+    return path
 
 
 def read_hf_config(folder: str) -> dict:
@@ -202,6 +230,28 @@ def ours_to_hf(params: Dict[str, np.ndarray], cfg: ModelConfig) -> Dict[str, np.
     return out
 
 
+def merge_tied_embeddings(arrays: Dict[str, np.ndarray], cfg: ModelConfig, source: str) -> Dict[str, np.ndarray]:
+    """Put a tied checkpoint's shared ``(V, H)`` matrix under the token table's name alone.
+
+    A tied checkpoint may store it as the token table, as ``lm_head.weight`` (only the head, as some exporters
+    do) or under both names, which must then be equal. ``arrays`` uses our names; returns a new dict.
+    Raises:
+        CheckpointError: both names are stored with different values.
+    """
+    family = _family_of(cfg)
+    embed = BACKBONE_PREFIX + family.embed
+    arrays = dict(arrays)
+    head = arrays.pop(LM_HEAD, None)
+    if head is None:
+        return arrays
+    if embed not in arrays:
+        arrays[embed] = head
+    elif arrays[embed].shape != head.shape or not np.array_equal(arrays[embed], head):
+        raise CheckpointError(f"{source}: tie_word_embeddings is true but {LM_HEAD} and the token table "
+                              f"{family.prefix}{family.embed} hold different values")
+    return arrays
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # loading into cells
 
@@ -250,21 +300,31 @@ def assign_parameters(cell: nn.Cell, arrays: Dict[str, np.ndarray], source: str,
 
 
 def load_hf_checkpoint(cell: nn.Cell, folder: str, cfg: ModelConfig, new_heads: bool = False) -> List[str]:
-    """Load a Hugging Face checkpoint folder into ``cell`` (a CausalLM, RewardModel or Critic).
+    """Load a Hugging Face checkpoint folder (or a bundled model's name) into ``cell`` (a CausalLM, RewardModel
+    or Critic).
 
-    With ``new_heads`` the value/score heads may be missing (they keep their initialisation) and an
-    ``lm_head`` the cell lacks is ignored, so an SFT checkpoint can start a reward model or a critic.
+    A checkpoint whose ``config.json`` ties the embeddings may store the shared matrix under either name (see
+    :func:`merge_tied_embeddings`); an untied one needs both. An ``lm_head`` is ignored by cells without one (reward
+    models, critics). With ``new_heads`` the value/score heads may be missing (they keep their initialisation),
+    so an SFT checkpoint can start a reward model or a critic.
     """
+    folder = resolve_checkpoint(folder)
     arrays = hf_to_ours(read_hf_tensors(folder), cfg)
     params = cell_parameters(cell)
-    tied_head = "lm_head.weight" in arrays and "lm_head.weight" not in params
-    ignore = ("lm_head.",) if (new_heads or tied_head) else ()
+    if hf_ties_embeddings(read_hf_config(folder)):
+        arrays = merge_tied_embeddings(arrays, cfg, folder)
+        embed = BACKBONE_PREFIX + _family_of(cfg).embed
+        if LM_HEAD in params and embed in arrays:  # an untied model started from tied weights
+            arrays[LM_HEAD] = arrays[embed]
+    has_lm_head = getattr(cell, "lm_head", None) is not None
+    ignore = ("lm_head.",) if (new_heads or not has_lm_head) else ()
     allow = ("v_head.", "score.") if new_heads else ()
     return assign_parameters(cell, arrays, folder, allow_missing=allow, ignore_unexpected=ignore)
 
 
 def model_config_from_hf_folder(folder: str) -> ModelConfig:
-    """The :class:`ModelConfig` of a Hugging Face checkpoint folder."""
+    """The :class:`ModelConfig` of a Hugging Face checkpoint folder (or a bundled model's name)."""
+    folder = resolve_checkpoint(folder)
     return model_config_from_hf(read_hf_config(folder), os.path.join(folder, "config.json"))
 
 
@@ -292,9 +352,14 @@ def _replace_dir(tmp: str, final: str) -> None:
         os.replace(tmp, final)
 
 
-def save_hf_checkpoint(cell: nn.Cell, cfg: ModelConfig, folder: str, reward: Optional[bool] = None) -> str:
+def save_hf_checkpoint(cell: nn.Cell, cfg: ModelConfig, folder: str, reward: Optional[bool] = None,
+                       extra_files: Iterable[str] = ()) -> str:
     """Write ``cell`` as a Hugging Face folder (``config.json`` + ``model.safetensors``) that ``transformers``
-    loads; ``reward`` (default: the cell has a ``score`` head) selects ``*ForSequenceClassification``."""
+    loads; ``reward`` (default: the cell has a ``score`` head) selects ``*ForSequenceClassification``.
+
+    A tied model stores its token table only (``transformers``' own layout). ``extra_files`` (tokenizer files,
+    ``generation_config.json``) are copied in before the folder is moved into place.
+    """
     from safetensors.numpy import save_file
 
     arrays = {name: p.asnumpy() for name, p in cell_parameters(cell).items()}
@@ -303,6 +368,8 @@ def save_hf_checkpoint(cell: nn.Cell, cfg: ModelConfig, folder: str, reward: Opt
     hf_arrays = ours_to_hf(arrays, cfg)
     tmp = _atomic_dir(folder)
     try:
+        for path in extra_files:
+            shutil.copyfile(path, os.path.join(tmp, os.path.basename(path)))
         save_file(hf_arrays, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
             json.dump(model_config_to_hf(cfg, reward), f, indent=2)
@@ -360,18 +427,32 @@ def _load_ckpt(cell: nn.Cell, path: str, allow_missing: Iterable[str], ignore_un
     return extras, kept
 
 
+# the files of a Hugging Face folder besides its config and weights that describe how to use it
+HF_SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "tokenizer.model", "vocab.json", "merges.txt")
+
+
+def hf_side_files(folder: str) -> List[str]:
+    """Paths of the :data:`HF_SIDE_FILES` (tokenizer, generation settings) that ``folder`` holds."""
+    folder = resolve_checkpoint(folder)
+    return [os.path.join(folder, name) for name in HF_SIDE_FILES if os.path.isfile(os.path.join(folder, name))]
+
+
 def is_hf_folder(path: str) -> bool:
-    """True for a folder holding a Hugging Face ``config.json``."""
+    """True for a folder holding a Hugging Face ``config.json`` and for a bundled model's name."""
+    path = resolve_checkpoint(path)
     return os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json"))
 
 
 def load_weights(cell: nn.Cell, path: str, cfg: ModelConfig, new_heads: bool = False,
                  ignore_unexpected: Iterable[str] = ()) -> List[str]:
-    """Load a Hugging Face folder or a MindSpore ``.ckpt`` into ``cell``; returns the names left initialised.
+    """Load a Hugging Face folder (or a bundled model's name, see :data:`BUNDLED_MODELS`) or a MindSpore ``.ckpt``
+    into ``cell``; returns the names left initialised.
 
     ``new_heads``: the value / score heads may be absent (they start fresh); ``ignore_unexpected``: name prefixes
     the file may have that ``cell`` does not (a PPO policy's ``v_head.`` when loading it for generation).
     """
+    path = resolve_checkpoint(path)
     if is_hf_folder(path):
         return load_hf_checkpoint(cell, path, cfg, new_heads=new_heads)
     if path.endswith(".ckpt"):

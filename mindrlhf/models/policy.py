@@ -11,13 +11,19 @@ from mindrlhf.models.layers import ms_dtype
 from mindrlhf.models.registry import build_backbone
 
 
-def token_logprobs(logits, labels):
-    """Log-probability of each label under its logits: ``(B, T, V), (B, T) -> (B, T)`` float32.
+def token_logprobs(logits, labels, temperature: float = 1.0):
+    """Log-probability of each label under ``softmax(logits / temperature)``: ``(B, T, V), (B, T) -> (B, T)``
+    float32.
 
-    ``log_softmax`` then a gather: on CPU the fused log-softmax kernel is about ten times faster than
-    ``logsumexp``, whose max and sum reductions are slow.
+    PPO passes its sampling temperature, so the log-probs are those of the distribution the rollouts were drawn
+    from (:func:`mindrlhf.models.generation.sample_tokens` divides the logits the same way). ``log_softmax`` then a
+    gather: on CPU the fused log-softmax kernel is about ten times faster than ``logsumexp``, whose max and sum
+    reductions are slow.
     """
-    logp = ops.log_softmax(ops.cast(logits, ms.float32), -1)
+    logits = ops.cast(logits, ms.float32)
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp = ops.log_softmax(logits, -1)
     return ops.squeeze(ops.gather_elements(logp, -1, ops.expand_dims(labels, -1)), -1)
 
 

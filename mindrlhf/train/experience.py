@@ -5,20 +5,28 @@ Layout of one rollout (``P`` prompt width, ``N = max_new_tokens``, ``L = P + N``
 
     response_tensors  [pad .. pad | prompt | r_0 r_1 .. r_{n-1} | pad .. pad]     (L,)
     attention_mask    [ 0  ..  0  |  1..1  |  1   1  ..    1    |  0  ..  0 ]     (L,)
-    window t = 0..N-1: logprobs[t] = log p(r_t | tokens before it), values[t] = V(state before r_t)
+    window t = 0..N-1: logprobs[t] = log p_T(r_t | tokens before it), values[t] = V(state before r_t)
 
 The prompt is left-padded to ``P`` so every response starts at column ``P``; positions count real tokens only, the
-rule generation used, so the log-probs here are those of the sampling distribution (the predecessor scored a
-re-padded layout with shifted positions, bug B15). The reward model scores each full sequence at its own last real
-token; the score lands on that row's last response token (not on a pad, bug B14), with no constant subtracted
+rule generation used, and the policy and reference log-probs are those of ``p_T = softmax(logits / T)``, ``T`` the
+sampling temperature, so they are the log-probs of the sampling distribution (the predecessor scored a re-padded
+layout with shifted positions, bug B15; top-k / top-p sampling is refused by :class:`PPOConfig`). The reward model
+scores each full sequence at its own last real token; the score, minus ``missing_eos_penalty`` when the response
+was cut without eos, lands on that row's last response token (not on a pad, bug B14), with no constant subtracted
 (bug B12).
+
+Data parallel: each rank makes its own rollouts, but every statistic over them (score scaling, advantage
+whitening, the adaptive KL controller's mean KL, the logged rollout statistics) is summed over all ranks
+(``reduce``, :class:`mindrlhf.train.distributed.AllReduceSum`), as one process on the global batch would compute it.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from mindspore import Tensor, nn
@@ -79,36 +87,41 @@ EXPERIENCE_SCHEMA = {f.name: {"type": "int32" if f.name in _INT_FIELDS else "flo
 
 @dataclass
 class RolloutStats:
-    """Per-iteration statistics of the experience phase (rank-local)."""
+    """Per-iteration statistics of the experience phase, over the rollouts of every data-parallel rank (``scores``
+    excepted)."""
 
     score_mean: float  # raw reward-model / reward-function score
     score_std: float
-    kl: float  # mean over rollouts of sum_t (logp - ref_logp)
+    kl: float  # mean over rollouts of sum_t (logp - ref_logp); the adaptive KL controller's input
     response_length: float  # mean generated tokens (eos included)
     kl_coef: float  # the coefficient used for these rewards
     explained_variance: float  # of the old values for the returns
-    scores: np.ndarray  # (B,) raw scores
+    scores: np.ndarray  # (B,) this rank's raw scores
+    no_eos_rate: float = 0.0  # share of rollouts cut at max_new_tokens without eos
 
 
 class RolloutScorer(nn.Cell):
     """``(tokens (B, L), mask (B, L)) -> logprobs (B, N)`` [, ``values (B, N)``] over the response window.
 
-    Only the ``N`` window positions go through the LM head (not all ``L``). Values come from the shared value
-    head, or from ``critic`` (``(B, L)`` per position) when given.
+    Log-probs are those of ``softmax(logits / temperature)``, the sampling distribution. Only the ``N`` window
+    positions go through the LM head (not all ``L``). Values come from the shared value head, or from ``critic``
+    (``(B, L)`` per position) when given.
     """
 
-    def __init__(self, lm: CausalLM, prompt_width: int, with_values: bool, critic: Optional[nn.Cell] = None):
+    def __init__(self, lm: CausalLM, prompt_width: int, with_values: bool, critic: Optional[nn.Cell] = None,
+                 temperature: float = 1.0):
         super().__init__(auto_prefix=False)
         self.lm = lm
         self.critic = critic
         self.start = prompt_width - 1
         self.with_values = with_values
+        self.temperature = float(temperature)
 
     def construct(self, tokens, mask):
         length = tokens.shape[1]
         hidden = self.lm.backbone(tokens, mask)
         window = hidden[:, self.start:length - 1]
-        logprobs = token_logprobs(self.lm.logits(window), tokens[:, self.start + 1:])
+        logprobs = token_logprobs(self.lm.logits(window), tokens[:, self.start + 1:], self.temperature)
         if not self.with_values:
             return logprobs
         if self.critic is None:
@@ -126,6 +139,85 @@ def left_align_prompts(prompt_ids: np.ndarray, prompt_length: np.ndarray, pad_to
     return left_pad([row[:n] for row, n in zip(prompt_ids, lengths)], pad_token_id, width)
 
 
+def ends_with_eos(response_ids: np.ndarray, lengths: np.ndarray, eos_token_id: Optional[int]) -> np.ndarray:
+    """``(B, N)`` generated ids + ``(B,)`` lengths -> ``(B,)`` bool: the row's last generated token is eos (False
+    for every row without an eos id)."""
+    if eos_token_id is None:
+        return np.zeros(len(response_ids), bool)
+    return response_ids[np.arange(len(response_ids)), np.asarray(lengths) - 1] == eos_token_id
+
+
+def scale_scores(scores: np.ndarray, has_eos: np.ndarray, ppo: PPOConfig, moments: rl.RunningMoments,
+                 reduce: rl.Reduce = rl.local_sum) -> np.ndarray:
+    """Raw scores ``(B,)`` -> the scores the rewards use ``(B,)`` float32, in this order: minus
+    ``ppo.missing_eos_penalty`` where ``has_eos`` is False; ``reward_scaling`` (``running``: ``moments`` take the
+    batch of every rank, then divide by their std; ``whiten``: ``(s - mean) / std`` with the mean and population
+    std of every rank's scores); clipped to ``[-reward_clip, reward_clip]``."""
+    scores = np.asarray(scores, np.float64)
+    if ppo.missing_eos_penalty is not None:
+        scores = scores - ppo.missing_eos_penalty * (~np.asarray(has_eos, bool))
+    if ppo.reward_scaling == "running":
+        moments.update(scores, reduce)
+        scores = scores / max(moments.std, 1e-8)
+    elif ppo.reward_scaling == "whiten":
+        mean, var, _ = rl.masked_moments(scores, None, reduce)
+        scores = (scores - mean) / max(math.sqrt(var), 1e-8)
+    if ppo.reward_clip is not None:
+        scores = np.clip(scores, -ppo.reward_clip, ppo.reward_clip)
+    return scores.astype(np.float32)
+
+
+def rollout_stats(raw: Dict[str, np.ndarray], kl: np.ndarray, values: np.ndarray, returns: np.ndarray,
+                  kl_coef: float, reduce: rl.Reduce = rl.local_sum) -> Tuple[RolloutStats, float]:
+    """The :class:`RolloutStats` of every rank's rollouts and their number (the adaptive controller's step count).
+
+    Args:
+        raw: the rank's rollouts (:meth:`ExperienceMaker.rollouts`); kl, values, returns: ``(B, N)``, masked.
+    """
+    mask = raw["response_mask"]
+    kl_sum, tokens, no_eos, count = reduce(np.array([kl.sum(dtype=np.float64), mask.sum(dtype=np.float64),
+                                                     (~raw["ends_with_eos"]).sum(), len(mask)]))
+    score_mean, score_var, _ = rl.masked_moments(raw["scores"], None, reduce)
+    stats = RolloutStats(score_mean=score_mean, score_std=math.sqrt(score_var), kl=float(kl_sum / count),
+                         response_length=float(tokens / count), kl_coef=kl_coef,
+                         explained_variance=rl.explained_variance(values, returns, mask, reduce),
+                         scores=raw["scores"], no_eos_rate=float(no_eos / count))
+    return stats, float(count)
+
+
+def build_experience(raw: Dict[str, np.ndarray], ppo: PPOConfig, kl_controller, moments: rl.RunningMoments,
+                     reduce: rl.Reduce = rl.local_sum) -> Tuple[Experience, RolloutStats]:
+    """Rewards, GAE, whitening and statistics of one iteration's rollouts; then the KL controller moves.
+
+    Every statistic (score scaling, advantage whitening, the controller's mean KL and rollout count, the logged
+    statistics) is over the rollouts of every rank (``reduce``), so data-parallel ranks compute what one process
+    would on their concatenated rollouts.
+
+    Args:
+        raw: this rank's ``B`` rollouts from :meth:`ExperienceMaker.rollouts`.
+        kl_controller: :class:`rl.FixedKLController` or :class:`rl.AdaptiveKLController` (updated).
+        moments: the running score moments (updated with ``reward_scaling: running``).
+    Returns:
+        (:class:`Experience` of ``B`` rollouts, :class:`RolloutStats`).
+    """
+    mask = raw["response_mask"]
+    kl_coef = kl_controller.value
+    scores = scale_scores(raw["scores"], raw["ends_with_eos"], ppo, moments, reduce)
+    rewards, kl = rl.kl_penalised_rewards(scores, raw["logprobs"], raw["ref_logprobs"], mask, kl_coef)
+    values = raw["values"] * mask
+    advantages, returns = rl.gae(rewards, values, mask, ppo.gamma, ppo.lam)
+    if ppo.whiten_advantages:
+        advantages = rl.whiten(advantages, mask, reduce=reduce)
+    experience = Experience(query_tensors=raw["query_tensors"], response_tensors=raw["response_tensors"],
+                            logprobs=(raw["logprobs"] * mask).astype(np.float32), values=values,
+                            rewards=rewards, advantages=advantages, returns=returns,
+                            pretrain_ids=raw["pretrain_ids"], loss_mask=raw["loss_mask"],
+                            attention_mask=raw["attention_mask"])
+    stats, count = rollout_stats(raw, kl, values, returns, kl_coef, reduce)
+    kl_controller.update(stats.kl, count)
+    return experience, stats
+
+
 class ExperienceMaker:
     """Runs the experience phase for one PPO iteration.
 
@@ -138,18 +230,24 @@ class ExperienceMaker:
         prompt_width: ``P``.
         pad_token_id, eos_token_id: of the policy's tokenizer.
         rank_id: this rank (sampling seeds differ per rank).
+        reduce: sums statistics over the data-parallel ranks (:class:`mindrlhf.train.distributed.AllReduceSum`).
     """
 
     def __init__(self, policy: CausalLM, ref: CausalLM, reward: Union[RewardModel, RewardFunction],
                  critic: Optional[nn.Cell], ppo: PPOConfig, prompt_width: int, pad_token_id: int,
-                 eos_token_id: Optional[int], rank_id: int = 0):
+                 eos_token_id: Optional[int], rank_id: int = 0, reduce: rl.Reduce = rl.local_sum):
+        ppo.check_sampling()  # again: the generation section may have been replaced after validation
         self.ppo = ppo
         self.rank_id = rank_id
+        self.reduce = reduce
         self.prompt_width = prompt_width
         self.pad_token_id = pad_token_id
+        self.eos_token_id = eos_token_id
+        temperature = ppo.generation.temperature
         self.generator = Generator(policy, ppo.generation, eos_token_id, pad_token_id)
-        self.policy_scorer = RolloutScorer(policy, prompt_width, with_values=True, critic=critic)
-        self.ref_scorer = RolloutScorer(ref, prompt_width, with_values=False)
+        self.policy_scorer = RolloutScorer(policy, prompt_width, with_values=True, critic=critic,
+                                           temperature=temperature)
+        self.ref_scorer = RolloutScorer(ref, prompt_width, with_values=False, temperature=temperature)
         self.reward = reward
         self.policy, self.critic, self.ref = policy, critic, ref
         self.kl_controller = (rl.AdaptiveKLController(ppo.kl_coef, ppo.target, ppo.horizon) if ppo.adaptive_kl
@@ -170,10 +268,8 @@ class ExperienceMaker:
             raise ValueError(f"the reward function must return {len(tokens)} finite scores, got {scores!r}")
         return scores
 
-    def _rollout(self, prompts: Dict[str, np.ndarray], seed: int) -> Dict[str, np.ndarray]:
+    def _rollout(self, prompts: Dict[str, np.ndarray], seed) -> Dict[str, np.ndarray]:
         """Generate and score one chunk; returns the raw per-rollout arrays."""
-        import time
-
         query, query_mask = left_align_prompts(prompts["prompt_ids"], prompts["prompt_length"], self.pad_token_id)
         tick = time.perf_counter()
         out = self.generator.generate(query, query_mask, seed=seed)
@@ -188,6 +284,7 @@ class ExperienceMaker:
         ref_logprobs = self.ref_scorer(Tensor(tokens), Tensor(mask))
         chunk = {"query_tensors": query, "response_tensors": tokens, "attention_mask": mask,
                  "response_mask": out.response_mask.astype(np.float32), "scores": scores,
+                 "ends_with_eos": ends_with_eos(out.response_ids, out.response_lengths, self.eos_token_id),
                  "logprobs": logprobs.asnumpy(), "values": values.asnumpy(), "ref_logprobs": ref_logprobs.asnumpy(),
                  "pretrain_ids": prompts["pretrain_ids"].astype(np.int32),
                  "loss_mask": prompts["loss_mask"].astype(np.int32)}
@@ -196,19 +293,8 @@ class ExperienceMaker:
             self.timings[name] = self.timings.get(name, 0.0) + seconds
         return chunk
 
-    def _scaled_scores(self, scores: np.ndarray) -> np.ndarray:
-        ppo = self.ppo
-        if ppo.reward_scaling == "running":
-            self.score_moments.update(scores)
-            scores = scores / max(self.score_moments.std, 1e-8)
-        elif ppo.reward_scaling == "whiten":
-            scores = (scores - scores.mean()) / max(float(scores.std()), 1e-8)
-        if ppo.reward_clip is not None:
-            scores = np.clip(scores, -ppo.reward_clip, ppo.reward_clip)
-        return scores.astype(np.float32)
-
-    def make_experience(self, prompts: Dict[str, np.ndarray], iteration: int, seed: int = 0):
-        """All rollouts of one iteration.
+    def rollouts(self, prompts: Dict[str, np.ndarray], iteration: int, seed: int = 0) -> Dict[str, np.ndarray]:
+        """Generate, score and evaluate this rank's rollouts, chunk by chunk.
 
         Args:
             prompts: ``prompt_ids (R, P)``, ``prompt_length (R,)``, ``pretrain_ids (R, T)``, ``loss_mask (R, T)``
@@ -216,35 +302,27 @@ class ExperienceMaker:
             iteration: the PPO iteration (the sampling seed of each chunk mixes ``seed``, ``iteration``, the rank
                 and the chunk index).
         Returns:
-            (:class:`Experience` of ``R`` rollouts, :class:`RolloutStats`).
+            ``query_tensors (R, P)``, ``response_tensors (R, L)``, ``attention_mask (R, L)``, ``response_mask
+            (R, N)``, ``scores (R,)``, ``ends_with_eos (R,)``, ``logprobs``, ``values``, ``ref_logprobs (R, N)``,
+            ``pretrain_ids``, ``loss_mask (R, T)``.
         """
-        self.timings = {}
         ppo, total = self.ppo, len(prompts["prompt_ids"])
         chunks = []
         for i, start in enumerate(range(0, total, ppo.chunk_size)):
             part = {k: v[start:start + ppo.chunk_size] for k, v in prompts.items()}
             chunks.append(self._rollout(part, seed=[seed, iteration, self.rank_id, i]))
-        raw = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-        mask = raw["response_mask"]
-        kl_coef = self.kl_controller.value
-        rewards, kl = rl.kl_penalised_rewards(self._scaled_scores(raw["scores"]), raw["logprobs"],
-                                              raw["ref_logprobs"], mask, kl_coef)
-        values = raw["values"] * mask
-        advantages, returns = rl.gae(rewards, values, mask, ppo.gamma, ppo.lam)
-        if ppo.whiten_advantages:
-            advantages = rl.whiten(advantages, mask)
-        experience = Experience(query_tensors=raw["query_tensors"], response_tensors=raw["response_tensors"],
-                                logprobs=(raw["logprobs"] * mask).astype(np.float32), values=values,
-                                rewards=rewards, advantages=advantages, returns=returns,
-                                pretrain_ids=raw["pretrain_ids"], loss_mask=raw["loss_mask"],
-                                attention_mask=raw["attention_mask"])
-        mean_kl = float(kl.sum(1).mean())
-        stats = RolloutStats(score_mean=float(raw["scores"].mean()), score_std=float(raw["scores"].std()),
-                             kl=mean_kl, response_length=float(mask.sum(1).mean()), kl_coef=kl_coef,
-                             explained_variance=rl.explained_variance(values, returns, mask),
-                             scores=raw["scores"])
-        self.kl_controller.update(mean_kl, total)
-        return experience, stats
+        return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+    def make_experience(self, prompts: Dict[str, np.ndarray], iteration: int, seed: int = 0):
+        """All rollouts of one iteration: :meth:`rollouts`, then :func:`build_experience` with this maker's KL
+        controller, score moments and ``reduce``.
+
+        Returns:
+            (:class:`Experience` of ``R`` rollouts, :class:`RolloutStats`).
+        """
+        self.timings = {}
+        raw = self.rollouts(prompts, iteration, seed)
+        return build_experience(raw, self.ppo, self.kl_controller, self.score_moments, self.reduce)
 
 
 # ---------------------------------------------------------------------------------------------------------------

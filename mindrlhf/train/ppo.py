@@ -5,7 +5,12 @@ Loss (per minibatch, means over the generated tokens of the minibatch)::
 
     loss = pg_loss + vf_coef * vf_loss + pretrain_coef * ptx_loss
 
-(the predecessor weighted the policy loss by ``1 - pretrain_coef``, bug B16). Checkpoints, per rank under
+(the predecessor weighted the policy loss by ``1 - pretrain_coef``, bug B16). The new log-probs and the entropy are
+those of ``softmax(logits / T)``, ``T = ppo.generation.temperature``, as in the experience phase, so the first
+ratio of an iteration is exactly 1. With ``W`` data-parallel ranks each rank divides its masked sums by
+``G / W``, ``G`` the token count of the global minibatch (every rank's, summed on the host and passed in as
+``token_counts``); the train step averages the ranks' gradients, so the update is that of one token mean over the
+``G`` tokens, whatever the ranks' response lengths. Checkpoints, per rank under
 ``<output_dir>/checkpoint/rank_<id>/``: ``policy_model_epoch_<n>.ckpt`` (the policy, value head included),
 ``critic_model_epoch_<n>.ckpt`` (separate critic only) and ``ppo_state_epoch_<n>.ckpt`` (optimizer moments, loss
 scale, KL coefficient, score statistics, next iteration), ``n`` the 0-based iteration just finished; a run given
@@ -34,6 +39,7 @@ from mindrlhf.models.convert import (CheckpointError, assign_parameters, cell_pa
                                      save_tensors)
 from mindrlhf.models.policy import token_logprobs
 from mindrlhf.train.checkpoint import SCHEDULE_PARAMS, rank_dir, read_ckpt, resume_checkpoint
+from mindrlhf.train.distributed import AllReduceSum
 from mindrlhf.train.experience import Experience, ExperienceMaker, RewardFunction, RolloutStats, save_experience
 from mindrlhf.train.monitor import TrainMonitor
 from mindrlhf.train.optim import build_optimizer, lr_table
@@ -54,20 +60,33 @@ def format_ppo_line(batch: int, ppo_epoch: int, loss: float, lr: float, overflow
             f"lr: [{np.float32(lr)!s}] | is overflow: {bool(overflow)} | loss scale: {float(scale)}")
 
 
+def token_counts(data: Dict[str, np.ndarray], rows: np.ndarray, prompt_width: int) -> np.ndarray:
+    """``(2,)`` float64 token counts of one minibatch of a rank: ``[generated tokens (the PPO losses' mask),
+    reference-answer tokens (the ptx loss's mask, loss_mask[:, 1:])]``."""
+    return np.array([data["attention_mask"][rows, prompt_width:].sum(), data["loss_mask"][rows, 1:].sum()],
+                    np.float64)
+
+
 class PPOLoss(nn.Cell):
-    """``(response_tensors, attention_mask, logprobs, values, advantages, returns, pretrain_ids, loss_mask) ->
-    (loss, metrics)``, ``metrics`` = :data:`LOSS_METRICS` as a float32 vector.
+    """``(response_tensors, attention_mask, logprobs, values, advantages, returns, pretrain_ids, loss_mask,
+    token_counts) -> (loss, metrics)``, ``metrics`` = :data:`LOSS_METRICS` as a float32 vector.
 
     Shapes: tokens/mask ``(B, L)``, old log-probs, values, advantages, returns ``(B, N)``, pretrain ids and loss
-    mask ``(B, T)``; ``L = prompt_width + N``.
+    mask ``(B, T)``; ``L = prompt_width + N``; ``token_counts (2,)`` float32, the global minibatch's
+    :func:`token_counts` summed over the ``rank_size`` ranks. Every token mean divides this rank's masked sum by
+    ``token_counts / rank_size``: the mean over the ranks of their losses (and of their gradients, which the train
+    step mean-reduces) is the token mean over the global minibatch.
     """
 
-    def __init__(self, policy: CausalLM, critic: Optional[Critic], ppo: PPOConfig, prompt_width: int):
+    def __init__(self, policy: CausalLM, critic: Optional[Critic], ppo: PPOConfig, prompt_width: int,
+                 rank_size: int = 1):
         super().__init__(auto_prefix=False)
         self.policy = policy
         self.shared = critic is None
         if critic is not None:
             self.critic = critic
+        self.temperature = float(ppo.generation.temperature)
+        self.rank_size = float(rank_size)
         self.start = prompt_width - 1
         self.cliprange = ppo.cliprange
         self.cliprange_value = ppo.cliprange_value
@@ -75,27 +94,38 @@ class PPOLoss(nn.Cell):
         self.ptx_coef = ppo.pretrain_coef
         self.use_ptx = ppo.pretrain_coef > 0
 
-    def construct(self, response_tensors, attention_mask, logprobs, values, advantages, returns, pretrain_ids,
-                  loss_mask):
+    def policy_outputs(self, response_tensors, attention_mask):
+        """``(B, L), (B, L) -> (logits / T (B, N, V), new log-probs (B, N), new values (B, N))`` over the response
+        window, at the sampling temperature ``T``."""
         length = response_tensors.shape[1]
         hidden = self.policy.backbone(response_tensors, attention_mask)
         window = hidden[:, self.start:length - 1]
         logits = self.policy.logits(window)
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
         new_logprobs = token_logprobs(logits, response_tensors[:, self.start + 1:])
-        mask = ops.cast(attention_mask[:, self.start + 1:], ms.float32)
         if self.shared:
             new_values = self.policy.values(window)
         else:
             new_values = self.critic(response_tensors, attention_mask)[:, self.start:length - 1]
-        pg_loss, clipfrac, approx_kl = ppo_policy_loss(new_logprobs, logprobs, advantages, mask, self.cliprange)
-        vf_loss, vf_clipfrac = ppo_value_loss(new_values, values, returns, mask, self.cliprange_value)
+        return logits, new_logprobs, new_values
+
+    def construct(self, response_tensors, attention_mask, logprobs, values, advantages, returns, pretrain_ids,
+                  loss_mask, token_counts):
+        logits, new_logprobs, new_values = self.policy_outputs(response_tensors, attention_mask)
+        mask = ops.cast(attention_mask[:, self.start + 1:], ms.float32)
+        count = token_counts[0] / self.rank_size
+        pg_loss, clipfrac, approx_kl = ppo_policy_loss(new_logprobs, logprobs, advantages, mask, self.cliprange,
+                                                       count)
+        vf_loss, vf_clipfrac = ppo_value_loss(new_values, values, returns, mask, self.cliprange_value, count)
         loss = pg_loss + self.vf_coef * vf_loss
         ptx_loss = ops.zeros((), ms.float32)
         if self.use_ptx:
             pt_hidden = self.policy.backbone(pretrain_ids[:, :-1], None)
-            ptx_loss = causal_lm_loss(self.policy.logits(pt_hidden), pretrain_ids[:, 1:], loss_mask[:, 1:])
+            ptx_loss = causal_lm_loss(self.policy.logits(pt_hidden), pretrain_ids[:, 1:], loss_mask[:, 1:],
+                                      token_counts[1] / self.rank_size)
             loss = loss + self.ptx_coef * ptx_loss
-        entropy = masked_entropy(ops.stop_gradient(logits), mask)
+        entropy = masked_entropy(ops.stop_gradient(logits), mask, count)
         metrics = ops.stack([pg_loss, vf_loss, ptx_loss, clipfrac, approx_kl, entropy, vf_clipfrac])
         return loss, ops.stop_gradient(metrics)
 
@@ -193,12 +223,12 @@ class PPOState:
 
 @dataclass
 class IterationResult:
-    """What one PPO iteration did (rank-local)."""
+    """What one PPO iteration did: ``losses`` are this rank's step losses, ``metrics`` means over every rank."""
 
     iteration: int
     rollout: RolloutStats
     losses: List[float] = field(default_factory=list)
-    metrics: Dict[str, float] = field(default_factory=dict)  # means of LOSS_METRICS over the steps
+    metrics: Dict[str, float] = field(default_factory=dict)  # LOSS_METRICS and loss: means over the ranks and steps
     overflows: int = 0
     timings: Dict[str, float] = field(default_factory=dict)
 
@@ -226,9 +256,11 @@ class PPOTrainer:
                              f"{self.ppo.generation.max_new_tokens} exceeds the policy's seq_length "
                              f"{model_cfg.seq_length}")
         self.prompt_width = prompt_width
+        self.reduce = AllReduceSum(rank_size)  # host statistics over every rank
         self.maker = ExperienceMaker(models.policy, models.ref, models.reward, models.critic, self.ppo,
-                                     prompt_width, model_cfg.pad_token_id, model_cfg.eos_token_id, rank_id)
-        self.loss_net = PPOLoss(models.policy, models.critic, self.ppo, prompt_width)
+                                     prompt_width, model_cfg.pad_token_id, model_cfg.eos_token_id, rank_id,
+                                     self.reduce)
+        self.loss_net = PPOLoss(models.policy, models.critic, self.ppo, prompt_width, rank_size)
         self.total_steps = self.ppo.epochs * self.ppo.steps_per_epoch
         params = self.loss_net.trainable_params()
         self.lrs = lr_table(self.ppo.lr_schedule_config(), self.ppo.optimizer_config(), self.total_steps)
@@ -295,19 +327,30 @@ class PPOTrainer:
 
     # -- training ---------------------------------------------------------------------------------------------
 
+    def minibatches(self, count: int, iteration: int, ppo_epoch: int) -> List[np.ndarray]:
+        """Row indices of the ``count // batch_size`` minibatches of one pass (a seeded shuffle)."""
+        size = self.ppo.batch_size
+        order = np.random.default_rng([self.cfg.seed, iteration, ppo_epoch]).permutation(count)
+        return [order[b * size:(b + 1) * size] for b in range(count // size)]
+
+    def step_inputs(self, data: Dict[str, np.ndarray], rows: np.ndarray, counts: np.ndarray) -> List[Tensor]:
+        """The train step's inputs for ``rows`` of ``data``: :data:`TRAIN_COLUMNS`, then the global minibatch's
+        ``token_counts`` ``(2,)``."""
+        return [Tensor(data[name][rows]) for name in TRAIN_COLUMNS] + [Tensor(np.asarray(counts, np.float32))]
+
     def train_on(self, experience: Experience, iteration: int) -> IterationResult:
-        """``ppo_epochs`` passes over ``experience`` in shuffled minibatches of ``batch_size``."""
+        """``ppo_epochs`` passes over ``experience`` in shuffled minibatches of ``batch_size``. Each pass first
+        sums every minibatch's token counts over the ranks (one host all-reduce); the iteration's metrics are
+        means over the ranks and steps."""
         ppo = self.ppo
         result = IterationResult(iteration, rollout=None)  # type: ignore[arg-type]
         sums = np.zeros(len(LOSS_METRICS))
-        batches = len(experience) // ppo.batch_size
         data = experience.as_dict()
         for ppo_epoch in range(ppo.ppo_epochs):
-            order = np.random.default_rng([self.cfg.seed, iteration, ppo_epoch]).permutation(len(experience))
-            for batch in range(batches):
-                rows = order[batch * ppo.batch_size:(batch + 1) * ppo.batch_size]
-                inputs = [Tensor(data[name][rows]) for name in TRAIN_COLUMNS]
-                loss, overflow, scale, metrics = self.step(*inputs)
+            minibatches = self.minibatches(len(experience), iteration, ppo_epoch)
+            counts = self.reduce(np.stack([token_counts(data, rows, self.prompt_width) for rows in minibatches]))
+            for batch, rows in enumerate(minibatches):
+                loss, overflow, scale, metrics = self.step(*self.step_inputs(data, rows, counts[batch]))
                 loss, overflow = float(loss.asnumpy()), bool(overflow.asnumpy())
                 lr = float(self.lrs[min(self.state.global_step, len(self.lrs) - 1)])
                 self.state.global_step += 1
@@ -319,7 +362,8 @@ class PPOTrainer:
                     self.monitor.scalars(self.state.global_step, {"train/loss": loss, "train/lr": lr,
                                                                   "train/loss_scale": float(scale.asnumpy())})
         steps = max(len(result.losses), 1)
-        result.metrics = {name: float(v / steps) for name, v in zip(LOSS_METRICS, sums)}
+        totals = self.reduce(np.append(sums, np.sum(result.losses))) / (self.rank_size * steps)
+        result.metrics = {name: float(v) for name, v in zip(LOSS_METRICS + ("loss",), totals)}
         return result
 
     def run_iteration(self, iteration: int, save_data_file: str = "") -> IterationResult:
@@ -346,8 +390,8 @@ class PPOTrainer:
         self.state.score_mean, self.state.score_var, self.state.score_count = moments.mean, moments.var, moments.count
         values = {"reward_mean": rollout.score_mean, "reward_std": rollout.score_std, "kl": rollout.kl,
                   "kl_coef": rollout.kl_coef, "response_length": rollout.response_length,
-                  "explained_variance": rollout.explained_variance, **result.metrics,
-                  "loss": float(np.mean(result.losses)) if result.losses else float("nan")}
+                  "no_eos_rate": rollout.no_eos_rate, "explained_variance": rollout.explained_variance,
+                  **result.metrics}
         self.monitor.scalars(result.iteration + 1, {f"ppo/{k}": v for k, v in values.items()})
         logger.info("iteration %d: %s", result.iteration,
                     ", ".join(f"{k} {v:.4g}" for k, v in values.items()))

@@ -2,6 +2,12 @@
 
 Batches come from :func:`mindrlhf.data.datasets.reward_model_dataset`: ``input_ids (2B, S)`` with the B chosen rows
 first, ``attention_mask (2B, S)``, ``loss_mask (B, S)``, ``end_ind (2B,)`` (each row's own length).
+
+Every preference sequence ends in eos (the tokenization contract, :mod:`mindrlhf.data.contract`), so the end-token
+loss, the accuracy of ``rm eval`` and the scores of ``rm infer`` are read at the eos: the last real token, the
+column PPO's :class:`~mindrlhf.models.RewardModel` reads on a rollout. Training and evaluation first check that the
+file's sequences end in the model's eos id (:func:`~mindrlhf.data.datasets.check_preference_ends`) and refuse files
+written by the older converter, which ended them at the last response token.
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ class RewardLoss(nn.Cell):
     """``(input_ids (2B,S), attention_mask (2B,S), loss_mask (B,S), end_ind (2B,)) -> loss``.
 
     ``span``: :func:`pairwise_span_loss` over the per-token scores; ``end``: :func:`pairwise_end_loss` on the score
-    of each sequence at its own last token (``end_ind - 1``).
+    of each sequence at its own last token (``end_ind - 1``, the eos).
     """
 
     def __init__(self, model: RewardModel, loss_type: str = "span"):
@@ -50,7 +56,8 @@ class RewardLoss(nn.Cell):
 
 
 class EndScores(nn.Cell):
-    """``(input_ids (N,S), attention_mask (N,S), end_ind (N,)) -> score at each row's own last token (N,)``."""
+    """``(input_ids (N,S), attention_mask (N,S), end_ind (N,)) -> score at each row's own last token (N,)``
+    (``end_ind - 1``: the eos of a sequence encoded under the tokenization contract)."""
 
     def __init__(self, model: RewardModel):
         super().__init__(auto_prefix=False)
@@ -75,10 +82,12 @@ def train_reward_model(cfg: RunConfig, train_path: Optional[str] = None, rank_id
                        ) -> Tuple[RewardModel, FitResult]:
     """Train a reward model on a preference MindRecord (``train_path`` or ``train_dataset.data_loader.dataset_dir``);
     ``progress`` shows a progress bar (see :class:`Trainer`)."""
-    from mindrlhf.data.datasets import PREFERENCE_COLUMNS, reward_model_dataset
+    from mindrlhf.data.datasets import PREFERENCE_COLUMNS, check_preference_ends, reward_model_dataset
 
     batch_size, steps, source = mindrecord_source(cfg, train_path, reward_model_dataset, PREFERENCE_COLUMNS, rank_id,
                                                   rank_size)
+    path = train_path or cfg.train_dataset.data_loader.dataset_dir
+    check_preference_ends(path, cfg.model.model_config.eos_token_id)
     model = RewardModel(cfg.model.model_config, recompute=cfg.recompute_config.recompute)
     init_weights(model, cfg, rank_id)
     trainer = Trainer(cfg, RewardLoss(model, cfg.reward.loss_type), TRAIN_COLUMNS, source, steps, rank_id, rank_size,
@@ -117,12 +126,13 @@ def evaluate_reward_model(cfg: RunConfig, checkpoint: str, eval_path: Optional[s
 
     Logs ``acc: [batch]; avg acc: [running]`` per batch and ``<checkpoint> acc: [total]`` at the end.
     """
-    from mindrlhf.data.datasets import reward_model_dataset
+    from mindrlhf.data.datasets import check_preference_ends, reward_model_dataset
 
     data = cfg.eval_dataset
     path = eval_path or data.data_loader.dataset_dir
     if not path:
         raise ValueError("no evaluation data: set eval_dataset.data_loader.dataset_dir")
+    check_preference_ends(path, cfg.model.model_config.eos_token_id)
     model = RewardModel(cfg.model.model_config)
     if is_hf_folder(checkpoint):
         load_weights(model, checkpoint, model.config)
@@ -149,8 +159,9 @@ def evaluate_reward_model(cfg: RunConfig, checkpoint: str, eval_path: Optional[s
 
 
 def score_texts(model: RewardModel, token_rows: List[List[int]], seq_length: int, pad_id: int) -> np.ndarray:
-    """Reward of each token list, scored at its own last token; rows are right-padded to ``seq_length`` so every
-    call has one shape (graph mode compiles once). Returns ``(N,)`` float32."""
+    """Reward of each token list, scored at its own last token (the eos, for rows encoded with
+    :func:`mindrlhf.data.contract.encode_for_reward`); rows are right-padded to ``seq_length`` so every call has one
+    shape (graph mode compiles once). Returns ``(N,)`` float32."""
     scorer = EndScores(model)
     scores = []
     for row in token_rows:

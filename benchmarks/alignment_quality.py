@@ -1,0 +1,305 @@
+"""Does RL really align a real model? The gold-judge protocol (mindrlhf/alignment.py) on the bundled pretrained
+TinyStories-656K, mindrlhf and TRL side by side in one run, same weights, same pairs, same rollout budget.
+
+Protocol (both frameworks):
+  1. story openings sampled from bos by the pretrained model (1 + 8 tokens), 256 train / 32 held-out;
+  2. two samples per train opening (48 new tokens, temperature 1, full distribution), chosen = the higher VADER
+     compound sentiment (the gold judge, never trained on); the same token pairs (prompt + response + eos) for both
+     frameworks;
+  3. a proxy reward model from the pretrained backbone with a new score head, trained on the pairs (mindrlhf:
+     ``rm`` trainer; TRL: ``RewardTrainer`` on the same token ids, same epochs, batch and learning rate); its
+     accuracy on the held-out pairs against the gold labels;
+  4. PPO against each framework's proxy (mindrlhf: ``train_ppo``; TRL: ``trl.experimental.ppo.PPOTrainer``): the
+     same number of iterations x rollouts, minibatch, PPO epochs, learning rate, clip ranges, GAE, separate value
+     model started from the proxy, the same missing-eos penalty; mindrlhf steers its KL coefficient with the
+     adaptive controller, TRL has a fixed one (its PPOTrainer has no controller);
+  5. evaluation, identical for both (mindrlhf's sampler and scorer on the trained weights; TRL's policy and proxy
+     are loaded from the folders TRL saved): 4 samples per held-out opening with the same seeds before and after,
+     gold mean / std, proxy score, KL to the reference (sum over the sample's tokens of logp - ref_logp).
+
+Prints a table and, last, one JSON document whose ``results`` list has one entry per (algorithm, framework) with
+``algorithm``, ``framework``, ``gold_before``, ``gold_after``, ``gold_std_before``, ``kl``, ``samples``, ``wall_s``
+(proxy training + RL, the data preparation shared by both is reported apart) and more.
+
+    python benchmarks/alignment_quality.py [--iterations 20] [--ours-only | --peer-only] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+
+from mindrlhf.alignment import (PolicyEvaluation, StoryProtocol, evaluate_policy, pair_seq_length,  # noqa: E402
+                                pairwise_accuracy, prepare_story_data, summary_row)
+
+logger = logging.getLogger("alignment_quality")
+
+RECIPES = os.path.join(ROOT, "model_configs", "llama2_config")
+TORCH_THREADS = 2
+
+
+def story_model_folder() -> str:
+    from mindrlhf.models.convert import BUNDLED_MODELS
+
+    return BUNDLED_MODELS["tinystories"]
+
+
+def load_recipes(out_dir: str, iterations: int):
+    """(reward-model RunConfig, PPO RunConfig) of the bundled story recipes, outputs under ``out_dir``."""
+    from mindrlhf.config import load_config
+
+    common = ["checkpoint.log_interval=1000000", "checkpoint.save_checkpoint_steps=1000000",
+              "checkpoint.keep_checkpoint_max=1"]
+    rm = load_config(os.path.join(RECIPES, "run_tinystories_656k_rm.yaml"),
+                     common + [f"output_dir={out_dir}/rm", f"load_checkpoint={story_model_folder()}"])
+    ppo = load_config(os.path.join(RECIPES, "run_tinystories_656k_ppo.yaml"),
+                      common + [f"output_dir={out_dir}/ppo", f"ppo.epochs={iterations}",
+                                f"ppo.save_checkpoint_epochs={iterations}"])
+    return rm, ppo
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# shared data
+
+
+def prepare(protocol: StoryProtocol, folder: str):
+    """The pretrained policy, its tokenizer and the story data (openings, gold pairs, MindRecords)."""
+    import mindspore as ms
+
+    from mindrlhf.data.tokenizer import load_tokenizer
+    from mindrlhf.models import CausalLM
+    from mindrlhf.models.convert import load_weights, model_config_from_hf_folder
+
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    model_folder = story_model_folder()
+    cfg = model_config_from_hf_folder(model_folder)
+    policy = CausalLM(cfg)
+    load_weights(policy, model_folder, cfg)
+    tokenizer = load_tokenizer(model_folder)
+    data = prepare_story_data(policy, cfg, tokenizer, protocol, folder)
+    return policy, cfg, tokenizer, data
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mindrlhf
+
+
+def run_ours(protocol: StoryProtocol, data, tokenizer, out_dir: str, iterations: int) -> dict:
+    """Proxy reward model + PPO with mindrlhf; evaluation before / after."""
+    from mindrlhf.train.ppo import train_ppo, weights_file
+    from mindrlhf.train.reward import train_reward_model
+
+    rm_cfg, ppo_cfg = load_recipes(out_dir, iterations)
+    start = time.perf_counter()
+    reward_model, fit = train_reward_model(rm_cfg, data.files["pairs"])
+    rm_s = time.perf_counter() - start
+    reward_model.set_train(False)
+    accuracy = pairwise_accuracy(reward_model, data.eval_pairs, pair_seq_length(protocol), rm_cfg.model.model_config
+                                 .pad_token_id)
+    logger.info("ours: proxy reward model %.1f s, held-out gold-pair accuracy %.3f", rm_s, accuracy)
+    tick = time.perf_counter()
+    trainer = train_ppo(ppo_cfg, data.files["prompts"], rm_cfg.model.model_config, sft_checkpoint=story_model_folder(),
+                        reward_checkpoint=weights_file(fit.last_checkpoint))
+    ppo_s = time.perf_counter() - tick
+    models, cfg = trainer.models, ppo_cfg.model.model_config
+    before = evaluate_policy(models.ref, models.ref, models.reward, cfg, tokenizer, data.eval_prompts, protocol)
+    after = evaluate_policy(models.policy, models.ref, models.reward, cfg, tokenizer, data.eval_prompts, protocol)
+    with open(os.path.join(ppo_cfg.output_dir, "ppo_metrics.jsonl"), encoding="utf-8") as f:
+        curve = [json.loads(line) for line in f]
+    return {"framework": "mindrlhf", "before": before, "after": after, "rm_accuracy": accuracy, "rm_s": rm_s,
+            "rl_s": ppo_s, "curve": [{k: m.get(k) for k in ("reward_mean", "kl", "kl_coef")} for m in curve]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TRL
+
+
+def trl_reward_model(data, rm_cfg, out_dir: str):
+    """TRL RewardTrainer on the same token pairs; returns the saved folder."""
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    folder = story_model_folder()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    dataset = Dataset.from_dict({"chosen_ids": data.train_pairs.chosen, "rejected_ids": data.train_pairs.rejected})
+    runner, lr = rm_cfg.runner_config, rm_cfg.lr_schedule
+    args = RewardConfig(output_dir=os.path.join(out_dir, "trl_rm_run"), use_cpu=True, seed=0, bf16=False, fp16=False,
+                        per_device_train_batch_size=runner.batch_size, num_train_epochs=runner.epochs,
+                        learning_rate=lr.learning_rate, lr_scheduler_type="cosine", warmup_ratio=lr.warmup_ratio,
+                        weight_decay=0.0, max_length=None, report_to="none", save_strategy="no", logging_steps=10,
+                        disable_tqdm=True, dataloader_num_workers=0, center_rewards_coefficient=None,
+                        gradient_checkpointing=False)
+    RewardTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=dataset).train()
+    saved = os.path.join(out_dir, "trl_rm")
+    model.save_pretrained(saved)
+    tokenizer.save_pretrained(saved)
+    return saved
+
+
+def trl_ppo(data, ppo_cfg, reward_folder: str, out_dir: str):
+    """TRL's PPOTrainer with the same budget and hyper-parameters; returns the saved policy folder."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    folder, ppo = story_model_folder(), ppo_cfg.ppo
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    policy, ref = (AutoModelForCausalLM.from_pretrained(folder) for _ in range(2))
+    value, reward = (AutoModelForSequenceClassification.from_pretrained(reward_folder, num_labels=1)
+                     for _ in range(2))
+    dataset = Dataset.from_dict({"input_ids": data.train_prompts.tolist()})
+    args = PPOConfig(
+        output_dir=os.path.join(out_dir, "trl_ppo_run"), use_cpu=True, bf16=False, fp16=False, seed=0,
+        gradient_checkpointing=False, per_device_train_batch_size=ppo.num_rollouts, gradient_accumulation_steps=1,
+        num_mini_batches=ppo.num_rollouts // ppo.batch_size, num_ppo_epochs=ppo.ppo_epochs,
+        total_episodes=ppo.epochs * ppo.num_rollouts, local_rollout_forward_batch_size=ppo.num_rollouts,
+        response_length=ppo.generation.max_new_tokens, stop_token="eos", temperature=ppo.generation.temperature,
+        missing_eos_penalty=ppo.missing_eos_penalty, kl_coef=ppo.kl_coef, cliprange=ppo.cliprange,
+        vf_coef=ppo.vf_coef, cliprange_value=ppo.cliprange_value, gamma=ppo.gamma, lam=ppo.lam,
+        whiten_rewards=False, learning_rate=ppo.start_lr, lr_scheduler_type="cosine", warmup_steps=ppo.warmup_step,
+        max_grad_norm=ppo.max_grad_norm, num_sample_generations=0, eval_strategy="no", save_strategy="no",
+        report_to="none", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0, push_to_hub=False)
+    trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref, reward_model=reward,
+                         value_model=value, train_dataset=dataset)
+    trainer.train()
+    saved = os.path.join(out_dir, "trl_policy")
+    trainer.policy_model.save_pretrained(saved)
+    return saved
+
+
+def run_peer(protocol: StoryProtocol, data, tokenizer, out_dir: str, iterations: int) -> dict:
+    """TRL: RewardTrainer + PPOTrainer; evaluation with the same sampler, seeds and judges as ours."""
+    import torch
+
+    from mindrlhf.models import CausalLM, RewardModel
+    from mindrlhf.models.convert import load_weights, model_config_from_hf_folder
+
+    torch.set_num_threads(TORCH_THREADS)
+    torch.manual_seed(0)
+    rm_cfg, ppo_cfg = load_recipes(out_dir, iterations)
+    start = time.perf_counter()
+    reward_folder = trl_reward_model(data, rm_cfg, out_dir)
+    rm_s = time.perf_counter() - start
+    tick = time.perf_counter()
+    policy_folder = trl_ppo(data, ppo_cfg, reward_folder, out_dir)
+    ppo_s = time.perf_counter() - tick
+    cfg = model_config_from_hf_folder(story_model_folder())
+    ref, policy, proxy = CausalLM(cfg), CausalLM(cfg), RewardModel(cfg)
+    load_weights(ref, story_model_folder(), cfg)
+    load_weights(policy, policy_folder, cfg)
+    load_weights(proxy, reward_folder, cfg)
+    proxy.set_train(False)
+    accuracy = pairwise_accuracy(proxy, data.eval_pairs, pair_seq_length(protocol), cfg.pad_token_id)
+    before = evaluate_policy(ref, ref, proxy, cfg, tokenizer, data.eval_prompts, protocol)
+    after = evaluate_policy(policy, ref, proxy, cfg, tokenizer, data.eval_prompts, protocol)
+    import trl
+
+    return {"framework": "trl", "framework_version": f"trl {trl.__version__}", "before": before, "after": after,
+            "rm_accuracy": accuracy, "rm_s": rm_s, "rl_s": ppo_s}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# report
+
+
+def result_entry(side: dict, rollouts: int) -> dict:
+    before: PolicyEvaluation = side["before"]
+    after: PolicyEvaluation = side["after"]
+    return summary_row("ppo", before, after, side["rm_s"] + side["rl_s"], {
+        "framework": side["framework"], "rm_accuracy": side["rm_accuracy"], "rm_s": side["rm_s"],
+        "rl_s": side["rl_s"], "rollouts": rollouts, "kl_before": before.kl,
+        "response_length_after": after.response_length, **({"curve": side["curve"]} if "curve" in side else {})})
+
+
+def markdown_table(entries: list) -> str:
+    lines = ["| algorithm | framework | proxy RM acc | gold before | gold after | gain | KL | proxy before -> after "
+             "| RM s | RL s | wall s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for e in entries:
+        lines.append(f"| {e['algorithm']} | {e['framework']} | {e['rm_accuracy']:.3f} | {e['gold_before']:.3f} | "
+                     f"{e['gold_after']:.3f} | {e['gold_gain']:+.3f} | {e['kl']:.2f} | {e['proxy_before']:.2f} -> "
+                     f"{e['proxy_after']:.2f} | {e['rm_s']:.0f} | {e['rl_s']:.0f} | {e['wall_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def samples_table(side: dict, rows: int = 4, stride: int = 4) -> str:
+    lines = [f"| gold before | before ({side['framework']}) | gold after | after |", "|---:|---|---:|---|"]
+    before, after = side["before"], side["after"]
+    for i in range(0, min(len(before.texts), rows * stride), stride):
+        cell = [" ".join(t.split()).replace("|", "/")[:110] for t in (before.texts[i], after.texts[i])]
+        lines.append(f"| {before.gold[i]:+.2f} | {cell[0]} | {after.gold[i]:+.2f} | {cell[1]} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=20, help="PPO iterations (64 rollouts each)")
+    parser.add_argument("--train_prompts", type=int, default=256)
+    parser.add_argument("--eval_prompts", type=int, default=32)
+    side = parser.add_mutually_exclusive_group()
+    side.add_argument("--ours-only", action="store_true")
+    side.add_argument("--peer-only", action="store_true")
+    parser.add_argument("--json", metavar="PATH", help="also write the JSON document here")
+    parser.add_argument("--output_dir", default="", help="keep checkpoints and data here (default: a temp folder)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    for name in ("accelerate", "mindrlhf.train.monitor"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    protocol = StoryProtocol(train_prompts=args.train_prompts, eval_prompts=args.eval_prompts)
+    out_dir = args.output_dir or tempfile.mkdtemp(prefix="alignment_quality_")
+    load_start = os.getloadavg()
+    tick = time.perf_counter()
+    _, _, tokenizer, data = prepare(protocol, os.path.join(out_dir, "data"))
+    data_s = time.perf_counter() - tick
+    sides = []
+    if not args.peer_only:
+        sides.append(run_ours(protocol, data, tokenizer, os.path.join(out_dir, "ours"), args.iterations))
+    if not args.ours_only:
+        sides.append(run_peer(protocol, data, tokenizer, os.path.join(out_dir, "trl"), args.iterations))
+    _, ppo_cfg = load_recipes(out_dir, args.iterations)
+    entries = [result_entry(s, args.iterations * ppo_cfg.ppo.num_rollouts) for s in sides]
+    print(markdown_table(entries))
+    for s in sides:
+        print()
+        print(samples_table(s))
+    if len(entries) == 2:
+        ours, peer = entries
+        print(f"\ngold gain ours / TRL: {ours['gold_gain']:.3f} / {peer['gold_gain']:.3f}; "
+              f"speed (TRL wall / ours): {peer['wall_s'] / ours['wall_s']:.2f}x")
+    from rm_train import versions  # noqa: E402 - shared with the other benchmarks
+
+    report = {"machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                          "platform": platform.platform(), "load_avg_at_start": load_start,
+                          "load_avg_at_end": os.getloadavg()},
+              "versions": versions(), "protocol": dataclasses.asdict(protocol), "data_s": data_s,
+              "pairs": {"train": len(data.train_pairs.chosen), "held_out": len(data.eval_pairs.chosen),
+                        "ties_dropped": data.train_pairs.ties},
+              "results": entries}
+    text = json.dumps(report, indent=1)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    main()
