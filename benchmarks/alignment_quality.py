@@ -130,21 +130,36 @@ def run_ours(protocol: StoryProtocol, data, tokenizer, out_dir: str, iterations:
 # TRL
 
 
+def sequence_classifier(folder: str):
+    """``LlamaForSequenceClassification`` with the pretrained backbone. ``from_pretrained`` alone would leave the
+    token table random: the tied checkpoint stores it only as ``lm_head.weight``, which a classifier does not load."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    causal = AutoModelForCausalLM.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(folder, num_labels=1))
+    model.model.load_state_dict(causal.model.state_dict())
+    return model
+
+
 def trl_reward_model(data, rm_cfg, out_dir: str):
     """TRL RewardTrainer on the same token pairs; returns the saved folder."""
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
     folder = story_model_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1)
+    model = sequence_classifier(folder)
     model.config.pad_token_id = tokenizer.pad_token_id
     dataset = Dataset.from_dict({"chosen_ids": data.train_pairs.chosen, "rejected_ids": data.train_pairs.rejected})
     runner, lr = rm_cfg.runner_config, rm_cfg.lr_schedule
+    steps = len(data.train_pairs.chosen) // runner.batch_size * runner.epochs
     args = RewardConfig(output_dir=os.path.join(out_dir, "trl_rm_run"), use_cpu=True, seed=0, bf16=False, fp16=False,
                         per_device_train_batch_size=runner.batch_size, num_train_epochs=runner.epochs,
-                        learning_rate=lr.learning_rate, lr_scheduler_type="cosine", warmup_ratio=lr.warmup_ratio,
+                        learning_rate=lr.learning_rate, lr_scheduler_type="cosine",
+                        warmup_steps=int(lr.warmup_ratio * steps),
                         weight_decay=0.0, max_length=None, report_to="none", save_strategy="no", logging_steps=10,
                         disable_tqdm=True, dataloader_num_workers=0, center_rewards_coefficient=None,
                         gradient_checkpointing=False)

@@ -172,7 +172,7 @@ def sequence_kl(policy, ref, tokens: np.ndarray, mask: np.ndarray, prompt_width:
     """``(B,)`` sum over each sample's generated tokens of ``logp - ref_logp`` (at the sampling temperature)."""
     from mindrlhf.train.experience import RolloutScorer
 
-    scorers = [RolloutScorer(lm, prompt_width, with_values=False) for lm in (policy, ref)]
+    scorers = [RolloutScorer(lm, prompt_width, with_values=False, temperature=temperature) for lm in (policy, ref)]
     for lm in (policy, ref):
         lm.set_train(False)
     logp, ref_logp = (s(Tensor(tokens), Tensor(mask)).asnumpy() for s in scorers)

@@ -2,6 +2,7 @@
 bad inputs, MindSpore ``.ckpt`` round trips and atomic writes. Runs in PYNATIVE mode (set by ``conftest``)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -364,3 +365,26 @@ def test_lm_checkpoint_into_reward_model_needs_new_heads(family, tmp_dir):
     backbone = [n for n in rm_params if n.startswith("backbone.")]
     assert backbone and all(np.array_equal(rm_params[n], lm_params[n]) for n in backbone)
     assert np.isfinite(ms_numpy(reward_model, *padded_batch(cfg))).all()
+
+
+def test_a_folder_whose_tokenizer_does_not_fit_the_model_is_refused(tmp_dir):
+    """A Hugging Face folder with a tokenizer whose vocabulary exceeds the model's, or without eos, is refused
+    before any weight is loaded."""
+    import shutil
+
+    from mindrlhf.models import CausalLM
+    from mindrlhf.models.convert import (BUNDLED_MODELS, CheckpointError, load_weights,
+                                         model_config_from_hf_folder)
+
+    folder = os.path.join(tmp_dir, "small_vocab")
+    shutil.copytree(BUNDLED_MODELS["tinystories"], folder)
+    cfg = model_config_from_hf_folder(folder)
+    model = CausalLM(cfg)
+    load_weights(model, folder, cfg)  # the shipped folder fits
+    small = dataclasses.replace(cfg, vocab_size=1024)
+    with pytest.raises(CheckpointError, match="2048 ids, more than the model's vocab_size 1024"):
+        load_weights(CausalLM(small), folder, small)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        os.remove(os.path.join(folder, name))
+    with pytest.raises(CheckpointError, match="has no eos token"):
+        load_weights(model, folder, cfg)

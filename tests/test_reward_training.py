@@ -291,3 +291,30 @@ def test_llama_reward_model_trains_with_end_loss(tmp_dir):
     assert result.losses[-1] < result.losses[0]
     final = params_of(model)
     assert [n for n in final if np.array_equal(initial[n], final[n])] == []
+
+
+def test_ppo_scoring_path_reads_at_eos_also_for_cut_rollouts(tmp_dir):
+    """PPO's scoring (ExperienceMaker._score) equals ``rm infer`` on prompt + response + eos, for rollouts that
+    emitted eos and for rollouts cut at max_new_tokens (scored with an eos appended)."""
+    from types import SimpleNamespace
+
+    from mindrlhf.train.experience import ExperienceMaker
+
+    tokenizer = load_tokenizer(TINYSTORIES)
+    model_cfg = INFER_MODELS["tinystories"]()
+    model = RewardModel(model_cfg)
+    randomize_parameters(model, seed=3)
+    model.set_train(False)
+    tokens, mask = rollout_layout(tmp_dir, tokenizer, model_cfg.pad_token_id, width=80, new_tokens=24)
+    cut = tokens.copy(), mask.copy()  # row 0 loses its eos: a rollout cut at max_new_tokens
+    last = int(np.flatnonzero(mask[0])[-1])
+    cut[0][0, last], cut[1][0, last] = model_cfg.pad_token_id, 0
+    maker = SimpleNamespace(reward=model, eos_token_id=model_cfg.eos_token_id)
+    for rollout in ((tokens, mask), cut):
+        ppo_scores = ExperienceMaker._score(maker, *rollout)
+        texts = [row[m == 1].tolist() for row, m in zip(*rollout)]
+        closed = [t if t[-1] == model_cfg.eos_token_id else t + [model_cfg.eos_token_id] for t in texts]
+        infer_scores = score_texts(model, closed, model_cfg.seq_length, model_cfg.pad_token_id)
+        np.testing.assert_allclose(ppo_scores, infer_scores, atol=1e-5, rtol=0)
+    at_cut_token = model(Tensor(cut[0]), Tensor(cut[1])).asnumpy()[0]
+    assert abs(at_cut_token - ExperienceMaker._score(maker, *cut)[0]) > 1e-4  # not read at the cut token

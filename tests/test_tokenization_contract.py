@@ -243,3 +243,20 @@ def test_check_tokenizer_fits_vocab():
     with pytest.raises(ValueError, match=r"--model gpt2: .*50257 ids.*vocab_size 32000.*32000\.\.50256"):
         check_tokenizer_fits(tok, small, "--model gpt2")
     check_tokenizer_fits(load_tokenizer("llama"), small, "--model llama")
+
+
+def test_close_with_eos_appends_eos_only_to_cut_rows():
+    from mindrlhf.data.contract import close_with_eos
+
+    eos, pad = 2, 0
+    tokens = np.array([[pad, 5, 6, 7, eos, pad], [5, 6, 7, 8, 9, 10], [pad, pad, 5, 6, pad, pad]], np.int32)
+    mask = np.array([[0, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 0, 0]], np.int32)
+    wide, wide_mask = close_with_eos(tokens, mask, eos)
+    assert wide.shape == wide_mask.shape == (3, 7)
+    np.testing.assert_array_equal(wide[0], [pad, 5, 6, 7, eos, pad, 0])  # ended in eos: unchanged
+    np.testing.assert_array_equal(wide_mask[0], [0, 1, 1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(wide[1], [5, 6, 7, 8, 9, 10, eos])  # cut at the last column
+    np.testing.assert_array_equal(wide_mask[1], [1] * 7)
+    np.testing.assert_array_equal(wide[2], [pad, pad, 5, 6, eos, pad, 0])  # cut earlier: eos right after it
+    np.testing.assert_array_equal(wide_mask[2], [0, 0, 1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(tokens[1], [5, 6, 7, 8, 9, 10])  # inputs untouched

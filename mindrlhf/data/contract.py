@@ -22,13 +22,18 @@ Truncation:
   - ``keep_eos=False`` (SFT, the ptx answer of prompt data): the eos is the first token to go. An eos after a cut
     text would teach the policy to stop in mid-answer; without it the loss covers only real text.
 
+A rollout cut at ``max_new_tokens`` without eos is scored by a reward model with an eos appended
+(:func:`close_with_eos`), so every score is read at an eos.
+
 Functions: :func:`tokenize_prompt`, :func:`tokenize_response`, :func:`encode_prompt_response` (both, with a total
-length) and :func:`encode_for_reward` (the preference / scoring rule on top of it).
+length), :func:`encode_for_reward` (the preference / scoring rule on top of it) and :func:`close_with_eos`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
+
+import numpy as np
 
 from mindrlhf.data.tokenizer import Tokenizer
 
@@ -135,3 +140,29 @@ def encode_for_reward(tokenizer: Tokenizer, prompt: str, response: str, seq_leng
         raise ValueError(f"a scored sequence needs seq_length >= 2 (a prompt token and the eos), got {seq_length}")
     return encode_prompt_response(tokenizer, prompt, response, seq_length, max_prompt_length=seq_length - 1,
                                   keep_eos=True)
+
+
+def close_with_eos(tokens: np.ndarray, mask: np.ndarray, eos_token_id: Optional[int]
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+    """The rollout a reward model scores: every row ends in eos.
+
+    A rollout cut at ``max_new_tokens`` has no eos; its score is read at an eos appended after its last real token
+    (OpenRLHF does the same), the position every preference row was trained at, instead of at an arbitrary
+    mid-text token the reward model never saw as an end. ``missing_eos_penalty`` is what marks the cut.
+
+    Args:
+        tokens, mask: ``(B, L)`` rollouts ``[pad | prompt | response | pad]`` and their attention mask.
+    Returns:
+        ``(B, L + 1)`` tokens and mask (one column added); rows that end in eos are unchanged.
+    """
+    tokens, mask = np.asarray(tokens), np.asarray(mask)
+    batch = len(tokens)
+    wide = np.concatenate([tokens, np.zeros((batch, 1), tokens.dtype)], 1)
+    wide_mask = np.concatenate([mask, np.zeros((batch, 1), mask.dtype)], 1)
+    if eos_token_id is None:
+        return wide, wide_mask
+    last = wide_mask.shape[1] - 1 - np.argmax(wide_mask[:, ::-1], axis=1)  # each row's last real column
+    rows = np.flatnonzero(wide[np.arange(batch), last] != eos_token_id)
+    wide[rows, last[rows] + 1] = eos_token_id
+    wide_mask[rows, last[rows] + 1] = 1
+    return wide, wide_mask

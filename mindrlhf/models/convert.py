@@ -299,6 +299,22 @@ def assign_parameters(cell: nn.Cell, arrays: Dict[str, np.ndarray], source: str,
     return kept
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def check_folder_tokenizer(folder: str, cfg: ModelConfig) -> None:
+    """A checkpoint folder that ships a tokenizer must ship one the model can use (an eos, ids within
+    ``vocab_size``): :class:`CheckpointError` before any weight is read, let alone a training step taken."""
+    if not any(os.path.exists(os.path.join(folder, name)) for name in TOKENIZER_FILES):
+        return
+    from mindrlhf.data.tokenizer import check_tokenizer_fits, load_tokenizer
+
+    try:
+        check_tokenizer_fits(load_tokenizer(folder), cfg, folder)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(str(err)) from None
+
+
 def load_hf_checkpoint(cell: nn.Cell, folder: str, cfg: ModelConfig, new_heads: bool = False) -> List[str]:
     """Load a Hugging Face checkpoint folder (or a bundled model's name) into ``cell`` (a CausalLM, RewardModel
     or Critic).
@@ -309,6 +325,7 @@ def load_hf_checkpoint(cell: nn.Cell, folder: str, cfg: ModelConfig, new_heads: 
     so an SFT checkpoint can start a reward model or a critic.
     """
     folder = resolve_checkpoint(folder)
+    check_folder_tokenizer(folder, cfg)
     arrays = hf_to_ours(read_hf_tensors(folder), cfg)
     params = cell_parameters(cell)
     if hf_ties_embeddings(read_hf_config(folder)):

@@ -11,9 +11,10 @@ The prompt is left-padded to ``P`` so every response starts at column ``P``; pos
 rule generation used, and the policy and reference log-probs are those of ``p_T = softmax(logits / T)``, ``T`` the
 sampling temperature, so they are the log-probs of the sampling distribution (the predecessor scored a re-padded
 layout with shifted positions, bug B15; top-k / top-p sampling is refused by :class:`PPOConfig`). The reward model
-scores each full sequence at its own last real token; the score, minus ``missing_eos_penalty`` when the response
-was cut without eos, lands on that row's last response token (not on a pad, bug B14), with no constant subtracted
-(bug B12).
+scores each full sequence at its own last real token, an eos (a response cut at ``max_new_tokens`` is scored with an
+eos appended, :func:`mindrlhf.data.contract.close_with_eos`, where every preference row was trained); the score,
+minus ``missing_eos_penalty`` when the response was cut without eos, lands on that row's last response token (not
+on a pad, bug B14), with no constant subtracted (bug B12).
 
 Data parallel: each rank makes its own rollouts, but every statistic over them (score scaling, advantage
 whitening, the adaptive KL controller's mean KL, the logged rollout statistics) is summed over all ranks
@@ -32,6 +33,7 @@ import numpy as np
 from mindspore import Tensor, nn
 
 from mindrlhf.config import PPOConfig
+from mindrlhf.data.contract import close_with_eos
 from mindrlhf.data.tokenizer import left_pad
 from mindrlhf.models import CausalLM, RewardModel
 from mindrlhf.models.generation import Generator
@@ -258,6 +260,7 @@ class ExperienceMaker:
     def _score(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """``(B,)`` score of each rollout."""
         if isinstance(self.reward, nn.Cell):
+            tokens, mask = close_with_eos(tokens, mask, self.eos_token_id)
             return self.reward(Tensor(tokens), Tensor(mask)).asnumpy().astype(np.float32)
         prompts = [row[m == 1].tolist() for row, m in zip(tokens[:, :self.prompt_width],
                                                            mask[:, :self.prompt_width])]
