@@ -45,7 +45,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
-from mindrlhf.alignment import (PolicyEvaluation, StoryProtocol, evaluate_policy, pair_seq_length,  # noqa: E402
+from mindrlhf.alignment import (HeldOutJudge, PolicyEvaluation, StoryProtocol, pair_seq_length,  # noqa: E402
                                 pairwise_accuracy, prepare_story_data, summary_row)
 
 logger = logging.getLogger("alignment_quality")
@@ -118,8 +118,8 @@ def run_ours(protocol: StoryProtocol, data, tokenizer, out_dir: str, iterations:
                         reward_checkpoint=weights_file(fit.last_checkpoint))
     ppo_s = time.perf_counter() - tick
     models, cfg = trainer.models, ppo_cfg.model.model_config
-    before = evaluate_policy(models.ref, models.ref, models.reward, cfg, tokenizer, data.eval_prompts, protocol)
-    after = evaluate_policy(models.policy, models.ref, models.reward, cfg, tokenizer, data.eval_prompts, protocol)
+    judge = HeldOutJudge(models.ref, models.reward, cfg, tokenizer, data.eval_prompts, protocol)
+    before, after = judge(models.ref), judge(models.policy)
     with open(os.path.join(ppo_cfg.output_dir, "ppo_metrics.jsonl"), encoding="utf-8") as f:
         curve = [json.loads(line) for line in f]
     return {"framework": "mindrlhf", "before": before, "after": after, "rm_accuracy": accuracy, "rm_s": rm_s,
@@ -224,8 +224,8 @@ def run_peer(protocol: StoryProtocol, data, tokenizer, out_dir: str, iterations:
     load_weights(proxy, reward_folder, cfg)
     proxy.set_train(False)
     accuracy = pairwise_accuracy(proxy, data.eval_pairs, pair_seq_length(protocol), cfg.pad_token_id)
-    before = evaluate_policy(ref, ref, proxy, cfg, tokenizer, data.eval_prompts, protocol)
-    after = evaluate_policy(policy, ref, proxy, cfg, tokenizer, data.eval_prompts, protocol)
+    judge = HeldOutJudge(ref, proxy, cfg, tokenizer, data.eval_prompts, protocol)
+    before, after = judge(ref), judge(policy)
     import trl
 
     return {"framework": "trl", "framework_version": f"trl {trl.__version__}", "before": before, "after": after,

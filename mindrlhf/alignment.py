@@ -167,38 +167,56 @@ def pairwise_accuracy(reward_model, pairs: GoldPairs, seq_length: int, pad_token
     return float(np.mean(chosen > rejected))
 
 
-def sequence_kl(policy, ref, tokens: np.ndarray, mask: np.ndarray, prompt_width: int, temperature: float
-                ) -> np.ndarray:
-    """``(B,)`` sum over each sample's generated tokens of ``logp - ref_logp`` (at the sampling temperature)."""
-    from mindrlhf.train.experience import RolloutScorer
+class HeldOutJudge:
+    """Judges policies on the held-out openings: ``eval_samples`` continuations per opening (seeded: the same draws
+    for every policy judged), their gold score, the proxy's score (read at eos, as PPO reads it) and the KL to
+    ``ref``. The compiled generation and scoring cells are kept per policy, so judging after every iteration costs
+    no recompilation."""
 
-    scorers = [RolloutScorer(lm, prompt_width, with_values=False, temperature=temperature) for lm in (policy, ref)]
-    for lm in (policy, ref):
-        lm.set_train(False)
-    logp, ref_logp = (s(Tensor(tokens), Tensor(mask)).asnumpy() for s in scorers)
-    response_mask = mask[:, prompt_width:]
-    return ((logp - ref_logp) * response_mask).sum(1)
+    def __init__(self, ref, reward_model, cfg: ModelConfig, tokenizer, prompts: np.ndarray, protocol: StoryProtocol,
+                 judge=vader_sentiment):
+        self.ref, self.reward_model, self.cfg, self.tokenizer = ref, reward_model, cfg, tokenizer
+        self.prompts = np.repeat(prompts, protocol.eval_samples, axis=0)
+        self.width, self.protocol, self.judge = prompts.shape[1], protocol, judge
+        self._cells: Dict[int, tuple] = {}
 
+    def _cells_of(self, policy):
+        from mindrlhf.train.experience import RolloutScorer
 
-def evaluate_policy(policy, ref, reward_model, cfg: ModelConfig, tokenizer, prompts: np.ndarray,
-                    protocol: StoryProtocol, judge=vader_sentiment) -> PolicyEvaluation:
-    """``eval_samples`` continuations per held-out prompt (seeded: the same draws before and after training),
-    judged by the gold judge and the proxy; KL to ``ref``."""
-    from mindrlhf.train.reward import score_texts
+        if id(policy) not in self._cells:
+            generator = Generator(policy, sampling_config(self.protocol, 0), self.cfg.eos_token_id,
+                                  self.cfg.pad_token_id)
+            scorer = RolloutScorer(policy, self.width, with_values=False, temperature=self.protocol.temperature)
+            self._cells[id(policy)] = (policy, generator, scorer)
+        return self._cells[id(policy)][1:]
 
-    repeated = np.repeat(prompts, protocol.eval_samples, axis=0)
-    out = sample(policy, cfg, repeated, protocol, [protocol.seed, 7919])
-    mask = np.concatenate([np.ones_like(repeated), out.response_mask], 1).astype(np.int32)
-    kl = sequence_kl(policy, ref, out.sequences, mask, prompts.shape[1], protocol.temperature)
-    rows = responses_with_eos(out, cfg.eos_token_id)
-    texts = decode_all(tokenizer, rows)
-    gold = judge(texts)
-    seq_length = prompts.shape[1] + protocol.new_tokens + 1
-    proxy = score_texts(reward_model, [p + r for p, r in zip(repeated.tolist(), rows)], seq_length,
-                        cfg.pad_token_id) if reward_model is not None else np.zeros(len(rows), np.float32)
-    return PolicyEvaluation(gold_mean=float(gold.mean()), gold_std=float(gold.std()), proxy_mean=float(proxy.mean()),
-                            kl=float(kl.mean()), response_length=float(out.response_lengths.mean()), texts=texts,
-                            gold=[float(g) for g in gold])
+    def logprobs(self, policy, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """``(B, N)`` log-probs of the sampled tokens under ``policy`` at the sampling temperature."""
+        policy.set_train(False)
+        return self._cells_of(policy)[1](Tensor(tokens), Tensor(mask)).asnumpy()
+
+    def proxy_scores(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The proxy reward model's score of each sample at its eos (appended when the sample was cut)."""
+        from mindrlhf.data.contract import close_with_eos
+
+        if self.reward_model is None:
+            return np.zeros(len(tokens), np.float32)
+        closed, closed_mask = close_with_eos(tokens, mask, self.cfg.eos_token_id)
+        return self.reward_model(Tensor(closed), Tensor(closed_mask)).asnumpy()
+
+    def __call__(self, policy) -> PolicyEvaluation:
+        generator = self._cells_of(policy)[0]
+        out = generator.generate(self.prompts, seed=[self.protocol.seed, 7919])
+        mask = np.concatenate([np.ones_like(self.prompts), out.response_mask], 1).astype(np.int32)
+        kl = ((self.logprobs(policy, out.sequences, mask) - self.logprobs(self.ref, out.sequences, mask))
+              * out.response_mask).sum(1)
+        texts = decode_all(self.tokenizer, responses_with_eos(out, self.cfg.eos_token_id))
+        gold = self.judge(texts)
+        proxy = self.proxy_scores(out.sequences, mask)
+        return PolicyEvaluation(gold_mean=float(gold.mean()), gold_std=float(gold.std()),
+                                proxy_mean=float(proxy.mean()), kl=float(kl.mean()),
+                                response_length=float(out.response_lengths.mean()), texts=texts,
+                                gold=[float(g) for g in gold])
 
 
 @dataclass

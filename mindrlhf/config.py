@@ -3,7 +3,7 @@
 One dataclass per concern (model, generation, context, parallel, runner, optimizer, lr schedule, loss scale);
 :class:`RunConfig` gathers them under the YAML section names mindformers users know
 (``model.model_config``, ``context``, ``parallel_config``, ``runner_config``, ``optimizer``, ``lr_schedule``,
-``runner_wrapper``, ``recompute_config``) plus ``generation``.
+``runner_wrapper``, ``recompute_config``) plus ``generation`` and the RL sections ``ppo`` and ``grpo``.
 
 Loading rules:
 - ``base_config: other.yaml`` (or a list) inherits from files relative to the YAML; later files and keys win.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import typing
@@ -24,6 +25,8 @@ from typing import Any, Dict, List, Literal, Optional, Sequence
 import yaml
 
 DTYPES = ("float32", "float16", "bfloat16")
+ADVANTAGE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_baseline")  # grpo.advantage_estimator
+GRPO_LOSS_TYPES = ("grpo", "token", "dr_grpo")  # grpo.loss_type
 
 
 class ConfigError(ValueError):
@@ -250,8 +253,46 @@ class CheckpointConfig:
             raise ConfigError("checkpoint: save_checkpoint_steps, keep_checkpoint_max and log_interval must be >= 1")
 
 
+class _PolicyTrainingMixin:
+    """What the RL sections (``ppo``, ``grpo``) share: the on-policy sampling check and the optimizer, learning
+    rate and loss scale built from the section's own ``start_lr``, ``beta1``, ... fields. Subclasses set
+    ``_section`` (the YAML section name) and ``_why_full_vocabulary`` (why the sampling must not be truncated)."""
+
+    _section = ""
+    _why_full_vocabulary = ""
+
+    def check_sampling(self) -> None:
+        """The RL log-probs (old policy, reference, training) are those of ``softmax(logits / temperature)`` over
+        the whole vocabulary, so the rollouts must be sampled from exactly that distribution.
+
+        Raises:
+            ConfigError: for greedy decoding, ``top_k`` > 0 or ``top_p`` < 1, saying why and what to set.
+        """
+        gen, name, why = self.generation, f"{self._section}.generation", self._why_full_vocabulary
+        if not gen.do_sample:
+            raise ConfigError(f"{name}.do_sample is False (greedy decoding): {why}. Set {name}.do_sample: True "
+                              f"(lower {name}.temperature for less random rollouts)")
+        if gen.top_k != 0 or gen.top_p != 1.0:
+            raise ConfigError(f"{name}.top_k {gen.top_k} / top_p {gen.top_p} truncate the sampling distribution: "
+                              f"{why}. Set {name}.top_k: 0 and top_p: 1.0 (lower {name}.temperature to sharpen "
+                              f"the distribution instead)")
+
+    def optimizer_config(self) -> "OptimizerConfig":
+        return OptimizerConfig(type="AdamWeightDecay", learning_rate=self.start_lr, beta1=self.beta1,
+                               beta2=self.beta2, eps=self.eps, weight_decay=self.weight_decay)
+
+    def lr_schedule_config(self) -> "LrScheduleConfig":
+        return LrScheduleConfig(type="cosine", learning_rate=self.start_lr, lr_end=self.end_lr,
+                                warmup_steps=self.warmup_step, total_steps=self.decay_steps)
+
+    def loss_scale_config(self) -> "LossScaleConfig":
+        return LossScaleConfig(loss_scale_value=self.loss_scale_value, scale_factor=self.scale_factor,
+                               scale_window=self.scale_window, use_clip_grad=self.use_clip_grad,
+                               max_grad_norm=self.max_grad_norm)
+
+
 @dataclass
-class PPOConfig:
+class PPOConfig(_PolicyTrainingMixin):
     """Stage 3, every PPO knob (the YAML ``ppo`` section of the policy recipe). As with the predecessor, PPO's
     optimizer, learning rate and loss scale come from here, not from the recipe's training sections. Rollouts are
     sampled from softmax(logits / generation.temperature) over the full vocabulary, the distribution every PPO
@@ -299,6 +340,11 @@ class PPOConfig:
     max_grad_norm: float = 1.0  # global-norm clip threshold
     save_checkpoint_epochs: int = 1  # save policy (and critic) every this many iterations (and after the last)
 
+    _section = "ppo"
+    _why_full_vocabulary = ("PPO's probability ratio and KL penalty are computed from the log-probs of "
+                            "softmax(logits / temperature) over the full vocabulary, so they would be estimated "
+                            "from samples of another distribution")
+
     def __post_init__(self):
         for name in ("epochs", "num_rollouts", "chunk_size", "batch_size", "ppo_epochs", "horizon",
                      "save_checkpoint_epochs"):
@@ -322,43 +368,156 @@ class PPOConfig:
             raise ConfigError(f"ppo.gamma and ppo.lam must be in [0, 1], got {self.gamma} and {self.lam}")
         self.check_sampling()
 
-    def check_sampling(self) -> None:
-        """PPO's log-probs (old policy, reference, training) are those of ``softmax(logits / temperature)`` over
-        the whole vocabulary, so the rollouts must be sampled from exactly that distribution.
-
-        Raises:
-            ConfigError: for greedy decoding, ``top_k`` > 0 or ``top_p`` < 1, saying why and what to set.
-        """
-        gen = self.generation
-        why = ("PPO's probability ratio and KL penalty are computed from the log-probs of "
-               "softmax(logits / temperature) over the full vocabulary, so they would be estimated from samples of "
-               "another distribution")
-        if not gen.do_sample:
-            raise ConfigError(f"ppo.generation.do_sample is False (greedy decoding): {why}. Set "
-                              f"ppo.generation.do_sample: True (lower ppo.generation.temperature for less random "
-                              f"rollouts)")
-        if gen.top_k != 0 or gen.top_p != 1.0:
-            raise ConfigError(f"ppo.generation.top_k {gen.top_k} / top_p {gen.top_p} truncate the sampling "
-                              f"distribution: {why}. Set ppo.generation.top_k: 0 and top_p: 1.0 (lower "
-                              f"ppo.generation.temperature to sharpen the distribution instead)")
-
     @property
     def steps_per_epoch(self) -> int:
         """Optimizer steps per iteration: ``ppo_epochs * (num_rollouts // batch_size)``."""
         return self.ppo_epochs * (self.num_rollouts // self.batch_size)
 
-    def optimizer_config(self) -> "OptimizerConfig":
-        return OptimizerConfig(type="AdamWeightDecay", learning_rate=self.start_lr, beta1=self.beta1,
-                               beta2=self.beta2, eps=self.eps, weight_decay=self.weight_decay)
 
-    def lr_schedule_config(self) -> "LrScheduleConfig":
-        return LrScheduleConfig(type="cosine", learning_rate=self.start_lr, lr_end=self.end_lr,
-                                warmup_steps=self.warmup_step, total_steps=self.decay_steps)
+@dataclass
+class GRPOConfig(_PolicyTrainingMixin):
+    """Every GRPO knob (the YAML ``grpo`` section): group-relative policy optimisation without a critic, with the
+    DAPO and Dr. GRPO variants. Like ``ppo``, its optimizer, learning rate and loss scale come from here, and
+    top-k, top-p and greedy decoding are refused.
 
-    def loss_scale_config(self) -> "LossScaleConfig":
-        return LossScaleConfig(loss_scale_value=self.loss_scale_value, scale_factor=self.scale_factor,
-                               scale_window=self.scale_window, use_clip_grad=self.use_clip_grad,
-                               max_grad_norm=self.max_grad_norm)
+    One iteration (``epochs`` of them) = sample ``num_generations`` completions for each of ``num_prompts``
+    prompts on this rank, score them with the reward functions, turn the scores into advantages within each
+    prompt's group, then ``num_iterations`` passes over the rollouts in minibatches of ``batch_size``.
+    """
+
+    epochs: int = 1  # GRPO iterations (sampling and scoring, then training on the rollouts)
+    num_prompts: int = 8  # prompts per iteration and rank
+    num_generations: int = 4  # completions sampled per prompt: the group size G
+    batch_size: int = 8  # rollouts per optimizer step (per rank): a multiple of num_generations that divides
+    #                      num_prompts * num_generations
+    num_iterations: int = 1  # policy updates per rollout batch (mu): passes over the same rollouts
+    advantage_estimator: str = "grpo"  # grpo: (r - group mean) / (group std + 1e-4), unbiased std; dr_grpo:
+    #                                    r - group mean; rloo: r - mean of the group's other scores;
+    #                                    reinforce_baseline: r - group mean, whitened over the batch of all ranks
+    scale_rewards: bool = True  # grpo estimator: divide by the group std; False = Dr. GRPO's unscaled advantages
+    loss_type: str = "grpo"  # grpo: mean over sequences of token means; token: mean over all tokens (DAPO);
+    #                          dr_grpo: token sum / (sequences * generation.max_new_tokens) (Dr. GRPO)
+    epsilon_low: float = 0.2  # ratio clipped below at 1 - epsilon_low
+    epsilon_high: float = 0.2  # ratio clipped above at 1 + epsilon_high (>= epsilon_low; larger = DAPO clip-higher)
+    beta: float = 0.04  # KL coefficient towards the reference policy; 0 = no reference model
+    kl_in_reward: bool = False  # False: beta * k3 KL estimate per token in the loss; True: -beta * (logp - ref_logp)
+    #                             summed over the tokens and added to the score before the advantages
+    dynamic_sampling: bool = False  # drop the groups whose scores are all equal (zero advantage) from the update
+    #                                 (DAPO dynamic sampling)
+    overlong_buffer: int = 0  # DAPO soft overlong penalty: the last this many of generation.max_new_tokens are
+    #                           penalised linearly, down to -overlong_penalty_factor; 0 = off
+    overlong_penalty_factor: float = 1.0  # the soft overlong penalty at generation.max_new_tokens tokens
+    reward_funcs: List[Dict[str, Any]] = field(default_factory=list)  # each {name, weight (1.0), kwargs ({})}:
+    #                                   a built-in reward or "module:function"; the score is the weighted sum
+    use_reward_model: bool = False  # score the rollouts with a trained reward model as well as reward_funcs
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=64, top_k=0))
+    start_lr: float = 1.0e-6  # peak learning rate, reached after warmup_step
+    end_lr: float = 1.0e-10  # learning rate at decay_steps (cosine)
+    warmup_step: int = 0  # linear warmup steps
+    decay_steps: int = -1  # cosine horizon in optimizer steps; -1 = all steps of the run
+    beta1: float = 0.9  # Adam beta1
+    beta2: float = 0.95  # Adam beta2
+    eps: float = 1.0e-8  # Adam epsilon
+    weight_decay: float = 0.01  # decoupled weight decay (not on norms and biases)
+    loss_scale_value: float = 4096.0  # initial dynamic loss scale
+    scale_factor: float = 2.0  # loss-scale backoff / growth factor
+    scale_window: int = 1000  # clean steps before the loss scale grows
+    use_clip_grad: bool = True  # clip gradients by global norm
+    max_grad_norm: float = 1.0  # global-norm clip threshold
+    save_checkpoint_epochs: int = 1  # save the policy every this many iterations (and after the last)
+
+    _section = "grpo"
+    _why_full_vocabulary = ("GRPO's probability ratio and KL term are computed from the log-probs of "
+                            "softmax(logits / temperature) over the full vocabulary, so they would be estimated "
+                            "from samples of another distribution")
+
+    def __post_init__(self):
+        for name in ("epochs", "num_prompts", "num_generations", "batch_size", "num_iterations",
+                     "save_checkpoint_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"grpo.{name} must be >= 1, got {getattr(self, name)}")
+        self._check_batch()
+        self._check_choices()
+        for name in ("epsilon_low", "beta", "overlong_penalty_factor", "start_lr", "end_lr"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"grpo.{name} must be >= 0, got {getattr(self, name)}")
+        if self.epsilon_low >= 1:
+            raise ConfigError(f"grpo.epsilon_low must be < 1 (the ratio is clipped below at 1 - epsilon_low), got "
+                              f"{self.epsilon_low}")
+        if self.epsilon_high < self.epsilon_low:
+            raise ConfigError(f"grpo.epsilon_high {self.epsilon_high} must be >= epsilon_low {self.epsilon_low}: "
+                              f"clip-higher only widens the upper clip; set epsilon_high: {self.epsilon_low} for "
+                              f"the symmetric clip")
+        if not 0 <= self.overlong_buffer <= self.generation.max_new_tokens:
+            raise ConfigError(f"grpo.overlong_buffer must be in [0, generation.max_new_tokens = "
+                              f"{self.generation.max_new_tokens}], got {self.overlong_buffer}")
+        for i, spec in enumerate(self.reward_funcs):
+            self._check_reward_func(i, spec)
+        self.check_sampling()
+
+    def _check_batch(self) -> None:
+        """Optimizer steps take whole groups and split the iteration's rollouts evenly."""
+        group, batch, rollouts = self.num_generations, self.batch_size, self.rollouts_per_epoch
+        if batch % group:
+            raise ConfigError(f"grpo.batch_size {batch} must be a multiple of num_generations {group} (an optimizer "
+                              f"step takes whole groups): try batch_size {max(batch // group, 1) * group}")
+        if rollouts % batch:
+            raise ConfigError(f"grpo.batch_size {batch} must divide the rollouts of an iteration, num_prompts * "
+                              f"num_generations = {self.num_prompts} * {group} = {rollouts}")
+
+    def _check_choices(self) -> None:
+        """Known estimator and loss type; RLOO's baseline needs another completion in the group."""
+        for name, choices in (("advantage_estimator", ADVANTAGE_ESTIMATORS), ("loss_type", GRPO_LOSS_TYPES)):
+            value = getattr(self, name)
+            if value not in choices:
+                near = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                raise ConfigError(f"grpo.{name} {value!r} is not one of {', '.join(choices)}{hint}")
+        if self.advantage_estimator == "rloo" and self.num_generations < 2:
+            raise ConfigError(f"grpo.advantage_estimator rloo needs num_generations >= 2 (each completion's baseline "
+                              f"is the mean score of the other completions of its prompt), got "
+                              f"{self.num_generations}")
+
+    @staticmethod
+    def _check_reward_func(index: int, spec: Any) -> None:
+        """One ``reward_funcs`` entry: a mapping with a string ``name``, a number ``weight`` and a mapping
+        ``kwargs`` (both optional). Whether the name resolves is checked when the functions are loaded."""
+        where = f"grpo.reward_funcs[{index}]"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: expected a mapping {{name, weight, kwargs}}, got {spec!r}")
+        unknown = sorted(set(spec) - {"name", "weight", "kwargs"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys: name, weight, kwargs")
+        if not isinstance(spec.get("name"), str) or not spec["name"]:
+            raise ConfigError(f"{where}: needs a name (a built-in reward or \"module:function\"), got "
+                              f"{spec.get('name')!r}")
+        weight = spec.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise ConfigError(f"{where}.weight: expected a finite number, got {weight!r}")
+        if not isinstance(spec.get("kwargs", {}), dict):
+            raise ConfigError(f"{where}.kwargs: expected a mapping, got {spec['kwargs']!r}")
+
+    def check_rewards(self) -> None:
+        """A GRPO run needs something to score with (not checked in ``__post_init__``: every recipe has a default
+        ``grpo`` section, used or not).
+
+        Raises:
+            ConfigError: when ``reward_funcs`` is empty and ``use_reward_model`` is False.
+        """
+        if not self.reward_funcs and not self.use_reward_model:
+            raise ConfigError("grpo: no reward: list reward functions in grpo.reward_funcs (e.g. "
+                              "[{name: accuracy}]) or set grpo.use_reward_model: true")
+
+    @property
+    def rollouts_per_epoch(self) -> int:
+        """Rollouts per iteration and rank: ``num_prompts * num_generations``."""
+        return self.num_prompts * self.num_generations
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per iteration: ``num_iterations * (num_prompts * num_generations // batch_size)``
+        (before dynamic sampling drops any group)."""
+        return self.num_iterations * (self.rollouts_per_epoch // self.batch_size)
 
 
 @dataclass
@@ -384,6 +543,7 @@ class RunConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------------

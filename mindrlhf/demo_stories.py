@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-from mindrlhf.alignment import (PolicyEvaluation, StoryProtocol, evaluate_policy, pair_seq_length, pairwise_accuracy,
+from mindrlhf.alignment import (HeldOutJudge, PolicyEvaluation, StoryProtocol, pair_seq_length, pairwise_accuracy,
                                 prepare_story_data)
 
 logger = logging.getLogger(__name__)
@@ -117,11 +117,8 @@ def run_ppo_with_gold(settings: StoryDemoSettings, ppo_cfg, rm_cfg, data, reward
                               sft_checkpoint=BUNDLED_MODELS["tinystories"],
                               reward_checkpoint=weights_file(reward_checkpoint), seed=settings.seed)
     trainer = PPOTrainer(ppo_cfg, models, width, prompts)
-    cfg = ppo_cfg.model.model_config
-
-    def judge(policy) -> PolicyEvaluation:
-        return evaluate_policy(policy, models.ref, models.reward, cfg, tokenizer, data.eval_prompts, protocol)
-
+    judge = HeldOutJudge(models.ref, models.reward, ppo_cfg.model.model_config, tokenizer, data.eval_prompts,
+                         protocol)
     evaluations, results = [judge(models.ref)], []
     bar = tqdm(range(ppo_cfg.ppo.epochs), desc="stage 3 PPO", unit="iter", disable=not settings.progress)
     try:

@@ -6,11 +6,16 @@ Shapes: ``B`` pairs / sequences, ``S`` sequence length.
 The token means of the PPO losses take an optional ``count``, the normaliser to divide the masked sum by instead of
 the mask's own sum: data-parallel PPO passes the global token count of the minibatch over the number of ranks, so
 the mean-reduced gradients are those of one token mean over every rank's tokens.
+
+GRPO's loss (:func:`grpo_policy_loss`) takes one advantage per sequence and ``N`` response slots
+(``max_new_tokens``) per sequence.
 """
 from __future__ import annotations
 
 import mindspore as ms
 from mindspore import ops
+
+from mindrlhf.config import GRPO_LOSS_TYPES
 
 
 def log_sigmoid(x):
@@ -100,6 +105,60 @@ def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange, count=N
     clipfrac = masked_mean(ops.cast(clipped > unclipped, ms.float32), mask, count=count)
     approx_kl = masked_mean(ratio - 1.0 - log_ratio, mask, count=count)
     return loss, clipfrac, approx_kl
+
+
+def grpo_policy_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, epsilon_low, epsilon_high, beta,
+                     loss_type, max_completion_length, count=None):
+    """GRPO clipped surrogate with an optional KL term to the reference, aggregated as GRPO, DAPO or Dr. GRPO.
+
+    Per token: ``r = exp(logp - logp_old)``, ``l_t = max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))
+    + beta * k3``, ``k3 = exp(ref - logp) - (ref - logp) - 1`` (Schulman's non-negative estimate of
+    KL(policy || reference); the term is left out when ``beta`` is 0, and ``ref_logprobs`` are then not read).
+    ``eps_high > eps_low`` is DAPO's clip-higher. Aggregation (``m`` the mask, ``n_b = sum_t m_bt``):
+
+    - ``"grpo"``: ``(1/B) sum_b (1/n_b) sum_t m_bt l_bt``, each sequence's token mean, then the mean over
+      sequences (Shao et al. 2024);
+    - ``"token"``: ``sum_bt m_bt l_bt / sum_bt m_bt``, one mean over all tokens (DAPO); ``count`` replaces the
+      token count when given;
+    - ``"dr_grpo"``: ``sum_bt m_bt l_bt / (B * max_completion_length)``, a constant normaliser (Dr. GRPO).
+
+    Args:
+        logprobs, old_logprobs, ref_logprobs, mask: ``(B, N)`` float32 per response token (mask 1 on generated
+            tokens, their eos included).
+        advantages: ``(B,)`` one advantage per sequence, shared by its tokens.
+        epsilon_low, epsilon_high: the clip range ``[1 - epsilon_low, 1 + epsilon_high]`` of the ratio.
+        beta: KL coefficient (a Python float: 0 drops the KL term at graph construction).
+        loss_type: ``"grpo"``, ``"token"`` or ``"dr_grpo"`` (a Python string, fixed at graph construction).
+        max_completion_length: the ``dr_grpo`` normaliser per sequence (``generation.max_new_tokens``).
+        count: the normaliser of the token means (the ``token`` loss, clipfrac and kl) instead of ``sum(mask)``
+            (see :func:`masked_mean`).
+    Returns:
+        (loss, clipfrac = token share where the clipped term is taken, kl = token mean of ``k3``; 0 when ``beta``
+        is 0).
+    """
+    if loss_type not in GRPO_LOSS_TYPES:
+        raise ValueError("grpo_policy_loss: unknown loss_type " + repr(loss_type) + "; one of grpo, token, dr_grpo")
+    mask = ops.cast(mask, logprobs.dtype)
+    log_ratio = (logprobs - old_logprobs) * mask
+    ratio = ops.exp(log_ratio)
+    adv = ops.expand_dims(advantages, -1)
+    unclipped = -adv * ratio
+    clipped = -adv * ops.clip_by_value(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high)
+    per_token = ops.maximum(unclipped, clipped)
+    clipfrac = masked_mean(ops.cast(clipped > unclipped, ms.float32), mask, count=count)
+    kl = ops.zeros((), logprobs.dtype)
+    if beta > 0:
+        ref_diff = (ref_logprobs - logprobs) * mask
+        k3 = ops.exp(ref_diff) - ref_diff - 1.0
+        per_token = per_token + beta * k3
+        kl = masked_mean(k3, mask, count=count)
+    if loss_type == "grpo":
+        loss = ops.mean(masked_mean(per_token, mask, axis=1))
+    elif loss_type == "token":
+        loss = masked_mean(per_token, mask, count=count)
+    else:
+        loss = ops.reduce_sum(per_token * mask) / (logprobs.shape[0] * max_completion_length)
+    return loss, clipfrac, kl
 
 
 def ppo_value_loss(values, old_values, returns, mask, cliprange_value, count=None):

@@ -1,5 +1,9 @@
 """RL arithmetic of PPO's experience phase as pure numpy functions: per-token KL-penalised rewards, generalised
-advantage estimation, whitening, reward scaling and the KL controllers.
+advantage estimation, whitening, reward scaling and the KL controllers; and GRPO's group advantages (GRPO,
+Dr. GRPO, RLOO, REINFORCE++ with baseline), DAPO's dynamic-sampling filter and soft overlong penalty.
+
+GRPO shapes: ``B = P * G`` rollouts, ``P`` prompts with ``G`` completions each (the group size); the rows of one
+group are consecutive: rows ``[g G, (g + 1) G)`` are the completions of prompt ``g``.
 
 Shapes: ``B`` rollouts, ``N`` response slots (``max_new_tokens``). ``mask (B, N)`` is 1 on the tokens a row
 generated (its eos included) and 0 on the padding after them; every row has at least one token.
@@ -16,6 +20,8 @@ import math
 from typing import Callable, Optional, Tuple
 
 import numpy as np
+
+from mindrlhf.config import ADVANTAGE_ESTIMATORS
 
 Reduce = Callable[[np.ndarray], np.ndarray]  # values -> float64 sum of every rank's values (same shape)
 
@@ -193,3 +199,140 @@ class AdaptiveKLController:
     def update(self, current_kl: float, n_steps: int) -> None:
         error = float(np.clip(current_kl / self.target - 1.0, -0.2, 0.2))
         self.value *= 1.0 + error * n_steps / self.horizon
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GRPO: advantages of groups of completions of one prompt
+
+
+def _groups(scores: np.ndarray, group_size: int) -> np.ndarray:
+    """``(B,)`` scores -> ``(B / G, G)`` float64, one row per group; ValueError unless ``G >= 1`` divides ``B``."""
+    scores = np.asarray(scores, np.float64)
+    if scores.ndim != 1:
+        raise ValueError(f"scores must be one score per rollout, shape (B,), got shape {scores.shape}")
+    if group_size < 1 or len(scores) % group_size:
+        raise ValueError(f"{len(scores)} scores do not split into groups of {group_size} (group_size must be >= 1 "
+                         f"and divide the number of rollouts)")
+    return scores.reshape(-1, group_size)
+
+
+def group_advantages(scores: np.ndarray, group_size: int, scale_std: bool = True, eps: float = 1e-4
+                     ) -> np.ndarray:
+    """GRPO's group-relative advantage of each completion (Shao et al. 2024, as TRL's GRPOTrainer):
+
+    ``A_i = (r_i - mean_g) / (std_g + eps)`` with ``mean_g``, ``std_g`` the mean and the unbiased standard
+    deviation (``ddof = 1``) of the scores of the completion's group; ``std_g = 0`` for groups of one.
+    ``scale_std=False`` is Dr. GRPO (Liu et al. 2025): ``A_i = r_i - mean_g``, no division. A group whose scores
+    are all equal gets advantage 0.
+
+    Args:
+        scores: ``(B,)`` score of each rollout, groups of ``group_size`` consecutive rows.
+        group_size: ``G``.
+        scale_std: divide by the group's standard deviation (GRPO) or not (Dr. GRPO).
+        eps: added to the standard deviation.
+    Returns:
+        ``(B,)`` float32.
+    """
+    groups = _groups(scores, group_size)
+    centred = groups - groups.mean(axis=1, keepdims=True)
+    if scale_std:
+        std = groups.std(axis=1, ddof=1, keepdims=True) if group_size > 1 else np.zeros_like(centred)
+        centred = centred / (std + eps)
+    return centred.reshape(-1).astype(np.float32)
+
+
+def rloo_advantages(scores: np.ndarray, group_size: int) -> np.ndarray:
+    """REINFORCE leave-one-out (Ahmadian et al. 2024): each completion's score minus the mean of the OTHER scores
+    of its group, ``A_i = r_i - (sum_g - r_i) / (G - 1)``.
+
+    Args:
+        scores: ``(B,)``, groups of ``group_size`` consecutive rows.
+        group_size: ``G >= 2`` (a group of one has no other completion to compare with).
+    Returns:
+        ``(B,)`` float32.
+    """
+    if group_size < 2:
+        raise ValueError(f"rloo advantages need a group size >= 2 (a baseline from the other completions of "
+                         f"the prompt), got {group_size}")
+    groups = _groups(scores, group_size)
+    others = (groups.sum(axis=1, keepdims=True) - groups) / (group_size - 1)
+    return (groups - others).reshape(-1).astype(np.float32)
+
+
+def reinforce_baseline_advantages(scores: np.ndarray, group_size: int, reduce: Reduce = local_sum,
+                                  eps: float = 1e-8) -> np.ndarray:
+    """REINFORCE++ with baseline (OpenRLHF's ``reinforce_baseline``): the group mean is subtracted, then the
+    centred scores are divided by their standard deviation over the whole batch of every rank:
+
+    ``c_i = r_i - mean_g``; ``A_i = c_i / sqrt(var(c) + eps)``, ``var(c)`` the population variance of ``c`` over
+    all rollouts of all ranks (:func:`masked_moments` with ``reduce``). The batch mean of ``c`` is 0 (every
+    group's ``c`` sum to 0), so this is whitening; it is not subtracted again, which keeps an all-equal group's
+    advantages exactly 0. Groups never straddle ranks.
+
+    Args:
+        scores: ``(B,)`` this rank's scores, groups of ``group_size`` consecutive rows.
+        group_size: ``G``.
+        reduce: sums over the ranks.
+        eps: added to the variance.
+    Returns:
+        ``(B,)`` float32.
+    """
+    groups = _groups(scores, group_size)
+    centred = (groups - groups.mean(axis=1, keepdims=True)).reshape(-1)
+    var = masked_moments(centred, None, reduce)[1]
+    return (centred / math.sqrt(var + eps)).astype(np.float32)
+
+
+def grpo_advantages(scores: np.ndarray, group_size: int, estimator: str, scale_rewards: bool = True,
+                    reduce: Reduce = local_sum) -> np.ndarray:
+    """The advantages of ``grpo.advantage_estimator``: ``grpo`` (:func:`group_advantages`, divided by the group
+    std when ``scale_rewards``), ``dr_grpo`` (:func:`group_advantages` without the std, whatever
+    ``scale_rewards``), ``rloo`` (:func:`rloo_advantages`) or ``reinforce_baseline``
+    (:func:`reinforce_baseline_advantages`, global over the ranks via ``reduce``). ``(B,)`` -> ``(B,)`` float32."""
+    if estimator == "grpo":
+        return group_advantages(scores, group_size, scale_std=scale_rewards)
+    if estimator == "dr_grpo":
+        return group_advantages(scores, group_size, scale_std=False)
+    if estimator == "rloo":
+        return rloo_advantages(scores, group_size)
+    if estimator == "reinforce_baseline":
+        return reinforce_baseline_advantages(scores, group_size, reduce)
+    raise ValueError(f"unknown advantage estimator {estimator!r}; one of {', '.join(ADVANTAGE_ESTIMATORS)}")
+
+
+def dynamic_sampling_keep(scores: np.ndarray, group_size: int) -> np.ndarray:
+    """DAPO's dynamic sampling filter (Yu et al. 2025): False on every row of a group whose scores are all equal
+    (all right or all wrong: a zero group-relative advantage, so no policy gradient), True elsewhere.
+
+    Args:
+        scores: ``(B,)``, groups of ``group_size`` consecutive rows.
+        group_size: ``G``.
+    Returns:
+        ``(B,)`` bool.
+    """
+    groups = _groups(scores, group_size)
+    varied = groups.max(axis=1) != groups.min(axis=1)
+    return np.repeat(varied, group_size)
+
+
+def overlong_penalty(lengths: np.ndarray, max_new_tokens: int, buffer: int, factor: float) -> np.ndarray:
+    """DAPO's soft overlong punishment, added to the score of each rollout:
+
+    ``p = 0`` for ``L <= L_max - buffer``, else ``p = -factor * (L - (L_max - buffer)) / buffer``, falling linearly
+    to ``-factor`` at ``L = L_max`` (``L_max = max_new_tokens``). ``buffer = 0`` turns it off (all zeros).
+
+    Args:
+        lengths: ``(B,)`` generated tokens of each rollout (at most ``max_new_tokens``).
+        max_new_tokens: ``L_max``.
+        buffer: the length of the punished range at the end, ``0 <= buffer <= max_new_tokens``.
+        factor: the penalty at ``L_max`` (>= 0).
+    Returns:
+        ``(B,)`` float32, <= 0.
+    """
+    lengths = np.asarray(lengths, np.float64)
+    if not 0 <= buffer <= max_new_tokens:
+        raise ValueError(f"overlong buffer must be in [0, max_new_tokens = {max_new_tokens}], got {buffer}")
+    if buffer == 0:
+        return np.zeros(lengths.shape, np.float32)
+    exceed = np.maximum(lengths - (max_new_tokens - buffer), 0.0)
+    return (-factor * exceed / buffer).astype(np.float32)

@@ -373,3 +373,105 @@ def test_save_config_failure_leaves_no_files(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_config(RunConfig(), str(tmp_path / "c.yaml"))
     assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# grpo section
+
+
+GRPO_YAML = """\
+grpo:
+  num_prompts: 6
+  num_generations: 4
+  batch_size: 12
+  num_iterations: 2
+  advantage_estimator: rloo
+  loss_type: token
+  epsilon_low: 0.2
+  epsilon_high: 0.28
+  beta: 0
+  dynamic_sampling: true
+  overlong_buffer: 8
+  overlong_penalty_factor: 0.5
+  reward_funcs:
+    - {name: accuracy, weight: 1}
+    - name: format
+      weight: 0.5
+      kwargs: {pattern: "^<think>"}
+  generation:
+    max_new_tokens: 32
+    temperature: 0.9
+  start_lr: 2e-6
+"""
+
+
+def test_grpo_section_loads_from_yaml(tmp_path):
+    cfg = load_config(str(write(tmp_path / "grpo.yaml", GRPO_YAML)))
+    grpo = cfg.grpo
+    assert isinstance(grpo, config_module.GRPOConfig)
+    assert (grpo.num_prompts, grpo.num_generations, grpo.batch_size, grpo.num_iterations) == (6, 4, 12, 2)
+    assert (grpo.advantage_estimator, grpo.loss_type, grpo.epsilon_high, grpo.beta) == ("rloo", "token", 0.28, 0.0)
+    assert isinstance(grpo.beta, float) and grpo.dynamic_sampling and grpo.overlong_buffer == 8
+    assert grpo.reward_funcs == [{"name": "accuracy", "weight": 1},
+                                 {"name": "format", "weight": 0.5, "kwargs": {"pattern": "^<think>"}}]
+    assert (grpo.generation.max_new_tokens, grpo.generation.temperature, grpo.generation.top_k) == (32, 0.9, 0)
+    assert grpo.rollouts_per_epoch == 24 and grpo.steps_per_epoch == 2 * 24 // 12
+    assert grpo.optimizer_config().learning_rate == 2e-6
+    assert grpo.lr_schedule_config().learning_rate == 2e-6 and grpo.lr_schedule_config().type == "cosine"
+    assert grpo.loss_scale_config().loss_scale_value == grpo.loss_scale_value
+    assert cfg.ppo == RunConfig().ppo  # the other RL section keeps its defaults
+    save_config(cfg, str(tmp_path / "resolved.yaml"))
+    assert load_config(str(tmp_path / "resolved.yaml")) == cfg
+
+
+def test_grpo_defaults_are_valid_and_need_a_reward_to_run():
+    grpo = RunConfig().grpo
+    assert (grpo.num_generations, grpo.batch_size, grpo.epsilon_low, grpo.epsilon_high, grpo.beta) == (
+        4, 8, 0.2, 0.2, 0.04)
+    assert (grpo.advantage_estimator, grpo.loss_type, grpo.scale_rewards, grpo.generation.top_k) == (
+        "grpo", "grpo", True, 0)
+    assert grpo.steps_per_epoch == 4
+    with pytest.raises(ConfigError, match="grpo.reward_funcs .*use_reward_model"):
+        grpo.check_rewards()
+    load_config(None, ["grpo.reward_funcs=[{name: accuracy}]"]).grpo.check_rewards()
+    load_config(None, ["grpo.use_reward_model=true"]).grpo.check_rewards()
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["grpo.batch_size=6"], r"grpo.batch_size 6 must be a multiple of num_generations 4 \(an optimizer step takes "
+                            r"whole groups\): try batch_size 4"),
+    (["grpo.num_prompts=3"], r"grpo.batch_size 8 must divide the rollouts of an iteration, num_prompts \* "
+                             r"num_generations = 3 \* 4 = 12"),
+    (["grpo.epsilon_high=0.1"], "grpo.epsilon_high 0.1 must be >= epsilon_low 0.2: clip-higher"),
+    (["grpo.epsilon_low=1.0", "grpo.epsilon_high=1.5"], "grpo.epsilon_low must be < 1"),
+    (["grpo.advantage_estimator=grpoo"], "grpo.advantage_estimator 'grpoo' is not one of grpo, dr_grpo, rloo, "
+                                         "reinforce_baseline; did you mean 'grpo'"),
+    (["grpo.advantage_estimator=gae"], "grpo.advantage_estimator 'gae' is not one of"),
+    (["grpo.loss_type=seq_mean"], "grpo.loss_type 'seq_mean' is not one of grpo, token, dr_grpo"),
+    (["grpo.advantage_estimator=rloo", "grpo.num_generations=1"], "rloo needs num_generations >= 2"),
+    (["grpo.beta=-0.1"], "grpo.beta must be >= 0"),
+    (["grpo.num_iterations=0"], "grpo.num_iterations must be >= 1"),
+    (["grpo.overlong_buffer=65"], r"grpo.overlong_buffer must be in \[0, generation.max_new_tokens = 64\]"),
+    (["grpo.generation.top_k=5"], "grpo.generation.top_k 5 / top_p 1.0 truncate the sampling distribution: GRPO's"),
+    (["grpo.generation.top_p=0.9"], "grpo.generation.top_k 0 / top_p 0.9 truncate"),
+    (["grpo.generation.do_sample=false"], "grpo.generation.do_sample is False .greedy decoding.: .*another "
+                                          "distribution. Set grpo.generation.do_sample: True"),
+    (["grpo.reward_funcs=[{weight: 1}]"], r"grpo.reward_funcs\[0\]: needs a name"),
+    (["grpo.reward_funcs=[{name: accuracy}, {name: format, wieght: 2}]"],
+     r"grpo.reward_funcs\[1\]: unknown key 'wieght'; valid keys: name, weight, kwargs"),
+    (["grpo.reward_funcs=[{name: accuracy, weight: heavy}]"], r"grpo.reward_funcs\[0\].weight: expected a finite"),
+    (["grpo.reward_funcs=[{name: accuracy, weight: true}]"], r"grpo.reward_funcs\[0\].weight"),
+    (["grpo.reward_funcs=[{name: accuracy, kwargs: 3}]"], r"grpo.reward_funcs\[0\].kwargs: expected a mapping"),
+    (["grpo.reward_funcs=[accuracy]"], r"grpo.reward_funcs\[0\]: expected a mapping"),
+])
+def test_invalid_grpo_values_are_rejected(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)
+
+
+def test_grpo_clip_higher_and_other_estimators_are_accepted():
+    grpo = load_config(None, ["grpo.epsilon_high=0.28", "grpo.advantage_estimator=reinforce_baseline",
+                              "grpo.loss_type=dr_grpo", "grpo.num_generations=2", "grpo.batch_size=2",
+                              "grpo.num_prompts=3"]).grpo
+    assert (grpo.epsilon_high, grpo.steps_per_epoch) == (0.28, 3)
+    assert load_config(None, ["grpo.advantage_estimator=rloo", "grpo.num_generations=2"]).grpo.num_generations == 2

@@ -1,6 +1,7 @@
 """PPO prompt data: the prompt converter (fields against an independent reference on real CValues rows, truncation,
-templates, the seed CLI, bad inputs leaving nothing behind), the prompt schedule and reader, left alignment of the
-stored prompts and the experience MindRecord round trip."""
+templates, the seed CLI, bad inputs leaving nothing behind), reference answers of verifiable tasks (GSM8K
+{question, answer} and {prompt, solution} records through the converter and back), the prompt schedule and reader,
+left alignment of the stored prompts and the experience MindRecord round trip."""
 from __future__ import annotations
 
 import hashlib
@@ -13,9 +14,9 @@ import mindspore.dataset as ds
 import pytest
 
 from mindrlhf.data.convert_preference import ConversionError, atomic_mindrecord
-from mindrlhf.data.convert_prompts import convert_prompts, encode_prompt, main
+from mindrlhf.data.convert_prompts import PROMPT_SCHEMA, convert_prompts, encode_prompt, main
 from mindrlhf.data.datasets import PROMPT_COLUMNS, prompt_indices, read_prompts
-from mindrlhf.data.templates import format_prompt
+from mindrlhf.data.templates import apply_template, format_chatml, format_prompt
 from mindrlhf.data.tokenizer import load_tokenizer
 from mindrlhf.train.experience import (EXPERIENCE_SCHEMA, Experience, RolloutStats, left_align_prompts,
                                        load_experience, save_experience)
@@ -122,7 +123,8 @@ def test_prompt_only_rows_fields_truncation_and_stats(tokenizers, tmp_dir, name)
     assert 0 < n_truncated < len(rows) and P in lengths and min(lengths) < P  # the data covers all three cases
     out = os.path.join(tmp_dir, "prompts.mindrecord")
     stats = convert_prompts(PROMPTS, out, name, max_prompt_length=P, seq_length=T, pad_token_id=pad, progress=False)
-    assert stats == {"count": 8, "with_response": 0, "truncated_prompts": n_truncated, "skipped_empty": 0,
+    assert stats == {"count": 8, "with_response": 0, "with_answer": 0, "truncated_prompts": n_truncated,
+                     "skipped_empty": 0,
                      "skipped_bad": 0}
     records = read_back(out)
     assert len(records) == 8
@@ -212,6 +214,131 @@ def test_qa_template(tokenizers, tmp_dir):
         assert tok.decode(record["prompt_ids"][:n].tolist()) == text
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Verifiable tasks: reference answers and the ChatML template
+
+SOLUTION_1 = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+              "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72")
+SOLUTION_2 = ("Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\n"
+              "Working 50 minutes, she earned 0.2 x 50 = $<<0.2*50=10>>10.\n#### 10")
+TASK_ROWS = [  # written by hand: GSM8K records, {prompt, solution}, a numeric answer, a plain prompt
+    {"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+                 "How many clips did Natalia sell altogether in April and May?", "answer": SOLUTION_1},
+    {"question": "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. "
+                 "How much did she earn?", "answer": SOLUTION_2},
+    {"prompt": "What is the sum of the first 10 positive integers?",
+     "solution": "  The sum is 10 * 11 / 2 = \\boxed{55}. \n"},
+    {"prompt": "一个数的三倍是 27，这个数是多少？", "answer": 9},
+    {"prompt": "法国的首都是哪里？", "solution": "巴黎"},
+    {"prompt": "Say something kind.", "pos_resp": "You are doing great."},
+    {"question": "  What is 1,000 + 234?  ", "answer": "1,234", "pos_resp": " 1,234 "},
+]
+TASK_ANSWERS = [SOLUTION_1, SOLUTION_2, "The sum is 10 * 11 / 2 = \\boxed{55}.", "9", "巴黎", "", "1,234"]
+
+
+def task_text(row):
+    """(prompt text, ptx response) of a hand-written task row."""
+    return row.get("question", row.get("prompt")), row.get("pos_resp", "")
+
+
+def stored_answers(path):
+    dataset = ds.MindDataset(path, columns_list=["answer"], shuffle=False)
+    return [str(r["answer"]) for r in dataset.create_dict_iterator(num_epochs=1, output_numpy=True)]
+
+
+@pytest.mark.parametrize("name, template", [("gpt2", "none"), ("gpt2", "chatml"), ("llama", "chatml")])
+def test_reference_answers_stored_and_read_back(tokenizers, tmp_dir, name, template):
+    tok, pad = tokenizers[name], PADS[name]
+    src = write_lines(os.path.join(tmp_dir, "tasks.jsonl"), [dumps(r) for r in TASK_ROWS])
+    out = os.path.join(tmp_dir, "tasks.mindrecord")
+    P, T = 120, 140
+    stats = convert_prompts(src, out, name, P, T, pad, template=template, progress=False)
+    assert stats == {"count": 7, "with_response": 2, "with_answer": 6, "truncated_prompts": 0, "skipped_empty": 0,
+                     "skipped_bad": 0}
+    for row, record in zip(TASK_ROWS, read_back(out)):
+        prompt, response = task_text(row)
+        text = prompt if template == "none" else format_chatml(prompt.strip())
+        response = response if template == "none" else response.strip()
+        assert_record(record, reference(tok, text, response, P, T, pad), P, T)
+    assert stored_answers(out) == TASK_ANSWERS
+    indices = np.array([6, 0, 3, 3, 5, 4, 2])
+    got = read_prompts(out, indices, pad)
+    assert got["answer"] == [TASK_ANSWERS[i] for i in indices]
+    assert all(type(a) is str for a in got["answer"])
+    assert got["prompt_length"].dtype == np.int32 and got["prompt_ids"].shape == (7, P)
+
+
+def test_chatml_template(tokenizers, tmp_dir, capsys):
+    question = "What is 6 times 7?"
+    expected = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is 6 times 7?"
+                "<|im_end|>\n<|im_start|>assistant\n")
+    assert format_chatml(question) == expected
+    assert apply_template("chatml", f"  {question}\n") == expected  # the question is stripped
+    assert apply_template("none", f" {question}") == f" {question}"
+    assert apply_template("qa", f" {question} ") == format_prompt(question)
+    with pytest.raises(ValueError, match="none, qa, chatml"):
+        apply_template("chat", question)
+    # the CLI flag; the bundled GPT-2 BPE has no <|im_start|> token: the markers are plain text
+    src = write_lines(os.path.join(tmp_dir, "q.jsonl"), [dumps({"question": question, "answer": "#### 42"})])
+    out = os.path.join(tmp_dir, "q.mindrecord")
+    assert main(["--tokenizer_name_or_path", "gpt2", "--file_path", src, "--output_path", out,
+                 "--max_prompt_length", "96", "--seq_length", "100", "--pad_token_id", "50256",
+                 "--template", "chatml"]) == 0
+    assert "Total number of samples: 1\n" in capsys.readouterr().out
+    tok = tokenizers["gpt2"]
+    record = read_back(out)[0]
+    n = int(record["prompt_length"])
+    assert record["prompt_ids"][:n].tolist() == tok.encode(expected)
+    assert tok.decode(record["prompt_ids"][:n].tolist()) == expected
+    assert read_prompts(out, np.array([0]), 50256)["answer"] == ["#### 42"]
+
+
+def test_chatml_markers_are_single_ids_with_a_chat_vocabulary(tmp_dir):
+    """A tokenizer.json with <|im_start|> and <|im_end|> as added special tokens (as Qwen2's has) encodes each
+    marker as its one id: the tiny Llama tokenizer with the two tokens added."""
+    from tokenizers import Tokenizer as HFTokenizerFile
+
+    source = os.path.join(ROOT, "mindrlhf", "assets", "models", "tinystories_656k")
+    folder = os.path.join(tmp_dir, "chat_tokenizer")
+    os.makedirs(folder)
+    hf = HFTokenizerFile.from_file(os.path.join(source, "tokenizer.json"))
+    assert hf.add_special_tokens(["<|im_start|>", "<|im_end|>"]) == 2
+    hf.save(os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(source, "tokenizer_config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f)
+    tok = load_tokenizer(folder)
+    start, end = hf.token_to_id("<|im_start|>"), hf.token_to_id("<|im_end|>")
+    assert (start, end) == (tok.vocab_size - 2, tok.vocab_size - 1)
+    src = write_lines(os.path.join(tmp_dir, "q.jsonl"), [dumps({"question": "How many legs has a cat?",
+                                                                "answer": "4"})])
+    out = os.path.join(tmp_dir, "q.mindrecord")
+    convert_prompts(src, out, tok, 64, 72, 0, template="chatml", progress=False)
+    record = read_back(out)[0]
+    ids = record["prompt_ids"][:int(record["prompt_length"])].tolist()
+    # bos (the tokenizer's rule still applies), then each marker as its id between the text pieces
+    pieces = [start, "system\nYou are a helpful assistant.", end, "\n", start, "user\nHow many legs has a cat?", end,
+              "\n", start, "assistant\n"]
+    expected = [tok.bos_token_id]
+    for piece in pieces:
+        expected += [piece] if isinstance(piece, int) else tok.encode(piece)
+    assert ids == expected
+    assert ids.count(start) == 3 and ids.count(end) == 2
+
+
+def test_prompt_file_without_answers_reads_empty_answers(tmp_dir):
+    """A file written with the four token fields only (before reference answers) reads with answer ""."""
+    path = os.path.join(tmp_dir, "four.mindrecord")
+    with atomic_mindrecord(path, PROMPT_SCHEMA, "rlhf prompts") as writer:
+        writer.write_raw_data([{"prompt_ids": np.array([5, 6, 0], np.int64), "prompt_length": np.int64(2),
+                                "pretrain_ids": np.array([5, 6, 7, 0], np.int64),
+                                "loss_mask": np.array([0, 0, 1, 0], np.int64)}] * 2)
+    got = read_prompts(path, np.array([1, 0]), 0)
+    assert got["answer"] == ["", ""]
+    assert got["prompt_length"].tolist() == [2, 2]
+
+
 def test_cli_seed_flags(tokenizers, tmp_dir, capsys):
     out = os.path.join(tmp_dir, "nested", "ppo_prompts.mindrecord")  # its folder is created
     rc = main(["--tokenizer_name_or_path", "llama", "--file_path", PROMPTS, "--output_path", out,
@@ -235,7 +362,14 @@ BAD_LINES = {  # name -> (third line of the file, words the message must contain
     "malformed_json": ('{"prompt": "x", ', ["malformed JSON"]),
     "prompt_not_string": (dumps({"prompt": 42, "pos_resp": "a"}), ["'prompt'", "string", "int"]),
     "prompt_is_list": (dumps({"prompt": ["a", "b"]}), ["'prompt'", "string", "list"]),
-    "prompt_missing": (dumps({"question": "a"}), ["'prompt'", "missing"]),
+    "prompt_missing": (dumps({"text": "a"}), ["'prompt'", "missing", "{question, answer}"]),
+    "gsm8k_answer_missing": (dumps({"question": "a"}), ["'answer'", "missing"]),
+    "gsm8k_answer_is_list": (dumps({"question": "a", "answer": ["4"]}), ["'answer'", "string or a number", "list"]),
+    "gsm8k_answer_is_bool": (dumps({"question": "a", "answer": True}), ["'answer'", "string or a number", "bool"]),
+    "question_not_string": (dumps({"question": 7, "answer": "7"}), ["'question'", "string", "int"]),
+    "prompt_and_question": (dumps({"prompt": "a", "question": "b", "answer": "1"}), ["'prompt'", "'question'"]),
+    "solution_and_answer": (dumps({"prompt": "a", "solution": "1", "answer": "1"}), ["'solution'", "'answer'"]),
+    "empty_solution": (dumps({"prompt": "a", "solution": " \n"}), ["'solution'", "empty"]),
     "pos_resp_not_string": (dumps({"prompt": "a", "pos_resp": {"text": "b"}}), ["'pos_resp'", "string", "dict"]),
     "non_object": (dumps(["a", "b"]), ["object", "list"]),
     "non_object_string": (dumps("just text"), ["object", "str"]),
@@ -334,7 +468,8 @@ def test_skip_bad_lines_and_empty_prompts_counted(tokenizers, tmp_dir, capsys):
     src = write_lines(os.path.join(tmp_dir, "in.jsonl"), lines)
     out = os.path.join(tmp_dir, "p.mindrecord")
     stats = convert_prompts(src, out, "gpt2", 56, 80, 50256, skip_bad_lines=True, progress=False)
-    assert stats == {"count": 3, "with_response": 0, "truncated_prompts": 1, "skipped_empty": 2, "skipped_bad": 4}
+    assert stats == {"count": 3, "with_response": 0, "with_answer": 0, "truncated_prompts": 1, "skipped_empty": 2,
+                     "skipped_bad": 4}
     tok = tokenizers["gpt2"]
     records = read_back(out)
     assert len(records) == 3
@@ -451,7 +586,8 @@ def test_read_prompts_order_and_dtypes(prompt_record):
     stored = read_back(prompt_record)
     indices = np.array([5, 0, 7, 2, 5, 3])  # any order, repeats included (an iteration spanning epochs of a small set)
     out = read_prompts(prompt_record, indices, 50256)
-    assert set(out) == set(PROMPT_COLUMNS) | {"prompt_length"}
+    assert set(out) == set(PROMPT_COLUMNS) | {"prompt_length", "answer"}
+    assert out["answer"] == [""] * 6  # prompt-only records
     shapes = {"prompt_ids": (6, 40), "prompt_length": (6,), "pretrain_ids": (6, 48), "loss_mask": (6, 48)}
     for name, shape in shapes.items():
         assert out[name].dtype == np.int32, name
@@ -495,7 +631,8 @@ def test_read_prompts_predecessor_file(tmp_dir):
     np.testing.assert_array_equal(out["prompt_ids"], prompt_ids[[3, 1, 0, 2]])
     np.testing.assert_array_equal(out["pretrain_ids"], pretrain[[3, 1, 0, 2]])
     np.testing.assert_array_equal(out["loss_mask"], loss[[3, 1, 0, 2]])
-    assert all(out[name].dtype == np.int32 for name in out)
+    assert all(out[name].dtype == np.int32 for name in FIELDS)
+    assert out["answer"] == ["", "", "", ""]  # written before reference answers existed
 
 
 # ---------------------------------------------------------------------------------------------------------------

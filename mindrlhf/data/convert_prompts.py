@@ -1,19 +1,30 @@
-"""RLHF prompt data -> MindRecord for PPO (the seed's ``examples/rlhf_train_tutorial/rlhf_data.py``).
+"""RLHF prompt data -> MindRecord for PPO and GRPO (the seed's ``examples/rlhf_train_tutorial/rlhf_data.py``).
 
     python examples/rlhf_train_tutorial/rlhf_data.py --tokenizer_name_or_path gpt2 \\
         --file_path prompts.jsonl --output_path data/ppo_prompts.mindrecord \\
         --max_prompt_length 64 --seq_length 129 --pad_token_id 50256
 
-Input: JSONL (or a JSON array) of ``{prompt, pos_resp}`` records; ``pos_resp`` (a reference answer, used only by
-the optional ptx loss) may be absent, as in prompt-only sets such as the CValues responsibility prompts. With
-``--template qa`` the prompt is wrapped in the reward model's QA template (:mod:`mindrlhf.data.templates`);
+Input: JSONL (or a JSON array) of records in one of these forms (the form is told by the keys of each record):
+
+- ``{prompt, pos_resp}``: ``pos_resp`` (a reference answer, used only by the optional ptx loss) may be absent, as in
+  prompt-only sets such as the CValues responsibility prompts.
+- ``{prompt, solution}`` (or ``{prompt, answer}``): a verifiable task; the solution is the reference answer the
+  reward functions judge completions against (:mod:`mindrlhf.rewards`).
+- ``{question, answer}``: GSM8K; ``answer`` (required) is the worked solution ending in ``#### <number>``, or a
+  plain answer.
+
+A reference answer may be a string or a JSON number; it is stored stripped, and is not a ptx target (give
+``pos_resp`` for that, in any form). With ``--template qa`` the prompt is wrapped in the reward model's QA template,
+with ``--template chatml`` in the ChatML chat template of Qwen2 / Qwen2.5 instruct models
+(:mod:`mindrlhf.data.templates`; a tokenizer whose vocabulary has ``<|im_start|>`` and ``<|im_end|>`` as added
+tokens, as Qwen's ``tokenizer.json`` does, encodes them as those single ids, any other as plain text);
 ``--template none`` (the seed's behaviour) uses it as is.
 
 Prompt and response follow the tokenization contract (:mod:`mindrlhf.data.contract`), as the SFT and preference
 converters do: they are tokenized separately (without special tokens) and joined, so the boundary is exact; the
 prompt starts with the tokenizer's bos iff ``Tokenizer.add_bos`` (not for GPT-2 BPE, yes for SentencePiece
-Llama-style models) and the response is followed by eos. With ``--template qa`` the response is stripped, as the
-SFT converter strips it. Fields (``P = max_prompt_length``, ``T = seq_length``):
+Llama-style models) and the response is followed by eos. With ``--template qa`` or ``chatml`` the response is
+stripped, as the SFT converter strips it. Fields (``P = max_prompt_length``, ``T = seq_length``):
 
 - ``prompt_ids``: int64 ``(P,)``, the prompt (bos included) right-padded with ``pad_token_id``. A longer prompt keeps
   its LAST tokens (the end holds the question and the template's answer cue), with the bos back in front, and is
@@ -24,6 +35,8 @@ SFT converter strips it. Fields (``P = max_prompt_length``, ``T = seq_length``):
   the SFT rule) and right-padded.
 - ``loss_mask``: int64 ``(T,)``, 1 on the response tokens of ``pretrain_ids`` and 0 on the prompt and the padding
   (padded with 0; the predecessor padded it with the pad id, bug B8).
+- ``answer``: string, the reference answer, ``""`` when the record has none (``datasets.read_prompts`` returns it
+  and reads files without the field, the predecessor's, as all ``""``).
 
 Length contract with PPO: ``P`` is the prompt width PPO generates from and the policy needs
 ``seq_length >= P + max_new_tokens``; the ptx loss reads ``pretrain_ids[:, :-1]`` against ``pretrain_ids[:, 1:]``
@@ -36,7 +49,7 @@ import argparse
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Dict, Iterator, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -44,7 +57,7 @@ from tqdm import tqdm
 from mindrlhf.data.contract import tokenize_prompt, tokenize_response
 from mindrlhf.data.convert_preference import (ConversionError, atomic_mindrecord, check_paths, read_records,
                                               text_field, write_in_chunks)
-from mindrlhf.data.templates import format_prompt
+from mindrlhf.data.templates import TEMPLATE_NAMES, apply_template
 from mindrlhf.data.tokenizer import Tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -55,7 +68,10 @@ PROMPT_SCHEMA = {
     "pretrain_ids": {"type": "int64", "shape": [-1]},
     "loss_mask": {"type": "int64", "shape": [-1]},
 }
-TEMPLATES = ("none", "qa")
+# the converter's schema: the four token fields and the reference answer ("" when the record has none)
+PROMPT_ANSWER_SCHEMA = {**PROMPT_SCHEMA, "answer": {"type": "string"}}
+TEMPLATES = TEMPLATE_NAMES  # ("none", "qa", "chatml")
+ANSWER_KEYS = ("solution", "answer")  # the reference answer of a {prompt, ...} record
 WRITE_CHUNK = 1000
 
 
@@ -65,6 +81,7 @@ class PromptStats:
 
     count: int = 0
     with_response: int = 0  # records whose pos_resp gave ptx tokens
+    with_answer: int = 0  # records with a reference answer (answer / solution)
     truncated_prompts: int = 0  # prompts longer than max_prompt_length (their last tokens kept)
     skipped_empty: int = 0  # empty prompt after strip()
     skipped_bad: int = 0  # bad records skipped with skip_bad_lines
@@ -90,6 +107,43 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str, response: str, max_prompt_l
             "loss_mask": loss_mask}
 
 
+def answer_field(record: dict, name: str, where: str) -> str:
+    """``record[name]`` as stripped text (a JSON number is written out: ``42`` -> ``"42"``); ``""`` when absent.
+    Raises :class:`ConversionError` naming ``where`` and the field for another type or an empty text."""
+    value = record.get(name)
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConversionError(f"{where}: field '{name}': expected a string or a number, got {type(value).__name__}")
+    text = str(value).strip()
+    if not text:
+        raise ConversionError(f"{where}: field '{name}': empty reference answer")
+    return text
+
+
+def parse_record(record: Any, where: str) -> Tuple[str, str, str]:
+    """``(prompt, pos_resp, answer)`` of one input record (the forms in the module docstring; ``""`` for an absent
+    ``pos_resp`` or answer); raises :class:`ConversionError` naming ``where`` and the field."""
+    if not isinstance(record, dict):
+        raise ConversionError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    response = text_field(record, "pos_resp", where) if record.get("pos_resp") is not None else ""
+    if "question" in record:  # GSM8K
+        if "prompt" in record:
+            raise ConversionError(f"{where}: both 'prompt' and 'question': give one")
+        answer = answer_field(record, "answer", where)
+        if not answer:
+            raise ConversionError(f"{where}: field 'answer': missing (a {{question, answer}} record needs it)")
+        return text_field(record, "question", where), response, answer
+    if record.get("prompt") is None:
+        raise ConversionError(f"{where}: field 'prompt': missing (records are {{prompt[, pos_resp][, solution]}} "
+                              f"or {{question, answer}})")
+    given = [key for key in ANSWER_KEYS if record.get(key) is not None]
+    if len(given) > 1:
+        raise ConversionError(f"{where}: both 'solution' and 'answer': give one reference answer")
+    answer = answer_field(record, given[0], where) if given else ""
+    return text_field(record, "prompt", where), response, answer
+
+
 def _samples(src_file: str, tokenizer: Tokenizer, max_prompt_length: int, seq_length: int, pad_token_id: int,
              template: str, skip_bad_lines: bool, stats: PromptStats, progress: bool) -> Iterator[dict]:
     total, records = read_records(src_file)
@@ -98,10 +152,7 @@ def _samples(src_file: str, tokenizer: Tokenizer, max_prompt_length: int, seq_le
         try:
             if isinstance(record, ConversionError):
                 raise record
-            if not isinstance(record, dict):
-                raise ConversionError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            prompt = text_field(record, "prompt", where)
-            response = text_field(record, "pos_resp", where) if record.get("pos_resp") is not None else ""
+            prompt, response, answer = parse_record(record, where)
         except ConversionError:
             if not skip_bad_lines:
                 raise
@@ -110,11 +161,13 @@ def _samples(src_file: str, tokenizer: Tokenizer, max_prompt_length: int, seq_le
         if not prompt.strip():
             stats.skipped_empty += 1
             continue
-        text = format_prompt(prompt.strip()) if template == "qa" else prompt
-        response = response.strip() if template == "qa" else response
+        text = apply_template(template, prompt)
+        response = response if template == "none" else response.strip()
         sample = encode_prompt(tokenizer, text, response, max_prompt_length, seq_length, pad_token_id)
+        sample["answer"] = answer
         stats.count += 1
         stats.with_response += int(sample["loss_mask"].any())
+        stats.with_answer += int(bool(answer))
         stats.truncated_prompts += int(len(tokenize_prompt(tokenizer, text)) > max_prompt_length)
         yield sample
 
@@ -145,7 +198,7 @@ def convert_prompts(file_path: str, output_path: str, tokenizer: Union[str, Toke
     if not 0 <= pad_token_id < tok.vocab_size:
         raise ConversionError(f"--pad_token_id {pad_token_id} is not an id of the tokenizer (0..{tok.vocab_size - 1})")
     stats = PromptStats()
-    with atomic_mindrecord(output_path, PROMPT_SCHEMA, "rlhf prompts") as writer:
+    with atomic_mindrecord(output_path, PROMPT_ANSWER_SCHEMA, "rlhf prompts") as writer:
         write_in_chunks(writer, _samples(file_path, tok, max_prompt_length, seq_length, pad_token_id, template,
                                          skip_bad_lines, stats, progress), WRITE_CHUNK)
         if stats.count == 0:
@@ -159,12 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="RLHF prompts JSONL -> MindRecord for PPO.")
     parser.add_argument("--tokenizer_name_or_path", required=True,
                         help="tokenizer: tokenizer.json, GPT-2 folder, SentencePiece .model, or gpt2 / llama")
-    parser.add_argument("--file_path", required=True, help="JSONL (or JSON array) of {prompt, pos_resp}")
+    parser.add_argument("--file_path", required=True,
+                        help="JSONL (or JSON array) of {prompt, pos_resp}, {prompt, solution} or {question, answer}")
     parser.add_argument("--output_path", required=True, help="output .mindrecord path (its folder is created)")
     parser.add_argument("--max_prompt_length", type=int, default=2048, help="prompt width P (policy seq - new tokens)")
     parser.add_argument("--seq_length", type=int, default=4096, help="pretrain_ids length (policy seq_length + 1)")
     parser.add_argument("--pad_token_id", type=int, default=0, help="padding id (use the policy's pad id)")
-    parser.add_argument("--template", default="none", help="none (prompt as is, default) or qa (the RM template)")
+    parser.add_argument("--template", default="none",
+                        help="none (prompt as is, default), qa (the RM template) or chatml (Qwen2 chat template)")
     parser.add_argument("--skip_bad_lines", action="store_true", help="skip and count bad records instead of failing")
     return parser
 

@@ -197,6 +197,7 @@ def sft_dataset(path: str, batch_size: int, *, epoch: int = 0, seed: int = 0, sh
 # PPO prompts (mindrlhf.data.convert_prompts)
 
 PROMPT_COLUMNS: Tuple[str, ...] = ("prompt_ids", "pretrain_ids", "loss_mask")  # the predecessor's three fields
+ANSWER_COLUMN = "answer"  # the reference answer (string), in files written since GRPO; optional
 
 
 def prompt_indices(n: int, num_rollouts: int, iteration: int, *, seed: int = 0, shuffle: bool = True,
@@ -222,23 +223,26 @@ def prompt_indices(n: int, num_rollouts: int, iteration: int, *, seed: int = 0, 
 
 
 def read_prompts(path: str, indices: np.ndarray, pad_token_id: int) -> dict:
-    """Records ``indices`` (in that order) of a prompt MindRecord as numpy arrays: ``prompt_ids (R, P)``,
-    ``prompt_length (R,)``, ``pretrain_ids (R, T)`` int32, ``loss_mask (R, T)`` int32.
+    """Records ``indices`` (in that order) of a prompt MindRecord: ``prompt_ids (R, P)``, ``prompt_length (R,)``,
+    ``pretrain_ids (R, T)``, ``loss_mask (R, T)``, numpy int32, and ``answer``, a list of ``R`` str (each record's
+    reference answer for the reward functions, ``""`` when it has none).
 
     Files without ``prompt_length`` (the predecessor's) get each prompt's length as one past its last token that
-    is not ``pad_token_id``.
+    is not ``pad_token_id``; files without ``answer`` (written before it existed) get ``""`` for every record.
     """
     from mindspore.mindrecord import FileReader
 
     record_count(path, PROMPT_COLUMNS)
     reader = FileReader(path)
     try:
-        has_length = "prompt_length" in reader.schema()
+        stored = reader.schema()
     finally:
         reader.close()
     import mindspore.dataset as ds
 
+    has_length, has_answer = "prompt_length" in stored, ANSWER_COLUMN in stored
     columns = list(PROMPT_COLUMNS) + (["prompt_length"] if has_length else [])
+    columns += [ANSWER_COLUMN] if has_answer else []
     # each record once (a SubsetSampler takes no more indices than records), then repeated into the given order
     unique, order = np.unique(np.asarray(indices, np.int64), return_inverse=True)
     dataset = ds.MindDataset(path, columns_list=columns, sampler=ds.SubsetSampler([int(i) for i in unique]))
@@ -251,4 +255,11 @@ def read_prompts(path: str, indices: np.ndarray, pad_token_id: int) -> dict:
         out["prompt_length"] = np.asarray([int(r["prompt_length"]) for r in rows], np.int32)
     else:
         out["prompt_length"] = row_ends(out["prompt_ids"] != pad_token_id)
+    out[ANSWER_COLUMN] = [_text(r[ANSWER_COLUMN]) for r in rows] if has_answer else [""] * len(rows)
     return out
+
+
+def _text(value) -> str:
+    """A stored string column as ``str`` (MindDataset yields a 0-d numpy string array, or bytes)."""
+    value = value.item() if isinstance(value, np.ndarray) else value
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
