@@ -233,23 +233,128 @@ def run_peer(protocol: StoryProtocol, data, tokenizer, out_dir: str, iterations:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# GRPO: the gold judge as the reward function itself (no proxy), same openings, same held-out evaluation
+
+
+def grpo_recipe(out_dir: str, iterations: int):
+    from mindrlhf.config import load_config
+
+    return load_config(os.path.join(RECIPES, "run_tinystories_656k_grpo.yaml"), [
+        f"output_dir={out_dir}/grpo", f"grpo.epochs={iterations}", f"grpo.save_checkpoint_epochs={iterations}",
+        "checkpoint.log_interval=1000000"])
+
+
+def run_ours_grpo(protocol: StoryProtocol, data, tokenizer, out_dir: str, iterations: int) -> dict:
+    """mindrlhf GRPO with the VADER reward function; evaluation before / after."""
+    from mindrlhf.rewards import CombinedReward, load_reward_funcs
+    from mindrlhf.train.grpo import GroupReward, train_grpo
+
+    cfg = grpo_recipe(out_dir, iterations)
+    model_cfg = cfg.model.model_config
+    reward = GroupReward(CombinedReward(load_reward_funcs(cfg.grpo.reward_funcs), tokenizer), None,
+                         model_cfg.pad_token_id, model_cfg.eos_token_id)
+    start = time.perf_counter()
+    trainer = train_grpo(cfg, data.files["prompts"], reward, story_model_folder())
+    rl_s = time.perf_counter() - start
+    judge = HeldOutJudge(trainer.ref, None, model_cfg, tokenizer, data.eval_prompts, protocol)
+    before, after = judge(trainer.ref), judge(trainer.policy)
+    with open(os.path.join(cfg.output_dir, "grpo_metrics.jsonl"), encoding="utf-8") as f:
+        curve = [json.loads(line) for line in f]
+    phases = {k: float(np.median([m["seconds"][k] for m in curve[1:]])) for k in curve[-1]["seconds"]}
+    return {"framework": "mindrlhf", "algorithm": "grpo", "before": before, "after": after, "rm_accuracy": None,
+            "rm_s": 0.0, "rl_s": rl_s, "iteration_s": phases,
+            "curve": [{k: m.get(k) for k in ("reward_mean", "kl")} for m in curve]}
+
+
+def trl_grpo(data, cfg, tokenizer, out_dir: str):
+    """TRL's GRPOTrainer with the same group size, budget, clip, KL, loss aggregation and learning rate."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from mindrlhf.rewards import vader_sentiment
+
+    folder, grpo = story_model_folder(), cfg.grpo
+    hf_tokenizer = AutoTokenizer.from_pretrained(folder)
+    hf_tokenizer.padding_side = "left"
+    prompts = [tokenizer.decode(row.tolist(), skip_special_tokens=False) for row in data.train_prompts]
+
+    def sentiment(completions, **_):
+        return [float(x) for x in vader_sentiment(completions)]
+
+    per_generation = grpo.num_prompts * grpo.num_generations
+    steps = grpo.epochs * grpo.num_iterations * (per_generation // grpo.batch_size)
+    args = GRPOConfig(
+        output_dir=os.path.join(out_dir, "trl_grpo_run"), use_cpu=True, bf16=False, fp16=False, seed=0,
+        gradient_checkpointing=False, per_device_train_batch_size=grpo.batch_size, gradient_accumulation_steps=1,
+        num_generations=grpo.num_generations,
+        steps_per_generation=per_generation // grpo.batch_size, num_iterations=grpo.num_iterations,
+        max_completion_length=grpo.generation.max_new_tokens, temperature=grpo.generation.temperature,
+        top_p=1.0, top_k=0, beta=grpo.beta, epsilon=grpo.epsilon_low, epsilon_high=grpo.epsilon_high,
+        loss_type="dapo" if grpo.loss_type == "token" else grpo.loss_type, scale_rewards=grpo.scale_rewards,
+        learning_rate=grpo.start_lr, lr_scheduler_type="cosine", warmup_steps=grpo.warmup_step,
+        max_grad_norm=grpo.max_grad_norm, weight_decay=0.0, max_steps=steps, save_strategy="no",
+        report_to="none", logging_steps=10, disable_tqdm=True, dataloader_num_workers=0, log_completions=False)
+    times = []
+
+    class StepClock(TrainerCallback):
+        def on_step_end(self, *_, **__):
+            times.append(time.perf_counter())
+
+    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(folder), reward_funcs=sentiment, args=args,
+                          train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=hf_tokenizer,
+                          callbacks=[StepClock()])
+    trainer.train()
+    saved = os.path.join(out_dir, "trl_grpo_policy")
+    trainer.model.save_pretrained(saved)
+    per_iteration = grpo.num_iterations * (per_generation // grpo.batch_size)
+    ends = times[per_iteration - 1::per_iteration]
+    return saved, float(np.median(np.diff(ends))) if len(ends) > 2 else float("nan")
+
+
+def run_peer_grpo(protocol: StoryProtocol, data, tokenizer, out_dir: str, iterations: int) -> dict:
+    import torch
+    import trl
+
+    from mindrlhf.models import CausalLM
+    from mindrlhf.models.convert import load_weights, model_config_from_hf_folder
+
+    torch.set_num_threads(TORCH_THREADS)
+    torch.manual_seed(0)
+    cfg = grpo_recipe(out_dir, iterations)
+    start = time.perf_counter()
+    policy_folder, iteration_s = trl_grpo(data, cfg, tokenizer, out_dir)
+    rl_s = time.perf_counter() - start
+    model_cfg = model_config_from_hf_folder(story_model_folder())
+    ref, policy = CausalLM(model_cfg), CausalLM(model_cfg)
+    load_weights(ref, story_model_folder(), model_cfg)
+    load_weights(policy, policy_folder, model_cfg)
+    judge = HeldOutJudge(ref, None, model_cfg, tokenizer, data.eval_prompts, protocol)
+    return {"framework": "trl", "framework_version": f"trl {trl.__version__}", "algorithm": "grpo",
+            "before": judge(ref), "after": judge(policy), "rm_accuracy": None, "rm_s": 0.0, "rl_s": rl_s,
+            "iteration_s": {"total": iteration_s}}
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # report
 
 
 def result_entry(side: dict, rollouts: int) -> dict:
     before: PolicyEvaluation = side["before"]
     after: PolicyEvaluation = side["after"]
-    return summary_row("ppo", before, after, side["rm_s"] + side["rl_s"], {
+    extra = {k: side[k] for k in ("curve", "iteration_s") if k in side}
+    return summary_row(side.get("algorithm", "ppo"), before, after, side["rm_s"] + side["rl_s"], {
         "framework": side["framework"], "rm_accuracy": side["rm_accuracy"], "rm_s": side["rm_s"],
         "rl_s": side["rl_s"], "rollouts": rollouts, "kl_before": before.kl,
-        "response_length_after": after.response_length, **({"curve": side["curve"]} if "curve" in side else {})})
+        "response_length_after": after.response_length, **extra})
 
 
 def markdown_table(entries: list) -> str:
     lines = ["| algorithm | framework | proxy RM acc | gold before | gold after | gain | KL | proxy before -> after "
              "| RM s | RL s | wall s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for e in entries:
-        lines.append(f"| {e['algorithm']} | {e['framework']} | {e['rm_accuracy']:.3f} | {e['gold_before']:.3f} | "
+        accuracy = "-" if e["rm_accuracy"] is None else f"{e['rm_accuracy']:.3f}"
+        lines.append(f"| {e['algorithm']} | {e['framework']} | {accuracy} | {e['gold_before']:.3f} | "
                      f"{e['gold_after']:.3f} | {e['gold_gain']:+.3f} | {e['kl']:.2f} | {e['proxy_before']:.2f} -> "
                      f"{e['proxy_after']:.2f} | {e['rm_s']:.0f} | {e['rl_s']:.0f} | {e['wall_s']:.0f} |")
     return "\n".join(lines)
@@ -266,7 +371,8 @@ def samples_table(side: dict, rows: int = 4, stride: int = 4) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=20, help="PPO iterations (64 rollouts each)")
+    parser.add_argument("--iterations", type=int, default=20, help="RL iterations (64 rollouts each)")
+    parser.add_argument("--algorithms", default="ppo,grpo", help="comma-separated: ppo, grpo")
     parser.add_argument("--train_prompts", type=int, default=256)
     parser.add_argument("--eval_prompts", type=int, default=32)
     side = parser.add_mutually_exclusive_group()
@@ -284,21 +390,24 @@ def main(argv=None) -> None:
     tick = time.perf_counter()
     _, _, tokenizer, data = prepare(protocol, os.path.join(out_dir, "data"))
     data_s = time.perf_counter() - tick
-    sides = []
-    if not args.peer_only:
-        sides.append(run_ours(protocol, data, tokenizer, os.path.join(out_dir, "ours"), args.iterations))
-    if not args.ours_only:
-        sides.append(run_peer(protocol, data, tokenizer, os.path.join(out_dir, "trl"), args.iterations))
-    _, ppo_cfg = load_recipes(out_dir, args.iterations)
-    entries = [result_entry(s, args.iterations * ppo_cfg.ppo.num_rollouts) for s in sides]
+    runners = {("ppo", "ours"): run_ours, ("ppo", "trl"): run_peer, ("grpo", "ours"): run_ours_grpo,
+               ("grpo", "trl"): run_peer_grpo}
+    frameworks = [f for f, skip in (("ours", args.peer_only), ("trl", args.ours_only)) if not skip]
+    sides = [runners[(algorithm, framework)](protocol, data, tokenizer, os.path.join(out_dir, framework),
+                                             args.iterations)
+             for algorithm in args.algorithms.split(",") for framework in frameworks]
+    rollouts = args.iterations * 64  # both recipes make 64 rollouts per iteration
+    entries = [result_entry(s, rollouts) for s in sides]
     print(markdown_table(entries))
     for s in sides:
         print()
         print(samples_table(s))
-    if len(entries) == 2:
-        ours, peer = entries
-        print(f"\ngold gain ours / TRL: {ours['gold_gain']:.3f} / {peer['gold_gain']:.3f}; "
-              f"speed (TRL wall / ours): {peer['wall_s'] / ours['wall_s']:.2f}x")
+    for algorithm in args.algorithms.split(","):
+        pair = [e for e in entries if e["algorithm"] == algorithm]
+        if len(pair) == 2:
+            ours, peer = pair
+            print(f"\n{algorithm}: gold gain ours / TRL: {ours['gold_gain']:.3f} / {peer['gold_gain']:.3f}; "
+                  f"speed (TRL wall / ours): {peer['wall_s'] / ours['wall_s']:.2f}x")
     from rm_train import versions  # noqa: E402 - shared with the other benchmarks
 
     report = {"machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),

@@ -191,11 +191,15 @@ def test_separate_critic_starts_from_the_reward_model(tmp_dir):
     np.testing.assert_array_equal(parameter_arrays(models.reward)["score.weight"], saved["score.weight"])
     last = metrics(os.path.join(tmp_dir, "out"))[-1]
     assert last["ptx_loss"] > 0 and np.isfinite(last["ptx_loss"])
-    # the reward model scored each rollout at its own last real token
+    # the reward model scored each rollout at its own eos: the one it emitted, or one appended to a cut rollout
     width, prompts = prompt_source(prompts_file, cfg, 0, 1)
     experience, stats = trainer.maker.make_experience(prompts(1), 1, cfg.seed)
+    eos = reward_cfg.eos_token_id
+    assert 0 < sum(int(row[m == 1][-1] == eos) for row, m in zip(experience.response_tensors,
+                                                                  experience.attention_mask)) < len(experience)
     for row in range(len(experience)):
         tokens = experience.response_tensors[row][experience.attention_mask[row] == 1].astype(np.int32)
+        tokens = tokens if tokens[-1] == eos else np.append(tokens, np.int32(eos))
         score = reward(Tensor(tokens[None]), Tensor(np.ones((1, len(tokens)), np.int32))).asnumpy()[0]
         assert stats.scores[row] == pytest.approx(score, abs=1e-5)
 

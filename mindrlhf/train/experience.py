@@ -25,25 +25,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from mindspore import Tensor, nn
+from mindspore import nn
 
 from mindrlhf.config import PPOConfig
-from mindrlhf.data.contract import close_with_eos
-from mindrlhf.data.tokenizer import left_pad
 from mindrlhf.models import CausalLM, RewardModel
-from mindrlhf.models.generation import Generator
-from mindrlhf.models.policy import token_logprobs
 from mindrlhf import rl
+from mindrlhf.train.rollout import (RewardFunction, RolloutMaker, RolloutScorer, ends_with_eos,  # noqa: F401
+                                    left_align_prompts)
 
 logger = logging.getLogger(__name__)
 
-# reward_fn(prompt token lists, response token lists) -> one score per rollout
-RewardFunction = Callable[[List[List[int]], List[List[int]]], Sequence[float]]
 
 
 @dataclass
@@ -100,53 +95,6 @@ class RolloutStats:
     explained_variance: float  # of the old values for the returns
     scores: np.ndarray  # (B,) this rank's raw scores
     no_eos_rate: float = 0.0  # share of rollouts cut at max_new_tokens without eos
-
-
-class RolloutScorer(nn.Cell):
-    """``(tokens (B, L), mask (B, L)) -> logprobs (B, N)`` [, ``values (B, N)``] over the response window.
-
-    Log-probs are those of ``softmax(logits / temperature)``, the sampling distribution. Only the ``N`` window
-    positions go through the LM head (not all ``L``). Values come from the shared value head, or from ``critic``
-    (``(B, L)`` per position) when given.
-    """
-
-    def __init__(self, lm: CausalLM, prompt_width: int, with_values: bool, critic: Optional[nn.Cell] = None,
-                 temperature: float = 1.0):
-        super().__init__(auto_prefix=False)
-        self.lm = lm
-        self.critic = critic
-        self.start = prompt_width - 1
-        self.with_values = with_values
-        self.temperature = float(temperature)
-
-    def construct(self, tokens, mask):
-        length = tokens.shape[1]
-        hidden = self.lm.backbone(tokens, mask)
-        window = hidden[:, self.start:length - 1]
-        logprobs = token_logprobs(self.lm.logits(window), tokens[:, self.start + 1:], self.temperature)
-        if not self.with_values:
-            return logprobs
-        if self.critic is None:
-            return logprobs, self.lm.values(window)
-        return logprobs, self.critic(tokens, mask)[:, self.start:length - 1]
-
-
-def left_align_prompts(prompt_ids: np.ndarray, prompt_length: np.ndarray, pad_token_id: int):
-    """Right-padded stored prompts ``(B, P)`` + lengths -> left-padded ``ids, mask (B, P)`` int32."""
-    width = prompt_ids.shape[1]
-    lengths = np.asarray(prompt_length).astype(int)
-    for i, n in enumerate(lengths):
-        if not 1 <= n <= width:
-            raise ValueError(f"prompt {i} has length {n}, outside [1, {width}]")
-    return left_pad([row[:n] for row, n in zip(prompt_ids, lengths)], pad_token_id, width)
-
-
-def ends_with_eos(response_ids: np.ndarray, lengths: np.ndarray, eos_token_id: Optional[int]) -> np.ndarray:
-    """``(B, N)`` generated ids + ``(B,)`` lengths -> ``(B,)`` bool: the row's last generated token is eos (False
-    for every row without an eos id)."""
-    if eos_token_id is None:
-        return np.zeros(len(response_ids), bool)
-    return response_ids[np.arange(len(response_ids)), np.asarray(lengths) - 1] == eos_token_id
 
 
 def scale_scores(scores: np.ndarray, has_eos: np.ndarray, ppo: PPOConfig, moments: rl.RunningMoments,
@@ -220,8 +168,9 @@ def build_experience(raw: Dict[str, np.ndarray], ppo: PPOConfig, kl_controller, 
     return experience, stats
 
 
-class ExperienceMaker:
-    """Runs the experience phase for one PPO iteration.
+class ExperienceMaker(RolloutMaker):
+    """Runs the experience phase for one PPO iteration: the shared rollouts (:class:`RolloutMaker`, with values),
+    then PPO's rewards, advantages and returns (:func:`build_experience`).
 
     Args:
         policy: the actor (with a value head when the backbone is shared).
@@ -239,82 +188,13 @@ class ExperienceMaker:
                  critic: Optional[nn.Cell], ppo: PPOConfig, prompt_width: int, pad_token_id: int,
                  eos_token_id: Optional[int], rank_id: int = 0, reduce: rl.Reduce = rl.local_sum):
         ppo.check_sampling()  # again: the generation section may have been replaced after validation
+        super().__init__(policy, ref, reward, ppo.generation, prompt_width, pad_token_id, eos_token_id,
+                         chunk_size=ppo.chunk_size, with_values=True, critic=critic, rank_id=rank_id)
         self.ppo = ppo
-        self.rank_id = rank_id
         self.reduce = reduce
-        self.prompt_width = prompt_width
-        self.pad_token_id = pad_token_id
-        self.eos_token_id = eos_token_id
-        temperature = ppo.generation.temperature
-        self.generator = Generator(policy, ppo.generation, eos_token_id, pad_token_id)
-        self.policy_scorer = RolloutScorer(policy, prompt_width, with_values=True, critic=critic,
-                                           temperature=temperature)
-        self.ref_scorer = RolloutScorer(ref, prompt_width, with_values=False, temperature=temperature)
-        self.reward = reward
-        self.policy, self.critic, self.ref = policy, critic, ref
         self.kl_controller = (rl.AdaptiveKLController(ppo.kl_coef, ppo.target, ppo.horizon) if ppo.adaptive_kl
                               else rl.FixedKLController(ppo.kl_coef))
         self.score_moments = rl.RunningMoments()
-        self.timings: Dict[str, float] = {}
-
-    def _score(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """``(B,)`` score of each rollout."""
-        if isinstance(self.reward, nn.Cell):
-            tokens, mask = close_with_eos(tokens, mask, self.eos_token_id)
-            return self.reward(Tensor(tokens), Tensor(mask)).asnumpy().astype(np.float32)
-        prompts = [row[m == 1].tolist() for row, m in zip(tokens[:, :self.prompt_width],
-                                                           mask[:, :self.prompt_width])]
-        responses = [row[m == 1].tolist() for row, m in zip(tokens[:, self.prompt_width:],
-                                                             mask[:, self.prompt_width:])]
-        scores = np.asarray(self.reward(prompts, responses), np.float32)
-        if scores.shape != (len(tokens),) or not np.isfinite(scores).all():
-            raise ValueError(f"the reward function must return {len(tokens)} finite scores, got {scores!r}")
-        return scores
-
-    def _rollout(self, prompts: Dict[str, np.ndarray], seed) -> Dict[str, np.ndarray]:
-        """Generate and score one chunk; returns the raw per-rollout arrays."""
-        query, query_mask = left_align_prompts(prompts["prompt_ids"], prompts["prompt_length"], self.pad_token_id)
-        tick = time.perf_counter()
-        out = self.generator.generate(query, query_mask, seed=seed)
-        tokens = out.sequences
-        mask = np.concatenate([query_mask, out.response_mask], 1).astype(np.int32)
-        tock = time.perf_counter()
-        scores = self._score(tokens, mask)
-        tock2 = time.perf_counter()
-        for cell in (self.policy, self.ref) + ((self.critic,) if self.critic is not None else ()):
-            cell.set_train(False)
-        logprobs, values = self.policy_scorer(Tensor(tokens), Tensor(mask))
-        ref_logprobs = self.ref_scorer(Tensor(tokens), Tensor(mask))
-        chunk = {"query_tensors": query, "response_tensors": tokens, "attention_mask": mask,
-                 "response_mask": out.response_mask.astype(np.float32), "scores": scores,
-                 "ends_with_eos": ends_with_eos(out.response_ids, out.response_lengths, self.eos_token_id),
-                 "logprobs": logprobs.asnumpy(), "values": values.asnumpy(), "ref_logprobs": ref_logprobs.asnumpy(),
-                 "pretrain_ids": prompts["pretrain_ids"].astype(np.int32),
-                 "loss_mask": prompts["loss_mask"].astype(np.int32)}
-        done = time.perf_counter()
-        for name, seconds in (("generation", tock - tick), ("scoring", tock2 - tock), ("logprobs", done - tock2)):
-            self.timings[name] = self.timings.get(name, 0.0) + seconds
-        return chunk
-
-    def rollouts(self, prompts: Dict[str, np.ndarray], iteration: int, seed: int = 0) -> Dict[str, np.ndarray]:
-        """Generate, score and evaluate this rank's rollouts, chunk by chunk.
-
-        Args:
-            prompts: ``prompt_ids (R, P)``, ``prompt_length (R,)``, ``pretrain_ids (R, T)``, ``loss_mask (R, T)``
-                for the ``R = num_rollouts`` prompts of this rank.
-            iteration: the PPO iteration (the sampling seed of each chunk mixes ``seed``, ``iteration``, the rank
-                and the chunk index).
-        Returns:
-            ``query_tensors (R, P)``, ``response_tensors (R, L)``, ``attention_mask (R, L)``, ``response_mask
-            (R, N)``, ``scores (R,)``, ``ends_with_eos (R,)``, ``logprobs``, ``values``, ``ref_logprobs (R, N)``,
-            ``pretrain_ids``, ``loss_mask (R, T)``.
-        """
-        ppo, total = self.ppo, len(prompts["prompt_ids"])
-        chunks = []
-        for i, start in enumerate(range(0, total, ppo.chunk_size)):
-            part = {k: v[start:start + ppo.chunk_size] for k, v in prompts.items()}
-            chunks.append(self._rollout(part, seed=[seed, iteration, self.rank_id, i]))
-        return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
     def make_experience(self, prompts: Dict[str, np.ndarray], iteration: int, seed: int = 0):
         """All rollouts of one iteration: :meth:`rollouts`, then :func:`build_experience` with this maker's KL
