@@ -1,6 +1,7 @@
 """``mindrlhf demo --task cvalues``: the whole pipeline on one CPU in minutes, on real data shipped with the
-package: stage 1 SFT of a tiny Llama on Chinese OpenAssistant conversations, stage 2 a reward model on Chinese OpenAssistant human rankings (started from
-the SFT weights, evaluated on held-out conversations), stage 3 PPO on CValues responsibility prompts.
+package: stage 1 SFT of a tiny Llama on Chinese OpenAssistant conversations, stage 2 a reward model on Chinese
+OpenAssistant human rankings (started from the SFT weights, evaluated on held-out conversations), stage 3 PPO on
+CValues responsibility prompts.
 
     mindrlhf demo --task cvalues [--output_dir output/demo]
 

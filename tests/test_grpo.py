@@ -64,8 +64,8 @@ def low_share(prompts, responses, answers):
 
 
 def fragile_reward(prompts, completions, answers):
-    """A text reward function (TRL protocol) that raises on the prompt whose answer is "raise" and returns NaN for
-    the one whose answer is "nan"; 1.0 elsewhere."""
+    """A text reward function (TRL protocol) that raises for a batch with a prompt whose answer is "raise" (alone,
+    only that prompt's rows fail) and returns NaN for the rows whose answer is "nan"; 1.0 elsewhere."""
     del prompts, completions
     if "raise" in answers:
         raise ZeroDivisionError("cannot score this completion")
@@ -103,7 +103,7 @@ def checkpoint_files(out: str) -> list:
     return sorted(os.listdir(os.path.join(out, "checkpoint", "rank_0")))
 
 
-def final_policy(out: str, iteration: int) -> dict:
+def policy_at(out: str, iteration: int) -> dict:
     return read_ckpt(os.path.join(out, "checkpoint", "rank_0", f"policy_model_epoch_{iteration}.ckpt"))
 
 
@@ -148,7 +148,7 @@ def test_reward_rises_every_parameter_trains_and_metrics_and_checkpoints_are_wri
     # every save_checkpoint_epochs (4) iterations and after the last; the policy file is the trained policy
     assert checkpoint_files(out) == sorted(f"{kind}_epoch_{i}.ckpt" for kind in ("policy_model", "grpo_state")
                                            for i in (3, 7, 9))
-    saved = final_policy(out, 9)
+    saved = policy_at(out, 9)
     assert set(saved) == set(after) and all(np.array_equal(saved[n], after[n]) for n in after)
     state = read_ckpt(os.path.join(out, "checkpoint", "rank_0", "grpo_state_epoch_9.ckpt"))
     assert (float(state["rl_state.iteration"]), float(state["rl_state.global_step"])) == (10.0, 40.0)
@@ -172,12 +172,12 @@ def test_resume_equals_one_uninterrupted_run(prompts_file, tmp_dir, settings):
                          resume=os.path.join(parts, "checkpoint"))
     assert resumed.state.iteration == 3
 
-    reference, got = final_policy(straight, 2), final_policy(parts, 2)
+    reference, got = policy_at(straight, 2), policy_at(parts, 2)
     assert set(got) == set(reference)
     diff = max(float(np.abs(got[k] - reference[k]).max()) for k in reference)
     assert diff <= 1e-6, diff
-    initial = final_policy(parts, 1)
-    assert max(float(np.abs(reference[k] - initial[k]).max()) for k in reference) > 1e-4  # the last iteration trained
+    before_last = policy_at(parts, 1)
+    assert max(float(np.abs(reference[k] - before_last[k]).max()) for k in reference) > 1e-4  # the last one trained
     straight_m, parts_m = metrics(straight), metrics(parts)
     assert [m["iteration"] for m in parts_m] == [0, 1, 2]
     assert [m["reward_mean"] for m in parts_m] == [m["reward_mean"] for m in straight_m]
@@ -231,7 +231,7 @@ def test_a_failing_reward_function_stops_grpo_naming_it_and_the_prompt(tmp_dir, 
     index = repeat_prompts(source(iteration), cfg.grpo.num_generations)["answer"].index(marker)
     with pytest.raises(RewardFunctionError, match=message.format(index)):
         train_grpo(cfg, prompts_file, reward)
-    if iteration:  # the iterations before it ran and were saved
+    if iteration:  # the iterations before it ran
         assert [m["iteration"] for m in metrics(cfg.output_dir)] == list(range(iteration))
 
 
@@ -283,8 +283,8 @@ def one_process(prompts_file: str, out: str):
             prompts = repeat_prompts(sources[rank](iteration), grpo.num_generations)
             raws.append(trainer.maker.rollouts(prompts, iteration, cfg.seed))
         raw = {key: np.concatenate([part[key] for part in raws]) for key in raws[0]}
+        raw["advantages"] = trainer.advantages(raw)  # one process: the batch std over both ranks' rollouts
         data = {name: raw[name] for name in TRAIN_COLUMNS}
-        data["advantages"] = trainer.advantages(raw)  # one process: the batch std over both ranks' rollouts
         data["logprobs"] = raw["logprobs"] * raw["response_mask"]
         (rows,) = trainer.minibatches(np.arange(size), iteration, 0)  # each rank's one minibatch, in its order
         parts = (rows, size + rows)
@@ -412,6 +412,21 @@ def test_grpo_command_errors_are_one_line_before_any_model(gsm8k_prompts, overri
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and expected in last, proc.stderr[-3000:]
     assert not os.path.exists(out)  # stopped before any model, log or checkpoint
+
+
+def test_grpo_command_reports_a_failing_reward_function_in_one_line(gsm8k_prompts):
+    work, data = gsm8k_prompts
+    with open(os.path.join(work, "down_reward_module.py"), "w", encoding="utf-8") as f:
+        f.write("def score(prompts, completions, answers):\n    raise RuntimeError('scoring service down')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([work, ROOT, os.environ.get("PYTHONPATH", "")]))
+    proc = cli("grpo", "--config", RECIPES["gpt2"], "--dataset_dir", data, "--output_dir", os.path.join(work, "down"),
+               "--set", "grpo.reward_funcs=[{name: accuracy}, {name: 'down_reward_module:score'}]",
+               "--set", "grpo.generation.max_new_tokens=4", cwd=work, env=env)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: reward function 'down_reward_module:score' failed on prompt index 0: RuntimeError: scoring "
+        "service down"), proc.stderr[-3000:]
 
 
 @pytest.mark.parametrize("family", sorted(RECIPES))
