@@ -350,16 +350,16 @@ class GRPOTrainer:
         for name, values in getattr(reward, "last_components", {}).items():
             result.metrics[f"reward/{name}"] = float(self.reduce([np.sum(values)])[0] / (
                 self.reduce([len(values)])[0]))
-        result.metrics["loss"] = float(np.mean(result.losses)) if result.losses else float("nan")
+        result.metrics["loss"] = float(np.mean(result.losses)) if result.losses else None
         result.timings = timings
         self._finish_iteration(result)
         return result
 
     def _finish_iteration(self, result: GRPOIteration) -> None:
         self.state.iteration = result.iteration + 1
-        self.monitor.scalars(result.iteration + 1, {f"grpo/{k}": v for k, v in result.metrics.items()})
-        logger.info("iteration %d: %s", result.iteration,
-                    ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items()))
+        measured = {k: v for k, v in result.metrics.items() if v is not None}
+        self.monitor.scalars(result.iteration + 1, {f"grpo/{k}": v for k, v in measured.items()})
+        logger.info("iteration %d: %s", result.iteration, ", ".join(f"{k} {v:.4g}" for k, v in measured.items()))
         if self.rank_id == 0:
             _append_jsonl(os.path.join(self.cfg.output_dir, "grpo_metrics.jsonl"),
                           {"iteration": result.iteration, "global_step": self.state.global_step,
