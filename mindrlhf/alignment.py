@@ -201,7 +201,7 @@ class HeldOutJudge:
 
         if self.reward_model is None:
             return np.zeros(len(tokens), np.float32)
-        closed, closed_mask = close_with_eos(tokens, mask, self.cfg.eos_token_id)
+        closed, closed_mask = close_with_eos(tokens, mask, self.cfg.eos_token_id, self.cfg.seq_length)
         return self.reward_model(Tensor(closed), Tensor(closed_mask)).asnumpy()
 
     def __call__(self, policy) -> PolicyEvaluation:

@@ -260,3 +260,21 @@ def test_close_with_eos_appends_eos_only_to_cut_rows():
     np.testing.assert_array_equal(wide[2], [pad, pad, 5, 6, eos, pad, 0])  # cut earlier: eos right after it
     np.testing.assert_array_equal(wide_mask[2], [0, 0, 1, 1, 1, 0, 0])
     np.testing.assert_array_equal(tokens[1], [5, 6, 7, 8, 9, 10])  # inputs untouched
+
+
+def test_close_with_eos_replaces_the_last_token_when_the_reward_model_is_full():
+    """Rollouts that fill the reward model's seq_length get no extra column: a full row's last token becomes eos,
+    a shorter row still gets its eos appended inside the width."""
+    from mindrlhf.data.contract import close_with_eos
+
+    eos, pad = 2, 0
+    tokens = np.array([[5, 6, 7, 8, 9, 10], [pad, 5, 6, 7, 8, pad], [pad, 5, 6, eos, pad, pad]], np.int32)
+    mask = np.array([[1, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 0], [0, 1, 1, 1, 0, 0]], np.int32)
+    closed, closed_mask = close_with_eos(tokens, mask, eos, max_length=6)
+    assert closed.shape == (3, 6)
+    np.testing.assert_array_equal(closed[0], [5, 6, 7, 8, 9, eos])  # full: the last token replaced
+    np.testing.assert_array_equal(closed_mask[0], [1] * 6)
+    np.testing.assert_array_equal(closed[1], [pad, 5, 6, 7, 8, eos])  # room: appended
+    np.testing.assert_array_equal(closed_mask[1], [0, 1, 1, 1, 1, 1])
+    np.testing.assert_array_equal(closed[2], tokens[2])  # ended in eos: unchanged
+    assert close_with_eos(tokens, mask, eos, max_length=7)[0].shape == (3, 7)

@@ -142,27 +142,32 @@ def encode_for_reward(tokenizer: Tokenizer, prompt: str, response: str, seq_leng
                                   keep_eos=True)
 
 
-def close_with_eos(tokens: np.ndarray, mask: np.ndarray, eos_token_id: Optional[int]
-                   ) -> Tuple[np.ndarray, np.ndarray]:
+def close_with_eos(tokens: np.ndarray, mask: np.ndarray, eos_token_id: Optional[int],
+                   max_length: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
     """The rollout a reward model scores: every row ends in eos.
 
-    A rollout cut at ``max_new_tokens`` has no eos; its score is read at an eos appended after its last real token
-    (OpenRLHF does the same), the position every preference row was trained at, instead of at an arbitrary
-    mid-text token the reward model never saw as an end. ``missing_eos_penalty`` is what marks the cut.
+    A rollout cut at ``max_new_tokens`` has no eos; its score is read at an eos appended after its last real token,
+    the position every preference row was trained at, instead of at an arbitrary mid-text token the reward model
+    never saw as an end. ``missing_eos_penalty`` is what marks the cut. When the rollouts already fill
+    ``max_length`` (the reward model's ``seq_length``, its last position), no column is added and a full row's last
+    token is replaced by the eos instead (as OpenRLHF does).
 
     Args:
         tokens, mask: ``(B, L)`` rollouts ``[pad | prompt | response | pad]`` and their attention mask.
+        max_length: the most tokens the reward model takes (None: no limit).
     Returns:
-        ``(B, L + 1)`` tokens and mask (one column added); rows that end in eos are unchanged.
+        ``(B, L + 1)`` tokens and mask (``(B, L)`` when ``L + 1 > max_length``); rows that end in eos are unchanged.
     """
     tokens, mask = np.asarray(tokens), np.asarray(mask)
-    batch = len(tokens)
-    wide = np.concatenate([tokens, np.zeros((batch, 1), tokens.dtype)], 1)
-    wide_mask = np.concatenate([mask, np.zeros((batch, 1), mask.dtype)], 1)
+    batch, length = tokens.shape
+    extra = 0 if max_length is not None and length + 1 > max_length else 1
+    wide = np.concatenate([tokens, np.zeros((batch, extra), tokens.dtype)], 1)
+    wide_mask = np.concatenate([mask, np.zeros((batch, extra), mask.dtype)], 1)
     if eos_token_id is None:
         return wide, wide_mask
-    last = wide_mask.shape[1] - 1 - np.argmax(wide_mask[:, ::-1], axis=1)  # each row's last real column
-    rows = np.flatnonzero(wide[np.arange(batch), last] != eos_token_id)
-    wide[rows, last[rows] + 1] = eos_token_id
-    wide_mask[rows, last[rows] + 1] = 1
+    last = length - 1 - np.argmax(mask[:, ::-1], axis=1)  # each row's last real column
+    rows = np.flatnonzero(tokens[np.arange(batch), last] != eos_token_id)
+    slot = np.minimum(last[rows] + 1, wide.shape[1] - 1)
+    wide[rows, slot] = eos_token_id
+    wide_mask[rows, slot] = 1
     return wide, wide_mask

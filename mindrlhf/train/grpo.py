@@ -178,7 +178,7 @@ class GroupReward:
         for i, row in enumerate(responses):
             resp[i, :len(row)], resp_mask[i, :len(row)] = row, 1
         tokens, full_mask = close_with_eos(np.concatenate([ids, resp], 1), np.concatenate([mask, resp_mask], 1),
-                                           self.eos_token_id)
+                                           self.eos_token_id, self.reward_model.config.seq_length)
         return self.reward_model(Tensor(tokens), Tensor(full_mask)).asnumpy().astype(np.float32)
 
     def __call__(self, prompts: List[List[int]], responses: List[List[int]], answers: List[str]) -> np.ndarray:

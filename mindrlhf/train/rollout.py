@@ -124,7 +124,7 @@ class RolloutMaker:
     def _score(self, tokens: np.ndarray, mask: np.ndarray, answers: Optional[List[str]] = None) -> np.ndarray:
         """``(B,)`` score of each rollout."""
         if isinstance(self.reward, nn.Cell):
-            tokens, mask = close_with_eos(tokens, mask, self.eos_token_id)
+            tokens, mask = close_with_eos(tokens, mask, self.eos_token_id, self.reward.config.seq_length)
             return self.reward(Tensor(tokens), Tensor(mask)).asnumpy().astype(np.float32)
         prompts = [row[m == 1].tolist() for row, m in zip(tokens[:, :self.prompt_width],
                                                            mask[:, :self.prompt_width])]
