@@ -71,12 +71,12 @@ def story_openings(policy, cfg: ModelConfig, count: int, opening_tokens: int, se
     """``(count, 1 + opening_tokens)`` int32 distinct openings sampled from bos; openings that end (eos) early are
     dropped. Sampling continues with new seeds until ``count`` are found."""
     found: Dict[Tuple[int, ...], None] = {}
+    gen = GenerationConfig(max_new_tokens=opening_tokens, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                           seed=seed)
+    generator = Generator(policy, gen, cfg.eos_token_id, cfg.pad_token_id)  # compiled once for every draw
     draw = 0
     while len(found) < count:
-        gen = GenerationConfig(max_new_tokens=opening_tokens, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                               seed=seed)
-        out = Generator(policy, gen, cfg.eos_token_id, cfg.pad_token_id).generate(
-            np.full((count, 1), cfg.bos_token_id, np.int32), seed=[seed, draw])
+        out = generator.generate(np.full((count, 1), cfg.bos_token_id, np.int32), seed=[seed, draw])
         for row, length in zip(out.sequences, out.response_lengths):
             if length == opening_tokens and cfg.eos_token_id not in row[1:]:
                 found.setdefault(tuple(int(t) for t in row), None)
@@ -86,10 +86,10 @@ def story_openings(policy, cfg: ModelConfig, count: int, opening_tokens: int, se
     return np.asarray(list(found)[:count], np.int32)
 
 
-def sample(policy, cfg: ModelConfig, prompts: np.ndarray, protocol: StoryProtocol, seed) -> GenerationOutput:
-    """One continuation per row of ``prompts (B, P)`` (openings have equal length: no padding)."""
-    gen = sampling_config(protocol, 0)
-    return Generator(policy, gen, cfg.eos_token_id, cfg.pad_token_id).generate(prompts, seed=seed)
+def story_sampler(policy, cfg: ModelConfig, protocol: StoryProtocol) -> Generator:
+    """The protocol's sampler for ``policy``: ``generate(prompts (B, P), seed=...)`` gives one continuation per
+    row (openings have equal length: no padding); its compiled steps are reused across calls of one shape."""
+    return Generator(policy, sampling_config(protocol, 0), cfg.eos_token_id, cfg.pad_token_id)
 
 
 def responses_with_eos(out: GenerationOutput, eos_token_id: int) -> List[List[int]]:
@@ -118,7 +118,8 @@ class GoldPairs:
 def gold_pairs(policy, cfg: ModelConfig, tokenizer, prompts: np.ndarray, protocol: StoryProtocol, seed: int,
                judge=vader_sentiment) -> GoldPairs:
     """Two samples per prompt, chosen = the higher gold score."""
-    sides = [sample(policy, cfg, prompts, protocol, [seed, side]) for side in (0, 1)]
+    sampler = story_sampler(policy, cfg, protocol)
+    sides = [sampler.generate(prompts, seed=[seed, side]) for side in (0, 1)]
     rows = [responses_with_eos(out, cfg.eos_token_id) for out in sides]
     gold = [judge(decode_all(tokenizer, r)) for r in rows]
     pairs = GoldPairs([], [], [], 0)
@@ -184,8 +185,7 @@ class HeldOutJudge:
         from mindrlhf.train.experience import RolloutScorer
 
         if id(policy) not in self._cells:
-            generator = Generator(policy, sampling_config(self.protocol, 0), self.cfg.eos_token_id,
-                                  self.cfg.pad_token_id)
+            generator = story_sampler(policy, self.cfg, self.protocol)
             scorer = RolloutScorer(policy, self.width, with_values=False, temperature=self.protocol.temperature)
             self._cells[id(policy)] = (policy, generator, scorer)
         return self._cells[id(policy)][1:]
@@ -239,7 +239,7 @@ def prepare_story_data(policy, cfg: ModelConfig, tokenizer, protocol: StoryProto
     train, held_out = openings[order[:protocol.train_prompts]], openings[order[protocol.train_prompts:]]
     train_pairs = gold_pairs(policy, cfg, tokenizer, train, protocol, protocol.seed + 1)
     eval_pairs = gold_pairs(policy, cfg, tokenizer, held_out, protocol, protocol.seed + 2)
-    seq_length = openings.shape[1] + protocol.new_tokens + 1
+    seq_length = pair_seq_length(protocol)
     files = {"pairs": write_pairs(train_pairs, os.path.join(folder, "pairs.mindrecord"), seq_length,
                                   cfg.pad_token_id),
              "eval_pairs": write_pairs(eval_pairs, os.path.join(folder, "eval_pairs.mindrecord"), seq_length,

@@ -89,6 +89,17 @@ class CheckpointManager:
         return path
 
 
+def newest_iteration_state(root: str, rank_id: int, prefix: str):
+    """``(folder, n, file name)`` of the newest ``<prefix><n>.ckpt`` under ``root`` (a checkpoint root with
+    ``rank_<id>/``, or that folder itself); :class:`CheckpointError` when there is none (an RL run's resume)."""
+    folder = rank_dir(root, rank_id) if os.path.isdir(rank_dir(root, rank_id)) else root
+    states = sorted((int(f[len(prefix):-5]), f) for f in os.listdir(folder)
+                    if f.startswith(prefix) and f.endswith(".ckpt")) if os.path.isdir(folder) else []
+    if not states:
+        raise CheckpointError(f"{folder}: no {prefix}<n>.ckpt to resume from")
+    return (folder,) + states[-1]
+
+
 def read_ckpt(path: str) -> Dict[str, np.ndarray]:
     """All entries of a MindSpore ``.ckpt`` as numpy arrays."""
     if not os.path.exists(path):

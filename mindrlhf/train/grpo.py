@@ -19,7 +19,6 @@ scale, :class:`RLState`), the state last; ``resume`` continues exactly.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -35,14 +34,15 @@ from mindrlhf import rl
 from mindrlhf.config import ModelConfig, RunConfig, save_config
 from mindrlhf.losses import grpo_policy_loss, masked_entropy
 from mindrlhf.models import CausalLM, RewardModel
-from mindrlhf.models.convert import CheckpointError, assign_parameters, cell_parameters, load_weights, save_ckpt, \
+from mindrlhf.models.convert import assign_parameters, cell_parameters, load_weights, save_ckpt, \
     save_tensors
 from mindrlhf.models.policy import token_logprobs
-from mindrlhf.train.checkpoint import SCHEDULE_PARAMS, rank_dir, read_ckpt
+from mindrlhf.train.checkpoint import SCHEDULE_PARAMS, newest_iteration_state, rank_dir, read_ckpt
 from mindrlhf.train.distributed import AllReduceSum
-from mindrlhf.train.monitor import TrainMonitor
+from mindrlhf.train.monitor import TrainMonitor, append_jsonl
 from mindrlhf.train.optim import build_optimizer, lr_table
 from mindrlhf.train.rollout import RolloutMaker
+from mindrlhf.train.step import TrainStep
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +69,8 @@ class RLState:
         return {k: float(v) for k, v in dataclasses.asdict(self).items()}
 
     def load_state_dict(self, values: Dict[str, float]) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, f.type(values[f.name]) if f.type in (int, float) else int(values[f.name]))
+        for f in dataclasses.fields(self):  # every field is a counter
+            setattr(self, f.name, int(values[f.name]))
 
 
 class GRPOLoss(nn.Cell):
@@ -234,8 +234,6 @@ class GRPOTrainer:
         self.lrs = lr_table(self.grpo.lr_schedule_config(), self.grpo.optimizer_config(), total_steps)
         optimizer = build_optimizer(self.loss_net.trainable_params(), self.grpo.optimizer_config(),
                                     self.grpo.lr_schedule_config(), total_steps)
-        from mindrlhf.train.step import TrainStep
-
         self.step = TrainStep(self.loss_net, optimizer, self.grpo.loss_scale_config(), has_aux=True)
         self.folder = rank_dir(os.path.join(cfg.output_dir, "checkpoint"), rank_id)
         self.monitor = TrainMonitor(cfg.output_dir, rank_id, is_main=rank_id == 0)
@@ -261,13 +259,7 @@ class GRPOTrainer:
         return policy_path
 
     def _restore(self, root: str) -> None:
-        folder = rank_dir(root, self.rank_id) if os.path.isdir(rank_dir(root, self.rank_id)) else root
-        prefix = "grpo_state_epoch_"
-        states = sorted((int(f[len(prefix):-5]), f) for f in os.listdir(folder)
-                        if f.startswith(prefix) and f.endswith(".ckpt")) if os.path.isdir(folder) else []
-        if not states:
-            raise CheckpointError(f"{folder}: no {prefix}<n>.ckpt to resume from")
-        iteration, name = states[-1]
+        folder, iteration, name = newest_iteration_state(root, self.rank_id, "grpo_state_epoch_")
         entries = read_ckpt(os.path.join(folder, name))
         entries.update(read_ckpt(os.path.join(folder, f"policy_model_epoch_{iteration}.ckpt")))
         params = {p.name for p in self.step.get_parameters() if p.name not in SCHEDULE_PARAMS}
@@ -279,9 +271,9 @@ class GRPOTrainer:
 
     # -- one iteration ----------------------------------------------------------------------------------------
 
-    def advantages(self, raw: Dict[str, np.ndarray]) -> np.ndarray:
-        """``(B,)`` advantages of this rank's rollouts (group-relative; REINFORCE++'s scale over every rank)."""
-        scores = group_scores(raw, self.grpo)
+    def advantages(self, scores: np.ndarray) -> np.ndarray:
+        """``(B,)`` advantages of this rank's rollouts from their :func:`group_scores` (group-relative;
+        REINFORCE++'s scale over every rank)."""
         return rl.grpo_advantages(scores, self.grpo.num_generations, self.grpo.advantage_estimator,
                                   self.grpo.scale_rewards, self.reduce).astype(np.float32)
 
@@ -337,8 +329,9 @@ class GRPOTrainer:
         prompts = repeat_prompts(self.prompts(iteration), self.grpo.num_generations)
         raw = self.maker.rollouts(prompts, iteration, self.cfg.seed)
         timings = dict(self.maker.timings)
-        raw["advantages"] = self.advantages(raw)
-        kept = kept_rows(group_scores(raw, self.grpo), self.grpo)
+        scores = group_scores(raw, self.grpo)
+        raw["advantages"] = self.advantages(scores)
+        kept = kept_rows(scores, self.grpo)
         data = {name: raw[name] for name in TRAIN_COLUMNS}
         data["logprobs"] = raw["logprobs"] * raw["response_mask"]
         tick = time.perf_counter()
@@ -346,10 +339,11 @@ class GRPOTrainer:
         timings["update"] = time.perf_counter() - tick
         timings["total"] = time.perf_counter() - start
         result.metrics.update(self.rollout_metrics(raw, kept))
-        reward = self.maker.reward
-        for name, values in getattr(reward, "last_components", {}).items():
-            result.metrics[f"reward/{name}"] = float(self.reduce([np.sum(values)])[0] / (
-                self.reduce([len(values)])[0]))
+        components = getattr(self.maker.reward, "last_components", {})
+        if components:  # each reward part's mean over every rank: one all-reduce of [sums..., count]
+            totals = self.reduce([np.sum(v) for v in components.values()] + [len(next(iter(components.values())))])
+            result.metrics.update({f"reward/{name}": float(total / totals[-1])
+                                   for name, total in zip(components, totals[:-1])})
         result.metrics["loss"] = float(np.mean(result.losses)) if result.losses else None
         result.timings = timings
         self._finish_iteration(result)
@@ -361,7 +355,7 @@ class GRPOTrainer:
         self.monitor.scalars(result.iteration + 1, {f"grpo/{k}": v for k, v in measured.items()})
         logger.info("iteration %d: %s", result.iteration, ", ".join(f"{k} {v:.4g}" for k, v in measured.items()))
         if self.rank_id == 0:
-            _append_jsonl(os.path.join(self.cfg.output_dir, "grpo_metrics.jsonl"),
+            append_jsonl(os.path.join(self.cfg.output_dir, "grpo_metrics.jsonl"),
                           {"iteration": result.iteration, "global_step": self.state.global_step,
                            **result.metrics, "seconds": result.timings})
         last = result.iteration + 1 == self.grpo.epochs
@@ -386,12 +380,6 @@ class GRPOTrainer:
             bar.close()
             self.monitor.close()
         return results
-
-
-def _append_jsonl(path: str, record: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 scalars (tensorboardX, rank 0 only) under ``<output_dir>/tensorboard``."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Dict
@@ -9,6 +10,13 @@ from typing import Dict
 import numpy as np
 
 LOG_FORMAT = "%(asctime)s - mindrlhf[%(filename)s:%(lineno)d] - %(levelname)s - %(message)s"
+
+
+def append_jsonl(path: str, record: dict) -> None:
+    """Append ``record`` as one JSON line to ``path`` (its folder is created)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def attach_rank_log(output_dir: str, rank_id: int) -> str:

@@ -19,7 +19,6 @@ that folder as ``resume`` continues exactly.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -35,13 +34,14 @@ from mindrlhf import rl
 from mindrlhf.config import ModelConfig, PPOConfig, RunConfig, save_config
 from mindrlhf.losses import causal_lm_loss, masked_entropy, ppo_policy_loss, ppo_value_loss
 from mindrlhf.models import CausalLM, Critic, RewardModel
-from mindrlhf.models.convert import (CheckpointError, assign_parameters, cell_parameters, load_weights, save_ckpt,
+from mindrlhf.models.convert import (assign_parameters, cell_parameters, load_weights, save_ckpt,
                                      save_tensors)
 from mindrlhf.models.policy import token_logprobs
-from mindrlhf.train.checkpoint import SCHEDULE_PARAMS, rank_dir, read_ckpt, resume_checkpoint
+from mindrlhf.train.checkpoint import (SCHEDULE_PARAMS, newest_iteration_state, rank_dir, read_ckpt,
+                                       resume_checkpoint)
 from mindrlhf.train.distributed import AllReduceSum
 from mindrlhf.train.experience import Experience, ExperienceMaker, RewardFunction, RolloutStats, save_experience
-from mindrlhf.train.monitor import TrainMonitor
+from mindrlhf.train.monitor import TrainMonitor, append_jsonl
 from mindrlhf.train.optim import build_optimizer, lr_table
 from mindrlhf.train.step import TrainStep
 
@@ -301,12 +301,7 @@ class PPOTrainer:
         return policy_path
 
     def _restore(self, root: str) -> None:
-        folder = rank_dir(root, self.rank_id) if os.path.isdir(rank_dir(root, self.rank_id)) else root
-        states = sorted((int(f[len("ppo_state_epoch_"):-5]), f) for f in os.listdir(folder)
-                        if f.startswith("ppo_state_epoch_") and f.endswith(".ckpt")) if os.path.isdir(folder) else []
-        if not states:
-            raise CheckpointError(f"{folder}: no ppo_state_epoch_<n>.ckpt to resume from")
-        iteration, name = states[-1]
+        folder, iteration, name = newest_iteration_state(root, self.rank_id, "ppo_state_epoch_")
         entries = read_ckpt(os.path.join(folder, name))
         policy = read_ckpt(os.path.join(folder, f"policy_model_epoch_{iteration}.ckpt"))
         entries.update(policy)
@@ -396,7 +391,7 @@ class PPOTrainer:
         logger.info("iteration %d: %s", result.iteration,
                     ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
         if self.rank_id == 0:
-            _append_jsonl(os.path.join(self.cfg.output_dir, "ppo_metrics.jsonl"),
+            append_jsonl(os.path.join(self.cfg.output_dir, "ppo_metrics.jsonl"),
                           {"iteration": result.iteration, "global_step": self.state.global_step, **values,
                            "seconds": result.timings})
         last = result.iteration + 1 == self.ppo.epochs
@@ -425,12 +420,6 @@ class PPOTrainer:
         if self.state.iteration >= self.ppo.epochs:
             logger.info("PPO train done!")
         return results
-
-
-def _append_jsonl(path: str, record: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------------------
