@@ -6,12 +6,14 @@ Face's sequence classifiers find the last real token by looking for ``pad_token_
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+import threading
+from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor
 
+from mindrlhf import rl
 from mindrlhf.config import ModelConfig
 
 PAD, BOS, EOS = 0, 1, 2
@@ -106,3 +108,53 @@ def set_mode(name: str) -> None:
     """Switch MindSpore to ``graph`` or ``pynative`` on CPU."""
     mode = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}[name]
     ms.set_context(mode=mode, device_target="CPU")
+
+
+def t32(x) -> Tensor:
+    """``x`` as a float32 Tensor."""
+    return Tensor(np.asarray(x, np.float32))
+
+
+def mask_from_lengths(lengths, n) -> np.ndarray:
+    """``(len(lengths), n)`` float32: row ``i`` has ones on its first ``lengths[i]`` columns."""
+    return (np.arange(n)[None, :] < np.asarray(lengths)[:, None]).astype(np.float32)
+
+
+class ThreadRanks:
+    """``size`` simulated ranks, one thread each; ``reduce(rank)`` sums an array over them in rank order."""
+
+    def __init__(self, size: int = 2):
+        self.size = size
+        self.barrier = threading.Barrier(size, timeout=60)
+        self.slots: List[np.ndarray] = [None] * size
+
+    def reduce(self, rank: int) -> rl.Reduce:
+        def all_reduce(values):
+            self.slots[rank] = np.array(values, np.float64)
+            self.barrier.wait()
+            total = self.slots[0].copy()
+            for part in self.slots[1:]:
+                total += part
+            self.barrier.wait()
+            return total
+        return all_reduce
+
+    def run(self, fn: Callable[[int, rl.Reduce], object]) -> list:
+        """``fn(rank, reduce)`` on every rank at once; their results in rank order."""
+        results, errors = [None] * self.size, []
+
+        def target(rank):
+            try:
+                results[rank] = fn(rank, self.reduce(rank))
+            except BaseException as err:  # noqa: BLE001 - re-raised below
+                errors.append(err)
+                self.barrier.abort()
+
+        threads = [threading.Thread(target=target, args=(rank,)) for rank in range(self.size)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return results

@@ -8,28 +8,17 @@ Groups are ``G`` consecutive rows: rollouts ``[g G, (g + 1) G)`` are the complet
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 import pytest
 import mindspore as ms
-from mindspore import Tensor, nn
+from mindspore import nn
 
 from mindrlhf import rl
 from mindrlhf.losses import grpo_policy_loss
+from tests.helpers import ThreadRanks, mask_from_lengths, t32
 
 RTOL, ATOL = 1e-5, 1e-5
-
-
-def t32(x):
-    return Tensor(np.asarray(x, np.float32))
-
-
-def mask_from_lengths(lengths, n):
-    mask = np.zeros((len(lengths), n), np.float32)
-    for row, length in enumerate(lengths):
-        mask[row, :length] = 1.0
-    return mask
 
 
 # ------------------------------------------------------------------------------------------- naive references
@@ -151,37 +140,6 @@ def test_rloo_needs_two_completions_per_group():
         rl.rloo_advantages(np.zeros(4), 1)
 
 
-def two_ranks(fn):
-    """Run ``fn(rank, reduce)`` on two threads whose ``reduce`` adds both ranks' arrays (a simulated all-reduce
-    sum); the two results in rank order."""
-    barrier, slots, results, errors = threading.Barrier(2, timeout=60), [None, None], [None, None], []
-
-    def reduce_for(rank):
-        def all_reduce(values):
-            slots[rank] = np.array(values, np.float64)
-            barrier.wait()
-            total = slots[0] + slots[1]
-            barrier.wait()
-            return total
-        return all_reduce
-
-    def target(rank):
-        try:
-            results[rank] = fn(rank, reduce_for(rank))
-        except BaseException as err:  # noqa: BLE001 - re-raised below
-            errors.append(err)
-            barrier.abort()
-
-    threads = [threading.Thread(target=target, args=(rank,)) for rank in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return results
-
-
 def test_reinforce_baseline_advantages_match_the_loop_and_are_global_over_ranks():
     rng = np.random.default_rng(2)
     parts = [rng.normal(0.0, 0.3, 8), rng.normal(1.0, 3.0, 4)]  # rank 0: 2 groups of 4, rank 1: 1 group
@@ -192,7 +150,7 @@ def test_reinforce_baseline_advantages_match_the_loop_and_are_global_over_ranks(
     assert single.dtype == np.float32
     np.testing.assert_allclose(single, expected, rtol=RTOL, atol=ATOL)
     assert np.all(single[4:8] == 0.0)
-    got = two_ranks(lambda rank, reduce: rl.reinforce_baseline_advantages(parts[rank], 4, reduce))
+    got = ThreadRanks().run(lambda rank, reduce: rl.reinforce_baseline_advantages(parts[rank], 4, reduce))
     np.testing.assert_allclose(np.concatenate(got), expected, rtol=RTOL, atol=ATOL)
     local = [rl.reinforce_baseline_advantages(p, 4) for p in parts]  # each rank's own std: other advantages
     assert np.abs(np.concatenate(local) - expected).max() > 0.1

@@ -11,19 +11,9 @@ import mindspore as ms
 from mindspore import Tensor
 
 from mindrlhf.losses import causal_lm_loss, masked_entropy, masked_mean, ppo_policy_loss, ppo_value_loss
+from tests.helpers import mask_from_lengths, t32
 
 RTOL, ATOL = 1e-5, 1e-5
-
-
-def t32(x):
-    return Tensor(np.asarray(x, np.float32))
-
-
-def mask_from_lengths(lengths, n):
-    mask = np.zeros((len(lengths), n), np.float32)
-    for row, length in enumerate(lengths):
-        mask[row, :length] = 1.0
-    return mask
 
 
 def scalar(x) -> float:

@@ -7,8 +7,6 @@ gradients equals one process on the concatenated minibatch."""
 from __future__ import annotations
 
 import math
-import threading
-from typing import Callable, List
 
 import numpy as np
 import pytest
@@ -21,51 +19,7 @@ from mindrlhf.models import CausalLM
 from mindrlhf.train.distributed import AllReduceSum
 from mindrlhf.train.experience import Experience, build_experience, ends_with_eos, scale_scores
 from mindrlhf.train.ppo import PPOLoss, token_counts
-from tests.helpers import randomize_parameters, tiny_gpt2_config
-
-
-class ThreadRanks:
-    """``size`` simulated ranks, one thread each; ``reduce(rank)`` sums an array over them in rank order."""
-
-    def __init__(self, size: int = 2):
-        self.size = size
-        self.barrier = threading.Barrier(size, timeout=60)
-        self.slots: List[np.ndarray] = [None] * size
-
-    def reduce(self, rank: int) -> rl.Reduce:
-        def all_reduce(values):
-            self.slots[rank] = np.array(values, np.float64)
-            self.barrier.wait()
-            total = self.slots[0].copy()
-            for part in self.slots[1:]:
-                total += part
-            self.barrier.wait()
-            return total
-        return all_reduce
-
-    def run(self, fn: Callable[[int, rl.Reduce], object]) -> list:
-        """``fn(rank, reduce)`` on every rank at once; their results in rank order."""
-        results, errors = [None] * self.size, []
-
-        def target(rank):
-            try:
-                results[rank] = fn(rank, self.reduce(rank))
-            except BaseException as err:  # noqa: BLE001 - re-raised below
-                errors.append(err)
-                self.barrier.abort()
-
-        threads = [threading.Thread(target=target, args=(rank,)) for rank in range(self.size)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if errors:
-            raise errors[0]
-        return results
-
-
-def mask_from_lengths(lengths, n):
-    return (np.arange(n)[None, :] < np.asarray(lengths)[:, None]).astype(np.float32)
+from tests.helpers import ThreadRanks, mask_from_lengths, randomize_parameters, tiny_gpt2_config
 
 
 def split(x, at):

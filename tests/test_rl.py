@@ -12,15 +12,9 @@ import pytest
 
 from mindrlhf.rl import (AdaptiveKLController, FixedKLController, RunningMoments, explained_variance, gae,
                          kl_penalised_rewards, last_token_index, masked_moments, whiten)
+from tests.helpers import mask_from_lengths
 
 RTOL, ATOL = 1e-5, 1e-5
-
-
-def mask_from_lengths(lengths, n):
-    mask = np.zeros((len(lengths), n), np.float32)
-    for row, length in enumerate(lengths):
-        mask[row, :length] = 1.0
-    return mask
 
 
 def random_lengths(rng, batch, n):
