@@ -103,9 +103,12 @@ def prepare(protocol: StoryProtocol, folder: str):
 def run_ours(protocol: StoryProtocol, data, tokenizer, out_dir: str, iterations: int) -> dict:
     """Proxy reward model + PPO with mindrlhf; evaluation before / after."""
     from mindrlhf.train.ppo import train_ppo, weights_file
+    import mindspore as ms
+
     from mindrlhf.train.reward import train_reward_model
 
     rm_cfg, ppo_cfg = load_recipes(out_dir, iterations)
+    ms.set_seed(rm_cfg.seed)  # the new score head's init: the same whatever ran before in this process
     start = time.perf_counter()
     reward_model, fit = train_reward_model(rm_cfg, data.files["pairs"])
     rm_s = time.perf_counter() - start
