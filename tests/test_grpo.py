@@ -263,7 +263,7 @@ def one_process(prompts_file: str, out: str):
     (initial and final policy parameters, losses, generated tokens of each rank's minibatch per iteration)."""
     from mindspore import Tensor
 
-    from mindrlhf.train.grpo import TRAIN_COLUMNS
+    from mindrlhf.train.grpo import TRAIN_COLUMNS, group_scores
     from tests.grpo_dp_worker import dp_config
 
     set_mode("graph")
@@ -283,7 +283,8 @@ def one_process(prompts_file: str, out: str):
             prompts = repeat_prompts(sources[rank](iteration), grpo.num_generations)
             raws.append(trainer.maker.rollouts(prompts, iteration, cfg.seed))
         raw = {key: np.concatenate([part[key] for part in raws]) for key in raws[0]}
-        raw["advantages"] = trainer.advantages(raw)  # one process: the batch std over both ranks' rollouts
+        # one process: the batch std over both ranks' rollouts
+        raw["advantages"] = trainer.advantages(group_scores(raw, grpo))
         data = {name: raw[name] for name in TRAIN_COLUMNS}
         data["logprobs"] = raw["logprobs"] * raw["response_mask"]
         (rows,) = trainer.minibatches(np.arange(size), iteration, 0)  # each rank's one minibatch, in its order
