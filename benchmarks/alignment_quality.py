@@ -298,21 +298,86 @@ def trl_grpo(data, cfg, tokenizer, out_dir: str):
         learning_rate=grpo.start_lr, lr_scheduler_type="cosine", warmup_steps=grpo.warmup_step,
         max_grad_norm=grpo.max_grad_norm, weight_decay=0.0, max_steps=steps, save_strategy="no",
         report_to="none", logging_steps=10, disable_tqdm=True, dataloader_num_workers=0, log_completions=False)
-    times = []
-
-    class StepClock(TrainerCallback):
-        def on_step_end(self, *_, **__):
-            times.append(time.perf_counter())
-
+    clock = TRLPhaseClock(grpo.num_iterations * (per_generation // grpo.batch_size))
     trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(folder), reward_funcs=sentiment, args=args,
                           train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=hf_tokenizer,
-                          callbacks=[StepClock()])
+                          callbacks=[clock.callback(TrainerCallback)])
+    clock.attach(trainer)
     trainer.train()
     saved = os.path.join(out_dir, "trl_grpo_policy")
     trainer.model.save_pretrained(saved)
-    per_iteration = grpo.num_iterations * (per_generation // grpo.batch_size)
-    ends = times[per_iteration - 1::per_iteration]
-    return saved, float(np.median(np.diff(ends))) if len(ends) > 2 else float("nan")
+    return saved, clock.median_phases()
+
+
+class TRLPhaseClock:
+    """Per-iteration phases of TRL's GRPOTrainer, the split our ``grpo_metrics.jsonl`` records: ``generation``
+    (``_generate``), ``scoring`` (``_calculate_rewards``), ``logprobs`` (old-policy and reference log-probs computed
+    while making the batch) and ``update`` (the rest of the iteration's optimizer steps), from wrappers around those
+    methods and the step-end times of a callback."""
+
+    def __init__(self, steps_per_iteration: int):
+        self.steps_per_iteration = steps_per_iteration
+        self.step_ends: list = []
+        self.phases: list = []  # per iteration: {phase: seconds}
+        self.making_batch = False
+
+    def callback(self, base):
+        clock = self
+
+        class StepClock(base):
+            def on_step_end(self, *_, **__):
+                clock.step_ends.append(time.perf_counter())
+
+        return StepClock()
+
+    def _add(self, phase: str, seconds: float) -> None:
+        iteration = len(self.step_ends) // self.steps_per_iteration
+        while len(self.phases) <= iteration:
+            self.phases.append({"generation": 0.0, "scoring": 0.0, "logprobs": 0.0})
+        self.phases[iteration][phase] += seconds
+
+    def _timed(self, method, phase: str, only_while_making_batch: bool = False):
+        def wrapper(*args, **kwargs):
+            if only_while_making_batch and not self.making_batch:
+                return method(*args, **kwargs)
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self._add(phase, time.perf_counter() - start)
+
+        return wrapper
+
+    def attach(self, trainer) -> None:
+        make_batch = trainer._generate_and_score_completions
+
+        def making(*args, **kwargs):
+            self.making_batch = True
+            try:
+                return make_batch(*args, **kwargs)
+            finally:
+                self.making_batch = False
+
+        trainer._generate_and_score_completions = making
+        trainer._generate = self._timed(trainer._generate, "generation")
+        trainer._calculate_rewards = self._timed(trainer._calculate_rewards, "scoring")
+        trainer._get_per_token_logps_and_entropies = self._timed(trainer._get_per_token_logps_and_entropies,
+                                                                 "logprobs", only_while_making_batch=True)
+
+    def median_phases(self) -> dict:
+        """Median over the iterations after the first (the first compiles nothing in torch, but warms caches):
+        ``{generation, scoring, logprobs, update, total}`` seconds."""
+        n = self.steps_per_iteration
+        ends = self.step_ends[n - 1::n]
+        rows = []
+        for i in range(1, len(ends)):
+            phases = dict(self.phases[i])
+            phases["total"] = ends[i] - ends[i - 1]
+            phases["update"] = phases["total"] - phases["generation"] - phases["scoring"] - phases["logprobs"]
+            rows.append(phases)
+        if not rows:
+            return {"total": float("nan")}
+        return {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
 
 
 def run_peer_grpo(protocol: StoryProtocol, data, tokenizer, out_dir: str, iterations: int) -> dict:
@@ -335,7 +400,7 @@ def run_peer_grpo(protocol: StoryProtocol, data, tokenizer, out_dir: str, iterat
     judge = HeldOutJudge(ref, None, model_cfg, tokenizer, data.eval_prompts, protocol)
     return {"framework": "trl", "framework_version": f"trl {trl.__version__}", "algorithm": "grpo",
             "before": judge(ref), "after": judge(policy), "rm_accuracy": None, "rm_s": 0.0, "rl_s": rl_s,
-            "iteration_s": {"total": iteration_s}}
+            "iteration_s": iteration_s}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -360,6 +425,19 @@ def markdown_table(entries: list) -> str:
         lines.append(f"| {e['algorithm']} | {e['framework']} | {accuracy} | {e['gold_before']:.3f} | "
                      f"{e['gold_after']:.3f} | {e['gold_gain']:+.3f} | {e['kl']:.2f} | {e['proxy_before']:.2f} -> "
                      f"{e['proxy_after']:.2f} | {e['rm_s']:.0f} | {e['rl_s']:.0f} | {e['wall_s']:.0f} |")
+    return "\n".join(lines)
+
+
+PHASES = ("generation", "scoring", "logprobs", "update", "total")
+
+
+def phase_table(ours: dict, peer: dict) -> str:
+    """Median seconds per iteration by phase, ours against TRL's, with the speed ratio (TRL / ours)."""
+    lines = ["| phase | mindrlhf s | TRL s | TRL / ours |", "|---|---:|---:|---:|"]
+    for phase in PHASES:
+        a, b = ours.get(phase, float("nan")), peer.get(phase, float("nan"))
+        ratio = b / a if a and np.isfinite(a) and np.isfinite(b) else float("nan")
+        lines.append(f"| {phase} | {a:.3f} | {b:.3f} | {ratio:.2f}x |")
     return "\n".join(lines)
 
 
@@ -411,6 +489,9 @@ def main(argv=None) -> None:
             ours, peer = pair
             print(f"\n{algorithm}: gold gain ours / TRL: {ours['gold_gain']:.3f} / {peer['gold_gain']:.3f}; "
                   f"speed (TRL wall / ours): {peer['wall_s'] / ours['wall_s']:.2f}x")
+            if "iteration_s" in ours and "iteration_s" in peer:
+                print(f"\n{algorithm}: median seconds per iteration (iterations after the first)\n")
+                print(phase_table(ours["iteration_s"], peer["iteration_s"]))
     from rm_train import versions  # noqa: E402 - shared with the other benchmarks
 
     report = {"machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),

@@ -29,36 +29,7 @@ for pair in "DATA_DIR:$DATA_DIR" "SFT_MODEL_PATH:$SFT_MODEL_PATH" "REWARD_MODEL_
     [[ -f ${pair#*:} ]] || { echo "run_distribute_train.sh: ${pair%%:*} not found: ${pair#*:}" >&2; exit 2; }
 done
 SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-TRAIN="$SCRIPTS/../examples/rlhf_train_tutorial/train.py"
-train_args=(--dataset_dir "$DATA_DIR" --sft_model_path "$SFT_MODEL_PATH" --reward_model_path "$REWARD_MODEL_PATH" "$@")
-
-if ! command -v npu-smi >/dev/null 2>&1; then
-    if [[ $LOCAL_DEVICE_NUM -eq 1 ]]; then
-        echo "no Ascend device (npu-smi not found): running train.py as one process; the rank table is not used"
-        exec python "$TRAIN" "${train_args[@]}"
-    fi
-    echo "no Ascend device (npu-smi not found): starting $LOCAL_DEVICE_NUM workers with msrun; the rank table is not used"
-    order=$(printf '%q ' python "$TRAIN" "${train_args[@]}")
-    exec bash "$SCRIPTS/msrun_launcher.sh" "$order" "$LOCAL_DEVICE_NUM" "${MASTER_PORT:-8118}" output/msrun_log True 600
-fi
-
-RANK_TABLE_FILE=$(realpath -m "$RANK_TABLE")
-[[ -f $RANK_TABLE_FILE ]] || { echo "run_distribute_train.sh: rank table not found: $RANK_TABLE_FILE" >&2; exit 2; }
-validated=$(PYTHONPATH="$SCRIPTS/..${PYTHONPATH:+:$PYTHONPATH}" python -m mindrlhf.tools.rank_table --validate "$RANK_TABLE_FILE")
-RANK_SIZE=$(sed -E 's/.*valid, ([0-9]+) devices.*/\1/' <<< "$validated")
-(( RANK_START + LOCAL_DEVICE_NUM <= RANK_SIZE )) || { echo "run_distribute_train.sh: ranks $RANK_START..$((RANK_START + LOCAL_DEVICE_NUM - 1)) are not all in the rank table ($RANK_SIZE devices)" >&2; exit 2; }
-export RANK_TABLE_FILE RANK_SIZE
-ulimit -u unlimited 2>/dev/null || true
-pids=()
-for ((i = 0; i < LOCAL_DEVICE_NUM; i++)); do
-    rank=$((RANK_START + i))
-    mkdir -p "output/log/rank_$rank"
-    echo "start training for rank $rank, device $i"
-    (export RANK_ID=$rank DEVICE_ID=$i; python "$TRAIN" "${train_args[@]}") &> "output/log/rank_$rank/mindformer.log" &
-    pids+=($!)
-done
-failed=0
-for i in "${!pids[@]}"; do
-    wait "${pids[$i]}" || { echo "rank $((RANK_START + i)) failed: see output/log/rank_$((RANK_START + i))/mindformer.log" >&2; failed=1; }
-done
-exit $failed
+source "$SCRIPTS/launch_ranks.sh"
+launch_ranks run_distribute_train.sh "$SCRIPTS/../examples/rlhf_train_tutorial/train.py" "$RANK_TABLE" "$RANK_START" \
+    "$LOCAL_DEVICE_NUM" --dataset_dir "$DATA_DIR" --sft_model_path "$SFT_MODEL_PATH" \
+    --reward_model_path "$REWARD_MODEL_PATH" "$@"

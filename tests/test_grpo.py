@@ -151,7 +151,7 @@ def test_reward_rises_every_parameter_trains_and_metrics_and_checkpoints_are_wri
     saved = policy_at(out, 9)
     assert set(saved) == set(after) and all(np.array_equal(saved[n], after[n]) for n in after)
     state = read_ckpt(os.path.join(out, "checkpoint", "rank_0", "grpo_state_epoch_9.ckpt"))
-    assert (float(state["rl_state.iteration"]), float(state["rl_state.global_step"])) == (10.0, 40.0)
+    assert (float(state["grpo_state.iteration"]), float(state["grpo_state.global_step"])) == (10.0, 40.0)
     assert os.path.isfile(os.path.join(out, "resolved_config.yaml"))
     with open(os.path.join(out, "log", "rank_0", "info.log"), encoding="utf-8") as f:
         assert f.read().count("GRPO Batch: ") == 40

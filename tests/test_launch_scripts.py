@@ -77,14 +77,19 @@ def test_two_cpu_workers_through_run_distribute_reward(tmp_dir):
     ("run_distribute_train.sh", ("d", "t.json", "0", "0", "a.yaml", "b.yaml"), "LOCAL_DEVICE_NUM must be a positive"),
     ("run_distribute_train.sh", ("missing.mindrecord", "t.json", "0", "1", "a.yaml", "b.yaml"),
      "DATA_DIR not found: missing.mindrecord"),
+    ("run_distribute_grpo.sh", ("d", "t.json", "0"), "expected at least 5 arguments, got 3"),
+    ("run_distribute_grpo.sh", ("d", "t.json", "x", "1", "a.yaml"), "RANK_START must be a whole number"),
+    ("run_distribute_grpo.sh", ("d", "t.json", "0", "-1", "a.yaml"), "LOCAL_DEVICE_NUM must be a positive"),
+    ("run_distribute_grpo.sh", ("missing.mindrecord", "t.json", "0", "1", "a.yaml"),
+     "DATA_DIR not found: missing.mindrecord"),
     ("run_standalone_train.sh", ("d",), "expected at least 3 arguments, got 1"),
     ("run_standalone_train.sh", ("missing.mindrecord", "a.yaml", "b.yaml"), "DATA_DIR not found"),
 ])
 def test_ppo_launch_argument_errors(script, args, message):
     proc = run(script, *args)
     assert proc.returncode == 2 and message in proc.stderr
-    if "not found" not in message:
-        assert "SFT_MODEL_PATH" in proc.stderr  # the usage text follows an argument error
+    if "not found" not in message:  # the usage text follows an argument error
+        assert ("CONFIG" if "grpo" in script else "SFT_MODEL_PATH") in proc.stderr
 
 
 def ppo_inputs(work: str):
@@ -124,3 +129,35 @@ def test_standalone_and_two_worker_ppo_scripts(tmp_dir):
     ranks = [read_ckpt(os.path.join(work, "pair", "checkpoint", f"rank_{r}", "policy_model_epoch_0.ckpt"))
              for r in (0, 1)]
     assert all(np.array_equal(ranks[0][n], ranks[1][n]) for n in ranks[0])
+
+
+def test_two_worker_grpo_script(tmp_dir):
+    """run_distribute_grpo.sh on CPU: two msrun workers of ``mindrlhf grpo`` on GSM8K-style prompts with reward
+    functions; both ranks end with the same policy and rank 0 writes the metrics over both."""
+    import json
+
+    from mindrlhf.data.convert_prompts import convert_prompts
+    from tests.test_grpo import QA
+
+    work = os.path.join(tmp_dir, "grpo runs")
+    os.makedirs(work)
+    src = os.path.join(work, "qa.jsonl")
+    with open(src, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in QA)
+    data = os.path.join(work, "prompts.mindrecord")
+    convert_prompts(src, data, "gpt2", max_prompt_length=48, seq_length=64, pad_token_id=50256, template="qa",
+                    progress=False)
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+               MASTER_PORT=str(free_port()))
+    recipe = os.path.join(ROOT, "model_configs", "gpt2_config", "run_gpt2_tiny_grpo.yaml")
+    proc = run("run_distribute_grpo.sh", data, "hccl_2p_01_127.0.0.1.json", "0", "2", recipe, "--output_dir", "pair",
+               "--set", "grpo.epochs=1", "--set", "grpo.num_prompts=2", "--set", "grpo.num_generations=2",
+               "--set", "grpo.batch_size=2", "--set", "grpo.generation.max_new_tokens=8", cwd=work, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "starting 2 workers with msrun" in proc.stdout
+    ranks = [read_ckpt(os.path.join(work, "pair", "checkpoint", f"rank_{r}", "policy_model_epoch_0.ckpt"))
+             for r in (0, 1)]
+    assert all(np.array_equal(ranks[0][n], ranks[1][n]) for n in ranks[0])
+    with open(os.path.join(work, "pair", "grpo_metrics.jsonl"), encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    assert [r["iteration"] for r in rows] == [0] and rows[0]["global_step"] == 2

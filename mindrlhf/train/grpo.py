@@ -18,59 +18,32 @@ scale, :class:`RLState`), the state last; ``resume`` continues exactly.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
-import time
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Union
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
-from tqdm import tqdm
 
 from mindrlhf import rl
-from mindrlhf.config import ModelConfig, RunConfig, save_config
+from mindrlhf.config import ModelConfig, RunConfig
 from mindrlhf.losses import grpo_policy_loss, masked_entropy
 from mindrlhf.models import CausalLM, RewardModel
-from mindrlhf.models.convert import assign_parameters, cell_parameters, load_weights, save_ckpt, \
-    save_tensors
+from mindrlhf.models.convert import load_weights
 from mindrlhf.models.policy import token_logprobs
-from mindrlhf.train.checkpoint import SCHEDULE_PARAMS, newest_iteration_state, rank_dir, read_ckpt
-from mindrlhf.train.distributed import AllReduceSum
-from mindrlhf.train.monitor import TrainMonitor, append_jsonl
-from mindrlhf.train.optim import build_optimizer, lr_table
+from mindrlhf.train.rl_trainer import Collected, PromptSource, RLState, RLTrainer, format_rl_line
 from mindrlhf.train.rollout import RolloutMaker
-from mindrlhf.train.step import TrainStep
 
 logger = logging.getLogger(__name__)
 
 TRAIN_COLUMNS = ("response_tensors", "attention_mask", "logprobs", "ref_logprobs", "advantages")
 LOSS_METRICS = ("pg_loss", "clipfrac", "kl_k3", "entropy")  # kl_k3: the loss's per-token k3 estimate
-STATE_PREFIX = "rl_state."
 
 
 def format_grpo_line(batch: int, update: int, loss: float, lr: float, overflow: bool, scale: float) -> str:
     """The step line, PPO's shape: ``GRPO Batch: 0 | GRPO Update: 0 | loss: [..] | lr: [..] | is overflow: False |
     loss scale: 1.0``."""
-    return (f"GRPO Batch: {batch} | GRPO Update: {update} | loss: [{np.float32(loss)!s}] | "
-            f"lr: [{np.float32(lr)!s}] | is overflow: {bool(overflow)} | loss scale: {float(scale)}")
-
-
-@dataclass
-class RLState:
-    """Where an RL run is besides its weights, saved and restored as a whole."""
-
-    iteration: int = 0  # next iteration to run
-    global_step: int = 0  # optimizer steps done
-
-    def state_dict(self) -> Dict[str, float]:
-        return {k: float(v) for k, v in dataclasses.asdict(self).items()}
-
-    def load_state_dict(self, values: Dict[str, float]) -> None:
-        for f in dataclasses.fields(self):  # every field is a counter
-            setattr(self, f.name, int(values[f.name]))
+    return format_rl_line("GRPO", "Update", batch, update, loss, lr, overflow, scale)
 
 
 class GRPOLoss(nn.Cell):
@@ -143,16 +116,6 @@ def repeat_prompts(prompts: Dict[str, object], group_size: int) -> Dict[str, obj
     return out
 
 
-@dataclass
-class GRPOIteration:
-    """What one iteration did (metrics are over every rank)."""
-
-    iteration: int
-    metrics: Dict[str, float] = field(default_factory=dict)
-    losses: List[float] = field(default_factory=list)
-    timings: Dict[str, float] = field(default_factory=dict)
-
-
 class GroupReward:
     """Reward functions (:class:`mindrlhf.rewards.CombinedReward`) and / or a reward model as the rollout maker's
     reward: ``(prompt token lists, response token lists, answers) -> (B,)`` summed scores; each part's scores of
@@ -198,11 +161,8 @@ class GroupReward:
 # Trainer
 
 
-PromptSource = Callable[[int], Dict[str, object]]  # iteration -> this rank's num_prompts prompts
-
-
-class GRPOTrainer:
-    """Runs GRPO iterations on one rank.
+class GRPOTrainer(RLTrainer):
+    """Runs GRPO iterations on one rank (the shared iteration driver, :class:`RLTrainer`).
 
     Args:
         cfg: the policy recipe; ``cfg.grpo`` holds the knobs, ``cfg.output_dir`` receives logs and checkpoints.
@@ -213,63 +173,29 @@ class GRPOTrainer:
         resume: a GRPO ``checkpoint`` root to continue from, or "".
     """
 
+    name, label, update_label = "grpo", "GRPO", "Update"
+    train_columns = TRAIN_COLUMNS
+    metric_names = LOSS_METRICS
+    equal_rows = False  # dynamic sampling keeps a different number of groups on each rank
+
     def __init__(self, cfg: RunConfig, policy: CausalLM, ref: CausalLM, reward, prompt_width: int,
                  prompts: PromptSource, resume: str = "", rank_id: int = 0, rank_size: int = 1,
                  progress: Union[bool, str] = False):
-        self.cfg, self.grpo = cfg, cfg.grpo
-        self.policy, self.ref, self.prompts = policy, ref, prompts
-        self.rank_id, self.rank_size = rank_id, rank_size
+        super().__init__(cfg, cfg.grpo, policy, prompt_width, prompts, rank_id, rank_size, progress)
+        self.grpo, self.ref = cfg.grpo, ref
         model_cfg = policy.config
-        if prompt_width + self.grpo.generation.max_new_tokens > model_cfg.seq_length:
-            raise ValueError(f"prompt width {prompt_width} + grpo.generation.max_new_tokens "
-                             f"{self.grpo.generation.max_new_tokens} exceeds the policy's seq_length "
-                             f"{model_cfg.seq_length}")
-        self.prompt_width = prompt_width
-        self.reduce = AllReduceSum(rank_size)
         rollouts = self.grpo.num_prompts * self.grpo.num_generations
         self.maker = RolloutMaker(policy, ref, reward, self.grpo.generation, prompt_width, model_cfg.pad_token_id,
                                   model_cfg.eos_token_id, chunk_size=rollouts, rank_id=rank_id)
-        self.loss_net = GRPOLoss(policy, self.grpo, prompt_width, rank_size)
-        total_steps = self.grpo.epochs * self.grpo.steps_per_epoch
-        self.lrs = lr_table(self.grpo.lr_schedule_config(), self.grpo.optimizer_config(), total_steps)
-        optimizer = build_optimizer(self.loss_net.trainable_params(), self.grpo.optimizer_config(),
-                                    self.grpo.lr_schedule_config(), total_steps)
-        self.step = TrainStep(self.loss_net, optimizer, self.grpo.loss_scale_config(), has_aux=True)
-        self.folder = rank_dir(os.path.join(cfg.output_dir, "checkpoint"), rank_id)
-        self.monitor = TrainMonitor(cfg.output_dir, rank_id, is_main=rank_id == 0)
-        self.progress = progress if rank_id == 0 else False
-        self.state = RLState()
-        if resume:
-            self._restore(resume)
-        if rank_id == 0:
-            save_config(cfg, os.path.join(cfg.output_dir, "resolved_config.yaml"))
+        self.build(GRPOLoss(policy, self.grpo, prompt_width, rank_size), RLState(), resume)
 
-    # -- checkpoints ------------------------------------------------------------------------------------------
+    @property
+    def updates_per_batch(self) -> int:
+        return self.grpo.num_iterations
 
-    def save(self, iteration: int) -> str:
-        """The policy, then the state file (optimizer, loss scale, :class:`RLState`) last."""
-        os.makedirs(self.folder, exist_ok=True)
-        policy_path = os.path.join(self.folder, f"policy_model_epoch_{iteration}.ckpt")
-        save_ckpt(self.policy, policy_path)
-        names = set(cell_parameters(self.policy))
-        extra = {p.name: p for p in self.step.get_parameters() if p.name not in names}
-        extra.update({STATE_PREFIX + k: Tensor(np.float64(v)) for k, v in self.state.state_dict().items()})
-        save_tensors(extra, os.path.join(self.folder, f"grpo_state_epoch_{iteration}.ckpt"))
-        logger.info("Save checkpoints in %s", self.folder)
-        return policy_path
-
-    def _restore(self, root: str) -> None:
-        folder, iteration, name = newest_iteration_state(root, self.rank_id, "grpo_state_epoch_")
-        entries = read_ckpt(os.path.join(folder, name))
-        entries.update(read_ckpt(os.path.join(folder, f"policy_model_epoch_{iteration}.ckpt")))
-        params = {p.name for p in self.step.get_parameters() if p.name not in SCHEDULE_PARAMS}
-        assign_parameters(self.step, {n: v for n, v in entries.items() if n in params}, folder,
-                          allow_missing=SCHEDULE_PARAMS)
-        self.state.load_state_dict({k: float(entries[STATE_PREFIX + k]) for k in self.state.state_dict()})
-        logger.info("resumed GRPO from %s at iteration %d (global step %d)", folder, self.state.iteration,
-                    self.state.global_step)
-
-    # -- one iteration ----------------------------------------------------------------------------------------
+    def token_counts(self, data: Dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
+        """``(1,)``: the minibatch's generated tokens."""
+        return np.array([data["attention_mask"][rows, self.prompt_width:].sum()], np.float64)
 
     def advantages(self, scores: np.ndarray) -> np.ndarray:
         """``(B,)`` advantages of this rank's rollouts from their :func:`group_scores` (group-relative;
@@ -277,109 +203,33 @@ class GRPOTrainer:
         return rl.grpo_advantages(scores, self.grpo.num_generations, self.grpo.advantage_estimator,
                                   self.grpo.scale_rewards, self.reduce).astype(np.float32)
 
-    def minibatches(self, rows: np.ndarray, iteration: int, update: int) -> List[np.ndarray]:
-        """Shuffled minibatches of ``batch_size`` rows; every rank takes the same number (the smallest)."""
-        size = self.grpo.batch_size
-        order = rows[np.random.default_rng([self.cfg.seed, iteration, update]).permutation(len(rows))]
-        mine = np.zeros(self.rank_size)
-        mine[self.rank_id] = len(order) // size
-        count = int(self.reduce(mine).min())
-        return [order[b * size:(b + 1) * size] for b in range(count)]
-
-    def train_on(self, data: Dict[str, np.ndarray], rows: np.ndarray, iteration: int) -> GRPOIteration:
-        """``num_iterations`` passes of minibatch updates over ``rows`` of ``data``."""
-        result = GRPOIteration(iteration)
-        sums = np.zeros(len(LOSS_METRICS))
-        width = self.prompt_width
-        for update in range(self.grpo.num_iterations):
-            batches = self.minibatches(rows, iteration, update)
-            counts = self.reduce([data["attention_mask"][b, width:].sum() for b in batches]) if batches else []
-            for batch, b_rows in enumerate(batches):
-                inputs = [Tensor(data[name][b_rows]) for name in TRAIN_COLUMNS]
-                inputs.append(Tensor(np.asarray([counts[batch]], np.float32)))
-                loss, overflow, scale, metrics = self.step(*inputs)
-                loss, overflow = float(loss.asnumpy()), bool(overflow.asnumpy())
-                lr = float(self.lrs[min(self.state.global_step, len(self.lrs) - 1)])
-                self.state.global_step += 1
-                result.losses.append(loss)
-                sums += metrics.asnumpy()
-                if self.state.global_step % self.cfg.checkpoint.log_interval == 0:
-                    self.monitor.line(format_grpo_line(batch, update, loss, lr, overflow, float(scale.asnumpy())))
-        steps = max(len(result.losses), 1)
-        totals = self.reduce(sums) / (self.rank_size * steps)
-        result.metrics = {name: float(v) for name, v in zip(LOSS_METRICS, totals)}
-        return result
-
     def rollout_metrics(self, raw: Dict[str, np.ndarray], kept: np.ndarray) -> Dict[str, float]:
-        """Rollout statistics over every rank: reward mean / std, KL, length, eos, kept groups."""
+        """Rollout statistics over every rank: reward mean / std, KL, length, eos, kept groups, and each reward
+        part's mean (``reward/<name>``)."""
         mask = raw["response_mask"]
         kl = ((raw["logprobs"] - raw["ref_logprobs"]) * mask).sum(1)
+        components = getattr(self.maker.reward, "last_components", {})
         sums = self.reduce([raw["scores"].sum(), np.square(raw["scores"].astype(np.float64)).sum(), kl.sum(),
-                            mask.sum(), (~raw["ends_with_eos"]).sum(), len(kept), len(mask)])
+                            mask.sum(), (~raw["ends_with_eos"]).sum(), len(kept), len(mask)]
+                           + [np.sum(v) for v in components.values()])
         n = sums[6]
         mean = sums[0] / n
-        return {"reward_mean": mean, "reward_std": float(np.sqrt(max(sums[1] / n - mean * mean, 0.0))),
-                "kl": sums[2] / n, "response_length": sums[3] / n, "no_eos_rate": sums[4] / n,
-                "kept_share": sums[5] / n}
+        metrics = {"reward_mean": mean, "reward_std": float(np.sqrt(max(sums[1] / n - mean * mean, 0.0))),
+                   "kl": sums[2] / n, "response_length": sums[3] / n, "no_eos_rate": sums[4] / n,
+                   "kept_share": sums[5] / n}
+        metrics.update({f"reward/{name}": float(total / n) for name, total in zip(components, sums[7:])})
+        return metrics
 
-    def run_iteration(self, iteration: int) -> GRPOIteration:
-        """Sample G completions per prompt, score, group advantages, update."""
-        start = time.perf_counter()
-        self.maker.timings = {}
+    def collect(self, iteration: int) -> Collected:
+        """Sample G completions per prompt, score them, group advantages, keep the groups that train."""
         prompts = repeat_prompts(self.prompts(iteration), self.grpo.num_generations)
         raw = self.maker.rollouts(prompts, iteration, self.cfg.seed)
-        timings = dict(self.maker.timings)
         scores = group_scores(raw, self.grpo)
         raw["advantages"] = self.advantages(scores)
         kept = kept_rows(scores, self.grpo)
         data = {name: raw[name] for name in TRAIN_COLUMNS}
         data["logprobs"] = raw["logprobs"] * raw["response_mask"]
-        tick = time.perf_counter()
-        result = self.train_on(data, kept, iteration)
-        timings["update"] = time.perf_counter() - tick
-        timings["total"] = time.perf_counter() - start
-        result.metrics.update(self.rollout_metrics(raw, kept))
-        components = getattr(self.maker.reward, "last_components", {})
-        if components:  # each reward part's mean over every rank: one all-reduce of [sums..., count]
-            totals = self.reduce([np.sum(v) for v in components.values()] + [len(next(iter(components.values())))])
-            result.metrics.update({f"reward/{name}": float(total / totals[-1])
-                                   for name, total in zip(components, totals[:-1])})
-        result.metrics["loss"] = float(np.mean(result.losses)) if result.losses else None
-        result.timings = timings
-        self._finish_iteration(result)
-        return result
-
-    def _finish_iteration(self, result: GRPOIteration) -> None:
-        self.state.iteration = result.iteration + 1
-        measured = {k: v for k, v in result.metrics.items() if v is not None}
-        self.monitor.scalars(result.iteration + 1, {f"grpo/{k}": v for k, v in measured.items()})
-        logger.info("iteration %d: %s", result.iteration, ", ".join(f"{k} {v:.4g}" for k, v in measured.items()))
-        if self.rank_id == 0:
-            append_jsonl(os.path.join(self.cfg.output_dir, "grpo_metrics.jsonl"),
-                          {"iteration": result.iteration, "global_step": self.state.global_step,
-                           **result.metrics, "seconds": result.timings})
-        last = result.iteration + 1 == self.grpo.epochs
-        if (result.iteration + 1) % self.grpo.save_checkpoint_epochs == 0 or last:
-            self.save(result.iteration)
-
-    def fit(self, stop_after: Optional[int] = None) -> List[GRPOIteration]:
-        """Run the remaining iterations (or up to iteration ``stop_after`` exclusive)."""
-        results = []
-        end = self.grpo.epochs if stop_after is None else min(stop_after, self.grpo.epochs)
-        bar = tqdm(total=self.grpo.epochs, initial=self.state.iteration, unit="iter", disable=not self.progress,
-                   desc=self.progress if isinstance(self.progress, str) else "grpo")
-        try:
-            for iteration in range(self.state.iteration, end):
-                results.append(self.run_iteration(iteration))
-                bar.update(1)
-                bar.set_postfix(reward=f"{results[-1].metrics['reward_mean']:.3f}", refresh=False)
-            if stop_after is not None and results and self.state.iteration < self.grpo.epochs:
-                if (results[-1].iteration + 1) % self.grpo.save_checkpoint_epochs:
-                    self.save(results[-1].iteration)
-        finally:
-            bar.close()
-            self.monitor.close()
-        return results
+        return Collected(data, kept, self.rollout_metrics(raw, kept))
 
 
 # ---------------------------------------------------------------------------------------------------------------

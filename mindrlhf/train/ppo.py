@@ -1,5 +1,6 @@
 """Stage 3: PPO. Each iteration makes experience (:mod:`mindrlhf.train.experience`) on ``num_rollouts`` prompts,
-then runs ``ppo_epochs`` passes of minibatch updates over it with the shared :class:`TrainStep`.
+then runs ``ppo_epochs`` passes of minibatch updates over it; the iteration driver, checkpoints and metrics are
+the shared :class:`~mindrlhf.train.rl_trainer.RLTrainer`'s.
 
 Loss (per minibatch, means over the generated tokens of the minibatch)::
 
@@ -23,27 +24,22 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Union
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import mindspore as ms
-from mindspore import Tensor, nn, ops
-from tqdm import tqdm
+from mindspore import nn, ops
 
 from mindrlhf import rl
-from mindrlhf.config import ModelConfig, PPOConfig, RunConfig, save_config
+from mindrlhf.config import ModelConfig, PPOConfig, RunConfig
 from mindrlhf.losses import causal_lm_loss, masked_entropy, ppo_policy_loss, ppo_value_loss
 from mindrlhf.models import CausalLM, Critic, RewardModel
-from mindrlhf.models.convert import (assign_parameters, cell_parameters, load_weights, save_ckpt,
-                                     save_tensors)
+from mindrlhf.models.convert import assign_parameters, cell_parameters, load_weights
 from mindrlhf.models.policy import token_logprobs
-from mindrlhf.train.checkpoint import (SCHEDULE_PARAMS, newest_iteration_state, rank_dir, read_ckpt,
-                                       resume_checkpoint)
-from mindrlhf.train.distributed import AllReduceSum
+from mindrlhf.train.checkpoint import resume_checkpoint
 from mindrlhf.train.experience import Experience, ExperienceMaker, RewardFunction, RolloutStats, save_experience
-from mindrlhf.train.monitor import TrainMonitor, append_jsonl
-from mindrlhf.train.optim import build_optimizer, lr_table
-from mindrlhf.train.step import TrainStep
+from mindrlhf.train.rl_trainer import (Collected, IterationResult, PromptSource, RLState, RLTrainer,
+                                       format_rl_line)
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +52,7 @@ CRITIC_PREFIX = "critic."
 def format_ppo_line(batch: int, ppo_epoch: int, loss: float, lr: float, overflow: bool, scale: float) -> str:
     """The seed's line: ``PPO Batch: 0 | PPO Epoch: 0 | loss: [9.821571] | lr: [2.25e-08] | is overflow: False |
     loss scale: 4096.0``."""
-    return (f"PPO Batch: {batch} | PPO Epoch: {ppo_epoch} | loss: [{np.float32(loss)!s}] | "
-            f"lr: [{np.float32(lr)!s}] | is overflow: {bool(overflow)} | loss scale: {float(scale)}")
+    return format_rl_line("PPO", "Epoch", batch, ppo_epoch, loss, lr, overflow, scale)
 
 
 def token_counts(data: Dict[str, np.ndarray], rows: np.ndarray, prompt_width: int) -> np.ndarray:
@@ -206,35 +201,30 @@ def build_ppo_models(policy_cfg: ModelConfig, ppo: PPOConfig, reward: Union[Mode
 # Trainer
 
 
-PromptSource = Callable[[int], Dict[str, np.ndarray]]  # iteration -> this rank's prompts (see datasets)
-
-
 @dataclass
-class PPOState:
-    """Where a PPO run is and what it has learned besides weights."""
+class PPOState(RLState):
+    """Where a PPO run is and what it has learned besides weights: the counters, the KL controller and the running
+    score moments (``reward_scaling: running``). The experience maker updates the two objects in place, so saving,
+    restoring and the stages mode read and write them here, nowhere else."""
 
-    iteration: int = 0  # next iteration to run
-    global_step: int = 0  # optimizer steps done
-    kl_coef: float = 0.0
-    score_mean: float = 0.0  # running score moments (reward_scaling: running)
-    score_var: float = 1.0
-    score_count: float = 1e-24
+    kl_controller: object = None  # rl.FixedKLController / rl.AdaptiveKLController
+    score_moments: rl.RunningMoments = field(default_factory=rl.RunningMoments)
 
+    def state_dict(self) -> Dict[str, float]:
+        moments = self.score_moments
+        return {**super().state_dict(), "kl_coef": float(self.kl_controller.value), "score_mean": moments.mean,
+                "score_var": moments.var, "score_count": moments.count}
 
-@dataclass
-class IterationResult:
-    """What one PPO iteration did: ``losses`` are this rank's step losses, ``metrics`` means over every rank."""
-
-    iteration: int
-    rollout: RolloutStats
-    losses: List[float] = field(default_factory=list)
-    metrics: Dict[str, float] = field(default_factory=dict)  # LOSS_METRICS and loss: means over the ranks and steps
-    overflows: int = 0
-    timings: Dict[str, float] = field(default_factory=dict)
+    def load_state_dict(self, values: Dict[str, float]) -> None:
+        super().load_state_dict(values)
+        self.kl_controller.value = float(values["kl_coef"])
+        moments = self.score_moments
+        moments.mean, moments.var, moments.count = (float(values["score_mean"]), float(values["score_var"]),
+                                                    float(values["score_count"]))
 
 
-class PPOTrainer:
-    """Runs PPO iterations on one rank.
+class PPOTrainer(RLTrainer):
+    """Runs PPO iterations on one rank (the shared iteration driver, :class:`RLTrainer`).
 
     Args:
         cfg: the policy recipe; ``cfg.ppo`` holds the PPO knobs, ``cfg.output_dir`` receives logs and checkpoints.
@@ -245,181 +235,57 @@ class PPOTrainer:
         progress: a progress bar over the iterations (rank 0), labelled ``progress`` when a string.
     """
 
+    name, label, update_label = "ppo", "PPO", "Epoch"
+    train_columns = TRAIN_COLUMNS
+    metric_names = LOSS_METRICS
+
     def __init__(self, cfg: RunConfig, models: PPOModels, prompt_width: int, prompts: PromptSource,
                  resume: str = "", rank_id: int = 0, rank_size: int = 1, progress: Union[bool, str] = False):
-        self.cfg, self.ppo, self.models = cfg, cfg.ppo, models
-        self.prompts = prompts
-        self.rank_id, self.rank_size = rank_id, rank_size
+        super().__init__(cfg, cfg.ppo, models.policy, prompt_width, prompts, rank_id, rank_size, progress)
+        self.ppo, self.models = cfg.ppo, models
+        self.save_data_file = ""
         model_cfg = models.policy.config
-        if prompt_width + self.ppo.generation.max_new_tokens > model_cfg.seq_length:
-            raise ValueError(f"prompt width {prompt_width} + ppo.generation.max_new_tokens "
-                             f"{self.ppo.generation.max_new_tokens} exceeds the policy's seq_length "
-                             f"{model_cfg.seq_length}")
-        self.prompt_width = prompt_width
-        self.reduce = AllReduceSum(rank_size)  # host statistics over every rank
         self.maker = ExperienceMaker(models.policy, models.ref, models.reward, models.critic, self.ppo,
                                      prompt_width, model_cfg.pad_token_id, model_cfg.eos_token_id, rank_id,
                                      self.reduce)
-        self.loss_net = PPOLoss(models.policy, models.critic, self.ppo, prompt_width, rank_size)
-        self.total_steps = self.ppo.epochs * self.ppo.steps_per_epoch
-        params = self.loss_net.trainable_params()
-        self.lrs = lr_table(self.ppo.lr_schedule_config(), self.ppo.optimizer_config(), self.total_steps)
-        optimizer = build_optimizer(params, self.ppo.optimizer_config(), self.ppo.lr_schedule_config(),
-                                    self.total_steps)
-        self.step = TrainStep(self.loss_net, optimizer, self.ppo.loss_scale_config(), has_aux=True)
-        self.folder = rank_dir(os.path.join(cfg.output_dir, "checkpoint"), rank_id)
-        self.monitor = TrainMonitor(cfg.output_dir, rank_id, is_main=rank_id == 0)
-        self.progress = progress if rank_id == 0 else False
-        self.state = PPOState(kl_coef=self.ppo.kl_coef)
-        if resume:
-            self._restore(resume)
-        if rank_id == 0:
-            save_config(cfg, os.path.join(cfg.output_dir, "resolved_config.yaml"))
+        state = PPOState(kl_controller=self.maker.kl_controller, score_moments=self.maker.score_moments)
+        self.build(PPOLoss(models.policy, models.critic, self.ppo, prompt_width, rank_size), state, resume)
 
-    # -- checkpoints ------------------------------------------------------------------------------------------
+    @property
+    def updates_per_batch(self) -> int:
+        return self.ppo.ppo_epochs
 
-    def _model_names(self) -> set:
-        names = set(cell_parameters(self.models.policy))
-        if self.models.critic is not None:
-            names |= set(cell_parameters(self.models.critic))
-        return names
+    def token_counts(self, data: Dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
+        return token_counts(data, rows, self.prompt_width)
 
-    def save(self, iteration: int) -> str:
-        """Write policy (+critic), then the state file last: a run stopped in between resumes from the previous
-        complete set."""
-        os.makedirs(self.folder, exist_ok=True)
-        policy_path = os.path.join(self.folder, f"policy_model_epoch_{iteration}.ckpt")
-        save_ckpt(self.models.policy, policy_path)
-        if self.models.critic is not None:
-            critic = {n[len(CRITIC_PREFIX):]: p for n, p in cell_parameters(self.models.critic).items()}
-            save_tensors(critic, os.path.join(self.folder, f"critic_model_epoch_{iteration}.ckpt"))
-        model_names = self._model_names()
-        extra = {p.name: p for p in self.step.get_parameters() if p.name not in model_names}
-        extra.update({f"ppo_state.{k}": Tensor(np.float64(v)) for k, v in dataclasses.asdict(self.state).items()})
-        save_tensors(extra, os.path.join(self.folder, f"ppo_state_epoch_{iteration}.ckpt"))
-        logger.info("Save checkpoints in %s", self.folder)
-        return policy_path
-
-    def _restore(self, root: str) -> None:
-        folder, iteration, name = newest_iteration_state(root, self.rank_id, "ppo_state_epoch_")
-        entries = read_ckpt(os.path.join(folder, name))
-        policy = read_ckpt(os.path.join(folder, f"policy_model_epoch_{iteration}.ckpt"))
-        entries.update(policy)
-        if self.models.critic is not None:
-            critic = read_ckpt(os.path.join(folder, f"critic_model_epoch_{iteration}.ckpt"))
-            entries.update({CRITIC_PREFIX + n: v for n, v in critic.items()})
-        params = {p.name for p in self.step.get_parameters() if p.name not in SCHEDULE_PARAMS}
-        assign_parameters(self.step, {n: v for n, v in entries.items() if n in params}, folder,
-                          allow_missing=SCHEDULE_PARAMS)
-        values = {k: float(entries[f"ppo_state.{k}"]) for k in dataclasses.asdict(self.state)}
-        self.state = PPOState(iteration=int(values.pop("iteration")), global_step=int(values.pop("global_step")),
-                              **values)
-        self.maker.kl_controller.value = self.state.kl_coef
-        self.maker.score_moments = rl.RunningMoments(self.state.score_mean, self.state.score_var,
-                                                     self.state.score_count)
-        logger.info("resumed PPO from %s at iteration %d (global step %d)", folder, self.state.iteration,
-                    self.state.global_step)
-
-    # -- training ---------------------------------------------------------------------------------------------
-
-    def minibatches(self, count: int, iteration: int, ppo_epoch: int) -> List[np.ndarray]:
-        """Row indices of the ``count // batch_size`` minibatches of one pass (a seeded shuffle)."""
-        size = self.ppo.batch_size
-        order = np.random.default_rng([self.cfg.seed, iteration, ppo_epoch]).permutation(count)
-        return [order[b * size:(b + 1) * size] for b in range(count // size)]
-
-    def step_inputs(self, data: Dict[str, np.ndarray], rows: np.ndarray, counts: np.ndarray) -> List[Tensor]:
-        """The train step's inputs for ``rows`` of ``data``: :data:`TRAIN_COLUMNS`, then the global minibatch's
-        ``token_counts`` ``(2,)``."""
-        return [Tensor(data[name][rows]) for name in TRAIN_COLUMNS] + [Tensor(np.asarray(counts, np.float32))]
+    def extra_models(self):
+        critic = self.models.critic
+        return {"critic_model": (CRITIC_PREFIX, critic)} if critic is not None else {}
 
     def train_on(self, experience: Experience, iteration: int) -> IterationResult:
-        """``ppo_epochs`` passes over ``experience`` in shuffled minibatches of ``batch_size``. Each pass first
-        sums every minibatch's token counts over the ranks (one host all-reduce); the iteration's metrics are
+        """``ppo_epochs`` passes over ``experience`` in shuffled minibatches of ``batch_size``; the metrics are
         means over the ranks and steps."""
-        ppo = self.ppo
-        result = IterationResult(iteration, rollout=None)  # type: ignore[arg-type]
-        sums = np.zeros(len(LOSS_METRICS))
-        data = experience.as_dict()
-        for ppo_epoch in range(ppo.ppo_epochs):
-            minibatches = self.minibatches(len(experience), iteration, ppo_epoch)
-            counts = self.reduce(np.stack([token_counts(data, rows, self.prompt_width) for rows in minibatches]))
-            for batch, rows in enumerate(minibatches):
-                loss, overflow, scale, metrics = self.step(*self.step_inputs(data, rows, counts[batch]))
-                loss, overflow = float(loss.asnumpy()), bool(overflow.asnumpy())
-                lr = float(self.lrs[min(self.state.global_step, len(self.lrs) - 1)])
-                self.state.global_step += 1
-                result.losses.append(loss)
-                result.overflows += int(overflow)
-                sums += metrics.asnumpy()
-                if self.state.global_step % self.cfg.checkpoint.log_interval == 0:
-                    self.monitor.line(format_ppo_line(batch, ppo_epoch, loss, lr, overflow, float(scale.asnumpy())))
-                    self.monitor.scalars(self.state.global_step, {"train/loss": loss, "train/lr": lr,
-                                                                  "train/loss_scale": float(scale.asnumpy())})
-        steps = max(len(result.losses), 1)
-        totals = self.reduce(np.append(sums, np.sum(result.losses))) / (self.rank_size * steps)
-        result.metrics = {name: float(v) for name, v in zip(LOSS_METRICS + ("loss",), totals)}
-        return result
+        return self.update(experience.as_dict(), np.arange(len(experience)), iteration)
 
-    def run_iteration(self, iteration: int, save_data_file: str = "") -> IterationResult:
-        """Make experience, optionally write it, train on it."""
-        start = time.perf_counter()
+    def collect(self, iteration: int) -> Collected:
+        """Make experience (written to ``save_data_file`` when set, each rank its own file)."""
         experience, rollout = self.maker.make_experience(self.prompts(iteration), iteration, self.cfg.seed)
-        timings = dict(self.maker.timings)
         logger.info("Avg scores: %.6f (iteration %d)", rollout.score_mean, iteration)
-        if save_data_file:  # each rank its own file (experience_file names them)
-            save_experience(experience, rollout, save_data_file)
-        tick = time.perf_counter()
-        result = self.train_on(experience, iteration)
-        timings["update"] = time.perf_counter() - tick
-        timings["total"] = time.perf_counter() - start
-        result.rollout, result.timings = rollout, timings
-        self._finish_iteration(result)
-        return result
-
-    def _finish_iteration(self, result: IterationResult) -> None:
-        rollout = result.rollout
-        self.state.iteration = result.iteration + 1
-        self.state.kl_coef = self.maker.kl_controller.value
-        moments = self.maker.score_moments
-        self.state.score_mean, self.state.score_var, self.state.score_count = moments.mean, moments.var, moments.count
-        values = {"reward_mean": rollout.score_mean, "reward_std": rollout.score_std, "kl": rollout.kl,
-                  "kl_coef": rollout.kl_coef, "response_length": rollout.response_length,
-                  "no_eos_rate": rollout.no_eos_rate, "explained_variance": rollout.explained_variance,
-                  **result.metrics}
-        self.monitor.scalars(result.iteration + 1, {f"ppo/{k}": v for k, v in values.items()})
-        logger.info("iteration %d: %s", result.iteration,
-                    ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
-        if self.rank_id == 0:
-            append_jsonl(os.path.join(self.cfg.output_dir, "ppo_metrics.jsonl"),
-                          {"iteration": result.iteration, "global_step": self.state.global_step, **values,
-                           "seconds": result.timings})
-        last = result.iteration + 1 == self.ppo.epochs
-        if (result.iteration + 1) % self.ppo.save_checkpoint_epochs == 0 or last:
-            self.save(result.iteration)
+        if self.save_data_file:
+            save_experience(experience, rollout, self.save_data_file)
+        return Collected(experience.as_dict(), np.arange(len(experience)), rollout_metrics(rollout), rollout)
 
     def fit(self, stop_after: Optional[int] = None, save_data_file: str = "") -> List[IterationResult]:
         """Run the remaining iterations (or up to iteration ``stop_after`` exclusive); returns their results."""
-        results = []
-        end = self.ppo.epochs if stop_after is None else min(stop_after, self.ppo.epochs)
-        bar = tqdm(total=self.ppo.epochs, initial=self.state.iteration, unit="iter", disable=not self.progress,
-                   desc=self.progress if isinstance(self.progress, str) else "ppo")
-        try:
-            for iteration in range(self.state.iteration, end):
-                logger.info("PPO iteration %d/%d", iteration + 1, self.ppo.epochs)
-                results.append(self.run_iteration(iteration, save_data_file))
-                rollout = results[-1].rollout
-                bar.update(1)
-                bar.set_postfix(reward=f"{rollout.score_mean:.3f}", kl=f"{rollout.kl:.3f}", refresh=False)
-            if stop_after is not None and self.state.iteration < self.ppo.epochs and results:
-                if (results[-1].iteration + 1) % self.ppo.save_checkpoint_epochs:
-                    self.save(results[-1].iteration)
-        finally:
-            bar.close()
-            self.monitor.close()
-        if self.state.iteration >= self.ppo.epochs:
-            logger.info("PPO train done!")
-        return results
+        self.save_data_file = save_data_file
+        return super().fit(stop_after)
+
+
+def rollout_metrics(rollout: RolloutStats) -> Dict[str, float]:
+    """The rollout half of a PPO iteration's metrics."""
+    return {"reward_mean": rollout.score_mean, "reward_std": rollout.score_std, "kl": rollout.kl,
+            "kl_coef": rollout.kl_coef, "response_length": rollout.response_length,
+            "no_eos_rate": rollout.no_eos_rate, "explained_variance": rollout.explained_variance}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -501,11 +367,8 @@ def run_experience_stage(trainer: PPOTrainer, data_file: str) -> str:
     if iteration >= trainer.ppo.epochs:
         raise ValueError(f"all {trainer.ppo.epochs} PPO iterations are done; nothing to make experience for")
     experience, stats = trainer.maker.make_experience(trainer.prompts(iteration), iteration, trainer.cfg.seed)
-    moments = trainer.maker.score_moments
-    state = {"iteration": iteration, "kl_coef": trainer.maker.kl_controller.value, "score_mean": moments.mean,
-             "score_var": moments.var, "score_count": moments.count}
     trainer.monitor.close()
-    return save_experience(experience, stats, data_file, state)
+    return save_experience(experience, stats, data_file, trainer.state.state_dict())
 
 
 def run_train_stage(trainer: PPOTrainer, data_file: str) -> IterationResult:
@@ -513,19 +376,20 @@ def run_train_stage(trainer: PPOTrainer, data_file: str) -> IterationResult:
     from mindrlhf.train.experience import load_experience
 
     experience, stats, state = load_experience(data_file)
-    if state.get("iteration") != trainer.state.iteration:
-        raise ValueError(f"{data_file} holds the experience of iteration {state.get('iteration')}, but the run is at "
+    if int(state.get("iteration", -1)) != trainer.state.iteration:
+        raise ValueError(f"{data_file} holds the experience of iteration {int(state.get('iteration', -1))}, but the "
+                         f"run is at "
                          f"iteration {trainer.state.iteration}: make experience again with the current checkpoint")
     if experience.query_tensors.shape[1] != trainer.prompt_width:
         raise ValueError(f"{data_file}: prompt width {experience.query_tensors.shape[1]} differs from the prompt "
                          f"data's {trainer.prompt_width}")
-    trainer.maker.kl_controller.value = state["kl_coef"]
-    trainer.maker.score_moments = rl.RunningMoments(state["score_mean"], state["score_var"], state["score_count"])
+    trainer.state.load_state_dict({**trainer.state.state_dict(), **state})
     try:
         tick = time.perf_counter()
-        result = trainer.train_on(experience, state["iteration"])
+        result = trainer.train_on(experience, trainer.state.iteration)
+        result.metrics = {**rollout_metrics(stats), **result.metrics}
         result.rollout, result.timings = stats, {"update": time.perf_counter() - tick}
-        trainer._finish_iteration(result)
+        trainer.finish_iteration(result)
     finally:
         trainer.monitor.close()
     return result

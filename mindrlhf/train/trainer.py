@@ -1,10 +1,11 @@
-"""The epoch loop shared by the supervised stages (SFT, reward model): batches -> :class:`TrainStep` -> logs,
-TensorBoard, checkpoints, and exact resume (model, optimizer, loss scale, epoch and position in the data)."""
+"""The epoch driver of the supervised stages (SFT, reward model): MindRecord batches -> the shared step loop
+(:class:`~mindrlhf.train.loop.UpdateLoop`) -> step lines, TensorBoard, checkpoints, and exact resume (model,
+optimizer, loss scale, epoch and position in the data)."""
 from __future__ import annotations
 
+import itertools
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -14,6 +15,7 @@ from tqdm import tqdm
 
 from mindrlhf.config import RunConfig, save_config
 from mindrlhf.train.checkpoint import CheckpointManager, TrainState, restore, resume_checkpoint
+from mindrlhf.train.loop import StepResult, UpdateLoop
 from mindrlhf.train.monitor import TrainMonitor, format_step_line
 from mindrlhf.train.optim import build_optimizer, lr_table
 from mindrlhf.train.step import TrainStep
@@ -70,10 +72,12 @@ class Trainer:
         steps_per_epoch: batches per epoch per rank.
         rank_id, rank_size: this process in a data-parallel group.
         progress: show a progress bar over the run's steps (rank 0), labelled ``progress`` when a string.
+        metric_names: with a loss net returning ``(loss, metrics (M,))``, the ``M`` names logged to TensorBoard.
     """
 
     def __init__(self, cfg: RunConfig, loss_net: nn.Cell, input_columns: Sequence[str], source: BatchSource,
-                 steps_per_epoch: int, rank_id: int = 0, rank_size: int = 1, progress: Union[bool, str] = False):
+                 steps_per_epoch: int, rank_id: int = 0, rank_size: int = 1, progress: Union[bool, str] = False,
+                 metric_names: Sequence[str] = ()):
         if steps_per_epoch < 1:
             raise ValueError("the training data gives no full batch: lower the batch size or add data")
         self.cfg = cfg
@@ -84,9 +88,9 @@ class Trainer:
         self.total_steps = self.epochs * steps_per_epoch
         self.rank_id = rank_id
         self.optimizer = build_optimizer(loss_net.trainable_params(), cfg.optimizer, cfg.lr_schedule, self.total_steps)
-        self.lrs = lr_table(cfg.lr_schedule, cfg.optimizer, self.total_steps)
-        self.step = TrainStep(loss_net, self.optimizer, cfg.runner_wrapper)
+        self.step = TrainStep(loss_net, self.optimizer, cfg.runner_wrapper, has_aux=bool(metric_names))
         self.step.set_train(True)
+        self.loop = UpdateLoop(self.step, lr_table(cfg.lr_schedule, cfg.optimizer, self.total_steps), metric_names)
         self.checkpoints = CheckpointManager(os.path.join(cfg.output_dir, "checkpoint"), rank_id,
                                              cfg.checkpoint.prefix, cfg.checkpoint.keep_checkpoint_max)
         self.monitor = TrainMonitor(cfg.output_dir, rank_id, is_main=rank_id == 0)
@@ -101,15 +105,15 @@ class Trainer:
     def _inputs(self, batch: Dict[str, np.ndarray]):
         return [Tensor(batch[name]) for name in self.input_columns]
 
-    def _log(self, loss: float, seconds: float, overflow: bool, scale: float) -> None:
+    def _log(self, result: StepResult) -> None:
         state, log_every = self.state, self.cfg.checkpoint.log_interval
         if state.global_step % log_every and state.step_in_epoch != self.steps_per_epoch:
             return
-        lr = float(self.lrs[min(state.global_step - 1, len(self.lrs) - 1)])
         self.monitor.line(format_step_line(state.epoch + 1, self.epochs, state.step_in_epoch, self.steps_per_epoch,
-                                           loss, seconds * 1000.0, lr, overflow, scale))
-        self.monitor.scalars(state.global_step, {"loss": loss, "lr": lr, "loss_scale": scale,
-                                                 "overflow": float(overflow)})
+                                           result.loss, result.seconds * 1000.0, result.lr, result.overflow,
+                                           result.scale))
+        self.monitor.scalars(state.global_step, {"loss": result.loss, "lr": result.lr, "loss_scale": result.scale,
+                                                 "overflow": float(result.overflow), **result.metrics})
 
     def fit(self, stop_at_step: Optional[int] = None) -> FitResult:
         """Train to the end (or until ``global_step == stop_at_step``); saves every ``save_checkpoint_steps`` and at
@@ -118,28 +122,27 @@ class Trainer:
         save_every = self.cfg.checkpoint.save_checkpoint_steps
         bar = tqdm(total=self.total_steps, initial=self.state.global_step, unit="step", disable=not self.progress,
                    desc=self.progress if isinstance(self.progress, str) else "train")
+
+        def on_step(_, step: StepResult) -> bool:
+            self.state.step_in_epoch += 1
+            result.losses.append(step.loss)
+            result.overflows += int(step.overflow)
+            bar.update(1)
+            bar.set_postfix(loss=f"{step.loss:.4f}", refresh=False)
+            self._log(step)
+            done = stop_at_step is not None and self.state.global_step >= stop_at_step
+            if self.state.global_step % save_every == 0 or done:
+                result.last_checkpoint = self.checkpoints.save(self.step, self.state)
+            return done
+
         try:
             while self.state.epoch < self.epochs:
-                for batch in self.source(self.state.epoch, self.state.step_in_epoch):
-                    start = time.perf_counter()
-                    loss, overflow, scale = self.step(*self._inputs(batch))
-                    loss, overflow, scale = float(loss.asnumpy()), bool(overflow.asnumpy()), float(scale.asnumpy())
-                    seconds = time.perf_counter() - start
-                    self.state.step_in_epoch += 1
-                    self.state.global_step += 1
-                    result.losses.append(loss)
-                    result.overflows += int(overflow)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                    self._log(loss, seconds, overflow, scale)
-                    done = stop_at_step is not None and self.state.global_step >= stop_at_step
-                    if self.state.global_step % save_every == 0 or done:
-                        result.last_checkpoint = self.checkpoints.save(self.step, self.state)
-                    if done:
-                        result.state = self.state
-                        return result
-                    if self.state.step_in_epoch >= self.steps_per_epoch:
-                        break
+                batches = (self._inputs(b) for b in self.source(self.state.epoch, self.state.step_in_epoch))
+                remaining = self.steps_per_epoch - self.state.step_in_epoch
+                self.loop.run(itertools.islice(batches, remaining), self.state, on_step)
+                if stop_at_step is not None and self.state.global_step >= stop_at_step:
+                    result.state = self.state
+                    return result
                 self.state = TrainState(self.state.epoch + 1, 0, self.state.global_step)
             if result.last_checkpoint is None or self.state.global_step % save_every:
                 result.last_checkpoint = self.checkpoints.save(self.step, self._end_state())
