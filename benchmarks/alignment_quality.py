@@ -250,12 +250,12 @@ def grpo_recipe(out_dir: str, iterations: int):
 def run_ours_grpo(protocol: StoryProtocol, data, tokenizer, out_dir: str, iterations: int) -> dict:
     """mindrlhf GRPO with the VADER reward function; evaluation before / after."""
     from mindrlhf.rewards import CombinedReward, load_reward_funcs
-    from mindrlhf.train.grpo import GroupReward, train_grpo
+    from mindrlhf.train.grpo import train_grpo
+    from mindrlhf.train.rollout import RewardMix
 
     cfg = grpo_recipe(out_dir, iterations)
     model_cfg = cfg.model.model_config
-    reward = GroupReward(CombinedReward(load_reward_funcs(cfg.grpo.reward_funcs), tokenizer), None,
-                         model_cfg.pad_token_id, model_cfg.eos_token_id)
+    reward = RewardMix(CombinedReward(load_reward_funcs(cfg.grpo.reward_funcs), tokenizer))
     start = time.perf_counter()
     trainer = train_grpo(cfg, data.files["prompts"], reward, story_model_folder())
     rl_s = time.perf_counter() - start

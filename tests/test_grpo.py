@@ -19,7 +19,8 @@ from mindrlhf.data.convert_preference import atomic_mindrecord
 from mindrlhf.data.convert_prompts import PROMPT_ANSWER_SCHEMA
 from mindrlhf.rewards import CombinedReward, RewardFunctionError, load_reward_funcs
 from mindrlhf.train.checkpoint import read_ckpt
-from mindrlhf.train.grpo import (GRPOTrainer, GroupReward, build_policy_and_ref, format_grpo_line,
+from mindrlhf.train.rollout import RewardMix
+from mindrlhf.train.grpo import (GRPOTrainer, build_policy_and_ref, format_grpo_line,
                                  grpo_prompt_source, repeat_prompts, train_grpo)
 from tests.helpers import PAD, parameter_arrays, set_mode, tiny_gpt2_config
 
@@ -224,7 +225,7 @@ def test_a_failing_reward_function_stops_grpo_naming_it_and_the_prompt(tmp_dir, 
     prompts_file = write_prompts(os.path.join(tmp_dir, "prompts.mindrecord"), count=16, answers=answers)
     cfg = run_config(os.path.join(tmp_dir, "out"), epochs=4)
     funcs = load_reward_funcs([{"name": "tests.test_grpo:fragile_reward"}])
-    reward = GroupReward(CombinedReward(funcs, DigitTokenizer()), pad_token_id=PAD)
+    reward = RewardMix(CombinedReward(funcs, DigitTokenizer()))
     # the first iteration whose prompts include record 5, and that record's first row among the rollouts
     _, source = grpo_prompt_source(prompts_file, cfg, 0, 1)
     iteration = next(i for i in range(4) if marker in source(i)["answer"])
@@ -241,7 +242,7 @@ def test_bad_settings_are_refused_before_training(prompts_file, tmp_dir):
     with pytest.raises(ValueError, match="finite scores"):
         train_grpo(run_config(tmp_dir), prompts_file, lambda p, r: [1.0])
     with pytest.raises(ValueError, match="reward functions"):
-        GroupReward()
+        RewardMix()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -50,13 +50,13 @@ def add_grpo_parser(sub) -> None:
 
 
 def build_reward(cfg, args, tokenizer):
-    """The run's :class:`GroupReward`: reward functions resolved first (clear errors before any model exists),
+    """The run's :class:`~mindrlhf.train.rollout.RewardMix`: reward functions resolved first (clear errors before any model exists),
     then the reward model when ``grpo.use_reward_model``."""
     from mindrlhf.models import RewardModel
     from mindrlhf.models.convert import load_weights
     from mindrlhf.rewards import CombinedReward, load_reward_funcs
-    from mindrlhf.train.grpo import GroupReward
     from mindrlhf.train.ppo import weights_file
+    from mindrlhf.train.rollout import RewardMix
 
     grpo = cfg.grpo
     grpo.check_rewards()
@@ -72,8 +72,7 @@ def build_reward(cfg, args, tokenizer):
             load_weights(model, weights_file(checkpoint), reward_cfg.model.model_config)
         else:
             logger.warning("no reward-model checkpoint given: the reward model is randomly initialised")
-    model_cfg = cfg.model.model_config
-    return GroupReward(functions, model, model_cfg.pad_token_id, model_cfg.eos_token_id)
+    return RewardMix(functions, model)
 
 
 def prepare(args):

@@ -19,11 +19,11 @@ scale, :class:`RLState`), the state last; ``resume`` continues exactly.
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional, Union
+from typing import Dict, Optional, Union
 
 import numpy as np
 import mindspore as ms
-from mindspore import Tensor, nn, ops
+from mindspore import nn, ops
 
 from mindrlhf import rl
 from mindrlhf.config import ModelConfig, RunConfig
@@ -114,51 +114,6 @@ def repeat_prompts(prompts: Dict[str, object], group_size: int) -> Dict[str, obj
         else:
             out[name] = [v for v in value for _ in range(group_size)]
     return out
-
-
-class GroupReward:
-    """Reward functions (:class:`mindrlhf.rewards.CombinedReward`) and / or a reward model as the rollout maker's
-    reward: ``(prompt token lists, response token lists, answers) -> (B,)`` summed scores; each part's scores of
-    the last call stay in ``last_components`` for the metrics (``reward/<name>``)."""
-
-    def __init__(self, functions=None, reward_model: Optional[RewardModel] = None, pad_token_id: int = 0,
-                 eos_token_id: Optional[int] = None):
-        if functions is None and reward_model is None:
-            raise ValueError("GRPO needs reward functions (grpo.reward_funcs) or a reward model")
-        self.functions, self.reward_model = functions, reward_model
-        self.pad_token_id, self.eos_token_id = pad_token_id, eos_token_id
-        self.last_components: Dict[str, np.ndarray] = {}
-
-    def model_scores(self, prompts: List[List[int]], responses: List[List[int]]) -> np.ndarray:
-        """The reward model on ``[pad | prompt | response | pad]``, read at eos (:func:`close_with_eos`)."""
-        from mindrlhf.data.contract import close_with_eos
-        from mindrlhf.data.tokenizer import left_pad
-
-        ids, mask = left_pad(prompts, self.pad_token_id)
-        width = max(max(len(r) for r in responses), 1)
-        resp = np.full((len(responses), width), self.pad_token_id, np.int32)
-        resp_mask = np.zeros_like(resp)
-        for i, row in enumerate(responses):
-            resp[i, :len(row)], resp_mask[i, :len(row)] = row, 1
-        tokens, full_mask = close_with_eos(np.concatenate([ids, resp], 1), np.concatenate([mask, resp_mask], 1),
-                                           self.eos_token_id, self.reward_model.config.seq_length)
-        return self.reward_model(Tensor(tokens), Tensor(full_mask)).asnumpy().astype(np.float32)
-
-    def __call__(self, prompts: List[List[int]], responses: List[List[int]], answers: List[str]) -> np.ndarray:
-        total = np.zeros(len(responses), np.float32)
-        parts: Dict[str, np.ndarray] = {}
-        if self.functions is not None:
-            scores, components = self.functions(prompts, responses, answers)
-            total, parts = total + scores, dict(components)
-        if self.reward_model is not None:
-            parts["reward_model"] = self.model_scores(prompts, responses)
-            total = total + parts["reward_model"]
-        self.last_components = parts
-        return total
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Trainer
 
 
 class GRPOTrainer(RLTrainer):

@@ -79,6 +79,19 @@ def ends_with_eos(response_ids: np.ndarray, lengths: np.ndarray, eos_token_id: O
     return response_ids[np.arange(len(response_ids)), np.asarray(lengths) - 1] == eos_token_id
 
 
+class RewardMix:
+    """Reward functions (:class:`mindrlhf.rewards.CombinedReward`) and / or a reward model as one reward: a
+    rollout's score is their sum. The rollout maker scores each part in its own layout (token lists for the
+    functions, ``close_with_eos`` rows for the model) and leaves each part's scores of the last call in
+    ``last_components`` (the ``reward/<name>`` metrics)."""
+
+    def __init__(self, functions=None, reward_model: Optional[RewardModel] = None):
+        if functions is None and reward_model is None:
+            raise ValueError("the reward needs reward functions (grpo.reward_funcs) or a reward model")
+        self.functions, self.reward_model = functions, reward_model
+        self.last_components: Dict[str, np.ndarray] = {}
+
+
 def _takes_answers(fn) -> bool:
     try:
         return "answers" in inspect.signature(fn).parameters
@@ -92,8 +105,9 @@ class RolloutMaker:
     Args:
         policy: the actor (with a value head when ``with_values`` and no ``critic``).
         ref: the frozen reference.
-        reward: a :class:`RewardModel` (read at eos, :func:`close_with_eos`), or a :data:`RewardFunction` of token
-            lists; a function with an ``answers`` parameter also gets each prompt's reference answer.
+        reward: a :class:`RewardModel` (read at eos, :func:`close_with_eos`), a :data:`RewardFunction` of token
+            lists (one with an ``answers`` parameter also gets each prompt's reference answer), or a
+            :class:`RewardMix` of reward functions and a reward model.
         generation: sampling settings (full distribution: the log-probs are those of the sampler).
         prompt_width: ``P``.
         pad_token_id, eos_token_id: of the policy's tokenizer.
@@ -123,13 +137,11 @@ class RolloutMaker:
 
     def _score(self, tokens: np.ndarray, mask: np.ndarray, answers: Optional[List[str]] = None) -> np.ndarray:
         """``(B,)`` score of each rollout."""
+        if isinstance(self.reward, RewardMix):
+            return self._mixed_scores(self.reward, tokens, mask, answers)
         if isinstance(self.reward, nn.Cell):
-            tokens, mask = close_with_eos(tokens, mask, self.eos_token_id, self.reward.config.seq_length)
-            return self.reward(Tensor(tokens), Tensor(mask)).asnumpy().astype(np.float32)
-        prompts = [row[m == 1].tolist() for row, m in zip(tokens[:, :self.prompt_width],
-                                                           mask[:, :self.prompt_width])]
-        responses = [row[m == 1].tolist() for row, m in zip(tokens[:, self.prompt_width:],
-                                                             mask[:, self.prompt_width:])]
+            return self._model_scores(self.reward, tokens, mask)
+        prompts, responses = self._token_lists(tokens, mask)
         if _takes_answers(self.reward):
             answers = list(answers) if answers is not None else [""] * len(tokens)
             scores = np.asarray(self.reward(prompts, responses, answers=answers), np.float32)
@@ -138,6 +150,31 @@ class RolloutMaker:
         if scores.shape != (len(tokens),) or not np.isfinite(scores).all():
             raise ValueError(f"the reward function must return {len(tokens)} finite scores, got {scores!r}")
         return scores
+
+    def _token_lists(self, tokens: np.ndarray, mask: np.ndarray):
+        """``(prompt token lists, response token lists)`` of the rollouts, padding removed."""
+        width = self.prompt_width
+        prompts = [row[m == 1].tolist() for row, m in zip(tokens[:, :width], mask[:, :width])]
+        responses = [row[m == 1].tolist() for row, m in zip(tokens[:, width:], mask[:, width:])]
+        return prompts, responses
+
+    def _model_scores(self, model: RewardModel, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """A reward model's ``(B,)`` scores, read at the eos the rollouts are closed with (:func:`close_with_eos`)."""
+        tokens, mask = close_with_eos(tokens, mask, self.eos_token_id, model.config.seq_length)
+        return model(Tensor(tokens), Tensor(mask)).asnumpy().astype(np.float32)
+
+    def _mixed_scores(self, mix: RewardMix, tokens: np.ndarray, mask: np.ndarray,
+                      answers: Optional[List[str]]) -> np.ndarray:
+        total, parts = np.zeros(len(tokens), np.float32), {}
+        if mix.functions is not None:
+            answers = list(answers) if answers is not None else [""] * len(tokens)
+            scores, components = mix.functions(*self._token_lists(tokens, mask), answers)
+            total, parts = total + scores, dict(components)
+        if mix.reward_model is not None:
+            parts["reward_model"] = self._model_scores(mix.reward_model, tokens, mask)
+            total = total + parts["reward_model"]
+        mix.last_components = parts
+        return total
 
     def _rollout(self, prompts: Dict[str, np.ndarray], seed) -> Dict[str, np.ndarray]:
         """Generate and score one chunk; returns the raw per-rollout arrays."""
