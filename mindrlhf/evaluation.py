@@ -15,10 +15,16 @@ bundled from FastChat, Apache-2.0), ``cvalues`` (the 664 CValues responsibility 
 JSONL file whose lines have ``prompt`` (or a ``turns`` list), optionally ``category`` and ``answer``. A multi-turn
 question is asked turn by turn: each policy sees its own earlier answers (:func:`conversation_text`).
 
-**Judges** score one answer at a time, so the order of the two policies cannot matter:
+**Judges.** Pointwise judges score one answer at a time, so the order of the two policies cannot matter:
 :class:`RewardModelJudge` (a reward model read at the eos of prompt + answer, under the tokenization contract
 :func:`mindrlhf.data.contract.encode_for_reward`) and :class:`FunctionJudge` (reward functions of text, the
-built-ins of :mod:`mindrlhf.rewards` or ``module:function``, weighted sum).
+built-ins of :mod:`mindrlhf.rewards` or ``module:function``, weighted sum). A :class:`PairwiseJudge` sees both
+answers at once and may favour a position, so it is asked in both orders and its preferences averaged::
+
+    pref = (judge(q, candidate, baseline) - judge(q, baseline, candidate)) / 2      (in [-1, 1])
+
+(the candidate's score is ``pref``, the baseline's 0). ``position_agreement`` in the summary is the share of pairs
+on whose winner the two orders agree.
 
 :func:`write_evaluation` writes ``answers.jsonl`` (every answer and score), ``summary.json``, ``report.md`` and
 ``win_rate.png``.
@@ -263,7 +269,26 @@ def answer_questions(policy: Policy, questions: Sequence[Question], cfg: EvalCon
 # Judges
 
 
-class RewardModelJudge:
+class Judge:
+    """What every judge has: a ``name`` for the report and a check that it can read a policy's answers."""
+
+    name = "judge"
+
+    def check_vocabulary(self, policy: Policy) -> None:
+        """Raise ``ValueError`` when the judge cannot read ``policy``'s answers (a judge of text reads any)."""
+        del policy
+
+
+class PointwiseJudge(Judge):
+    """A judge that scores each (prompt, answer) on its own: subclasses define ``__call__(prompts, answers,
+    references) -> (N,) scores``."""
+
+    def score(self, questions: Sequence[Question], answers: Dict[str, Answers]) -> Dict[str, List[List[float]]]:
+        """The score of every answer, ``{policy: [question][turn]}``."""
+        return judge_answers(self, questions, answers)
+
+
+class RewardModelJudge(PointwiseJudge):
     """A reward model as the judge: each (prompt, answer) is encoded with
     :func:`mindrlhf.data.contract.encode_for_reward` (prompt and answer tokenized apart, eos appended and kept) and
     scored at that eos, exactly as ``mindrlhf rm infer`` scores it.
@@ -301,19 +326,62 @@ class RewardModelJudge:
         return score_texts(self.model, rows, seq_length, self.model.config.pad_token_id).astype(np.float64)
 
 
-class FunctionJudge:
+class FunctionJudge(PointwiseJudge):
     """Reward functions of text as the judge (the weighted sum of
     :class:`mindrlhf.rewards.CombinedReward`); ``references`` reach them as their ``answers``."""
 
     def __init__(self, combined, name: str):
         self.combined, self.name = combined, name
 
-    def check_vocabulary(self, policy: Policy) -> None:
-        """Text functions read any policy's text."""
-        del policy
-
     def __call__(self, prompts: List[str], answers: List[str], references: List[Optional[str]]) -> np.ndarray:
         return self.combined.score_texts(prompts, answers, references)[0].astype(np.float64)
+
+
+class PairwiseJudge(Judge):
+    """A judge of two answers at once: ``fn(questions, first, second) -> (N,)`` preferences in ``[-1, 1]``
+    (positive: ``first`` is better), one per pair, ``questions`` the user turn each pair answers. It is asked in
+    both orders (see the module docstring), so a judge that favours a position cannot favour a policy."""
+
+    def __init__(self, fn, name: str):
+        self.fn, self.name = fn, name
+
+    def _preferences(self, questions: List[str], first: List[str], second: List[str]) -> np.ndarray:
+        try:
+            values = np.asarray(self.fn(questions, first, second), np.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{self.name}: must return {len(first)} numbers, got {err}") from None
+        if values.shape != (len(first),) or not np.all(np.abs(values) <= 1.0):
+            raise ValueError(f"{self.name}: must return {len(first)} preferences in [-1, 1], got shape "
+                             f"{values.shape} with values in [{values.min(initial=0):g}, {values.max(initial=0):g}]")
+        return values
+
+    def score(self, questions: Sequence[Question], answers: Dict[str, Answers]) -> Dict[str, List[List[float]]]:
+        """``{"candidate": preference, "baseline": 0, "candidate_first": raw, "baseline_first": raw}`` per
+        ``[question][turn]``; the raw entries are the judge's answers in each order."""
+        flat = [(i, t) for i, q in enumerate(questions) for t in range(len(q.turns))]
+        asked = [questions[i].turns[t] for i, t in flat]
+        cand = [answers["candidate"].texts[i][t] for i, t in flat]
+        base = [answers["baseline"].texts[i][t] for i, t in flat]
+        orders = {"candidate_first": self._preferences(asked, cand, base),
+                  "baseline_first": self._preferences(asked, base, cand)}
+        values = {**orders, "candidate": (orders["candidate_first"] - orders["baseline_first"]) / 2,
+                  "baseline": np.zeros(len(flat))}
+        return {name: nest([float(v) for v in column], flat, len(questions)) for name, column in values.items()}
+
+
+def nest(values: List[float], flat: List[Tuple[int, int]], count: int) -> List[List[float]]:
+    """Values of flattened ``(question, turn)`` pairs back to ``[question][turn]``."""
+    nested: List[List[float]] = [[] for _ in range(count)]
+    for (i, _), value in zip(flat, values):
+        nested[i].append(value)
+    return nested
+
+
+def position_agreement(scores: Dict[str, List[List[float]]]) -> float:
+    """Share of a pairwise judge's pairs where both orders name the same winner (or both a tie)."""
+    first = np.asarray([v for row in scores["candidate_first"] for v in row])
+    second = np.asarray([v for row in scores["baseline_first"] for v in row])
+    return float(np.mean(np.sign(first) == -np.sign(second)))
 
 
 def judge_answers(judge, questions: Sequence[Question], answers: Dict[str, Answers]) -> Dict[str, List[List[float]]]:
@@ -322,10 +390,8 @@ def judge_answers(judge, questions: Sequence[Question], answers: Dict[str, Answe
     flat = [(name, i, t) for name in answers for i, q in enumerate(questions) for t in range(len(q.turns))]
     scores = judge([answers[n].prompts[i][t] for n, i, t in flat], [answers[n].texts[i][t] for n, i, t in flat],
                    [questions[i].references[t] for _, i, t in flat])
-    nested: Dict[str, List[List[float]]] = {name: [[] for _ in questions] for name in answers}
-    for (name, i, _), score in zip(flat, scores):
-        nested[name][i].append(float(score))
-    return nested
+    return {name: nest([float(v) for (n, _, _), v in zip(flat, scores) if n == name],
+                       [(i, t) for n, i, t in flat if n == name], len(questions)) for name in answers}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -415,8 +481,10 @@ def evaluate(baseline: Policy, candidate: Policy, judge, questions: Sequence[Que
     for policy in (baseline, candidate):
         judge.check_vocabulary(policy)
     answers = {p.name: answer_questions(p, questions, cfg) for p in (baseline, candidate)}
-    scores = judge_answers(judge, questions, answers)
+    scores = judge.score(questions, answers)
     verdict, summary = summarize(questions, answers, scores, cfg)
+    if "candidate_first" in scores:
+        summary["position_agreement"] = position_agreement(scores)
     overall = summary["overall"]
     logger.info("candidate vs baseline on %d questions: %d wins, %d ties, %d losses, win rate %.3f [%.3f, %.3f]",
                 overall["questions"], overall["wins"], overall["ties"], overall["losses"], overall["win_rate"],
@@ -438,6 +506,8 @@ def answer_records(result: EvalResult) -> List[dict]:
             record[name] = {"prompts": answers.prompts[i], "answers": answers.texts[i],
                             "tokens": answers.tokens[i], "ended_in_eos": answers.ended[i],
                             "scores": result.scores[name][i]}
+        if "candidate_first" in result.scores:  # a pairwise judge's preference in each order
+            record["pairwise"] = {k: result.scores[k][i] for k in ("candidate_first", "baseline_first")}
         records.append(record)
     return records
 
@@ -447,36 +517,50 @@ def _cell(text: str, limit: int = 90) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def outcome_row(label: str, o: Dict[str, float]) -> str:
-    return (f"| {label} | {o['questions']} | {o['wins']} | {o['ties']} | {o['losses']} | **{o['win_rate']:.3f}** "
-            f"| [{o['ci_low']:.3f}, {o['ci_high']:.3f}] |")
+def outcome_table(summary: Dict[str, object]) -> List[str]:
+    """Markdown rows: win / tie / loss, win rate and interval, overall and per category."""
+    lines = ["| questions | n | wins | ties | losses | win rate | interval |", "|---|---:|---:|---:|---:|---:|---|"]
+    for label, o in {"all": summary["overall"], **summary["categories"]}.items():
+        lines.append(f"| {label} | {o['questions']} | {o['wins']} | {o['ties']} | {o['losses']} "
+                     f"| **{o['win_rate']:.3f}** | [{o['ci_low']:.3f}, {o['ci_high']:.3f}] |")
+    return lines
+
+
+def score_table(summary: Dict[str, object]) -> List[str]:
+    """Markdown rows: each policy's mean judge score and answer lengths."""
+    lines = ["| policy | mean judge score | tokens mean | tokens median | tokens max | words mean | ended in eos |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, stats in summary["lengths"].items():
+        lines.append(f"| {name} | {summary['scores'][name]:.4f} | {stats['tokens_mean']:.1f} "
+                     f"| {stats['tokens_median']:.0f} | {stats['tokens_max']} | {stats['words_mean']:.1f} "
+                     f"| {stats['eos_rate']:.2f} |")
+    return lines
+
+
+def examples_table(result: EvalResult, count: int) -> List[str]:
+    """Markdown rows: the first turn of the first ``count`` questions, both answers and their scores."""
+    lines = ["| question | baseline | candidate | score baseline | score candidate |", "|---|---|---|---:|---:|"]
+    base, cand = result.answers["baseline"], result.answers["candidate"]
+    for i, q in enumerate(result.questions[:count]):
+        lines.append(f"| {_cell(q.turns[0], 50)} | {_cell(base.texts[i][0])} | {_cell(cand.texts[i][0])} "
+                     f"| {result.scores['baseline'][i][0]:.3f} | {result.scores['candidate'][i][0]:.3f} |")
+    return lines
 
 
 def report_markdown(result: EvalResult, header: Dict[str, str], cfg: EvalConfig, examples: int = 4) -> str:
     """The report: what was compared (``header``: models, checkpoints, judge), the settings, win / tie / loss
     overall and per category, mean scores, lengths and a few answers side by side."""
     s = result.summary
-    level = f"{cfg.confidence:.0%}"
-    lines = ["# Evaluation: candidate vs baseline", ""]
-    lines += [f"- **{k}**: {v}" for k, v in header.items()]
+    lines = ["# Evaluation: candidate vs baseline", ""] + [f"- **{k}**: {v}" for k, v in header.items()]
     lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in asdict(cfg).items()), "",
-              f"Win rate = (wins + ties / 2) / questions for the candidate; {level} percentile-bootstrap interval over "
-              f"questions ({cfg.bootstrap_samples} resamples).", "",
-              "| questions | n | wins | ties | losses | win rate | interval |", "|---|---:|---:|---:|---:|---:|---|",
-              outcome_row("all", s["overall"])]
-    lines += [outcome_row(c, o) for c, o in s["categories"].items()]
-    lines += ["", "| policy | mean judge score | tokens mean | tokens median | tokens max | words mean "
-              "| ended in eos |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, stats in s["lengths"].items():
-        lines.append(f"| {name} | {s['scores'][name]:.4f} | {stats['tokens_mean']:.1f} | {stats['tokens_median']:.0f} "
-                     f"| {stats['tokens_max']} | {stats['words_mean']:.1f} | {stats['eos_rate']:.2f} |")
-    lines += ["", f"Mean score difference (candidate - baseline): {s['score_difference']:+.4f}", "",
-              "## Answers (first turn of the first questions)", "",
-              "| question | baseline | candidate | score baseline | score candidate |", "|---|---|---|---:|---:|"]
-    for i, q in enumerate(result.questions[:examples]):
-        base, cand = result.answers["baseline"], result.answers["candidate"]
-        lines.append(f"| {_cell(q.turns[0], 50)} | {_cell(base.texts[i][0])} | {_cell(cand.texts[i][0])} "
-                     f"| {result.scores['baseline'][i][0]:.3f} | {result.scores['candidate'][i][0]:.3f} |")
+              f"Win rate = (wins + ties / 2) / questions for the candidate; {cfg.confidence:.0%} percentile-bootstrap "
+              f"interval over questions ({cfg.bootstrap_samples} resamples).", ""]
+    lines += outcome_table(s) + [""] + score_table(s)
+    lines += ["", f"Mean score difference (candidate - baseline): {s['score_difference']:+.4f}", ""]
+    if "position_agreement" in s:
+        lines += [f"Pairwise judge asked in both orders; the orders agree on the winner of "
+                  f"{s['position_agreement']:.0%} of the pairs.", ""]
+    lines += ["## Answers (first turn of the first questions)", ""] + examples_table(result, examples)
     lines += ["", "Every answer and score: `answers.jsonl`. Plot: `win_rate.png`.", ""]
     return "\n".join(lines)
 

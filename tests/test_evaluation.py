@@ -14,8 +14,9 @@ from mindspore import Tensor
 
 from mindrlhf.config import ConfigError
 from mindrlhf.data.templates import TEMPLATE_NAMES, apply_template
-from mindrlhf.evaluation import (Answers, EvalConfig, FunctionJudge, Question, bootstrap_interval, conversation_text,
-                                 judge_answers, load_question_set, summarize, verdicts, win_rate)
+from mindrlhf.evaluation import (Answers, EvalConfig, FunctionJudge, PairwiseJudge, Question, bootstrap_interval,
+                                 conversation_text, load_question_set, position_agreement, summarize, verdicts,
+                                 win_rate)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,6 +25,18 @@ def longer_answer(prompts, completions, answers):
     """A judge that prefers longer answers: the length in characters."""
     del prompts, answers
     return [float(len(c)) for c in completions]
+
+
+def first_is_better(questions, first, second):
+    """A judge with nothing but a position bias."""
+    del questions, second
+    return [1.0] * len(first)
+
+
+def longer_and_first(questions, first, second):
+    """Prefers the longer answer, and the first position by 0.5."""
+    del questions
+    return [float(np.clip(np.sign(len(a) - len(b)) + 0.5, -1, 1)) for a, b in zip(first, second)]
 
 
 def mindrlhf(*args):
@@ -118,11 +131,9 @@ def test_bootstrap_interval_matches_the_normal_approximation():
     assert bootstrap_interval(np.zeros(10, int), 100, 0.95, 0) == (0.5, 0.5)
 
 
-def test_judge_preferring_longer_answers_on_a_constructed_pair():
-    """Candidate longer on 3 questions (categories x, x, y), equal on 1 (y), shorter on 1 (y): 3 wins, 1 tie,
-    1 loss. The two-turn question is judged on the mean of its turns."""
-    from mindrlhf.rewards import CombinedReward, load_reward_funcs
-
+def constructed_pair():
+    """Five questions (categories x, x, y, y, y; the second has two turns) and two answer sets: the candidate is
+    longer on questions 1, 2 (by the mean of its turns, 8 > 7 characters) and 4, equal on 3, shorter on 5."""
     questions = [Question("1", "x", ["q1"], [None]), Question("2", "x", ["q2", "q2b"], [None, None]),
                  Question("3", "y", ["q3"], [None]), Question("4", "y", ["q4"], [None]),
                  Question("5", "y", ["q5"], [None])]
@@ -133,11 +144,18 @@ def test_judge_preferring_longer_answers_on_a_constructed_pair():
         return Answers([[f"p{t}" for t in range(len(row))] for row in texts], texts,
                        [[len(t) for t in row] for row in texts], [[True] * len(row) for row in texts])
 
+    return questions, {"baseline": answers(base), "candidate": answers(cand)}
+
+
+def test_judge_preferring_longer_answers_on_a_constructed_pair():
+    """3 wins, 1 tie, 1 loss; the two-turn question is judged on the mean of its turns."""
+    from mindrlhf.rewards import CombinedReward, load_reward_funcs
+
+    questions, sets = constructed_pair()
     judge = FunctionJudge(CombinedReward(load_reward_funcs([{"name": "tests.test_evaluation:longer_answer"}]),
                                          tokenizer=None), "longer")
-    sets = {"baseline": answers(base), "candidate": answers(cand)}
-    scores = judge_answers(judge, questions, sets)
-    assert scores["candidate"][1] == [10.0, 6.0] and scores["baseline"][1] == [4.0, 10.0]  # mean 8 > 7: a win
+    scores = judge.score(questions, sets)
+    assert scores["candidate"][1] == [10.0, 6.0] and scores["baseline"][1] == [4.0, 10.0]
     verdict, summary = summarize(questions, sets, scores, EvalConfig(bootstrap_samples=200))
     assert verdict.tolist() == [1, 1, 0, 1, -1]
     overall = summary["overall"]
@@ -145,6 +163,34 @@ def test_judge_preferring_longer_answers_on_a_constructed_pair():
     assert overall["win_rate"] == pytest.approx(0.7) and overall["ci_low"] <= 0.7 <= overall["ci_high"]
     assert summary["categories"]["x"]["win_rate"] == 1.0 and summary["categories"]["y"]["win_rate"] == 0.5
     assert summary["lengths"]["baseline"]["words_mean"] == pytest.approx(np.mean([1, 1, 1, 1, 1, 4]))
+
+
+def test_pairwise_judge_is_asked_in_both_orders():
+    """A pure position bias cancels out (all ties); a longer-answer judge with a position bias gives the verdicts
+    of the unbiased judge (per turn: +1 longer, 0 equal; question 2's turns cancel to a tie)."""
+    questions, sets = constructed_pair()
+    scores = PairwiseJudge(first_is_better, "first").score(questions, sets)
+    assert scores["candidate"] == [[0.0], [0.0, 0.0], [0.0], [0.0], [0.0]]
+    assert position_agreement(scores) == 0.0
+    scores = PairwiseJudge(longer_and_first, "longer").score(questions, sets)
+    assert scores["candidate_first"][0] == [1.0] and scores["baseline_first"][0] == [-0.5]
+    assert scores["candidate"] == [[0.75], [0.75, -0.75], [0.0], [0.75], [-0.75]]
+    verdict, _ = summarize(questions, sets, scores, EvalConfig(bootstrap_samples=200))
+    assert verdict.tolist() == [1, 0, 0, 1, -1]
+    assert position_agreement(scores) == pytest.approx(5 / 6)  # the equal pair: each order says "first"
+    with pytest.raises(ValueError, match=r"preferences in \[-1, 1\]"):
+        PairwiseJudge(longer_answer, "lengths").score(questions, sets)
+
+
+def test_pairwise_judge_flag():
+    from mindrlhf.cli.evaluate import pairwise_judge
+
+    judge = pairwise_judge("tests.test_evaluation:first_is_better")
+    assert judge.fn is first_is_better and "both orders" in judge.name
+    with pytest.raises(ValueError, match="expected module:function"):
+        pairwise_judge("sentiment")
+    with pytest.raises(ValueError, match="has no attribute 'first_is_beter'.*first_is_better"):
+        pairwise_judge("tests.test_evaluation:first_is_beter")
 
 
 # ---------------------------------------------------------------------------------------------------------------

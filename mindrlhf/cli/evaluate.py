@@ -43,6 +43,9 @@ def add_eval_parser(sub) -> None:
     parser.add_argument("--reward_funcs", nargs="+", default=None, metavar="NAME[=WEIGHT]",
                         help="judge: reward functions of the answer text, summed with their weights: built-ins "
                              "accuracy, format, length, sentiment, or module:function")
+    parser.add_argument("--pairwise_judge", default=None, metavar="MODULE:FUNCTION",
+                        help="judge: fn(questions, first_answers, second_answers) -> preferences in [-1, 1] "
+                             "(positive: first better), asked in both orders")
     defaults = EvalConfig()
     for f in dataclasses.fields(EvalConfig):
         default = getattr(defaults, f.name)
@@ -86,6 +89,21 @@ def load_policy(name: str, checkpoint: str, run_cfg, tokenizer_path: Optional[st
     tokenizer, _ = choose_tokenizer(tokenizer_path, (path,), lm.config.type)
     check_tokenizer_fits(tokenizer, lm.config, f"--{name} {checkpoint}")
     return Policy(name, checkpoint, lm, tokenizer)
+
+
+def pairwise_judge(name: str):
+    """A :class:`mindrlhf.evaluation.PairwiseJudge` of a ``module:function`` (resolved and its signature checked
+    as a reward function's is)."""
+    from mindrlhf.evaluation import PairwiseJudge
+    from mindrlhf.rewards import RewardFuncSpec, load_reward_funcs
+
+    if ":" not in name:
+        raise ValueError(f"--pairwise_judge {name}: expected module:function")
+    try:
+        (_, _, fn), = load_reward_funcs([RewardFuncSpec(name)])
+    except ValueError as err:
+        raise ValueError(f"--pairwise_judge: {err}") from None
+    return PairwiseJudge(fn, f"pairwise judge {name} (both orders)")
 
 
 def build_judge(args, baseline, reward_specs):
@@ -138,18 +156,20 @@ def prepare(args):
 
     cfg = EvalConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)})
     questions = load_question_set(cfg.question_set, cfg.max_questions)
-    if bool(args.reward_model) == bool(args.reward_funcs):
-        raise ValueError("give one judge: --reward_model PATH or --reward_funcs NAME ...")
+    if sum(bool(j) for j in (args.reward_model, args.reward_funcs, args.pairwise_judge)) != 1:
+        raise ValueError("give one judge: --reward_model PATH, --reward_funcs NAME ... or --pairwise_judge "
+                         "MODULE:FUNCTION")
     specs = parse_reward_funcs(args.reward_funcs) if args.reward_funcs else None
     if specs:
         from mindrlhf.rewards import load_reward_funcs
 
         load_reward_funcs(specs)  # unknown names and bad options fail before any model is built
+    pairwise = pairwise_judge(args.pairwise_judge) if args.pairwise_judge else None
     run_cfg = load_config(args.config)
     init_context(run_cfg.context, run_cfg.seed)
     baseline, candidate = (load_policy(name, getattr(args, name), run_cfg, args.tokenizer, bool(args.config))
                            for name in ("baseline", "candidate"))
-    return cfg, questions, baseline, candidate, build_judge(args, baseline, specs)
+    return cfg, questions, baseline, candidate, pairwise or build_judge(args, baseline, specs)
 
 
 def run_eval(args) -> int:
