@@ -428,6 +428,14 @@ def outcome(verdict: np.ndarray, cfg: EvalConfig) -> Dict[str, float]:
             "losses": int((verdict < 0).sum()), "win_rate": win_rate(verdict), "ci_low": low, "ci_high": high}
 
 
+def paired_outcome(baseline: Sequence[float], candidate: Sequence[float], cfg: Optional[EvalConfig] = None
+                   ) -> Dict[str, float]:
+    """:func:`outcome` of two score lists paired item by item (the same prompt and sampling seed), with ``cfg``'s
+    tie margin and bootstrap settings (default: :class:`EvalConfig`'s)."""
+    cfg = cfg or EvalConfig()
+    return outcome(verdicts(np.asarray(baseline), np.asarray(candidate), cfg.tie_margin), cfg)
+
+
 def length_stats(answers: Answers) -> Dict[str, float]:
     """Generated tokens per answer (mean, median, std, max), words per answer (mean) and the share of answers
     that ended in eos rather than at ``max_new_tokens``."""
@@ -574,7 +582,7 @@ def write_win_rate_png(summary: Dict[str, object], path: str) -> str:
 
     rows = {"all": summary["overall"], **summary["categories"]}
     labels = list(rows)[::-1]
-    fig = Figure(figsize=(8, 1.2 + 0.45 * len(labels)), dpi=100)
+    fig = Figure(figsize=(8, 1.6 + 0.45 * len(labels)), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     y = np.arange(len(labels))
@@ -591,7 +599,7 @@ def write_win_rate_png(summary: Dict[str, object], path: str) -> str:
     ax.set_yticks(y, labels)
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of questions (candidate vs baseline)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, fontsize=8, frameon=False)
     fig.tight_layout()
     save_png(fig, path)
     return path

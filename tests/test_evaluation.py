@@ -15,8 +15,8 @@ from mindspore import Tensor
 from mindrlhf.config import ConfigError
 from mindrlhf.data.templates import TEMPLATE_NAMES, apply_template
 from mindrlhf.evaluation import (Answers, EvalConfig, FunctionJudge, PairwiseJudge, Question, bootstrap_interval,
-                                 conversation_text, load_question_set, position_agreement, summarize, verdicts,
-                                 win_rate)
+                                 conversation_text, load_question_set, paired_outcome, position_agreement, summarize,
+                                 verdicts, win_rate)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -118,6 +118,8 @@ def test_verdicts_and_win_rate():
     assert v.tolist() == [1, 0, 0, -1]
     assert win_rate(v) == 0.5
     assert win_rate(np.array([1, 1, 0, -1])) == pytest.approx(0.625)
+    paired = paired_outcome([0.1, 0.2, 0.3, 0.0], [0.5, 0.2, -0.3, 0.1])  # after vs before, item by item
+    assert (paired["wins"], paired["ties"], paired["losses"], paired["win_rate"]) == (2, 1, 1, 0.625)
 
 
 def test_bootstrap_interval_matches_the_normal_approximation():

@@ -22,30 +22,33 @@ from mindrlhf.evaluation import EvalConfig
 logger = logging.getLogger(__name__)
 
 
+# the flags naming the policies and the judge (the settings' flags come from EvalConfig's fields)
+FLAGS = (
+    ("--baseline", dict(required=True, help="the policy compared against (its start): Hugging Face folder, bundled "
+                        "model name (tinystories), MindSpore .ckpt or a training output's checkpoint folder")),
+    ("--candidate", dict(required=True, help="the trained policy, same forms as --baseline")),
+    ("--config", dict(help="run_*.yaml describing the policies' model (needed unless both are Hugging Face "
+                      "folders)")),
+    ("--tokenizer", dict(help="the policies' tokenizer (default: each checkpoint folder's own, else the bundled one "
+                         "of the model family)")),
+    ("--reward_model", dict(help="judge: a reward model (Hugging Face folder, .ckpt or a reward training's "
+                            "checkpoint folder); it scores each prompt + answer at the eos")),
+    ("--reward_config", dict(help="the reward model's run_*.yaml (needed for a .ckpt)")),
+    ("--reward_tokenizer", dict(help="the reward model's tokenizer (default: its folder's own, else the "
+                                "baseline's)")),
+    ("--reward_funcs", dict(nargs="+", metavar="NAME[=WEIGHT]", help="judge: reward functions of the answer text, "
+                            "summed with their weights: built-ins accuracy, format, length, sentiment, or "
+                            "module:function")),
+    ("--pairwise_judge", dict(metavar="MODULE:FUNCTION", help="judge: fn(questions, first_answers, second_answers) "
+                              "-> preferences in [-1, 1] (positive: first better), asked in both orders")),
+)
+
+
 def add_eval_parser(sub) -> None:
     parser = sub.add_parser("eval", help="judge a trained policy against its start on a question set: win / tie / "
                                          "loss with an interval, scores, lengths, per category")
-    parser.add_argument("--baseline", required=True,
-                        help="the policy compared against (its start): Hugging Face folder, bundled model name "
-                             "(tinystories), MindSpore .ckpt or a training output's checkpoint folder")
-    parser.add_argument("--candidate", required=True, help="the trained policy, same forms as --baseline")
-    parser.add_argument("--config", default=None,
-                        help="run_*.yaml describing the policies' model (needed unless both are Hugging Face folders)")
-    parser.add_argument("--tokenizer", default=None,
-                        help="the policies' tokenizer (default: each checkpoint folder's own, else the bundled one "
-                             "of the model family)")
-    parser.add_argument("--reward_model", default=None,
-                        help="judge: a reward model (Hugging Face folder, .ckpt or a reward training's checkpoint "
-                             "folder); it scores each prompt + answer at the eos")
-    parser.add_argument("--reward_config", default=None, help="the reward model's run_*.yaml (needed for a .ckpt)")
-    parser.add_argument("--reward_tokenizer", default=None,
-                        help="the reward model's tokenizer (default: its folder's own, else the baseline's)")
-    parser.add_argument("--reward_funcs", nargs="+", default=None, metavar="NAME[=WEIGHT]",
-                        help="judge: reward functions of the answer text, summed with their weights: built-ins "
-                             "accuracy, format, length, sentiment, or module:function")
-    parser.add_argument("--pairwise_judge", default=None, metavar="MODULE:FUNCTION",
-                        help="judge: fn(questions, first_answers, second_answers) -> preferences in [-1, 1] "
-                             "(positive: first better), asked in both orders")
+    for flag, options in FLAGS:
+        parser.add_argument(flag, **options)
     defaults = EvalConfig()
     for f in dataclasses.fields(EvalConfig):
         default = getattr(defaults, f.name)
