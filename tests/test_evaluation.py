@@ -291,3 +291,23 @@ def test_bad_inputs_are_one_line_errors(story_eval):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "the judge's vocabulary differs from the baseline policy's" in proc.stderr
     assert "vocab_size 4096" in proc.stderr and "vocab_size 2048" in proc.stderr
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--reward_funcs", "length", "--pairwise_judge", "tests.test_evaluation:first_is_better"], "give one judge"),
+    (["--reward_funcs", "lenght"], "unknown reward function 'lenght' (did you mean 'length'?)"),
+    (["--reward_funcs", "length=heavy"], "--reward_funcs length=heavy: could not convert"),
+    (["--reward_funcs", "length", "--temperature", "0"], "temperature must be > 0"),
+    (["--reward_funcs", "length", "--baseline", "no_such_policy"], "--baseline no_such_policy: not found"),
+    (["--reward_model", "no_such_rm"], "--reward_model no_such_rm: not found"),
+])
+def test_command_errors_name_the_flag(extra, message, tmp_dir):
+    """Bad flags stop the command with one ``error: ...`` line (checked in process: no model is run)."""
+    from mindrlhf.cli.main import main
+
+    questions = write_lines(os.path.join(tmp_dir, "q.jsonl"), [{"prompt": "Once upon a time"}])
+    argv = ["eval", "--baseline", "tinystories", "--candidate", "tinystories", "--question_set", questions,
+            "--output_dir", tmp_dir]
+    with pytest.raises(SystemExit) as info:
+        main(argv + extra)
+    assert str(info.value).startswith("error: ") and message in str(info.value), str(info.value)
