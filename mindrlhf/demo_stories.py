@@ -196,10 +196,10 @@ samples, the same sampling seeds before and after.
 
 Held-out gold mean after each iteration (0 = before): {', '.join(f'{g:.3f}' for g in result.gold_curve)}
 
-Sample by sample (the same opening and sampling seed before and after, as `mindrlhf eval` counts), the gold judge
-prefers the PPO policy's story {wins} times, the pretrained one's {losses} times, ties {ties}: win rate
-**{outcome['win_rate']:.3f}** (95% bootstrap interval [{outcome['ci_low']:.3f}, {outcome['ci_high']:.3f}];
-0.5 = no change).
+Sample by sample (the same opening and sampling seed before and after, as `mindrlhf eval` counts), the PPO policy's
+story wins {wins}, ties {ties} and loses {losses} of {outcome['questions']} by the gold judge: win rate
+**{outcome['win_rate']:.3f}** (95% bootstrap interval [{outcome['ci_low']:.3f}, {outcome['ci_high']:.3f}]; 0.5 = no
+change).
 
 ## Before and after PPO (held-out openings, same sampling seed)
 

@@ -19,6 +19,7 @@ from mindrlhf.evaluation import (Answers, EvalConfig, FunctionJudge, PairwiseJud
                                  verdicts, win_rate)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINYSTORIES = os.path.join(ROOT, "model_configs", "llama2_config", "run_tinystories_656k.yaml")
 
 
 def longer_answer(prompts, completions, answers):
@@ -203,11 +204,12 @@ def test_pairwise_judge_flag():
 def story_eval(tmp_path_factory):
     """A reward model (the pretrained backbone with a seeded new score head) saved as a Hugging Face folder, a
     four-question set (two categories, one two-turn question) and one ``mindrlhf eval`` of the model against
-    itself with seeded sampling."""
+    itself with seeded sampling: the Hugging Face folder against the same weights as a MindSpore .ckpt (described
+    by the recipe, tokenized with the recipe's load_checkpoint's tokenizer)."""
 
-    from mindrlhf.models import RewardModel
+    from mindrlhf.models import CausalLM, RewardModel
     from mindrlhf.models.convert import (BUNDLED_MODELS, hf_side_files, load_weights, model_config_from_hf_folder,
-                                         save_hf_checkpoint)
+                                         save_ckpt, save_hf_checkpoint)
 
     folder = str(tmp_path_factory.mktemp("eval"))
     ms.set_seed(3)
@@ -216,14 +218,17 @@ def story_eval(tmp_path_factory):
     load_weights(rm, "tinystories", cfg, new_heads=True)
     rm_dir = save_hf_checkpoint(rm, cfg, os.path.join(folder, "rm"), reward=True,
                                 extra_files=hf_side_files(BUNDLED_MODELS["tinystories"]))
+    policy = CausalLM(cfg)
+    load_weights(policy, "tinystories", cfg)
+    ckpt = save_ckpt(policy, os.path.join(folder, "policy.ckpt"))
     questions = write_lines(os.path.join(folder, "q.jsonl"), [
         {"prompt": "Once upon a time", "category": "start"}, {"prompt": "The dog was sad", "category": "sad"},
         {"turns": ["Lily found a box", "Then she opened it"], "category": "start"},
         {"prompt": "Tom and his mom went to the park", "category": "sad"}])
     out = os.path.join(folder, "out")
-    proc = mindrlhf("eval", "--baseline", "tinystories", "--candidate", "tinystories", "--question_set", questions,
-                    "--template", "none", "--max_new_tokens", "6", "--batch_size", "4", "--do_sample",
-                    "--temperature", "1.0", "--seed", "5", "--reward_model", rm_dir, "--output_dir", out)
+    proc = mindrlhf("eval", "--config", TINYSTORIES, "--baseline", "tinystories", "--candidate", ckpt,
+                    "--question_set", questions, "--template", "none", "--max_new_tokens", "6", "--batch_size", "4",
+                    "--do_sample", "--temperature", "1.0", "--seed", "5", "--reward_model", rm_dir, "--output_dir", out)
     return {"proc": proc, "out": out, "rm": rm_dir, "questions": questions, "folder": folder}
 
 
@@ -239,6 +244,7 @@ def test_policy_against_itself_is_all_ties(story_eval):
     assert 1 <= summary["lengths"]["baseline"]["tokens_mean"] <= 6
     report = open(os.path.join(story_eval["out"], "report.md"), encoding="utf-8").read()
     assert "reward model" in report and story_eval["rm"] in report and "`tinystories` (llama, 2 layers x 128" in report
+    assert "policy.ckpt` (llama, 2 layers x 128, vocab 2048; tokenizer `" in report
     assert "max_new_tokens=6" in report and "| start | 2 |" in report
     with open(os.path.join(story_eval["out"], "win_rate.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"

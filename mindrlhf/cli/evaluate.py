@@ -29,8 +29,8 @@ FLAGS = (
     ("--candidate", dict(required=True, help="the trained policy, same forms as --baseline")),
     ("--config", dict(help="run_*.yaml describing the policies' model (needed unless both are Hugging Face "
                       "folders)")),
-    ("--tokenizer", dict(help="the policies' tokenizer (default: each checkpoint folder's own, else the bundled one "
-                         "of the model family)")),
+    ("--tokenizer", dict(help="the policies' tokenizer (default: each checkpoint folder's own, else that of the "
+                         "YAML's load_checkpoint or of the other policy's folder, else the family's bundled one)")),
     ("--reward_model", dict(help="judge: a reward model (Hugging Face folder, .ckpt or a reward training's "
                             "checkpoint folder); it scores each prompt + answer at the eos")),
     ("--reward_config", dict(help="the reward model's run_*.yaml (needed for a .ckpt)")),
@@ -42,6 +42,9 @@ FLAGS = (
     ("--pairwise_judge", dict(metavar="MODULE:FUNCTION", help="judge: fn(questions, first_answers, second_answers) "
                               "-> preferences in [-1, 1] (positive: first better), asked in both orders")),
 )
+
+
+PAIRS = (("baseline", "candidate"), ("candidate", "baseline"))
 
 
 def add_eval_parser(sub) -> None:
@@ -74,8 +77,12 @@ def parse_reward_funcs(names: List[str]):
     return specs
 
 
-def load_policy(name: str, checkpoint: str, run_cfg, tokenizer_path: Optional[str], has_config: bool):
-    """A :class:`mindrlhf.evaluation.Policy` from a checkpoint, with its tokenizer (checked against the model)."""
+def load_policy(name: str, checkpoint: str, run_cfg, tokenizer_path: Optional[str], has_config: bool,
+                other: str):
+    """A :class:`mindrlhf.evaluation.Policy` from a checkpoint, with its tokenizer (checked against the model):
+    ``tokenizer_path``, else the first that ships one of the checkpoint's folder, the YAML's ``load_checkpoint``
+    and the ``other`` policy's folder (a PPO ``.ckpt`` next to its Hugging Face start), else the family's bundled
+    one."""
     from mindrlhf.cli.generate import build_policy, choose_tokenizer
     from mindrlhf.data.tokenizer import check_tokenizer_fits
     from mindrlhf.evaluation import Policy
@@ -89,7 +96,7 @@ def load_policy(name: str, checkpoint: str, run_cfg, tokenizer_path: Optional[st
     if not has_config and not is_hf_folder(path):
         raise ValueError(f"--{name} {checkpoint}: not a Hugging Face folder, so --config must describe its model")
     lm = build_policy(run_cfg, path)
-    tokenizer, _ = choose_tokenizer(tokenizer_path, (path,), lm.config.type)
+    tokenizer, _ = choose_tokenizer(tokenizer_path, (path, run_cfg.load_checkpoint, other), lm.config.type)
     check_tokenizer_fits(tokenizer, lm.config, f"--{name} {checkpoint}")
     return Policy(name, checkpoint, lm, tokenizer)
 
@@ -170,8 +177,8 @@ def prepare(args):
     pairwise = pairwise_judge(args.pairwise_judge) if args.pairwise_judge else None
     run_cfg = load_config(args.config)
     init_context(run_cfg.context, run_cfg.seed)
-    baseline, candidate = (load_policy(name, getattr(args, name), run_cfg, args.tokenizer, bool(args.config))
-                           for name in ("baseline", "candidate"))
+    baseline, candidate = (load_policy(name, getattr(args, name), run_cfg, args.tokenizer, bool(args.config),
+                                       getattr(args, other)) for name, other in PAIRS)
     return cfg, questions, baseline, candidate, pairwise or build_judge(args, baseline, specs)
 
 
