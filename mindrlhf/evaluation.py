@@ -209,8 +209,9 @@ class Answers:
 
 
 def _batches(count: int, size: int):
+    """Index lists of consecutive batches of ``size`` (the last may be shorter)."""
     for start in range(0, count, size):
-        yield start, list(range(start, min(start + size, count)))
+        yield list(range(start, min(start + size, count)))
 
 
 def generate_texts(policy: Policy, generator, rows: List[List[int]], cfg: EvalConfig, turn: int):
@@ -224,7 +225,7 @@ def generate_texts(policy: Policy, generator, rows: List[List[int]], cfg: EvalCo
     budget = policy.lm.config.seq_length - cfg.max_new_tokens
     width = min(-(-max(len(r) for r in rows) // WIDTH_BUCKET) * WIDTH_BUCKET, budget)
     texts, counts, ended = [], [], []
-    for b, (_, index) in enumerate(_batches(len(rows), cfg.batch_size)):
+    for b, index in enumerate(_batches(len(rows), cfg.batch_size)):
         batch = [rows[i] for i in index] + [rows[index[-1]]] * (cfg.batch_size - len(index))
         ids, mask = left_pad(batch, policy.lm.config.pad_token_id, width)
         out = generator.generate(ids, mask, seed=[cfg.seed, turn, b])
@@ -482,7 +483,7 @@ def summarize(questions: Sequence[Question], answers: Dict[str, Answers], scores
     return verdict, summary
 
 
-def evaluate(baseline: Policy, candidate: Policy, judge, questions: Sequence[Question],
+def evaluate(baseline: Policy, candidate: Policy, judge: Judge, questions: Sequence[Question],
              cfg: EvalConfig) -> EvalResult:
     """Both policies answer ``questions``; ``judge`` scores every answer; the candidate's wins, ties and losses
     are counted per question. The judge's vocabulary is checked against both policies before anything runs."""
