@@ -12,7 +12,8 @@ resamples with replacement, seeded). A policy judged against itself gets 0.5.
 
 **Question sets** (:func:`load_question_set`): ``mt_bench`` (MT-Bench's 80 two-turn questions in 8 categories,
 bundled from FastChat, Apache-2.0), ``cvalues`` (the 664 CValues responsibility prompts, category = domain) or a
-JSONL file whose lines have ``prompt`` (or a ``turns`` list), optionally ``category`` and ``answer``. A multi-turn
+JSONL file whose lines have ``prompt`` (or GSM8K's ``question``, or a ``turns`` list), optionally ``category`` and a
+reference ``answer`` (passed to reward functions such as ``accuracy``). A multi-turn
 question is asked turn by turn: each policy sees its own earlier answers (:func:`conversation_text`).
 
 **Judges.** Pointwise judges score one answer at a time, so the order of the two policies cannot matter:
@@ -49,7 +50,8 @@ BUILTIN_SETS = {"mt_bench": os.path.join(DATA_DIR, "mt_bench_questions.jsonl"),
                 "cvalues": os.path.join(DATA_DIR, "cvalues_responsibility_prompts.jsonl")}
 ID_KEYS = ("question_id", "id", "id_")
 CATEGORY_KEYS = ("category", "domain_en")
-ANSWER_KEYS = ("answer", "reference")
+PROMPT_KEYS = ("turns", "prompt", "question")  # the first present is the question's text (GSM8K: question)
+ANSWER_KEYS = ("answer", "solution", "reference")
 WIDTH_BUCKET = 64  # prompts are left-padded to a multiple of this (one decoding graph for most turns)
 
 
@@ -118,14 +120,16 @@ def _text_list(value, where: str, key: str) -> List[str]:
 
 
 def parse_question(record, where: str, number: int) -> Question:
-    """A :class:`Question` from one JSON object: ``prompt`` (a string) or ``turns`` (a list of strings), optional
-    ``question_id``/``id``/``id_``, ``category``/``domain_en`` and ``answer``/``reference`` (a string or a list per
-    turn). ``where`` names the file and line in errors."""
+    """A :class:`Question` from one JSON object: ``prompt`` (or GSM8K's ``question``: a string) or ``turns`` (a
+    list of strings), optional ``question_id``/``id``/``id_``, ``category``/``domain_en`` and the reference
+    ``answer``/``solution``/``reference`` (a string or a list per turn). ``where`` names the file and line in
+    errors."""
     if not isinstance(record, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    key = "turns" if "turns" in record else "prompt"
-    if key not in record:
-        raise ValueError(f"{where}: no 'prompt' field (a question needs 'prompt' text or a 'turns' list)")
+    key = next((k for k in PROMPT_KEYS if k in record), None)
+    if key is None:
+        raise ValueError(f"{where}: no 'prompt' field (a question needs 'prompt' text, GSM8K's 'question' or a "
+                         f"'turns' list)")
     turns = _text_list(record[key], where, key)
     qid = next((str(record[k]) for k in ID_KEYS if k in record), str(number))
     category = next((str(record[k]) for k in CATEGORY_KEYS if record.get(k)), "")

@@ -73,11 +73,13 @@ def test_builtin_question_sets():
 
 def test_custom_question_set_and_bad_files(tmp_dir):
     good = write_lines(os.path.join(tmp_dir, "q.jsonl"), [{"prompt": " Hi? ", "category": "c", "answer": "4"},
-                                                          {"turns": ["a", "b"]}])
-    first, second = load_question_set(good)
+                                                          {"turns": ["a", "b"]},
+                                                          {"question": "2 + 2?", "answer": "2 + 2 = 4\n#### 4"}])
+    first, second, gsm8k = load_question_set(good)
     assert (first.turns, first.category, first.references, first.id) == (["Hi?"], "c", ["4"], "1")
     assert second.turns == ["a", "b"] and second.references == [None, None]
-    no_prompt = write_lines(os.path.join(tmp_dir, "bad.jsonl"), [{"prompt": "ok"}, {"question": "where?"}])
+    assert gsm8k.turns == ["2 + 2?"] and gsm8k.references == ["2 + 2 = 4\n#### 4"]
+    no_prompt = write_lines(os.path.join(tmp_dir, "bad.jsonl"), [{"prompt": "ok"}, {"text": "where?"}])
     with pytest.raises(ValueError, match=r"bad\.jsonl:2: no 'prompt' field"):
         load_question_set(no_prompt)
     empty = write_lines(os.path.join(tmp_dir, "empty.jsonl"), [])
@@ -166,6 +168,20 @@ def test_judge_preferring_longer_answers_on_a_constructed_pair():
     assert overall["win_rate"] == pytest.approx(0.7) and overall["ci_low"] <= 0.7 <= overall["ci_high"]
     assert summary["categories"]["x"]["win_rate"] == 1.0 and summary["categories"]["y"]["win_rate"] == 0.5
     assert summary["lengths"]["baseline"]["words_mean"] == pytest.approx(np.mean([1, 1, 1, 1, 1, 4]))
+
+
+def test_reference_answers_reach_the_accuracy_reward(tmp_dir):
+    """A GSM8K record's worked answer is the reference of ``accuracy``: the right final number scores 1."""
+    from mindrlhf.rewards import CombinedReward, load_reward_funcs
+
+    path = write_lines(os.path.join(tmp_dir, "gsm8k.jsonl"), [{"question": "2 + 2?", "answer": "2 + 2 = 4\n#### 4"},
+                                                              {"question": "3 + 3?", "answer": "#### 6"}])
+    questions = load_question_set(path)
+    texts = {"baseline": [["It is 5."], ["6"]], "candidate": [["So 2 + 2 = 4."], ["6"]]}
+    sets = {name: Answers([["p"], ["p"]], t, [[1], [1]], [[True], [True]]) for name, t in texts.items()}
+    judge = FunctionJudge(CombinedReward(load_reward_funcs([{"name": "accuracy"}]), tokenizer=None), "accuracy")
+    scores = judge.score(questions, sets)
+    assert scores == {"baseline": [[0.0], [1.0]], "candidate": [[1.0], [1.0]]}
 
 
 def test_pairwise_judge_is_asked_in_both_orders():
@@ -283,7 +299,7 @@ def test_bad_inputs_are_one_line_errors(story_eval):
 
     from tests.helpers import tiny_llama_config
 
-    bad_set = write_lines(os.path.join(story_eval["folder"], "no_prompt.jsonl"), [{"question": "Once upon a time"}])
+    bad_set = write_lines(os.path.join(story_eval["folder"], "no_prompt.jsonl"), [{"text": "Once upon a time"}])
     proc = mindrlhf("eval", "--baseline", "tinystories", "--candidate", "tinystories", "--question_set", bad_set,
                     "--reward_funcs", "length")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
