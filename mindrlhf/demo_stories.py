@@ -62,6 +62,7 @@ class StoryDemoResult:
     proxy_before: float
     proxy_after: float
     kl_after: float  # KL(policy || pretrained) per held-out sample after PPO
+    gold_outcome: Dict[str, float] = field(default_factory=dict)  # after vs before, sample by sample (mindrlhf eval)
     gold_curve: List[float] = field(default_factory=list)  # held-out gold mean after each iteration
     proxy_curve: List[float] = field(default_factory=list)  # PPO rollout proxy score per iteration
     kl_curve: List[float] = field(default_factory=list)  # PPO rollout KL per iteration
@@ -179,6 +180,8 @@ def write_story_report(result: StoryDemoResult, settings: StoryDemoSettings, fol
     from mindrlhf.demo import write_text
 
     gain = result.gold_after - result.gold_before
+    outcome = result.gold_outcome
+    wins, ties, losses = outcome["wins"], outcome["ties"], outcome["losses"]
     text = f"""# mindrlhf demo: a real pretrained model learns from a proxy reward model, judged by a gold judge
 
 TinyStories-656K (bundled, pretrained; Llama, grouped-query attention), CPU, seed {settings.seed}. Gold judge: VADER
@@ -193,6 +196,11 @@ samples, the same sampling seeds before and after.
 
 Held-out gold mean after each iteration (0 = before): {', '.join(f'{g:.3f}' for g in result.gold_curve)}
 
+Sample by sample (the same opening and sampling seed before and after, as `mindrlhf eval` counts), the PPO policy's
+story wins {wins}, ties {ties} and loses {losses} of {outcome['questions']} by the gold judge: win rate
+**{outcome['win_rate']:.3f}** (95% bootstrap interval [{outcome['ci_low']:.3f}, {outcome['ci_high']:.3f}]; 0.5 = no
+change).
+
 ## Before and after PPO (held-out openings, same sampling seed)
 
 {story_effect_table(result.table)}
@@ -206,6 +214,7 @@ def run_story_demo(settings: StoryDemoSettings) -> StoryDemoResult:
     """Run the story pipeline and write the report; returns what was measured."""
     from mindrlhf.data.tokenizer import load_tokenizer
     from mindrlhf.demo import write_json
+    from mindrlhf.evaluation import paired_outcome
     from mindrlhf.models.convert import BUNDLED_MODELS
 
     folder = os.path.abspath(settings.output_dir)
@@ -229,7 +238,8 @@ def run_story_demo(settings: StoryDemoSettings) -> StoryDemoResult:
         gold_after=after.gold_mean, gold_std_before=before.gold_std, proxy_before=before.proxy_mean,
         proxy_after=after.proxy_mean, kl_after=after.kl, gold_curve=[e.gold_mean for e in evaluations],
         proxy_curve=[r.rollout.score_mean for r in results], kl_curve=[r.rollout.kl for r in results],
-        table=story_table(before, after, openings, settings.table_rows, settings.eval_samples), seconds=seconds)
+        table=story_table(before, after, openings, settings.table_rows, settings.eval_samples), seconds=seconds,
+        gold_outcome=paired_outcome(before.gold, after.gold))
     result.files = write_story_plots(result, rm_losses, folder)
     result.files["report.md"] = write_story_report(result, settings, folder)
     result.files["summary.json"] = write_json(os.path.join(folder, "summary.json"), {

@@ -344,6 +344,12 @@ class CombinedReward:
                              f"{count} responses and {len(answers)} answers")
         prompts = self._decode_prompts(prompt_ids)
         completions = [self.tokenizer.decode(list(r)) for r in response_ids]
+        return self.score_texts(prompts, completions, answers)
+
+    def score_texts(self, prompts: List[str], completions: List[str],
+                    answers: List[Optional[str]]) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+        """:meth:`__call__` on texts: ``B`` prompts, completions and reference answers (``""`` or None: none)."""
+        count = len(completions)
         refs = [a if a else None for a in answers]
         total = np.zeros(count, np.float64)
         per_function: Dict[str, np.ndarray] = {}

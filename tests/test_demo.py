@@ -62,6 +62,11 @@ def test_story_demo_end_to_end(tmp_dir):
     numbers = summary["gold_curve"] + summary["proxy_curve"] + summary["kl_curve"] + [summary["kl_after"]]
     assert all(math.isfinite(x) for x in numbers) and all(-1.0 <= g <= 1.0 for g in summary["gold_curve"])
     assert abs(summary["kl_curve"][0]) < 1e-4  # the first rollouts come from the pretrained weights themselves
+    outcome = summary["gold_outcome"]  # after vs before, sample by sample
+    samples = summary["settings"]["eval_prompts"] * summary["settings"]["eval_samples"]
+    assert outcome["wins"] + outcome["ties"] + outcome["losses"] == outcome["questions"] == samples == 8
+    assert outcome["ci_low"] <= outcome["win_rate"] <= outcome["ci_high"]
+    assert "win rate" in open(os.path.join(out, "report.md"), encoding="utf-8").read()
     assert len(summary["table"]) == 2 and all(row["before"] and row["after"] for row in summary["table"])
     for stage in ("rm", "ppo"):
         assert os.listdir(os.path.join(out, stage, "tensorboard")), stage

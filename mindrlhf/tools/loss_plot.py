@@ -117,6 +117,11 @@ def write_curve_png(path: str, xs: List[float], ys: List[float], title: str, xla
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    save_png(fig, path)
+
+
+def save_png(fig: Figure, path: str) -> None:
+    """Save a matplotlib figure (attached to an Agg canvas) as a PNG, under a temporary name and then renamed."""
     folder, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
     try:
