@@ -258,7 +258,8 @@ def test_malformed_config_json(tmp_dir):
 def test_unsupported_model_type(tmp_dir):
     with open(os.path.join(tmp_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump({"model_type": "bert", "hidden_size": 32}, f)
-    with pytest.raises(CheckpointError, match=r"model_type 'bert' is not supported \(supported: gpt2, llama\)") as err:
+    supported = r"\(supported: bloom, gpt2, gptj, llama, qwen2\)"
+    with pytest.raises(CheckpointError, match=r"model_type 'bert' is not supported " + supported) as err:
         model_config_from_hf_folder(tmp_dir)
     assert os.path.join(tmp_dir, "config.json") in str(err.value)
 

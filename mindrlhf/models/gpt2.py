@@ -6,7 +6,8 @@ from mindspore import nn, ops
 from mindrlhf.config import ModelConfig
 from mindrlhf.models.layers import (Attention, Embedding, LayerNorm, Linear, attention_inputs,
                                     gelu_tanh, ms_dtype, split_heads)
-from mindrlhf.models.registry import register_backbone
+from mindrlhf.models.registry import (CheckpointError, HFLayout, ModelFamily, hf_field, hf_special_ids,
+                                      register_family)
 
 
 class GPT2Attention(nn.Cell):
@@ -61,7 +62,6 @@ class GPT2Block(nn.Cell):
         return x + self.mlp(self.ln_2(x))
 
 
-@register_backbone("gpt2")
 class GPT2Model(nn.Cell):
     """GPT-2 transformer without the LM head.
 
@@ -71,8 +71,6 @@ class GPT2Model(nn.Cell):
     token into slot ``cache_index``; in the decode case ``attention_mask`` is the ``(B, L)`` mask over cache slots
     and ``position_ids`` must be given.
     """
-
-    tie_word_embeddings_default = True
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -104,3 +102,36 @@ class GPT2Model(nn.Cell):
             else:
                 x = self.h[i](x, bias, kv_cache[2 * i], kv_cache[2 * i + 1], cache_index)
         return self.ln_f(x)
+
+
+GELU_TANH_NAMES = ("gelu_new", "gelu_pytorch_tanh")  # Hugging Face's names of the tanh-approximated GELU
+
+
+def gpt2_config_from_hf(hf: dict, source: str) -> ModelConfig:
+    """``GPT2Config`` fields -> :class:`ModelConfig`."""
+    act = hf.get("activation_function", "gelu_new")
+    if act not in GELU_TANH_NAMES:
+        raise CheckpointError(f"{source}: field 'activation_function' {act!r} is not supported (gelu_new only)")
+    return ModelConfig(
+        type="gpt2", vocab_size=hf_field(hf, "vocab_size", source), hidden_size=hf_field(hf, "n_embd", source),
+        num_layers=hf_field(hf, "n_layer", source), num_heads=hf_field(hf, "n_head", source),
+        intermediate_size=hf.get("n_inner"), seq_length=hf_field(hf, "n_positions", source), hidden_act="gelu",
+        layernorm_epsilon=hf.get("layer_norm_epsilon", 1e-5), **hf_special_ids(hf, None, 50256, None))
+
+
+def gpt2_config_to_hf(cfg: ModelConfig) -> dict:
+    """:class:`ModelConfig` -> ``GPT2Config`` fields."""
+    return {"n_embd": cfg.hidden_size, "n_layer": cfg.num_layers, "n_head": cfg.num_heads,
+            "n_inner": cfg.intermediate_size, "n_positions": cfg.seq_length, "n_ctx": cfg.seq_length,
+            "activation_function": "gelu_new", "layer_norm_epsilon": cfg.layernorm_epsilon,
+            "resid_pdrop": cfg.hidden_dropout_rate, "embd_pdrop": cfg.hidden_dropout_rate,
+            "attn_pdrop": cfg.attention_dropout_rate}
+
+
+GPT2 = register_family(ModelFamily(
+    name="gpt2", backbone=GPT2Model,
+    hf=HFLayout("gpt2", "transformer.", "wte.weight", "GPT2LMHeadModel", "GPT2ForSequenceClassification",
+                transposed=("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"),
+                ignored=(".attn.bias", ".attn.masked_bias")),
+    config_from_hf=gpt2_config_from_hf, config_to_hf=gpt2_config_to_hf, tied_default=True,
+    tokenizer="gpt2", add_bos=False))
