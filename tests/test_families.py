@@ -21,13 +21,18 @@ from mindrlhf.config import GenerationConfig
 from mindrlhf.models import CausalLM, Critic, RewardModel
 from mindrlhf.models.convert import load_hf_checkpoint, model_config_from_hf_folder, save_hf_checkpoint
 from mindrlhf.models.generation import Generator
+from mindrlhf.train.ppo import PPOTrainer, build_ppo_models, prompt_source
 from tests.helpers import (EOS, NEW_FAMILY_CONFIGS, PAD, load_transformers, max_abs_diff, ms_numpy, padded_batch,
                            parameter_arrays, positions_from_mask, randomize_parameters, set_mode, torch_forward)
+from tests import test_grpo
+from tests.test_grpo import METRIC_KEYS, cli
+from tests.test_ppo import run_config, target_reward, write_prompts
 
 RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_configs")
 TOL = 1e-4
 FAMILIES = sorted(NEW_FAMILY_CONFIGS)
 NEW_TOKENS, PROMPT_LEN = 32, 8
+gsm8k_prompts = test_grpo.gsm8k_prompts  # the GRPO tests' converted GSM8K-style prompts (a module fixture)
 
 
 def hf_config(family: str, tied: bool):
@@ -127,9 +132,6 @@ def test_reward_model_and_critic_match_transformers(family_model, tmp_dir):
 
 
 def test_one_ppo_iteration_trains_every_parameter(family_model, tmp_dir):
-    from mindrlhf.train.ppo import PPOTrainer, build_ppo_models, prompt_source
-    from tests.test_ppo import run_config, target_reward, write_prompts
-
     family = family_model[0]
     set_mode("graph")
     prompts_file = write_prompts(os.path.join(tmp_dir, "prompts.mindrecord"), count=8)
@@ -236,23 +238,13 @@ def test_qwen2_5_7b_grpo_recipe_mirrors_the_predecessor_settings():
     assert cfg.model.model_config.type == "qwen2" and cfg.model.model_config.seq_length == 8192
 
 
-def test_tiny_qwen2_grpo_recipe_runs_one_iteration(tmp_path):
-    from tests.test_grpo import METRIC_KEYS, QA, cli, metrics
-
-    work = str(tmp_path)
-    src = os.path.join(work, "gsm8k.jsonl")
-    with open(src, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in QA)
-    data = os.path.join(work, "prompts.mindrecord")
-    proc = cli("convert-prompts", "--tokenizer_name_or_path", "gpt2", "--file_path", src, "--output_path", data,
-               "--max_prompt_length", "48", "--seq_length", "64", "--pad_token_id", "50256", "--template", "qa",
-               cwd=work)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = os.path.join(work, "out")
+def test_tiny_qwen2_grpo_recipe_runs_one_iteration(gsm8k_prompts):
+    work, data = gsm8k_prompts  # GSM8K-style prompts converted with the GPT-2 tokenizer, the tiny Qwen2's vocabulary
+    out = os.path.join(work, "qwen2_out")
     proc = cli("grpo", "--config", os.path.join(RECIPES, "qwen2_config", "run_qwen2_tiny_grpo.yaml"),
                "--tokenizer", "gpt2", "--dataset_dir", data, "--output_dir", out, "--set", "grpo.epochs=1",
                "--set", "grpo.num_prompts=2", "--set", "grpo.num_generations=2", "--set", "grpo.batch_size=4",
                "--set", "grpo.generation.max_new_tokens=8", cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (row,) = metrics(out)
+    (row,) = test_grpo.metrics(out)
     assert METRIC_KEYS <= set(row) and row["iteration"] == 0 and np.isfinite(row["loss"])

@@ -10,9 +10,10 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from mindrlhf.config import ConfigError, ModelConfig
-from mindrlhf.models.layers import (Attention, Embedding, LayerNorm, Linear, attention_inputs, gelu_tanh,
-                                    ms_dtype)
-from mindrlhf.models.registry import CheckpointError, HFLayout, ModelFamily, hf_field, hf_special_ids, register_family
+from mindrlhf.models.layers import (Attention, Backbone, Embedding, LayerNorm, Linear, attention_inputs,
+                                    dropout, gelu_tanh, mlp_projections, ms_dtype)
+from mindrlhf.models.registry import (CheckpointError, HFLayout, ModelFamily, hf_field, hf_special_ids,
+                                      register_family)
 
 
 def alibi_slopes(num_heads: int) -> np.ndarray:
@@ -62,10 +63,7 @@ class BloomMLP(nn.Cell):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        dtypes = dict(init_std=cfg.initializer_range, param_dtype=ms_dtype(cfg.param_init_type),
-                      compute_dtype=ms_dtype(cfg.compute_dtype))
-        self.dense_h_to_4h = Linear(cfg.hidden_size, 4 * cfg.hidden_size, **dtypes)
-        self.dense_4h_to_h = Linear(4 * cfg.hidden_size, cfg.hidden_size, **dtypes)
+        self.dense_h_to_4h, self.dense_4h_to_h = mlp_projections(cfg, 4 * cfg.hidden_size)
 
     def construct(self, x):
         return self.dense_4h_to_h(gelu_tanh(self.dense_h_to_4h(x)))
@@ -82,19 +80,19 @@ class BloomBlock(nn.Cell):
         self.self_attention = BloomAttention(cfg)
         self.post_attention_layernorm = LayerNorm(cfg.hidden_size, **norm)
         self.mlp = BloomMLP(cfg)
-        self.dropout = nn.Dropout(p=cfg.hidden_dropout_rate) if cfg.hidden_dropout_rate > 0 else nn.Identity()
+        self.dropout = dropout(cfg.hidden_dropout_rate)
 
     def construct(self, x, bias, k_cache=None, v_cache=None, cache_index=None):
         x = x + self.dropout(self.self_attention(self.input_layernorm(x), bias, k_cache, v_cache, cache_index))
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
-class BloomModel(nn.Cell):
+class BloomModel(Backbone):
     """BLOOM transformer without the LM head; same call contract as :class:`mindrlhf.models.gpt2.GPT2Model`
     (``position_ids`` are accepted and unused: ALiBi reads positions from the mask)."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
+        super().__init__(cfg, cfg.num_heads)
         if cfg.intermediate_size not in (None, 4 * cfg.hidden_size):
             raise ConfigError(f"model_config.intermediate_size: BLOOM's MLP width is 4 * hidden_size "
                               f"({4 * cfg.hidden_size}), got {cfg.intermediate_size}")
@@ -102,13 +100,10 @@ class BloomModel(nn.Cell):
         norm = dict(eps=cfg.layernorm_epsilon, param_dtype=dtype, compute_dtype=ms_dtype(cfg.layernorm_compute_type))
         self.word_embeddings = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.initializer_range, dtype)
         self.word_embeddings_layernorm = LayerNorm(cfg.hidden_size, **norm)
-        self.drop = nn.Dropout(p=cfg.hidden_dropout_rate) if cfg.hidden_dropout_rate > 0 else nn.Identity()
+        self.drop = dropout(cfg.hidden_dropout_rate)
         self.h = nn.CellList([BloomBlock(cfg) for _ in range(cfg.num_layers)])
         self.ln_f = LayerNorm(cfg.hidden_size, **norm)
         self.slopes = Tensor(alibi_slopes(cfg.num_heads).reshape(1, -1, 1, 1), ms.float32)
-        self.num_layers = cfg.num_layers
-        self.compute_dtype = ms_dtype(cfg.compute_dtype)
-        self.cache_heads = cfg.num_heads
 
     def input_embedding_table(self):
         """The ``(V, H)`` token table (the tied LM head multiplies with it)."""
@@ -125,11 +120,7 @@ class BloomModel(nn.Cell):
                                                 self.compute_dtype, self.cache_heads)
         bias = bias + alibi_bias(attention_mask, self.slopes, self.compute_dtype)  # (B, heads, S, L)
         x = self.drop(self.word_embeddings_layernorm(ops.cast(self.word_embeddings(input_ids), self.compute_dtype)))
-        for i in range(self.num_layers):
-            if kv_cache is None:
-                x = self.h[i](x, bias)
-            else:
-                x = self.h[i](x, bias, kv_cache[2 * i], kv_cache[2 * i + 1], cache_index)
+        x = self.run_blocks(self.h, x, bias, (), kv_cache, cache_index)
         return self.ln_f(x)
 
 

@@ -7,6 +7,9 @@ prefix, which weights are stored transposed, which buffers to skip, the ``config
 :class:`mindrlhf.models.registry.ModelFamily` entry. Name map: the family's Hugging Face prefix (``transformer.``,
 ``model.``) <-> our ``backbone.``; heads keep their names (``lm_head.weight``, ``lm_head.bias``, ``score.weight``).
 
+mindformers ``.ckpt`` files (GPT-2, Llama) load through :func:`load_ckpt` / :func:`load_weights` with their names
+mapped by the family's ``mindformers`` layout, and :func:`save_mindformers_ckpt` writes them back.
+
 Tied embeddings (``tie_word_embeddings``): the one ``(V, H)`` matrix may be stored as the token table, as
 ``lm_head.weight`` or under both names; loading accepts all three, writing stores the token table only (the
 layout ``transformers`` saves). Bundled models load by name: ``tinystories`` is :data:`BUNDLED_MODELS`' folder.
@@ -19,7 +22,6 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
@@ -27,8 +29,8 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from mindrlhf.config import ModelConfig
-from mindrlhf.models.registry import (CheckpointError, HFLayout, ModelFamily, family,  # noqa: F401 (re-exported)
-                                      family_for_model_type)
+from mindrlhf.models.registry import (CheckpointError, HFLayout, MindformersLayout,  # noqa: F401 (re-exported)
+                                      ModelFamily, family, family_for_model_type)
 
 logger = logging.getLogger(__name__)
 
@@ -400,10 +402,36 @@ def _load_ckpt(cell: nn.Cell, path: str, allow_missing: Iterable[str], ignore_un
     except (ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: cannot read MindSpore checkpoint: {err}") from None
     model_names = (BACKBONE_PREFIX, "lm_head.", "score.", "v_head.")
+    layout = mindformers_layout(cell, loaded)
+    if layout is not None:
+        model_names += layout.markers
     arrays = {n: v.asnumpy() for n, v in loaded.items() if n.startswith(model_names)}
     extras = {n: v.asnumpy() for n, v in loaded.items() if not n.startswith(model_names)}
+    if layout is not None:
+        arrays = layout.to_ours(arrays, cell.config)
+        logger.info("%s: mindformers parameter names mapped to ours", path)
     kept = assign_parameters(cell, arrays, path, allow_missing=allow_missing, ignore_unexpected=ignore_unexpected)
     return extras, kept
+
+
+def mindformers_layout(cell: nn.Cell, names: Iterable[str]) -> Optional[MindformersLayout]:
+    """The mindformers naming of ``cell``'s family when a checkpoint's ``names`` use it (a name starting with one
+    of the family's mindformers-only prefixes), else None."""
+    config = getattr(cell, "config", None)
+    layout = family(config.type).mindformers if config is not None else None
+    if layout is None or not any(name.startswith(layout.markers) for name in names):
+        return None
+    return layout
+
+
+def save_mindformers_ckpt(cell: nn.Cell, path: str) -> str:
+    """Save ``cell`` (a CausalLM, RewardModel or Critic) as a MindSpore ``.ckpt`` under mindformers' parameter names
+    (GPT-2 and Llama), atomically; :func:`load_ckpt` reads such files back (names mapped, shapes checked)."""
+    layout = family(cell.config.type).mindformers
+    if layout is None:
+        raise CheckpointError(f"{path}: no mindformers parameter names are known for model type {cell.config.type!r}")
+    arrays = layout.from_ours({name: p.asnumpy() for name, p in cell_parameters(cell).items()}, cell.config)
+    return save_tensors({name: Tensor(a) for name, a in arrays.items()}, path)
 
 
 # the files of a Hugging Face folder besides its config and weights that describe how to use it

@@ -3,16 +3,17 @@ rotate-every-two layout, no position table (Hugging Face ``GPTJModel`` layout); 
 bias."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from mindrlhf.config import ConfigError, ModelConfig
-from mindrlhf.models.layers import (Attention, Embedding, LayerNorm, Linear, attention_inputs, gelu_tanh,
-                                    ms_dtype, split_heads)
-from mindrlhf.models.registry import CheckpointError, HFLayout, ModelFamily, hf_field, hf_special_ids, register_family
-
-GPTJ_EOS = 50256  # <|endoftext|> of the GPT-2 vocabulary GPT-J uses: bos, eos and pad when config.json is silent
+from mindrlhf.models.gpt2 import gpt2_config_from_hf, gpt2_config_to_hf
+from mindrlhf.models.layers import (Attention, Backbone, Embedding, LayerNorm, Linear, attention_inputs,
+                                    dropout, gelu_tanh, mlp_projections, ms_dtype, split_heads)
+from mindrlhf.models.registry import HFLayout, ModelFamily, register_family
 
 
 def rotate_every_two_matrix(dim: int) -> np.ndarray:
@@ -87,12 +88,8 @@ class GPTJMLP(nn.Cell):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        width = cfg.intermediate_size or 4 * cfg.hidden_size
-        dtypes = dict(init_std=cfg.initializer_range, param_dtype=ms_dtype(cfg.param_init_type),
-                      compute_dtype=ms_dtype(cfg.compute_dtype))
-        self.fc_in = Linear(cfg.hidden_size, width, **dtypes)
-        self.fc_out = Linear(width, cfg.hidden_size, **dtypes)
-        self.dropout = nn.Dropout(p=cfg.hidden_dropout_rate) if cfg.hidden_dropout_rate > 0 else nn.Identity()
+        self.fc_in, self.fc_out = mlp_projections(cfg, cfg.intermediate_size or 4 * cfg.hidden_size)
+        self.dropout = dropout(cfg.hidden_dropout_rate)
 
     def construct(self, x):
         return self.dropout(self.fc_out(gelu_tanh(self.fc_in(x))))
@@ -107,31 +104,28 @@ class GPTJBlock(nn.Cell):
                               ms_dtype(cfg.layernorm_compute_type))
         self.attn = GPTJAttention(cfg)
         self.mlp = GPTJMLP(cfg)
-        self.dropout = nn.Dropout(p=cfg.hidden_dropout_rate) if cfg.hidden_dropout_rate > 0 else nn.Identity()
+        self.dropout = dropout(cfg.hidden_dropout_rate)
 
     def construct(self, x, bias, cos, sin, k_cache=None, v_cache=None, cache_index=None):
         h = self.ln_1(x)
         return x + self.dropout(self.attn(h, bias, cos, sin, k_cache, v_cache, cache_index)) + self.mlp(h)
 
 
-class GPTJModel(nn.Cell):
+class GPTJModel(Backbone):
     """GPT-J transformer without the LM head; same call contract as :class:`mindrlhf.models.gpt2.GPT2Model`."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
+        super().__init__(cfg, cfg.num_heads)
         rotary_dim = cfg.rotary_dim or cfg.head_dim
         if rotary_dim > cfg.head_dim or rotary_dim % 2:
             raise ConfigError(f"model_config.rotary_dim: {rotary_dim} must be even and at most head_dim "
                               f"{cfg.head_dim}")
         self.wte = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.initializer_range, ms_dtype(cfg.param_init_type))
-        self.drop = nn.Dropout(p=cfg.hidden_dropout_rate) if cfg.hidden_dropout_rate > 0 else nn.Identity()
+        self.drop = dropout(cfg.hidden_dropout_rate)
         self.h = nn.CellList([GPTJBlock(cfg) for _ in range(cfg.num_layers)])
         self.ln_f = LayerNorm(cfg.hidden_size, cfg.layernorm_epsilon, ms_dtype(cfg.param_init_type),
                               ms_dtype(cfg.layernorm_compute_type))
         self.rotary = InterleavedRotary(rotary_dim, cfg.rope_theta)
-        self.num_layers = cfg.num_layers
-        self.compute_dtype = ms_dtype(cfg.compute_dtype)
-        self.cache_heads = cfg.num_heads
 
     def input_embedding_table(self):
         """The ``(V, H)`` token table."""
@@ -146,35 +140,18 @@ class GPTJModel(nn.Cell):
                                                            self.compute_dtype, self.cache_heads)
         cos, sin = self.rotary(position_ids)
         x = self.drop(ops.cast(self.wte(input_ids), self.compute_dtype))
-        for i in range(self.num_layers):
-            if kv_cache is None:
-                x = self.h[i](x, bias, cos, sin)
-            else:
-                x = self.h[i](x, bias, cos, sin, kv_cache[2 * i], kv_cache[2 * i + 1], cache_index)
+        x = self.run_blocks(self.h, x, bias, (cos, sin), kv_cache, cache_index)
         return self.ln_f(x)
 
 
 def gptj_config_from_hf(hf: dict, source: str) -> ModelConfig:
-    """``GPTJConfig`` fields -> :class:`ModelConfig`."""
-    act = hf.get("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise CheckpointError(f"{source}: field 'activation_function' {act!r} is not supported (gelu_new only)")
-    return ModelConfig(
-        type="gptj", vocab_size=hf_field(hf, "vocab_size", source), hidden_size=hf_field(hf, "n_embd", source),
-        num_layers=hf_field(hf, "n_layer", source), num_heads=hf_field(hf, "n_head", source),
-        intermediate_size=hf.get("n_inner"), seq_length=hf.get("n_positions", 2048),
-        rotary_dim=hf.get("rotary_dim"), hidden_act="gelu", layernorm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
-        **hf_special_ids(hf, None, GPTJ_EOS, None))
+    """``GPTJConfig`` fields (GPT-2's names plus ``rotary_dim``) -> :class:`ModelConfig`."""
+    return dataclasses.replace(gpt2_config_from_hf(hf, source), type="gptj", rotary_dim=hf.get("rotary_dim"))
 
 
 def gptj_config_to_hf(cfg: ModelConfig) -> dict:
     """:class:`ModelConfig` -> ``GPTJConfig`` fields."""
-    return {"n_embd": cfg.hidden_size, "n_layer": cfg.num_layers, "n_head": cfg.num_heads,
-            "n_inner": cfg.intermediate_size, "n_positions": cfg.seq_length,
-            "rotary_dim": cfg.rotary_dim or cfg.head_dim,
-            "activation_function": "gelu_new", "layer_norm_epsilon": cfg.layernorm_epsilon,
-            "resid_pdrop": cfg.hidden_dropout_rate, "embd_pdrop": cfg.hidden_dropout_rate,
-            "attn_pdrop": cfg.attention_dropout_rate}
+    return {**gpt2_config_to_hf(cfg), "rotary_dim": cfg.rotary_dim or cfg.head_dim}
 
 
 GPTJ = register_family(ModelFamily(

@@ -7,10 +7,10 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from mindrlhf.config import ModelConfig
-from mindrlhf.models.layers import (Attention, Embedding, Linear, RMSNorm, attention_inputs,
+from mindrlhf.models.layers import (Attention, Backbone, Embedding, Linear, RMSNorm, attention_inputs,
                                     ms_dtype, split_heads)
-from mindrlhf.models.registry import (CheckpointError, HFLayout, ModelFamily, hf_field, hf_special_ids,
-                                      hf_rope_theta, register_family)
+from mindrlhf.models.registry import (CheckpointError, HFLayout, MindformersLayout, ModelFamily, hf_field,
+                                      hf_rope_theta, hf_special_ids, register_family, rename_by_pairs)
 
 
 def llama_intermediate_size(cfg: ModelConfig) -> int:
@@ -104,23 +104,20 @@ class LlamaDecoderLayer(nn.Cell):
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
-class LlamaModel(nn.Cell):
+class LlamaModel(Backbone):
     """Llama transformer without the LM head; same call contract as :class:`mindrlhf.models.gpt2.GPT2Model`.
     Subclasses set ``qkv_bias`` (Qwen2)."""
 
     qkv_bias = False
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
+        super().__init__(cfg, cfg.num_kv_heads)
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.initializer_range,
                                       ms_dtype(cfg.param_init_type))
         self.layers = nn.CellList([LlamaDecoderLayer(cfg, self.qkv_bias) for _ in range(cfg.num_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ms_dtype(cfg.param_init_type),
                             ms_dtype(cfg.layernorm_compute_type))
         self.rotary = Rotary(cfg.head_dim, cfg.rope_theta)
-        self.num_layers = cfg.num_layers
-        self.compute_dtype = ms_dtype(cfg.compute_dtype)
-        self.cache_heads = cfg.num_kv_heads
 
     def input_embedding_table(self):
         """The ``(V, H)`` token table."""
@@ -135,11 +132,7 @@ class LlamaModel(nn.Cell):
                                                            self.compute_dtype, self.cache_heads)
         cos, sin = self.rotary(position_ids)
         x = ops.cast(self.embed_tokens(input_ids), self.compute_dtype)
-        for i in range(self.num_layers):
-            if kv_cache is None:
-                x = self.layers[i](x, bias, cos, sin)
-            else:
-                x = self.layers[i](x, bias, cos, sin, kv_cache[2 * i], kv_cache[2 * i + 1], cache_index)
+        x = self.run_blocks(self.layers, x, bias, (cos, sin), kv_cache, cache_index)
         return self.norm(x)
 
 
@@ -179,9 +172,37 @@ def llama_config_to_hf(cfg: ModelConfig) -> dict:
     return {**rotary_config_to_hf(cfg), "attention_bias": False, "mlp_bias": False}
 
 
+# mindformers' Llama names (its convert_weight.py name_replace) -> ours; the tensors keep Hugging Face's layout
+MINDFORMERS_LLAMA_NAMES = (
+    ("model.tok_embeddings.embedding_weight", "backbone.embed_tokens.weight"),
+    ("model.norm_out.", "backbone.norm."),
+    (".attention.wq.", ".self_attn.q_proj."), (".attention.wk.", ".self_attn.k_proj."),
+    (".attention.wv.", ".self_attn.v_proj."), (".attention.wo.", ".self_attn.o_proj."),
+    (".feed_forward.w1.", ".mlp.gate_proj."), (".feed_forward.w2.", ".mlp.down_proj."),
+    (".feed_forward.w3.", ".mlp.up_proj."),
+    (".attention_norm.", ".input_layernorm."), (".ffn_norm.", ".post_attention_layernorm."),
+    ("model.layers.", "backbone.layers."),
+)
+
+
+def llama_from_mindformers(arrays: dict, cfg: ModelConfig) -> dict:
+    """A mindformers Llama state dict under our names."""
+    del cfg
+    return {rename_by_pairs(name, MINDFORMERS_LLAMA_NAMES): a for name, a in arrays.items()}
+
+
+def llama_to_mindformers(arrays: dict, cfg: ModelConfig) -> dict:
+    """Our Llama state dict under mindformers' names."""
+    del cfg
+    inverse = tuple((new, old) for old, new in MINDFORMERS_LLAMA_NAMES)
+    return {rename_by_pairs(name, inverse): a for name, a in arrays.items()}
+
+
 LLAMA = register_family(ModelFamily(
     name="llama", backbone=LlamaModel,
     hf=HFLayout("llama", "model.", "embed_tokens.weight", "LlamaForCausalLM", "LlamaForSequenceClassification",
                 ignored=(".rotary_emb.inv_freq",)),
     config_from_hf=llama_config_from_hf, config_to_hf=llama_config_to_hf, tied_default=False,
-    tokenizer="llama", add_bos=True))
+    tokenizer="llama", add_bos=True,
+    mindformers=MindformersLayout(("model.tok_embeddings.", "model.layers.", "model.norm_out."),
+                                  llama_from_mindformers, llama_to_mindformers)))

@@ -40,6 +40,27 @@ class HFLayout:
 
 
 @dataclass(frozen=True)
+class MindformersLayout:
+    """How mindformers names a family's parameters in its MindSpore ``.ckpt`` files.
+
+    ``to_ours(arrays, cfg)`` renames (and splits, joins or transposes) a mindformers state dict into our names;
+    ``from_ours`` is its inverse. A name either cannot map stays as it is, so the loader lists it as unexpected.
+    """
+
+    markers: Tuple[str, ...]  # name prefixes only a mindformers checkpoint of the family has
+    to_ours: Callable[[Dict[str, Any], ModelConfig], Dict[str, Any]]
+    from_ours: Callable[[Dict[str, Any], ModelConfig], Dict[str, Any]]
+
+
+def rename_by_pairs(name: str, pairs: Tuple[Tuple[str, str], ...]) -> str:
+    """``name`` with each ``(old, new)`` substring of ``pairs`` replaced in order (a name map both ways: swap the
+    pairs for the inverse)."""
+    for old, new in pairs:
+        name = name.replace(old, new)
+    return name
+
+
+@dataclass(frozen=True)
 class ModelFamily:
     """One model family: everything that differs between families, in one place.
 
@@ -58,6 +79,7 @@ class ModelFamily:
     tokenizer: Optional[str] = None  # bundled tokenizer (mindrlhf.data.tokenizer.BUNDLED key); None: none ships
     add_bos: bool = False  # prompts start with bos when the tokenizer's own files do not say
     chat_template: Optional[str] = None  # mindrlhf.data.templates name of the family's chat format, if any
+    mindformers: Optional[MindformersLayout] = None  # mindformers .ckpt names, for the families it ships
 
 
 _FAMILIES: Dict[str, ModelFamily] = {}
