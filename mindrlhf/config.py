@@ -35,9 +35,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """Network shape and numerics of one backbone (GPT-2 or Llama family)."""
+    """Network shape and numerics of one backbone (any registered family)."""
 
-    type: str = "gpt2"  # registry name of the backbone family: gpt2 | llama
+    type: str = "gpt2"  # registry name of the backbone family: gpt2 | llama | qwen2 | gptj | bloom
     vocab_size: int = 50257  # rows of the token embedding
     hidden_size: int = 768  # width of the residual stream H
     num_layers: int = 12  # transformer blocks
@@ -48,9 +48,10 @@ class ModelConfig:
     multiple_of: int = 256  # Llama: MLP width is 2/3*4H rounded up to a multiple of this when intermediate_size is None
     seq_length: int = 1024  # maximum sequence length (GPT-2: learned position table size)
     hidden_act: str = "gelu"  # gelu (tanh approximation, GPT-2's gelu_new) | silu (Llama SwiGLU)
-    layernorm_epsilon: float = 1e-5  # GPT-2 LayerNorm epsilon
-    rms_norm_eps: float = 1e-5  # Llama RMSNorm epsilon
-    rope_theta: float = 10000.0  # Llama rotary base
+    layernorm_epsilon: float = 1e-5  # LayerNorm epsilon (GPT-2, GPT-J, BLOOM)
+    rms_norm_eps: float = 1e-5  # RMSNorm epsilon (Llama, Qwen2)
+    rope_theta: float = 10000.0  # rotary base (Llama, Qwen2, GPT-J)
+    rotary_dim: Optional[int] = None  # GPT-J: rotary on the first rotary_dim dims of each head; None = all of them
     hidden_dropout_rate: float = 0.0  # dropout on embeddings, attention output and MLP output (training only)
     attention_dropout_rate: float = 0.0  # dropout on attention probabilities (training only)
     initializer_range: float = 0.02  # std of the normal initialiser for weights built from scratch

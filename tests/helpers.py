@@ -40,6 +40,34 @@ def tiny_llama_config(**overrides) -> ModelConfig:
 TINY_CONFIGS = {"gpt2": tiny_gpt2_config, "llama": tiny_llama_config}
 
 
+def tiny_qwen2_config(**overrides) -> ModelConfig:
+    """A 2-layer Qwen2 (q/k/v biases) with grouped-query attention (4 query heads, 2 key/value heads), hidden 32,
+    MLP 64, Qwen2's rotary base 1e6, untied embeddings (``tie_word_embeddings=True`` via ``overrides``)."""
+    base = dict(type="qwen2", vocab_size=100, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                intermediate_size=64, seq_length=64, hidden_act="silu", rope_theta=1e6, tie_word_embeddings=False,
+                pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS)
+    return ModelConfig(**{**base, **overrides})
+
+
+def tiny_gptj_config(**overrides) -> ModelConfig:
+    """A 2-layer GPT-J with hidden 32, 4 heads of 8 dims, rotary on the first 4 of them, MLP 64."""
+    base = dict(type="gptj", vocab_size=100, hidden_size=32, num_layers=2, num_heads=4, rotary_dim=4,
+                intermediate_size=64, seq_length=64, hidden_act="gelu", pad_token_id=PAD, bos_token_id=BOS,
+                eos_token_id=EOS)
+    return ModelConfig(**{**base, **overrides})
+
+
+def tiny_bloom_config(**overrides) -> ModelConfig:
+    """A 2-layer BLOOM with hidden 48 and 6 heads (not a power of two: the ALiBi slopes' second sequence)."""
+    base = dict(type="bloom", vocab_size=100, hidden_size=48, num_layers=2, num_heads=6, seq_length=64,
+                hidden_act="gelu", pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS)
+    return ModelConfig(**{**base, **overrides})
+
+
+# the families added beside GPT-2 and Llama, tested in tests/test_families.py
+NEW_FAMILY_CONFIGS = {"qwen2": tiny_qwen2_config, "gptj": tiny_gptj_config, "bloom": tiny_bloom_config}
+
+
 def padded_batch(cfg: ModelConfig, lengths: Sequence[int] = LENGTHS, seq_len: int = SEQ_LEN, side: str = "right",
                  seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """Random text padded with ``cfg.pad_token_id`` on ``side``: ``input_ids, attention_mask`` both ``(B, S)`` int32."""

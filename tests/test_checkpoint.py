@@ -258,7 +258,8 @@ def test_malformed_config_json(tmp_dir):
 def test_unsupported_model_type(tmp_dir):
     with open(os.path.join(tmp_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump({"model_type": "bert", "hidden_size": 32}, f)
-    with pytest.raises(CheckpointError, match=r"model_type 'bert' is not supported \(supported: gpt2, llama\)") as err:
+    supported = r"\(supported: bloom, gpt2, gptj, llama, qwen2\)"
+    with pytest.raises(CheckpointError, match=r"model_type 'bert' is not supported " + supported) as err:
         model_config_from_hf_folder(tmp_dir)
     assert os.path.join(tmp_dir, "config.json") in str(err.value)
 
@@ -388,3 +389,88 @@ def test_a_folder_whose_tokenizer_does_not_fit_the_model_is_refused(tmp_dir):
         os.remove(os.path.join(folder, name))
     with pytest.raises(CheckpointError, match="has no eos token"):
         load_weights(model, folder, cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mindformers .ckpt files: the parameter names mindformers' GPT-2 and Llama write (its convert_weight.py scripts)
+
+
+def mindformers_state(hf_model, family: str) -> dict:
+    """The state dict mindformers holds for ``hf_model``, written out name by name: GPT-2's fused ``c_attn`` is
+    split into ``dense1/2/3`` stored (out, in) while ``projection`` / ``mapping`` keep Conv1D's (in, out); Llama's
+    names are renamed, its tensors unchanged."""
+    hf = {n: t.detach().numpy().copy() for n, t in hf_model.state_dict().items()}
+    layers = hf_model.config.num_hidden_layers
+    out = {}
+    if family == "gpt2":
+        for i in range(layers):
+            src, dst = f"transformer.h.{i}.", f"backbone.blocks.{i}."
+            for ours, theirs in (("ln_1.weight", "layernorm1.gamma"), ("ln_1.bias", "layernorm1.beta"),
+                                 ("ln_2.weight", "layernorm2.gamma"), ("ln_2.bias", "layernorm2.beta"),
+                                 ("attn.c_proj.weight", "attention.projection.weight"),
+                                 ("attn.c_proj.bias", "attention.projection.bias"),
+                                 ("mlp.c_fc.weight", "output.mapping.weight"), ("mlp.c_fc.bias", "output.mapping.bias"),
+                                 ("mlp.c_proj.weight", "output.projection.weight"),
+                                 ("mlp.c_proj.bias", "output.projection.bias")):
+                out[dst + theirs] = hf[src + ours]
+            weights = np.split(hf[src + "attn.c_attn.weight"], 3, -1)
+            biases = np.split(hf[src + "attn.c_attn.bias"], 3, -1)
+            for dense, weight, bias in zip(("dense1", "dense2", "dense3"), weights, biases):
+                out[f"{dst}attention.{dense}.weight"], out[f"{dst}attention.{dense}.bias"] = weight.T, bias
+        out["backbone.layernorm.gamma"], out["backbone.layernorm.beta"] = hf["transformer.ln_f.weight"], hf[
+            "transformer.ln_f.bias"]
+        out["backbone.embedding.word_embedding.embedding_table"] = hf["transformer.wte.weight"]
+        out["backbone.embedding.position_embedding.embedding_table"] = hf["transformer.wpe.weight"]
+        return out
+    renames = {"self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk",
+               "self_attn.v_proj": "attention.wv", "self_attn.o_proj": "attention.wo",
+               "mlp.gate_proj": "feed_forward.w1", "mlp.down_proj": "feed_forward.w2", "mlp.up_proj": "feed_forward.w3",
+               "input_layernorm": "attention_norm", "post_attention_layernorm": "ffn_norm"}
+    for i in range(layers):
+        for ours, theirs in renames.items():
+            out[f"model.layers.{i}.{theirs}.weight"] = hf[f"model.layers.{i}.{ours}.weight"]
+    out["model.tok_embeddings.embedding_weight"] = hf["model.embed_tokens.weight"]
+    out["model.norm_out.weight"] = hf["model.norm.weight"]
+    out["lm_head.weight"] = hf["lm_head.weight"]
+    return out
+
+
+def write_ckpt(arrays: dict, path: str) -> str:
+    ms.save_checkpoint([{"name": n, "data": ms.Tensor(a)} for n, a in arrays.items()], path)
+    return path
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mindformers_ckpt_loads_and_writes_back(family, tmp_dir):
+    from mindrlhf.models.convert import load_weights, model_config_from_hf, save_mindformers_ckpt
+
+    hf_model = torch_model(family)
+    theirs = mindformers_state(hf_model, family)
+    path = write_ckpt({**theirs, "global_step": np.array([3], np.int32)}, os.path.join(tmp_dir, "mf.ckpt"))
+    cfg = model_config_from_hf(hf_model.config.to_dict())  # the reference's sizes and norm epsilon
+    lm = CausalLM(cfg)
+    assert load_weights(lm, path, cfg) == []
+    assert_same_logits(lm, hf_model, side="left")
+
+    back = save_mindformers_ckpt(lm, os.path.join(tmp_dir, "back.ckpt"))
+    written = {n: v.asnumpy() for n, v in ms.load_checkpoint(back).items()}
+    assert written.keys() == theirs.keys()
+    for name, array in theirs.items():
+        np.testing.assert_array_equal(written[name], array, err_msg=name)
+
+
+def test_mindformers_ckpt_problems_are_listed(tmp_dir):
+    from mindrlhf.models.convert import load_weights
+
+    theirs = mindformers_state(torch_model("gpt2"), "gpt2")
+    del theirs["backbone.blocks.1.layernorm2.beta"]
+    for dense in ("dense1", "dense2", "dense3"):  # a block of another width
+        name = f"backbone.blocks.0.attention.{dense}.weight"
+        theirs[name] = theirs[name][:, :16]
+    path = write_ckpt(theirs, os.path.join(tmp_dir, "mf.ckpt"))
+    cfg = tiny_gpt2_config()
+    with pytest.raises(CheckpointError) as err:
+        load_weights(CausalLM(cfg), path, cfg)
+    message = str(err.value)
+    assert path in message and "missing keys (1): backbone.h.1.ln_2.bias" in message
+    assert "backbone.h.0.attn.c_attn.weight: checkpoint (96, 16) vs model (96, 32)" in message

@@ -7,6 +7,7 @@ import pytest
 
 from mindrlhf import config as config_module
 from mindrlhf.config import ConfigError, RunConfig, load_config, save_config
+from mindrlhf.models import list_backbones
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "model_configs"
 RECIPES = sorted(CONFIG_DIR.glob("**/*.yaml"))
@@ -19,6 +20,14 @@ EXPECTED_SIZES = {
     "gpt2_config/run_gpt2_tiny.yaml": ("gpt2", 64, 2, 4, 4, 50257, 256, "float32", "CPU"),
     "llama2_config/run_llama2_7b.yaml": ("llama", 4096, 32, 32, 32, 32000, 4096, "float16", "Ascend"),
     "llama2_config/run_llama2_tiny.yaml": ("llama", 64, 2, 4, 2, 32000, 256, "float32", "CPU"),
+    "qwen2_config/run_qwen2_5_0_5b.yaml": ("qwen2", 896, 24, 14, 2, 151936, 4096, "bfloat16", "Ascend"),
+    "qwen2_config/run_qwen2_5_7b.yaml": ("qwen2", 3584, 28, 28, 4, 152064, 8192, "bfloat16", "Ascend"),
+    "qwen2_config/run_qwen2_tiny.yaml": ("qwen2", 64, 2, 4, 2, 50257, 256, "float32", "CPU"),
+    "gptj_config/run_gptj_6b.yaml": ("gptj", 4096, 28, 16, 16, 50400, 2048, "float16", "Ascend"),
+    "gptj_config/run_gptj_tiny.yaml": ("gptj", 64, 2, 4, 4, 50400, 256, "float32", "CPU"),
+    "bloom_config/run_bloom_560m.yaml": ("bloom", 1024, 24, 16, 16, 250880, 2048, "float16", "Ascend"),
+    "bloom_config/run_bloom_7b1.yaml": ("bloom", 4096, 30, 32, 32, 250880, 2048, "float16", "Ascend"),
+    "bloom_config/run_bloom_tiny.yaml": ("bloom", 96, 2, 6, 6, 50257, 256, "float32", "CPU"),
 }
 
 
@@ -36,7 +45,7 @@ def write(path: Path, text: str) -> Path:
 def test_every_recipe_loads(path):
     cfg = load_config(str(path))
     model = cfg.model.model_config
-    assert model.type in ("gpt2", "llama")
+    assert model.type in list_backbones()
     assert model.hidden_size % model.num_heads == 0
     assert model.num_heads % model.num_kv_heads == 0
 

@@ -155,7 +155,7 @@ def test_unknown_model_type_names_the_nearest_registered_one():
     with pytest.raises(ConfigError, match=r"unknown model 'lama'.*did you mean 'llama'"):
         CausalLM(tiny_llama_config(type="lama"))
     with pytest.raises(ConfigError, match=r"did you mean 'gpt2'"):
-        backbone_class("gpt3")
+        backbone_class("gpt-2")
 
 
 def test_registry_lists_both_families():

@@ -10,7 +10,7 @@ from typing import Optional
 
 from mindrlhf.config import RunConfig, load_config, save_config
 from mindrlhf.context import init_context
-from mindrlhf.data.templates import format_prompt
+from mindrlhf.data.templates import apply_template
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,8 @@ def add_generate_parser(sub) -> None:
                         help="tokenizer.json, tokenizer folder or SentencePiece .model (default: the checkpoint "
                              "folder's own tokenizer, else the bundled one of the model family)")
     parser.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable; default: demo prompts)")
-    parser.add_argument("--raw", action="store_true", help="do not wrap prompts in the QA template")
+    parser.add_argument("--raw", action="store_true", help="do not wrap prompts in the family's chat template "
+                        "(Qwen2: chatml) or the QA template")
     parser.add_argument("--output_file", default=None, help="JSONL of prompts and responses "
                         "(default: <output_dir>/generate/samples.jsonl)")
     parser.set_defaults(func=run_generate)
@@ -100,9 +101,11 @@ def has_tokenizer(folder: str) -> bool:
 
 def choose_tokenizer(explicit: str, folders, model_type: str):
     """``(tokenizer, its folder or None)``: ``explicit`` if given, else that of the first of ``folders`` (the
-    checkpoint loaded, then the run's starting checkpoint) that ships one, else the family's bundled one."""
+    checkpoint loaded, then the run's starting checkpoint) that ships one, else the family's bundled one (a
+    family without one, such as Qwen2 or BLOOM, needs ``--tokenizer``)."""
     from mindrlhf.data.tokenizer import load_tokenizer
     from mindrlhf.models.convert import resolve_checkpoint
+    from mindrlhf.models.registry import family
 
     if explicit:
         return load_tokenizer(explicit), (explicit if os.path.isdir(explicit) else None)
@@ -110,7 +113,18 @@ def choose_tokenizer(explicit: str, folders, model_type: str):
         folder = resolve_checkpoint(folder) if folder else ""
         if folder and has_tokenizer(folder):
             return load_tokenizer(folder), folder
-    return load_tokenizer("gpt2" if model_type == "gpt2" else "llama"), None
+    bundled = family(model_type).tokenizer
+    if bundled is None:
+        raise SystemExit(f"model family {model_type!r} ships no bundled tokenizer and the checkpoint folder has "
+                         f"none: pass --tokenizer (the model's tokenizer.json or its folder)")
+    return load_tokenizer(bundled), None
+
+
+def prompt_template(model_type: str) -> str:
+    """The template prompts are wrapped in: the family's chat template (Qwen2: ``chatml``), else the QA template."""
+    from mindrlhf.models.registry import family
+
+    return family(model_type).chat_template or "qa"
 
 
 def config_adds_bos(folder) -> Optional[bool]:
@@ -125,13 +139,15 @@ def config_adds_bos(folder) -> Optional[bool]:
 
 def prompt_bos(tokenizer, folder, model_cfg) -> Optional[int]:
     """The id put before each prompt, or None: the tokenizer's ``add_bos`` rule (its folder's
-    ``tokenizer_config.json``), else a bos for Llama and none for GPT-2; the id is the tokenizer's bos, else the
-    model config's."""
+    ``tokenizer_config.json``), else the family's rule (Llama: bos; GPT-2, Qwen2, GPT-J, BLOOM: none); the id is the
+    tokenizer's bos, else the model config's."""
+    from mindrlhf.models.registry import family
+
     add_bos = getattr(tokenizer, "add_bos", None)
     if add_bos is None:
         add_bos = config_adds_bos(folder)
     if add_bos is None:
-        add_bos = model_cfg.type != "gpt2"
+        add_bos = family(model_cfg.type).add_bos
     if not add_bos:
         return None
     return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else model_cfg.bos_token_id
@@ -151,7 +167,7 @@ def run_generate(args) -> int:
         raise SystemExit(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but the model's vocab_size "
                          f"is {model_cfg.vocab_size}")
     prompts = args.prompt or list(DEMO_PROMPTS)
-    texts = prompts if args.raw else [format_prompt(p) for p in prompts]
+    texts = prompts if args.raw else [apply_template(prompt_template(model_cfg.type), p) for p in prompts]
     bos = prompt_bos(tokenizer, folder, model_cfg)
     ids, mask = left_pad([([] if bos is None else [bos]) + tokenizer.encode(t) for t in texts],
                          model_cfg.pad_token_id)

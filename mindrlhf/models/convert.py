@@ -2,9 +2,13 @@
 ``model.safetensors.index.json``) to and from our cells, checked key by key and shape by shape, and MindSpore
 ``.ckpt`` files. Everything written goes to a temporary name first and is renamed into place.
 
-Name map: Hugging Face ``transformer.*`` (GPT-2) / ``model.*`` (Llama) <-> our ``backbone.*``; heads keep their
-names (``lm_head.weight``, ``score.weight``). GPT-2's ``Conv1D`` weights are stored ``(in, out)`` and are
-transposed to our ``(out, in)``.
+Only generic renaming, transposing and shape checking lives here; what differs between families (the backbone
+prefix, which weights are stored transposed, which buffers to skip, the ``config.json`` fields) is each family's
+:class:`mindrlhf.models.registry.ModelFamily` entry. Name map: the family's Hugging Face prefix (``transformer.``,
+``model.``) <-> our ``backbone.``; heads keep their names (``lm_head.weight``, ``lm_head.bias``, ``score.weight``).
+
+mindformers ``.ckpt`` files (GPT-2, Llama) load through :func:`load_ckpt` / :func:`load_weights` with their names
+mapped by the family's ``mindformers`` layout, and :func:`save_mindformers_ckpt` writes them back.
 
 Tied embeddings (``tie_word_embeddings``): the one ``(V, H)`` matrix may be stored as the token table, as
 ``lm_head.weight`` or under both names; loading accepts all three, writing stores the token table only (the
@@ -12,12 +16,12 @@ layout ``transformers`` saves). Bundled models load by name: ``tinystories`` is 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
@@ -25,6 +29,8 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from mindrlhf.config import ModelConfig
+from mindrlhf.models.registry import (CheckpointError, HFLayout, MindformersLayout,  # noqa: F401 (re-exported)
+                                      ModelFamily, family, family_for_model_type)
 
 logger = logging.getLogger(__name__)
 
@@ -36,103 +42,45 @@ MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 BUNDLED_MODELS: Dict[str, str] = {"tinystories": os.path.join(MODELS_DIR, "tinystories_656k")}
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model: names the file and lists every problem."""
-
-
-@dataclass(frozen=True)
-class HFFamily:
-    """How one model family is laid out in Hugging Face checkpoints."""
-
-    model_type: str  # config.json "model_type"
-    prefix: str  # backbone prefix in HF state dicts
-    embed: str  # the token table's name under the prefix
-    tied_default: bool  # tie_word_embeddings when config.json does not say
-    transposed: Tuple[str, ...]  # name suffixes stored (in, out) in HF
-    ignored: Tuple[str, ...]  # HF buffers that are not parameters
-    lm_class: str  # architectures entry for a causal LM
-    reward_class: str  # architectures entry for a scalar-head model
-
-
-FAMILIES: Dict[str, HFFamily] = {
-    "gpt2": HFFamily("gpt2", "transformer.", "wte.weight", True,
-                     ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"),
-                     (".attn.bias", ".attn.masked_bias"), "GPT2LMHeadModel", "GPT2ForSequenceClassification"),
-    "llama": HFFamily("llama", "model.", "embed_tokens.weight", False, (), (".rotary_emb.inv_freq",),
-                      "LlamaForCausalLM", "LlamaForSequenceClassification"),
-}
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# config.json <-> ModelConfig
+# config.json <-> ModelConfig: the family's own fields come from its registry entry, the generic ones from here
+
+
+def hf_family(hf: dict, source: str = "config.json") -> ModelFamily:
+    """The registered family of a ``config.json`` dict (a clear error listing the known ones otherwise)."""
+    return family_for_model_type(hf.get("model_type"), source)
 
 
 def model_config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
     """Translate a Hugging Face ``config.json`` dict into a :class:`ModelConfig`."""
-    model_type = hf.get("model_type")
-    if model_type == "gpt2":
-        act = hf.get("activation_function", "gelu_new")
-        if act not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise CheckpointError(f"{source}: activation_function {act!r} is not supported (gelu_new only)")
-        eos = hf.get("eos_token_id", 50256)
-        return ModelConfig(
-            type="gpt2", vocab_size=hf["vocab_size"], hidden_size=hf["n_embd"], num_layers=hf["n_layer"],
-            num_heads=hf["n_head"], intermediate_size=hf.get("n_inner"), seq_length=hf["n_positions"],
-            hidden_act="gelu", layernorm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
-            initializer_range=hf.get("initializer_range", 0.02),
-            tie_word_embeddings=hf_ties_embeddings(hf),
-            bos_token_id=hf.get("bos_token_id", eos), eos_token_id=eos,
-            pad_token_id=hf.get("pad_token_id") if hf.get("pad_token_id") is not None else eos)
-    if model_type == "llama":
-        if hf.get("rope_scaling"):
-            raise CheckpointError(f"{source}: rope_scaling {hf['rope_scaling']!r} is not supported")
-        if hf.get("attention_bias") or hf.get("mlp_bias"):
-            raise CheckpointError(f"{source}: attention_bias/mlp_bias are not supported (Llama-2 has none)")
-        eos = hf.get("eos_token_id", 2)
-        return ModelConfig(
-            type="llama", vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
-            num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
-            num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-            intermediate_size=hf["intermediate_size"], seq_length=hf.get("max_position_embeddings", 4096),
-            hidden_act="silu", rms_norm_eps=hf.get("rms_norm_eps", 1e-5), rope_theta=hf.get("rope_theta", 10000.0),
-            initializer_range=hf.get("initializer_range", 0.02),
-            tie_word_embeddings=hf_ties_embeddings(hf), bos_token_id=hf.get("bos_token_id", 1),
-            eos_token_id=eos, pad_token_id=hf.get("pad_token_id") if hf.get("pad_token_id") is not None else 0)
-    raise CheckpointError(f"{source}: model_type {model_type!r} is not supported (supported: {', '.join(FAMILIES)})")
+    entry = hf_family(hf, source)
+    cfg = entry.config_from_hf(hf, source)
+    return dataclasses.replace(cfg, initializer_range=hf.get("initializer_range", 0.02),
+                               tie_word_embeddings=hf_ties_embeddings(hf, source))
 
 
-def hf_ties_embeddings(hf: dict) -> bool:
+def hf_ties_embeddings(hf: dict, source: str = "config.json") -> bool:
     """Whether a ``config.json`` dict ties the LM head to the token table (its family's default when unsaid)."""
     tied = hf.get("tie_word_embeddings")
-    if tied is None:
-        family = FAMILIES.get(hf.get("model_type"))
-        return bool(family and family.tied_default)
-    return bool(tied)
+    return hf_family(hf, source).tied_default if tied is None else bool(tied)
+
+
+def ties_embeddings(cfg: ModelConfig) -> bool:
+    """Whether the model of ``cfg`` ties its LM head to the token table (the family's default when unsaid)."""
+    return family(cfg.type).tied_default if cfg.tie_word_embeddings is None else bool(cfg.tie_word_embeddings)
 
 
 def model_config_to_hf(cfg: ModelConfig, reward: bool = False) -> dict:
     """The ``config.json`` dict Hugging Face ``transformers`` loads for ``cfg``."""
-    family = FAMILIES[cfg.type]
-    arch = family.reward_class if reward else family.lm_class
-    common = {"architectures": [arch], "model_type": family.model_type, "vocab_size": cfg.vocab_size,
+    entry = family(cfg.type)
+    arch = entry.hf.reward_class if reward else entry.hf.lm_class
+    common = {"architectures": [arch], "model_type": entry.hf.model_type, "vocab_size": cfg.vocab_size,
               "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id,
-              "initializer_range": cfg.initializer_range, "torch_dtype": cfg.param_init_type}
+              "initializer_range": cfg.initializer_range, "torch_dtype": cfg.param_init_type,
+              "tie_word_embeddings": ties_embeddings(cfg)}
     if reward:
         common["num_labels"] = 1
-    if cfg.type == "gpt2":
-        tied = True if cfg.tie_word_embeddings is None else cfg.tie_word_embeddings
-        return {**common, "n_embd": cfg.hidden_size, "n_layer": cfg.num_layers, "n_head": cfg.num_heads,
-                "n_inner": cfg.intermediate_size, "n_positions": cfg.seq_length, "n_ctx": cfg.seq_length,
-                "activation_function": "gelu_new", "layer_norm_epsilon": cfg.layernorm_epsilon,
-                "resid_pdrop": cfg.hidden_dropout_rate, "embd_pdrop": cfg.hidden_dropout_rate,
-                "attn_pdrop": cfg.attention_dropout_rate, "tie_word_embeddings": tied}
-    from mindrlhf.models.llama import llama_intermediate_size
-    return {**common, "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers,
-            "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
-            "intermediate_size": llama_intermediate_size(cfg), "max_position_embeddings": cfg.seq_length,
-            "hidden_act": "silu", "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta,
-            "attention_bias": False, "mlp_bias": False, "attention_dropout": cfg.attention_dropout_rate,
-            "tie_word_embeddings": bool(cfg.tie_word_embeddings)}
+    return {**common, **entry.config_to_hf(cfg)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -192,27 +140,25 @@ def read_hf_tensors(folder: str) -> Dict[str, np.ndarray]:
     return tensors
 
 
-def _family_of(cfg: ModelConfig) -> HFFamily:
-    if cfg.type not in FAMILIES:
-        raise CheckpointError(f"no Hugging Face layout known for model type {cfg.type!r}")
-    return FAMILIES[cfg.type]
+def _layout(cfg: ModelConfig) -> HFLayout:
+    return family(cfg.type).hf
 
 
 def hf_to_ours(tensors: Dict[str, np.ndarray], cfg: ModelConfig) -> Dict[str, np.ndarray]:
     """Rename (and transpose) Hugging Face tensors to our parameter names; buffers are dropped."""
-    family = _family_of(cfg)
+    layout = _layout(cfg)
     head_names = ("lm_head.", "score.", "v_head.")
     out = {}
     for name, array in tensors.items():
-        if name.endswith(family.ignored):
+        if name.endswith(layout.ignored):
             continue
-        if name.startswith(family.prefix):
-            ours = BACKBONE_PREFIX + name[len(family.prefix):]
+        if name.startswith(layout.prefix):
+            ours = BACKBONE_PREFIX + name[len(layout.prefix):]
         elif name.startswith(head_names):
             ours = name
         else:  # the original GPT-2 release stores backbone names without a prefix
             ours = BACKBONE_PREFIX + name
-        if name.endswith(family.transposed) and array.ndim == 2:
+        if name.endswith(layout.transposed) and array.ndim == 2:
             array = array.T
         out[ours] = np.ascontiguousarray(array)
     return out
@@ -220,11 +166,11 @@ def hf_to_ours(tensors: Dict[str, np.ndarray], cfg: ModelConfig) -> Dict[str, np
 
 def ours_to_hf(params: Dict[str, np.ndarray], cfg: ModelConfig) -> Dict[str, np.ndarray]:
     """Inverse of :func:`hf_to_ours` (our names -> Hugging Face names)."""
-    family = _family_of(cfg)
+    layout = _layout(cfg)
     out = {}
     for name, array in params.items():
-        hf = family.prefix + name[len(BACKBONE_PREFIX):] if name.startswith(BACKBONE_PREFIX) else name
-        if hf.endswith(family.transposed) and array.ndim == 2:
+        hf = layout.prefix + name[len(BACKBONE_PREFIX):] if name.startswith(BACKBONE_PREFIX) else name
+        if hf.endswith(layout.transposed) and array.ndim == 2:
             array = array.T
         out[hf] = np.ascontiguousarray(array)
     return out
@@ -238,8 +184,8 @@ def merge_tied_embeddings(arrays: Dict[str, np.ndarray], cfg: ModelConfig, sourc
     Raises:
         CheckpointError: both names are stored with different values.
     """
-    family = _family_of(cfg)
-    embed = BACKBONE_PREFIX + family.embed
+    layout = _layout(cfg)
+    embed = BACKBONE_PREFIX + layout.embed
     arrays = dict(arrays)
     head = arrays.pop(LM_HEAD, None)
     if head is None:
@@ -248,7 +194,7 @@ def merge_tied_embeddings(arrays: Dict[str, np.ndarray], cfg: ModelConfig, sourc
         arrays[embed] = head
     elif arrays[embed].shape != head.shape or not np.array_equal(arrays[embed], head):
         raise CheckpointError(f"{source}: tie_word_embeddings is true but {LM_HEAD} and the token table "
-                              f"{family.prefix}{family.embed} hold different values")
+                              f"{layout.prefix}{layout.embed} hold different values")
     return arrays
 
 
@@ -315,6 +261,22 @@ def check_folder_tokenizer(folder: str, cfg: ModelConfig) -> None:
         raise CheckpointError(str(err)) from None
 
 
+def check_table_fits_config(arrays: Dict[str, np.ndarray], hf: dict, cfg: ModelConfig, folder: str) -> None:
+    """The stored token table ``(V, H)`` (or a tied checkpoint's ``lm_head.weight``) must have the ``vocab_size``
+    rows and hidden-size columns ``config.json`` states: otherwise a :class:`CheckpointError` naming the file and
+    the field. (A model built with another size than the folder states gets the per-name shape list instead.)"""
+    table = arrays.get(BACKBONE_PREFIX + _layout(cfg).embed, arrays.get(LM_HEAD))
+    if table is None or table.ndim != 2:
+        return
+    source = os.path.join(folder, "config.json")
+    stated = model_config_from_hf(hf, source)
+    for axis, (field, ours) in enumerate((("vocab_size", stated.vocab_size), ("hidden_size", stated.hidden_size))):
+        if table.shape[axis] != ours:
+            what = "rows" if axis == 0 else "columns"
+            raise CheckpointError(f"{source}: field {field!r} is {ours} but the weights' token table has "
+                                  f"{table.shape[axis]} {what} (config.json and the weights disagree)")
+
+
 def load_hf_checkpoint(cell: nn.Cell, folder: str, cfg: ModelConfig, new_heads: bool = False) -> List[str]:
     """Load a Hugging Face checkpoint folder (or a bundled model's name) into ``cell`` (a CausalLM, RewardModel
     or Critic).
@@ -328,9 +290,11 @@ def load_hf_checkpoint(cell: nn.Cell, folder: str, cfg: ModelConfig, new_heads: 
     check_folder_tokenizer(folder, cfg)
     arrays = hf_to_ours(read_hf_tensors(folder), cfg)
     params = cell_parameters(cell)
-    if hf_ties_embeddings(read_hf_config(folder)):
+    hf_config = read_hf_config(folder)
+    check_table_fits_config(arrays, hf_config, cfg, folder)
+    if hf_ties_embeddings(hf_config):
         arrays = merge_tied_embeddings(arrays, cfg, folder)
-        embed = BACKBONE_PREFIX + _family_of(cfg).embed
+        embed = BACKBONE_PREFIX + _layout(cfg).embed
         if LM_HEAD in params and embed in arrays:  # an untied model started from tied weights
             arrays[LM_HEAD] = arrays[embed]
     has_lm_head = getattr(cell, "lm_head", None) is not None
@@ -438,10 +402,36 @@ def _load_ckpt(cell: nn.Cell, path: str, allow_missing: Iterable[str], ignore_un
     except (ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: cannot read MindSpore checkpoint: {err}") from None
     model_names = (BACKBONE_PREFIX, "lm_head.", "score.", "v_head.")
+    layout = mindformers_layout(cell, loaded)
+    if layout is not None:
+        model_names += layout.markers
     arrays = {n: v.asnumpy() for n, v in loaded.items() if n.startswith(model_names)}
     extras = {n: v.asnumpy() for n, v in loaded.items() if not n.startswith(model_names)}
+    if layout is not None:
+        arrays = layout.to_ours(arrays, cell.config)
+        logger.info("%s: mindformers parameter names mapped to ours", path)
     kept = assign_parameters(cell, arrays, path, allow_missing=allow_missing, ignore_unexpected=ignore_unexpected)
     return extras, kept
+
+
+def mindformers_layout(cell: nn.Cell, names: Iterable[str]) -> Optional[MindformersLayout]:
+    """The mindformers naming of ``cell``'s family when a checkpoint's ``names`` use it (a name starting with one
+    of the family's mindformers-only prefixes), else None."""
+    config = getattr(cell, "config", None)
+    layout = family(config.type).mindformers if config is not None else None
+    if layout is None or not any(name.startswith(layout.markers) for name in names):
+        return None
+    return layout
+
+
+def save_mindformers_ckpt(cell: nn.Cell, path: str) -> str:
+    """Save ``cell`` (a CausalLM, RewardModel or Critic) as a MindSpore ``.ckpt`` under mindformers' parameter names
+    (GPT-2 and Llama), atomically; :func:`load_ckpt` reads such files back (names mapped, shapes checked)."""
+    layout = family(cell.config.type).mindformers
+    if layout is None:
+        raise CheckpointError(f"{path}: no mindformers parameter names are known for model type {cell.config.type!r}")
+    arrays = layout.from_ours({name: p.asnumpy() for name, p in cell_parameters(cell).items()}, cell.config)
+    return save_tensors({name: Tensor(a) for name, a in arrays.items()}, path)
 
 
 # the files of a Hugging Face folder besides its config and weights that describe how to use it

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import mindspore as ms
 from mindspore import Parameter, nn, ops
-from mindspore.common.initializer import Normal, initializer
+from mindspore.common.initializer import Normal, Zero, initializer
 
 from mindrlhf.models.layers import Linear
 
@@ -12,16 +12,20 @@ class LMHead(nn.Cell):
     """``(B, S, H) -> (B, S, V)`` logits in float32.
 
     With ``tied`` the head owns no weight and multiplies with the ``(V, H)`` token table passed to ``construct``
-    (GPT-2); otherwise it owns ``weight (V, H)`` (Llama's ``lm_head``) and ignores ``table``.
+    (GPT-2); otherwise it owns ``weight (V, H)`` (Llama's ``lm_head``) and ignores ``table``. ``has_bias`` adds a
+    ``bias (V,)`` (GPT-J's head).
     """
 
     def __init__(self, hidden_size: int, vocab_size: int, tied: bool, init_std: float = 0.02,
-                 param_dtype=ms.float32, compute_dtype=ms.float32):
+                 param_dtype=ms.float32, compute_dtype=ms.float32, has_bias: bool = False):
         super().__init__()
         self.tied = tied
         if not tied:
             self.weight = Parameter(initializer(Normal(init_std), (vocab_size, hidden_size), param_dtype),
                                     name="weight")
+        self.has_bias = has_bias
+        if has_bias:
+            self.bias = Parameter(initializer(Zero(), (vocab_size,), param_dtype), name="bias")
         self.matmul = ops.MatMul(transpose_b=True)
         self.vocab_size = vocab_size
         self.compute_dtype = compute_dtype
@@ -31,6 +35,8 @@ class LMHead(nn.Cell):
         shape = hidden.shape
         h2d = ops.reshape(ops.cast(hidden, self.compute_dtype), (-1, shape[-1]))
         logits = self.matmul(h2d, ops.cast(weight, self.compute_dtype))
+        if self.has_bias:
+            logits = logits + ops.cast(self.bias, self.compute_dtype)
         return ops.cast(ops.reshape(logits, shape[:-1] + (self.vocab_size,)), ms.float32)
 
 

@@ -53,6 +53,19 @@ class Linear(nn.Cell):
         return ops.reshape(y, shape[:-1] + (self.out_features,))
 
 
+def mlp_projections(cfg, width: int):
+    """The two projections of a two-layer MLP, ``hidden_size -> width -> hidden_size``, with biases, the config's
+    initialiser and dtypes: ``(up, down)``."""
+    dtypes = dict(init_std=cfg.initializer_range, param_dtype=ms_dtype(cfg.param_init_type),
+                  compute_dtype=ms_dtype(cfg.compute_dtype))
+    return Linear(cfg.hidden_size, width, **dtypes), Linear(width, cfg.hidden_size, **dtypes)
+
+
+def dropout(rate: float) -> nn.Cell:
+    """``nn.Dropout(p=rate)``, or an identity for rate 0 (no op in the graph)."""
+    return nn.Dropout(p=rate) if rate > 0 else nn.Identity()
+
+
 class Embedding(nn.Cell):
     """Token (or position) lookup table ``weight (num, dim)``."""
 
@@ -248,3 +261,27 @@ def split_heads(x, heads: int, head_dim: int):
     if seq == 1:  # a decode step: the transpose is a reshape, and a reshape costs no kernel
         return ops.reshape(x, (batch, heads, 1, head_dim))
     return ops.transpose(ops.reshape(x, (batch, seq, heads, head_dim)), (0, 2, 1, 3))
+
+
+class Backbone(nn.Cell):
+    """What every family's backbone shares: the numbers its ``construct`` needs and the loop over its blocks.
+
+    Subclasses define ``input_embedding_table()`` (the ``(V, H)`` token table) and ``blocks()`` (the block
+    CellList, for recompute), and call :meth:`run_blocks` from ``construct``.
+    """
+
+    def __init__(self, cfg, cache_heads: int):
+        super().__init__()
+        self.num_layers = cfg.num_layers
+        self.compute_dtype = ms_dtype(cfg.compute_dtype)
+        self.cache_heads = cache_heads  # key/value heads of the KV cache
+
+    def run_blocks(self, blocks, x, bias, extra, kv_cache, cache_index):
+        """``x = block(x, bias, *extra[, k_cache, v_cache, cache_index])`` for each block; ``kv_cache`` is the
+        ``(k_0, v_0, k_1, v_1, ...)`` tuple or None."""
+        for i in range(self.num_layers):
+            if kv_cache is None:
+                x = blocks[i](x, bias, *extra)
+            else:
+                x = blocks[i](x, bias, *extra, kv_cache[2 * i], kv_cache[2 * i + 1], cache_index)
+        return x

@@ -7,9 +7,10 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from mindrlhf.config import ModelConfig
-from mindrlhf.models.layers import (Attention, Embedding, Linear, RMSNorm, attention_inputs,
+from mindrlhf.models.layers import (Attention, Backbone, Embedding, Linear, RMSNorm, attention_inputs,
                                     ms_dtype, split_heads)
-from mindrlhf.models.registry import register_backbone
+from mindrlhf.models.registry import (CheckpointError, HFLayout, MindformersLayout, ModelFamily, hf_field,
+                                      hf_rope_theta, hf_special_ids, register_family, rename_by_pairs)
 
 
 def llama_intermediate_size(cfg: ModelConfig) -> int:
@@ -45,16 +46,18 @@ class Rotary(nn.Cell):
 
 
 class LlamaAttention(nn.Cell):
-    """``q_proj``/``k_proj``/``v_proj`` (no bias), rotary on q and k, attention, ``o_proj``."""
+    """``q_proj``/``k_proj``/``v_proj`` (biases only with ``qkv_bias``, Qwen2), rotary on q and k, attention,
+    ``o_proj`` (no bias)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, qkv_bias: bool = False):
         super().__init__()
         dtypes = dict(has_bias=False, init_std=cfg.initializer_range, param_dtype=ms_dtype(cfg.param_init_type),
                       compute_dtype=ms_dtype(cfg.compute_dtype))
         kv_width = cfg.num_kv_heads * cfg.head_dim
-        self.q_proj = Linear(cfg.hidden_size, cfg.hidden_size, **dtypes)
-        self.k_proj = Linear(cfg.hidden_size, kv_width, **dtypes)
-        self.v_proj = Linear(cfg.hidden_size, kv_width, **dtypes)
+        qkv = {**dtypes, "has_bias": qkv_bias}
+        self.q_proj = Linear(cfg.hidden_size, cfg.hidden_size, **qkv)
+        self.k_proj = Linear(cfg.hidden_size, kv_width, **qkv)
+        self.v_proj = Linear(cfg.hidden_size, kv_width, **qkv)
         self.o_proj = Linear(cfg.hidden_size, cfg.hidden_size, **dtypes)
         self.attn = Attention(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.attention_dropout_rate,
                               ms_dtype(cfg.softmax_compute_type), ms_dtype(cfg.compute_dtype))
@@ -86,12 +89,12 @@ class LlamaMLP(nn.Cell):
 class LlamaDecoderLayer(nn.Cell):
     """Pre-RMSNorm block: ``x + attn(input_layernorm(x))``, then ``x + mlp(post_attention_layernorm(x))``."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, qkv_bias: bool = False):
         super().__init__()
         norm = dict(eps=cfg.rms_norm_eps, param_dtype=ms_dtype(cfg.param_init_type),
                     compute_dtype=ms_dtype(cfg.layernorm_compute_type))
         self.input_layernorm = RMSNorm(cfg.hidden_size, **norm)
-        self.self_attn = LlamaAttention(cfg)
+        self.self_attn = LlamaAttention(cfg, qkv_bias)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, **norm)
         self.mlp = LlamaMLP(cfg)
         self.dropout = nn.Dropout(p=cfg.hidden_dropout_rate) if cfg.hidden_dropout_rate > 0 else nn.Identity()
@@ -101,23 +104,20 @@ class LlamaDecoderLayer(nn.Cell):
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
-@register_backbone("llama")
-class LlamaModel(nn.Cell):
-    """Llama transformer without the LM head; same call contract as :class:`mindrlhf.models.gpt2.GPT2Model`."""
+class LlamaModel(Backbone):
+    """Llama transformer without the LM head; same call contract as :class:`mindrlhf.models.gpt2.GPT2Model`.
+    Subclasses set ``qkv_bias`` (Qwen2)."""
 
-    tie_word_embeddings_default = False
+    qkv_bias = False
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
+        super().__init__(cfg, cfg.num_kv_heads)
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.initializer_range,
                                       ms_dtype(cfg.param_init_type))
-        self.layers = nn.CellList([LlamaDecoderLayer(cfg) for _ in range(cfg.num_layers)])
+        self.layers = nn.CellList([LlamaDecoderLayer(cfg, self.qkv_bias) for _ in range(cfg.num_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ms_dtype(cfg.param_init_type),
                             ms_dtype(cfg.layernorm_compute_type))
         self.rotary = Rotary(cfg.head_dim, cfg.rope_theta)
-        self.num_layers = cfg.num_layers
-        self.compute_dtype = ms_dtype(cfg.compute_dtype)
-        self.cache_heads = cfg.num_kv_heads
 
     def input_embedding_table(self):
         """The ``(V, H)`` token table."""
@@ -132,9 +132,77 @@ class LlamaModel(nn.Cell):
                                                            self.compute_dtype, self.cache_heads)
         cos, sin = self.rotary(position_ids)
         x = ops.cast(self.embed_tokens(input_ids), self.compute_dtype)
-        for i in range(self.num_layers):
-            if kv_cache is None:
-                x = self.layers[i](x, bias, cos, sin)
-            else:
-                x = self.layers[i](x, bias, cos, sin, kv_cache[2 * i], kv_cache[2 * i + 1], cache_index)
+        x = self.run_blocks(self.layers, x, bias, (cos, sin), kv_cache, cache_index)
         return self.norm(x)
+
+
+def rotary_config_from_hf(hf: dict, source: str, family_name: str, defaults) -> ModelConfig:
+    """Fields shared by the Llama-layout families (Llama, Qwen2) -> :class:`ModelConfig`; ``defaults`` are the
+    family's ``(bos, eos, pad)`` ids when ``config.json`` does not give them."""
+    heads = hf_field(hf, "num_attention_heads", source)
+    return ModelConfig(
+        type=family_name, vocab_size=hf_field(hf, "vocab_size", source),
+        hidden_size=hf_field(hf, "hidden_size", source), num_layers=hf_field(hf, "num_hidden_layers", source),
+        num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
+        intermediate_size=hf_field(hf, "intermediate_size", source),
+        seq_length=hf.get("max_position_embeddings", 4096), hidden_act="silu",
+        rms_norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=hf_rope_theta(hf, source),
+        **hf_special_ids(hf, *defaults))
+
+
+def rotary_config_to_hf(cfg: ModelConfig) -> dict:
+    """:class:`ModelConfig` -> the fields shared by ``LlamaConfig`` and ``Qwen2Config``."""
+    return {"hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers,
+            "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
+            "intermediate_size": llama_intermediate_size(cfg), "max_position_embeddings": cfg.seq_length,
+            "hidden_act": "silu", "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta,
+            "attention_dropout": cfg.attention_dropout_rate}
+
+
+def llama_config_from_hf(hf: dict, source: str) -> ModelConfig:
+    """``LlamaConfig`` fields -> :class:`ModelConfig` (Llama-2: no attention or MLP biases)."""
+    for key in ("attention_bias", "mlp_bias"):
+        if hf.get(key):
+            raise CheckpointError(f"{source}: field {key!r} true is not supported (Llama-2 has no biases)")
+    return rotary_config_from_hf(hf, source, "llama", (1, 2, 0))
+
+
+def llama_config_to_hf(cfg: ModelConfig) -> dict:
+    """:class:`ModelConfig` -> ``LlamaConfig`` fields."""
+    return {**rotary_config_to_hf(cfg), "attention_bias": False, "mlp_bias": False}
+
+
+# mindformers' Llama names (its convert_weight.py name_replace) -> ours; the tensors keep Hugging Face's layout
+MINDFORMERS_LLAMA_NAMES = (
+    ("model.tok_embeddings.embedding_weight", "backbone.embed_tokens.weight"),
+    ("model.norm_out.", "backbone.norm."),
+    (".attention.wq.", ".self_attn.q_proj."), (".attention.wk.", ".self_attn.k_proj."),
+    (".attention.wv.", ".self_attn.v_proj."), (".attention.wo.", ".self_attn.o_proj."),
+    (".feed_forward.w1.", ".mlp.gate_proj."), (".feed_forward.w2.", ".mlp.down_proj."),
+    (".feed_forward.w3.", ".mlp.up_proj."),
+    (".attention_norm.", ".input_layernorm."), (".ffn_norm.", ".post_attention_layernorm."),
+    ("model.layers.", "backbone.layers."),
+)
+
+
+def llama_from_mindformers(arrays: dict, cfg: ModelConfig) -> dict:
+    """A mindformers Llama state dict under our names."""
+    del cfg
+    return {rename_by_pairs(name, MINDFORMERS_LLAMA_NAMES): a for name, a in arrays.items()}
+
+
+def llama_to_mindformers(arrays: dict, cfg: ModelConfig) -> dict:
+    """Our Llama state dict under mindformers' names."""
+    del cfg
+    inverse = tuple((new, old) for old, new in MINDFORMERS_LLAMA_NAMES)
+    return {rename_by_pairs(name, inverse): a for name, a in arrays.items()}
+
+
+LLAMA = register_family(ModelFamily(
+    name="llama", backbone=LlamaModel,
+    hf=HFLayout("llama", "model.", "embed_tokens.weight", "LlamaForCausalLM", "LlamaForSequenceClassification",
+                ignored=(".rotary_emb.inv_freq",)),
+    config_from_hf=llama_config_from_hf, config_to_hf=llama_config_to_hf, tied_default=False,
+    tokenizer="llama", add_bos=True,
+    mindformers=MindformersLayout(("model.tok_embeddings.", "model.layers.", "model.norm_out."),
+                                  llama_from_mindformers, llama_to_mindformers)))

@@ -8,7 +8,7 @@ from mindspore import nn, ops
 from mindrlhf.config import ModelConfig
 from mindrlhf.models.heads import LMHead, ScalarHead
 from mindrlhf.models.layers import ms_dtype
-from mindrlhf.models.registry import build_backbone
+from mindrlhf.models.registry import build_backbone, family
 
 
 def token_logprobs(logits, labels, temperature: float = 1.0):
@@ -28,7 +28,8 @@ def token_logprobs(logits, labels, temperature: float = 1.0):
 
 
 class CausalLM(nn.Cell):
-    """Backbone + LM head (tied to the token table for GPT-2), optionally + value head ``v_head``.
+    """Backbone + LM head (tied to the token table when the family or config says so; with a bias for GPT-J),
+    optionally + value head ``v_head``.
 
     ``construct(input_ids (B, S), attention_mask (B, S) | None, position_ids | None) -> logits (B, S, V)``.
     Graph-mode callers use the methods below from their own ``construct``.
@@ -37,12 +38,11 @@ class CausalLM(nn.Cell):
     def __init__(self, cfg: ModelConfig, with_value_head: bool = False, recompute: bool = False):
         super().__init__()
         self.backbone = build_backbone(cfg, recompute)
-        tied = cfg.tie_word_embeddings
-        if tied is None:
-            tied = type(self.backbone).tie_word_embeddings_default
+        entry = family(cfg.type)
+        tied = entry.tied_default if cfg.tie_word_embeddings is None else cfg.tie_word_embeddings
         self.tied = tied
         self.lm_head = LMHead(cfg.hidden_size, cfg.vocab_size, tied, cfg.initializer_range,
-                              ms_dtype(cfg.param_init_type), ms_dtype(cfg.compute_dtype))
+                              ms_dtype(cfg.param_init_type), ms_dtype(cfg.compute_dtype), entry.lm_head_bias)
         self.with_value_head = with_value_head
         if with_value_head:
             self.v_head = ScalarHead(cfg.hidden_size, has_bias=True, init_std=cfg.initializer_range,
