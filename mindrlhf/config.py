@@ -27,6 +27,7 @@ import yaml
 DTYPES = ("float32", "float16", "bfloat16")
 ADVANTAGE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_baseline")  # grpo.advantage_estimator
 GRPO_LOSS_TYPES = ("grpo", "token", "dr_grpo")  # grpo.loss_type
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "simpo", "orpo")  # dpo.loss_type
 
 
 class ConfigError(ValueError):
