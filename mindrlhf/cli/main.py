@@ -13,6 +13,7 @@
     mindrlhf ppo --dataset_dir ppo.mindrecord --sft_model_path run_gpt2_tiny_ppo.yaml \
         --reward_model_path run_gpt2_tiny_rm.yaml --sft_checkpoint sft/checkpoint --reward_checkpoint rm/checkpoint
     mindrlhf grpo --config run_tinystories_656k_grpo.yaml --dataset_dir prompts.mindrecord
+    mindrlhf dpo --config run_gpt2_tiny_dpo.yaml --train_dataset train.mindrecord --sft_checkpoint sft/checkpoint
     mindrlhf loss-plot --log_file output/log/rank_0/info.log --output_file_dir loss_dir
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sys
 from typing import List, Optional
 
 from mindrlhf.cli import demo as demo_cmd
+from mindrlhf.cli import dpo as dpo_cmd
 from mindrlhf.cli import generate as generate_cmd
 from mindrlhf.cli import grpo as grpo_cmd
 from mindrlhf.cli import ppo as ppo_cmd
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     reward_cmd.add_reward_parser(sub)
     ppo_cmd.add_ppo_parser(sub)
     grpo_cmd.add_grpo_parser(sub)
+    dpo_cmd.add_dpo_parser(sub)
     for name, (_, help_text) in PASS_THROUGH.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser

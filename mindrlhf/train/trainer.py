@@ -55,6 +55,7 @@ class FitResult:
 
     losses: List[float] = field(default_factory=list)  # loss of every step run in this call
     overflows: int = 0  # steps skipped for non-finite gradients
+    metrics: List[Dict[str, float]] = field(default_factory=list)  # the loss net's metrics of every step (if any)
     state: TrainState = field(default_factory=TrainState)  # where the run stopped
     last_checkpoint: Optional[str] = None  # the newest checkpoint written
 
@@ -70,10 +71,13 @@ class Trainer:
         steps_per_epoch: batches per epoch per rank.
         rank_id, rank_size: this process in a data-parallel group.
         progress: show a progress bar over the run's steps (rank 0), labelled ``progress`` when a string.
+        metric_names: when given, ``loss_net`` returns ``(loss, metrics)`` with ``metrics`` a float32 vector of these
+            named values, logged with each step (a second line, TensorBoard) and kept in :class:`FitResult`.
     """
 
     def __init__(self, cfg: RunConfig, loss_net: nn.Cell, input_columns: Sequence[str], source: BatchSource,
-                 steps_per_epoch: int, rank_id: int = 0, rank_size: int = 1, progress: Union[bool, str] = False):
+                 steps_per_epoch: int, rank_id: int = 0, rank_size: int = 1, progress: Union[bool, str] = False,
+                 metric_names: Sequence[str] = ()):
         if steps_per_epoch < 1:
             raise ValueError("the training data gives no full batch: lower the batch size or add data")
         self.cfg = cfg
@@ -85,7 +89,8 @@ class Trainer:
         self.rank_id = rank_id
         self.optimizer = build_optimizer(loss_net.trainable_params(), cfg.optimizer, cfg.lr_schedule, self.total_steps)
         self.lrs = lr_table(cfg.lr_schedule, cfg.optimizer, self.total_steps)
-        self.step = TrainStep(loss_net, self.optimizer, cfg.runner_wrapper)
+        self.metric_names = tuple(metric_names)
+        self.step = TrainStep(loss_net, self.optimizer, cfg.runner_wrapper, has_aux=bool(self.metric_names))
         self.step.set_train(True)
         self.checkpoints = CheckpointManager(os.path.join(cfg.output_dir, "checkpoint"), rank_id,
                                              cfg.checkpoint.prefix, cfg.checkpoint.keep_checkpoint_max)
@@ -101,15 +106,18 @@ class Trainer:
     def _inputs(self, batch: Dict[str, np.ndarray]):
         return [Tensor(batch[name]) for name in self.input_columns]
 
-    def _log(self, loss: float, seconds: float, overflow: bool, scale: float) -> None:
+    def _log(self, loss: float, seconds: float, overflow: bool, scale: float,
+             metrics: Optional[Dict[str, float]] = None) -> None:
         state, log_every = self.state, self.cfg.checkpoint.log_interval
         if state.global_step % log_every and state.step_in_epoch != self.steps_per_epoch:
             return
         lr = float(self.lrs[min(state.global_step - 1, len(self.lrs) - 1)])
         self.monitor.line(format_step_line(state.epoch + 1, self.epochs, state.step_in_epoch, self.steps_per_epoch,
                                            loss, seconds * 1000.0, lr, overflow, scale))
+        if metrics:
+            self.monitor.line(", ".join(f"{name}: {value:.4f}" for name, value in metrics.items()))
         self.monitor.scalars(state.global_step, {"loss": loss, "lr": lr, "loss_scale": scale,
-                                                 "overflow": float(overflow)})
+                                                 "overflow": float(overflow), **(metrics or {})})
 
     def fit(self, stop_at_step: Optional[int] = None) -> FitResult:
         """Train to the end (or until ``global_step == stop_at_step``); saves every ``save_checkpoint_steps`` and at
@@ -122,16 +130,20 @@ class Trainer:
             while self.state.epoch < self.epochs:
                 for batch in self.source(self.state.epoch, self.state.step_in_epoch):
                     start = time.perf_counter()
-                    loss, overflow, scale = self.step(*self._inputs(batch))
+                    outputs = self.step(*self._inputs(batch))
+                    loss, overflow, scale = outputs[:3]
                     loss, overflow, scale = float(loss.asnumpy()), bool(overflow.asnumpy()), float(scale.asnumpy())
+                    metrics = dict(zip(self.metric_names, outputs[3].asnumpy().tolist())) if self.metric_names else {}
                     seconds = time.perf_counter() - start
                     self.state.step_in_epoch += 1
                     self.state.global_step += 1
                     result.losses.append(loss)
                     result.overflows += int(overflow)
+                    if metrics:
+                        result.metrics.append(metrics)
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                    self._log(loss, seconds, overflow, scale)
+                    self._log(loss, seconds, overflow, scale, metrics)
                     done = stop_at_step is not None and self.state.global_step >= stop_at_step
                     if self.state.global_step % save_every == 0 or done:
                         result.last_checkpoint = self.checkpoints.save(self.step, self.state)
