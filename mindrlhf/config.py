@@ -3,7 +3,7 @@
 One dataclass per concern (model, generation, context, parallel, runner, optimizer, lr schedule, loss scale);
 :class:`RunConfig` gathers them under the YAML section names mindformers users know
 (``model.model_config``, ``context``, ``parallel_config``, ``runner_config``, ``optimizer``, ``lr_schedule``,
-``runner_wrapper``, ``recompute_config``) plus ``generation`` and the RL sections ``ppo`` and ``grpo``.
+``runner_wrapper``, ``recompute_config``) plus ``generation``, the RL sections ``ppo`` and ``grpo`` and ``dpo``.
 
 Loading rules:
 - ``base_config: other.yaml`` (or a list) inherits from files relative to the YAML; later files and keys win.

@@ -56,6 +56,7 @@ class FitResult:
     losses: List[float] = field(default_factory=list)  # loss of every step run in this call
     overflows: int = 0  # steps skipped for non-finite gradients
     metrics: List[Dict[str, float]] = field(default_factory=list)  # the loss net's metrics of every step (if any)
+    step_seconds: List[float] = field(default_factory=list)  # wall time of every step (the first compiles)
     state: TrainState = field(default_factory=TrainState)  # where the run stopped
     last_checkpoint: Optional[str] = None  # the newest checkpoint written
 
@@ -139,6 +140,7 @@ class Trainer:
                     self.state.global_step += 1
                     result.losses.append(loss)
                     result.overflows += int(overflow)
+                    result.step_seconds.append(seconds)
                     if metrics:
                         result.metrics.append(metrics)
                     bar.update(1)
