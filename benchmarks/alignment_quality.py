@@ -20,7 +20,7 @@ Protocol (both frameworks):
 DPO (``--algorithms dpo``): no proxy and no rollouts. Both frameworks train the pretrained model on the same gold
 pairs (prompt = the opening, responses = the two samples, eos included) with the same beta, learning rate
 (constant), batch, epochs, Adam settings and clipping, reference log-probs precomputed, each in its own process
-(peak RSS = that process's high-water mark); TRL's ``DPOTrainer`` gets the token ids as they are (its
+(peak RSS = that process's high-water mark; one compute thread each, :data:`DPO_THREADS`); TRL's ``DPOTrainer`` gets the token ids as they are (its
 tokenization step is bypassed). The evaluation is the one above (gold mean before / after, KL to the reference)
 plus the held-out implicit-reward accuracy on the held-out pairs and the win rate of the trained policy's samples
 against the reference's (same prompt, same seed; a gold tie counts one half).
@@ -63,6 +63,9 @@ logger = logging.getLogger("alignment_quality")
 
 RECIPES = os.path.join(ROOT, "model_configs", "llama2_config")
 TORCH_THREADS = 2
+# Both DPO sides compute on one thread: on the shared 2-core machine two torch threads oversubscribed the cores and
+# slowed TRL's DPO steps 10-30x (2.3-5.9 s against 0.17 s with one thread), which measures the load, not the code.
+DPO_THREADS = 1
 
 
 def story_model_folder() -> str:
@@ -368,6 +371,7 @@ def dpo_worker_ours(job: dict) -> dict:
     from mindrlhf.train.dpo import train_dpo
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    ms.device_context.cpu.op_tuning.threads_num(DPO_THREADS)
     after_import = rss_mb()
     _, fit = train_dpo(dpo_recipe(job["out_dir"]), job["pairs_file"], story_model_folder())
     return {"checkpoint": fit.last_checkpoint, "step_s": fit.step_seconds, "losses": fit.losses,
@@ -381,7 +385,7 @@ def dpo_worker_trl(job: dict) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-    torch.set_num_threads(TORCH_THREADS)
+    torch.set_num_threads(DPO_THREADS)
     torch.manual_seed(0)
     after_import = rss_mb()
     cfg = dpo_recipe(job["out_dir"])

@@ -8,4 +8,4 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from mindrlhf.cli.dpo import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(prog="train_dpo.py"))
+    sys.exit(main())

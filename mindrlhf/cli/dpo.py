@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 from typing import List, Optional
 
 from mindrlhf.cli.reward import join_group, str2bool
@@ -130,12 +131,8 @@ def run_dpo(args) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None, prog: str = "train_dpo.py") -> int:
-    """Entry for the example script."""
-    from mindrlhf.cli.main import setup_logging
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry for the example script: ``mindrlhf dpo`` with ``argv`` (default: the script's own arguments)."""
+    from mindrlhf.cli.main import main as mindrlhf_main
 
-    parser = argparse.ArgumentParser(prog=prog)
-    add_dpo_args(parser)
-    args = parser.parse_args(argv)
-    setup_logging()
-    return args.func(args)
+    return mindrlhf_main(["dpo", *(sys.argv[1:] if argv is None else argv)])
