@@ -17,11 +17,20 @@ Protocol (both frameworks):
      are loaded from the folders TRL saved): 4 samples per held-out opening with the same seeds before and after,
      gold mean / std, proxy score, KL to the reference (sum over the sample's tokens of logp - ref_logp).
 
+DPO (``--algorithms dpo``): no proxy and no rollouts. Both frameworks train the pretrained model on the same gold
+pairs (prompt = the opening, responses = the two samples, eos included) with the same beta, learning rate
+(constant), batch, epochs, Adam settings and clipping, reference log-probs precomputed, each in its own process
+(peak RSS = that process's high-water mark; one compute thread each, :data:`DPO_THREADS`); TRL's ``DPOTrainer`` gets the token ids as they are (its
+tokenization step is bypassed). The evaluation is the one above (gold mean before / after, KL to the reference)
+plus the held-out implicit-reward accuracy on the held-out pairs and the win rate of the trained policy's samples
+against the reference's (same prompt, same seed; a gold tie counts one half).
+
 Prints a table and, last, one JSON document whose ``results`` list has one entry per (algorithm, framework) with
 ``algorithm``, ``framework``, ``gold_before``, ``gold_after``, ``gold_std_before``, ``kl``, ``samples``, ``wall_s``
 (proxy training + RL, the data preparation shared by both is reported apart) and more.
 
-    python benchmarks/alignment_quality.py [--iterations 20] [--ours-only | --peer-only] [--json out.json]
+    python benchmarks/alignment_quality.py [--iterations 20] [--algorithms ppo,grpo,dpo] [--ours-only | --peer-only]
+        [--json out.json]
 """
 from __future__ import annotations
 
@@ -31,6 +40,7 @@ import json
 import logging
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +55,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
+from rm_train import rss_mb  # noqa: E402 - shared with the other benchmarks
 from mindrlhf.alignment import (HeldOutJudge, PolicyEvaluation, StoryProtocol, pair_seq_length,  # noqa: E402
                                 pairwise_accuracy, prepare_story_data, summary_row)
 
@@ -52,6 +63,9 @@ logger = logging.getLogger("alignment_quality")
 
 RECIPES = os.path.join(ROOT, "model_configs", "llama2_config")
 TORCH_THREADS = 2
+# Both DPO sides compute on one thread: on the shared 2-core machine two torch threads oversubscribed the cores and
+# slowed TRL's DPO steps 10-30x (2.3-5.9 s against 0.17 s with one thread), which measures the load, not the code.
+DPO_THREADS = 1
 
 
 def story_model_folder() -> str:
@@ -404,13 +418,151 @@ def run_peer_grpo(protocol: StoryProtocol, data, tokenizer, out_dir: str, iterat
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# DPO: the gold pairs themselves, no proxy; each side trains in its own process (peak memory)
+
+
+def dpo_recipe(out_dir: str):
+    from mindrlhf.config import load_config
+
+    return load_config(os.path.join(RECIPES, "run_tinystories_656k_dpo.yaml"), [
+        f"output_dir={out_dir}", "checkpoint.log_interval=1000000", "checkpoint.save_checkpoint_steps=1000000",
+        "checkpoint.keep_checkpoint_max=1"])
+
+
+def dpo_worker_ours(job: dict) -> dict:
+    """mindrlhf DPO on the pairs MindRecord; returns the checkpoint and the step times."""
+    import mindspore as ms
+
+    from mindrlhf.train.dpo import train_dpo
+
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    ms.device_context.cpu.op_tuning.threads_num(DPO_THREADS)
+    after_import = rss_mb()
+    _, fit = train_dpo(dpo_recipe(job["out_dir"]), job["pairs_file"], story_model_folder())
+    return {"checkpoint": fit.last_checkpoint, "step_s": fit.step_seconds, "losses": fit.losses,
+            "rss_after_import_mb": after_import}
+
+
+def dpo_worker_trl(job: dict) -> dict:
+    """TRL's DPOTrainer on the same token ids and settings; returns the saved folder and the step times."""
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    torch.set_num_threads(DPO_THREADS)
+    torch.manual_seed(0)
+    after_import = rss_mb()
+    cfg = dpo_recipe(job["out_dir"])
+    folder, width = story_model_folder(), job["prompt_width"]
+
+    class PreTokenized(trl.DPOTrainer):
+        def _prepare_dataset(self, dataset, *_, **__):  # the ids are the benchmark's: no re-tokenization
+            return dataset
+
+    dataset = Dataset.from_dict({"prompt_ids": [c[:width] for c in job["chosen"]],
+                                 "chosen_ids": [c[width:] for c in job["chosen"]],
+                                 "rejected_ids": [r[width:] for r in job["rejected"]]})
+    opt, runner = cfg.optimizer, cfg.runner_config
+    args = trl.DPOConfig(
+        output_dir=os.path.join(job["out_dir"], "trl_dpo_run"), use_cpu=True, bf16=False, fp16=False, seed=0,
+        beta=cfg.dpo.beta, loss_type=[cfg.dpo.loss_type], learning_rate=opt.learning_rate,
+        lr_scheduler_type="constant", warmup_steps=0, weight_decay=opt.weight_decay, adam_beta1=opt.beta1,
+        adam_beta2=opt.beta2, adam_epsilon=opt.eps, max_grad_norm=cfg.runner_wrapper.max_grad_norm,
+        per_device_train_batch_size=runner.batch_size, gradient_accumulation_steps=1,
+        num_train_epochs=runner.epochs, dataloader_drop_last=True, max_length=None,
+        precompute_ref_log_probs=True, gradient_checkpointing=False, save_strategy="no", report_to="none",
+        logging_steps=1, disable_tqdm=True, dataloader_num_workers=0)
+    times = []
+
+    class StepClock(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            times.append([time.perf_counter()])
+
+        def on_step_end(self, *_, **__):
+            times[-1].append(time.perf_counter())
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    trainer = PreTokenized(model=AutoModelForCausalLM.from_pretrained(folder), args=args, train_dataset=dataset,
+                           processing_class=tokenizer, callbacks=[StepClock()])
+    trainer.train()
+    saved = os.path.join(job["out_dir"], "trl_dpo_policy")
+    trainer.model.save_pretrained(saved)
+    return {"checkpoint": saved, "step_s": [b - a for a, b in times],
+            "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+            "rss_after_import_mb": after_import, "framework_version": f"trl {trl.__version__}"}
+
+
+def dpo_worker(job_file: str) -> None:
+    """``--dpo_worker job.json``: one side's training in this process; prints its result as the last line."""
+    with open(job_file, encoding="utf-8") as f:
+        job = json.load(f)
+    result = {"ours": dpo_worker_ours, "trl": dpo_worker_trl}[job["side"]](job)
+    result["peak_rss_mb"] = rss_mb()
+    print(json.dumps(result))
+
+
+def run_dpo_side(side: str, data, out_dir: str) -> dict:
+    """Train one side in a subprocess, then judge its policy here with the shared evaluation."""
+    from mindrlhf.models import CausalLM
+    from mindrlhf.models.convert import load_weights, model_config_from_hf_folder
+    from mindrlhf.train.dpo import evaluate_preferences, reference_model
+
+    os.makedirs(out_dir, exist_ok=True)
+    job = {"side": side, "out_dir": out_dir, "pairs_file": data.files["pairs"],
+           "prompt_width": int(data.train_prompts.shape[1]), "chosen": data.train_pairs.chosen,
+           "rejected": data.train_pairs.rejected}
+    job_file = os.path.join(out_dir, "job.json")
+    with open(job_file, "w", encoding="utf-8") as f:
+        json.dump(job, f)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--dpo_worker", job_file],
+                          capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{side} DPO worker failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    cfg = model_config_from_hf_folder(story_model_folder())
+    ref, policy = reference_model(cfg, story_model_folder(), 0), CausalLM(cfg)
+    load_weights(policy, result["checkpoint"], cfg)
+    held_out = evaluate_preferences(policy, ref, data.files["eval_pairs"], dpo_recipe(out_dir).dpo)
+    return {**result, "wall_s": wall, "held_out": held_out, "policy": policy, "ref": ref}
+
+
+def run_dpo(protocol: StoryProtocol, data, tokenizer, out_dir: str, frameworks) -> list:
+    """Both sides of the DPO row (see the module docstring)."""
+    from mindrlhf.models.convert import model_config_from_hf_folder
+
+    cfg = model_config_from_hf_folder(story_model_folder())
+    sides = []
+    for framework in frameworks:
+        side = run_dpo_side(framework, data, os.path.join(out_dir, f"dpo_{framework}"))
+        judge = HeldOutJudge(side["ref"], None, cfg, tokenizer, data.eval_prompts, protocol)
+        before, after = judge(side.pop("ref")), judge(side.pop("policy"))
+        wins = np.mean((np.array(after.gold) > np.array(before.gold)) + 0.5 * (np.array(after.gold) ==
+                                                                               np.array(before.gold)))
+        steps = side["step_s"][1:]  # the first step compiles (ours) / warms up (TRL)
+        sides.append({"framework": "mindrlhf" if framework == "ours" else "trl", "algorithm": "dpo",
+                      "before": before, "after": after, "rm_accuracy": None, "rm_s": 0.0, "rl_s": side["wall_s"],
+                      "framework_version": side.get("framework_version"), "win_rate": float(wins),
+                      "held_out_accuracy": side["held_out"]["rewards/accuracies"], "held_out": side["held_out"],
+                      "steps": len(side["step_s"]), "step_s_median": float(np.median(steps)),
+                      "peak_rss_mb": side["peak_rss_mb"], "rss_after_import_mb": side["rss_after_import_mb"],
+                      "first_loss": side["losses"][0] if side["losses"] else None,
+                      "last_loss": side["losses"][-1] if side["losses"] else None})
+    return sides
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # report
 
 
 def result_entry(side: dict, rollouts: int) -> dict:
     before: PolicyEvaluation = side["before"]
     after: PolicyEvaluation = side["after"]
-    extra = {k: side[k] for k in ("curve", "iteration_s") if k in side}
+    extra = {k: side[k] for k in ("curve", "iteration_s", "win_rate", "held_out_accuracy", "held_out", "steps",
+                                  "step_s_median", "peak_rss_mb", "rss_after_import_mb", "first_loss", "last_loss",
+                                  "framework_version") if k in side}
     return summary_row(side.get("algorithm", "ppo"), before, after, side["rm_s"] + side["rl_s"], {
         "framework": side["framework"], "rm_accuracy": side["rm_accuracy"], "rm_s": side["rm_s"],
         "rl_s": side["rl_s"], "rollouts": rollouts, "kl_before": before.kl,
@@ -453,7 +605,7 @@ def samples_table(side: dict, rows: int = 4, stride: int = 4) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=20, help="RL iterations (64 rollouts each)")
-    parser.add_argument("--algorithms", default="ppo,grpo", help="comma-separated: ppo, grpo")
+    parser.add_argument("--algorithms", default="ppo,grpo", help="comma-separated: ppo, grpo, dpo")
     parser.add_argument("--train_prompts", type=int, default=256)
     parser.add_argument("--eval_prompts", type=int, default=32)
     side = parser.add_mutually_exclusive_group()
@@ -461,7 +613,11 @@ def main(argv=None) -> None:
     side.add_argument("--peer-only", action="store_true")
     parser.add_argument("--json", metavar="PATH", help="also write the JSON document here")
     parser.add_argument("--output_dir", default="", help="keep checkpoints and data here (default: a temp folder)")
+    parser.add_argument("--dpo_worker", metavar="JOB", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.dpo_worker:
+        dpo_worker(args.dpo_worker)
+        return
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     for name in ("accelerate", "mindrlhf.train.monitor"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -474,10 +630,14 @@ def main(argv=None) -> None:
     runners = {("ppo", "ours"): run_ours, ("ppo", "trl"): run_peer, ("grpo", "ours"): run_ours_grpo,
                ("grpo", "trl"): run_peer_grpo}
     frameworks = [f for f, skip in (("ours", args.peer_only), ("trl", args.ours_only)) if not skip]
-    sides = [runners[(algorithm, framework)](protocol, data, tokenizer, os.path.join(out_dir, framework),
-                                             args.iterations)
-             for algorithm in args.algorithms.split(",") for framework in frameworks]
-    rollouts = args.iterations * 64  # both recipes make 64 rollouts per iteration
+    sides = []
+    for algorithm in args.algorithms.split(","):
+        if algorithm == "dpo":
+            sides += run_dpo(protocol, data, tokenizer, out_dir, frameworks)
+            continue
+        sides += [runners[(algorithm, framework)](protocol, data, tokenizer, os.path.join(out_dir, framework),
+                                                  args.iterations) for framework in frameworks]
+    rollouts = args.iterations * 64  # both RL recipes make 64 rollouts per iteration (DPO makes none)
     entries = [result_entry(s, rollouts) for s in sides]
     print(markdown_table(entries))
     for s in sides:
@@ -492,6 +652,12 @@ def main(argv=None) -> None:
             if "iteration_s" in ours and "iteration_s" in peer:
                 print(f"\n{algorithm}: median seconds per iteration (iterations after the first)\n")
                 print(phase_table(ours["iteration_s"], peer["iteration_s"]))
+            if algorithm == "dpo":
+                print(f"dpo: per step (TRL / ours): {peer['step_s_median'] / ours['step_s_median']:.2f}x; peak RSS "
+                      f"ours / TRL: {ours['peak_rss_mb']:.0f} / {peer['peak_rss_mb']:.0f} MiB; held-out "
+                      f"implicit-reward accuracy ours / TRL: {ours['held_out_accuracy']:.3f} / "
+                      f"{peer['held_out_accuracy']:.3f}; win rate vs reference ours / TRL: {ours['win_rate']:.3f} / "
+                      f"{peer['win_rate']:.3f}")
     from rm_train import versions  # noqa: E402 - shared with the other benchmarks
 
     report = {"machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),

@@ -135,12 +135,14 @@ def gold_pairs(policy, cfg: ModelConfig, tokenizer, prompts: np.ndarray, protoco
     return pairs
 
 
-def write_pairs(pairs: GoldPairs, path: str, seq_length: int, pad_token_id: int) -> str:
-    """The pairs as a preference MindRecord (the seven fields of ``convert_preference``), written atomically."""
-    from mindrlhf.data.convert_preference import PREFERENCE_SCHEMA, atomic_mindrecord, pair_fields, write_in_chunks
+def write_pairs(pairs: GoldPairs, path: str, seq_length: int, pad_token_id: int, prompt_length: int) -> str:
+    """The pairs as a preference MindRecord (the fields of ``convert_preference``, response masks after the
+    ``prompt_length`` prompt tokens included), written atomically."""
+    from mindrlhf.data.convert_preference import FILE_SCHEMA, atomic_mindrecord, pair_fields, write_in_chunks
 
-    samples = (pair_fields(c, r, seq_length, pad_token_id) for c, r in zip(pairs.chosen, pairs.rejected))
-    with atomic_mindrecord(path, PREFERENCE_SCHEMA) as writer:
+    samples = (pair_fields(c, r, seq_length, pad_token_id, prompt_length=prompt_length)
+               for c, r in zip(pairs.chosen, pairs.rejected))
+    with atomic_mindrecord(path, FILE_SCHEMA) as writer:
         write_in_chunks(writer, (s for s in samples if s is not None), 1000)
     return path
 
@@ -240,10 +242,11 @@ def prepare_story_data(policy, cfg: ModelConfig, tokenizer, protocol: StoryProto
     train_pairs = gold_pairs(policy, cfg, tokenizer, train, protocol, protocol.seed + 1)
     eval_pairs = gold_pairs(policy, cfg, tokenizer, held_out, protocol, protocol.seed + 2)
     seq_length = pair_seq_length(protocol)
+    width = openings.shape[1]
     files = {"pairs": write_pairs(train_pairs, os.path.join(folder, "pairs.mindrecord"), seq_length,
-                                  cfg.pad_token_id),
+                                  cfg.pad_token_id, width),
              "eval_pairs": write_pairs(eval_pairs, os.path.join(folder, "eval_pairs.mindrecord"), seq_length,
-                                       cfg.pad_token_id),
+                                       cfg.pad_token_id, width),
              "prompts": write_prompts(train, os.path.join(folder, "prompts.mindrecord"), cfg.pad_token_id)}
     logger.info("story data: %d train / %d held-out openings, %d train pairs (%d ties dropped), %d held-out pairs",
                 len(train), len(held_out), len(train_pairs.chosen), train_pairs.ties, len(eval_pairs.chosen))

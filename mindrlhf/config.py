@@ -3,7 +3,7 @@
 One dataclass per concern (model, generation, context, parallel, runner, optimizer, lr schedule, loss scale);
 :class:`RunConfig` gathers them under the YAML section names mindformers users know
 (``model.model_config``, ``context``, ``parallel_config``, ``runner_config``, ``optimizer``, ``lr_schedule``,
-``runner_wrapper``, ``recompute_config``) plus ``generation`` and the RL sections ``ppo`` and ``grpo``.
+``runner_wrapper``, ``recompute_config``) plus ``generation``, the RL sections ``ppo`` and ``grpo`` and ``dpo``.
 
 Loading rules:
 - ``base_config: other.yaml`` (or a list) inherits from files relative to the YAML; later files and keys win.
@@ -27,6 +27,7 @@ import yaml
 DTYPES = ("float32", "float16", "bfloat16")
 ADVANTAGE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_baseline")  # grpo.advantage_estimator
 GRPO_LOSS_TYPES = ("grpo", "token", "dr_grpo")  # grpo.loss_type
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "simpo", "orpo")  # dpo.loss_type
 
 
 class ConfigError(ValueError):
@@ -522,6 +523,40 @@ class GRPOConfig(_PolicyTrainingMixin):
 
 
 @dataclass
+class DPOConfig:
+    """Offline preference optimisation (the YAML ``dpo`` section): DPO and its family on preference MindRecords
+    with the prompt/response boundary. Optimizer, learning rate, loss scale, epochs and batch size come from the
+    recipe's training sections, as for SFT; ``runner_config.batch_size`` counts pairs."""
+
+    loss_type: str = "sigmoid"  # sigmoid: DPO (with label_smoothing > 0: conservative DPO); ipo; hinge; simpo and
+    #                             orpo: reference-free (no reference model at all)
+    beta: float = 0.1  # inverse temperature of the implicit reward beta * (logp - ref_logp) (ORPO: its odds-ratio
+    #                    weight lambda; IPO: tau)
+    label_smoothing: float = 0.0  # probability that a label is flipped (conservative DPO, SimPO), in [0, 0.5)
+    simpo_gamma: float = 0.5  # SimPO's target reward margin
+    precompute_ref_log_probs: bool = True  # True: the reference's log-probs of every pair in one first pass, then
+    #                                        no reference model in memory while training; False: each batch's on
+    #                                        the fly
+    ref_checkpoint: str = ""  # reference weights (.ckpt, checkpoint root, Hugging Face folder); "" = the weights
+    #                           the policy starts from
+
+    def __post_init__(self):
+        if self.loss_type not in DPO_LOSS_TYPES:
+            near = difflib.get_close_matches(str(self.loss_type), DPO_LOSS_TYPES, n=1, cutoff=0.5)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"dpo.loss_type {self.loss_type!r} is not one of {', '.join(DPO_LOSS_TYPES)}{hint}")
+        if not self.beta > 0 or not math.isfinite(self.beta):
+            raise ConfigError(f"dpo.beta must be > 0 (the implicit reward is beta * log-ratio), got {self.beta}")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"dpo.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+
+    @property
+    def reference_free(self) -> bool:
+        """SimPO and ORPO use no reference model."""
+        return self.loss_type in ("simpo", "orpo")
+
+
+@dataclass
 class RunConfig:
     """Everything one run reads, as loaded from a ``run_*.yaml`` recipe."""
 
@@ -545,6 +580,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------------

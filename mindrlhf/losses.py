@@ -9,13 +9,18 @@ the mean-reduced gradients are those of one token mean over every rank's tokens.
 
 GRPO's loss (:func:`grpo_policy_loss`) takes one advantage per sequence and ``N`` response slots
 (``max_new_tokens``) per sequence.
+
+The offline preference losses (:func:`preference_loss`: DPO, conservative DPO, IPO, hinge, SimPO, ORPO) take, per
+pair, the response log-probability SUMMED over the response tokens (``logps``) and the number of those tokens
+(``lengths``), all ``(B,)`` float32, and return the per-pair implicit rewards that :func:`preference_metrics`
+turns into TRL's ``rewards/*`` and ``logps/*`` metrics.
 """
 from __future__ import annotations
 
 import mindspore as ms
 from mindspore import ops
 
-from mindrlhf.config import GRPO_LOSS_TYPES
+from mindrlhf.config import DPO_LOSS_TYPES, GRPO_LOSS_TYPES
 
 
 def log_sigmoid(x):
@@ -184,3 +189,103 @@ def masked_entropy(logits, mask, count=None):
     plogp = ops.reshape(ops.exp(logp) * logp, (-1, vocab))
     entropy = -ops.reshape(ops.matmul(plogp, ops.ones((vocab, 1), ms.float32)), logp.shape[:-1])
     return masked_mean(entropy, mask, count=count)
+
+
+def dpo_sigmoid_loss(chosen_logratios, rejected_logratios, beta, label_smoothing=0.0):
+    """DPO (Rafailov et al. 2023) and, with ``label_smoothing`` ``eps`` > 0, conservative DPO (labels flipped with
+    probability ``eps``): ``h = chosen_logratios - rejected_logratios``,
+    ``l = -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)``; inputs ``(B,)``, returns ``l (B,)``."""
+    margin = beta * (chosen_logratios - rejected_logratios)
+    return -(1.0 - label_smoothing) * log_sigmoid(margin) - label_smoothing * log_sigmoid(-margin)
+
+
+def dpo_hinge_loss(chosen_logratios, rejected_logratios, beta):
+    """SLiC's hinge on the DPO margin: ``l = relu(1 - beta (chosen_logratios - rejected_logratios))``, ``(B,)``."""
+    return ops.relu(1.0 - beta * (chosen_logratios - rejected_logratios))
+
+
+def ipo_loss(chosen_logratios, rejected_logratios, chosen_lengths, rejected_lengths, beta):
+    """IPO (Azar et al. 2023, eq. 17) on per-token log-ratios, as TRL: ``h = chosen_logratios / n_c -
+    rejected_logratios / n_r``, ``l = (h - 1 / (2 beta))^2``; inputs ``(B,)``, returns ``l (B,)``."""
+    margin = chosen_logratios / ops.maximum(chosen_lengths, 1.0) - rejected_logratios / ops.maximum(rejected_lengths,
+                                                                                                    1.0)
+    return ops.square(margin - 0.5 / beta)
+
+
+def simpo_loss(chosen_avg_logps, rejected_avg_logps, beta, gamma, label_smoothing=0.0):
+    """SimPO (Meng et al. 2024), reference-free: the length-normalised log-probs ``a_c, a_r`` with a target margin
+    ``gamma``: ``m = beta (a_c - a_r) - gamma``, ``l = -(1 - eps) log sigmoid(m) - eps log sigmoid(-m)``; ``(B,)``."""
+    margin = beta * (chosen_avg_logps - rejected_avg_logps) - gamma
+    return -(1.0 - label_smoothing) * log_sigmoid(margin) - label_smoothing * log_sigmoid(-margin)
+
+
+def orpo_odds_loss(chosen_avg_logps, rejected_avg_logps, beta):
+    """ORPO's odds-ratio term (Hong et al. 2024), reference-free, on the length-normalised log-probs ``a``:
+    ``log odds(a) = a - log(1 - exp(a))``, ``l = -beta log sigmoid(log odds(a_c) - log odds(a_r))``; ``(B,)``.
+    The full ORPO loss adds the chosen responses' NLL (:func:`preference_loss`)."""
+    log_odds = (chosen_avg_logps - rejected_avg_logps) - (
+        ops.log1p(-ops.exp(chosen_avg_logps)) - ops.log1p(-ops.exp(rejected_avg_logps)))
+    return -beta * log_sigmoid(log_odds)
+
+
+def preference_loss(chosen_logps, rejected_logps, chosen_lengths, rejected_lengths, ref_chosen_logps,
+                    ref_rejected_logps, loss_type, beta, label_smoothing=0.0, simpo_gamma=0.5):
+    """One offline preference loss, chosen by ``loss_type`` (a Python string, fixed at graph construction).
+
+    With ``r_c = chosen_logps - ref_chosen_logps`` and ``r_r = rejected_logps - ref_rejected_logps`` (summed over
+    each response's tokens) and ``a = logps / lengths`` (per-token means):
+
+    - ``"sigmoid"``: :func:`dpo_sigmoid_loss` (``label_smoothing`` > 0: conservative DPO); rewards ``beta r``;
+    - ``"ipo"``: :func:`ipo_loss`; rewards ``beta r``;
+    - ``"hinge"``: :func:`dpo_hinge_loss`; rewards ``beta r``;
+    - ``"simpo"``: :func:`simpo_loss` on ``a`` (no reference); rewards ``beta a``;
+    - ``"orpo"``: the chosen responses' NLL ``-sum_b chosen_logps / sum_b chosen_lengths`` plus the mean of
+      :func:`orpo_odds_loss` on ``a`` (no reference); rewards ``beta a``.
+
+    The reference log-probs are not read by ``simpo`` and ``orpo``.
+
+    Args:
+        chosen_logps, rejected_logps: ``(B,)`` float32 policy log-probs of each response, summed over its tokens.
+        chosen_lengths, rejected_lengths: ``(B,)`` float32 response tokens (eos included).
+        ref_chosen_logps, ref_rejected_logps: ``(B,)`` float32 the same under the reference model.
+        loss_type: one of ``sigmoid, ipo, hinge, simpo, orpo``.
+        beta: the inverse temperature (> 0).
+        label_smoothing: conservative DPO's / SimPO's label-flip probability in ``[0, 0.5)``.
+        simpo_gamma: SimPO's target reward margin.
+    Returns:
+        ``(loss scalar, chosen_rewards (B,), rejected_rewards (B,))``, the rewards without gradient.
+    """
+    if loss_type not in DPO_LOSS_TYPES:
+        raise ValueError("preference_loss: unknown loss_type " + repr(loss_type) + "; one of " +
+                         ", ".join(DPO_LOSS_TYPES))
+    if loss_type in ("simpo", "orpo"):
+        chosen = chosen_logps / ops.maximum(chosen_lengths, 1.0)
+        rejected = rejected_logps / ops.maximum(rejected_lengths, 1.0)
+        if loss_type == "simpo":
+            loss = ops.mean(simpo_loss(chosen, rejected, beta, simpo_gamma, label_smoothing))
+        else:
+            nll = -ops.reduce_sum(chosen_logps) / ops.maximum(ops.reduce_sum(chosen_lengths), 1.0)
+            loss = nll + ops.mean(orpo_odds_loss(chosen, rejected, beta))
+    else:
+        chosen = chosen_logps - ref_chosen_logps
+        rejected = rejected_logps - ref_rejected_logps
+        if loss_type == "sigmoid":
+            loss = ops.mean(dpo_sigmoid_loss(chosen, rejected, beta, label_smoothing))
+        elif loss_type == "ipo":
+            loss = ops.mean(ipo_loss(chosen, rejected, chosen_lengths, rejected_lengths, beta))
+        else:
+            loss = ops.mean(dpo_hinge_loss(chosen, rejected, beta))
+    return loss, ops.stop_gradient(beta * chosen), ops.stop_gradient(beta * rejected)
+
+
+PREFERENCE_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+                      "logps/rejected")
+
+
+def preference_metrics(chosen_rewards, rejected_rewards, chosen_logps, rejected_logps):
+    """TRL's metrics of a batch of pairs, as one float32 vector in the order of :data:`PREFERENCE_METRICS`: the
+    means over pairs of the chosen / rejected rewards, their margin, ``1[chosen > rejected]`` (strict), and the
+    chosen / rejected summed log-probs. Inputs ``(B,)``; returns ``(6,)``."""
+    values = [chosen_rewards, rejected_rewards, chosen_rewards - rejected_rewards,
+              ops.cast(chosen_rewards > rejected_rewards, ms.float32), chosen_logps, rejected_logps]
+    return ops.stack([ops.mean(ops.stop_gradient(ops.cast(v, ms.float32))) for v in values])

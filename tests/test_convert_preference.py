@@ -23,7 +23,7 @@ OASST = os.path.join(DATA, "oasst_rm_zh_sample5.json")
 # The seed template, spelled out here rather than imported, so a template change shows up as a failure.
 SEED_TEMPLATE = "根据以下问题，写一个合适的回答。\n\n### 问题：\n{instruction}\n\n### 回答：\n{response}"
 COLUMNS = ["chosen_input_ids", "chosen_attention_mask", "rejected_input_ids", "rejected_attention_mask",
-           "position_id", "loss_mask", "end_ind"]
+           "position_id", "loss_mask", "end_ind", "chosen_response_mask", "rejected_response_mask"]
 TOKENIZERS = {"gpt2": 50256, "llama": 2}  # bundled name -> pad id of the seed commands (eos)
 # The contract's special tokens, spelled out: GPT-2 BPE starts sequences without bos, the SentencePiece Llama-style
 # tokenizer with bos 1; both end every preference sequence in their eos.
@@ -88,11 +88,13 @@ def reference(name, tok, prompt, chosen, rejected, seq_length, pad, side="right"
         return out_ids, out_mask
 
     (c_ids, c_mask), (r_ids, r_mask) = place(c), place(r)
-    return {"chosen_input_ids": c_ids, "chosen_attention_mask": c_mask, "rejected_input_ids": r_ids,
+    prompt_len = len(contract_ids(name, tok, prompt, "", seq_length)) - 1
+    return {"chosen_response_mask": [int(start + prompt_len <= t < start + len(c)) for t in range(seq_length)],
+            "rejected_response_mask": [int(start + prompt_len <= t < start + len(r)) for t in range(seq_length)],"chosen_input_ids": c_ids, "chosen_attention_mask": c_mask, "rejected_input_ids": r_ids,
             "rejected_attention_mask": r_mask, "position_id": [max(t - start, 0) for t in range(seq_length)],
             "loss_mask": [1 if start + div <= t < start + end else 0 for t in range(seq_length)],
             "end_ind": start + end, "_lengths": (len(c), len(r), div),
-            "_prompt_len": len(contract_ids(name, tok, prompt, "", seq_length)) - 1}
+            "_prompt_len": prompt_len}
 
 
 def assert_ends_in_eos(record, eos):
@@ -103,7 +105,7 @@ def assert_ends_in_eos(record, eos):
 
 
 def assert_record(record, expected):
-    for name in COLUMNS[:-1]:
+    for name in (c for c in COLUMNS if c != "end_ind"):
         assert record[name].dtype == np.int32, name
         np.testing.assert_array_equal(record[name], np.array(expected[name]), err_msg=name)
     assert record["end_ind"].dtype == np.int64 and record["end_ind"].shape == ()
@@ -144,6 +146,7 @@ def test_cvalues_fields_match_reference(name, tokenizers, tmp_path):
     assert [int(r["loss_mask"].sum()) for r in records] == [max(c_len, r_len) - div] * 8
     raw = [len(tok.encode(rows[0][key].strip())) for key in ("prompt", "pos_resp", "neg_resp")]
     assert stats == {"count": 8, "skipped_identical": 0, "skipped_empty": 0, "skipped_bad": 0, "truncated": 0,
+                     "skipped_no_response": 0,
                      "prompt_max": raw[0], "prompt_min": raw[0], "prompt_avg": float(raw[0]),
                      "chosen_max": raw[1], "chosen_min": raw[1], "chosen_avg": float(raw[1]),
                      "reject_max": raw[2], "reject_min": raw[2], "reject_avg": float(raw[2])}
@@ -244,6 +247,62 @@ def test_prompt_chosen_rejected(tokenizers, tmp_path):
     assert read_back(dst)[2]["chosen_input_ids"][0] == 1  # SentencePiece: bos in front
 
 
+CHAT_PAIR = {"system": "Be brief.", "history": [("Hi", "Hello!")], "question": "Name a colour.",
+             "chosen": "Blue.", "rejected": "I won't."}
+
+
+def chat_records():
+    """The same two-turn pair in TRL's two conversational shapes and in LLaMA-Factory's ShareGPT shape."""
+    p = CHAT_PAIR
+    turns = [{"role": "system", "content": p["system"]}, {"role": "user", "content": p["history"][0][0]},
+             {"role": "assistant", "content": p["history"][0][1]}, {"role": "user", "content": p["question"]}]
+    answer = {name: [{"role": "assistant", "content": p[name]}] for name in ("chosen", "rejected")}
+    implicit = {name: turns + answer[name] for name in ("chosen", "rejected")}
+    explicit = {"prompt": turns, **answer}
+    sharegpt = {"system": p["system"], "conversations": [
+        {"from": "human", "value": p["history"][0][0]}, {"from": "gpt", "value": p["history"][0][1]},
+        {"from": "human", "value": p["question"]}],
+        "chosen": {"from": "gpt", "value": p["chosen"]}, "rejected": {"from": "gpt", "value": p["rejected"]}}
+    return {"chat_implicit": implicit, "chat_explicit": explicit, "sharegpt": sharegpt}
+
+
+@pytest.mark.parametrize("shape", ["chat_implicit", "chat_explicit", "sharegpt"])
+def test_conversational_pairs(shape, tokenizers, tmp_path):
+    """A conversational pair gives the prompt SFT's ShareGPT reader gives (system, earlier turns in the template's
+    markup, the last question) and stores exactly what the same pair in the plain prompt/chosen/rejected format
+    stores."""
+    p = CHAT_PAIR
+    src = write_jsonl(tmp_path / f"{shape}.jsonl", [chat_records()[shape]])
+    pair, = read_pairs(src)
+    prompt = f"{p['system']}\n\n{p['history'][0][0]}\n\n### 回答：\n{p['history'][0][1]}\n\n### 问题：\n{p['question']}"
+    assert (pair.prompt, pair.chosen, pair.rejected) == (prompt, p["chosen"], p["rejected"])
+    plain = write_jsonl(tmp_path / "plain.jsonl", [{"prompt": prompt, "chosen": p["chosen"], "rejected": p["rejected"]}])
+    for path, name in ((src, "conv"), (plain, "plain")):
+        convert_preference(path, str(tmp_path / f"{name}.mindrecord"), tokenizers["gpt2"], 96, 50256, progress=False)
+    conv, ref = read_back(str(tmp_path / "conv.mindrecord"))[0], read_back(str(tmp_path / "plain.mindrecord"))[0]
+    for name in COLUMNS:
+        np.testing.assert_array_equal(conv[name], ref[name], err_msg=name)
+    expected = reference("gpt2", tokenizers["gpt2"], prompt, p["chosen"], p["rejected"], 96, 50256)
+    assert_record(conv, expected)
+
+
+@pytest.mark.parametrize("record,message", [
+    ({"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+      "rejected": [{"role": "user", "content": "other q"}, {"role": "assistant", "content": "b"}]},
+     "field 'rejected': its turns before the last differ"),
+    ({"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "user", "content": "a"}],
+      "rejected": [{"role": "assistant", "content": "b"}]},
+     "field 'chosen': the last message must be the assistant's response"),
+    ({"chosen": [], "rejected": [{"role": "assistant", "content": "b"}]}, "field 'chosen': expected a non-empty list"),
+    ({"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", "value": "a"},
+      "rejected": "b"}, "field 'rejected': expected an assistant turn"),
+])
+def test_bad_conversational_pairs(record, message, tmp_path):
+    src = write_jsonl(tmp_path / "bad.jsonl", [record])
+    with pytest.raises(ConversionError, match="bad.jsonl:1: " + message):
+        list(read_pairs(src))
+
+
 def test_oasst_best_vs_each_worse(tokenizers, tmp_path):
     with open(OASST, encoding="utf-8") as f:
         rows = json.load(f)
@@ -269,11 +328,12 @@ def test_identical_and_empty_pairs_skipped_and_counted(tokenizers, tmp_path):
     rows = [{"prompt": "p", "chosen": "same answer", "rejected": "same answer"},
             {"prompt": "p", "chosen": "good", "rejected": "bad"},
             {"prompt": "p", "chosen": "  ", "rejected": "bad"},
-            {"prompt": long_prompt, "chosen": "good", "rejected": "bad"}]  # identical once cut to 96 tokens
+            {"prompt": long_prompt, "chosen": "good", "rejected": "bad"}]  # responses cut to their eos at 96 tokens
     dst = str(tmp_path / "s.mindrecord")
     stats = convert_preference(write_jsonl(tmp_path / "s.jsonl", rows), dst, tokenizers["gpt2"], 96, 50256,
                                progress=False)
-    assert (stats["count"], stats["skipped_identical"], stats["skipped_empty"]) == (1, 2, 1)
+    assert (stats["count"], stats["skipped_identical"], stats["skipped_empty"], stats["skipped_no_response"]) == (
+        1, 1, 1, 1)
     assert len(read_back(dst)) == 1
 
 

@@ -14,6 +14,7 @@
         --reward_model_path run_gpt2_tiny_rm.yaml --sft_checkpoint sft/checkpoint --reward_checkpoint rm/checkpoint
     mindrlhf grpo --config run_tinystories_656k_grpo.yaml --dataset_dir prompts.mindrecord
     mindrlhf eval --baseline tinystories --candidate ppo_hf --question_set mt_bench --reward_funcs sentiment
+    mindrlhf dpo --config run_gpt2_tiny_dpo.yaml --train_dataset train.mindrecord --sft_checkpoint sft/checkpoint
     mindrlhf loss-plot --log_file output/log/rank_0/info.log --output_file_dir loss_dir
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import List, Optional
 
 from mindrlhf.cli import demo as demo_cmd
 from mindrlhf.cli import evaluate as eval_cmd
+from mindrlhf.cli import dpo as dpo_cmd
 from mindrlhf.cli import generate as generate_cmd
 from mindrlhf.cli import grpo as grpo_cmd
 from mindrlhf.cli import ppo as ppo_cmd
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     ppo_cmd.add_ppo_parser(sub)
     grpo_cmd.add_grpo_parser(sub)
     eval_cmd.add_eval_parser(sub)
+    dpo_cmd.add_dpo_parser(sub)
     for name, (_, help_text) in PASS_THROUGH.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser

@@ -15,6 +15,15 @@ Input formats (``--format``, auto-detected from the keys of the first record by 
   is a ranking the annotators made against the top answer). The prompt is ``instruction`` (then ``"\\n" + input``
   when ``input`` is not empty), preceded by the history turns written in the template's own markup
   (:data:`HISTORY_TURN`), so the templated text reads as one multi-turn ``### 问题`` / ``### 回答`` transcript.
+- ``chat``: conversational pairs as TRL writes them: ``chosen`` and ``rejected`` are message lists
+  (``{role, content}``), either whole conversations that share everything before their last assistant turn, or
+  with the shared turns apart in a ``prompt`` message list.
+- ``sharegpt``: LLaMA-Factory's preference format: ``conversations`` (``{from, value}`` turns, optional ``system``
+  field) followed by the ``chosen`` and ``rejected`` assistant turns (``{from, value}`` objects).
+
+  Both conversational formats become one prompt as SFT's ShareGPT reader makes it
+  (:func:`mindrlhf.data.convert_sft.prompt_text`: system text, earlier turns in :data:`HISTORY_TURN`, the last
+  user turn) and the two last assistant turns as the responses.
 
 Each pair is encoded under the tokenization contract (:mod:`mindrlhf.data.contract`,
 :func:`~mindrlhf.data.contract.encode_for_reward`): the prompt text ``format_prompt(prompt.strip())`` and each
@@ -24,10 +33,10 @@ each response gets eos appended: ``chosen = prompt_ids + chosen_ids + [eos]``, t
 sequence ends in eos, the token a reward model is trained and read at (PPO reads the reward at the eos of each
 rollout). Truncation to ``seq_length``: a prompt keeps at most its last ``seq_length - 1`` tokens (bos back in
 front), and a response that does not fit is cut from the right one token early so that the eos is KEPT as the last
-token. A prompt that fills ``seq_length - 1`` tokens leaves both responses only their eos: the pair is identical
-and skipped.
+token. A prompt that fills ``seq_length - 1`` tokens leaves both responses only their eos: the pair is skipped
+(``skipped_no_response``).
 
-The seven stored fields (``S = seq_length``, ``Lc``/``Lr`` = real tokens of chosen/rejected, eos included, ``d`` =
+The stored fields: the reward model's seven (``S = seq_length``, ``Lc``/``Lr`` = real tokens of chosen/rejected, eos included, ``d`` =
 first index where they differ, or ``min(Lc, Lr)`` when one is a prefix of the other; computed from lengths, never
 by searching for the pad id, which may equal eos):
 
@@ -36,6 +45,11 @@ by searching for the pad id, which may equal eos):
 - ``position_id``: int32 (S,). Right padding: ``arange(S)``; left padding: ``clip(cumsum(mask) - 1, 0)``.
 - ``loss_mask``: int32 (S,), 1 on ``[o + d, o + max(Lc, Lr))``, 0 elsewhere (``o`` = start offset, below).
 - ``end_ind``: int64 scalar ``o + max(Lc, Lr)``, one past the last token (an eos) of the longer sequence.
+
+- ``chosen_response_mask``, ``rejected_response_mask``: int32 (S,), 1 on the response tokens of each sequence
+  (``[o + P, o + L)``, ``P`` = prompt tokens, bos included, the same for both sides; the eos included): the
+  prompt/response boundary DPO sums its log-probs over. Files written before these two fields existed still train
+  reward models; DPO refuses them (:func:`mindrlhf.data.datasets.check_dpo_columns`).
 
 ``padding_side="right"``: both sequences start at ``o = 0``. ``padding_side="left"``: the PAIR is left-padded as
 a unit, both sequences start at ``o = S - max(Lc, Lr)`` (the longer one ends at S, the shorter one is followed by
@@ -47,8 +61,9 @@ Files written before this contract end their sequences in the last response toke
 ``mindrlhf convert-preference``).
 
 Skipped and counted (never a crash, unlike the predecessor's bug B1): pairs whose token ids are identical after
-encoding and truncation (``skipped_identical``) and pairs with an empty response after ``strip()``
-(``skipped_empty``). Bad records (malformed JSON line, missing/null or non-string field, undetectable format) raise
+encoding and truncation (``skipped_identical``), pairs with an empty response after ``strip()``
+(``skipped_empty``) and pairs where truncation left a response no text token, only its eos
+(``skipped_no_response``: a prompt that fills the sequence; nothing of the responses would be compared). Bad records (malformed JSON line, missing/null or non-string field, undetectable format) raise
 :class:`ConversionError` naming ``file:line`` and the field, or with ``skip_bad_lines`` are skipped and counted
 (``skipped_bad``); a syntax error inside a JSON array is always fatal (there is no next line to resume at).
 
@@ -72,7 +87,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 from tqdm import tqdm
 
-from mindrlhf.data.contract import encode_for_reward
+from mindrlhf.data.contract import EncodedText, encode_for_reward
 from mindrlhf.data.templates import format_prompt
 from mindrlhf.data.tokenizer import Tokenizer, load_tokenizer
 
@@ -88,7 +103,13 @@ PREFERENCE_SCHEMA = {
     "loss_mask": {"type": "int32", "shape": [-1]},
     "end_ind": {"type": "int64"},
 }
-FORMATS = ("cvalues", "pairwise", "hh", "oasst")
+# The prompt/response boundary of each sequence (what DPO needs on top of the reward model's fields).
+RESPONSE_SCHEMA = {
+    "chosen_response_mask": {"type": "int32", "shape": [-1]},
+    "rejected_response_mask": {"type": "int32", "shape": [-1]},
+}
+FILE_SCHEMA = {**PREFERENCE_SCHEMA, **RESPONSE_SCHEMA}  # what convert_preference writes
+FORMATS = ("cvalues", "pairwise", "hh", "oasst", "chat", "sharegpt")
 PADDING_SIDES = ("right", "left")
 HH_ASSISTANT = "\n\nAssistant:"
 # One earlier oasst turn; the current question follows the last one (the template supplies the first "### 问题").
@@ -117,6 +138,7 @@ class ConversionStats:
     skipped_identical: int = 0  # pairs whose token ids were identical after encoding and truncation
     skipped_empty: int = 0  # pairs with an empty chosen or rejected response after strip()
     skipped_bad: int = 0  # bad records skipped with skip_bad_lines
+    skipped_no_response: int = 0  # pairs where truncation left a response only its eos
     truncated: int = 0  # written pairs where the prompt, chosen or rejected was cut to fit seq_length
     lengths: Dict[str, List[int]] = field(default_factory=lambda: {"prompt": [], "chosen": [], "reject": []})
 
@@ -125,6 +147,7 @@ class ConversionStats:
         out: Dict[str, Union[int, float]] = {"count": len(self.lengths["prompt"]),
                                              "skipped_identical": self.skipped_identical,
                                              "skipped_empty": self.skipped_empty, "skipped_bad": self.skipped_bad,
+                                             "skipped_no_response": self.skipped_no_response,
                                              "truncated": self.truncated}
         for name, values in self.lengths.items():
             out[f"{name}_max"] = max(values, default=0)
@@ -231,15 +254,76 @@ def _pairs_oasst(record: dict, where: str) -> List[Tuple[str, str, str]]:
     return [(prompt, answers[0], worse) for worse in answers[1:]]
 
 
+def _message_list(record: dict, name: str, where: str) -> list:
+    value = record.get(name)
+    if not isinstance(value, list) or not value:
+        raise ConversionError(f"{where}: field '{name}': expected a non-empty list of messages")
+    return value
+
+
+def _conversation_prompt(turns: list, key: str, where: str) -> Tuple[str, str]:
+    """``(prompt text, last assistant text)`` of a turn list, as SFT's ShareGPT reader reads it; the last turn must
+    be the assistant's."""
+    from mindrlhf.data.convert_sft import _read_sharegpt, prompt_text
+
+    last = turns[-1]
+    role = last.get("role", last.get("from")) if isinstance(last, dict) else None
+    if role not in ("assistant", "gpt"):
+        raise ConversionError(f"{where}: field '{key}': the last message must be the assistant's response, got "
+                              f"role {role!r}")
+    try:
+        example = _read_sharegpt({"messages": turns}, where)
+    except ConversionError as err:
+        raise ConversionError(str(err).replace("'messages", f"'{key}")) from err
+    return prompt_text(example, template="none"), example.response
+
+
+def _pairs_from_turns(chosen: list, rejected: list, names: Tuple[str, str], where: str) -> List[Tuple[str, str, str]]:
+    """One pair from two conversations that must agree on everything before their last (assistant) turn."""
+    (prompt, chosen_text), (other, rejected_text) = (_conversation_prompt(turns, name, where)
+                                                      for turns, name in zip((chosen, rejected), names))
+    if prompt != other:
+        raise ConversionError(f"{where}: field '{names[1]}': its turns before the last differ from those of "
+                              f"'{names[0]}' (a pair answers one prompt)")
+    return [(prompt, chosen_text, rejected_text)]
+
+
+def _pairs_chat(record: dict, where: str) -> List[Tuple[str, str, str]]:
+    chosen, rejected = _message_list(record, "chosen", where), _message_list(record, "rejected", where)
+    if "prompt" in record:
+        prompt = _message_list(record, "prompt", where)
+        chosen, rejected = prompt + chosen, prompt + rejected
+    return _pairs_from_turns(chosen, rejected, ("chosen", "rejected"), where)
+
+
+def _pairs_sharegpt(record: dict, where: str) -> List[Tuple[str, str, str]]:
+    turns = _message_list(record, "conversations", where)
+    system = record.get("system")
+    if system is not None:
+        turns = [{"from": "system", "value": text_field(record, "system", where)}] + turns
+    answers = []
+    for name in ("chosen", "rejected"):
+        if not isinstance(record.get(name), dict):
+            raise ConversionError(f"{where}: field '{name}': expected an assistant turn {{from, value}}")
+        answers.append(turns + [record[name]])
+    return _pairs_from_turns(*answers, ("chosen", "rejected"), where)
+
+
 READERS: Dict[str, Callable[[dict, str], List[Tuple[str, str, str]]]] = {
-    "cvalues": _pairs_cvalues, "pairwise": _pairs_pairwise, "hh": _pairs_hh, "oasst": _pairs_oasst}
+    "cvalues": _pairs_cvalues, "pairwise": _pairs_pairwise, "hh": _pairs_hh, "oasst": _pairs_oasst,
+    "chat": _pairs_chat, "sharegpt": _pairs_sharegpt}
 # Keys that identify each format, most specific first (pairwise before hh: both have chosen/rejected).
 SIGNATURES = (("cvalues", {"prompt", "pos_resp", "neg_resp"}), ("pairwise", {"prompt", "chosen", "rejected"}),
               ("hh", {"chosen", "rejected"}), ("oasst", {"instruction", "output"}))
 
 
 def detect_format(record: dict, where: str) -> str:
-    """The format whose keys the record has; :class:`ConversionError` when none matches."""
+    """The format whose keys the record has (conversational when ``chosen`` is a message list or one turn object);
+    :class:`ConversionError` when none matches."""
+    if isinstance(record.get("chosen"), dict) and "conversations" in record:
+        return "sharegpt"
+    if isinstance(record.get("chosen"), list):
+        return "chat"
     for name, keys in SIGNATURES:
         if keys <= record.keys():
             return name
@@ -291,10 +375,12 @@ def _iter_pairs(path: str, total: int, records: Iterator[Tuple[int, Any]], fmt: 
 
 
 def pair_fields(chosen: Sequence[int], rejected: Sequence[int], seq_length: int, pad_token_id: int,
-                padding_side: str = "right") -> Optional[Dict[str, Union[np.ndarray, int]]]:
-    """The seven fields of one pair of token lists (each already at most ``seq_length`` long); None if identical.
+                padding_side: str = "right", prompt_length: Optional[int] = None
+                ) -> Optional[Dict[str, Union[np.ndarray, int]]]:
+    """The fields of one pair of token lists (each already at most ``seq_length`` long); None if identical.
 
-    See the module docstring for the definitions. Everything derives from the two lengths, not from pad ids.
+    See the module docstring for the definitions. Everything derives from the lengths, not from pad ids. With
+    ``prompt_length`` (the tokens both sequences share as their prompt) the two response masks are added.
     """
     len_c, len_r = len(chosen), len(rejected)
     common = min(len_c, len_r)
@@ -320,18 +406,25 @@ def pair_fields(chosen: Sequence[int], rejected: Sequence[int], seq_length: int,
     loss_mask[start + divergence:start + end] = 1
     fields["loss_mask"] = loss_mask
     fields["end_ind"] = int(start + end)
-    return {name: fields[name] for name in PREFERENCE_SCHEMA}
+    if prompt_length is None:
+        return {name: fields[name] for name in PREFERENCE_SCHEMA}
+    for name, ids in (("chosen", chosen), ("rejected", rejected)):
+        response = np.zeros(seq_length, np.int32)
+        response[start + prompt_length:start + len(ids)] = 1
+        fields[f"{name}_response_mask"] = response
+    return {name: fields[name] for name in FILE_SCHEMA}
 
 
 def encode_pair(tokenizer: Tokenizer, pair: PreferencePair, seq_length: int
-                ) -> Tuple[List[int], List[int], bool, Tuple[int, int, int]]:
-    """``(chosen ids, rejected ids, truncated?, raw token counts)`` under the tokenization contract: each sequence is
-    ``prompt_ids + response_ids + [eos]``, at most ``seq_length`` long, ending in eos (see the module docstring)."""
+                ) -> Tuple[List[EncodedText], Tuple[int, int, int]]:
+    """``([chosen, rejected] encoded, raw token counts)`` under the tokenization contract: each sequence is
+    ``prompt_ids + response_ids + [eos]``, at most ``seq_length`` long, ending in eos (see the module docstring);
+    both share one ``prompt_ids``."""
     prompt, chosen, rejected = pair.prompt.strip(), pair.chosen.strip(), pair.rejected.strip()
     encoded = [encode_for_reward(tokenizer, format_prompt(prompt), response, seq_length)
                for response in (chosen, rejected)]
     raw = tuple(min(len(tokenizer.encode(text)), seq_length) for text in (prompt, chosen, rejected))
-    return encoded[0].ids, encoded[1].ids, any(e.truncated for e in encoded), raw
+    return encoded, raw
 
 
 def encode_pairs(pairs: Iterator[PreferencePair], tokenizer: Tokenizer, seq_length: int, pad_token_id: int,
@@ -341,12 +434,16 @@ def encode_pairs(pairs: Iterator[PreferencePair], tokenizer: Tokenizer, seq_leng
         if not pair.chosen.strip() or not pair.rejected.strip():
             stats.skipped_empty += 1
             continue
-        chosen, rejected, truncated, raw = encode_pair(tokenizer, pair, seq_length)
-        sample = pair_fields(chosen, rejected, seq_length, pad_token_id, padding_side)
+        encoded, raw = encode_pair(tokenizer, pair, seq_length)
+        if any(len(e.response_ids) < 2 for e in encoded):  # the eos alone: the prompt left the text no room
+            stats.skipped_no_response += 1
+            continue
+        sample = pair_fields(encoded[0].ids, encoded[1].ids, seq_length, pad_token_id, padding_side,
+                             len(encoded[0].prompt_ids))
         if sample is None:
             stats.skipped_identical += 1
             continue
-        stats.truncated += truncated
+        stats.truncated += any(e.truncated for e in encoded)
         for name, count in zip(("prompt", "chosen", "reject"), raw):
             stats.lengths[name].append(count)
         yield sample
@@ -446,18 +543,19 @@ def convert_preference(src_file: str, dst_file: str, tokenizer: Union[str, Token
         raise ConversionError(f"--pad_token_id {pad} is not an id of the tokenizer (0..{tok.vocab_size - 1})")
     stats = ConversionStats()
     pairs = read_pairs(src_file, fmt, skip_bad_lines, stats, progress)
-    with atomic_mindrecord(dst_file, PREFERENCE_SCHEMA) as writer:
+    with atomic_mindrecord(dst_file, FILE_SCHEMA) as writer:
         write_in_chunks(writer, encode_pairs(pairs, tok, seq_length, pad, padding_side, stats), WRITE_CHUNK)
         summary = stats.as_dict()
         if summary["count"] == 0:
             raise ConversionError(f"{src_file}: no pairs to write (skipped: {summary['skipped_identical']} identical, "
-                                  f"{summary['skipped_empty']} empty, {summary['skipped_bad']} bad)")
+                                  f"{summary['skipped_empty']} empty, {summary['skipped_no_response']} cut to no "
+                                  f"response, {summary['skipped_bad']} bad)")
     return summary
 
 
 def format_stats(stats: Dict[str, Union[int, float]]) -> str:
     """The statistics as two small Markdown tables (counts, then raw-text token lengths)."""
-    counts = ("count", "skipped_identical", "skipped_empty", "skipped_bad", "truncated")
+    counts = ("count", "skipped_identical", "skipped_empty", "skipped_no_response", "skipped_bad", "truncated")
     rows = ["| " + " | ".join(counts) + " |", "|" + " --- |" * len(counts),
             "| " + " | ".join(str(stats[k]) for k in counts) + " |", "",
             "| tokens | max | min | avg |", "| --- | --- | --- | --- |"]

@@ -30,14 +30,17 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from mindrlhf.data.convert_preference import PREFERENCE_SCHEMA, ConversionError
+from mindrlhf.data.convert_preference import PREFERENCE_SCHEMA, RESPONSE_SCHEMA, ConversionError
 from mindrlhf.data.convert_sft import SFT_SCHEMA
 
 PREFERENCE_COLUMNS: Tuple[str, ...] = tuple(PREFERENCE_SCHEMA)  # stored columns, in the spec order
 REWARD_COLUMNS: Tuple[str, ...] = ("input_ids", "position_id", "attention_mask", "loss_mask", "end_ind")
+DPO_FILE_COLUMNS: Tuple[str, ...] = PREFERENCE_COLUMNS + tuple(RESPONSE_SCHEMA)  # the reward fields + the boundary
+DPO_COLUMNS: Tuple[str, ...] = ("input_ids", "attention_mask", "response_mask")  # one DPO batch
 SFT_COLUMNS: Tuple[str, ...] = tuple(SFT_SCHEMA)  # ("input_ids", "attention_mask", "loss_mask"), stored and batched
 # the kind of MindRecord and the converter that writes it, for error messages
-_WRITERS = {PREFERENCE_COLUMNS: ("a preference", "convert_preference"), SFT_COLUMNS: ("an SFT", "convert_sft")}
+_WRITERS = {PREFERENCE_COLUMNS: ("a preference", "convert_preference"), SFT_COLUMNS: ("an SFT", "convert_sft"),
+            DPO_FILE_COLUMNS: ("a DPO preference", "convert_preference")}
 
 
 def record_count(path: str, columns: Tuple[str, ...] = PREFERENCE_COLUMNS) -> int:
@@ -167,6 +170,62 @@ def reward_model_dataset(path: str, batch_size: int, *, epoch: int = 0, seed: in
     dataset = dataset.map(_pair_layout, input_columns=list(PREFERENCE_COLUMNS), output_columns=list(REWARD_COLUMNS),
                           num_parallel_workers=num_parallel_workers)
     return dataset.project(list(REWARD_COLUMNS))
+
+
+def check_dpo_file(path: str) -> int:
+    """Number of records of a preference MindRecord that DPO can read; a :class:`ConversionError` that says how to
+    reconvert a file written before the prompt/response boundary (the response masks) was stored."""
+    from mindspore.mindrecord import FileReader
+
+    count = record_count(path, PREFERENCE_COLUMNS)
+    reader = FileReader(path)
+    try:
+        missing = [c for c in RESPONSE_SCHEMA if c not in reader.schema()]
+    finally:
+        reader.close()
+    if missing:
+        raise ConversionError(
+            f"{path}: no prompt/response boundary ({', '.join(missing)} missing): this preference file was written "
+            f"before the converter stored it, and DPO sums log-probs over the response tokens only. Reconvert the "
+            f"source with `mindrlhf convert-preference --model <tokenizer> --src_file <pairs> --dst_file {path} "
+            f"--seq_length <n>`")
+    return count
+
+
+def _dpo_layout(chosen_ids, chosen_mask, rejected_ids, rejected_mask, chosen_response, rejected_response):
+    """Batched stored columns ``(B, S)`` -> ``input_ids``, ``attention_mask`` ``(2B, S)`` int32 and
+    ``response_mask (2B, S)`` float32, the B chosen rows first."""
+    return (np.concatenate([chosen_ids, rejected_ids]).astype(np.int32),
+            np.concatenate([chosen_mask, rejected_mask]).astype(np.int32),
+            np.concatenate([chosen_response, rejected_response]).astype(np.float32))
+
+
+def dpo_batches(path: str, indices: np.ndarray, batch_size: int, drop_remainder: bool = True,
+                num_parallel_workers: int = 1):
+    """Records ``indices`` (in that order) of a preference MindRecord in batches of ``batch_size`` pairs, columns
+    :data:`DPO_COLUMNS` (see :func:`_dpo_layout`)."""
+    import mindspore.dataset as ds
+
+    stored = ["chosen_input_ids", "chosen_attention_mask", "rejected_input_ids", "rejected_attention_mask",
+              *RESPONSE_SCHEMA]
+    dataset = ds.MindDataset(path, columns_list=stored, sampler=ds.SubsetSampler([int(i) for i in indices]),
+                             num_parallel_workers=num_parallel_workers)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_workers=num_parallel_workers)
+    dataset = dataset.map(_dpo_layout, input_columns=stored, output_columns=list(DPO_COLUMNS),
+                          num_parallel_workers=num_parallel_workers)
+    return dataset.project(list(DPO_COLUMNS))
+
+
+def dpo_dataset(path: str, batch_size: int, *, epoch: int = 0, seed: int = 0, shuffle: bool = True, rank_id: int = 0,
+                rank_size: int = 1, skip_batches: int = 0, drop_remainder: bool = True,
+                num_samples: Optional[int] = None, num_parallel_workers: int = 1):
+    """One epoch of DPO batches from a preference MindRecord with the response masks: per batch of ``B`` pairs
+    ``input_ids``, ``attention_mask`` ``(2B, S)`` int32 and ``response_mask (2B, S)`` float32 (1 on each
+    sequence's response tokens, eos included), the B chosen rows first. Records and order as
+    :func:`reward_model_dataset` (:func:`epoch_indices`)."""
+    indices = epoch_indices(check_dpo_file(path), batch_size, epoch=epoch, seed=seed, shuffle=shuffle,
+                            rank_id=rank_id, rank_size=rank_size, skip_batches=skip_batches, num_samples=num_samples)
+    return dpo_batches(path, indices, batch_size, drop_remainder, num_parallel_workers)
 
 
 def sft_dataset(path: str, batch_size: int, *, epoch: int = 0, seed: int = 0, shuffle: bool = True, rank_id: int = 0,

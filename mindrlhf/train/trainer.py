@@ -57,6 +57,8 @@ class FitResult:
 
     losses: List[float] = field(default_factory=list)  # loss of every step run in this call
     overflows: int = 0  # steps skipped for non-finite gradients
+    metrics: List[Dict[str, float]] = field(default_factory=list)  # the loss net's metrics of every step (if any)
+    step_seconds: List[float] = field(default_factory=list)  # wall time of every step (the first compiles)
     state: TrainState = field(default_factory=TrainState)  # where the run stopped
     last_checkpoint: Optional[str] = None  # the newest checkpoint written
 
@@ -72,7 +74,8 @@ class Trainer:
         steps_per_epoch: batches per epoch per rank.
         rank_id, rank_size: this process in a data-parallel group.
         progress: show a progress bar over the run's steps (rank 0), labelled ``progress`` when a string.
-        metric_names: with a loss net returning ``(loss, metrics (M,))``, the ``M`` names logged to TensorBoard.
+        metric_names: when given, ``loss_net`` returns ``(loss, metrics)`` with ``metrics`` a float32 vector of these
+            named values, logged with each step (a second line, TensorBoard) and kept in :class:`FitResult`.
     """
 
     def __init__(self, cfg: RunConfig, loss_net: nn.Cell, input_columns: Sequence[str], source: BatchSource,
@@ -112,6 +115,8 @@ class Trainer:
         self.monitor.line(format_step_line(state.epoch + 1, self.epochs, state.step_in_epoch, self.steps_per_epoch,
                                            result.loss, result.seconds * 1000.0, result.lr, result.overflow,
                                            result.scale))
+        if result.metrics:
+            self.monitor.line(", ".join(f"{name}: {value:.4f}" for name, value in result.metrics.items()))
         self.monitor.scalars(state.global_step, {"loss": result.loss, "lr": result.lr, "loss_scale": result.scale,
                                                  "overflow": float(result.overflow), **result.metrics})
 
@@ -127,6 +132,9 @@ class Trainer:
             self.state.step_in_epoch += 1
             result.losses.append(step.loss)
             result.overflows += int(step.overflow)
+            result.step_seconds.append(step.seconds)
+            if step.metrics:
+                result.metrics.append(step.metrics)
             bar.update(1)
             bar.set_postfix(loss=f"{step.loss:.4f}", refresh=False)
             self._log(step)
