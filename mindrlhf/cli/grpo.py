@@ -117,9 +117,10 @@ def run_grpo(args) -> int:
 def main(argv: Optional[List[str]] = None, prog: str = "train_grpo.py") -> int:
     """Entry for the example script."""
     from mindrlhf.cli.main import setup_logging
+    from mindrlhf.errors import run_command
 
     parser = argparse.ArgumentParser(prog=prog)
     add_grpo_args(parser)
     args = parser.parse_args(argv)
     setup_logging()
-    return args.func(args)
+    return run_command(args.func, args)

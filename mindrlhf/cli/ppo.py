@@ -103,6 +103,7 @@ def main(argv: Optional[List[str]] = None, prog: str = "train.py", default_stage
          align_type: Optional[str] = None) -> int:
     """Entry for the example scripts (``train.py``; ``make_experience.py`` / ``ppo_train.py`` fix the stage)."""
     from mindrlhf.cli.main import setup_logging
+    from mindrlhf.errors import run_command
 
     parser = argparse.ArgumentParser(prog=prog)
     add_ppo_args(parser, default_stage)
@@ -110,4 +111,4 @@ def main(argv: Optional[List[str]] = None, prog: str = "train.py", default_stage
         parser.set_defaults(align_type=align_type)
     args = parser.parse_args(argv)
     setup_logging()
-    return args.func(args)
+    return run_command(args.func, args)

@@ -200,10 +200,11 @@ def run_infer(args) -> int:
 def main(command: str, argv: Optional[List[str]] = None) -> int:
     """Entry for the example scripts: ``main("train", sys.argv[1:])``."""
     from mindrlhf.cli.main import setup_logging
+    from mindrlhf.errors import run_command
 
     parser = argparse.ArgumentParser(prog=f"reward_{command}.py")
     {"train": add_train_args, "eval": add_eval_args, "infer": add_infer_args}[command](parser)
     args = parser.parse_args(argv)
     setup_logging()
-    return args.func(args)
+    return run_command(args.func, args)
 

@@ -56,9 +56,10 @@ def run_sft(args) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry for scripts: ``main(sys.argv[1:])`` runs ``mindrlhf sft`` with those flags."""
     from mindrlhf.cli.main import setup_logging
+    from mindrlhf.errors import run_command
 
     parser = argparse.ArgumentParser(prog="mindrlhf sft", description="Supervised fine-tuning (stage 1).")
     add_sft_args(parser)
     args = parser.parse_args(argv)
     setup_logging()
-    return args.func(args)
+    return run_command(args.func, args)

@@ -25,6 +25,7 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from mindrlhf.config import ModelConfig
+from mindrlhf.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 BUNDLED_MODELS: Dict[str, str] = {"tinystories": os.path.join(MODELS_DIR, "tinystories_656k")}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that does not fit the model: names the file and lists every problem."""
 
 
