@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import List, Optional
 
 from mindrlhf.cli.reward import join_group, str2bool
@@ -40,6 +41,8 @@ def add_grpo_args(parser: argparse.ArgumentParser) -> None:
                         help="override a recipe value, e.g. --set grpo.beta=0.0 (repeatable)")
     parser.add_argument("--set_reward", dest="reward_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a reward-recipe value (repeatable)")
+    parser.add_argument("--overwrite_output_dir", action="store_true", help="start afresh in an output folder that "
+                        "holds an earlier run (its checkpoints, logs and metrics are removed first)")
     parser.set_defaults(func=run_grpo)
 
 
@@ -99,11 +102,14 @@ def prepare(args):
 def run_grpo(args) -> int:
     from mindrlhf.rewards import RewardFunctionError
     from mindrlhf.train.grpo import train_grpo
+    from mindrlhf.runlock import claim_output_dir, run_mode
     from mindrlhf.train.monitor import attach_rank_log
 
     cfg, sft, reward = prepare(args)
     init_context(cfg.context, cfg.seed)
     rank_id, rank_size = join_group(cfg, args.use_parallel)
+    claim_output_dir(cfg.output_dir, cfg, run_mode(bool(args.resume), args.overwrite_output_dir), rank_id,
+                     f"resume it with --resume {os.path.join(cfg.output_dir, 'checkpoint')}")
     attach_rank_log(cfg.output_dir, rank_id)
     try:
         trainer = train_grpo(cfg, args.dataset_dir, reward, sft, args.resume, rank_id, rank_size)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import List, Optional
 
 from mindrlhf.cli.reward import join_group, str2bool
@@ -52,6 +53,8 @@ def add_ppo_args(parser: argparse.ArgumentParser, default_stage: str = "all") ->
                         "float32 (repeatable)")
     parser.add_argument("--set_critic", dest="critic_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a critic-recipe value (repeatable)")
+    parser.add_argument("--overwrite_output_dir", action="store_true", help="start afresh in an output folder that "
+                        "holds an earlier run (its checkpoints, logs and metrics are removed first)")
     parser.set_defaults(func=run_ppo)
 
 
@@ -71,6 +74,7 @@ def _stage(args) -> str:
 
 
 def run_ppo(args) -> int:
+    from mindrlhf.runlock import claim_output_dir, run_mode
     from mindrlhf.train.monitor import attach_rank_log
     from mindrlhf.train.ppo import train_ppo
 
@@ -86,6 +90,9 @@ def run_ppo(args) -> int:
                   else load_config(args.reward_model_path, args.reward_overrides + args.critic_overrides))
     init_context(cfg.context, cfg.seed)
     rank_id, rank_size = join_group(cfg, args.use_parallel)
+    # the split stages are one run in one folder, made by several processes in turn
+    claim_output_dir(cfg.output_dir, cfg, run_mode(bool(args.resume) or stage != "all", args.overwrite_output_dir),
+                     rank_id, f"resume it with --resume {os.path.join(cfg.output_dir, 'checkpoint')}")
     attach_rank_log(cfg.output_dir, rank_id)
     sft = cfg.load_checkpoint if args.sft_checkpoint is None else args.sft_checkpoint
     reward_ckpt = reward_cfg.load_checkpoint if args.reward_checkpoint is None else args.reward_checkpoint

@@ -25,7 +25,8 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from mindrlhf.config import ModelConfig
-from mindrlhf.errors import UserError
+from mindrlhf.manifest import CheckpointError, verify, write_manifest
+from mindrlhf.runlock import current_run
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +36,6 @@ LM_HEAD = "lm_head.weight"
 MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "models")
 # name -> Hugging Face folder shipped with the package (mindrlhf/assets/README.md has the sources and licenses)
 BUNDLED_MODELS: Dict[str, str] = {"tinystories": os.path.join(MODELS_DIR, "tinystories_656k")}
-
-
-class CheckpointError(UserError):
-    """A checkpoint that does not fit the model: names the file and lists every problem."""
 
 
 @dataclass(frozen=True)
@@ -398,6 +395,25 @@ def save_hf_checkpoint(cell: nn.Cell, cfg: ModelConfig, folder: str, reward: Opt
     return folder
 
 
+def file_mode() -> int:
+    """0644 less the process umask: the mode of every file the project writes."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o644 & ~mask
+
+
+def load_entries(path: str) -> Dict[str, ms.Parameter]:
+    """Every entry of a MindSpore ``.ckpt`` after checking it against its manifest (see :mod:`mindrlhf.manifest`);
+    :class:`CheckpointError` naming the file when it is missing, corrupt, partial or not a checkpoint."""
+    verify(path)
+    try:
+        entries = ms.load_checkpoint(path)
+    except (ValueError, RuntimeError, TypeError) as err:
+        raise CheckpointError(f"{path}: cannot read MindSpore checkpoint: {' '.join(str(err).split())}") from None
+    logger.info("loaded checkpoint %s", path)
+    return entries
+
+
 def save_ckpt(cell: nn.Cell, path: str, append_dict: Optional[dict] = None) -> str:
     """Save a MindSpore ``.ckpt`` of ``cell``'s parameters atomically (see :func:`save_tensors`)."""
     return save_tensors(cell_parameters(cell), path, append_dict)
@@ -405,14 +421,20 @@ def save_ckpt(cell: nn.Cell, path: str, append_dict: Optional[dict] = None) -> s
 
 def save_tensors(named: Dict[str, Union[ms.Parameter, ms.Tensor]], path: str,
                  append_dict: Optional[dict] = None) -> str:
-    """Save named tensors as a MindSpore ``.ckpt`` atomically (written under a temporary name, then renamed)."""
+    """Save named tensors as a MindSpore ``.ckpt`` atomically (written under a temporary name, its manifest
+    written, then renamed into place) with mode 0644 less the umask; :class:`CheckpointError` when it cannot be
+    written (a full disk), leaving any earlier file of that name as it was."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     # MindSpore appends ".ckpt" to a name without it, and writes through its own "<name>.tmp" file
     tmp = f"{path}.tmp.{os.getpid()}.ckpt"
     params = [{"name": n, "data": p} for n, p in named.items()]
     try:
         ms.save_checkpoint(params, tmp, append_dict=append_dict)
+        os.chmod(tmp, file_mode())  # MindSpore writes checkpoints read-only (0400)
+        write_manifest(tmp, path, current_run())
         os.replace(tmp, path)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot write the checkpoint: {err}") from None
     finally:
         for leftover in (tmp, tmp[:-len(".ckpt")] + ".tmp"):
             if os.path.exists(leftover):
@@ -432,12 +454,7 @@ def load_ckpt(cell: nn.Cell, path: str, allow_missing: Iterable[str] = (),
 def _load_ckpt(cell: nn.Cell, path: str, allow_missing: Iterable[str], ignore_unexpected: Iterable[str]
                ) -> Tuple[Dict[str, np.ndarray], List[str]]:
     """``(extras, names kept at their initial values)``; see :func:`load_ckpt`."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        loaded = ms.load_checkpoint(path)
-    except (ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{path}: cannot read MindSpore checkpoint: {err}") from None
+    loaded = load_entries(path)
     model_names = (BACKBONE_PREFIX, "lm_head.", "score.", "v_head.")
     arrays = {n: v.asnumpy() for n, v in loaded.items() if n.startswith(model_names)}
     extras = {n: v.asnumpy() for n, v in loaded.items() if not n.startswith(model_names)}

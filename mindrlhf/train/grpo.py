@@ -37,9 +37,10 @@ from mindrlhf.models import CausalLM, RewardModel
 from mindrlhf.models.convert import assign_parameters, cell_parameters, load_weights, save_ckpt, \
     save_tensors
 from mindrlhf.models.policy import token_logprobs
-from mindrlhf.train.checkpoint import SCHEDULE_PARAMS, newest_iteration_state, rank_dir, read_ckpt
+from mindrlhf.train.checkpoint import (SCHEDULE_PARAMS, newest_iteration_state, prune_iterations, rank_dir,
+                                       read_ckpt)
 from mindrlhf.train.distributed import AllReduceSum
-from mindrlhf.train.monitor import TrainMonitor, append_jsonl
+from mindrlhf.train.monitor import TrainMonitor, append_jsonl, trim_jsonl
 from mindrlhf.train.optim import build_optimizer, lr_table
 from mindrlhf.train.rollout import RolloutMaker
 from mindrlhf.train.step import TrainStep
@@ -243,6 +244,7 @@ class GRPOTrainer:
             self._restore(resume)
         if rank_id == 0:
             save_config(cfg, os.path.join(cfg.output_dir, "resolved_config.yaml"))
+            trim_jsonl(os.path.join(cfg.output_dir, "grpo_metrics.jsonl"), self.state.iteration)
 
     # -- checkpoints ------------------------------------------------------------------------------------------
 
@@ -256,6 +258,7 @@ class GRPOTrainer:
         extra.update({STATE_PREFIX + k: Tensor(np.float64(v)) for k, v in self.state.state_dict().items()})
         save_tensors(extra, os.path.join(self.folder, f"grpo_state_epoch_{iteration}.ckpt"))
         logger.info("Save checkpoints in %s", self.folder)
+        prune_iterations(self.folder, self.cfg.checkpoint.keep_checkpoint_max)
         return policy_path
 
     def _restore(self, root: str) -> None:

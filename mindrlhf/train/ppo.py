@@ -37,11 +37,11 @@ from mindrlhf.models import CausalLM, Critic, RewardModel
 from mindrlhf.models.convert import (assign_parameters, cell_parameters, load_weights, save_ckpt,
                                      save_tensors)
 from mindrlhf.models.policy import token_logprobs
-from mindrlhf.train.checkpoint import (SCHEDULE_PARAMS, newest_iteration_state, rank_dir, read_ckpt,
-                                       resume_checkpoint)
+from mindrlhf.train.checkpoint import (SCHEDULE_PARAMS, newest_iteration_state, prune_iterations, rank_dir,
+                                       read_ckpt, resume_checkpoint)
 from mindrlhf.train.distributed import AllReduceSum
 from mindrlhf.train.experience import Experience, ExperienceMaker, RewardFunction, RolloutStats, save_experience
-from mindrlhf.train.monitor import TrainMonitor, append_jsonl
+from mindrlhf.train.monitor import TrainMonitor, append_jsonl, trim_jsonl
 from mindrlhf.train.optim import build_optimizer, lr_table
 from mindrlhf.train.step import TrainStep
 
@@ -275,6 +275,7 @@ class PPOTrainer:
             self._restore(resume)
         if rank_id == 0:
             save_config(cfg, os.path.join(cfg.output_dir, "resolved_config.yaml"))
+            trim_jsonl(os.path.join(cfg.output_dir, "ppo_metrics.jsonl"), self.state.iteration)
 
     # -- checkpoints ------------------------------------------------------------------------------------------
 
@@ -298,6 +299,7 @@ class PPOTrainer:
         extra.update({f"ppo_state.{k}": Tensor(np.float64(v)) for k, v in dataclasses.asdict(self.state).items()})
         save_tensors(extra, os.path.join(self.folder, f"ppo_state_epoch_{iteration}.ckpt"))
         logger.info("Save checkpoints in %s", self.folder)
+        prune_iterations(self.folder, self.cfg.checkpoint.keep_checkpoint_max)
         return policy_path
 
     def _restore(self, root: str) -> None:
