@@ -25,6 +25,7 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from mindrlhf.config import ModelConfig
+from mindrlhf.faults import reach
 from mindrlhf.manifest import CheckpointError, verify, write_manifest
 from mindrlhf.runlock import current_run
 
@@ -430,6 +431,7 @@ def save_tensors(named: Dict[str, Union[ms.Parameter, ms.Tensor]], path: str,
     params = [{"name": n, "data": p} for n, p in named.items()]
     try:
         ms.save_checkpoint(params, tmp, append_dict=append_dict)
+        reach("checkpoint_write")
         os.chmod(tmp, file_mode())  # MindSpore writes checkpoints read-only (0400)
         write_manifest(tmp, path, current_run())
         os.replace(tmp, path)

@@ -63,8 +63,9 @@ def _written_at(path: str) -> float:
 
 
 def list_checkpoints(folder: str) -> list:
-    """``*.ckpt`` files of a folder, oldest first (by the time written, then by step)."""
-    files = glob.glob(os.path.join(folder, "*.ckpt"))
+    """``*.ckpt`` files of a folder, oldest first (by the time written, then by step); the temporary files of a
+    save that was killed are not checkpoints."""
+    files = [f for f in glob.glob(os.path.join(folder, "*.ckpt")) if ".tmp." not in os.path.basename(f)]
     return sorted(files, key=lambda p: (_written_at(p), checkpoint_step(p)))
 
 

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from mindrlhf import rl
 from mindrlhf.config import ModelConfig, RunConfig, save_config
+from mindrlhf.faults import reach
 from mindrlhf.losses import grpo_policy_loss, masked_entropy
 from mindrlhf.models import CausalLM, RewardModel
 from mindrlhf.models.convert import assign_parameters, cell_parameters, load_weights, save_ckpt, \
@@ -302,6 +303,7 @@ class GRPOTrainer:
                 inputs.append(Tensor(np.asarray([counts[batch]], np.float32)))
                 loss, overflow, scale, metrics = self.step(*inputs)
                 loss, overflow = float(loss.asnumpy()), bool(overflow.asnumpy())
+                reach("train_step")
                 lr = float(self.lrs[min(self.state.global_step, len(self.lrs) - 1)])
                 self.state.global_step += 1
                 result.losses.append(loss)
@@ -331,6 +333,7 @@ class GRPOTrainer:
         self.maker.timings = {}
         prompts = repeat_prompts(self.prompts(iteration), self.grpo.num_generations)
         raw = self.maker.rollouts(prompts, iteration, self.cfg.seed)
+        reach("rollout")
         timings = dict(self.maker.timings)
         scores = group_scores(raw, self.grpo)
         raw["advantages"] = self.advantages(scores)

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from mindrlhf import rl
 from mindrlhf.config import ModelConfig, PPOConfig, RunConfig, save_config
+from mindrlhf.faults import reach
 from mindrlhf.losses import causal_lm_loss, masked_entropy, ppo_policy_loss, ppo_value_loss
 from mindrlhf.models import CausalLM, Critic, RewardModel
 from mindrlhf.models.convert import (assign_parameters, cell_parameters, load_weights, save_ckpt,
@@ -349,6 +350,7 @@ class PPOTrainer:
             for batch, rows in enumerate(minibatches):
                 loss, overflow, scale, metrics = self.step(*self.step_inputs(data, rows, counts[batch]))
                 loss, overflow = float(loss.asnumpy()), bool(overflow.asnumpy())
+                reach("train_step")
                 lr = float(self.lrs[min(self.state.global_step, len(self.lrs) - 1)])
                 self.state.global_step += 1
                 result.losses.append(loss)
@@ -368,6 +370,7 @@ class PPOTrainer:
         start = time.perf_counter()
         experience, rollout = self.maker.make_experience(self.prompts(iteration), iteration, self.cfg.seed)
         timings = dict(self.maker.timings)
+        reach("rollout")
         logger.info("Avg scores: %.6f (iteration %d)", rollout.score_mean, iteration)
         if save_data_file:  # each rank its own file (experience_file names them)
             save_experience(experience, rollout, save_data_file)

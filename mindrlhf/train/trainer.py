@@ -13,6 +13,7 @@ from mindspore import Tensor, nn
 from tqdm import tqdm
 
 from mindrlhf.config import RunConfig, save_config
+from mindrlhf.faults import reach
 from mindrlhf.train.checkpoint import CheckpointManager, TrainState, restore, resume_checkpoint
 from mindrlhf.train.monitor import TrainMonitor, format_step_line
 from mindrlhf.train.optim import build_optimizer, lr_table
@@ -124,6 +125,7 @@ class Trainer:
                     start = time.perf_counter()
                     loss, overflow, scale = self.step(*self._inputs(batch))
                     loss, overflow, scale = float(loss.asnumpy()), bool(overflow.asnumpy()), float(scale.asnumpy())
+                    reach("train_step")
                     seconds = time.perf_counter() - start
                     self.state.step_in_epoch += 1
                     self.state.global_step += 1
