@@ -124,8 +124,9 @@ def run_training(args, train) -> int:
         logger.info("nothing left to train: the checkpoint is at the end of training (global step %d)",
                     result.state.global_step)
     else:
-        logger.info("training finished: global step %d, last loss %.4f, %d overflow steps skipped; checkpoint %s",
-                    result.state.global_step, result.losses[-1], result.overflows, result.last_checkpoint)
+        logger.info("training finished: global step %d, last loss %.4f, %d overflow steps and %d NaN-loss steps "
+                    "skipped; checkpoint %s", result.state.global_step, result.losses[-1], result.overflows,
+                    result.nan_losses, result.last_checkpoint)
     return 0
 
 

@@ -3,6 +3,7 @@ TensorBoard, checkpoints, and exact resume (model, optimizer, loss scale, epoch 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class FitResult:
 
     losses: List[float] = field(default_factory=list)  # loss of every step run in this call
     overflows: int = 0  # steps skipped for non-finite gradients
+    nan_losses: int = 0  # steps skipped for a NaN loss (a batch with no token to learn from)
     state: TrainState = field(default_factory=TrainState)  # where the run stopped
     last_checkpoint: Optional[str] = None  # the newest checkpoint written
 
@@ -130,7 +132,11 @@ class Trainer:
                     self.state.step_in_epoch += 1
                     self.state.global_step += 1
                     result.losses.append(loss)
-                    result.overflows += int(overflow)
+                    result.overflows += int(overflow and not math.isnan(loss))
+                    if math.isnan(loss):
+                        result.nan_losses += 1
+                        logger.warning("global step %d: loss is %s (a batch with no token to learn from): skipped, "
+                                       "not trained on", self.state.global_step, loss)
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                     self._log(loss, seconds, overflow, scale)
