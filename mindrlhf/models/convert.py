@@ -491,7 +491,9 @@ def load_weights(cell: nn.Cell, path: str, cfg: ModelConfig, new_heads: bool = F
     """
     path = resolve_checkpoint(path)
     if is_hf_folder(path):
-        return load_hf_checkpoint(cell, path, cfg, new_heads=new_heads)
+        kept = load_hf_checkpoint(cell, path, cfg, new_heads=new_heads)
+        logger.info("loaded Hugging Face checkpoint %s", path)
+        return kept
     if path.endswith(".ckpt"):
         if new_heads:  # e.g. a causal LM's weights starting a reward model: its LM head is not needed
             ignore_unexpected = tuple(ignore_unexpected) + ("lm_head.",)
