@@ -39,7 +39,7 @@ LOCK_NAME = ".mindrlhf.lock"
 RUN_FILE = "run.json"
 # what a run writes into its output folder (removed by an overwrite); user files are never touched
 RUN_OUTPUTS = ("checkpoint", "tensorboard", "log", "resolved_config.yaml", "ppo_metrics.jsonl", "grpo_metrics.jsonl",
-               "experience", RUN_FILE)
+               RUN_FILE)
 MODES = ("fresh", "resume", "overwrite")
 
 _HELD = {}  # output folder -> open lock file (kept open: the flock lives as long as the process)

@@ -109,6 +109,11 @@ def path_of(name: str) -> Callable[[dict], str]:
     return lambda f: f[name]
 
 
+def load_in_generate(name: str) -> Callable[[dict, str], List[str]]:
+    """``mindrlhf generate`` on the tiny recipe with the file ``name`` as its checkpoint."""
+    return lambda f, o: ["generate", "--config", TINY, "--load_checkpoint", f[name], "--set", f"output_dir={o}"]
+
+
 CASES = [
     # recipes
     Case("sft_misspelt_override", lambda f, o: ["sft", "--config", SFT_RECIPE, "--output_dir", o,
@@ -147,23 +152,18 @@ CASES = [
     Case("sft_truncated_ckpt", lambda f, o: ["sft", "--config", SFT_RECIPE, "--output_dir", o, "--train_dataset",
                                              f["sft.mindrecord"], "--load_checkpoint", f["truncated.ckpt"]],
          path_of("truncated.ckpt")),
-    Case("generate_truncated_ckpt", lambda f, o: ["generate", "--config", TINY, "--load_checkpoint",
-                                                  f["truncated.ckpt"], "--set", f"output_dir={o}"],
+    Case("generate_truncated_ckpt", load_in_generate("truncated.ckpt"),
          path_of("truncated.ckpt")),
     Case("generate_missing_ckpt", lambda f, o: ["generate", "--config", TINY, "--load_checkpoint",
                                                 os.path.join(o, "gone.ckpt"), "--set", f"output_dir={o}"],
          text("gone.ckpt")),
-    Case("generate_pickle_ckpt", lambda f, o: ["generate", "--config", TINY, "--load_checkpoint", f["pickle.ckpt"],
-                                               "--set", f"output_dir={o}"],
+    Case("generate_pickle_ckpt", load_in_generate("pickle.ckpt"),
          path_of("pickle.ckpt")),
-    Case("generate_text_ckpt", lambda f, o: ["generate", "--config", TINY, "--load_checkpoint", f["text.ckpt"],
-                                             "--set", f"output_dir={o}"],
+    Case("generate_text_ckpt", load_in_generate("text.ckpt"),
          path_of("text.ckpt")),
-    Case("generate_torch_pickle", lambda f, o: ["generate", "--config", TINY, "--load_checkpoint", f["model.pt"],
-                                                "--set", f"output_dir={o}"],
+    Case("generate_torch_pickle", load_in_generate("model.pt"),
          text("not a Hugging Face folder (config.json) or a MindSpore .ckpt file")),
-    Case("generate_wrong_shape_ckpt", lambda f, o: ["generate", "--config", TINY, "--load_checkpoint", f["wide.ckpt"],
-                                                    "--set", f"output_dir={o}"],
+    Case("generate_wrong_shape_ckpt", load_in_generate("wide.ckpt"),
          path_of("wide.ckpt")),
     Case("generate_broken_hf_config", lambda f, o: ["generate", "--load_checkpoint", os.path.join(f["work"], "bad_hf"),
                                                     "--set", f"output_dir={o}"],

@@ -13,7 +13,7 @@ import logging
 import os
 from typing import List, Optional
 
-from mindrlhf.cli.reward import join_group, str2bool
+from mindrlhf.cli.reward import add_overwrite_flag, join_group, str2bool
 from mindrlhf.config import load_config
 from mindrlhf.context import init_context
 
@@ -41,8 +41,7 @@ def add_grpo_args(parser: argparse.ArgumentParser) -> None:
                         help="override a recipe value, e.g. --set grpo.beta=0.0 (repeatable)")
     parser.add_argument("--set_reward", dest="reward_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a reward-recipe value (repeatable)")
-    parser.add_argument("--overwrite_output_dir", action="store_true", help="start afresh in an output folder that "
-                        "holds an earlier run (its checkpoints, logs and metrics are removed first)")
+    add_overwrite_flag(parser)
     parser.set_defaults(func=run_grpo)
 
 
@@ -101,8 +100,8 @@ def prepare(args):
 
 def run_grpo(args) -> int:
     from mindrlhf.rewards import RewardFunctionError
-    from mindrlhf.train.grpo import train_grpo
     from mindrlhf.runlock import claim_output_dir, run_mode
+    from mindrlhf.train.grpo import train_grpo
     from mindrlhf.train.monitor import attach_rank_log
 
     cfg, sft, reward = prepare(args)

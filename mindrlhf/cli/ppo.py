@@ -14,7 +14,7 @@ import logging
 import os
 from typing import List, Optional
 
-from mindrlhf.cli.reward import join_group, str2bool
+from mindrlhf.cli.reward import add_overwrite_flag, join_group, str2bool
 from mindrlhf.config import load_config
 from mindrlhf.context import init_context
 
@@ -53,8 +53,7 @@ def add_ppo_args(parser: argparse.ArgumentParser, default_stage: str = "all") ->
                         "float32 (repeatable)")
     parser.add_argument("--set_critic", dest="critic_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a critic-recipe value (repeatable)")
-    parser.add_argument("--overwrite_output_dir", action="store_true", help="start afresh in an output folder that "
-                        "holds an earlier run (its checkpoints, logs and metrics are removed first)")
+    add_overwrite_flag(parser)
     parser.set_defaults(func=run_ppo)
 
 

@@ -32,6 +32,12 @@ def str2bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {text!r}")
 
 
+def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite_output_dir`` of the training commands (see :func:`mindrlhf.runlock.claim_output_dir`)."""
+    parser.add_argument("--overwrite_output_dir", action="store_true", help="start afresh in an output folder that "
+                        "holds an earlier run (its checkpoints, logs and metrics are removed first)")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="run_*_rm.yaml recipe")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -49,8 +55,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run_mode", default="train", choices=["train"], help="kept for seed compatibility")
     parser.add_argument("--use_parallel", type=str2bool, default=None,
                         help="data-parallel run; default: yes when started by msrun or a rank-table launcher")
-    parser.add_argument("--overwrite_output_dir", action="store_true", help="start afresh in an output folder that "
-                        "holds an earlier run (its checkpoints, logs and metrics are removed first)")
+    add_overwrite_flag(parser)
     parser.set_defaults(func=run_train)
 
 

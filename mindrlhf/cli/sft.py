@@ -12,7 +12,7 @@ import argparse
 import logging
 from typing import List, Optional
 
-from mindrlhf.cli.reward import run_training, str2bool
+from mindrlhf.cli.reward import add_overwrite_flag, run_training, str2bool
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +36,7 @@ def add_sft_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="global seed (default: the YAML's seed)")
     parser.add_argument("--use_parallel", type=bool_or_auto, default=None, metavar="{auto,True,False}",
                         help="data-parallel run; auto (default): yes when started by msrun or a rank-table launcher")
-    parser.add_argument("--overwrite_output_dir", action="store_true", help="start afresh in an output folder that "
-                        "holds an earlier run (its checkpoints, logs and metrics are removed first)")
+    add_overwrite_flag(parser)
     parser.set_defaults(func=run_sft)
 
 
