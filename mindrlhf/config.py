@@ -24,13 +24,15 @@ from typing import Any, Dict, List, Literal, Optional, Sequence
 
 import yaml
 
+from mindrlhf.errors import UserError
+
 DTYPES = ("float32", "float16", "bfloat16")
 ADVANTAGE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_baseline")  # grpo.advantage_estimator
 GRPO_LOSS_TYPES = ("grpo", "token", "dr_grpo")  # grpo.loss_type
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "simpo", "orpo")  # dpo.loss_type
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration file or override that cannot be turned into a valid config."""
 
 
@@ -613,6 +615,15 @@ _Dumper.add_implicit_resolver(
 )
 
 
+def yaml_error_message(path: str, err: yaml.YAMLError) -> str:
+    """``<file>:<line>: not valid YAML: <problem>`` on one line (a ``!!python`` tag is refused here: the loader is
+    safe and constructs plain data only)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark is not None else path
+    problem = getattr(err, "problem", None) or str(err)
+    return f"{where}: not valid YAML: {' '.join(str(problem).split())}"
+
+
 def read_yaml(path: str) -> Dict[str, Any]:
     """Read one YAML file (without following ``base_config``) as a dict."""
     try:
@@ -623,7 +634,7 @@ def read_yaml(path: str) -> Dict[str, Any]:
     except OSError as err:
         raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(yaml_error_message(path, err)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

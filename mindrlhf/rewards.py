@@ -32,6 +32,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mindrlhf.errors import UserError
+
 TextJudge = Callable[[Sequence[str]], np.ndarray]
 RewardFunc = Callable[[List[str], List[str], List[Optional[str]]], Sequence[float]]
 
@@ -304,7 +306,7 @@ def _check_options(spec: RewardFuncSpec, fn: Callable) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Scoring token rollouts
 
-class RewardFunctionError(ValueError):
+class RewardFunctionError(UserError):
     """A reward function failed or returned something other than one finite float per completion."""
 
 

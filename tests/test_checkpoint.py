@@ -312,11 +312,11 @@ def test_interrupted_ckpt_save_keeps_the_previous_file(tmp_dir, monkeypatch):
 
     monkeypatch.setattr(ms, "save_checkpoint", crash)
     randomize_parameters(lm, seed=5)
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(CheckpointError, match="lm.ckpt: cannot write the checkpoint: disk full"):
         save_ckpt(lm, path)
     with open(path, "rb") as f:
         assert f.read() == old_bytes
-    assert os.listdir(tmp_dir) == ["lm.ckpt"]
+    assert sorted(os.listdir(tmp_dir)) == ["lm.ckpt", "lm.ckpt.manifest.json"]
 
 
 def test_hf_save_over_existing_folder_replaces_it_atomically(tmp_dir, monkeypatch):

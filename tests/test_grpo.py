@@ -101,7 +101,7 @@ def metrics(out: str) -> list:
 
 
 def checkpoint_files(out: str) -> list:
-    return sorted(os.listdir(os.path.join(out, "checkpoint", "rank_0")))
+    return sorted(f for f in os.listdir(os.path.join(out, "checkpoint", "rank_0")) if f.endswith(".ckpt"))
 
 
 def policy_at(out: str, iteration: int) -> dict:

@@ -189,11 +189,11 @@ def test_real_time_follows_a_growing_file_and_stops(tmp_dir, capsys):
 
 
 @pytest.mark.parametrize("mode", ["one-time", "real-time"])
-def test_missing_log_file_is_an_error(tmp_dir, caplog, mode):
+def test_missing_log_file_is_an_error(tmp_dir, capsys, mode):
     log, out = os.path.join(tmp_dir, "nope", "info.log"), os.path.join(tmp_dir, "loss_dir")
     assert main(["--log_file", log, "--output_file_dir", out, "--parse_mode", mode, "--timeout", "0.2",
                  "--poll_interval", "0.05"]) == 1
-    assert f"log file not found: {log}" in caplog.text
+    assert f"error: log file not found: {log}" in capsys.readouterr().err
     assert not os.path.exists(out)
 
 

@@ -75,7 +75,7 @@ def test_training_lowers_the_loss_and_changes_every_parameter(pairs_file, tmp_di
     log = open(os.path.join(tmp_dir, "log", "rank_0", "info.log"), encoding="utf-8").read()
     assert "Epoch:[  3/  3], step:[    3/    3], loss: " in log and "overflow cond: False" in log
     assert glob.glob(os.path.join(tmp_dir, "tensorboard", "events.out.tfevents.*"))
-    ckpts = sorted(os.listdir(os.path.join(tmp_dir, "checkpoint", "rank_0")))
+    ckpts = sorted(f for f in os.listdir(os.path.join(tmp_dir, "checkpoint", "rank_0")) if f.endswith(".ckpt"))
     assert len(ckpts) == 3 and ckpts[-1].startswith("gpt2_tiny_rm_rank_0-")
     assert os.path.exists(os.path.join(tmp_dir, "resolved_config.yaml"))
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import List, Optional
 
-from mindrlhf.cli.reward import join_group, str2bool
+from mindrlhf.cli.reward import add_overwrite_flag, join_group, str2bool
 from mindrlhf.config import load_config
 from mindrlhf.context import init_context
 
@@ -40,6 +41,7 @@ def add_grpo_args(parser: argparse.ArgumentParser) -> None:
                         help="override a recipe value, e.g. --set grpo.beta=0.0 (repeatable)")
     parser.add_argument("--set_reward", dest="reward_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a reward-recipe value (repeatable)")
+    add_overwrite_flag(parser)
     parser.set_defaults(func=run_grpo)
 
 
@@ -97,12 +99,15 @@ def prepare(args):
 
 def run_grpo(args) -> int:
     from mindrlhf.rewards import RewardFunctionError
+    from mindrlhf.runlock import claim_output_dir, run_mode
     from mindrlhf.train.grpo import train_grpo
     from mindrlhf.train.monitor import attach_rank_log
 
     cfg, sft, reward = prepare(args)
     init_context(cfg.context, cfg.seed)
     rank_id, rank_size = join_group(cfg, args.use_parallel)
+    claim_output_dir(cfg.output_dir, cfg, run_mode(bool(args.resume), args.overwrite_output_dir), rank_id,
+                     f"resume it with --resume {os.path.join(cfg.output_dir, 'checkpoint')}")
     attach_rank_log(cfg.output_dir, rank_id)
     try:
         trainer = train_grpo(cfg, args.dataset_dir, reward, sft, args.resume, rank_id, rank_size)
@@ -116,9 +121,10 @@ def run_grpo(args) -> int:
 def main(argv: Optional[List[str]] = None, prog: str = "train_grpo.py") -> int:
     """Entry for the example script."""
     from mindrlhf.cli.main import setup_logging
+    from mindrlhf.errors import run_command
 
     parser = argparse.ArgumentParser(prog=prog)
     add_grpo_args(parser)
     args = parser.parse_args(argv)
     setup_logging()
-    return args.func(args)
+    return run_command(args.func, args)

@@ -32,6 +32,7 @@ from mindrlhf.cli import grpo as grpo_cmd
 from mindrlhf.cli import ppo as ppo_cmd
 from mindrlhf.cli import reward as reward_cmd
 from mindrlhf.cli import sft as sft_cmd
+from mindrlhf.errors import USER_ERROR_STATUS, run_command
 
 
 # commands whose module owns its argument parser: `mindrlhf <command> --help` shows the module's flags
@@ -75,10 +76,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         setup_logging()
         sys.argv[0] = f"mindrlhf {argv[0]}"  # argparse names the program after it in usage and errors
-        return importlib.import_module(PASS_THROUGH[argv[0]][0]).main(argv[1:]) or 0
+        status = run_command(importlib.import_module(PASS_THROUGH[argv[0]][0]).main, argv[1:])
+        return USER_ERROR_STATUS if status == 1 else status  # the tools' own mains return 1 on an error
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    return args.func(args) or 0
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import List, Optional
 
-from mindrlhf.cli.reward import join_group, str2bool
+from mindrlhf.cli.reward import add_overwrite_flag, join_group, str2bool
 from mindrlhf.config import load_config
 from mindrlhf.context import init_context
 
@@ -52,6 +53,7 @@ def add_ppo_args(parser: argparse.ArgumentParser, default_stage: str = "all") ->
                         "float32 (repeatable)")
     parser.add_argument("--set_critic", dest="critic_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a critic-recipe value (repeatable)")
+    add_overwrite_flag(parser)
     parser.set_defaults(func=run_ppo)
 
 
@@ -71,6 +73,7 @@ def _stage(args) -> str:
 
 
 def run_ppo(args) -> int:
+    from mindrlhf.runlock import claim_output_dir, run_mode
     from mindrlhf.train.monitor import attach_rank_log
     from mindrlhf.train.ppo import train_ppo
 
@@ -86,6 +89,9 @@ def run_ppo(args) -> int:
                   else load_config(args.reward_model_path, args.reward_overrides + args.critic_overrides))
     init_context(cfg.context, cfg.seed)
     rank_id, rank_size = join_group(cfg, args.use_parallel)
+    # the split stages are one run in one folder, made by several processes in turn
+    claim_output_dir(cfg.output_dir, cfg, run_mode(bool(args.resume) or stage != "all", args.overwrite_output_dir),
+                     rank_id, f"resume it with --resume {os.path.join(cfg.output_dir, 'checkpoint')}")
     attach_rank_log(cfg.output_dir, rank_id)
     sft = cfg.load_checkpoint if args.sft_checkpoint is None else args.sft_checkpoint
     reward_ckpt = reward_cfg.load_checkpoint if args.reward_checkpoint is None else args.reward_checkpoint
@@ -103,6 +109,7 @@ def main(argv: Optional[List[str]] = None, prog: str = "train.py", default_stage
          align_type: Optional[str] = None) -> int:
     """Entry for the example scripts (``train.py``; ``make_experience.py`` / ``ppo_train.py`` fix the stage)."""
     from mindrlhf.cli.main import setup_logging
+    from mindrlhf.errors import run_command
 
     parser = argparse.ArgumentParser(prog=prog)
     add_ppo_args(parser, default_stage)
@@ -110,4 +117,4 @@ def main(argv: Optional[List[str]] = None, prog: str = "train.py", default_stage
         parser.set_defaults(align_type=align_type)
     args = parser.parse_args(argv)
     setup_logging()
-    return args.func(args)
+    return run_command(args.func, args)

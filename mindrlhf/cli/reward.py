@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import List, Optional, Tuple
 
 from mindrlhf.config import load_config
@@ -29,6 +30,12 @@ def str2bool(text: str) -> bool:
     if value in ("false", "0", "no", "n"):
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {text!r}")
+
+
+def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite_output_dir`` of the training commands (see :func:`mindrlhf.runlock.claim_output_dir`)."""
+    parser.add_argument("--overwrite_output_dir", action="store_true", help="start afresh in an output folder that "
+                        "holds an earlier run (its checkpoints, logs and metrics are removed first)")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +55,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run_mode", default="train", choices=["train"], help="kept for seed compatibility")
     parser.add_argument("--use_parallel", type=str2bool, default=None,
                         help="data-parallel run; default: yes when started by msrun or a rank-table launcher")
+    add_overwrite_flag(parser)
     parser.set_defaults(func=run_train)
 
 
@@ -102,20 +110,28 @@ def join_group(cfg, use_parallel: Optional[bool]):
 
 def run_training(args, train) -> int:
     """The supervised stages' command body: config (flags over ``--set`` over the YAML), group, ``train(cfg,
-    dataset, rank_id, rank_size)``, a closing log line."""
+    dataset, rank_id, rank_size)``, a closing log line. The output folder is claimed first
+    (:func:`mindrlhf.runlock.claim_output_dir`): a checkpoint root as ``--load_checkpoint`` resumes."""
+    from mindrlhf.runlock import claim_output_dir, run_mode
+    from mindrlhf.train.checkpoint import resume_checkpoint
+
     cfg = _setup(args, with_log=False)
     if args.output_dir is not None:
         cfg.output_dir = args.output_dir
     if args.load_checkpoint is not None:
         cfg.load_checkpoint = args.load_checkpoint
     rank_id, rank_size = join_group(cfg, args.use_parallel)
+    resuming = resume_checkpoint(cfg.load_checkpoint, rank_id) is not None
+    claim_output_dir(cfg.output_dir, cfg, run_mode(resuming, args.overwrite_output_dir), rank_id,
+                     f"resume it with --load_checkpoint {os.path.join(cfg.output_dir, 'checkpoint')}")
     _, result = train(cfg, args.train_dataset or None, rank_id, rank_size)
     if not result.losses:
         logger.info("nothing left to train: the checkpoint is at the end of training (global step %d)",
                     result.state.global_step)
     else:
-        logger.info("training finished: global step %d, last loss %.4f, %d overflow steps skipped; checkpoint %s",
-                    result.state.global_step, result.losses[-1], result.overflows, result.last_checkpoint)
+        logger.info("training finished: global step %d, last loss %.4f, %d overflow steps and %d NaN-loss steps "
+                    "skipped; checkpoint %s", result.state.global_step, result.losses[-1], result.overflows,
+                    result.nan_losses, result.last_checkpoint)
     return 0
 
 
@@ -200,10 +216,11 @@ def run_infer(args) -> int:
 def main(command: str, argv: Optional[List[str]] = None) -> int:
     """Entry for the example scripts: ``main("train", sys.argv[1:])``."""
     from mindrlhf.cli.main import setup_logging
+    from mindrlhf.errors import run_command
 
     parser = argparse.ArgumentParser(prog=f"reward_{command}.py")
     {"train": add_train_args, "eval": add_eval_args, "infer": add_infer_args}[command](parser)
     args = parser.parse_args(argv)
     setup_logging()
-    return args.func(args)
+    return run_command(args.func, args)
 

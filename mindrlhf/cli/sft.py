@@ -12,7 +12,7 @@ import argparse
 import logging
 from typing import List, Optional
 
-from mindrlhf.cli.reward import run_training, str2bool
+from mindrlhf.cli.reward import add_overwrite_flag, run_training, str2bool
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ def add_sft_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="global seed (default: the YAML's seed)")
     parser.add_argument("--use_parallel", type=bool_or_auto, default=None, metavar="{auto,True,False}",
                         help="data-parallel run; auto (default): yes when started by msrun or a rank-table launcher")
+    add_overwrite_flag(parser)
     parser.set_defaults(func=run_sft)
 
 
@@ -56,9 +57,10 @@ def run_sft(args) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry for scripts: ``main(sys.argv[1:])`` runs ``mindrlhf sft`` with those flags."""
     from mindrlhf.cli.main import setup_logging
+    from mindrlhf.errors import run_command
 
     parser = argparse.ArgumentParser(prog="mindrlhf sft", description="Supervised fine-tuning (stage 1).")
     add_sft_args(parser)
     args = parser.parse_args(argv)
     setup_logging()
-    return args.func(args)
+    return run_command(args.func, args)

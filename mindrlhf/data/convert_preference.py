@@ -90,6 +90,7 @@ from tqdm import tqdm
 from mindrlhf.data.contract import EncodedText, encode_for_reward
 from mindrlhf.data.templates import format_prompt
 from mindrlhf.data.tokenizer import Tokenizer, load_tokenizer
+from mindrlhf.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ HISTORY_TURN = "{question}\n\n### 回答：\n{answer}\n\n### 问题：\n"
 WRITE_CHUNK = 1000  # samples handed to FileWriter.write_raw_data at a time
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError):
     """A source file, record or argument that cannot be converted; the message names ``file:line`` and field."""
 
 

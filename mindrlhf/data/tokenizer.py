@@ -189,9 +189,12 @@ def load_tokenizer(path: str) -> Tokenizer:
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "tokenizer.model")) and not os.path.exists(
             os.path.join(path, "tokenizer.json")):
         path = os.path.join(path, "tokenizer.model")
-    if path.endswith(".model"):
-        return SentencePieceTokenizer(path)
-    return HFTokenizer(path)
+    try:
+        return SentencePieceTokenizer(path) if path.endswith(".model") else HFTokenizer(path)
+    except (OSError, ValueError):
+        raise
+    except Exception as err:  # noqa: BLE001 - tokenizers and sentencepiece raise plain Exception on a bad file
+        raise ValueError(f"{path}: not a readable tokenizer: {err}") from None
 
 
 def check_tokenizer_fits(tokenizer: Tokenizer, model_cfg, source: str) -> None:

@@ -31,6 +31,9 @@ from mindspore import Tensor, nn
 from mindrlhf.config import ModelConfig
 from mindrlhf.models.registry import (CheckpointError, HFLayout, MindformersLayout,  # noqa: F401 (re-exported)
                                       ModelFamily, family, family_for_model_type)
+from mindrlhf.faults import reach
+from mindrlhf.manifest import verify, write_manifest
+from mindrlhf.runlock import current_run
 
 logger = logging.getLogger(__name__)
 
@@ -361,6 +364,25 @@ def save_hf_checkpoint(cell: nn.Cell, cfg: ModelConfig, folder: str, reward: Opt
     return folder
 
 
+def file_mode() -> int:
+    """0644 less the process umask: the mode of every file the project writes."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o644 & ~mask
+
+
+def load_entries(path: str) -> Dict[str, ms.Parameter]:
+    """Every entry of a MindSpore ``.ckpt`` after checking it against its manifest (see :mod:`mindrlhf.manifest`);
+    :class:`CheckpointError` naming the file when it is missing, corrupt, partial or not a checkpoint."""
+    verify(path)
+    try:
+        entries = ms.load_checkpoint(path)
+    except (ValueError, RuntimeError, TypeError) as err:
+        raise CheckpointError(f"{path}: cannot read MindSpore checkpoint: {' '.join(str(err).split())}") from None
+    logger.info("loaded checkpoint %s", path)
+    return entries
+
+
 def save_ckpt(cell: nn.Cell, path: str, append_dict: Optional[dict] = None) -> str:
     """Save a MindSpore ``.ckpt`` of ``cell``'s parameters atomically (see :func:`save_tensors`)."""
     return save_tensors(cell_parameters(cell), path, append_dict)
@@ -368,14 +390,21 @@ def save_ckpt(cell: nn.Cell, path: str, append_dict: Optional[dict] = None) -> s
 
 def save_tensors(named: Dict[str, Union[ms.Parameter, ms.Tensor]], path: str,
                  append_dict: Optional[dict] = None) -> str:
-    """Save named tensors as a MindSpore ``.ckpt`` atomically (written under a temporary name, then renamed)."""
+    """Save named tensors as a MindSpore ``.ckpt`` atomically (written under a temporary name, its manifest
+    written, then renamed into place) with mode 0644 less the umask; :class:`CheckpointError` when it cannot be
+    written (a full disk), leaving any earlier file of that name as it was."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     # MindSpore appends ".ckpt" to a name without it, and writes through its own "<name>.tmp" file
     tmp = f"{path}.tmp.{os.getpid()}.ckpt"
     params = [{"name": n, "data": p} for n, p in named.items()]
     try:
         ms.save_checkpoint(params, tmp, append_dict=append_dict)
+        reach("checkpoint_write")
+        os.chmod(tmp, file_mode())  # MindSpore writes checkpoints read-only (0400)
+        write_manifest(tmp, path, current_run())
         os.replace(tmp, path)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot write the checkpoint: {err}") from None
     finally:
         for leftover in (tmp, tmp[:-len(".ckpt")] + ".tmp"):
             if os.path.exists(leftover):
@@ -395,12 +424,7 @@ def load_ckpt(cell: nn.Cell, path: str, allow_missing: Iterable[str] = (),
 def _load_ckpt(cell: nn.Cell, path: str, allow_missing: Iterable[str], ignore_unexpected: Iterable[str]
                ) -> Tuple[Dict[str, np.ndarray], List[str]]:
     """``(extras, names kept at their initial values)``; see :func:`load_ckpt`."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        loaded = ms.load_checkpoint(path)
-    except (ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{path}: cannot read MindSpore checkpoint: {err}") from None
+    loaded = load_entries(path)
     model_names = (BACKBONE_PREFIX, "lm_head.", "score.", "v_head.")
     layout = mindformers_layout(cell, loaded)
     if layout is not None:
@@ -461,7 +485,9 @@ def load_weights(cell: nn.Cell, path: str, cfg: ModelConfig, new_heads: bool = F
     """
     path = resolve_checkpoint(path)
     if is_hf_folder(path):
-        return load_hf_checkpoint(cell, path, cfg, new_heads=new_heads)
+        kept = load_hf_checkpoint(cell, path, cfg, new_heads=new_heads)
+        logger.info("loaded Hugging Face checkpoint %s", path)
+        return kept
     if path.endswith(".ckpt"):
         if new_heads:  # e.g. a causal LM's weights starting a reward model: its LM head is not needed
             ignore_unexpected = tuple(ignore_unexpected) + ("lm_head.",)

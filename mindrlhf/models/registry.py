@@ -15,10 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import mindspore as ms
 
 from mindrlhf.config import ConfigError, ModelConfig
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model: names the file and lists every problem."""
+from mindrlhf.manifest import CheckpointError  # noqa: F401 (re-exported to the family modules)
 
 
 @dataclass(frozen=True)

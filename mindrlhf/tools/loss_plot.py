@@ -293,7 +293,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         handle = open_log(args.log_file, args.timeout if realtime else 0.0, args.poll_interval)
     except OSError as err:
-        logger.error("%s", err)
+        print(f"error: {err}", file=sys.stderr, flush=True)
         return 1
     status = 0
     with handle:

@@ -38,13 +38,15 @@ import sys
 import tempfile
 from typing import Dict, List, Optional, Sequence, Union
 
+from mindrlhf.errors import UserError
+
 HCCN_CONF = "/etc/hccn.conf"
 FILE_MODE = 0o750
 _RANGE = re.compile(r"^\[(\d+),(\d+)[\]\)]$")
 _CONF_LINE = re.compile(r"^address_(\d+)\s*=\s*(\S+)$")
 
 
-class RankTableError(ValueError):
+class RankTableError(UserError):
     """A bad device range, a missing device IP or a malformed rank table; the message says what to fix."""
 
 

@@ -2,7 +2,11 @@
 epoch and position in the data), one ``.ckpt`` per save under ``<output_dir>/checkpoint/rank_<id>/``.
 
 File names follow mindformers: ``<prefix>_rank_<id>-<global step>_<epoch>.ckpt``. Files are written atomically and
-only the newest ``keep_checkpoint_max`` are kept.
+only the newest ``keep_checkpoint_max`` are kept; the RL trainers keep as many iterations (:func:`prune_iterations`).
+
+Every file has a manifest (:mod:`mindrlhf.manifest`). "The newest checkpoint" of a folder is the newest *written*
+(the manifest's time, then the step) that matches its manifest: a corrupt or partial newer file is skipped with a
+warning naming it, never loaded. Files without any manifest (written by other tools) are taken by step.
 """
 from __future__ import annotations
 
@@ -11,17 +15,18 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-import mindspore as ms
 from mindspore import nn
 
-from mindrlhf.models.convert import CheckpointError, assign_parameters, save_ckpt
+from mindrlhf.manifest import manifest_path, read_manifest, verify
+from mindrlhf.models.convert import CheckpointError, assign_parameters, load_entries, save_ckpt
 
 logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"_rank_(\d+)-(\d+)_(\d+)\.ckpt$")
+_ITERATION = re.compile(r"_epoch_(\d+)\.ckpt$")
 STATE_KEYS = ("epoch", "step_in_epoch", "global_step")
 # The optimizer's learning-rate table is a function of the config (schedule and run length), not state: a resumed
 # run rebuilds it, so more epochs can be added to a finished run.
@@ -48,16 +53,49 @@ def checkpoint_step(path: str) -> int:
     return int(match.group(2)) if match else -1
 
 
+def _written_at(path: str) -> float:
+    """When a checkpoint was written: its manifest's time, else the file's modification time."""
+    try:
+        manifest = read_manifest(path)
+    except CheckpointError:
+        manifest = None
+    return manifest["written_at"] if manifest else os.path.getmtime(path)
+
+
 def list_checkpoints(folder: str) -> list:
-    """``*.ckpt`` files of a folder, oldest step first (then by modification time)."""
-    files = glob.glob(os.path.join(folder, "*.ckpt"))
-    return sorted(files, key=lambda p: (checkpoint_step(p), os.path.getmtime(p)))
+    """``*.ckpt`` files of a folder, oldest first (by the time written, then by step); the temporary files of a
+    save that was killed are not checkpoints."""
+    files = [f for f in glob.glob(os.path.join(folder, "*.ckpt")) if ".tmp." not in os.path.basename(f)]
+    return sorted(files, key=lambda p: (_written_at(p), checkpoint_step(p)))
+
+
+def intact(paths: Sequence[str], required: bool) -> bool:
+    """True when every file of ``paths`` matches its manifest (``required``: and has one); logs a warning naming
+    the first that does not."""
+    for path in paths:
+        try:
+            verify(path, required=required)
+        except CheckpointError as err:
+            logger.warning("skipping checkpoint %s: %s", path, err)
+            return False
+    return True
 
 
 def latest_checkpoint(folder: str) -> Optional[str]:
-    """The checkpoint with the highest step in ``folder`` (None when there is none)."""
+    """The newest intact checkpoint of ``folder`` (None when there is none)."""
     files = list_checkpoints(folder)
-    return files[-1] if files else None
+    with_manifest = any(os.path.exists(manifest_path(f)) for f in files)
+    for path in reversed(files):
+        if intact([path], required=with_manifest):
+            return path
+    return None
+
+
+def remove_checkpoint(path: str) -> None:
+    """Delete a checkpoint file and its manifest."""
+    for name in (path, manifest_path(path)):
+        if os.path.exists(name):
+            os.remove(name)
 
 
 def resume_checkpoint(load_checkpoint: str, rank_id: int) -> Optional[str]:
@@ -66,7 +104,8 @@ def resume_checkpoint(load_checkpoint: str, rank_id: int) -> Optional[str]:
         return None
     path = latest_checkpoint(rank_dir(load_checkpoint, rank_id))
     if path is None:
-        raise CheckpointError(f"{rank_dir(load_checkpoint, rank_id)}: no .ckpt file to resume from")
+        raise CheckpointError(f"{rank_dir(load_checkpoint, rank_id)}: no intact .ckpt file to resume from")
+    logger.info("newest intact checkpoint of %s: %s", load_checkpoint, path)
     return path
 
 
@@ -84,30 +123,51 @@ class CheckpointManager:
         path = os.path.join(self.folder, name)
         save_ckpt(train_step, path, append_dict={k: int(getattr(state, k)) for k in STATE_KEYS})
         for old in list_checkpoints(self.folder)[:-self.keep_max]:
-            os.remove(old)
+            remove_checkpoint(old)
         logger.info("checkpoint saved: %s", path)
         return path
 
 
+def iteration_files(folder: str) -> Dict[int, List[str]]:
+    """An RL run's checkpoint sets: iteration ``n`` -> the paths of every ``<kind>_epoch_<n>.ckpt`` in ``folder``."""
+    sets: Dict[int, List[str]] = {}
+    for path in glob.glob(os.path.join(folder, "*_epoch_*.ckpt")):
+        match = _ITERATION.search(os.path.basename(path))
+        if match:
+            sets.setdefault(int(match.group(1)), []).append(path)
+    return sets
+
+
 def newest_iteration_state(root: str, rank_id: int, prefix: str):
-    """``(folder, n, file name)`` of the newest ``<prefix><n>.ckpt`` under ``root`` (a checkpoint root with
-    ``rank_<id>/``, or that folder itself); :class:`CheckpointError` when there is none (an RL run's resume)."""
+    """``(folder, n, file name)`` of the newest intact ``<prefix><n>.ckpt`` under ``root`` (a checkpoint root with
+    ``rank_<id>/``, or that folder itself), every file of iteration ``n`` checked against its manifest (a set
+    that fails is skipped with a warning); :class:`CheckpointError` when there is none (an RL run's resume)."""
     folder = rank_dir(root, rank_id) if os.path.isdir(rank_dir(root, rank_id)) else root
-    states = sorted((int(f[len(prefix):-5]), f) for f in os.listdir(folder)
-                    if f.startswith(prefix) and f.endswith(".ckpt")) if os.path.isdir(folder) else []
-    if not states:
-        raise CheckpointError(f"{folder}: no {prefix}<n>.ckpt to resume from")
-    return (folder,) + states[-1]
+    sets = iteration_files(folder) if os.path.isdir(folder) else {}
+    states = sorted((n, f"{prefix}{n}.ckpt") for n, paths in sets.items()
+                    if os.path.join(folder, f"{prefix}{n}.ckpt") in paths)
+    with_manifest = any(os.path.exists(manifest_path(p)) for paths in sets.values() for p in paths)
+    for n, name in reversed(states):
+        if intact(sets[n], required=with_manifest):
+            logger.info("resuming from iteration %d: %s", n, ", ".join(sorted(sets[n])))
+            return folder, n, name
+    raise CheckpointError(f"{folder}: no intact {prefix}<n>.ckpt to resume from")
+
+
+def prune_iterations(folder: str, keep_max: int) -> List[int]:
+    """Delete every RL checkpoint set of ``folder`` but the newest ``keep_max`` iterations; returns the iterations
+    removed."""
+    sets = iteration_files(folder)
+    removed = sorted(sets)[:-keep_max]
+    for n in removed:
+        for path in sets[n]:
+            remove_checkpoint(path)
+    return removed
 
 
 def read_ckpt(path: str) -> Dict[str, np.ndarray]:
     """All entries of a MindSpore ``.ckpt`` as numpy arrays."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        return {name: value.asnumpy() for name, value in ms.load_checkpoint(path).items()}
-    except (ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{path}: cannot read MindSpore checkpoint: {err}") from None
+    return {name: value.asnumpy() for name, value in load_entries(path).items()}
 
 
 def restore(train_step: nn.Cell, path: str) -> TrainState:

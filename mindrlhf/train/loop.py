@@ -18,6 +18,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 from mindspore import Tensor
 
+from mindrlhf.faults import reach
 from mindrlhf.train.step import TrainStep
 
 
@@ -77,6 +78,7 @@ class UpdateLoop:
         loss, overflow, scale = (float(outputs[0].asnumpy()), bool(outputs[1].asnumpy()),
                                  float(outputs[2].asnumpy()))
         metrics = dict(zip(self.metric_names, outputs[3].asnumpy().tolist())) if self.metric_names else {}
+        reach("train_step")
         return StepResult(loss, overflow, scale, self.lr(global_step), time.perf_counter() - start, metrics)
 
     def run(self, batches: Iterable[Sequence[Tensor]], state,

@@ -19,6 +19,20 @@ def append_jsonl(path: str, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def trim_jsonl(path: str, iteration: int) -> None:
+    """Keep only the records of ``path`` with ``"iteration" < iteration``, rewritten atomically: a run that starts
+    at ``iteration`` (0 for a fresh one) appends to its own history only, never to an earlier run's or to the
+    iterations a killed run logged after its last checkpoint."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        kept = [line for line in f if line.strip() and json.loads(line).get("iteration", 0) < iteration]
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
 def attach_rank_log(output_dir: str, rank_id: int) -> str:
     """Send the ``mindrlhf`` logger (INFO and up) to ``<output_dir>/log/rank_<id>/info.log`` as well."""
     folder = os.path.join(output_dir, "log", f"rank_{rank_id}")

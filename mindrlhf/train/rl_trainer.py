@@ -8,7 +8,8 @@ An algorithm is a subclass naming itself (``name``), its loss net's inputs (``tr
 tokens (``token_counts``), and implementing ``collect``. Everything an algorithm keeps besides weights lives in one
 :class:`RLState` (subclassed for more, e.g. PPO's KL coefficient and score moments), saved and restored as a whole.
 
-Checkpoints per rank under ``<output_dir>/checkpoint/rank_<id>/``: ``policy_model_epoch_<n>.ckpt`` (loads into
+Checkpoints per rank under ``<output_dir>/checkpoint/rank_<id>/`` (the newest ``checkpoint.keep_checkpoint_max``
+iterations are kept): ``policy_model_epoch_<n>.ckpt`` (loads into
 ``CausalLM``), one ``<role>_epoch_<n>.ckpt`` per extra trained model (PPO's separate critic) and
 ``<name>_state_epoch_<n>.ckpt`` (optimizer moments, loss scale, :class:`RLState`) written last, ``n`` the 0-based
 iteration just finished; ``resume`` continues exactly.
@@ -28,10 +29,12 @@ from tqdm import tqdm
 from mindrlhf.config import RunConfig, save_config
 from mindrlhf.models import CausalLM
 from mindrlhf.models.convert import assign_parameters, cell_parameters, save_ckpt, save_tensors
-from mindrlhf.train.checkpoint import SCHEDULE_PARAMS, newest_iteration_state, rank_dir, read_ckpt
+from mindrlhf.faults import reach
+from mindrlhf.train.checkpoint import (SCHEDULE_PARAMS, newest_iteration_state, prune_iterations, rank_dir,
+                                       read_ckpt)
 from mindrlhf.train.distributed import AllReduceSum
 from mindrlhf.train.loop import StepResult, UpdateLoop
-from mindrlhf.train.monitor import TrainMonitor, append_jsonl
+from mindrlhf.train.monitor import TrainMonitor, append_jsonl, trim_jsonl
 from mindrlhf.train.optim import build_optimizer, lr_table
 from mindrlhf.train.step import TrainStep
 
@@ -136,6 +139,7 @@ class RLTrainer:
             self._restore(resume)
         if self.rank_id == 0:
             save_config(self.cfg, os.path.join(self.cfg.output_dir, "resolved_config.yaml"))
+            trim_jsonl(os.path.join(self.cfg.output_dir, f"{self.name}_metrics.jsonl"), self.state.iteration)
 
     # -- what an algorithm provides ---------------------------------------------------------------------------
 
@@ -175,6 +179,7 @@ class RLTrainer:
         extra.update({f"{self.name}_state.{k}": Tensor(np.float64(v)) for k, v in self.state.state_dict().items()})
         save_tensors(extra, os.path.join(self.folder, f"{self.name}_state_epoch_{iteration}.ckpt"))
         logger.info("Save checkpoints in %s", self.folder)
+        prune_iterations(self.folder, self.cfg.checkpoint.keep_checkpoint_max)
         return policy_path
 
     def _restore(self, root: str) -> None:
@@ -248,6 +253,7 @@ class RLTrainer:
         start = time.perf_counter()
         self.maker.timings = {}
         collected = self.collect(iteration)
+        reach("rollout")
         timings = dict(self.maker.timings)
         tick = time.perf_counter()
         result = self.update(collected.data, collected.rows, iteration)

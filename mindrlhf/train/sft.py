@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 from typing import Optional, Tuple, Union
 
-from mindspore import nn
+import mindspore as ms
+from mindspore import nn, ops
 
 from mindrlhf.config import RunConfig
 from mindrlhf.data.datasets import SFT_COLUMNS, sft_dataset
@@ -24,8 +25,9 @@ class SFTLoss(nn.Cell):
     """``(input_ids (B,S), attention_mask (B,S), loss_mask (B,S)) -> loss``: next-token cross-entropy.
 
     The logits of positions ``0..S-2`` are scored against ``input_ids[:, 1:]`` and weighted by ``loss_mask[:, 1:]``
-    (:func:`causal_lm_loss`), so only response tokens (and their eos) count. ``auto_prefix=False`` keeps the
-    parameter names of the wrapped model (``backbone.*``, ``lm_head.*``).
+    (:func:`causal_lm_loss`), so only response tokens (and their eos) count. A batch without one such token has no
+    loss (NaN, not 0): the train step skips it rather than take an optimizer step on nothing. ``auto_prefix=False``
+    keeps the parameter names of the wrapped model (``backbone.*``, ``lm_head.*``).
     """
 
     def __init__(self, model: CausalLM):
@@ -35,7 +37,9 @@ class SFTLoss(nn.Cell):
     def construct(self, input_ids, attention_mask, loss_mask):
         hidden = self.model.backbone(input_ids, attention_mask)
         logits = self.model.logits(hidden[:, :-1])
-        return causal_lm_loss(logits, input_ids[:, 1:], loss_mask[:, 1:])
+        loss = causal_lm_loss(logits, input_ids[:, 1:], loss_mask[:, 1:])
+        return ops.select(ops.reduce_sum(ops.cast(loss_mask[:, 1:], ms.float32)) > 0, loss, ops.fill(
+            loss.dtype, loss.shape, float("nan")))
 
 
 def init_weights(model: CausalLM, cfg: RunConfig, rank_id: int) -> None:

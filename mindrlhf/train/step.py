@@ -3,7 +3,9 @@
 ``TrainStep(loss_net, optimizer, scale_cfg)`` compiles (GRAPH_MODE) into: forward, backward with the loss scale as
 the sensitivity, gradient all-reduce when data parallel, one global-norm pass that serves both the overflow check
 (the norm is finite only when every gradient is; the flag is reduced across devices, so every rank skips together)
-and clipping, one multiply that unscales and clips, and the optimizer update only when every gradient is finite.
+and clipping, one multiply that unscales and clips, and the optimizer update only when every gradient and the
+loss are finite (a loss net returns NaN for a batch with nothing to learn from: the step is skipped, the loss
+scale kept).
 The dynamic loss scale lives in Parameters (``loss_scale``, ``loss_scale_good_steps``), so it is saved and restored
 with the optimizer state.
 """
@@ -75,14 +77,17 @@ class TrainStep(nn.Cell):
         self.use_clip = scale_cfg.use_clip_grad
         self.max_grad_norm = float(scale_cfg.max_grad_norm)
 
-    def _update_scale(self, finite):
-        """Back off on overflow (not below 1); grow after ``scale_window`` clean steps."""
+    def _update_scale(self, finite, counted):
+        """Back off on overflow (not below 1); grow after ``scale_window`` clean steps; a step not ``counted`` (a
+        NaN loss from data) leaves both as they are."""
         scale = self.loss_scale
         good = self.good_steps + 1
         grow = good >= self.scale_window
         new_scale = ops.select(finite, ops.select(grow, scale * self.scale_factor, scale),
                                ops.maximum(scale / self.scale_factor, 1.0))
         new_good = ops.select(finite, ops.select(grow, ops.zeros_like(good), good), ops.zeros_like(good))
+        new_scale = ops.select(counted, new_scale, scale)
+        new_good = ops.select(counted, new_good, self.good_steps)
         ops.assign(self.good_steps, new_good)
         return ops.assign(self.loss_scale, new_scale)
 
@@ -96,14 +101,18 @@ class TrainStep(nn.Cell):
         grads = self.grad(self.network, self.weights)(*inputs, sens)
         grads = self.reducer(grads)
         norm = global_norm(grads) / scale  # of the unscaled gradients
-        finite = ops.isfinite(norm)
+        # [gradients, loss] not finite on this rank; summed over the ranks so that every rank skips together
+        bad = ops.cast(ops.logical_not(ops.stack([ops.isfinite(norm), ops.isfinite(loss)])), ms.float32)
         if self.distributed:
-            finite = self.allreduce(ops.cast(ops.logical_not(finite), ms.float32)) < 0.5
+            bad = self.allreduce(bad)
+        grads_finite, loss_finite = bad[0] < 0.5, bad[1] < 0.5
+        finite = ops.logical_and(grads_finite, loss_finite)
         factor = 1.0 / scale
         if self.use_clip:
             factor = factor * ops.minimum(self.max_grad_norm / (norm + 1e-6), 1.0)
         grads = self.hyper_map(ops.partial(_scale_grad, factor), grads)
-        new_scale = self._update_scale(finite)
+        # a non-finite loss with finite gradients (a NaN loss from data) is no reason to back off
+        new_scale = self._update_scale(grads_finite, ops.logical_or(loss_finite, ops.logical_not(grads_finite)))
         if finite:
             loss = ops.depend(loss, self.optimizer(grads))
         if self.has_aux:

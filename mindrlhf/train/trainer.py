@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -59,6 +60,7 @@ class FitResult:
     overflows: int = 0  # steps skipped for non-finite gradients
     metrics: List[Dict[str, float]] = field(default_factory=list)  # the loss net's metrics of every step (if any)
     step_seconds: List[float] = field(default_factory=list)  # wall time of every step (the first compiles)
+    nan_losses: int = 0  # steps skipped for a NaN loss (a batch with no token to learn from)
     state: TrainState = field(default_factory=TrainState)  # where the run stopped
     last_checkpoint: Optional[str] = None  # the newest checkpoint written
 
@@ -131,7 +133,11 @@ class Trainer:
         def on_step(_, step: StepResult) -> bool:
             self.state.step_in_epoch += 1
             result.losses.append(step.loss)
-            result.overflows += int(step.overflow)
+            result.overflows += int(step.overflow and not math.isnan(step.loss))
+            if math.isnan(step.loss):
+                result.nan_losses += 1
+                logger.warning("global step %d: loss is %s (a batch with no token to learn from): skipped, "
+                               "not trained on", self.state.global_step, step.loss)
             result.step_seconds.append(step.seconds)
             if step.metrics:
                 result.metrics.append(step.metrics)
