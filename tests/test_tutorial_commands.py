@@ -33,7 +33,7 @@ _SCRIPT = re.compile(r"(?<![\w./-])((?:\.{0,2}/)?[\w./-]*\.py)(?![\w.])")
 _MODULE = re.compile(r"\bpython3?[ \t]+-m[ \t]+(mindrlhf(?:\.\w+)+)")
 _RECIPE = re.compile(r"model_configs/[\w./-]+\.ya?ml")
 # launch scripts whose positional arguments name the policy recipe, which their --set flags change
-_RECIPE_ARGUMENT = {"run_distribute_train.sh": 5, "run_standalone_train.sh": 2}
+_RECIPE_ARGUMENT = {"run_distribute_train.sh": 5, "run_distribute_grpo.sh": 5, "run_standalone_train.sh": 2}
 _RECIPE_FLAGS = ("--config", "--sft_model_path")
 
 
