@@ -59,7 +59,6 @@ def prepare(args):
     recipe, override or reward function stops the command with one ``error: ...`` line."""
     from mindrlhf.cli.generate import choose_tokenizer
     from mindrlhf.rewards import CombinedReward, load_reward_funcs
-    from mindrlhf.train.grpo import GroupReward
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -72,9 +71,12 @@ def prepare(args):
             start = cfg.load_checkpoint if args.sft_checkpoint is None else args.sft_checkpoint
             tokenizer, _ = choose_tokenizer(args.tokenizer, [start], cfg.model.model_config.type)
             funcs = load_reward_funcs([{"name": n.strip()} for n in args.reward_funcs.split(",") if n.strip()])
-            model_cfg = cfg.model.model_config
-            judge = GroupReward(CombinedReward(funcs, tokenizer), None, model_cfg.pad_token_id,
-                                model_cfg.eos_token_id)
+            combined = CombinedReward(funcs, tokenizer)
+
+            def weighted_sum(prompts, responses, answers):
+                return combined(prompts, responses, answers)[0]
+
+            judge = weighted_sum
         return cfg, judge
     except (ValueError, OSError) as err:  # ConfigError, reward functions, tokenizer files
         raise SystemExit(f"error: {err}") from None

@@ -25,9 +25,8 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
-import os
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Optional, Tuple, Union
 
 import numpy as np
 import mindspore as ms
@@ -288,8 +287,8 @@ def win_rate(policy: CausalLM, ref: CausalLM, prompts: Dict[str, object], score:
     Args:
         prompts: as :func:`mindrlhf.data.datasets.read_prompts` returns them (``prompt_ids (R, P)`` left-aligned,
             ``prompt_length``, ``answer``).
-        score: ``score(prompt token lists, response token lists, answers) -> (R,)``, e.g. a
-            :class:`mindrlhf.train.grpo.GroupReward` (reward functions and / or a reward model read at eos).
+        score: ``score(prompt token lists, response token lists, answers) -> (R,)``, e.g. the weighted sum of a
+            :class:`mindrlhf.rewards.CombinedReward`'s functions.
         gen: the sampling settings (``max_new_tokens``, temperature, ...).
     """
     from mindrlhf.models.generation import Generator
