@@ -479,6 +479,7 @@ def run_dpo(protocol: StoryProtocol, data, tokenizer, out_dir: str, frameworks) 
         steps = side["step_s"][1:]  # the first step compiles (ours) / warms up (TRL)
         sides.append({"framework": "mindrlhf" if framework == "ours" else "trl", "algorithm": "dpo",
                       "before": before, "after": after, "rm_accuracy": None, "rm_s": 0.0, "rl_s": side["wall_s"],
+                      "rollouts": 0,
                       "framework_version": side.get("framework_version"), "win_rate": float(wins),
                       "held_out_accuracy": side["held_out"]["rewards/accuracies"], "held_out": side["held_out"],
                       "steps": len(side["step_s"]), "step_s_median": float(np.median(steps)),
@@ -500,7 +501,7 @@ def result_entry(side: dict, rollouts: int) -> dict:
                                   "framework_version") if k in side}
     return summary_row(side.get("algorithm", "ppo"), before, after, side["rm_s"] + side["rl_s"], {
         "framework": side["framework"], "rm_accuracy": side["rm_accuracy"], "rm_s": side["rm_s"],
-        "rl_s": side["rl_s"], "rollouts": rollouts, "kl_before": before.kl,
+        "rl_s": side["rl_s"], "rollouts": side.get("rollouts", rollouts), "kl_before": before.kl,
         "response_length_after": after.response_length, **extra})
 
 
