@@ -20,10 +20,10 @@ Protocol (both frameworks):
 DPO (``--algorithms dpo``): no proxy and no rollouts. Both frameworks train the pretrained model on the same gold
 pairs (prompt = the opening, responses = the two samples, eos included) with the same beta, learning rate
 (constant), batch, epochs, Adam settings and clipping, reference log-probs precomputed, each in its own process
-(peak RSS = that process's high-water mark; one compute thread each, :data:`DPO_THREADS`); TRL's ``DPOTrainer`` gets the token ids as they are (its
-tokenization step is bypassed). The evaluation is the one above (gold mean before / after, KL to the reference)
-plus the held-out implicit-reward accuracy on the held-out pairs and the win rate of the trained policy's samples
-against the reference's (same prompt, same seed; a gold tie counts one half).
+(peak RSS = that process's high-water mark; one compute thread each, :data:`DPO_THREADS`); TRL's ``DPOTrainer`` gets
+the token ids as they are (its tokenization step is bypassed). The evaluation is the one above (gold mean before /
+after, KL to the reference) plus the held-out implicit-reward accuracy on the held-out pairs and the win rate of the
+trained policy's samples against the reference's (same prompt, same seed; a gold tie counts one half).
 
 Prints a table and, last, one JSON document whose ``results`` list has one entry per (algorithm, framework) with
 ``algorithm``, ``framework``, ``gold_before``, ``gold_after``, ``gold_std_before``, ``kl``, ``samples``, ``wall_s``

@@ -25,9 +25,8 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
-import os
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Optional, Tuple, Union
 
 import numpy as np
 import mindspore as ms
