@@ -20,10 +20,10 @@ Protocol (both frameworks):
 DPO (``--algorithms dpo``): no proxy and no rollouts. Both frameworks train the pretrained model on the same gold
 pairs (prompt = the opening, responses = the two samples, eos included) with the same beta, learning rate
 (constant), batch, epochs, Adam settings and clipping, reference log-probs precomputed, each in its own process
-(peak RSS = that process's high-water mark; one compute thread each, :data:`DPO_THREADS`); TRL's ``DPOTrainer`` gets the token ids as they are (its
-tokenization step is bypassed). The evaluation is the one above (gold mean before / after, KL to the reference)
-plus the held-out implicit-reward accuracy on the held-out pairs and the win rate of the trained policy's samples
-against the reference's (same prompt, same seed; a gold tie counts one half).
+(peak RSS = that process's high-water mark; one compute thread each, :data:`DPO_THREADS`); TRL's ``DPOTrainer`` gets
+the token ids as they are (its tokenization step is bypassed). The evaluation is the one above (gold mean before /
+after, KL to the reference) plus the held-out implicit-reward accuracy on the held-out pairs and the win rate of the
+trained policy's samples against the reference's (same prompt, same seed; a gold tie counts one half).
 
 Prints a table and, last, one JSON document whose ``results`` list has one entry per (algorithm, framework) with
 ``algorithm``, ``framework``, ``gold_before``, ``gold_after``, ``gold_std_before``, ``kl``, ``samples``, ``wall_s``
@@ -544,6 +544,7 @@ def run_dpo(protocol: StoryProtocol, data, tokenizer, out_dir: str, frameworks) 
         steps = side["step_s"][1:]  # the first step compiles (ours) / warms up (TRL)
         sides.append({"framework": "mindrlhf" if framework == "ours" else "trl", "algorithm": "dpo",
                       "before": before, "after": after, "rm_accuracy": None, "rm_s": 0.0, "rl_s": side["wall_s"],
+                      "rollouts": 0,
                       "framework_version": side.get("framework_version"), "win_rate": float(wins),
                       "held_out_accuracy": side["held_out"]["rewards/accuracies"], "held_out": side["held_out"],
                       "steps": len(side["step_s"]), "step_s_median": float(np.median(steps)),
@@ -565,7 +566,7 @@ def result_entry(side: dict, rollouts: int) -> dict:
                                   "framework_version") if k in side}
     return summary_row(side.get("algorithm", "ppo"), before, after, side["rm_s"] + side["rl_s"], {
         "framework": side["framework"], "rm_accuracy": side["rm_accuracy"], "rm_s": side["rm_s"],
-        "rl_s": side["rl_s"], "rollouts": rollouts, "kl_before": before.kl,
+        "rl_s": side["rl_s"], "rollouts": side.get("rollouts", rollouts), "kl_before": before.kl,
         "response_length_after": after.response_length, **extra})
 
 

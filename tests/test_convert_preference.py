@@ -90,7 +90,8 @@ def reference(name, tok, prompt, chosen, rejected, seq_length, pad, side="right"
     (c_ids, c_mask), (r_ids, r_mask) = place(c), place(r)
     prompt_len = len(contract_ids(name, tok, prompt, "", seq_length)) - 1
     return {"chosen_response_mask": [int(start + prompt_len <= t < start + len(c)) for t in range(seq_length)],
-            "rejected_response_mask": [int(start + prompt_len <= t < start + len(r)) for t in range(seq_length)],"chosen_input_ids": c_ids, "chosen_attention_mask": c_mask, "rejected_input_ids": r_ids,
+            "rejected_response_mask": [int(start + prompt_len <= t < start + len(r))
+                                       for t in range(seq_length)],"chosen_input_ids": c_ids, "chosen_attention_mask": c_mask, "rejected_input_ids": r_ids,
             "rejected_attention_mask": r_mask, "position_id": [max(t - start, 0) for t in range(seq_length)],
             "loss_mask": [1 if start + div <= t < start + end else 0 for t in range(seq_length)],
             "end_ind": start + end, "_lengths": (len(c), len(r), div),
@@ -274,9 +275,11 @@ def test_conversational_pairs(shape, tokenizers, tmp_path):
     p = CHAT_PAIR
     src = write_jsonl(tmp_path / f"{shape}.jsonl", [chat_records()[shape]])
     pair, = read_pairs(src)
-    prompt = f"{p['system']}\n\n{p['history'][0][0]}\n\n### 回答：\n{p['history'][0][1]}\n\n### 问题：\n{p['question']}"
+    prompt = (f"{p['system']}\n\n{p['history'][0][0]}\n\n### 回答：\n{p['history'][0][1]}\n\n### 问题：\n"
+              f"{p['question']}")
     assert (pair.prompt, pair.chosen, pair.rejected) == (prompt, p["chosen"], p["rejected"])
-    plain = write_jsonl(tmp_path / "plain.jsonl", [{"prompt": prompt, "chosen": p["chosen"], "rejected": p["rejected"]}])
+    plain = write_jsonl(tmp_path / "plain.jsonl",
+                        [{"prompt": prompt, "chosen": p["chosen"], "rejected": p["rejected"]}])
     for path, name in ((src, "conv"), (plain, "plain")):
         convert_preference(path, str(tmp_path / f"{name}.mindrecord"), tokenizers["gpt2"], 96, 50256, progress=False)
     conv, ref = read_back(str(tmp_path / "conv.mindrecord"))[0], read_back(str(tmp_path / "plain.mindrecord"))[0]

@@ -36,20 +36,19 @@ front), and a response that does not fit is cut from the right one token early s
 token. A prompt that fills ``seq_length - 1`` tokens leaves both responses only their eos: the pair is skipped
 (``skipped_no_response``).
 
-The stored fields: the reward model's seven (``S = seq_length``, ``Lc``/``Lr`` = real tokens of chosen/rejected, eos included, ``d`` =
-first index where they differ, or ``min(Lc, Lr)`` when one is a prefix of the other; computed from lengths, never
-by searching for the pad id, which may equal eos):
+The stored fields: the reward model's seven (``S = seq_length``, ``Lc``/``Lr`` = real tokens of chosen/rejected, eos
+included, ``d`` = first index where they differ, or ``min(Lc, Lr)`` when one is a prefix of the other; computed from
+lengths, never by searching for the pad id, which may equal eos):
 
 - ``chosen_input_ids``, ``chosen_attention_mask``, ``rejected_input_ids``, ``rejected_attention_mask``: int32 (S,).
   The last real token of each sequence (its last mask-1 column) is the eos id.
 - ``position_id``: int32 (S,). Right padding: ``arange(S)``; left padding: ``clip(cumsum(mask) - 1, 0)``.
 - ``loss_mask``: int32 (S,), 1 on ``[o + d, o + max(Lc, Lr))``, 0 elsewhere (``o`` = start offset, below).
 - ``end_ind``: int64 scalar ``o + max(Lc, Lr)``, one past the last token (an eos) of the longer sequence.
-
 - ``chosen_response_mask``, ``rejected_response_mask``: int32 (S,), 1 on the response tokens of each sequence
   (``[o + P, o + L)``, ``P`` = prompt tokens, bos included, the same for both sides; the eos included): the
   prompt/response boundary DPO sums its log-probs over. Files written before these two fields existed still train
-  reward models; DPO refuses them (:func:`mindrlhf.data.datasets.check_dpo_columns`).
+  reward models; DPO refuses them (:func:`mindrlhf.data.datasets.check_dpo_file`).
 
 ``padding_side="right"``: both sequences start at ``o = 0``. ``padding_side="left"``: the PAIR is left-padded as
 a unit, both sequences start at ``o = S - max(Lc, Lr)`` (the longer one ends at S, the shorter one is followed by
@@ -61,11 +60,12 @@ Files written before this contract end their sequences in the last response toke
 ``mindrlhf convert-preference``).
 
 Skipped and counted (never a crash, unlike the predecessor's bug B1): pairs whose token ids are identical after
-encoding and truncation (``skipped_identical``), pairs with an empty response after ``strip()``
-(``skipped_empty``) and pairs where truncation left a response no text token, only its eos
-(``skipped_no_response``: a prompt that fills the sequence; nothing of the responses would be compared). Bad records (malformed JSON line, missing/null or non-string field, undetectable format) raise
-:class:`ConversionError` naming ``file:line`` and the field, or with ``skip_bad_lines`` are skipped and counted
-(``skipped_bad``); a syntax error inside a JSON array is always fatal (there is no next line to resume at).
+encoding and truncation (``skipped_identical``), pairs with an empty response after ``strip()`` (``skipped_empty``)
+and pairs where truncation left a response no text token, only its eos (``skipped_no_response``: a prompt that fills
+the sequence; nothing of the responses would be compared). Bad records (malformed JSON line, missing/null or
+non-string field, undetectable format) raise :class:`ConversionError` naming ``file:line`` and the field, or with
+``skip_bad_lines`` are skipped and counted (``skipped_bad``); a syntax error inside a JSON array is always fatal
+(there is no next line to resume at).
 
 The MindRecord (and its ``.db`` index) is written to a fresh temporary folder inside the destination folder under
 its final name (MindRecord headers store the file name, so a renamed file would not open), then both files are
