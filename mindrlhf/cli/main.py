@@ -9,7 +9,7 @@
     mindrlhf convert-preference --model gpt2 --src_file pairs.jsonl --dst_file train.mindrecord --seq_length 256
     mindrlhf rm train --config run_gpt2_tiny_rm.yaml --train_dataset train.mindrecord
     mindrlhf convert-prompts --tokenizer_name_or_path gpt2 --file_path prompts.jsonl --output_path ppo.mindrecord \
-        --max_prompt_length 64 --seq_length 129 --pad_token_id 50256 --template qa
+        --max_prompt_length 224 --seq_length 257 --pad_token_id 50256 --template qa
     mindrlhf ppo --dataset_dir ppo.mindrecord --sft_model_path run_gpt2_tiny_ppo.yaml \
         --reward_model_path run_gpt2_tiny_rm.yaml --sft_checkpoint sft/checkpoint --reward_checkpoint rm/checkpoint
     mindrlhf grpo --config run_tinystories_656k_grpo.yaml --dataset_dir prompts.mindrecord
