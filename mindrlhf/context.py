@@ -12,8 +12,56 @@ from mindrlhf.config import ConfigError, ContextConfig, ParallelConfig
 logger = logging.getLogger(__name__)
 
 
+DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
+
+
+def add_device_argument(parser) -> None:
+    """``--device_target``, the flag every model command takes (see :func:`apply_device_target`)."""
+    parser.add_argument("--device_target", default=None, choices=DEVICE_TARGETS,
+                        help="CPU, GPU or Ascend (default: the recipe's context.device_target, or CPU with a "
+                             "notice when this machine cannot run that one)")
+
+
+def device_available(target: str) -> bool:
+    """Whether MindSpore can run on ``target`` here (CPU always; GPU / Ascend when their plugin loads). The
+    plugin loader's own complaints on stderr are kept out of the user's terminal."""
+    if target == "CPU":
+        return True
+    from mindspore import hal
+
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        return bool(hal.is_available(target))
+    except (RuntimeError, ValueError):
+        return False
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def apply_device_target(ctx: ContextConfig, flag: Optional[str]) -> None:
+    """Set ``ctx.device_target`` from a ``--device_target`` flag (None: keep the recipe's). A device asked for
+    by the flag that this machine cannot run stops the command with one line."""
+    if flag is None:
+        return
+    if not device_available(flag):
+        raise SystemExit(f"error: --device_target {flag}: MindSpore cannot run on {flag} on this machine (its "
+                         f"plugin does not load); use --device_target CPU")
+    ctx.device_target = flag
+
+
 def init_context(ctx: ContextConfig, seed: int = 0) -> None:
-    """Apply ``ctx`` to MindSpore's global context and seed MindSpore's generators."""
+    """Apply ``ctx`` to MindSpore's global context and seed MindSpore's generators.
+
+    A recipe's device that this machine cannot run (the Ascend recipes on a CPU machine) falls back to CPU with
+    one warning, instead of MindSpore's plugin error; ``ctx.device_target`` then says CPU.
+    """
+    if not device_available(ctx.device_target):
+        logger.warning("context.device_target %s is not available on this machine: running on CPU (pass "
+                       "--device_target to choose)", ctx.device_target)
+        ctx.device_target = "CPU"
     mode = ms.GRAPH_MODE if ctx.mode == 0 else ms.PYNATIVE_MODE
     kwargs = dict(mode=mode, device_target=ctx.device_target, max_call_depth=ctx.max_call_depth)
     if ctx.device_target != "CPU":

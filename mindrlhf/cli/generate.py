@@ -10,7 +10,7 @@ import time
 from typing import Optional
 
 from mindrlhf.config import RunConfig, load_config, save_config
-from mindrlhf.context import init_context
+from mindrlhf.context import add_device_argument, apply_device_target, init_context
 from mindrlhf.data.templates import format_prompt
 
 logger = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ def _add_common(parser) -> None:
                              "(default: the YAML's, else fresh weights)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set generation.top_k=5 (repeatable)")
+    add_device_argument(parser)
 
 
 def add_tokenizer_argument(parser) -> None:
@@ -63,6 +64,7 @@ def run_config(args):
     from mindrlhf.models.convert import is_hf_folder, resolve_checkpoint
 
     cfg = load_config(args.config, args.overrides)
+    apply_device_target(cfg.context, args.device_target)
     checkpoint = resolve_checkpoint(args.load_checkpoint or cfg.load_checkpoint or "")
     if not args.config and not (checkpoint and is_hf_folder(checkpoint)):
         raise SystemExit("--config is needed unless --load_checkpoint is a Hugging Face folder or a bundled model "

@@ -16,7 +16,7 @@ import logging
 from typing import List, Optional, Tuple
 
 from mindrlhf.config import load_config
-from mindrlhf.context import init_context
+from mindrlhf.context import add_device_argument, apply_device_target, init_context
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="run_*_rm.yaml recipe")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set runner_config.epochs=1 (repeatable)")
+    add_device_argument(parser)
 
 
 def add_train_args(parser: argparse.ArgumentParser) -> None:
@@ -85,6 +86,7 @@ def _setup(args, with_log: bool = True):
     from mindrlhf.train.monitor import attach_rank_log
 
     cfg = load_config(args.config, args.overrides)
+    apply_device_target(cfg.context, args.device_target)
     init_context(cfg.context, cfg.seed)
     if with_log:
         attach_rank_log(cfg.output_dir, 0)

@@ -13,6 +13,7 @@ import logging
 from typing import List, Optional
 
 from mindrlhf.cli.reward import run_training, str2bool
+from mindrlhf.context import add_device_argument
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ def add_sft_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--load_checkpoint", default=None, help="resume from a checkpoint root (with rank_<id>/) "
                         "or start from weights (.ckpt or Hugging Face folder)")
     parser.add_argument("--seed", type=int, default=None, help="global seed (default: the YAML's seed)")
+    add_device_argument(parser)
     parser.add_argument("--use_parallel", type=bool_or_auto, default=None, metavar="{auto,True,False}",
                         help="data-parallel run; auto (default): yes when started by msrun or a rank-table launcher")
     parser.set_defaults(func=run_sft)
