@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import List, Optional, Tuple
 
+from mindrlhf.cli.generate import add_tokenizer_argument
 from mindrlhf.config import load_config
 from mindrlhf.context import add_device_argument, apply_device_target, init_context
 
@@ -67,9 +69,12 @@ def add_infer_args(parser: argparse.ArgumentParser) -> None:
     _common(parser)
     parser.add_argument("--data_file", required=True, help=".json (list) or .jsonl of {prompt, pos_resp, neg_resp} "
                         "(or {prompt, response} / {prompt, chosen, rejected})")
-    parser.add_argument("--tokenizer", required=True, help="tokenizer file/folder or bundled name (gpt2, llama)")
-    parser.add_argument("--distributed_ckpt_path", default=None, help="checkpoint root, folder or .ckpt "
-                        "(newest is used); default: fresh weights")
+    add_tokenizer_argument(parser)
+    parser.add_argument("--distributed_ckpt_path", default=None, help="checkpoint root, folder, .ckpt (newest is "
+                        "used) or Hugging Face folder (default: the YAML's load_checkpoint; none: random weights, "
+                        "with a warning)")
+    parser.add_argument("--output_file", default=None, help="JSONL of {prompt, response, score}, one line per "
+                        "scored response (default: <output_dir>/infer/scores.jsonl)")
     parser.set_defaults(func=run_infer)
 
 
@@ -144,6 +149,23 @@ def responses_of(record: dict, where: str) -> List[str]:
     raise ValueError(f"{where}: needs pos_resp/neg_resp, chosen/rejected or response")
 
 
+def infer_pairs(data_file: str) -> List[Tuple[str, str]]:
+    """Every ``(prompt, response)`` of ``data_file`` in file order (prompt and response stripped, no template)."""
+    from mindrlhf.data.convert_preference import read_records
+
+    if not data_file.endswith((".json", ".jsonl")):
+        raise ValueError(f"{data_file}: data_file must be .json or .jsonl")
+    pairs = []
+    for number, record in read_records(data_file)[1]:
+        if isinstance(record, Exception):
+            raise record
+        if not isinstance(record, dict) or "prompt" not in record:
+            raise ValueError(f"{data_file}:{number}: expected an object with a 'prompt' field")
+        prompt = str(record["prompt"]).strip()
+        pairs.extend((prompt, response) for response in responses_of(record, f"{data_file}:{number}"))
+    return pairs
+
+
 def infer_samples(data_file: str, tokenizer, seq_length: int) -> Tuple[List[str], List[List[int]]]:
     """``(texts, token rows)``: every (prompt, response) of ``data_file`` as the text logged and as the ids scored.
 
@@ -153,42 +175,58 @@ def infer_samples(data_file: str, tokenizer, seq_length: int) -> Tuple[List[str]
     Scored at the last token, a row gets the reward a PPO rollout of the same tokens gets.
     """
     from mindrlhf.data.contract import encode_for_reward
-    from mindrlhf.data.convert_preference import read_records
     from mindrlhf.data.templates import format_prompt
 
-    if not data_file.endswith((".json", ".jsonl")):
-        raise ValueError(f"{data_file}: data_file must be .json or .jsonl")
     texts, rows = [], []
-    for number, record in read_records(data_file)[1]:
-        if isinstance(record, Exception):
-            raise record
-        if not isinstance(record, dict) or "prompt" not in record:
-            raise ValueError(f"{data_file}:{number}: expected an object with a 'prompt' field")
-        prompt = format_prompt(str(record["prompt"]).strip())
-        for response in responses_of(record, f"{data_file}:{number}"):
-            texts.append(prompt + response)
-            rows.append(encode_for_reward(tokenizer, prompt, response, seq_length).ids)
+    for prompt, response in infer_pairs(data_file):
+        prompt = format_prompt(prompt)
+        texts.append(prompt + response)
+        rows.append(encode_for_reward(tokenizer, prompt, response, seq_length).ids)
     return texts, rows
 
 
+def infer_tokenizer(args, model_cfg, checkpoint: str):
+    """The tokenizer ``rm infer`` encodes with, chosen as ``generate`` chooses it (``--tokenizer``, else the
+    checkpoint folder's, else the family's bundled one); one that does not belong to the model stops the
+    command: more ids than the embedding table, or another eos than the one the score is read at."""
+    from mindrlhf.cli.generate import choose_tokenizer
+    from mindrlhf.data.tokenizer import check_tokenizer_fits
+
+    tokenizer, _ = choose_tokenizer(args.tokenizer, (checkpoint,), model_cfg.type)
+    source = f"--tokenizer {args.tokenizer or tokenizer.path}"
+    try:
+        check_tokenizer_fits(tokenizer, model_cfg, source)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    if tokenizer.eos_token_id != model_cfg.eos_token_id:
+        raise SystemExit(f"error: {source}: its eos id {tokenizer.eos_token_id} is not the model's eos_token_id "
+                         f"{model_cfg.eos_token_id} (model.model_config.eos_token_id), where the reward is read: "
+                         f"this tokenizer does not belong to the model; pass the one it was trained with")
+    logger.info("tokenizer: %s", tokenizer.path)
+    return tokenizer
+
+
 def run_infer(args) -> int:
-    from mindrlhf.data.tokenizer import check_tokenizer_fits, load_tokenizer
+    from mindrlhf.cli.generate import write_jsonl
     from mindrlhf.models import RewardModel
     from mindrlhf.models.convert import is_hf_folder, load_ckpt, load_weights
     from mindrlhf.train.reward import eval_checkpoints, score_texts
 
     cfg = _setup(args)
     model_cfg = cfg.model.model_config
-    tokenizer = load_tokenizer(args.tokenizer)
-    check_tokenizer_fits(tokenizer, model_cfg, f"--tokenizer {args.tokenizer}")
+    source = args.distributed_ckpt_path or cfg.load_checkpoint
+    checkpoint = eval_checkpoints(source, load_all=False)[0] if source else ""
+    tokenizer = infer_tokenizer(args, model_cfg, checkpoint)
     texts, rows = infer_samples(args.data_file, tokenizer, model_cfg.seq_length)
     model = RewardModel(model_cfg)
-    if args.distributed_ckpt_path:
-        checkpoint = eval_checkpoints(args.distributed_ckpt_path, load_all=False)[0]
-        if is_hf_folder(checkpoint):
-            load_weights(model, checkpoint, model_cfg)
-        else:
-            load_ckpt(model, checkpoint)
+    if not checkpoint:
+        logger.warning("no checkpoint (--distributed_ckpt_path, or load_checkpoint in the recipe): scoring with "
+                       "random weights (seed %d); these scores mean nothing", cfg.seed)
+    elif is_hf_folder(checkpoint):
+        load_weights(model, checkpoint, model_cfg)
+    else:
+        load_ckpt(model, checkpoint)
+    if checkpoint:
         logger.info("scoring with %s", checkpoint)
     model.set_train(False)
     # one call: one scoring cell, compiled once for every sample
@@ -196,6 +234,10 @@ def run_infer(args) -> int:
     for text, score in zip(texts, scores):
         logger.info("Sample:\n%s", text)
         logger.info("reward score: [[%.4g]]", score)
+    path = args.output_file or os.path.join(cfg.output_dir, "infer", "scores.jsonl")
+    write_jsonl([{"prompt": prompt, "response": response, "score": float(score)}
+                 for (prompt, response), score in zip(infer_pairs(args.data_file), scores)], path)
+    logger.info("%d scores written to %s", len(scores), path)
     return 0
 
 
