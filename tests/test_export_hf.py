@@ -80,3 +80,17 @@ def test_auto_classes_tokenize_and_generate_as_mindrlhf(exported):
         assert new == record["response_ids"], prompt
         assert tok.decode(new, skip_special_tokens=True) == record["response"]
     assert np.mean([r["response_tokens"] for r in records]) > 1  # the comparison covered more than an eos
+
+
+def test_a_training_checkpoint_root_loads_its_newest_file(tmp_path):
+    """``--load_checkpoint output/sft/checkpoint`` (the README's export example) means the newest rank-0 file."""
+    from argparse import Namespace
+
+    from mindrlhf.cli.generate import run_config
+
+    folder = tmp_path / "checkpoint" / "rank_0"
+    folder.mkdir(parents=True)
+    for step in (2, 10):
+        (folder / f"gpt2_tiny_sft_rank_0-{step}_1.ckpt").write_bytes(b"")
+    args = Namespace(config=TINY_GPT2, overrides=[], device_target=None, load_checkpoint=str(tmp_path / "checkpoint"))
+    assert run_config(args)[1] == str(folder / "gpt2_tiny_sft_rank_0-10_1.ckpt")

@@ -60,12 +60,14 @@ def add_export_parser(sub) -> None:
 
 def run_config(args):
     """``(RunConfig, checkpoint)`` for a command: the YAML plus overrides, and the weights to load (bundled names
-    resolved to their folders; "" for none)."""
+    resolved to their folders, a training output's checkpoint root to its newest rank-0 file; "" for none)."""
     from mindrlhf.models.convert import is_hf_folder, resolve_checkpoint
+    from mindrlhf.train.checkpoint import resume_checkpoint
 
     cfg = load_config(args.config, args.overrides)
     apply_device_target(cfg.context, args.device_target)
     checkpoint = resolve_checkpoint(args.load_checkpoint or cfg.load_checkpoint or "")
+    checkpoint = resume_checkpoint(checkpoint, 0) or checkpoint
     if not args.config and not (checkpoint and is_hf_folder(checkpoint)):
         raise SystemExit("--config is needed unless --load_checkpoint is a Hugging Face folder or a bundled model "
                          "(tinystories)")
