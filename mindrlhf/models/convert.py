@@ -12,6 +12,7 @@ layout ``transformers`` saves). Bundled models load by name: ``tinystories`` is 
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -476,4 +477,7 @@ def load_weights(cell: nn.Cell, path: str, cfg: ModelConfig, new_heads: bool = F
         if new_heads:  # e.g. a causal LM's weights starting a reward model: its LM head is not needed
             ignore_unexpected = tuple(ignore_unexpected) + ("lm_head.",)
         return _load_ckpt(cell, path, ("v_head.", "score.") if new_heads else (), ignore_unexpected)[1]
-    raise CheckpointError(f"{path}: not a Hugging Face folder (config.json) or a MindSpore .ckpt file")
+    newest = sorted(glob.glob(os.path.join(path, "**", "*.ckpt"), recursive=True), key=os.path.getmtime)
+    hint = (f"; it holds .ckpt files: pass one (the newest is {newest[-1]})" if os.path.isdir(path) and newest
+            else "")
+    raise CheckpointError(f"{path}: not a Hugging Face folder (config.json) or a MindSpore .ckpt file{hint}")
