@@ -63,15 +63,18 @@ def init_context(ctx: ContextConfig, seed: int = 0) -> None:
                        "--device_target to choose)", ctx.device_target)
         ctx.device_target = "CPU"
     mode = ms.GRAPH_MODE if ctx.mode == 0 else ms.PYNATIVE_MODE
-    kwargs = dict(mode=mode, device_target=ctx.device_target, max_call_depth=ctx.max_call_depth)
+    kwargs, device_id = dict(mode=mode), None
     if ctx.device_target != "CPU":
-        kwargs["device_id"] = int(os.environ.get("DEVICE_ID", ctx.device_id))  # launch scripts export DEVICE_ID
+        device_id = int(os.environ.get("DEVICE_ID", ctx.device_id))  # launch scripts export DEVICE_ID
         if ctx.max_device_memory:
             kwargs["max_device_memory"] = ctx.max_device_memory
+    # set_device / set_recursion_limit: set_context's device_target and max_call_depth warn that they are deprecated
+    ms.set_device(ctx.device_target, device_id)
+    ms.set_recursion_limit(ctx.max_call_depth)
     ms.set_context(**kwargs)
     ms.set_seed(seed)
     logger.info("context: %s mode on %s (device %s), seed %d", "graph" if ctx.mode == 0 else "pynative",
-                ctx.device_target, kwargs.get("device_id", ctx.device_id), seed)
+                ctx.device_target, ctx.device_id if device_id is None else device_id, seed)
 
 
 def launched_as_worker() -> bool:

@@ -2,7 +2,6 @@
 recipe says Ascend) falls back to CPU with one warning instead of MindSpore's plugin error."""
 from __future__ import annotations
 
-import logging
 import os
 
 import pytest
@@ -66,4 +65,5 @@ def test_ascend_recipe_exports_on_cpu_with_a_notice(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "context.device_target Ascend is not available on this machine: running on CPU" in proc.stderr
     assert "libmindspore_ascend" not in proc.stderr and "Load dynamic library" not in proc.stderr
+    assert "will be deprecated" not in proc.stderr  # set_device / set_recursion_limit, not set_context's old keys
     assert os.path.isfile(tmp_path / "hf" / "model.safetensors")

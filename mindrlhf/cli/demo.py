@@ -61,7 +61,8 @@ def task_settings(args):
 def run_demo(args) -> int:
     import mindspore as ms
 
-    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    ms.set_device("CPU")
+    ms.set_context(mode=ms.GRAPH_MODE)
     settings = task_settings(args)
     for handler in logging.getLogger().handlers:  # the console: progress bars and the final report tell the story
         handler.setLevel(logging.WARNING)  # (each stage's info.log still gets everything)

@@ -94,8 +94,12 @@ def run_ppo(args) -> int:
     trainer = train_ppo(cfg, args.dataset_dir, reward_cfg.model.model_config, sft, reward_ckpt,
                         critic_cfg.model.model_config, critic_ckpt, args.resume, args.save_data_file, stage,
                         rank_id, rank_size)
-    logger.info("PPO stopped at iteration %d of %d (global step %d); output in %s", trainer.state.iteration,
-                cfg.ppo.epochs, trainer.state.global_step, cfg.output_dir)
+    if stage == "experience":  # the run's iteration moves on when ppo_train.py trains on the file
+        logger.info("PPO experience of iteration %d of %d written to %s; train on it with --stage train",
+                    trainer.state.iteration + 1, cfg.ppo.epochs, args.save_data_file)
+    else:
+        logger.info("PPO at iteration %d of %d (global step %d); output in %s", trainer.state.iteration,
+                    cfg.ppo.epochs, trainer.state.global_step, cfg.output_dir)
     return 0
 
 

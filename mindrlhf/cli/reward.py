@@ -117,12 +117,13 @@ def run_training(args, train) -> int:
         cfg.load_checkpoint = args.load_checkpoint
     rank_id, rank_size = join_group(cfg, args.use_parallel)
     _, result = train(cfg, args.train_dataset or None, rank_id, rank_size)
+    log = logging.getLogger(train.__module__)  # the stage's own logger: mindrlhf.train.sft or .reward
     if not result.losses:
-        logger.info("nothing left to train: the checkpoint is at the end of training (global step %d)",
-                    result.state.global_step)
+        log.info("nothing left to train: the checkpoint is at the end of training (global step %d)",
+                 result.state.global_step)
     else:
-        logger.info("training finished: global step %d, last loss %.4f, %d overflow steps skipped; checkpoint %s",
-                    result.state.global_step, result.losses[-1], result.overflows, result.last_checkpoint)
+        log.info("training finished: global step %d, last loss %.4f, %d overflow steps skipped; checkpoint %s",
+                 result.state.global_step, result.losses[-1], result.overflows, result.last_checkpoint)
     return 0
 
 

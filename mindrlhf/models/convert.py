@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import glob
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -26,8 +25,6 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from mindrlhf.config import ModelConfig
-
-logger = logging.getLogger(__name__)
 
 BACKBONE_PREFIX = "backbone."
 LM_HEAD = "lm_head.weight"
@@ -293,11 +290,9 @@ def assign_parameters(cell: nn.Cell, arrays: Dict[str, np.ndarray], source: str,
     for name, param in params.items():
         if name in arrays:
             param.set_data(Tensor(arrays[name], param.dtype))
-    kept = [n for n in params if n not in arrays]
-    if kept:
-        logger.info("%s: %d parameters not in the checkpoint kept their initial values: %s", source, len(kept),
-                    ", ".join(kept))
-    return kept
+    # only names under allow_missing can be absent (new heads, the learning-rate table): the callers that start a
+    # head fresh say so themselves, and a resume's rebuilt learning-rate table is no news
+    return [n for n in params if n not in arrays]
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
