@@ -332,3 +332,28 @@ def test_cheap_commands_of_the_readme_and_tutorials_run_as_written(tmp_path, mon
                 failed.append(f"{name}: {' '.join(words)}\n{capsys.readouterr().err[-600:]}")
     capsys.readouterr()
     assert ran >= 8 and not failed, "\n".join(failed)
+
+
+_WRITTEN = re.compile(r"(?:--output_dir|--output_file_dir|--log_dir|--dst_file|--output_path|--save_data_file|"
+                      r"--output_file)[ =]([\w./-]+)")
+
+
+def test_what_the_commands_write_is_ignored_by_git():
+    """Every output path named in the README's and the tutorials' commands (from the folder they run in) is
+    covered by .gitignore, so following them leaves ``git status`` clean."""
+    import subprocess
+
+    paths = set()
+    for doc in [README] + TUTORIALS:
+        name = "README.md" if doc == README else _id(doc)
+        cwd = ROOT if name in RUN_FROM_ROOT else os.path.dirname(doc)
+        for block in _tutorial(doc)[1]:
+            for path in _WRITTEN.findall(block):
+                full = os.path.normpath(os.path.join(cwd, path))
+                if "/path/to" not in path and full.startswith(ROOT + os.sep):
+                    paths.add(os.path.relpath(full, ROOT) + "/f")  # a file in it: folder patterns match too
+    assert len(paths) >= 10
+    proc = subprocess.run(["git", "check-ignore", "--no-index", "--stdin", "-v", "-n"], cwd=ROOT, text=True,
+                          input="\n".join(sorted(paths)) + "\n", capture_output=True, timeout=60)
+    not_ignored = [line.split("\t")[-1] for line in proc.stdout.splitlines() if line.startswith("::")]
+    assert not not_ignored, f"not in .gitignore: {not_ignored}"

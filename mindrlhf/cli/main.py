@@ -22,6 +22,7 @@ import logging
 import sys
 from typing import List, Optional
 
+from mindrlhf import __version__
 from mindrlhf.cli import demo as demo_cmd
 from mindrlhf.cli import generate as generate_cmd
 from mindrlhf.cli import grpo as grpo_cmd
@@ -49,6 +50,7 @@ def setup_logging(level: str = "INFO") -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mindrlhf", description="MindSpore-native RLHF: SFT, reward model, PPO.")
     parser.add_argument("--log_level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--version", action="version", version=f"mindrlhf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo_cmd.add_demo_parser(sub)
     generate_cmd.add_generate_parser(sub)

@@ -13,7 +13,7 @@ import argparse
 import logging
 from typing import List, Optional
 
-from mindrlhf.cli.reward import join_group, str2bool
+from mindrlhf.cli.reward import add_use_parallel_argument, join_group
 from mindrlhf.config import load_config
 from mindrlhf.context import init_context
 
@@ -43,8 +43,7 @@ def add_ppo_args(parser: argparse.ArgumentParser, default_stage: str = "all") ->
     parser.add_argument("--device_target", default=None, help="CPU, GPU or Ascend (default: the recipe's)")
     parser.add_argument("--mode", type=int, default=None, help="0 graph, 1 pynative (default: the recipe's)")
     parser.add_argument("--max_device_memory", default=None, help="e.g. 59GB (GPU/Ascend)")
-    parser.add_argument("--use_parallel", type=str2bool, default=None,
-                        help="data-parallel run; default: yes when started by msrun or a rank-table launcher")
+    add_use_parallel_argument(parser)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a policy-recipe value, e.g. --set ppo.kl_coef=0.05 (repeatable)")
     parser.add_argument("--set_reward", dest="reward_overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -57,7 +56,10 @@ def add_ppo_args(parser: argparse.ArgumentParser, default_stage: str = "all") ->
 
 def add_ppo_parser(sub) -> None:
     """``mindrlhf ppo``."""
-    add_ppo_args(sub.add_parser("ppo", help="stage 3: PPO against a reward model"))
+    add_ppo_args(sub.add_parser("ppo", help="stage 3: PPO against a reward model",
+                                description="Stage 3: PPO of the SFT policy against a reward model on a prompt "
+                                            "MindRecord (mindrlhf convert-prompts); per-iteration checkpoints, "
+                                            "metrics and exact resume."))
 
 
 def _stage(args) -> str:

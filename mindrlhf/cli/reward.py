@@ -33,15 +33,26 @@ def str2bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {text!r}")
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def bool_or_auto(text: str) -> Optional[bool]:
+    """``auto`` -> None (decide from the launcher), else :func:`str2bool`."""
+    return None if str(text).strip().lower() == "auto" else str2bool(text)
+
+
+def add_use_parallel_argument(parser: argparse.ArgumentParser) -> None:
+    """``--use_parallel {auto,True,False}``, parsed the same way by every training command."""
+    parser.add_argument("--use_parallel", type=bool_or_auto, default=None, metavar="{auto,True,False}",
+                        help="data-parallel run; auto (default): yes when started by msrun or a rank-table launcher")
+
+
+def _common(parser: argparse.ArgumentParser, set_example: str) -> None:
     parser.add_argument("--config", required=True, help="run_*_rm.yaml recipe")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set runner_config.epochs=1 (repeatable)")
+                        help=f"override a config value, e.g. --set {set_example} (repeatable)")
     add_device_argument(parser)
 
 
 def add_train_args(parser: argparse.ArgumentParser) -> None:
-    _common(parser)
+    _common(parser, "runner_config.epochs=1")
     parser.add_argument("--train_dataset", default="", help="preference MindRecord (default: the YAML's "
                         "train_dataset.data_loader.dataset_dir)")
     parser.add_argument("--load_checkpoint", default=None, help="resume from a checkpoint root (with rank_<id>/) "
@@ -49,13 +60,12 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output_dir", default=None, help="logs, checkpoints and the resolved config "
                         "(default: the YAML's output_dir)")
     parser.add_argument("--run_mode", default="train", choices=["train"], help="kept for seed compatibility")
-    parser.add_argument("--use_parallel", type=str2bool, default=None,
-                        help="data-parallel run; default: yes when started by msrun or a rank-table launcher")
+    add_use_parallel_argument(parser)
     parser.set_defaults(func=run_train)
 
 
 def add_eval_args(parser: argparse.ArgumentParser) -> None:
-    _common(parser)
+    _common(parser, "runner_config.batch_size=8")
     parser.add_argument("--distributed_ckpt_path", required=True,
                         help="checkpoint root (with rank_<id>/), a folder of .ckpt files, or one .ckpt")
     parser.add_argument("--load_all_ckpt", type=str2bool, default=False,
@@ -66,7 +76,7 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_infer_args(parser: argparse.ArgumentParser) -> None:
-    _common(parser)
+    _common(parser, "model.model_config.seq_length=512")
     parser.add_argument("--data_file", required=True, help=".json (list) or .jsonl of {prompt, pos_resp, neg_resp} "
                         "(or {prompt, response} / {prompt, chosen, rejected})")
     add_tokenizer_argument(parser)
@@ -80,7 +90,10 @@ def add_infer_args(parser: argparse.ArgumentParser) -> None:
 
 def add_reward_parser(sub) -> None:
     """``mindrlhf rm {train,eval,infer}``."""
-    rm = sub.add_parser("rm", help="reward model: train, eval, infer")
+    rm = sub.add_parser("rm", help="reward model: train, eval, infer",
+                        description="Stage 2: the reward model. train on a preference MindRecord (mindrlhf "
+                                    "convert-preference), eval the pairwise accuracy of checkpoints, infer scores "
+                                    "for responses in a JSON/JSONL file.")
     rm_sub = rm.add_subparsers(dest="rm_command", required=True, metavar="ACTION")
     add_train_args(rm_sub.add_parser("train", help="train on a preference MindRecord"))
     add_eval_args(rm_sub.add_parser("eval", help="pairwise accuracy of checkpoints"))
