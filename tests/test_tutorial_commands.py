@@ -357,3 +357,18 @@ def test_what_the_commands_write_is_ignored_by_git():
                           input="\n".join(sorted(paths)) + "\n", capture_output=True, timeout=60)
     not_ignored = [line.split("\t")[-1] for line in proc.stdout.splitlines() if line.startswith("::")]
     assert not not_ignored, f"not in .gitignore: {not_ignored}"
+
+
+def test_readme_python_imports_work():
+    """Every import line of the README's Python blocks (the Python API and the reward-function PPO) runs, and the
+    documented reward function is the shape train_ppo calls: prompts and responses as token lists."""
+    text = open(README, encoding="utf-8").read()
+    python = [body for language, body in _FENCE.findall(text) if language == "python"]
+    imports = [line for body in python for line in body.splitlines() if line.startswith(("from ", "import "))]
+    assert "from mindrlhf.models import CausalLM, load_weights" in imports
+    assert "from mindrlhf.train.ppo import train_ppo" in imports
+    namespace: dict = {}
+    exec("\n".join(imports), namespace)  # noqa: S102 - the README's own import lines
+    reward_block = next(body for body in python if "def reward_fn" in body)
+    exec(reward_block.split("\ncfg = ")[0], namespace)  # noqa: S102 - the function, not the training run
+    assert namespace["reward_fn"]([[1, 2], [3]], [[4, 50256], [5]]) == [1.0, 0.0]
