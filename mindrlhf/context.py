@@ -52,12 +52,32 @@ def apply_device_target(ctx: ContextConfig, flag: Optional[str]) -> None:
     ctx.device_target = flag
 
 
+# MindSpore warnings that say nothing about the user's run: nn.Adam (our AdamW's kernel) builds a FusedSparseAdam
+# for sparse gradients, which MindSpore reports as deprecated in every training process; our update is dense.
+HARMLESS_MINDSPORE_WARNINGS = ("'FusedSparseAdam' is deprecated",)
+
+
+class _HarmlessWarningFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in HARMLESS_MINDSPORE_WARNINGS)
+
+
+def quiet_mindspore_warnings() -> None:
+    """Drop :data:`HARMLESS_MINDSPORE_WARNINGS` from MindSpore's own logger (once per process)."""
+    from mindspore import log as ms_log
+
+    ms_logger = ms_log._get_logger()  # MindSpore's logger: its name carries the process id
+    if not any(isinstance(f, _HarmlessWarningFilter) for f in ms_logger.filters):
+        ms_logger.addFilter(_HarmlessWarningFilter())
+
+
 def init_context(ctx: ContextConfig, seed: int = 0) -> None:
     """Apply ``ctx`` to MindSpore's global context and seed MindSpore's generators.
 
     A recipe's device that this machine cannot run (the Ascend recipes on a CPU machine) falls back to CPU with
     one warning, instead of MindSpore's plugin error; ``ctx.device_target`` then says CPU.
     """
+    quiet_mindspore_warnings()
     if not device_available(ctx.device_target):
         logger.warning("context.device_target %s is not available on this machine: running on CPU (pass "
                        "--device_target to choose)", ctx.device_target)
@@ -68,8 +88,14 @@ def init_context(ctx: ContextConfig, seed: int = 0) -> None:
         device_id = int(os.environ.get("DEVICE_ID", ctx.device_id))  # launch scripts export DEVICE_ID
         if ctx.max_device_memory:
             kwargs["max_device_memory"] = ctx.max_device_memory
-    # set_device / set_recursion_limit: set_context's device_target and max_call_depth warn that they are deprecated
-    ms.set_device(ctx.device_target, device_id)
+    # set_device / set_recursion_limit: set_context's device_target and max_call_depth warn that they are deprecated.
+    # set_device refuses once the runtime runs (a second command in one process): the device is then already set.
+    if ms.get_context("device_target") != ctx.device_target or device_id is not None:
+        try:
+            ms.set_device(ctx.device_target, device_id)
+        except RuntimeError:
+            if ms.get_context("device_target") != ctx.device_target:
+                raise
     ms.set_recursion_limit(ctx.max_call_depth)
     ms.set_context(**kwargs)
     ms.set_seed(seed)

@@ -67,3 +67,22 @@ def test_ascend_recipe_exports_on_cpu_with_a_notice(tmp_path):
     assert "libmindspore_ascend" not in proc.stderr and "Load dynamic library" not in proc.stderr
     assert "will be deprecated" not in proc.stderr  # set_device / set_recursion_limit, not set_context's old keys
     assert os.path.isfile(tmp_path / "hf" / "model.safetensors")
+
+
+def test_harmless_mindspore_warnings_are_filtered(tmp_path):
+    """nn.Adam (our AdamW's kernel) makes MindSpore report FusedSparseAdam as deprecated once per process; after
+    init_context it does not reach the terminal, while MindSpore's other warnings still would."""
+    import subprocess
+    import sys
+
+    script = ("import numpy as np, mindspore as ms\n"
+              "from mindrlhf.config import ContextConfig\n"
+              "from mindrlhf.context import init_context\n"
+              "init_context(ContextConfig(device_target='CPU'))\n"
+              "ms.nn.Adam([ms.Parameter(ms.Tensor(np.zeros(3, np.float32)), name='w')])\n"
+              "from mindspore import log\n"
+              "log.warning('another MindSpore warning')\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "FusedSparseAdam" not in proc.stderr and "another MindSpore warning" in proc.stderr
