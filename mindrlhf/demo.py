@@ -150,7 +150,8 @@ def prepare_data(settings: DemoSettings, folder: str) -> Dict[str, object]:
     convert_preference(files["rm_train.json"], out["rm_train"], TOKENIZER, seq, PAD_ID, progress=progress)
     convert_preference(files["rm_test.json"], out["rm_test"], TOKENIZER, seq, PAD_ID, progress=progress)
     convert_prompts(files["ppo_prompts.jsonl"], out["prompts"], TOKENIZER, settings.prompt_length,
-                    settings.prompt_length + settings.new_tokens + 1, PAD_ID, template="qa", progress=progress)
+                    settings.prompt_length + settings.new_tokens + 1, PAD_ID, template="qa", progress=progress,
+                    truncation_level=logging.INFO)  # a narrow width on purpose: in info.log, not on the console
     return out
 
 

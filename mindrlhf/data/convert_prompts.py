@@ -198,8 +198,8 @@ def truncation_report(stats: PromptStats, max_prompt_length: int, template_token
 
 
 def check_truncation(stats: PromptStats, max_prompt_length: int, template_tokens: int, template: str,
-                     max_truncated_share: float) -> None:
-    """Warn when truncation cut any prompt; raise :class:`ConversionError` when it cut more than
+                     max_truncated_share: float, level: int = logging.WARNING) -> None:
+    """Log (at ``level``) when truncation cut any prompt; raise :class:`ConversionError` when it cut more than
     ``max_truncated_share`` of them."""
     if stats.truncated_prompts == 0:
         return
@@ -208,7 +208,7 @@ def check_truncation(stats: PromptStats, max_prompt_length: int, template_tokens
         raise ConversionError(f"{report}. Nothing written: more than {max_truncated_share:.0%} of the prompts would "
                               f"be cut; raise --max_prompt_length, or pass --allow_truncation to keep each "
                               f"prompt's last tokens anyway")
-    logger.warning("prompt truncation: %s", report)
+    logger.log(level, "prompt truncation: %s", report)
 
 
 def check_arguments(file_path: str, output_path: str, max_prompt_length: int, seq_length: int,
@@ -225,12 +225,13 @@ def check_arguments(file_path: str, output_path: str, max_prompt_length: int, se
 def convert_prompts(file_path: str, output_path: str, tokenizer: Union[str, Tokenizer], max_prompt_length: int = 2048,
                     seq_length: int = 4096, pad_token_id: int = 0, template: str = "none",
                     skip_bad_lines: bool = False, progress: bool = True,
-                    max_truncated_share: float = 1.0) -> Dict[str, int]:
+                    max_truncated_share: float = 1.0, truncation_level: int = logging.WARNING) -> Dict[str, int]:
     """Convert prompts to the PPO MindRecord ``output_path`` (written atomically); return the statistics.
 
     A warning names how many prompts truncation cut; over ``max_truncated_share`` of them (a share in [0, 1]; the
     command's default is 0.1, this function's 1.0 accepts any) nothing is written and :class:`ConversionError`
-    says which ``max_prompt_length`` would cut none.
+    says which ``max_prompt_length`` would cut none. ``truncation_level`` is the level of that line (the demo, which
+    narrows prompts on purpose, logs it at INFO).
     """
     check_arguments(file_path, output_path, max_prompt_length, seq_length, template)
     try:
@@ -250,7 +251,8 @@ def convert_prompts(file_path: str, output_path: str, tokenizer: Union[str, Toke
             raise ConversionError(f"{file_path}: no prompts to write (skipped: {stats.skipped_empty} empty, "
                                   f"{stats.skipped_bad} bad)")
         template_tokens = len(tokenize_prompt(tok, apply_template(template, "")))
-        check_truncation(stats, max_prompt_length, template_tokens, template, max_truncated_share)
+        check_truncation(stats, max_prompt_length, template_tokens, template, max_truncated_share,
+                         truncation_level)
     return stats.as_dict()
 
 
