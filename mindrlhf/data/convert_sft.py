@@ -258,8 +258,8 @@ def conversation_segments(example: SFTExample, template: str = "qa") -> List[Tup
     pieces.append((example.query, False))
     if template == "qa":  # the instruction (history + query) stripped and filled into the template
         head, tail = format_prompt("\0").split("\0")
-        first, last = pieces[0][0].lstrip(), pieces[-1][0].rstrip()
-        pieces[0], pieces[-1] = (first, pieces[0][1]), (last, pieces[-1][1])
+        pieces[0] = (pieces[0][0].lstrip(), pieces[0][1])  # (the query itself when there is no history)
+        pieces[-1] = (pieces[-1][0].rstrip(), pieces[-1][1])
         pieces = [(head, False)] + pieces + [(tail, False)]
     if example.system:
         pieces.insert(0, (f"{example.system.strip()}\n\n", False))
