@@ -143,7 +143,7 @@ def test_a_cut_prompt_never_starts_inside_a_character(named_tokenizer):
     text = "问题：鳄鱼𝄞吃什么？ answer: 答"
     ids, bos = tok.encode(text), TOKENIZERS[name][1]
     for budget in range(len(bos) + 1, len(bos) + len(ids) + 1):
-        kept = tokenize_prompt(tok, text, budget)
+        kept = tokenize_prompt(tok, text, budget, whole_characters=True)
         assert kept[:len(bos)] == bos and budget - 3 <= len(kept) <= budget
         tail = kept[len(bos):]
         assert tail == ids[len(ids) - len(tail):]

@@ -13,8 +13,9 @@ the same ids in every stage.
 Truncation:
 
 - A prompt over its budget keeps its LAST tokens (the end holds the question and the template's answer cue); a
-  prompt that had bos gets it back in front, inside the budget. The kept tokens never start inside a character:
-  the tokens holding the tail of a character the cut splits are dropped too.
+  prompt that had bos gets it back in front, inside the budget. For PPO / GRPO prompts (the prompt converter,
+  ``whole_characters=True``) the kept tokens never start inside a character: the tokens holding the tail of a
+  character the cut splits are dropped too, so the policy never starts from half a character.
 - A response over its room is cut from the right. Two rules for the eos:
 
   - ``keep_eos=True`` (preference data, ``rm infer``): the response text is cut one token earlier, so eos stays the
@@ -83,14 +84,19 @@ def _whole_characters(tokenizer: Tokenizer, ids: List[int]) -> List[int]:
     return ids[_MAX_PARTIAL_TOKENS:]
 
 
-def _cut_prompt(tokenizer: Tokenizer, bos: List[int], ids: List[int], max_length: Optional[int]) -> List[int]:
-    """bos + the last tokens of ``ids`` that fit ``max_length`` (None: all), starting at a whole character."""
+def _cut_prompt(tokenizer: Tokenizer, bos: List[int], ids: List[int], max_length: Optional[int],
+                whole_characters: bool = False) -> List[int]:
+    """bos + the last tokens of ``ids`` that fit ``max_length`` (None: all), with ``whole_characters`` starting
+    at a whole character."""
     if max_length is None:
         return bos + ids
     if max_length < 1:
         raise ValueError(f"a prompt budget must be >= 1 token, got {max_length}")
     room = max_length - len(bos)
-    return bos + (_whole_characters(tokenizer, ids[len(ids) - room:]) if len(ids) > room else ids)
+    if len(ids) <= room:
+        return bos + ids
+    kept = ids[len(ids) - room:]
+    return bos + (_whole_characters(tokenizer, kept) if whole_characters else kept)
 
 
 def _cut_response(ids: List[int], eos: int, max_length: Optional[int], keep_eos: bool) -> List[int]:
@@ -103,14 +109,15 @@ def _cut_response(ids: List[int], eos: int, max_length: Optional[int], keep_eos:
     return full[:max_length - 1] + [eos] if keep_eos else full[:max_length]
 
 
-def tokenize_prompt(tokenizer: Tokenizer, text: str, max_length: Optional[int] = None) -> List[int]:
+def tokenize_prompt(tokenizer: Tokenizer, text: str, max_length: Optional[int] = None,
+                    whole_characters: bool = False) -> List[int]:
     """``[bos]`` (iff ``tokenizer.add_bos``) + the tokens of ``text`` (no special tokens).
 
     Over ``max_length`` (>= 1) the LAST tokens are kept; with bos the result is bos + the last ``max_length - 1``
-    text tokens. The kept tokens start at a whole character: a character the cut splits (a token holding only its
-    last bytes) is dropped, so the result may be up to 3 tokens shorter than ``max_length``.
+    text tokens. With ``whole_characters`` the kept tokens start at a whole character: a character the cut splits
+    (a token holding only its last bytes) is dropped, so the result may be up to 3 tokens shorter.
     """
-    return _cut_prompt(tokenizer, _bos(tokenizer), tokenizer.encode(text), max_length)
+    return _cut_prompt(tokenizer, _bos(tokenizer), tokenizer.encode(text), max_length, whole_characters)
 
 
 def tokenize_response(tokenizer: Tokenizer, text: str, max_length: Optional[int] = None,

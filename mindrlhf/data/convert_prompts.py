@@ -110,7 +110,7 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str, response: str, max_prompt_l
                   pad_token_id: int) -> Dict[str, np.ndarray]:
     """One record's four fields (see the module docstring); ``prompt`` is already templated, an empty ``response``
     gives no ptx tokens (not even an eos)."""
-    prompt_tokens = tokenize_prompt(tokenizer, prompt, max_prompt_length)
+    prompt_tokens = tokenize_prompt(tokenizer, prompt, max_prompt_length, whole_characters=True)
     response_tokens = tokenize_response(tokenizer, response) if response else []
     full = (prompt_tokens + response_tokens)[:seq_length]
     prompt_ids = np.full(max_prompt_length, pad_token_id, np.int64)
