@@ -18,7 +18,7 @@ def test_scores_jsonl_and_random_weights_warning(tmp_path):
     proc = mindrlhf("rm", "infer", "--config", RECIPE, "--data_file", DATA, "--output_file", str(out),
                     "--set", f"output_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "WARNING mindrlhf.cli.reward: no checkpoint" in proc.stderr and "random weights" in proc.stderr
+    assert "WARNING mindrlhf.cli.reward: no --distributed_ckpt_path" in proc.stderr and "random weights" in proc.stderr
     assert "tokenizer: " in proc.stderr and "gpt2" in proc.stderr  # the family's bundled one, as generate picks
     records = [json.loads(line) for line in open(out, encoding="utf-8")]
     rows = [json.loads(line) for line in open(DATA, encoding="utf-8")]

@@ -207,7 +207,7 @@ def run_export(args) -> int:
     try:
         check_tokenizer_fits(tokenizer, cell.config, f"--tokenizer {args.tokenizer or tokenizer.path}")
     except ValueError as err:
-        raise SystemExit(str(err)) from err
+        raise SystemExit(f"error: {err}") from None
     with tempfile.TemporaryDirectory() as staging:
         if args.tokenizer or not (is_hf_folder(checkpoint) and has_tokenizer(checkpoint)):
             extra = [p for p in extra if os.path.basename(p) == "generation_config.json"]

@@ -80,9 +80,9 @@ def add_infer_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data_file", required=True, help=".json (list) or .jsonl of {prompt, pos_resp, neg_resp} "
                         "(or {prompt, response} / {prompt, chosen, rejected})")
     add_tokenizer_argument(parser)
-    parser.add_argument("--distributed_ckpt_path", default=None, help="checkpoint root, folder, .ckpt (newest is "
-                        "used) or Hugging Face folder (default: the YAML's load_checkpoint; none: random weights, "
-                        "with a warning)")
+    parser.add_argument("--distributed_ckpt_path", default=None, help="the reward model's weights: checkpoint root, "
+                        "folder, .ckpt (newest is used) or Hugging Face folder (default: none, random weights, with "
+                        "a warning)")
     parser.add_argument("--output_file", default=None, help="JSONL of {prompt, response, score}, one line per "
                         "scored response (default: <output_dir>/infer/scores.jsonl)")
     parser.set_defaults(func=run_infer)
@@ -228,14 +228,15 @@ def run_infer(args) -> int:
 
     cfg = _setup(args)
     model_cfg = cfg.model.model_config
-    source = args.distributed_ckpt_path or cfg.load_checkpoint
+    # not the recipe's load_checkpoint: that starts training (often a causal LM, no score head), it is no scorer
+    source = args.distributed_ckpt_path
     checkpoint = eval_checkpoints(source, load_all=False)[0] if source else ""
     tokenizer = infer_tokenizer(args, model_cfg, checkpoint)
     texts, rows = infer_samples(args.data_file, tokenizer, model_cfg.seq_length)
     model = RewardModel(model_cfg)
     if not checkpoint:
-        logger.warning("no checkpoint (--distributed_ckpt_path, or load_checkpoint in the recipe): scoring with "
-                       "random weights (seed %d); these scores mean nothing", cfg.seed)
+        logger.warning("no --distributed_ckpt_path: scoring with random weights (seed %d); these scores mean "
+                       "nothing", cfg.seed)
     elif is_hf_folder(checkpoint):
         load_weights(model, checkpoint, model_cfg)
     else:
