@@ -12,18 +12,95 @@ from mindrlhf.config import ConfigError, ContextConfig, ParallelConfig
 logger = logging.getLogger(__name__)
 
 
+DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
+
+
+def add_device_argument(parser) -> None:
+    """``--device_target``, the flag every model command takes (see :func:`apply_device_target`)."""
+    parser.add_argument("--device_target", default=None, choices=DEVICE_TARGETS,
+                        help="CPU, GPU or Ascend (default: the recipe's context.device_target, or CPU with a "
+                             "notice when this machine cannot run that one)")
+
+
+def device_available(target: str) -> bool:
+    """Whether MindSpore can run on ``target`` here (CPU always; GPU / Ascend when their plugin loads). The
+    plugin loader's own complaints on stderr are kept out of the user's terminal."""
+    if target == "CPU":
+        return True
+    from mindspore import hal
+
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        return bool(hal.is_available(target))
+    except (RuntimeError, ValueError):
+        return False
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def apply_device_target(ctx: ContextConfig, flag: Optional[str]) -> None:
+    """Set ``ctx.device_target`` from a ``--device_target`` flag (None: keep the recipe's). A device asked for
+    by the flag that this machine cannot run stops the command with one line."""
+    if flag is None:
+        return
+    if not device_available(flag):
+        raise SystemExit(f"error: --device_target {flag}: MindSpore cannot run on {flag} on this machine (its "
+                         f"plugin does not load); use --device_target CPU")
+    ctx.device_target = flag
+
+
+# MindSpore warnings that say nothing about the user's run: nn.Adam (our AdamW's kernel) builds a FusedSparseAdam
+# for sparse gradients, which MindSpore reports as deprecated in every training process; our update is dense.
+HARMLESS_MINDSPORE_WARNINGS = ("'FusedSparseAdam' is deprecated",)
+
+
+class _HarmlessWarningFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in HARMLESS_MINDSPORE_WARNINGS)
+
+
+def quiet_mindspore_warnings() -> None:
+    """Drop :data:`HARMLESS_MINDSPORE_WARNINGS` from MindSpore's own logger (once per process)."""
+    from mindspore import log as ms_log
+
+    ms_logger = ms_log._get_logger()  # MindSpore's logger: its name carries the process id
+    if not any(isinstance(f, _HarmlessWarningFilter) for f in ms_logger.filters):
+        ms_logger.addFilter(_HarmlessWarningFilter())
+
+
 def init_context(ctx: ContextConfig, seed: int = 0) -> None:
-    """Apply ``ctx`` to MindSpore's global context and seed MindSpore's generators."""
+    """Apply ``ctx`` to MindSpore's global context and seed MindSpore's generators.
+
+    A recipe's device that this machine cannot run (the Ascend recipes on a CPU machine) falls back to CPU with
+    one warning, instead of MindSpore's plugin error; ``ctx.device_target`` then says CPU.
+    """
+    quiet_mindspore_warnings()
+    if not device_available(ctx.device_target):
+        logger.warning("context.device_target %s is not available on this machine: running on CPU (pass "
+                       "--device_target to choose)", ctx.device_target)
+        ctx.device_target = "CPU"
     mode = ms.GRAPH_MODE if ctx.mode == 0 else ms.PYNATIVE_MODE
-    kwargs = dict(mode=mode, device_target=ctx.device_target, max_call_depth=ctx.max_call_depth)
+    kwargs, device_id = dict(mode=mode), None
     if ctx.device_target != "CPU":
-        kwargs["device_id"] = int(os.environ.get("DEVICE_ID", ctx.device_id))  # launch scripts export DEVICE_ID
+        device_id = int(os.environ.get("DEVICE_ID", ctx.device_id))  # launch scripts export DEVICE_ID
         if ctx.max_device_memory:
             kwargs["max_device_memory"] = ctx.max_device_memory
+    # set_device / set_recursion_limit: set_context's device_target and max_call_depth warn that they are deprecated.
+    # set_device refuses once the runtime runs (a second command in one process): the device is then already set.
+    if ms.get_context("device_target") != ctx.device_target or device_id is not None:
+        try:
+            ms.set_device(ctx.device_target, device_id)
+        except RuntimeError:
+            if ms.get_context("device_target") != ctx.device_target:
+                raise
+    ms.set_recursion_limit(ctx.max_call_depth)
     ms.set_context(**kwargs)
     ms.set_seed(seed)
     logger.info("context: %s mode on %s (device %s), seed %d", "graph" if ctx.mode == 0 else "pynative",
-                ctx.device_target, kwargs.get("device_id", ctx.device_id), seed)
+                ctx.device_target, ctx.device_id if device_id is None else device_id, seed)
 
 
 def launched_as_worker() -> bool:

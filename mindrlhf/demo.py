@@ -53,23 +53,23 @@ PAD_ID = 2  # its eos, as the tiny Llama recipes pad
 class DemoSettings:
     """Sizes of the demo run (the defaults take a few minutes on 2 CPU cores)."""
 
-    output_dir: str = "output/demo"
+    output_dir: str = "output/demo"  # folder of the report, plots, TensorBoard events and each stage's outputs
     seq_length: int = 256  # SFT and reward-model sequence length
     hidden_size: int = 128  # of the tiny Llama (policy and reward model)
-    num_layers: int = 4
-    sft_epochs: int = 3
+    num_layers: int = 4  # layers of the tiny Llama
+    sft_epochs: int = 3  # passes over the SFT data
     sft_samples: Optional[int] = None  # SFT conversations used (None = all 689)
-    rm_epochs: int = 2
+    rm_epochs: int = 2  # passes over the reward model's pairs
     rm_conversations: Optional[int] = None  # ranked conversations used (None = all 775)
     holdout: int = 10  # every holdout-th conversation / prompt is held out for evaluation
     prompt_length: int = 80  # PPO prompt width P (longer prompts keep their last tokens)
     new_tokens: int = 32  # tokens generated per response
-    ppo_iterations: int = 24
+    ppo_iterations: int = 24  # PPO iterations (each: rollouts, then updates)
     ppo_rollouts: int = 32  # prompts per PPO iteration
     eval_prompts: int = 30  # held-out prompts whose mean reward is compared before / after (plus SEED_PROMPTS)
     table_rows: int = 4  # rows of the effect table
     kl_coef: float = 0.05  # PPO's per-token KL penalty (lower: more reward, further from the SFT model)
-    seed: int = 0
+    seed: int = 0  # seed of every stage (data order, initial weights, sampling)
     progress: bool = True
 
 
@@ -150,7 +150,8 @@ def prepare_data(settings: DemoSettings, folder: str) -> Dict[str, object]:
     convert_preference(files["rm_train.json"], out["rm_train"], TOKENIZER, seq, PAD_ID, progress=progress)
     convert_preference(files["rm_test.json"], out["rm_test"], TOKENIZER, seq, PAD_ID, progress=progress)
     convert_prompts(files["ppo_prompts.jsonl"], out["prompts"], TOKENIZER, settings.prompt_length,
-                    settings.prompt_length + settings.new_tokens + 1, PAD_ID, template="qa", progress=progress)
+                    settings.prompt_length + settings.new_tokens + 1, PAD_ID, template="qa", progress=progress,
+                    truncation_level=logging.INFO)  # a narrow width on purpose: in info.log, not on the console
     return out
 
 

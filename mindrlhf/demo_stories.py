@@ -37,16 +37,16 @@ logger = logging.getLogger(__name__)
 class StoryDemoSettings:
     """Sizes of the story demo (the defaults take a few minutes on 2 CPU cores)."""
 
-    output_dir: str = "output/demo"
+    output_dir: str = "output/demo"  # folder of the report, plots, TensorBoard events and each stage's outputs
     train_prompts: int = 256  # openings whose gold-labelled pairs train the proxy and whose rollouts train PPO
     eval_prompts: int = 16  # held-out openings judged before, during and after PPO
     eval_samples: int = 4  # samples per held-out opening
     new_tokens: int = 48  # tokens generated per continuation
-    rm_epochs: int = 4
-    ppo_iterations: int = 20
+    rm_epochs: int = 4  # passes over the proxy reward model's gold-labelled pairs
+    ppo_iterations: int = 20  # PPO iterations (each: rollouts, then updates, then the held-out gold judging)
     ppo_rollouts: int = 64  # rollouts per PPO iteration
     table_rows: int = 4  # rows of the before / after table
-    seed: int = 0
+    seed: int = 0  # seed of every stage (openings, initial weights, sampling)
     progress: bool = True
 
 

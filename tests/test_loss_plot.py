@@ -122,8 +122,8 @@ def test_one_time_writes_events_and_png(tmp_dir, capsys):
     assert sorted(os.listdir(out))[-1] == "loss.png" and len(os.listdir(out)) == 2  # no temp file left behind
     stdout = capsys.readouterr().out
     assert stdout.startswith("start parse...")
-    assert "One-time parsing, step:3 loss:0.0" in stdout
-    assert stdout.rstrip().endswith("end parse..., size= 6")
+    assert "parsing, step:" not in stdout  # no line per step when reading a finished log
+    assert stdout.rstrip().endswith("end parse..., size= 6, steps 1-6")
 
 
 def test_rerun_replaces_only_its_own_files(tmp_dir):
@@ -186,6 +186,7 @@ def test_real_time_follows_a_growing_file_and_stops(tmp_dir, capsys):
     stdout = capsys.readouterr().out
     assert stdout.count("Real-time parsing, step:") == 12 and "Real-time parsing, step:6 loss:0.75" in stdout
     assert "end parse..., size= 12" in stdout
+    assert stdout.count("waiting up to") <= 1  # told once when the log is not there yet
 
 
 @pytest.mark.parametrize("mode", ["one-time", "real-time"])
@@ -193,8 +194,12 @@ def test_missing_log_file_is_an_error(tmp_dir, capsys, mode):
     log, out = os.path.join(tmp_dir, "nope", "info.log"), os.path.join(tmp_dir, "loss_dir")
     assert main(["--log_file", log, "--output_file_dir", out, "--parse_mode", mode, "--timeout", "0.2",
                  "--poll_interval", "0.05"]) == 1
-    assert f"error: log file not found: {log}" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert f"error: log file not found: {log}" in captured.err
     assert not os.path.exists(out)
+    # real-time waits for the log to appear: it says so at once instead of waiting in silence
+    waiting = f"waiting up to 0.2 s for {log} to appear"
+    assert captured.out.count(waiting) == (1 if mode == "real-time" else 0)
 
 
 def test_wrapper_script_from_another_folder(tmp_dir):

@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import logging
 import os
+import re
 
 import numpy as np
 import mindspore.dataset as ds
@@ -68,9 +70,12 @@ def prompt_tokens(tok, text):
 
 
 def cut_prompt(tok, text, P):
-    """The last tokens of the prompt that fit P, bos back in front."""
+    """The last tokens of the prompt that fit P, from a whole character on (their text ends the prompt's text),
+    bos back in front."""
     bos, p = bos_of(tok), tok.encode(text)
     while len(bos) + len(p) > P:
+        p = p[1:]
+    while p and not text.endswith(tok.decode(p).lstrip(" ")):
         p = p[1:]
     return bos + p
 
@@ -99,6 +104,11 @@ def assert_record(record, expected, P, T):
     assert int(record["prompt_length"]) == expected["prompt_length"]
 
 
+def subset(stats, expected):
+    """Whether ``stats`` has every key of ``expected`` with its value (token counts are checked where they matter)."""
+    return {key: stats[key] for key in expected} == expected
+
+
 def listing(folder):
     return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
 
@@ -123,19 +133,20 @@ def test_prompt_only_rows_fields_truncation_and_stats(tokenizers, tmp_dir, name)
     assert 0 < n_truncated < len(rows) and P in lengths and min(lengths) < P  # the data covers all three cases
     out = os.path.join(tmp_dir, "prompts.mindrecord")
     stats = convert_prompts(PROMPTS, out, name, max_prompt_length=P, seq_length=T, pad_token_id=pad, progress=False)
-    assert stats == {"count": 8, "with_response": 0, "with_answer": 0, "truncated_prompts": n_truncated,
-                     "skipped_empty": 0,
-                     "skipped_bad": 0}
+    assert subset(stats, {"count": 8, "with_response": 0, "with_answer": 0, "truncated_prompts": n_truncated,
+                          "skipped_empty": 0, "skipped_bad": 0, "longest_prompt": max(lengths)})
     records = read_back(out)
     assert len(records) == 8
     for row, record, n in zip(rows, records, lengths):
         assert_record(record, reference(tok, row["prompt"], "", P, T, pad), P, T)
-        text = tok.encode(row["prompt"])
-        assert int(record["prompt_length"]) == min(n, P)
-        # a long prompt keeps its LAST tokens behind its bos (Llama); a short one is right-padded with the pad id
-        kept = P - len(BOS[name])
-        np.testing.assert_array_equal(record["prompt_ids"][:min(n, P)], BOS[name] + text[-kept:])
-        assert (record["prompt_ids"][min(n, P):] == pad).all()
+        text, length = tok.encode(row["prompt"]), int(record["prompt_length"])
+        # a long prompt keeps its LAST tokens behind its bos (Llama), less the tail of a character the cut splits
+        # (at most 3 tokens); a short one is whole. Both are right-padded with the pad id.
+        assert length == n if n <= P else P - 3 <= length <= P
+        kept = length - len(BOS[name])
+        np.testing.assert_array_equal(record["prompt_ids"][:length], BOS[name] + text[len(text) - kept:])
+        assert "\ufffd" not in tok.decode(record["prompt_ids"][:length].tolist())
+        assert (record["prompt_ids"][length:] == pad).all()
         assert not record["loss_mask"].any()  # prompt-only: nothing for the ptx loss
 
 
@@ -253,8 +264,8 @@ def test_reference_answers_stored_and_read_back(tokenizers, tmp_dir, name, templ
     out = os.path.join(tmp_dir, "tasks.mindrecord")
     P, T = 120, 140
     stats = convert_prompts(src, out, name, P, T, pad, template=template, progress=False)
-    assert stats == {"count": 7, "with_response": 2, "with_answer": 6, "truncated_prompts": 0, "skipped_empty": 0,
-                     "skipped_bad": 0}
+    assert subset(stats, {"count": 7, "with_response": 2, "with_answer": 6, "truncated_prompts": 0,
+                          "prompt_tokens_lost": 0, "skipped_empty": 0, "skipped_bad": 0})
     for row, record in zip(TASK_ROWS, read_back(out)):
         prompt, response = task_text(row)
         text = prompt if template == "none" else format_chatml(prompt.strip())
@@ -342,7 +353,7 @@ def test_prompt_file_without_answers_reads_empty_answers(tmp_dir):
 def test_cli_seed_flags(tokenizers, tmp_dir, capsys):
     out = os.path.join(tmp_dir, "nested", "ppo_prompts.mindrecord")  # its folder is created
     rc = main(["--tokenizer_name_or_path", "llama", "--file_path", PROMPTS, "--output_path", out,
-               "--max_prompt_length", "24", "--seq_length", "33", "--pad_token_id", "2"])
+               "--max_prompt_length", "24", "--seq_length", "33", "--pad_token_id", "2", "--allow_truncation"])
     captured = capsys.readouterr()
     assert rc == 0
     assert "Total number of samples: 8\n" in captured.out
@@ -351,6 +362,44 @@ def test_cli_seed_flags(tokenizers, tmp_dir, capsys):
     tok = tokenizers["llama"]
     for row, record in zip(jsonl_rows(PROMPTS), read_back(out)):
         assert_record(record, reference(tok, row["prompt"], "", 24, 33, 2), 24, 33)
+
+
+BUNDLED_PROMPTS = os.path.join(ROOT, "mindrlhf", "assets", "data", "cvalues_responsibility_prompts.jsonl")
+
+
+def test_cli_refuses_when_truncation_cuts_most_prompts(tmp_dir, capsys, caplog):
+    """The bundled 664 prompts in the QA template (56 GPT-2 tokens alone) at width 64: every prompt would be cut,
+    so nothing is written and the error names the width that cuts none; the documented 224 cuts a few, with a
+    warning; --allow_truncation writes the cut ones."""
+    out = os.path.join(tmp_dir, "ppo_prompts.mindrecord")
+    flags = ["--tokenizer_name_or_path", "gpt2", "--file_path", BUNDLED_PROMPTS, "--output_path", out,
+             "--seq_length", "257", "--pad_token_id", "50256", "--template", "qa"]
+    assert main(flags + ["--max_prompt_length", "64"]) == 1
+    err = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    assert err.startswith("error: 664 of 664 prompts (100%) are longer than --max_prompt_length 64"), err
+    assert "the qa template alone is 56 tokens" in err and "--allow_truncation" in err
+    longest = int(re.search(r"the longest prompt is (\d+) tokens", err).group(1))
+    assert longest > 224 and listing(tmp_dir) == []
+    with caplog.at_level(logging.WARNING, logger="mindrlhf.data.convert_prompts"):
+        assert main(flags + ["--max_prompt_length", "224"]) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and re.match(r"prompt truncation: [1-9] of 664 prompts \(1%\)", warned[0]), warned
+    assert main(flags + ["--max_prompt_length", "64", "--allow_truncation"]) == 0
+    assert all(int(r["prompt_length"]) <= 64 for r in read_back(out))
+    capsys.readouterr()
+
+
+def test_max_truncated_share_is_the_limit(tmp_dir, capsys):
+    out = os.path.join(tmp_dir, "p.mindrecord")
+    lengths = [len(prompt_tokens(load_tokenizer("gpt2"), r["prompt"])) for r in jsonl_rows(PROMPTS)]
+    width = sorted(lengths)[5]  # cuts 2 or 3 of the 8 prompts: over 0.2, within 0.4
+    share = sum(n > width for n in lengths) / len(lengths)
+    assert 0.2 < share <= 0.4
+    flags = ["--tokenizer_name_or_path", "gpt2", "--file_path", PROMPTS, "--output_path", out,
+             "--max_prompt_length", str(width), "--seq_length", str(width + 1), "--pad_token_id", "50256"]
+    assert main(flags + ["--max_truncated_share", "0.2"]) == 1 and not os.path.exists(out)
+    assert main(flags + ["--max_truncated_share", "0.4"]) == 0 and os.path.exists(out)
+    capsys.readouterr()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -468,8 +517,8 @@ def test_skip_bad_lines_and_empty_prompts_counted(tokenizers, tmp_dir, capsys):
     src = write_lines(os.path.join(tmp_dir, "in.jsonl"), lines)
     out = os.path.join(tmp_dir, "p.mindrecord")
     stats = convert_prompts(src, out, "gpt2", 56, 80, 50256, skip_bad_lines=True, progress=False)
-    assert stats == {"count": 3, "with_response": 0, "with_answer": 0, "truncated_prompts": 1, "skipped_empty": 2,
-                     "skipped_bad": 4}
+    assert subset(stats, {"count": 3, "with_response": 0, "with_answer": 0, "truncated_prompts": 1,
+                          "skipped_empty": 2, "skipped_bad": 4})
     tok = tokenizers["gpt2"]
     records = read_back(out)
     assert len(records) == 3
@@ -595,7 +644,7 @@ def test_read_prompts_order_and_dtypes(prompt_record):
         np.testing.assert_array_equal(out[name], np.stack([stored[i][name] for i in indices]), err_msg=name)
     rows = jsonl_rows(PROMPTS)
     tok = load_tokenizer("gpt2")
-    assert out["prompt_length"].tolist() == [min(len(prompt_tokens(tok, rows[i]["prompt"])), 40) for i in indices]
+    assert out["prompt_length"].tolist() == [len(cut_prompt(tok, rows[i]["prompt"], 40)) for i in indices]
 
 
 def test_read_prompts_uses_stored_length_when_pad_is_in_text(tokenizers, tmp_dir):

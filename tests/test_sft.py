@@ -131,7 +131,15 @@ def as_prompt_response(row):
     return {"prompt": history + row["instruction"], "response": row["output"]}
 
 
+def runs(mask):
+    """``[(start, end), ...]`` of the runs of 1 in a 0/1 vector."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask, [0]])))
+    return list(zip(edges[0::2], edges[1::2]))
+
+
 def test_sharegpt_messages_and_prompt_response_match_alpaca(tokenizers, tmp_path):
+    """The same conversations in every format give the same ids; a conversation (ShareGPT / messages) also trains
+    on the history's answers, each exactly its own tokens, where alpaca's history is context only."""
     tok, rows = tokenizers["gpt2"], oasst_rows()
     convert_sft(OASST, str(tmp_path / "alpaca.mindrecord"), tok, SEQ, progress=False)
     alpaca = read_back(str(tmp_path / "alpaca.mindrecord"))
@@ -143,7 +151,16 @@ def test_sharegpt_messages_and_prompt_response_match_alpaca(tokenizers, tmp_path
         fmt = {"messages": "sharegpt", "mixed": "auto"}.get(name, name)
         assert convert_sft(write_jsonl(tmp_path / f"{name}.jsonl", variant), dst, tok, SEQ, fmt=fmt,
                            progress=False)["count"] == 6
-        assert_records_equal(read_back(dst), alpaca)
+        for k, (row, record, want) in enumerate(zip(rows, read_back(dst), alpaca)):
+            for column in ("input_ids", "attention_mask"):
+                np.testing.assert_array_equal(record[column], want[column], err_msg=f"{name} row {k} {column}")
+            conversation = name in ("sharegpt", "messages") or (name == "mixed" and k % 3 == 0)
+            extra = record["loss_mask"] - want["loss_mask"]
+            assert extra.min() == 0, name  # the last answer is trained on in every format
+            answers = [a.strip() for _, a in row["history"]] if conversation else []
+            decoded = [tok.decode(record["input_ids"][a:b].tolist()) for a, b in runs(extra)]
+            assert decoded == answers, (name, k)
+    assert sum(len(r["history"]) > 0 for r in rows) >= 2  # the comparison covers multi-turn rows
 
 
 def test_sharegpt_system_turns_and_trailing_user_turn(tmp_path):
@@ -153,8 +170,13 @@ def test_sharegpt_system_turns_and_trailing_user_turn(tmp_path):
     (example,) = cs.read_examples(write_jsonl(tmp_path / "s.jsonl", [record]))
     assert (example.system, example.history, example.query, example.response) == (
         "你是助手。", (("你好", "你好！"),), "1+1 等于几", "2")
-    assert cs.prompt_text(example) == SEED_TEMPLATE.format(
-        instruction="你是助手。\n\n" + HISTORY.format(q="你好", a="你好！") + "1+1 等于几", response="")
+    # the system text stays apart from the question: in front of the template, not inside it
+    assert cs.prompt_text(example) == "你是助手。\n\n" + SEED_TEMPLATE.format(
+        instruction=HISTORY.format(q="你好", a="你好！") + "1+1 等于几", response="")
+    segments = cs.conversation_segments(example)
+    assert [trained for _, trained in segments] == [False, True, False, True]
+    assert "".join(text for text, _ in segments) == cs.prompt_text(example) + "2"
+    assert (segments[1][0], segments[3][0]) == ("你好！", "2")
 
 
 def test_template_none_keeps_the_raw_texts(tokenizers, tmp_path):

@@ -136,6 +136,25 @@ def test_prompt_keeps_its_last_tokens_and_its_bos():
         tokenize_prompt(gpt2, "one", 0)
 
 
+def test_a_cut_prompt_never_starts_inside_a_character(named_tokenizer):
+    """Every budget over a text of 1-, 3- and 4-byte characters: the kept tokens are the text's last tokens, at most
+    3 fewer than the budget, and decode to an end of the text (no replacement character)."""
+    name, tok = named_tokenizer
+    text = "问题：鳄鱼𝄞吃什么？ answer: 答"
+    ids, bos = tok.encode(text), TOKENIZERS[name][1]
+    for budget in range(len(bos) + 1, len(bos) + len(ids) + 1):
+        kept = tokenize_prompt(tok, text, budget, whole_characters=True)
+        assert kept[:len(bos)] == bos and budget - 3 <= len(kept) <= budget
+        tail = kept[len(bos):]
+        assert tail == ids[len(ids) - len(tail):]
+        decoded = tok.decode(tail)
+        assert "\ufffd" not in decoded, (budget, decoded)
+        # TinyStories' vocabulary has no Chinese (those characters become <unk>), the others round-trip
+        assert text.endswith(decoded.lstrip(" ")) or name == "tinystories", (budget, decoded)
+    gpt2 = load_tokenizer("gpt2")
+    assert tok is not gpt2 or gpt2.decode(gpt2.encode(text)[-1:]) == "\ufffd"  # GPT-2 does split a character here
+
+
 def test_response_cut_keeps_or_drops_the_eos():
     tok = load_tokenizer("gpt2")
     words = tok.encode(" alpha beta gamma delta")

@@ -4,6 +4,10 @@ Their shell code blocks are parsed: every ``mindrlhf <command>`` (``rm <action>`
 and every ``python -m mindrlhf...`` module must answer ``--help`` with exit 0; every ``model_configs/...yaml`` path
 in the text must load with :func:`mindrlhf.config.load_config`, with the ``--set`` overrides of the commands that
 use it. The ``--help`` calls run in this process (``main(argv)`` / :mod:`runpy`), so the whole file takes seconds.
+
+The cheap commands of the README and the tutorials (the data converters, on the bundled files) are run as written,
+from the folder each document says to run them in, in a copy of the repository's layout (links to its files) so
+their outputs land in a temporary folder; identical conversions run once.
 """
 from __future__ import annotations
 
@@ -254,3 +258,117 @@ def test_every_recipe_loads(readme):
         except Exception as err:
             problems.append(f"{recipe} --set {' --set '.join(sets)}: {type(err).__name__}: {err}")
     assert not problems, f"{os.path.relpath(readme, ROOT)}:\n  " + "\n  ".join(problems)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The cheap commands, run
+
+
+README = os.path.join(ROOT, "README.md")
+# commands that convert bundled data: seconds each, in this process
+_CHEAP = re.compile(r"^(?:mindrlhf[ \t]+convert-(?:sft|preference|prompts)|python3?[ \t]+\S*(?:rlhf_data|"
+                    r"cvalues_comparison)\.py)\b")
+_OUTPUT_FLAGS = ("--dst_file", "--output_path")
+RUN_FROM_ROOT = {"README.md", "gpt2_124m_train_tutorial"}  # the others run from their own folder
+
+
+def cheap_commands(blocks: List[str]) -> List[List[str]]:
+    """The words of every cheap command line in the blocks."""
+    return [shlex.split(line) for block in blocks for line in block.splitlines() if _CHEAP.match(line.strip())]
+
+
+def mirror_repository(dst: str) -> str:
+    """``dst/repo``: the repository's top-level entries linked, ``examples/<name>/`` real folders of linked files
+    (so a command's outputs stay under ``dst``)."""
+    repo = os.path.join(dst, "repo")
+    os.makedirs(os.path.join(repo, "examples"))
+    for name in os.listdir(ROOT):
+        if name not in ("examples", ".git") and not name.startswith(".venv"):
+            os.symlink(os.path.join(ROOT, name), os.path.join(repo, name))
+    for tutorial in glob.glob(os.path.join(ROOT, "examples", "*")):
+        folder = os.path.join(repo, "examples", os.path.basename(tutorial))
+        os.makedirs(folder)
+        for name in os.listdir(tutorial):
+            if os.path.isfile(os.path.join(tutorial, name)):
+                os.symlink(os.path.join(tutorial, name), os.path.join(folder, name))
+    return repo
+
+
+def run_words(words: List[str], monkeypatch) -> int:
+    """Run ``mindrlhf ...`` or ``python script.py ...`` in this process (the current folder is the command's)."""
+    if words[0] == "mindrlhf":
+        return exit_code(lambda: mindrlhf_main(words[1:]))
+    with monkeypatch.context() as patch:
+        patch.setattr(sys, "argv", words[1:])
+        patch.setattr(sys, "path", list(sys.path))
+        return exit_code(lambda: runpy.run_path(words[1], run_name="__main__"))
+
+
+def conversion_key(words: List[str]) -> Tuple[str, ...]:
+    """A command without its output path, its input files as real paths: equal keys convert the same data."""
+    key, skip = [], False
+    for word in words:
+        if skip or word in _OUTPUT_FLAGS:
+            skip = word in _OUTPUT_FLAGS
+            continue
+        key.append(os.path.realpath(word) if os.path.exists(word) else word)
+    return tuple(key)
+
+
+def test_cheap_commands_of_the_readme_and_tutorials_run_as_written(tmp_path, monkeypatch, capsys):
+    repo = mirror_repository(str(tmp_path))
+    done, failed, ran = set(), [], 0
+    for doc in [README] + TUTORIALS:
+        name = "README.md" if doc == README else _id(doc)
+        cwd = repo if name in RUN_FROM_ROOT else os.path.join(repo, "examples", name)
+        monkeypatch.chdir(cwd)
+        for words in cheap_commands(_tutorial(doc)[1]):
+            assert not any("/path/to" in w for w in words), f"{name}: a placeholder in {' '.join(words)}"
+            if conversion_key(words) in done:
+                continue
+            done.add(conversion_key(words))
+            ran += 1
+            if run_words(words, monkeypatch) != 0:
+                failed.append(f"{name}: {' '.join(words)}\n{capsys.readouterr().err[-600:]}")
+    capsys.readouterr()
+    assert ran >= 8 and not failed, "\n".join(failed)
+
+
+_WRITTEN = re.compile(r"(?:--output_dir|--output_file_dir|--log_dir|--dst_file|--output_path|--save_data_file|"
+                      r"--output_file)[ =]([\w./-]+)")
+
+
+def test_what_the_commands_write_is_ignored_by_git():
+    """Every output path named in the README's and the tutorials' commands (from the folder they run in) is
+    covered by .gitignore, so following them leaves ``git status`` clean."""
+    import subprocess
+
+    paths = set()
+    for doc in [README] + TUTORIALS:
+        name = "README.md" if doc == README else _id(doc)
+        cwd = ROOT if name in RUN_FROM_ROOT else os.path.dirname(doc)
+        for block in _tutorial(doc)[1]:
+            for path in _WRITTEN.findall(block):
+                full = os.path.normpath(os.path.join(cwd, path))
+                if "/path/to" not in path and full.startswith(ROOT + os.sep):
+                    paths.add(os.path.relpath(full, ROOT) + "/f")  # a file in it: folder patterns match too
+    assert len(paths) >= 10
+    proc = subprocess.run(["git", "check-ignore", "--no-index", "--stdin", "-v", "-n"], cwd=ROOT, text=True,
+                          input="\n".join(sorted(paths)) + "\n", capture_output=True, timeout=60)
+    not_ignored = [line.split("\t")[-1] for line in proc.stdout.splitlines() if line.startswith("::")]
+    assert not not_ignored, f"not in .gitignore: {not_ignored}"
+
+
+def test_readme_python_imports_work():
+    """Every import line of the README's Python blocks (the Python API and the reward-function PPO) runs, and the
+    documented reward function is the shape train_ppo calls: prompts and responses as token lists."""
+    text = open(README, encoding="utf-8").read()
+    python = [body for language, body in _FENCE.findall(text) if language == "python"]
+    imports = [line for body in python for line in body.splitlines() if line.startswith(("from ", "import "))]
+    assert "from mindrlhf.models import CausalLM, load_weights" in imports
+    assert "from mindrlhf.train.ppo import train_ppo" in imports
+    namespace: dict = {}
+    exec("\n".join(imports), namespace)  # noqa: S102 - the README's own import lines
+    reward_block = next(body for body in python if "def reward_fn" in body)
+    exec(reward_block.split("\ncfg = ")[0], namespace)  # noqa: S102 - the function, not the training run
+    assert namespace["reward_fn"]([[1, 2], [3]], [[4, 50256], [5]]) == [1.0, 0.0]

@@ -26,21 +26,25 @@ def add_demo_parser(sub) -> None:
     parser.add_argument("--task", choices=TASKS, default="stories",
                         help="stories (default): PPO on a real pretrained model judged by a gold judge; cvalues: "
                              "the three stages on Chinese data with a tiny Llama")
-    seen = {}
+    from mindrlhf.tools.config_doc import field_comments
+
+    seen, what = {}, {}
     for task, cls in _settings_classes().items():
-        defaults = cls()
+        defaults, comments = cls(), field_comments(cls)
         for f in dataclasses.fields(cls):
             if f.name == "progress":
                 continue
             default = getattr(defaults, f.name)
             seen.setdefault(f.name, []).append(f"{task}: {default}")
+            what.setdefault(f.name, comments.get(f.name, ""))
             if len(seen[f.name]) == 1:
                 kind = type(default) if default is not None else int
                 parser.add_argument(f"--{f.name}", type=kind, default=None)
-    for action in parser._actions:  # help lists each task's default
+    for action in parser._actions:  # help: what the flag sets, then each task's default
         name = action.dest
         if name in seen:
-            action.help = "default " + ", ".join(seen[name])
+            action.help = f"{what[name] or name.replace('_', ' ')} (default " + ", ".join(seen[name]) + ")"
+            action.help = action.help.replace("%", "%%")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run_demo)
 
@@ -61,7 +65,8 @@ def task_settings(args):
 def run_demo(args) -> int:
     import mindspore as ms
 
-    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    ms.set_device("CPU")
+    ms.set_context(mode=ms.GRAPH_MODE)
     settings = task_settings(args)
     for handler in logging.getLogger().handlers:  # the console: progress bars and the final report tell the story
         handler.setLevel(logging.WARNING)  # (each stage's info.log still gets everything)

@@ -5,11 +5,12 @@ import dataclasses
 import json
 import logging
 import os
+import tempfile
 import time
 from typing import Optional
 
 from mindrlhf.config import RunConfig, load_config, save_config
-from mindrlhf.context import init_context
+from mindrlhf.context import add_device_argument, apply_device_target, init_context
 from mindrlhf.data.templates import apply_template
 
 logger = logging.getLogger(__name__)
@@ -26,14 +27,20 @@ def _add_common(parser) -> None:
                              "(default: the YAML's, else fresh weights)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set generation.top_k=5 (repeatable)")
+    add_device_argument(parser)
+
+
+def add_tokenizer_argument(parser) -> None:
+    """``--tokenizer`` with the default every model command shares (see :func:`choose_tokenizer`)."""
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer.json, tokenizer folder or SentencePiece .model (default: the checkpoint "
+                             "folder's own tokenizer, else the bundled one of the model family)")
 
 
 def add_generate_parser(sub) -> None:
     parser = sub.add_parser("generate", help="generate responses for prompts with KV-cache decoding")
     _add_common(parser)
-    parser.add_argument("--tokenizer", default=None,
-                        help="tokenizer.json, tokenizer folder or SentencePiece .model (default: the checkpoint "
-                             "folder's own tokenizer, else the bundled one of the model family)")
+    add_tokenizer_argument(parser)
     parser.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable; default: demo prompts)")
     parser.add_argument("--raw", action="store_true", help="do not wrap prompts in the family's chat template "
                         "(Qwen2: chatml) or the QA template")
@@ -43,8 +50,10 @@ def add_generate_parser(sub) -> None:
 
 
 def add_export_parser(sub) -> None:
-    parser = sub.add_parser("export-hf", help="write a model as a Hugging Face folder (config.json + safetensors)")
+    parser = sub.add_parser("export-hf", help="write a model as a Hugging Face folder (config.json + safetensors, "
+                                              "tokenizer files, generation_config.json)")
     _add_common(parser)
+    add_tokenizer_argument(parser)
     parser.add_argument("--output_dir", required=True, help="folder to write (replaced atomically)")
     parser.add_argument("--reward", action="store_true", help="the checkpoint is a reward model (score head)")
     parser.set_defaults(func=run_export)
@@ -52,11 +61,14 @@ def add_export_parser(sub) -> None:
 
 def run_config(args):
     """``(RunConfig, checkpoint)`` for a command: the YAML plus overrides, and the weights to load (bundled names
-    resolved to their folders; "" for none)."""
+    resolved to their folders, a training output's checkpoint root to its newest rank-0 file; "" for none)."""
     from mindrlhf.models.convert import is_hf_folder, resolve_checkpoint
+    from mindrlhf.train.checkpoint import resume_checkpoint
 
     cfg = load_config(args.config, args.overrides)
+    apply_device_target(cfg.context, args.device_target)
     checkpoint = resolve_checkpoint(args.load_checkpoint or cfg.load_checkpoint or "")
+    checkpoint = resume_checkpoint(checkpoint, 0) or checkpoint
     if not args.config and not (checkpoint and is_hf_folder(checkpoint)):
         raise SystemExit("--config is needed unless --load_checkpoint is a Hugging Face folder or a bundled model "
                          "(tinystories)")
@@ -192,6 +204,7 @@ def run_generate(args) -> int:
 
 
 def run_export(args) -> int:
+    from mindrlhf.data.tokenizer import check_tokenizer_fits, save_tokenizer
     from mindrlhf.models import RewardModel
     from mindrlhf.models.convert import hf_side_files, is_hf_folder, load_weights, save_hf_checkpoint
 
@@ -204,11 +217,33 @@ def run_export(args) -> int:
         load_weights(cell, checkpoint, cell.config)
     else:
         cell = build_policy(cfg, checkpoint)
-    # a Hugging Face source's tokenizer and generation settings travel with its weights
+    # a Hugging Face source's tokenizer and generation settings travel with its weights; what it lacks is written
     extra = hf_side_files(checkpoint) if is_hf_folder(checkpoint) else []
-    save_hf_checkpoint(cell, cell.config, args.output_dir, reward=args.reward, extra_files=extra)
-    logger.info("Hugging Face checkpoint written to %s", args.output_dir)
+    tokenizer, folder = choose_tokenizer(args.tokenizer, (checkpoint, cfg.load_checkpoint), cell.config.type)
+    try:
+        check_tokenizer_fits(tokenizer, cell.config, f"--tokenizer {args.tokenizer or tokenizer.path}")
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    with tempfile.TemporaryDirectory() as staging:
+        if args.tokenizer or not (is_hf_folder(checkpoint) and has_tokenizer(checkpoint)):
+            extra = [p for p in extra if os.path.basename(p) == "generation_config.json"]
+            extra += save_tokenizer(tokenizer, staging, cell.config.pad_token_id)
+        if not args.reward and not any(os.path.basename(p) == "generation_config.json" for p in extra):
+            extra.append(os.path.join(staging, "generation_config.json"))
+            with open(extra[-1], "w", encoding="utf-8") as f:
+                json.dump(hf_generation_config(cell.config, cfg.generation), f, indent=2)
+        save_hf_checkpoint(cell, cell.config, args.output_dir, reward=args.reward, extra_files=extra)
+    logger.info("Hugging Face checkpoint written to %s (tokenizer: %s)", args.output_dir, folder or tokenizer.path)
     return 0
+
+
+def hf_generation_config(model_cfg, generation) -> dict:
+    """``generation_config.json`` for an exported policy: its special ids and the recipe's sampling settings, so
+    ``transformers``' ``generate()`` samples as ``mindrlhf generate`` does (``top_k`` 0 is off in both)."""
+    return {"bos_token_id": model_cfg.bos_token_id, "eos_token_id": model_cfg.eos_token_id,
+            "pad_token_id": model_cfg.pad_token_id, "do_sample": generation.do_sample,
+            "max_new_tokens": generation.max_new_tokens, "temperature": generation.temperature,
+            "top_k": generation.top_k, "top_p": generation.top_p}
 
 
 def write_jsonl(records, path: str) -> None:

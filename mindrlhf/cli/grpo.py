@@ -13,7 +13,7 @@ import logging
 import os
 from typing import List, Optional
 
-from mindrlhf.cli.reward import add_overwrite_flag, join_group, str2bool
+from mindrlhf.cli.reward import add_overwrite_flag, add_use_parallel_argument, join_group
 from mindrlhf.config import load_config
 from mindrlhf.context import init_context
 
@@ -35,8 +35,7 @@ def add_grpo_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", default="", help="GRPO checkpoint root (with rank_<id>/) to continue from")
     parser.add_argument("--device_target", default=None, help="CPU, GPU or Ascend (default: the recipe's)")
     parser.add_argument("--mode", type=int, default=None, help="0 graph, 1 pynative (default: the recipe's)")
-    parser.add_argument("--use_parallel", type=str2bool, default=None,
-                        help="data-parallel run; default: yes when started by msrun or a rank-table launcher")
+    add_use_parallel_argument(parser)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value, e.g. --set grpo.beta=0.0 (repeatable)")
     parser.add_argument("--set_reward", dest="reward_overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -9,7 +9,7 @@
     mindrlhf convert-preference --model gpt2 --src_file pairs.jsonl --dst_file train.mindrecord --seq_length 256
     mindrlhf rm train --config run_gpt2_tiny_rm.yaml --train_dataset train.mindrecord
     mindrlhf convert-prompts --tokenizer_name_or_path gpt2 --file_path prompts.jsonl --output_path ppo.mindrecord \
-        --max_prompt_length 64 --seq_length 129 --pad_token_id 50256 --template qa
+        --max_prompt_length 224 --seq_length 257 --pad_token_id 50256 --template qa
     mindrlhf ppo --dataset_dir ppo.mindrecord --sft_model_path run_gpt2_tiny_ppo.yaml \
         --reward_model_path run_gpt2_tiny_rm.yaml --sft_checkpoint sft/checkpoint --reward_checkpoint rm/checkpoint
     mindrlhf grpo --config run_tinystories_656k_grpo.yaml --dataset_dir prompts.mindrecord
@@ -24,6 +24,7 @@ import logging
 import sys
 from typing import List, Optional
 
+from mindrlhf import __version__
 from mindrlhf.cli import demo as demo_cmd
 from mindrlhf.cli import evaluate as eval_cmd
 from mindrlhf.cli import dpo as dpo_cmd
@@ -54,6 +55,7 @@ def setup_logging(level: str = "INFO") -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mindrlhf", description="MindSpore-native RLHF: SFT, reward model, PPO.")
     parser.add_argument("--log_level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--version", action="version", version=f"mindrlhf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo_cmd.add_demo_parser(sub)
     generate_cmd.add_generate_parser(sub)

@@ -14,7 +14,7 @@ import logging
 import os
 from typing import List, Optional
 
-from mindrlhf.cli.reward import add_overwrite_flag, join_group, str2bool
+from mindrlhf.cli.reward import add_overwrite_flag, add_use_parallel_argument, join_group
 from mindrlhf.config import load_config
 from mindrlhf.context import init_context
 
@@ -44,8 +44,7 @@ def add_ppo_args(parser: argparse.ArgumentParser, default_stage: str = "all") ->
     parser.add_argument("--device_target", default=None, help="CPU, GPU or Ascend (default: the recipe's)")
     parser.add_argument("--mode", type=int, default=None, help="0 graph, 1 pynative (default: the recipe's)")
     parser.add_argument("--max_device_memory", default=None, help="e.g. 59GB (GPU/Ascend)")
-    parser.add_argument("--use_parallel", type=str2bool, default=None,
-                        help="data-parallel run; default: yes when started by msrun or a rank-table launcher")
+    add_use_parallel_argument(parser)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a policy-recipe value, e.g. --set ppo.kl_coef=0.05 (repeatable)")
     parser.add_argument("--set_reward", dest="reward_overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -59,7 +58,10 @@ def add_ppo_args(parser: argparse.ArgumentParser, default_stage: str = "all") ->
 
 def add_ppo_parser(sub) -> None:
     """``mindrlhf ppo``."""
-    add_ppo_args(sub.add_parser("ppo", help="stage 3: PPO against a reward model"))
+    add_ppo_args(sub.add_parser("ppo", help="stage 3: PPO against a reward model",
+                                description="Stage 3: PPO of the SFT policy against a reward model on a prompt "
+                                            "MindRecord (mindrlhf convert-prompts); per-iteration checkpoints, "
+                                            "metrics and exact resume."))
 
 
 def _stage(args) -> str:
@@ -100,8 +102,12 @@ def run_ppo(args) -> int:
     trainer = train_ppo(cfg, args.dataset_dir, reward_cfg.model.model_config, sft, reward_ckpt,
                         critic_cfg.model.model_config, critic_ckpt, args.resume, args.save_data_file, stage,
                         rank_id, rank_size)
-    logger.info("PPO stopped at iteration %d of %d (global step %d); output in %s", trainer.state.iteration,
-                cfg.ppo.epochs, trainer.state.global_step, cfg.output_dir)
+    if stage == "experience":  # the run's iteration moves on when ppo_train.py trains on the file
+        logger.info("PPO experience of iteration %d of %d written to %s; train on it with --stage train",
+                    trainer.state.iteration + 1, cfg.ppo.epochs, args.save_data_file)
+    else:
+        logger.info("PPO at iteration %d of %d (global step %d); output in %s", trainer.state.iteration,
+                    cfg.ppo.epochs, trainer.state.global_step, cfg.output_dir)
     return 0
 
 

@@ -16,8 +16,9 @@ import logging
 import os
 from typing import List, Optional, Tuple
 
+from mindrlhf.cli.generate import add_tokenizer_argument
 from mindrlhf.config import load_config
-from mindrlhf.context import init_context
+from mindrlhf.context import add_device_argument, apply_device_target, init_context
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +39,26 @@ def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
                         "holds an earlier run (its checkpoints, logs and metrics are removed first)")
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def bool_or_auto(text: str) -> Optional[bool]:
+    """``auto`` -> None (decide from the launcher), else :func:`str2bool`."""
+    return None if str(text).strip().lower() == "auto" else str2bool(text)
+
+
+def add_use_parallel_argument(parser: argparse.ArgumentParser) -> None:
+    """``--use_parallel {auto,True,False}``, parsed the same way by every training command."""
+    parser.add_argument("--use_parallel", type=bool_or_auto, default=None, metavar="{auto,True,False}",
+                        help="data-parallel run; auto (default): yes when started by msrun or a rank-table launcher")
+
+
+def _common(parser: argparse.ArgumentParser, set_example: str) -> None:
     parser.add_argument("--config", required=True, help="run_*_rm.yaml recipe")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set runner_config.epochs=1 (repeatable)")
+                        help=f"override a config value, e.g. --set {set_example} (repeatable)")
+    add_device_argument(parser)
 
 
 def add_train_args(parser: argparse.ArgumentParser) -> None:
-    _common(parser)
+    _common(parser, "runner_config.epochs=1")
     parser.add_argument("--train_dataset", default="", help="preference MindRecord (default: the YAML's "
                         "train_dataset.data_loader.dataset_dir)")
     parser.add_argument("--load_checkpoint", default=None, help="resume from a checkpoint root (with rank_<id>/) "
@@ -53,14 +66,13 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output_dir", default=None, help="logs, checkpoints and the resolved config "
                         "(default: the YAML's output_dir)")
     parser.add_argument("--run_mode", default="train", choices=["train"], help="kept for seed compatibility")
-    parser.add_argument("--use_parallel", type=str2bool, default=None,
-                        help="data-parallel run; default: yes when started by msrun or a rank-table launcher")
+    add_use_parallel_argument(parser)
     add_overwrite_flag(parser)
     parser.set_defaults(func=run_train)
 
 
 def add_eval_args(parser: argparse.ArgumentParser) -> None:
-    _common(parser)
+    _common(parser, "runner_config.batch_size=8")
     parser.add_argument("--distributed_ckpt_path", required=True,
                         help="checkpoint root (with rank_<id>/), a folder of .ckpt files, or one .ckpt")
     parser.add_argument("--load_all_ckpt", type=str2bool, default=False,
@@ -71,18 +83,24 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_infer_args(parser: argparse.ArgumentParser) -> None:
-    _common(parser)
+    _common(parser, "model.model_config.seq_length=512")
     parser.add_argument("--data_file", required=True, help=".json (list) or .jsonl of {prompt, pos_resp, neg_resp} "
                         "(or {prompt, response} / {prompt, chosen, rejected})")
-    parser.add_argument("--tokenizer", required=True, help="tokenizer file/folder or bundled name (gpt2, llama)")
-    parser.add_argument("--distributed_ckpt_path", default=None, help="checkpoint root, folder or .ckpt "
-                        "(newest is used); default: fresh weights")
+    add_tokenizer_argument(parser)
+    parser.add_argument("--distributed_ckpt_path", default=None, help="the reward model's weights: checkpoint root, "
+                        "folder, .ckpt (newest is used) or Hugging Face folder (default: none, random weights, with "
+                        "a warning)")
+    parser.add_argument("--output_file", default=None, help="JSONL of {prompt, response, score}, one line per "
+                        "scored response (default: <output_dir>/infer/scores.jsonl)")
     parser.set_defaults(func=run_infer)
 
 
 def add_reward_parser(sub) -> None:
     """``mindrlhf rm {train,eval,infer}``."""
-    rm = sub.add_parser("rm", help="reward model: train, eval, infer")
+    rm = sub.add_parser("rm", help="reward model: train, eval, infer",
+                        description="Stage 2: the reward model. train on a preference MindRecord (mindrlhf "
+                                    "convert-preference), eval the pairwise accuracy of checkpoints, infer scores "
+                                    "for responses in a JSON/JSONL file.")
     rm_sub = rm.add_subparsers(dest="rm_command", required=True, metavar="ACTION")
     add_train_args(rm_sub.add_parser("train", help="train on a preference MindRecord"))
     add_eval_args(rm_sub.add_parser("eval", help="pairwise accuracy of checkpoints"))
@@ -93,6 +111,7 @@ def _setup(args, with_log: bool = True):
     from mindrlhf.train.monitor import attach_rank_log
 
     cfg = load_config(args.config, args.overrides)
+    apply_device_target(cfg.context, args.device_target)
     init_context(cfg.context, cfg.seed)
     if with_log:
         attach_rank_log(cfg.output_dir, 0)
@@ -125,13 +144,14 @@ def run_training(args, train) -> int:
     claim_output_dir(cfg.output_dir, cfg, run_mode(resuming, args.overwrite_output_dir), rank_id,
                      f"resume it with --load_checkpoint {os.path.join(cfg.output_dir, 'checkpoint')}")
     _, result = train(cfg, args.train_dataset or None, rank_id, rank_size)
+    log = logging.getLogger(train.__module__)  # the stage's own logger: mindrlhf.train.sft or .reward
     if not result.losses:
-        logger.info("nothing left to train: the checkpoint is at the end of training (global step %d)",
-                    result.state.global_step)
+        log.info("nothing left to train: the checkpoint is at the end of training (global step %d)",
+                 result.state.global_step)
     else:
-        logger.info("training finished: global step %d, last loss %.4f, %d overflow steps and %d NaN-loss steps "
-                    "skipped; checkpoint %s", result.state.global_step, result.losses[-1], result.overflows,
-                    result.nan_losses, result.last_checkpoint)
+        log.info("training finished: global step %d, last loss %.4f, %d overflow steps and %d NaN-loss steps "
+                 "skipped; checkpoint %s", result.state.global_step, result.losses[-1], result.overflows,
+                 result.nan_losses, result.last_checkpoint)
     return 0
 
 
@@ -158,6 +178,23 @@ def responses_of(record: dict, where: str) -> List[str]:
     raise ValueError(f"{where}: needs pos_resp/neg_resp, chosen/rejected or response")
 
 
+def infer_pairs(data_file: str) -> List[Tuple[str, str]]:
+    """Every ``(prompt, response)`` of ``data_file`` in file order (prompt and response stripped, no template)."""
+    from mindrlhf.data.convert_preference import read_records
+
+    if not data_file.endswith((".json", ".jsonl")):
+        raise ValueError(f"{data_file}: data_file must be .json or .jsonl")
+    pairs = []
+    for number, record in read_records(data_file)[1]:
+        if isinstance(record, Exception):
+            raise record
+        if not isinstance(record, dict) or "prompt" not in record:
+            raise ValueError(f"{data_file}:{number}: expected an object with a 'prompt' field")
+        prompt = str(record["prompt"]).strip()
+        pairs.extend((prompt, response) for response in responses_of(record, f"{data_file}:{number}"))
+    return pairs
+
+
 def infer_samples(data_file: str, tokenizer, seq_length: int) -> Tuple[List[str], List[List[int]]]:
     """``(texts, token rows)``: every (prompt, response) of ``data_file`` as the text logged and as the ids scored.
 
@@ -167,42 +204,59 @@ def infer_samples(data_file: str, tokenizer, seq_length: int) -> Tuple[List[str]
     Scored at the last token, a row gets the reward a PPO rollout of the same tokens gets.
     """
     from mindrlhf.data.contract import encode_for_reward
-    from mindrlhf.data.convert_preference import read_records
     from mindrlhf.data.templates import format_prompt
 
-    if not data_file.endswith((".json", ".jsonl")):
-        raise ValueError(f"{data_file}: data_file must be .json or .jsonl")
     texts, rows = [], []
-    for number, record in read_records(data_file)[1]:
-        if isinstance(record, Exception):
-            raise record
-        if not isinstance(record, dict) or "prompt" not in record:
-            raise ValueError(f"{data_file}:{number}: expected an object with a 'prompt' field")
-        prompt = format_prompt(str(record["prompt"]).strip())
-        for response in responses_of(record, f"{data_file}:{number}"):
-            texts.append(prompt + response)
-            rows.append(encode_for_reward(tokenizer, prompt, response, seq_length).ids)
+    for prompt, response in infer_pairs(data_file):
+        prompt = format_prompt(prompt)
+        texts.append(prompt + response)
+        rows.append(encode_for_reward(tokenizer, prompt, response, seq_length).ids)
     return texts, rows
 
 
+def infer_tokenizer(args, model_cfg, checkpoint: str):
+    """The tokenizer ``rm infer`` encodes with, chosen as ``generate`` chooses it (``--tokenizer``, else the
+    checkpoint folder's, else the family's bundled one); one that does not belong to the model stops the
+    command: more ids than the embedding table, or another eos than the one the score is read at."""
+    from mindrlhf.cli.generate import choose_tokenizer
+    from mindrlhf.data.tokenizer import check_tokenizer_fits
+
+    tokenizer, _ = choose_tokenizer(args.tokenizer, (checkpoint,), model_cfg.type)
+    source = f"--tokenizer {args.tokenizer or tokenizer.path}"
+    try:
+        check_tokenizer_fits(tokenizer, model_cfg, source)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    if tokenizer.eos_token_id != model_cfg.eos_token_id:
+        raise SystemExit(f"error: {source}: its eos id {tokenizer.eos_token_id} is not the model's eos_token_id "
+                         f"{model_cfg.eos_token_id} (model.model_config.eos_token_id), where the reward is read: "
+                         f"this tokenizer does not belong to the model; pass the one it was trained with")
+    logger.info("tokenizer: %s", tokenizer.path)
+    return tokenizer
+
+
 def run_infer(args) -> int:
-    from mindrlhf.data.tokenizer import check_tokenizer_fits, load_tokenizer
+    from mindrlhf.cli.generate import write_jsonl
     from mindrlhf.models import RewardModel
     from mindrlhf.models.convert import is_hf_folder, load_ckpt, load_weights
     from mindrlhf.train.reward import eval_checkpoints, score_texts
 
     cfg = _setup(args)
     model_cfg = cfg.model.model_config
-    tokenizer = load_tokenizer(args.tokenizer)
-    check_tokenizer_fits(tokenizer, model_cfg, f"--tokenizer {args.tokenizer}")
+    # not the recipe's load_checkpoint: that starts training (often a causal LM, no score head), it is no scorer
+    source = args.distributed_ckpt_path
+    checkpoint = eval_checkpoints(source, load_all=False)[0] if source else ""
+    tokenizer = infer_tokenizer(args, model_cfg, checkpoint)
     texts, rows = infer_samples(args.data_file, tokenizer, model_cfg.seq_length)
     model = RewardModel(model_cfg)
-    if args.distributed_ckpt_path:
-        checkpoint = eval_checkpoints(args.distributed_ckpt_path, load_all=False)[0]
-        if is_hf_folder(checkpoint):
-            load_weights(model, checkpoint, model_cfg)
-        else:
-            load_ckpt(model, checkpoint)
+    if not checkpoint:
+        logger.warning("no --distributed_ckpt_path: scoring with random weights (seed %d); these scores mean "
+                       "nothing", cfg.seed)
+    elif is_hf_folder(checkpoint):
+        load_weights(model, checkpoint, model_cfg)
+    else:
+        load_ckpt(model, checkpoint)
+    if checkpoint:
         logger.info("scoring with %s", checkpoint)
     model.set_train(False)
     # one call: one scoring cell, compiled once for every sample
@@ -210,6 +264,10 @@ def run_infer(args) -> int:
     for text, score in zip(texts, scores):
         logger.info("Sample:\n%s", text)
         logger.info("reward score: [[%.4g]]", score)
+    path = args.output_file or os.path.join(cfg.output_dir, "infer", "scores.jsonl")
+    write_jsonl([{"prompt": prompt, "response": response, "score": float(score)}
+                 for (prompt, response), score in zip(infer_pairs(args.data_file), scores)], path)
+    logger.info("%d scores written to %s", len(scores), path)
     return 0
 
 

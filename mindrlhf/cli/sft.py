@@ -12,14 +12,10 @@ import argparse
 import logging
 from typing import List, Optional
 
-from mindrlhf.cli.reward import add_overwrite_flag, run_training, str2bool
+from mindrlhf.cli.reward import add_overwrite_flag, add_use_parallel_argument, run_training
+from mindrlhf.context import add_device_argument
 
 logger = logging.getLogger(__name__)
-
-
-def bool_or_auto(text: str) -> Optional[bool]:
-    """``auto`` -> None (decide from the launcher), else :func:`str2bool`."""
-    return None if str(text).strip().lower() == "auto" else str2bool(text)
 
 
 def add_sft_args(parser: argparse.ArgumentParser) -> None:
@@ -34,15 +30,17 @@ def add_sft_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--load_checkpoint", default=None, help="resume from a checkpoint root (with rank_<id>/) "
                         "or start from weights (.ckpt or Hugging Face folder)")
     parser.add_argument("--seed", type=int, default=None, help="global seed (default: the YAML's seed)")
-    parser.add_argument("--use_parallel", type=bool_or_auto, default=None, metavar="{auto,True,False}",
-                        help="data-parallel run; auto (default): yes when started by msrun or a rank-table launcher")
+    add_device_argument(parser)
+    add_use_parallel_argument(parser)
     add_overwrite_flag(parser)
     parser.set_defaults(func=run_sft)
 
 
 def add_sft_parser(sub) -> None:
     """``mindrlhf sft``."""
-    add_sft_args(sub.add_parser("sft", help="supervised fine-tuning on an SFT MindRecord"))
+    add_sft_args(sub.add_parser("sft", help="supervised fine-tuning on an SFT MindRecord",
+                                description="Stage 1: supervised fine-tuning of a causal LM on an SFT MindRecord "
+                                            "(mindrlhf convert-sft): next-token loss on the response tokens."))
 
 
 def run_sft(args) -> int:

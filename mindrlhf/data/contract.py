@@ -13,7 +13,9 @@ the same ids in every stage.
 Truncation:
 
 - A prompt over its budget keeps its LAST tokens (the end holds the question and the template's answer cue); a
-  prompt that had bos gets it back in front, inside the budget.
+  prompt that had bos gets it back in front, inside the budget. For PPO / GRPO prompts (the prompt converter,
+  ``whole_characters=True``) the kept tokens never start inside a character: the tokens holding the tail of a
+  character the cut splits are dropped too, so the policy never starts from half a character.
 - A response over its room is cut from the right. Two rules for the eos:
 
   - ``keep_eos=True`` (preference data, ``rm infer``): the response text is cut one token earlier, so eos stays the
@@ -68,14 +70,33 @@ def _eos(tokenizer: Tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
-def _cut_prompt(bos: List[int], ids: List[int], max_length: Optional[int]) -> List[int]:
-    """bos + the last tokens of ``ids`` that fit ``max_length`` (None: all)."""
+# A UTF-8 character is at most 4 bytes, so a cut inside one leaves at most 3 tokens of it (byte-level BPE, or
+# SentencePiece byte fallback) in front of the kept text.
+_MAX_PARTIAL_TOKENS = 3
+
+
+def _whole_characters(tokenizer: Tokenizer, ids: List[int]) -> List[int]:
+    """``ids`` (a suffix of a text's tokens) without the leading tokens that hold the tail of a character cut in
+    two: while they lead, the decoded text starts with U+FFFD, the replacement character."""
+    for start in range(min(_MAX_PARTIAL_TOKENS, len(ids)) + 1):
+        if not tokenizer.decode(ids[start:]).startswith("\ufffd"):
+            return ids[start:]
+    return ids[_MAX_PARTIAL_TOKENS:]
+
+
+def _cut_prompt(tokenizer: Tokenizer, bos: List[int], ids: List[int], max_length: Optional[int],
+                whole_characters: bool = False) -> List[int]:
+    """bos + the last tokens of ``ids`` that fit ``max_length`` (None: all), with ``whole_characters`` starting
+    at a whole character."""
     if max_length is None:
         return bos + ids
     if max_length < 1:
         raise ValueError(f"a prompt budget must be >= 1 token, got {max_length}")
     room = max_length - len(bos)
-    return bos + (ids[len(ids) - room:] if len(ids) > room else ids)
+    if len(ids) <= room:
+        return bos + ids
+    kept = ids[len(ids) - room:]
+    return bos + (_whole_characters(tokenizer, kept) if whole_characters else kept)
 
 
 def _cut_response(ids: List[int], eos: int, max_length: Optional[int], keep_eos: bool) -> List[int]:
@@ -88,13 +109,15 @@ def _cut_response(ids: List[int], eos: int, max_length: Optional[int], keep_eos:
     return full[:max_length - 1] + [eos] if keep_eos else full[:max_length]
 
 
-def tokenize_prompt(tokenizer: Tokenizer, text: str, max_length: Optional[int] = None) -> List[int]:
+def tokenize_prompt(tokenizer: Tokenizer, text: str, max_length: Optional[int] = None,
+                    whole_characters: bool = False) -> List[int]:
     """``[bos]`` (iff ``tokenizer.add_bos``) + the tokens of ``text`` (no special tokens).
 
     Over ``max_length`` (>= 1) the LAST tokens are kept; with bos the result is bos + the last ``max_length - 1``
-    text tokens.
+    text tokens. With ``whole_characters`` the kept tokens start at a whole character: a character the cut splits
+    (a token holding only its last bytes) is dropped, so the result may be up to 3 tokens shorter.
     """
-    return _cut_prompt(_bos(tokenizer), tokenizer.encode(text), max_length)
+    return _cut_prompt(tokenizer, _bos(tokenizer), tokenizer.encode(text), max_length, whole_characters)
 
 
 def tokenize_response(tokenizer: Tokenizer, text: str, max_length: Optional[int] = None,
@@ -121,7 +144,7 @@ def encode_prompt_response(tokenizer: Tokenizer, prompt: str, response: str, seq
         :class:`EncodedText`; ``prompt_ids + response_ids`` is the sequence.
     """
     bos, text_ids = _bos(tokenizer), tokenizer.encode(prompt)
-    prompt_ids = _cut_prompt(bos, text_ids, max_prompt_length)
+    prompt_ids = _cut_prompt(tokenizer, bos, text_ids, max_prompt_length)
     room = None if seq_length is None else seq_length - len(prompt_ids)
     answer_ids = tokenizer.encode(response)
     response_ids = _cut_response(answer_ids, _eos(tokenizer), room, keep_eos)

@@ -216,18 +216,33 @@ def text_field(record: dict, name: str, where: str) -> str:
     return value
 
 
+# what a record may look like, told with an error about a field of the wrong type (e.g. a chat message list)
+ACCEPTED_FORMS = ("accepted records (every text a string): cvalues {prompt, pos_resp, neg_resp}; pairwise "
+                  "{prompt, chosen, rejected}; hh {chosen, rejected} as Human/Assistant transcripts; oasst "
+                  "{instruction, input, output: [best, ..., worst], history}. Chat-style message lists "
+                  "([{role, content}, ...]) are not read: join each conversation into text first")
+
+
+def _text(record: dict, name: str, where: str) -> str:
+    """:func:`text_field`, its error for a value of the wrong type followed by the accepted record forms."""
+    try:
+        return text_field(record, name, where)
+    except ConversionError as err:
+        if record.get(name) is None:
+            raise
+        raise ConversionError(f"{err}; {ACCEPTED_FORMS}") from None
+
+
 def _pairs_cvalues(record: dict, where: str) -> List[Tuple[str, str, str]]:
-    return [(text_field(record, "prompt", where), text_field(record, "pos_resp", where),
-             text_field(record, "neg_resp", where))]
+    return [(_text(record, "prompt", where), _text(record, "pos_resp", where), _text(record, "neg_resp", where))]
 
 
 def _pairs_pairwise(record: dict, where: str) -> List[Tuple[str, str, str]]:
-    return [(text_field(record, "prompt", where), text_field(record, "chosen", where),
-             text_field(record, "rejected", where))]
+    return [(_text(record, "prompt", where), _text(record, "chosen", where), _text(record, "rejected", where))]
 
 
 def _pairs_hh(record: dict, where: str) -> List[Tuple[str, str, str]]:
-    chosen, rejected = text_field(record, "chosen", where), text_field(record, "rejected", where)
+    chosen, rejected = _text(record, "chosen", where), _text(record, "rejected", where)
     cut = chosen.rfind(HH_ASSISTANT)
     if cut < 0:
         raise ConversionError(f"{where}: field 'chosen': no {HH_ASSISTANT!r} turn in the transcript")
@@ -239,7 +254,7 @@ def _pairs_hh(record: dict, where: str) -> List[Tuple[str, str, str]]:
 
 
 def _pairs_oasst(record: dict, where: str) -> List[Tuple[str, str, str]]:
-    prompt = text_field(record, "instruction", where)
+    prompt = _text(record, "instruction", where)
     extra = record.get("input") or ""
     if not isinstance(extra, str):
         raise ConversionError(f"{where}: field 'input': expected a string, got {type(extra).__name__}")

@@ -83,18 +83,34 @@ class PromptStats:
     with_response: int = 0  # records whose pos_resp gave ptx tokens
     with_answer: int = 0  # records with a reference answer (answer / solution)
     truncated_prompts: int = 0  # prompts longer than max_prompt_length (their last tokens kept)
+    prompt_tokens: int = 0  # tokens of all written prompts before truncation (bos and template included)
+    prompt_tokens_lost: int = 0  # of those, the tokens truncation cut off
+    longest_prompt: int = 0  # tokens of the longest prompt before truncation: the --max_prompt_length that cuts none
     skipped_empty: int = 0  # empty prompt after strip()
     skipped_bad: int = 0  # bad records skipped with skip_bad_lines
 
     def as_dict(self) -> Dict[str, int]:
         return dict(self.__dict__)
 
+    def add_prompt(self, full_length: int, kept_length: int) -> None:
+        """Count one written prompt of ``full_length`` tokens of which truncation kept ``kept_length``."""
+        self.count += 1
+        self.prompt_tokens += full_length
+        self.prompt_tokens_lost += full_length - kept_length
+        self.longest_prompt = max(self.longest_prompt, full_length)
+        self.truncated_prompts += int(kept_length < full_length)
+
+    @property
+    def truncated_share(self) -> float:
+        """The share of the written prompts that truncation cut."""
+        return self.truncated_prompts / max(self.count, 1)
+
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str, response: str, max_prompt_length: int, seq_length: int,
                   pad_token_id: int) -> Dict[str, np.ndarray]:
     """One record's four fields (see the module docstring); ``prompt`` is already templated, an empty ``response``
     gives no ptx tokens (not even an eos)."""
-    prompt_tokens = tokenize_prompt(tokenizer, prompt, max_prompt_length)
+    prompt_tokens = tokenize_prompt(tokenizer, prompt, max_prompt_length, whole_characters=True)
     response_tokens = tokenize_response(tokenizer, response) if response else []
     full = (prompt_tokens + response_tokens)[:seq_length]
     prompt_ids = np.full(max_prompt_length, pad_token_id, np.int64)
@@ -165,11 +181,34 @@ def _samples(src_file: str, tokenizer: Tokenizer, max_prompt_length: int, seq_le
         response = response if template == "none" else response.strip()
         sample = encode_prompt(tokenizer, text, response, max_prompt_length, seq_length, pad_token_id)
         sample["answer"] = answer
-        stats.count += 1
+        stats.add_prompt(len(tokenize_prompt(tokenizer, text)), int(sample["prompt_length"]))
         stats.with_response += int(sample["loss_mask"].any())
         stats.with_answer += int(bool(answer))
-        stats.truncated_prompts += int(len(tokenize_prompt(tokenizer, text)) > max_prompt_length)
         yield sample
+
+
+def truncation_report(stats: PromptStats, max_prompt_length: int, template_tokens: int, template: str) -> str:
+    """One line on what truncation cut: how many prompts, how much of their text, and the length that cuts none."""
+    lost = stats.prompt_tokens_lost / max(stats.prompt_tokens, 1)
+    template_note = (f"; the {template} template alone is {template_tokens} tokens" if template != "none" else "")
+    return (f"{stats.truncated_prompts} of {stats.count} prompts ({stats.truncated_share:.0%}) are longer than "
+            f"--max_prompt_length {max_prompt_length} and lost their first tokens ({lost:.0%} of all prompt "
+            f"tokens){template_note}; the longest prompt is {stats.longest_prompt} tokens: a --max_prompt_length "
+            f"of {stats.longest_prompt} cuts none (the policy's seq_length must hold it plus max_new_tokens)")
+
+
+def check_truncation(stats: PromptStats, max_prompt_length: int, template_tokens: int, template: str,
+                     max_truncated_share: float, level: int = logging.WARNING) -> None:
+    """Log (at ``level``) when truncation cut any prompt; raise :class:`ConversionError` when it cut more than
+    ``max_truncated_share`` of them."""
+    if stats.truncated_prompts == 0:
+        return
+    report = truncation_report(stats, max_prompt_length, template_tokens, template)
+    if stats.truncated_share > max_truncated_share:
+        raise ConversionError(f"{report}. Nothing written: more than {max_truncated_share:.0%} of the prompts would "
+                              f"be cut; raise --max_prompt_length, or pass --allow_truncation to keep each "
+                              f"prompt's last tokens anyway")
+    logger.log(level, "prompt truncation: %s", report)
 
 
 def check_arguments(file_path: str, output_path: str, max_prompt_length: int, seq_length: int,
@@ -185,8 +224,15 @@ def check_arguments(file_path: str, output_path: str, max_prompt_length: int, se
 
 def convert_prompts(file_path: str, output_path: str, tokenizer: Union[str, Tokenizer], max_prompt_length: int = 2048,
                     seq_length: int = 4096, pad_token_id: int = 0, template: str = "none",
-                    skip_bad_lines: bool = False, progress: bool = True) -> Dict[str, int]:
-    """Convert prompts to the PPO MindRecord ``output_path`` (written atomically); return the statistics."""
+                    skip_bad_lines: bool = False, progress: bool = True,
+                    max_truncated_share: float = 1.0, truncation_level: int = logging.WARNING) -> Dict[str, int]:
+    """Convert prompts to the PPO MindRecord ``output_path`` (written atomically); return the statistics.
+
+    A warning names how many prompts truncation cut; over ``max_truncated_share`` of them (a share in [0, 1]; the
+    command's default is 0.1, this function's 1.0 accepts any) nothing is written and :class:`ConversionError`
+    says which ``max_prompt_length`` would cut none. ``truncation_level`` is the level of that line (the demo, which
+    narrows prompts on purpose, logs it at INFO).
+    """
     check_arguments(file_path, output_path, max_prompt_length, seq_length, template)
     try:
         tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
@@ -204,6 +250,9 @@ def convert_prompts(file_path: str, output_path: str, tokenizer: Union[str, Toke
         if stats.count == 0:
             raise ConversionError(f"{file_path}: no prompts to write (skipped: {stats.skipped_empty} empty, "
                                   f"{stats.skipped_bad} bad)")
+        template_tokens = len(tokenize_prompt(tok, apply_template(template, "")))
+        check_truncation(stats, max_prompt_length, template_tokens, template, max_truncated_share,
+                         truncation_level)
     return stats.as_dict()
 
 
@@ -221,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--template", default="none",
                         help="none (prompt as is, default), qa (the RM template) or chatml (Qwen2 chat template)")
     parser.add_argument("--skip_bad_lines", action="store_true", help="skip and count bad records instead of failing")
+    parser.add_argument("--max_truncated_share", type=float, default=0.1,
+                        help="refuse (write nothing) when more than this share of the prompts is longer than "
+                             "--max_prompt_length (default 0.1); any cut prompt is warned about")
+    parser.add_argument("--allow_truncation", action="store_true",
+                        help="write however many prompts are cut (each keeps its last --max_prompt_length tokens)")
     return parser
 
 
@@ -230,7 +284,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         stats = convert_prompts(args.file_path, args.output_path, args.tokenizer_name_or_path,
                                 args.max_prompt_length, args.seq_length, args.pad_token_id, args.template,
-                                args.skip_bad_lines)
+                                args.skip_bad_lines, max_truncated_share=1.0 if args.allow_truncation
+                                else args.max_truncated_share)
     except ConversionError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -11,14 +11,19 @@ or a JSON array:
 - ``sharegpt``: ``{"conversations": [{"from": "human" | "user" | "system", "value": ...}, {"from": "gpt" |
   "assistant", "value": ...}, ...]}``, or ``{"messages": [{"role": ..., "content": ...}, ...]}``. The LAST assistant
   turn is the response (turns after it are ignored), the user turn right before it is the query, and the earlier
-  user/assistant turns, which must alternate starting with a user turn, are the history. System turns before the
-  response are joined with ``"\\n\\n"`` and put in front of everything else, followed by ``"\\n\\n"``.
+  user/assistant turns, which must alternate starting with a user turn, are the history. EVERY assistant turn is
+  trained on (the loss mask covers the history's answers too, as chat SFT does). System turns before the response
+  are joined with ``"\\n\\n"`` and kept apart from the question: they go in front of the template, followed by
+  ``"\\n\\n"``.
 - ``prompt_response``: ``{prompt, response}``; the prompt is the query, there is no history.
 
 Prompt text: the history turns are written in the template's own markup (:data:`HISTORY_TURN`, exactly as
 :mod:`mindrlhf.data.convert_preference` writes oasst history) in front of the query. With ``--template qa``
 (default) the result is stripped and filled into the QA template, ``format_prompt(text)``, and the response is
-stripped; with ``--template none`` the prompt text and the response are used verbatim.
+stripped; with ``--template none`` the prompt text and the response are used verbatim. A system text comes first,
+outside the template. An alpaca ``history`` is context only (its answers are not trained on); a conversation's
+earlier answers are trained on: the text is cut into pieces at each answer (:func:`conversation_segments`), each
+piece tokenized on its own, so every answer's tokens are exactly its own.
 
 Prompt and response follow the tokenization contract (:mod:`mindrlhf.data.contract`): they are tokenized
 SEPARATELY (without special tokens) and concatenated, so the boundary is exact; the prompt gets the tokenizer's bos
@@ -53,7 +58,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 from tqdm import tqdm
 
-from mindrlhf.data.contract import encode_prompt_response
+from mindrlhf.data.contract import tokenize_prompt, tokenize_response
 from mindrlhf.data.convert_preference import (HISTORY_TURN, ConversionError, atomic_mindrecord, check_paths,
                                               default_pad, read_records, write_in_chunks)
 from mindrlhf.data.templates import format_prompt
@@ -80,8 +85,9 @@ class SFTExample:
     query: str  # the current question (alpaca: instruction [+ "\n" + input])
     response: str
     history: Tuple[Tuple[str, str], ...] = ()  # earlier (question, answer) turns, oldest first
-    system: str = ""  # system text put in front of the prompt
+    system: str = ""  # system text put in front of the prompt, outside the template
     line: int = 0  # 1-based line of the record in the source file
+    train_history: bool = False  # the history's answers are trained on too (conversations); alpaca: context only
 
 
 @dataclass
@@ -177,7 +183,8 @@ def _read_sharegpt(record: dict, where: str) -> SFTExample:
     if len(dialog) % 2 == 0:
         raise ConversionError(f"{where}: field '{key}[{turns[last][0]}]': the last assistant turn answers no user turn")
     texts = [text for _, _, text in dialog]
-    return SFTExample(texts[-1], turns[last][2], tuple(zip(texts[0:-1:2], texts[1:-1:2])), system)
+    return SFTExample(texts[-1], turns[last][2], tuple(zip(texts[0:-1:2], texts[1:-1:2])), system,
+                      train_history=True)
 
 
 READERS: Dict[str, Callable[[dict, str], SFTExample]] = {
@@ -234,43 +241,84 @@ def _iter_examples(path: str, total: int, records: Iterator[Tuple[int, Any]], fm
 
 
 def prompt_text(example: SFTExample, template: str = "qa") -> str:
-    """System text, history turns (:data:`HISTORY_TURN`) and the query; filled into the QA template for ``qa``."""
-    history = "".join(HISTORY_TURN.format(question=q.strip(), answer=a.strip()) for q, a in example.history)
-    text = (f"{example.system}\n\n" if example.system else "") + history + example.query
-    return format_prompt(text.strip()) if template == "qa" else text
+    """System text, then the history turns (:data:`HISTORY_TURN`) and the query, those filled into the QA template
+    for ``qa``."""
+    return "".join(text for text, _ in conversation_segments(example, template)[:-1])
 
 
-def sample_fields(prompt_ids: Sequence[int], response_ids: Sequence[int], seq_length: int,
+def conversation_segments(example: SFTExample, template: str = "qa") -> List[Tuple[str, bool]]:
+    """The sample's text as ``(text, trained)`` pieces, prompt text and answers in turn, the response last: their
+    concatenation is ``prompt_text + response``. The history's answers are pieces of their own, trained on iff
+    ``example.train_history``; adjacent untrained pieces are joined."""
+    before_answer, after_answer = HISTORY_TURN.split("{answer}")
+    pieces: List[Tuple[str, bool]] = []
+    for question, answer in example.history:
+        pieces += [(before_answer.format(question=question.strip()), False),
+                   (answer.strip(), example.train_history), (after_answer, False)]
+    pieces.append((example.query, False))
+    if template == "qa":  # the instruction (history + query) stripped and filled into the template
+        head, tail = format_prompt("\0").split("\0")
+        pieces[0] = (pieces[0][0].lstrip(), pieces[0][1])  # (the query itself when there is no history)
+        pieces[-1] = (pieces[-1][0].rstrip(), pieces[-1][1])
+        pieces = [(head, False)] + pieces + [(tail, False)]
+    if example.system:
+        pieces.insert(0, (f"{example.system.strip()}\n\n", False))
+    merged: List[Tuple[str, bool]] = []
+    for text, trained in pieces:
+        if merged and not trained and not merged[-1][1]:
+            merged[-1] = (merged[-1][0] + text, False)
+        else:
+            merged.append((text, trained))
+    response = example.response.strip() if template == "qa" else example.response
+    return merged + [(response, True)]
+
+
+def encode_segments(tokenizer: Tokenizer, segments: List[Tuple[str, bool]],
+                    seq_length: int) -> Tuple[List[int], List[int], bool]:
+    """``(ids, loss_mask, cut)`` of :func:`conversation_segments` under the tokenization contract: the first piece
+    is the prompt (bos in front iff the tokenizer's rule), each later piece tokenized on its own, the response
+    followed by eos; cut to ``seq_length`` from the right (the eos goes first, the SFT rule)."""
+    ids = tokenize_prompt(tokenizer, segments[0][0])
+    mask = [int(segments[0][1])] * len(ids)
+    for text, trained in segments[1:-1]:
+        tokens = tokenizer.encode(text)
+        ids, mask = ids + tokens, mask + [int(trained)] * len(tokens)
+    response = tokenize_response(tokenizer, segments[-1][0])
+    ids, mask = ids + response, mask + [1] * len(response)
+    return ids[:seq_length], mask[:seq_length], len(ids) > seq_length
+
+
+def sample_fields(ids: Sequence[int], loss_mask: Sequence[int], seq_length: int,
                   pad_token_id: int) -> Dict[str, np.ndarray]:
-    """The three ``(S,)`` int32 fields of one sample whose ``len(prompt_ids) + len(response_ids) <= seq_length``
-    (``response_ids`` already includes the eos)."""
-    start, end = len(prompt_ids), len(prompt_ids) + len(response_ids)
+    """The three ``(S,)`` int32 fields of one sample of ``len(ids) <= seq_length`` tokens whose ``loss_mask`` is 1
+    on the trained tokens (answers, the response and its eos)."""
+    end = len(ids)
     input_ids = np.full(seq_length, pad_token_id, np.int32)
-    input_ids[:end] = list(prompt_ids) + list(response_ids)
+    input_ids[:end] = list(ids)
     attention_mask = np.zeros(seq_length, np.int32)
     attention_mask[:end] = 1
-    loss_mask = np.zeros(seq_length, np.int32)
-    loss_mask[start:end] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+    mask = np.zeros(seq_length, np.int32)
+    mask[:end] = list(loss_mask)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": mask}
 
 
 def encode_examples(examples: Iterator[SFTExample], tokenizer: Tokenizer, seq_length: int, pad_token_id: int,
                     template: str, stats: SFTStats) -> Iterator[Dict[str, np.ndarray]]:
     """Samples for every example that is kept; skipped and truncated ones are counted in ``stats``."""
     for example in examples:
-        prompt = prompt_text(example, template)
-        response = example.response.strip() if template == "qa" else example.response
+        segments = conversation_segments(example, template)
+        prompt, response = "".join(text for text, _ in segments[:-1]), segments[-1][0]
         if not prompt.strip() or not response.strip():
             stats.skipped_empty += 1
             continue
-        encoded = encode_prompt_response(tokenizer, prompt, response, seq_length)
-        if len(encoded.prompt_ids) >= seq_length:
+        ids, mask, cut = encode_segments(tokenizer, segments, seq_length)
+        if 1 not in mask:  # the prompt fills seq_length: no token to train on
             stats.skipped_long += 1
             continue
-        stats.truncated += encoded.response_cut
-        stats.lengths["prompt"].append(len(encoded.prompt_ids))
-        stats.lengths["response"].append(len(encoded.response_ids))
-        yield sample_fields(encoded.prompt_ids, encoded.response_ids, seq_length, pad_token_id)
+        stats.truncated += cut
+        stats.lengths["prompt"].append(mask.index(1))
+        stats.lengths["response"].append(len(ids) - mask.index(1))
+        yield sample_fields(ids, mask, seq_length, pad_token_id)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -47,6 +48,15 @@ class Tokenizer:
         raise NotImplementedError
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        raise NotImplementedError
+
+    def id_to_token(self, token_id: int) -> Optional[str]:
+        """The token string of ``token_id`` (None when out of range)."""
+        raise NotImplementedError
+
+    def save_vocabulary(self, folder: str) -> Tuple[str, str]:
+        """Write the vocabulary file ``transformers`` reads into ``folder``; return ``(file name, the
+        ``tokenizer_class`` that reads it)``."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -148,6 +158,14 @@ class HFTokenizer(Tokenizer):
             ids = [i for i in ids if i not in special]
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
+    def id_to_token(self, token_id: int) -> Optional[str]:
+        return self._tok.id_to_token(int(token_id))
+
+    def save_vocabulary(self, folder: str) -> Tuple[str, str]:
+        """``tokenizer.json`` (also for a vocab.json + merges.txt source: the byte-level pipeline built from it)."""
+        self._tok.save(os.path.join(folder, "tokenizer.json"))
+        return "tokenizer.json", "PreTrainedTokenizerFast"
+
 
 class SentencePieceTokenizer(Tokenizer):
     """SentencePiece model (Llama-2 / Mistral ``tokenizer.model``)."""
@@ -177,6 +195,36 @@ class SentencePieceTokenizer(Tokenizer):
             special = {self.bos_token_id, self.eos_token_id, self.pad_token_id, self._sp.pad_id()}
             ids = [i for i in ids if i not in special and 0 <= i < self.vocab_size]
         return self._sp.decode(ids)
+
+    def id_to_token(self, token_id: int) -> Optional[str]:
+        return self._sp.id_to_piece(int(token_id)) if 0 <= int(token_id) < self.vocab_size else None
+
+    def save_vocabulary(self, folder: str) -> Tuple[str, str]:
+        """``tokenizer.model`` (the SentencePiece model file, as Llama-2 folders ship it)."""
+        shutil.copyfile(self.path, os.path.join(folder, "tokenizer.model"))
+        return "tokenizer.model", "LlamaTokenizer"
+
+
+def save_tokenizer(tokenizer: Tokenizer, folder: str, pad_token_id: Optional[int] = None) -> List[str]:
+    """Write ``tokenizer`` into ``folder`` as ``transformers.AutoTokenizer`` loads it: the vocabulary file,
+    ``tokenizer_config.json`` (class, bos / eos / pad tokens, ``add_bos_token``) and ``special_tokens_map.json``.
+
+    ``pad_token_id`` (the model's pad id) names the pad token when the tokenizer has none of its own. Returns the
+    paths written.
+    """
+    vocabulary, tokenizer_class = tokenizer.save_vocabulary(folder)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else pad_token_id
+    specials = {key: tokenizer.id_to_token(token_id) for key, token_id in (
+        ("bos_token", tokenizer.bos_token_id), ("eos_token", tokenizer.eos_token_id), ("pad_token", pad))
+        if token_id is not None}
+    config = {"tokenizer_class": tokenizer_class, **specials, "add_bos_token": bool(tokenizer.add_bos),
+              "add_eos_token": False, "clean_up_tokenization_spaces": False}
+    written = [os.path.join(folder, vocabulary)]
+    for name, content in (("tokenizer_config.json", config), ("special_tokens_map.json", specials)):
+        written.append(os.path.join(folder, name))
+        with open(written[-1], "w", encoding="utf-8") as f:
+            json.dump(content, f, indent=2, ensure_ascii=False)
+    return written
 
 
 def load_tokenizer(path: str) -> Tokenizer:

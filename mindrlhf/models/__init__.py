@@ -3,6 +3,7 @@ from mindrlhf.models.registry import build_backbone, family, list_backbones, reg
 from mindrlhf.models import bloom, gpt2, gptj, llama, qwen2  # noqa: F401  (fill the registry)
 from mindrlhf.models.policy import CausalLM, TokenLogProbs, token_logprobs
 from mindrlhf.models.reward import Critic, RewardModel
+from mindrlhf.models.convert import load_weights
 
 __all__ = ["CausalLM", "Critic", "RewardModel", "TokenLogProbs", "build_backbone", "list_backbones",
-           "family", "register_family", "token_logprobs"]
+           "family", "load_weights", "register_family", "token_logprobs"]

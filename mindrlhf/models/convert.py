@@ -17,6 +17,7 @@ layout ``transformers`` saves). Bundled models load by name: ``tinystories`` is 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import logging
 import os
@@ -241,11 +242,9 @@ def assign_parameters(cell: nn.Cell, arrays: Dict[str, np.ndarray], source: str,
     for name, param in params.items():
         if name in arrays:
             param.set_data(Tensor(arrays[name], param.dtype))
-    kept = [n for n in params if n not in arrays]
-    if kept:
-        logger.info("%s: %d parameters not in the checkpoint kept their initial values: %s", source, len(kept),
-                    ", ".join(kept))
-    return kept
+    # only names under allow_missing can be absent (new heads, the learning-rate table): the callers that start a
+    # head fresh say so themselves, and a resume's rebuilt learning-rate table is no news
+    return [n for n in params if n not in arrays]
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -492,4 +491,7 @@ def load_weights(cell: nn.Cell, path: str, cfg: ModelConfig, new_heads: bool = F
         if new_heads:  # e.g. a causal LM's weights starting a reward model: its LM head is not needed
             ignore_unexpected = tuple(ignore_unexpected) + ("lm_head.",)
         return _load_ckpt(cell, path, ("v_head.", "score.") if new_heads else (), ignore_unexpected)[1]
-    raise CheckpointError(f"{path}: not a Hugging Face folder (config.json) or a MindSpore .ckpt file")
+    newest = sorted(glob.glob(os.path.join(path, "**", "*.ckpt"), recursive=True), key=os.path.getmtime)
+    hint = (f"; it holds .ckpt files: pass one (the newest is {newest[-1]})" if os.path.isdir(path) and newest
+            else "")
+    raise CheckpointError(f"{path}: not a Hugging Face folder (config.json) or a MindSpore .ckpt file{hint}")

@@ -183,12 +183,16 @@ class LossRecorder:
 
 
 def open_log(path: str, wait_s: float, poll_interval: float) -> BinaryIO:
-    """Open ``path`` for reading, waiting up to ``wait_s`` seconds for it to appear."""
-    start = time.monotonic()
+    """Open ``path`` for reading, waiting up to ``wait_s`` seconds for it to appear (saying so once)."""
+    start, told = time.monotonic(), False
     while True:
         try:
             return open(path, "rb")
         except FileNotFoundError:
+            if wait_s > 0 and not told:
+                told = True
+                print(f"waiting up to {wait_s:g} s for {path} to appear (real-time mode follows a training run's "
+                      f"log; --parse_mode one-time reads a finished one, --log_file names it)", flush=True)
             if time.monotonic() - start >= wait_s:
                 waited = f" (waited {wait_s:g} s for it)" if wait_s > 0 else ""
                 raise FileNotFoundError(f"log file not found: {path}{waited}") from None
@@ -251,7 +255,8 @@ def parse_log(lines: Iterable[Optional[str]], recorder: LossRecorder, sink_size:
         if step is None:
             step = (len(recorder.steps) + 1) * sink_size
         recorder.add(step, point)
-        print(f"{mode_label} parsing, step:{step} loss:{point.loss}", flush=True)
+        if mode_label == "Real-time":  # following a live run, each new point is progress; a one-time read is quiet
+            print(f"{mode_label} parsing, step:{step} loss:{point.loss}", flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,7 +313,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             recorder.close()
     if not recorder.steps:
         logger.warning("no loss lines found in %s", args.log_file)
-    print(f"end parse..., size= {len(recorder.steps)}", flush=True)
+    summary = (f", steps {recorder.steps[0]}-{recorder.steps[-1]}" if recorder.steps else "")
+    print(f"end parse..., size= {len(recorder.steps)}{summary}", flush=True)
     logger.info("wrote %s and the events file in %s", recorder.png_path, args.output_file_dir)
     return status
 

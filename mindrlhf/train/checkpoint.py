@@ -178,8 +178,13 @@ def restore(train_step: nn.Cell, path: str) -> TrainState:
         raise CheckpointError(f"{path}: not a training checkpoint (no {', '.join(missing_state)}); give a "
                               f".ckpt of model weights as an initial checkpoint instead")
     params = {p.name for p in train_step.get_parameters() if p.name not in SCHEDULE_PARAMS}
-    assign_parameters(train_step, {n: v for n, v in entries.items() if n in params}, path,
-                      allow_missing=SCHEDULE_PARAMS)
+    try:
+        assign_parameters(train_step, {n: v for n, v in entries.items() if n in params}, path,
+                          allow_missing=SCHEDULE_PARAMS)
+    except CheckpointError as err:  # e.g. the SFT run's checkpoint root given to the reward model's training
+        raise CheckpointError(f"{err}. A checkpoint root (a folder with rank_<id>/) resumes a run of this same "
+                              f"stage; to start this model from another run's weights (the SFT model for the "
+                              f"reward model), pass the .ckpt file itself: --load_checkpoint {path}") from None
     state = TrainState(**{k: int(entries[k]) for k in STATE_KEYS})
     logger.info("resumed from %s at epoch %d, step %d of the epoch (global step %d)", path, state.epoch + 1,
                 state.step_in_epoch, state.global_step)
