@@ -24,6 +24,7 @@ RM_RECIPE = os.path.join(CONFIGS, "gpt2_config", "run_gpt2_tiny_rm.yaml")
 PPO_RECIPE = os.path.join(CONFIGS, "gpt2_config", "run_gpt2_tiny_ppo.yaml")
 GRPO_RECIPE = os.path.join(CONFIGS, "gpt2_config", "run_gpt2_tiny_grpo.yaml")
 TINY = os.path.join(CONFIGS, "gpt2_config", "run_gpt2_tiny.yaml")
+DPO_RECIPE = os.path.join(CONFIGS, "gpt2_config", "run_gpt2_tiny_dpo.yaml")
 DATA = os.path.join(ROOT, "tests", "data")
 OASST = os.path.join(DATA, "oasst_sft_zh_sample6.json")
 PAIRS = os.path.join(DATA, "cvalues_comparison_sample8.jsonl")
@@ -282,6 +283,13 @@ CASES = [
     Case("demo_setting_of_another_task", lambda f, o: ["demo", "--task", "stories", "--output_dir", o,
                                                        "--sft_samples", "3"],
          text("--task stories has no setting --sft_samples")),
+    Case("dpo_beta_not_positive", lambda f, o: ["dpo", "--config", DPO_RECIPE, "--train_dataset", "x",
+                                                "--output_dir", o, "--set", "dpo.beta=0"],
+         text("dpo.beta must be > 0")),
+    Case("eval_unknown_question_set", lambda f, o: ["eval", "--baseline", "tinystories", "--candidate", "tinystories",
+                                                    "--question_set", os.path.join(o, "nope.jsonl"),
+                                                    "--reward_funcs", "sentiment", "--output_dir", o],
+         text("is neither a built-in (mt_bench, cvalues) nor a file")),
 ]
 
 

@@ -44,14 +44,12 @@ def test_an_output_folder_as_weights_names_its_newest_checkpoint(sft_output):
         load_weights(CausalLM(tiny_gpt2_config()), root, tiny_gpt2_config())
 
 
-def test_chat_format_preferences_list_the_accepted_forms(tmp_path):
-    src = tmp_path / "chat.jsonl"
-    messages = [{"role": "user", "content": "Hi?"}]
-    src.write_text(json.dumps({"prompt": messages, "chosen": [{"role": "assistant", "content": "Hello."}],
-                               "rejected": [{"role": "assistant", "content": "No."}]}) + "\n")
+def test_a_preference_field_of_the_wrong_type_lists_the_accepted_forms(tmp_path):
+    src = tmp_path / "numbers.jsonl"
+    src.write_text(json.dumps({"prompt": 42, "chosen": "Hello.", "rejected": "No."}) + "\n")
     with pytest.raises(ConversionError) as err:
         convert_preference(str(src), str(tmp_path / "out.mindrecord"), "gpt2", 64, progress=False)
     message = str(err.value)
-    assert message.startswith(f"{src}:1: field 'prompt': expected a string, got list; accepted records")
-    assert "pairwise {prompt, chosen, rejected}" in message and "join each conversation into text" in message
+    assert message.startswith(f"{src}:1: field 'prompt': expected a string, got int; accepted records")
+    assert "pairwise {prompt, chosen, rejected}" in message and "chat {[prompt,] chosen, rejected}" in message
     assert not os.path.exists(tmp_path / "out.mindrecord")

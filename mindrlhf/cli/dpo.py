@@ -19,9 +19,9 @@ import os
 import sys
 from typing import List, Optional
 
-from mindrlhf.cli.reward import join_group, str2bool
+from mindrlhf.cli.reward import add_overwrite_flag, add_use_parallel_argument, join_group
 from mindrlhf.config import load_config
-from mindrlhf.context import init_context
+from mindrlhf.context import add_device_argument, apply_device_target, init_context
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,9 @@ def add_dpo_args(parser: argparse.ArgumentParser) -> None:
                         "(built-in names or module:function)")
     parser.add_argument("--tokenizer", default="", help="tokenizer the reward functions decode with (default: the "
                         "checkpoint folder's, else the model family's bundled one)")
-    parser.add_argument("--use_parallel", type=str2bool, default=None,
-                        help="data-parallel run; default: yes when started by msrun or a rank-table launcher")
+    add_device_argument(parser)
+    add_use_parallel_argument(parser)
+    add_overwrite_flag(parser)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value, e.g. --set dpo.beta=0.2 (repeatable)")
     parser.set_defaults(func=run_dpo)
@@ -114,12 +115,16 @@ def evaluate(args, cfg, policy, judge) -> dict:
 
 def run_dpo(args) -> int:
     from mindrlhf.models.convert import CheckpointError
+    from mindrlhf.runlock import claim_output_dir, run_mode
     from mindrlhf.train.dpo import train_dpo
     from mindrlhf.train.monitor import attach_rank_log
 
     cfg, judge = prepare(args)
+    apply_device_target(cfg.context, args.device_target)
     init_context(cfg.context, cfg.seed)
     rank_id, rank_size = join_group(cfg, args.use_parallel)
+    claim_output_dir(cfg.output_dir, cfg, run_mode(bool(args.resume), args.overwrite_output_dir), rank_id,
+                     f"resume it with --resume {os.path.join(cfg.output_dir, 'checkpoint')}")
     attach_rank_log(cfg.output_dir, rank_id)
     try:
         policy, result = train_dpo(cfg, args.train_dataset or None, args.sft_checkpoint, args.resume, rank_id,

@@ -17,6 +17,7 @@ import logging
 import os
 from typing import List, Optional
 
+from mindrlhf.context import add_device_argument
 from mindrlhf.evaluation import EvalConfig
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ def add_eval_parser(sub) -> None:
         else:
             parser.add_argument(f"--{f.name}", type=type(default), default=default, help=f"default {default}")
     parser.add_argument("--output_dir", default="output/eval", help="folder of the report and answers")
+    add_device_argument(parser)
     parser.set_defaults(func=run_eval)
 
 
@@ -161,7 +163,7 @@ def prepare(args):
     """``(EvalConfig, questions, baseline, candidate, judge)``; every bad input is a ``ValueError`` / ``OSError``
     raised here, the cheap checks (settings, question set, judge choice, reward functions) first."""
     from mindrlhf.config import load_config
-    from mindrlhf.context import init_context
+    from mindrlhf.context import apply_device_target, init_context
     from mindrlhf.evaluation import load_question_set
 
     cfg = EvalConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)})
@@ -176,6 +178,7 @@ def prepare(args):
         load_reward_funcs(specs)  # unknown names and bad options fail before any model is built
     pairwise = pairwise_judge(args.pairwise_judge) if args.pairwise_judge else None
     run_cfg = load_config(args.config)
+    apply_device_target(run_cfg.context, args.device_target)
     init_context(run_cfg.context, run_cfg.seed)
     baseline, candidate = (load_policy(name, getattr(args, name), run_cfg, args.tokenizer, bool(args.config),
                                        getattr(args, other)) for name, other in PAIRS)

@@ -216,11 +216,11 @@ def text_field(record: dict, name: str, where: str) -> str:
     return value
 
 
-# what a record may look like, told with an error about a field of the wrong type (e.g. a chat message list)
-ACCEPTED_FORMS = ("accepted records (every text a string): cvalues {prompt, pos_resp, neg_resp}; pairwise "
-                  "{prompt, chosen, rejected}; hh {chosen, rejected} as Human/Assistant transcripts; oasst "
-                  "{instruction, input, output: [best, ..., worst], history}. Chat-style message lists "
-                  "([{role, content}, ...]) are not read: join each conversation into text first")
+# what a record may look like, told with an error about a field of the wrong type
+ACCEPTED_FORMS = ("accepted records: cvalues {prompt, pos_resp, neg_resp}; pairwise {prompt, chosen, rejected} "
+                  "(strings); hh {chosen, rejected} as Human/Assistant transcripts; oasst {instruction, input, "
+                  "output: [best, ..., worst], history}; chat {[prompt,] chosen, rejected} as message lists "
+                  "([{role, content}, ...]); sharegpt {conversations, chosen, rejected} (LLaMA-Factory)")
 
 
 def _text(record: dict, name: str, where: str) -> str:
