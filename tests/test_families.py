@@ -113,6 +113,31 @@ def test_transformers_checkpoint_loads_into_ours(family_model, tied, tmp_dir):
     assert max_abs_diff(ms_numpy(lm, ids, mask), ref, mask) <= TOL
 
 
+def test_sharded_and_head_only_tied_checkpoints_load(family_model, tmp_dir):
+    """A tied checkpoint in shards with an index, and one storing the shared matrix only as ``lm_head.weight``."""
+    from safetensors.numpy import save_file
+
+    family = family_model[0]
+    torch.manual_seed(1)
+    hf = transformers.AutoModelForCausalLM.from_config(hf_config(family, True), attn_implementation="eager").eval()
+    sharded, head_only = os.path.join(tmp_dir, "sharded"), os.path.join(tmp_dir, "head_only")
+    hf.save_pretrained(sharded, max_shard_size="20KB")
+    assert os.path.exists(os.path.join(sharded, "model.safetensors.index.json"))
+    hf.config.save_pretrained(head_only)
+    tables = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
+    table = next(n for n in hf.state_dict() if n.endswith(tables))
+    tensors = {n: t.detach().numpy().copy() for n, t in hf.state_dict().items() if n != table}
+    tensors["lm_head.weight"] = hf.state_dict()[table].numpy().copy()
+    save_file(tensors, os.path.join(head_only, "model.safetensors"), metadata={"format": "pt"})
+    ids, mask = padded_batch(NEW_FAMILY_CONFIGS[family](), side="left")
+    ref = torch_forward(hf, ids, mask, positions_from_mask(mask)).logits.numpy()
+    for folder in (sharded, head_only):
+        cfg = model_config_from_hf_folder(folder)
+        lm = CausalLM(cfg)
+        assert load_hf_checkpoint(lm, folder, cfg) == []
+        assert max_abs_diff(ms_numpy(lm, ids, mask), ref, mask) <= TOL, folder
+
+
 def test_reward_model_and_critic_match_transformers(family_model, tmp_dir):
     family, lm, _ = family_model
     cfg = lm.config
