@@ -72,6 +72,20 @@ def test_logits_match_transformers_on_padded_batches(family_model, side, ms_mode
     assert max_abs_diff(ours, ref, mask) <= TOL, f"{family} {side} padding, {ms_mode}"
 
 
+def test_float16_compute_is_close_to_float32(family_model):
+    family, lm, _ = family_model
+    set_mode("pynative")
+    half = CausalLM(dataclasses.replace(lm.config, compute_dtype="float16"))
+    for src, dst in zip(lm.get_parameters(), half.get_parameters()):
+        assert src.name == dst.name
+        dst.set_data(src.data)
+    ids, mask = padded_batch(lm.config, side="left")
+    full, low = ms_numpy(lm, ids, mask), ms_numpy(half, ids, mask)
+    assert low.dtype == np.float32  # logits leave the head in float32 whatever the compute dtype
+    diff = max_abs_diff(full, low, mask)
+    assert 0 < diff < 1e-2 * np.abs(full).max(), (family, diff)
+
+
 def test_cached_greedy_equals_uncached_and_transformers(family_model):
     family, lm, hf = family_model
     set_mode("graph")
