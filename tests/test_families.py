@@ -218,6 +218,20 @@ def test_generate_takes_tokenizer_bos_and_template_from_the_family():
     assert prompt_template("qwen2") == "chatml" and prompt_template("bloom") == "qa"
 
 
+@pytest.mark.parametrize("recipe,flags", [("gptj_config/run_gptj_tiny.yaml", []),
+                                          ("bloom_config/run_bloom_tiny.yaml", ["--tokenizer", "gpt2"])],
+                         ids=["gptj_bundled_tokenizer", "bloom_explicit_tokenizer"])
+def test_generate_command_runs_the_tiny_recipes(recipe, flags, tmp_dir):
+    out = os.path.join(tmp_dir, "samples.jsonl")
+    proc = cli("generate", "--config", os.path.join(RECIPES, recipe), *flags, "--prompt", "Hello",
+               "--set", "generation.max_new_tokens=4", "--set", f"output_dir={tmp_dir}", "--output_file", out,
+               cwd=tmp_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(out, encoding="utf-8") as f:
+        (record,) = [json.loads(line) for line in f]
+    assert record["prompt"] == "Hello" and 1 <= record["response_tokens"] <= 4
+
+
 def write_config(folder: str, **fields) -> str:
     with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
         json.dump(fields, f)
