@@ -72,6 +72,20 @@ def test_logits_match_transformers_on_padded_batches(family_model, side, ms_mode
     assert max_abs_diff(ours, ref, mask) <= TOL, f"{family} {side} padding, {ms_mode}"
 
 
+def test_float16_compute_is_close_to_float32(family_model):
+    family, lm, _ = family_model
+    set_mode("pynative")
+    half = CausalLM(dataclasses.replace(lm.config, compute_dtype="float16"))
+    for src, dst in zip(lm.get_parameters(), half.get_parameters()):
+        assert src.name == dst.name
+        dst.set_data(src.data)
+    ids, mask = padded_batch(lm.config, side="left")
+    full, low = ms_numpy(lm, ids, mask), ms_numpy(half, ids, mask)
+    assert low.dtype == np.float32  # logits leave the head in float32 whatever the compute dtype
+    diff = max_abs_diff(full, low, mask)
+    assert 0 < diff < 1e-2 * np.abs(full).max(), (family, diff)
+
+
 def test_cached_greedy_equals_uncached_and_transformers(family_model):
     family, lm, hf = family_model
     set_mode("graph")
@@ -111,6 +125,31 @@ def test_transformers_checkpoint_loads_into_ours(family_model, tied, tmp_dir):
     ids, mask = padded_batch(cfg, side="left")
     ref = torch_forward(hf, ids, mask, positions_from_mask(mask)).logits.numpy()
     assert max_abs_diff(ms_numpy(lm, ids, mask), ref, mask) <= TOL
+
+
+def test_sharded_and_head_only_tied_checkpoints_load(family_model, tmp_dir):
+    """A tied checkpoint in shards with an index, and one storing the shared matrix only as ``lm_head.weight``."""
+    from safetensors.numpy import save_file
+
+    family = family_model[0]
+    torch.manual_seed(1)
+    hf = transformers.AutoModelForCausalLM.from_config(hf_config(family, True), attn_implementation="eager").eval()
+    sharded, head_only = os.path.join(tmp_dir, "sharded"), os.path.join(tmp_dir, "head_only")
+    hf.save_pretrained(sharded, max_shard_size="20KB")
+    assert os.path.exists(os.path.join(sharded, "model.safetensors.index.json"))
+    hf.config.save_pretrained(head_only)
+    tables = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
+    table = next(n for n in hf.state_dict() if n.endswith(tables))
+    tensors = {n: t.detach().numpy().copy() for n, t in hf.state_dict().items() if n != table}
+    tensors["lm_head.weight"] = hf.state_dict()[table].numpy().copy()
+    save_file(tensors, os.path.join(head_only, "model.safetensors"), metadata={"format": "pt"})
+    ids, mask = padded_batch(NEW_FAMILY_CONFIGS[family](), side="left")
+    ref = torch_forward(hf, ids, mask, positions_from_mask(mask)).logits.numpy()
+    for folder in (sharded, head_only):
+        cfg = model_config_from_hf_folder(folder)
+        lm = CausalLM(cfg)
+        assert load_hf_checkpoint(lm, folder, cfg) == []
+        assert max_abs_diff(ms_numpy(lm, ids, mask), ref, mask) <= TOL, folder
 
 
 def test_reward_model_and_critic_match_transformers(family_model, tmp_dir):
@@ -177,6 +216,20 @@ def test_generate_takes_tokenizer_bos_and_template_from_the_family():
     assert prompt_bos(bare, None, cfg) is None  # Qwen2 prompts carry no bos
     assert prompt_bos(bare, None, dataclasses.replace(cfg, type="llama")) == 7
     assert prompt_template("qwen2") == "chatml" and prompt_template("bloom") == "qa"
+
+
+@pytest.mark.parametrize("recipe,flags", [("gptj_config/run_gptj_tiny.yaml", []),
+                                          ("bloom_config/run_bloom_tiny.yaml", ["--tokenizer", "gpt2"])],
+                         ids=["gptj_bundled_tokenizer", "bloom_explicit_tokenizer"])
+def test_generate_command_runs_the_tiny_recipes(recipe, flags, tmp_dir):
+    out = os.path.join(tmp_dir, "samples.jsonl")
+    proc = cli("generate", "--config", os.path.join(RECIPES, recipe), *flags, "--prompt", "Hello",
+               "--set", "generation.max_new_tokens=4", "--set", f"output_dir={tmp_dir}", "--output_file", out,
+               cwd=tmp_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(out, encoding="utf-8") as f:
+        (record,) = [json.loads(line) for line in f]
+    assert record["prompt"] == "Hello" and 1 <= record["response_tokens"] <= 4
 
 
 def write_config(folder: str, **fields) -> str:

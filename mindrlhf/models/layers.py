@@ -11,7 +11,9 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
 
-NEG_INF = -1e9  # additive bias for masked attention scores (finite, so fully masked rows stay NaN-free)
+# additive bias for masked attention scores: finite in float16 and bfloat16 too (-1e9 overflows float16 to -inf),
+# so the fully masked rows of pad queries stay NaN-free in every compute dtype; exp(-30000) is 0 in float32
+NEG_INF = -3.0e4
 
 
 def cast(x, dtype):
