@@ -17,6 +17,7 @@ graph. :func:`merge_lora` folds ``W + (alpha / r) B A`` into the base and remove
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from typing import Dict, List, Tuple
@@ -176,3 +177,61 @@ def merge_lora(model: nn.Cell) -> List[str]:
         setattr(parent, attr, adopt(Linear.__new__(Linear), layer))
     rename_parameters(model)
     return merged
+
+
+def prepare_lora(model: nn.Cell, cfg: LoRAConfig, heads=()) -> List[str]:
+    """:func:`apply_lora` with the stage's ``heads`` (name prefixes: ``v_head``, ``score``) trained in full, when
+    ``cfg`` enables adapters; otherwise nothing (full fine-tuning). Returns the adapted layer names."""
+    if not cfg.enabled:
+        return []
+    return apply_lora(model, dataclasses.replace(cfg, trainable=list(cfg.trainable) + list(heads)))
+
+
+def has_adapters(model: nn.Cell) -> bool:
+    """``model`` holds LoRA layers."""
+    return bool(lora_layers(model))
+
+
+def adapter_parameters(model: nn.Cell) -> Dict[str, Parameter]:
+    """What an adapter checkpoint of ``model`` holds: its trainable parameters (adapters, trained heads) and the
+    adapter scales, by name; the frozen base is rebuilt from where it came from."""
+    return {p.name: p for p in model.get_parameters()
+            if not p.name.startswith("kv_cache") and (p.requires_grad or p.name.endswith("." + LORA_SCALE))}
+
+
+class WithoutAdapters:
+    """``scorer(*inputs)`` run with ``model``'s adapters off: the base model's outputs from the same weights (the
+    reference of PPO, GRPO and DPO under LoRA; no second copy of the base). The outputs are computed before the
+    adapters are switched back on."""
+
+    def __init__(self, scorer, model: nn.Cell):
+        self.scorer, self.model = scorer, model
+
+    def __call__(self, *inputs):
+        set_adapters_enabled(self.model, False)
+        try:
+            outputs = self.scorer(*inputs)
+            ms.runtime.synchronize()
+            return outputs
+        finally:
+            set_adapters_enabled(self.model, True)
+
+
+def reference_scorer(scorer, ref: nn.Cell, policy: nn.Cell):
+    """``scorer`` over the reference: as it is for a separate reference model, wrapped in :class:`WithoutAdapters`
+    when the reference is the adapted policy itself."""
+    return WithoutAdapters(scorer, policy) if ref is policy and has_adapters(policy) else scorer
+
+
+def fold_lora_arrays(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """A state dict with adapters (``<layer>.lora_A/lora_B/lora_scale``) as one with each folded into its
+    ``<layer>.weight`` (``W + scale B A``): what a model without adapters loads."""
+    out = dict(arrays)
+    for name in [n for n in arrays if n.endswith(".lora_A")]:
+        layer = name[:-len(".lora_A")]
+        a, b = out.pop(name), out.pop(f"{layer}.lora_B")
+        scale = float(out.pop(f"{layer}.{LORA_SCALE}"))
+        weight = out[f"{layer}.weight"]
+        out[f"{layer}.weight"] = (weight.astype(np.float64) + scale * (b.astype(np.float64) @ a.astype(np.float64))
+                                  ).astype(weight.dtype)
+    return out
