@@ -1,12 +1,15 @@
 """LoRA in the training stages (graph mode, CPU, tiny models): SFT trains adapters only and its checkpoint loads
 into a plain model merged; PPO trains the policy's adapters and value head against a reference that is the same
-weights with adapters off, saves the adapters alone and resumes exactly; GRPO's reference is the policy itself."""
+weights with adapters off, saves the adapters alone and resumes exactly; GRPO's reference is the policy itself;
+DPO's reference is the base, precomputed or scored on the fly with the adapters off."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import numpy as np
+import pytest
 from mindspore import Tensor
 
 from mindrlhf.config import LoRAConfig
@@ -14,10 +17,13 @@ from mindrlhf.models import CausalLM
 from mindrlhf.models.convert import load_ckpt, save_ckpt
 from mindrlhf.models.lora import lora_layers
 from mindrlhf.train.checkpoint import latest_checkpoint, read_ckpt
+from mindrlhf.train.dpo import train_dpo
 from mindrlhf.train.grpo import build_policy_and_ref
 from mindrlhf.train.ppo import train_ppo
 from mindrlhf.train.sft import train_sft
 from tests.helpers import parameter_arrays, set_mode
+from tests.test_dpo import config as dpo_config
+from tests.test_dpo import pairs  # noqa: F401  (the preference MindRecord fixture)
 from tests.test_ppo import metrics, run_config, target_reward, write_prompts
 from tests.test_sft import sft_config, train_file  # noqa: F401  (the SFT MindRecord fixture)
 
@@ -84,3 +90,17 @@ def test_grpo_reference_is_the_policy_with_adapters():
     policy, ref = build_policy_and_ref(run_config("unused").model.model_config, lora=LORA)
     assert ref is policy and len(lora_layers(policy)) == 4
     assert all(".lora_" in p.name for p in policy.trainable_params())
+
+
+def test_lora_dpo_reference_is_the_base_precomputed_or_on_the_fly(pairs, tmp_dir):  # noqa: F811
+    """The precomputed reference is scored before any step (adapters at zero); the on-the-fly one while the
+    adapters train, with them switched off: the two runs agree only if that really is the base."""
+    set_mode("graph")
+    runs = {}
+    for name, extra in (("precomputed", ()), ("on_the_fly", ("dpo.precompute_ref_log_probs=False",))):
+        policy, result = train_dpo(dpo_config(os.path.join(tmp_dir, name), *LORA_FLAGS, *extra), pairs)
+        runs[name] = (parameter_arrays(policy), result)
+    (weights, result), (fly_weights, fly) = runs["precomputed"], runs["on_the_fly"]
+    assert result.losses[0] == pytest.approx(math.log(2), abs=1e-6) and result.losses[-1] < result.losses[0]
+    np.testing.assert_allclose(fly.losses, result.losses, atol=1e-5)
+    assert max(float(np.abs(weights[n] - fly_weights[n]).max()) for n in weights) <= 1e-5

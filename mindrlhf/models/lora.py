@@ -217,10 +217,10 @@ class WithoutAdapters:
             set_adapters_enabled(self.model, True)
 
 
-def reference_scorer(scorer, ref: nn.Cell, policy: nn.Cell):
-    """``scorer`` over the reference: as it is for a separate reference model, wrapped in :class:`WithoutAdapters`
-    when the reference is the adapted policy itself."""
-    return WithoutAdapters(scorer, policy) if ref is policy and has_adapters(policy) else scorer
+def reference_scorer(scorer, ref: nn.Cell):
+    """``scorer`` over the reference model ``ref``: as it is for a separate reference, wrapped in
+    :class:`WithoutAdapters` when ``ref`` is an adapted policy (a reference is always scored as the base)."""
+    return WithoutAdapters(scorer, ref) if has_adapters(ref) else scorer
 
 
 def fold_lora_arrays(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:

@@ -132,7 +132,7 @@ class RolloutMaker:
         self.policy_scorer = RolloutScorer(policy, prompt_width, with_values=with_values, critic=critic,
                                            temperature=temperature)
         self.ref_scorer = reference_scorer(RolloutScorer(ref, prompt_width, with_values=False,
-                                                         temperature=temperature), ref, policy)
+                                                         temperature=temperature), ref)
         self.reward = reward
         self.policy, self.critic, self.ref = policy, critic, ref
         self.timings: Dict[str, float] = {}
