@@ -350,7 +350,9 @@ def save_hf_checkpoint(cell: nn.Cell, cfg: ModelConfig, folder: str, reward: Opt
     """
     from safetensors.numpy import save_file
 
-    arrays = {name: p.asnumpy() for name, p in cell_parameters(cell).items()}
+    from mindrlhf.models.lora import fold_lora_arrays
+
+    arrays = fold_lora_arrays({name: p.asnumpy() for name, p in cell_parameters(cell).items()})  # LoRA merged
     if reward is None:
         reward = "score.weight" in arrays
     hf_arrays = ours_to_hf(arrays, cfg)
