@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
-from mindrlhf.config import LoRAConfig
+from mindrlhf.cli import main as cli_main
+from mindrlhf.config import LoRAConfig, save_config
 from mindrlhf.models import CausalLM
 from mindrlhf.models.convert import load_ckpt, save_ckpt
 from mindrlhf.models.lora import lora_layers
@@ -21,7 +22,7 @@ from mindrlhf.train.dpo import train_dpo
 from mindrlhf.train.grpo import build_policy_and_ref
 from mindrlhf.train.ppo import train_ppo
 from mindrlhf.train.sft import train_sft
-from tests.helpers import parameter_arrays, set_mode
+from tests.helpers import load_transformers, parameter_arrays, set_mode, torch_forward
 from tests.test_dpo import config as dpo_config
 from tests.test_dpo import pairs  # noqa: F401  (the preference MindRecord fixture)
 from tests.test_ppo import metrics, run_config, target_reward, write_prompts
@@ -60,10 +61,12 @@ def lora_ppo_config(out, epochs=3):
 
 
 def test_lora_ppo_trains_against_the_base_and_resumes_exactly_from_adapters_alone(tmp_dir):
+    """... and ``mindrlhf export-hf`` puts the adapter-only checkpoint over its base: merged, or in PEFT's layout."""
     set_mode("graph")
     prompts_file = write_prompts(os.path.join(tmp_dir, "prompts.mindrecord"))
     straight = os.path.join(tmp_dir, "straight")
-    trainer = train_ppo(lora_ppo_config(straight), prompts_file, target_reward)
+    base = save_ckpt(CausalLM(lora_ppo_config(straight).model.model_config), os.path.join(tmp_dir, "base.ckpt"))
+    trainer = train_ppo(lora_ppo_config(straight), prompts_file, target_reward, sft_checkpoint=base)
     models = trainer.models
     assert models.ref is models.policy  # no second copy of the base
     trained = {p.name for p in trainer.step.weights}
@@ -72,8 +75,10 @@ def test_lora_ppo_trains_against_the_base_and_resumes_exactly_from_adapters_alon
     assert abs(kl[0]) < 1e-5 and kl[-1] > 1e-4, kl  # the reference is the base, not the moving policy
 
     parts = os.path.join(tmp_dir, "parts")
-    assert train_ppo(lora_ppo_config(parts), prompts_file, target_reward, stop_after=2).state.iteration == 2
-    train_ppo(lora_ppo_config(parts), prompts_file, target_reward, resume=os.path.join(parts, "checkpoint"))
+    assert train_ppo(lora_ppo_config(parts), prompts_file, target_reward, sft_checkpoint=base,
+                     stop_after=2).state.iteration == 2
+    train_ppo(lora_ppo_config(parts), prompts_file, target_reward, sft_checkpoint=base,
+              resume=os.path.join(parts, "checkpoint"))
 
     final = "checkpoint/rank_0/policy_model_epoch_2.ckpt"
     reference, resumed = read_ckpt(os.path.join(straight, final)), read_ckpt(os.path.join(parts, final))
@@ -104,3 +109,25 @@ def test_lora_dpo_reference_is_the_base_precomputed_or_on_the_fly(pairs, tmp_dir
     assert result.losses[0] == pytest.approx(math.log(2), abs=1e-6) and result.losses[-1] < result.losses[0]
     np.testing.assert_allclose(fly.losses, result.losses, atol=1e-5)
     assert max(float(np.abs(weights[n] - fly_weights[n]).max()) for n in weights) <= 1e-5
+    export_and_compare(trainer, base, os.path.join(straight, final), tmp_dir)
+
+
+def export_and_compare(trainer, base, adapters, tmp_dir):
+    """``export-hf`` of base + adapters, merged and as PEFT, against the trained policy's logits in
+    ``transformers`` (``peft`` for the adapter folder)."""
+    from peft import PeftModel
+
+    recipe = os.path.join(tmp_dir, "recipe.yaml")
+    save_config(trainer.cfg, recipe)
+    common = ["export-hf", "--config", recipe, "--load_checkpoint", base, "--adapter", adapters]
+    merged, peft_dir, hf_base = (os.path.join(tmp_dir, n) for n in ("merged", "peft", "hf_base"))
+    assert cli_main.main([*common, "--output_dir", merged]) == 0
+    assert cli_main.main([*common, "--peft", "--output_dir", peft_dir]) == 0
+    assert cli_main.main(["export-hf", "--config", recipe, "--load_checkpoint", base, "--output_dir", hf_base]) == 0
+    policy = trainer.models.policy
+    policy.set_train(False)
+    ids = np.array([[5, 9, 30, 7, 10, 42, 8, 11]], np.int32)
+    mask = np.ones_like(ids)
+    ours = policy(Tensor(ids), Tensor(mask)).asnumpy()
+    for hf_model in (load_transformers(merged), PeftModel.from_pretrained(load_transformers(hf_base), peft_dir)):
+        np.testing.assert_allclose(torch_forward(hf_model.eval(), ids, mask).logits.numpy(), ours, atol=1e-4)

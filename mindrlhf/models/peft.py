@@ -10,17 +10,18 @@ adapter folder.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 from mindspore import nn
 
 from mindrlhf.config import ConfigError, LoRAConfig
 from mindrlhf.models.convert import (BACKBONE_PREFIX, CheckpointError, _atomic_dir, _replace_dir, assign_parameters)
-from mindrlhf.models.lora import apply_lora, lora_layers
+from mindrlhf.models.lora import LORA_SCALE, apply_lora, lora_layers
 from mindrlhf.models.registry import family
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -96,9 +97,8 @@ def read_peft_config(folder: str) -> Dict:
     return config
 
 
-def load_peft_adapter(model: nn.Cell, model_type: str, folder: str, trainable=()) -> List[str]:
-    """Add the adapters of a PEFT LoRA folder to ``model`` (its base weights already loaded); returns the adapted
-    layer names. :class:`CheckpointError` when the adapters do not fit the model (a module it lacks, other shapes)."""
+def peft_arrays(folder: str, model_type: str) -> Tuple[Dict[str, np.ndarray], LoRAConfig]:
+    """A PEFT LoRA folder's tensors under our names (``<layer>.lora_A`` / ``.lora_B``) and its settings."""
     from safetensors.numpy import load_file
 
     config = read_peft_config(folder)
@@ -112,13 +112,48 @@ def load_peft_adapter(model: nn.Cell, model_type: str, folder: str, trainable=()
         modules.add(layer)
         arrays[f"{layer}.lora_{kind[0]}"] = array
     lora = LoRAConfig(r=int(config["r"]), alpha=float(config.get("lora_alpha", 8)),
-                      dropout=float(config.get("lora_dropout", 0.0)), target_modules=sorted(modules),
-                      trainable=list(trainable))
+                      dropout=float(config.get("lora_dropout", 0.0)), target_modules=sorted(modules))
+    return arrays, lora
+
+
+def load_peft_adapter(model: nn.Cell, model_type: str, folder: str, trainable=()) -> List[str]:
+    """Add the adapters of a PEFT LoRA folder to ``model`` (its base weights already loaded); returns the adapted
+    layer names. :class:`CheckpointError` when the adapters do not fit the model (a module it lacks, other shapes)."""
+    arrays, lora = peft_arrays(folder, model_type)
+    return attach_adapters(model, arrays, dataclasses.replace(lora, trainable=list(trainable)), folder)
+
+
+def ckpt_adapter_arrays(path: str) -> Tuple[Dict[str, np.ndarray], LoRAConfig]:
+    """The adapters of a MindSpore checkpoint (a LoRA run's adapter-only RL checkpoint, or a full LoRA training
+    checkpoint) under our names, with the rank and alpha they were trained with."""
+    from mindrlhf.train.checkpoint import read_ckpt
+
+    entries = read_ckpt(path)
+    layers = sorted(n[:-len(".lora_A")] for n in entries if n.endswith(".lora_A"))
+    if not layers:
+        raise CheckpointError(f"{path}: holds no LoRA adapters (no <layer>.lora_A entries)")
+    r = int(entries[f"{layers[0]}.lora_A"].shape[0])
+    alpha = float(np.asarray(entries[f"{layers[0]}.{LORA_SCALE}"]).reshape(())) * r
+    arrays = {f"{layer}.lora_{k}": entries[f"{layer}.lora_{k}"] for layer in layers for k in "AB"}
+    return arrays, LoRAConfig(r=r, alpha=alpha, target_modules=layers)
+
+
+def load_adapter(model: nn.Cell, model_type: str, path: str, trainable=()) -> List[str]:
+    """Add the adapters of ``path`` (a PEFT folder or a MindSpore ``.ckpt`` holding them) to ``model``."""
+    if os.path.isdir(path):
+        return load_peft_adapter(model, model_type, path, trainable)
+    arrays, lora = ckpt_adapter_arrays(path)
+    return attach_adapters(model, arrays, dataclasses.replace(lora, trainable=list(trainable)), path)
+
+
+def attach_adapters(model: nn.Cell, arrays: Dict[str, np.ndarray], lora: LoRAConfig, source: str) -> List[str]:
+    """:func:`apply_lora` for ``lora`` then the adapters' values from ``arrays`` (our names); errors name
+    ``source``."""
     try:
         adapted = apply_lora(model, lora)
     except ConfigError as err:
-        raise CheckpointError(f"{folder}: the adapters do not fit the model: {err}") from None
+        raise CheckpointError(f"{source}: the adapters do not fit the model: {err}") from None
     expected = {f"{name}.lora_{k}" for name in adapted for k in "AB"}
-    assign_parameters(model, arrays, folder, allow_missing=tuple(n for n, _ in model.parameters_and_names()
+    assign_parameters(model, arrays, source, allow_missing=tuple(n for n, _ in model.parameters_and_names()
                                                                   if n not in expected))
     return adapted
