@@ -570,10 +570,14 @@ class LoRAConfig:
     #                                                          dotted suffix, or a regex over the full dotted name
     trainable: List[str] = field(default_factory=list)  # other parameters trained in full (name prefixes or
     #                                                     regexes); the stage adds its head (v_head, score)
+    adapter: str = ""  # start from these adapters (a PEFT folder or a LoRA .ckpt): their r, alpha and layers
 
     def __post_init__(self):
         if self.r < 0 or (self.r == 0 and self.target_modules):
             raise ConfigError(f"lora.r must be >= 1 to adapt lora.target_modules (0 = no adapters), got {self.r}")
+        if self.r > 0 and self.adapter:
+            raise ConfigError("lora.adapter brings its own rank and layers: leave lora.r and lora.target_modules "
+                              "unset with it")
         if self.r > 0 and not self.target_modules:
             raise ConfigError("lora.target_modules: name the dense layers to adapt (e.g. [c_attn] for GPT-2, "
                               "[q_proj, v_proj] for Llama) when lora.r > 0")
@@ -585,7 +589,7 @@ class LoRAConfig:
     @property
     def enabled(self) -> bool:
         """Adapters are in use."""
-        return self.r > 0
+        return self.r > 0 or bool(self.adapter)
 
 
 @dataclass

@@ -145,3 +145,5 @@ def test_bad_inputs_are_clear_errors():
         LoRAConfig(r=-1, target_modules=["c_attn"])
     with pytest.raises(ConfigError, match="lora.target_modules: name the dense layers"):
         LoRAConfig(r=4)
+    with pytest.raises(ConfigError, match="lora.adapter brings its own rank"):
+        LoRAConfig(r=4, target_modules=["c_attn"], adapter="some/folder")

@@ -11,7 +11,7 @@ from mindspore import Tensor
 
 from mindrlhf.config import LoRAConfig
 from mindrlhf.models.convert import CheckpointError, load_weights, save_hf_checkpoint
-from mindrlhf.models.lora import apply_lora, lora_layers
+from mindrlhf.models.lora import apply_lora, lora_layers, prepare_lora
 from mindrlhf.models.peft import ADAPTER_CONFIG, load_peft_adapter, save_peft_adapter
 from mindrlhf.models.policy import CausalLM
 from tests.helpers import (TINY_CONFIGS, load_transformers, max_abs_diff, ms_numpy, padded_batch,
@@ -48,10 +48,11 @@ def test_peft_loads_our_adapters_and_the_merged_export_matches(family, tmp_dir):
     merged = save_hf_checkpoint(model, cfg, os.path.join(tmp_dir, "merged"))
     assert max_abs_diff(torch_forward(load_transformers(merged), ids, mask).logits.numpy(), ours, mask) < 1e-4
 
-    # and back: the adapter folder onto our base model
+    # and back: the adapter folder onto our base model, as a stage starts from it (lora.adapter)
     again = CausalLM(cfg)
     load_weights(again, base, cfg)
-    assert sorted(load_peft_adapter(again, cfg.type, adapter)) == sorted(lora_layers(model))
+    assert sorted(prepare_lora(again, LoRAConfig(adapter=adapter))) == sorted(lora_layers(model))
+    assert all(".lora_" in p.name for p in again.trainable_params())
     assert np.abs(ms_numpy(again, ids, mask) - ours).max() < 1e-5
 
 

@@ -181,10 +181,16 @@ def merge_lora(model: nn.Cell) -> List[str]:
 
 def prepare_lora(model: nn.Cell, cfg: LoRAConfig, heads=()) -> List[str]:
     """:func:`apply_lora` with the stage's ``heads`` (name prefixes: ``v_head``, ``score``) trained in full, when
-    ``cfg`` enables adapters; otherwise nothing (full fine-tuning). Returns the adapted layer names."""
+    ``cfg`` enables adapters (new ones, or ``cfg.adapter``'s); otherwise nothing (full fine-tuning). Returns the
+    adapted layer names."""
     if not cfg.enabled:
         return []
-    return apply_lora(model, dataclasses.replace(cfg, trainable=list(cfg.trainable) + list(heads)))
+    trainable = list(cfg.trainable) + list(heads)
+    if cfg.adapter:
+        from mindrlhf.models.peft import load_adapter
+
+        return load_adapter(model, model.config.type, cfg.adapter, trainable)
+    return apply_lora(model, dataclasses.replace(cfg, trainable=trainable))
 
 
 def has_adapters(model: nn.Cell) -> bool:
