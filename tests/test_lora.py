@@ -2,12 +2,17 @@
 adapter parameters train, and bad inputs are clear errors."""
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
+
 import numpy as np
 import mindspore as ms
 import pytest
+import yaml
 from mindspore import Tensor, nn
 
-from mindrlhf.config import ConfigError, LoRAConfig, LossScaleConfig, OptimizerConfig, LrScheduleConfig
+from mindrlhf.config import ConfigError, LoRAConfig, LossScaleConfig, LrScheduleConfig, OptimizerConfig, from_dict
 from mindrlhf.models.lora import (apply_lora, lora_layers, merge_lora, merged_weight, set_adapters_enabled)
 from mindrlhf.models.policy import CausalLM
 from mindrlhf.train.optim import build_optimizer
@@ -147,3 +152,30 @@ def test_bad_inputs_are_clear_errors():
         LoRAConfig(r=4)
     with pytest.raises(ConfigError, match="lora.adapter brings its own rank"):
         LoRAConfig(r=4, target_modules=["c_attn"], adapter="some/folder")
+
+
+def yaml_blocks(path):
+    with open(path, encoding="utf-8") as f:
+        return [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", f.read(), re.S)]
+
+
+def test_tutorial_maps_the_deepspeed_chat_flags_onto_a_working_section():
+    """docs/lora.md: each DeepSpeed-Chat LoRA flag of the seed's script is mapped, and its Llama-2-7B section
+    (``--actor_lora_dim 64 --actor_lora_module_name layers. --only_optimize_lora``) adapts every dense layer of
+    every block and nothing else (at a rank the tiny Llama allows)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "lora.md")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    for flag in ("--lora_dim", "--lora_module_name", "--only_optimize_lora", "--actor_lora_dim",
+                 "--critic_lora_module_name"):
+        assert f"`{flag}" in text, flag
+    reference, seed_run = yaml_blocks(path)
+    from_dict(LoRAConfig, reference["lora"], "lora")  # the documented section is a valid one
+    lora = from_dict(LoRAConfig, seed_run["lora"], "lora")
+    assert (lora.r, lora.alpha) == (64, 1.0)
+    cfg = TINY_CONFIGS["llama"]()
+    model = CausalLM(cfg)
+    adapted = apply_lora(model, dataclasses.replace(lora, r=4))
+    per_block = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                 "mlp.up_proj", "mlp.down_proj"}
+    assert set(adapted) == {f"backbone.layers.{i}.{n}" for i in range(cfg.num_layers) for n in per_block}
