@@ -139,8 +139,10 @@ def test_extra_trainable_head():
 
 def test_bad_inputs_are_clear_errors():
     model = CausalLM(tiny_gpt2_config())
-    with pytest.raises(ConfigError, match=r"'q_proj' matches no dense layer; the model has: .*backbone.h.0.attn.c_attn"):
-        apply_lora(model, LoRAConfig(r=2, target_modules=["c_attn", "q_proj"]))
+    with pytest.raises(ConfigError, match=r"'c_atn' matches no dense layer; did you mean 'c_attn'\? the model has: "
+                                          r"backbone.h.<i>.attn.c_attn, backbone.h.<i>.attn.c_proj, "
+                                          r"backbone.h.<i>.mlp.c_fc, backbone.h.<i>.mlp.c_proj$"):
+        apply_lora(model, LoRAConfig(r=2, target_modules=["c_proj", "c_atn"]))
     assert not lora_layers(model)  # nothing was changed
     with pytest.raises(ConfigError, match=r"rank 33 is larger than layer 'backbone.h.0.attn.c_attn' \(32 -> 96\)"):
         apply_lora(model, LoRAConfig(r=33, target_modules=["c_attn"]))

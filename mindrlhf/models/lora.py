@@ -18,6 +18,7 @@ graph. :func:`merge_lora` folds ``W + (alpha / r) B A`` into the base and remove
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import re
 from typing import Dict, List, Tuple
@@ -121,8 +122,11 @@ def apply_lora(model: nn.Cell, cfg: LoRAConfig) -> List[str]:
     layers = dense_layers(model)
     for pattern in cfg.target_modules:
         if not any(matches(name, [pattern]) for name in layers):
-            raise ConfigError(f"lora.target_modules: {pattern!r} matches no dense layer; the model has: "
-                              f"{', '.join(sorted(layers))}")
+            kinds = sorted({re.sub(r"\.\d+\.", ".<i>.", name) for name in layers})
+            near = difflib.get_close_matches(pattern, sorted({n.rsplit(".", 1)[-1] for n in layers}), n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise ConfigError(f"lora.target_modules: {pattern!r} matches no dense layer; {hint}the model has: "
+                              f"{', '.join(kinds)}")
     chosen = sorted(name for name in layers if matches(name, cfg.target_modules))
     for name in chosen:
         _check_rank(name, layers[name][2], cfg.r)
