@@ -18,7 +18,7 @@ from mindrlhf.models.policy import CausalLM
 from mindrlhf.train.optim import build_optimizer
 from mindrlhf.train.sft import SFTLoss
 from mindrlhf.train.step import TrainStep
-from tests.helpers import TINY_CONFIGS, padded_batch, set_mode, tiny_gpt2_config
+from tests.helpers import TINY_CONFIGS, padded_batch, tiny_gpt2_config
 
 TARGETS = {"gpt2": ["c_attn", "mlp.c_fc"], "llama": ["q_proj", "v_proj", "down_proj"]}
 

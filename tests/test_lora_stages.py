@@ -88,6 +88,7 @@ def test_lora_ppo_trains_against_the_base_and_resumes_exactly_from_adapters_alon
     full = sum(a.size for a in parameter_arrays(models.policy).values())
     assert sum(a.size for a in reference.values()) < 0.2 * full
     assert [m["reward_mean"] for m in metrics(parts)] == [m["reward_mean"] for m in metrics(straight)]
+    export_and_compare(trainer, base, os.path.join(straight, final), tmp_dir)
 
 
 def test_grpo_reference_is_the_policy_with_adapters():
@@ -109,7 +110,6 @@ def test_lora_dpo_reference_is_the_base_precomputed_or_on_the_fly(pairs, tmp_dir
     assert result.losses[0] == pytest.approx(math.log(2), abs=1e-6) and result.losses[-1] < result.losses[0]
     np.testing.assert_allclose(fly.losses, result.losses, atol=1e-5)
     assert max(float(np.abs(weights[n] - fly_weights[n]).max()) for n in weights) <= 1e-5
-    export_and_compare(trainer, base, os.path.join(straight, final), tmp_dir)
 
 
 def export_and_compare(trainer, base, adapters, tmp_dir):
