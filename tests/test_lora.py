@@ -181,3 +181,21 @@ def test_tutorial_maps_the_deepspeed_chat_flags_onto_a_working_section():
     per_block = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
                  "mlp.up_proj", "mlp.down_proj"}
     assert set(adapted) == {f"backbone.layers.{i}.{n}" for i in range(cfg.num_layers) for n in per_block}
+
+
+def test_reward_model_and_critic_train_adapters_and_their_score_head():
+    from mindrlhf.config import PPOConfig
+    from mindrlhf.models import RewardModel
+    from mindrlhf.models.lora import prepare_lora
+    from mindrlhf.train.ppo import build_ppo_models
+
+    cfg = tiny_gpt2_config()
+    reward = RewardModel(cfg)
+    prepare_lora(reward, LoRAConfig(r=2, target_modules=["c_attn"]), heads=("score",))
+    assert {p.name for p in reward.trainable_params() if "lora_" not in p.name} == {"score.weight"}
+    lora = LoRAConfig(r=2, target_modules=["c_attn"])
+    models = build_ppo_models(cfg, PPOConfig(is_shared_backbone=False), cfg, lora=lora)
+    assert models.ref is models.policy and not models.policy.with_value_head
+    critic = {p.name for p in models.critic.trainable_params()}
+    assert "critic.score.weight" in critic and all(".lora_" in n for n in critic - {"critic.score.weight"})
+    assert len(critic) == 1 + 2 * cfg.num_layers
