@@ -559,6 +559,40 @@ class DPOConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """Low-rank adapters (the YAML ``lora`` section), read by every training stage: with ``r`` > 0 the base weights
+    are frozen and only the adapters (and ``trainable``) are trained."""
+
+    r: int = 0  # adapter rank; 0 = no adapters (full fine-tuning)
+    alpha: float = 16.0  # the update is scaled by alpha / r
+    dropout: float = 0.0  # dropout on each adapter's input (training only)
+    target_modules: List[str] = field(default_factory=list)  # dense layers to adapt: a name (c_attn, q_proj), a
+    #                                                          dotted suffix, or a regex over the full dotted name
+    trainable: List[str] = field(default_factory=list)  # other parameters trained in full (name prefixes or
+    #                                                     regexes); the stage adds its head (v_head, score)
+    adapter: str = ""  # start from these adapters (a PEFT folder or a LoRA .ckpt): their r, alpha and layers
+
+    def __post_init__(self):
+        if self.r < 0 or (self.r == 0 and self.target_modules):
+            raise ConfigError(f"lora.r must be >= 1 to adapt lora.target_modules (0 = no adapters), got {self.r}")
+        if self.r > 0 and self.adapter:
+            raise ConfigError("lora.adapter brings its own rank and layers: leave lora.r and lora.target_modules "
+                              "unset with it")
+        if self.r > 0 and not self.target_modules:
+            raise ConfigError("lora.target_modules: name the dense layers to adapt (e.g. [c_attn] for GPT-2, "
+                              "[q_proj, v_proj] for Llama) when lora.r > 0")
+        if not self.alpha > 0 or not math.isfinite(self.alpha):
+            raise ConfigError(f"lora.alpha must be > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def enabled(self) -> bool:
+        """Adapters are in use."""
+        return self.r > 0 or bool(self.adapter)
+
+
+@dataclass
 class RunConfig:
     """Everything one run reads, as loaded from a ``run_*.yaml`` recipe."""
 
@@ -583,6 +617,7 @@ class RunConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------------

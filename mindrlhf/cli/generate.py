@@ -28,6 +28,9 @@ def _add_common(parser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set generation.top_k=5 (repeatable)")
     add_device_argument(parser)
+    parser.add_argument("--adapter", default="",
+                        help="LoRA adapters over --load_checkpoint (the base): a PEFT folder or a LoRA run's .ckpt "
+                             "(e.g. a PPO policy_model_epoch_<n>.ckpt, which holds the adapters alone)")
 
 
 def add_tokenizer_argument(parser) -> None:
@@ -56,6 +59,9 @@ def add_export_parser(sub) -> None:
     add_tokenizer_argument(parser)
     parser.add_argument("--output_dir", required=True, help="folder to write (replaced atomically)")
     parser.add_argument("--reward", action="store_true", help="the checkpoint is a reward model (score head)")
+    parser.add_argument("--peft", action="store_true",
+                        help="write the LoRA adapters in PEFT's layout (adapter_config.json + "
+                             "adapter_model.safetensors) instead of the model with them merged in")
     parser.set_defaults(func=run_export)
 
 
@@ -87,8 +93,9 @@ def model_config_for(cfg: RunConfig, checkpoint: str):
     return model_cfg
 
 
-def build_policy(cfg: RunConfig, checkpoint: str):
-    """A CausalLM for ``cfg``, with weights from ``checkpoint`` (HF folder, bundled name or .ckpt) when given."""
+def build_policy(cfg: RunConfig, checkpoint: str, adapter: str = ""):
+    """A CausalLM for ``cfg``, with weights from ``checkpoint`` (HF folder, bundled name or .ckpt) when given, and
+    LoRA adapters from ``adapter`` (a PEFT folder or a .ckpt holding them) over them."""
     from mindrlhf.models import CausalLM
     from mindrlhf.models.convert import load_weights
 
@@ -99,6 +106,10 @@ def build_policy(cfg: RunConfig, checkpoint: str):
         logger.info("loaded weights from %s", checkpoint)
     else:
         logger.info("no checkpoint given: %s built with fresh random weights (seed %d)", model_cfg.type, cfg.seed)
+    if adapter:
+        from mindrlhf.models.peft import load_adapter
+
+        logger.info("LoRA adapters from %s on %d layers", adapter, len(load_adapter(lm, model_cfg.type, adapter)))
     return lm
 
 
@@ -171,7 +182,7 @@ def run_generate(args) -> int:
 
     cfg, checkpoint = run_config(args)
     init_context(cfg.context, cfg.seed)
-    lm = build_policy(cfg, checkpoint)
+    lm = build_policy(cfg, checkpoint, args.adapter)
     model_cfg = cfg.model.model_config = lm.config  # the resolved config records the model that ran
     tokenizer, folder = choose_tokenizer(args.tokenizer, (checkpoint, cfg.load_checkpoint), model_cfg.type)
     logger.info("tokenizer: %s", tokenizer.path)
@@ -216,7 +227,13 @@ def run_export(args) -> int:
         cell = RewardModel(model_config_for(cfg, checkpoint))
         load_weights(cell, checkpoint, cell.config)
     else:
-        cell = build_policy(cfg, checkpoint)
+        cell = build_policy(cfg, checkpoint, args.adapter)
+    if args.peft:
+        from mindrlhf.models.peft import save_peft_adapter
+
+        save_peft_adapter(cell, cell.config.type, args.output_dir)
+        logger.info("PEFT adapter written to %s", args.output_dir)
+        return 0
     # a Hugging Face source's tokenizer and generation settings travel with its weights; what it lacks is written
     extra = hf_side_files(checkpoint) if is_hf_folder(checkpoint) else []
     tokenizer, folder = choose_tokenizer(args.tokenizer, (checkpoint, cfg.load_checkpoint), cell.config.type)
@@ -233,7 +250,8 @@ def run_export(args) -> int:
             with open(extra[-1], "w", encoding="utf-8") as f:
                 json.dump(hf_generation_config(cell.config, cfg.generation), f, indent=2)
         save_hf_checkpoint(cell, cell.config, args.output_dir, reward=args.reward, extra_files=extra)
-    logger.info("Hugging Face checkpoint written to %s (tokenizer: %s)", args.output_dir, folder or tokenizer.path)
+    logger.info("Hugging Face checkpoint written (LoRA adapters merged, if any) to %s (tokenizer: %s)",
+                args.output_dir, folder or tokenizer.path)
     return 0
 
 

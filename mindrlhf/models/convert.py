@@ -224,7 +224,11 @@ def assign_parameters(cell: nn.Cell, arrays: Dict[str, np.ndarray], source: str,
     Raises:
         CheckpointError: listing every missing, unexpected and shape-mismatched name.
     """
+    from mindrlhf.models.lora import fold_lora_arrays
+
     params = cell_parameters(cell)
+    if not any(".lora_" in n for n in params):  # a LoRA-trained checkpoint loaded without adapters: merged
+        arrays = fold_lora_arrays(arrays)
     allow_missing, ignore_unexpected = tuple(allow_missing), tuple(ignore_unexpected)
     missing = [n for n in params if n not in arrays and not n.startswith(allow_missing)]
     unexpected = [n for n in arrays if n not in params and not n.startswith(ignore_unexpected)]
@@ -345,7 +349,9 @@ def save_hf_checkpoint(cell: nn.Cell, cfg: ModelConfig, folder: str, reward: Opt
     """
     from safetensors.numpy import save_file
 
-    arrays = {name: p.asnumpy() for name, p in cell_parameters(cell).items()}
+    from mindrlhf.models.lora import fold_lora_arrays
+
+    arrays = fold_lora_arrays({name: p.asnumpy() for name, p in cell_parameters(cell).items()})  # LoRA merged
     if reward is None:
         reward = "score.weight" in arrays
     hf_arrays = ours_to_hf(arrays, cfg)

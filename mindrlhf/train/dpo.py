@@ -36,6 +36,7 @@ from mindrlhf.config import DPOConfig, GenerationConfig, RunConfig
 from mindrlhf.losses import PREFERENCE_METRICS, preference_loss, preference_metrics
 from mindrlhf.models import CausalLM
 from mindrlhf.models.convert import CheckpointError, load_weights
+from mindrlhf.models.lora import reference_scorer
 from mindrlhf.models.policy import token_logprobs
 from mindrlhf.train.distributed import AllReduceSum
 from mindrlhf.train.trainer import FitResult, Trainer, mindrecord_source
@@ -123,7 +124,7 @@ def reference_table(ref: CausalLM, path: str, batch_size: int, rank_id: int = 0,
     from mindrlhf.data.datasets import check_dpo_file, dpo_batches
 
     count = check_dpo_file(path)
-    scorer = ResponseLogProbs(ref)
+    scorer = reference_scorer(ResponseLogProbs(ref), ref)
     table = np.zeros((count, 2), np.float64)
     mine = np.arange(rank_id, count, rank_size)
     start = 0
@@ -181,7 +182,7 @@ def dpo_source(cfg: RunConfig, path: str, ref: Optional[CausalLM], rank_id: int,
         table = reference_table(ref, path, batch_size, rank_id, rank_size)
         logger.info("reference log-probs of %d pairs precomputed", len(table))
     elif ref is not None:
-        scorer = ResponseLogProbs(ref)
+        scorer = reference_scorer(ResponseLogProbs(ref), ref)
     return batch_size, steps, with_reference(source, indices_of, batch_size, table, scorer)
 
 
@@ -210,7 +211,7 @@ def train_dpo(cfg: RunConfig, train_path: Optional[str] = None, sft_checkpoint: 
     check_dpo_file(path)
     start = cfg.load_checkpoint if sft_checkpoint is None else sft_checkpoint
     model_cfg = cfg.model.model_config
-    policy, ref = build_policy_and_ref(model_cfg, start, cfg.seed, cfg.recompute_config.recompute)
+    policy, ref = build_policy_and_ref(model_cfg, start, cfg.seed, cfg.recompute_config.recompute, cfg.lora)
     if cfg.dpo.ref_checkpoint:
         ref = reference_model(model_cfg, cfg.dpo.ref_checkpoint, cfg.seed)
     if cfg.dpo.reference_free:

@@ -26,7 +26,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from mindrlhf import rl
-from mindrlhf.config import ModelConfig, RunConfig
+from mindrlhf.config import LoRAConfig, ModelConfig, RunConfig
 from mindrlhf.losses import grpo_policy_loss, masked_entropy
 from mindrlhf.models import CausalLM, RewardModel
 from mindrlhf.models.convert import load_weights
@@ -191,21 +191,20 @@ class GRPOTrainer(RLTrainer):
 # Entry
 
 
-def build_policy_and_ref(model_cfg: ModelConfig, checkpoint: str = "", seed: int = 0, recompute: bool = False):
-    """Policy and frozen reference from ``checkpoint`` (the same seeded random init without one)."""
-    from mindrlhf.train.ppo import copy_weights, weights_file, without_dropout
+def build_policy_and_ref(model_cfg: ModelConfig, checkpoint: str = "", seed: int = 0, recompute: bool = False,
+                         lora: LoRAConfig = LoRAConfig()):
+    """Policy and frozen reference from ``checkpoint`` (the same seeded random init without one); with ``lora``
+    the policy trains adapters and the reference is the policy with its adapters off (one copy of the base)."""
+    from mindrlhf.train.ppo import reference_of, weights_file, without_dropout
 
     ms.set_seed(seed)
     model_cfg = without_dropout(model_cfg)
-    policy, ref = CausalLM(model_cfg, recompute=recompute), CausalLM(model_cfg)
+    policy = CausalLM(model_cfg, recompute=recompute)
+    ref = None if lora.enabled else CausalLM(model_cfg)
     if checkpoint:
         load_weights(policy, weights_file(checkpoint), model_cfg)
         logger.info("policy initialised from %s", checkpoint)
-    copy_weights(policy, ref)
-    ref.set_train(False)
-    for param in ref.get_parameters():
-        param.requires_grad = False
-    return policy, ref
+    return policy, reference_of(policy, ref, lora)
 
 
 def grpo_prompt_source(dataset_dir: str, cfg: RunConfig, rank_id: int, rank_size: int):
@@ -239,7 +238,7 @@ def train_grpo(cfg: RunConfig, dataset_dir: str, reward, sft_checkpoint: str = "
     """
     width, prompts = grpo_prompt_source(dataset_dir, cfg, rank_id, rank_size)
     policy, ref = build_policy_and_ref(cfg.model.model_config, sft_checkpoint, cfg.seed,
-                                       cfg.recompute_config.recompute)
+                                       cfg.recompute_config.recompute, cfg.lora)
     if isinstance(reward, RewardModel):
         reward.set_train(False)
     trainer = GRPOTrainer(cfg, policy, ref, reward, width, prompts, resume, rank_id, rank_size, progress)

@@ -31,10 +31,11 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from mindrlhf import rl
-from mindrlhf.config import ModelConfig, PPOConfig, RunConfig
+from mindrlhf.config import LoRAConfig, ModelConfig, PPOConfig, RunConfig
 from mindrlhf.losses import causal_lm_loss, masked_entropy, ppo_policy_loss, ppo_value_loss
 from mindrlhf.models import CausalLM, Critic, RewardModel
 from mindrlhf.models.convert import assign_parameters, cell_parameters, load_weights
+from mindrlhf.models.lora import prepare_lora
 from mindrlhf.models.policy import token_logprobs
 from mindrlhf.train.checkpoint import resume_checkpoint
 from mindrlhf.train.experience import Experience, ExperienceMaker, RewardFunction, RolloutStats, save_experience
@@ -156,25 +157,37 @@ def copy_weights(src: nn.Cell, dst: nn.Cell) -> None:
     assign_parameters(dst, {n: v for n, v in values.items() if n in cell_parameters(dst)}, "policy")
 
 
-def build_ppo_models(policy_cfg: ModelConfig, ppo: PPOConfig, reward: Union[ModelConfig, RewardFunction],
-                     critic_cfg: Optional[ModelConfig] = None, sft_checkpoint: str = "",
-                     reward_checkpoint: str = "", critic_checkpoint: str = "", rank_id: int = 0,
-                     recompute: bool = False, seed: int = 0) -> PPOModels:
-    """Policy and reference from the SFT weights (the same random init without them), the value head new; the
-    reward model from its checkpoint; the separate critic (``is_shared_backbone: False``) from the critic
-    checkpoint, else the reward model's. Weights not loaded are a pure function of ``seed`` (a resumed run
-    rebuilds the same reference)."""
-    ms.set_seed(seed)
-    policy_cfg = without_dropout(policy_cfg)
-    policy = CausalLM(policy_cfg, with_value_head=ppo.is_shared_backbone, recompute=recompute)
-    ref = CausalLM(policy_cfg)
-    if sft_checkpoint:
-        fresh = load_weights(policy, weights_file(sft_checkpoint, rank_id), policy_cfg, new_heads=True)
-        logger.info("policy initialised from %s (fresh: %s)", sft_checkpoint, ", ".join(fresh) or "none")
+def reference_of(policy: CausalLM, ref: Optional[CausalLM], lora: LoRAConfig, heads=()) -> CausalLM:
+    """The frozen reference of a loaded ``policy``: ``ref`` given the policy's weights, or with ``lora`` the
+    policy itself, its adapters (and ``heads``) then added; the rollout scores it with adapters off
+    (:func:`mindrlhf.models.lora.reference_scorer`), so the base is held once."""
+    if lora.enabled:
+        prepare_lora(policy, lora, heads)
+        return policy
     copy_weights(policy, ref)
     ref.set_train(False)
     for param in ref.get_parameters():
         param.requires_grad = False
+    return ref
+
+
+def build_ppo_models(policy_cfg: ModelConfig, ppo: PPOConfig, reward: Union[ModelConfig, RewardFunction],
+                     critic_cfg: Optional[ModelConfig] = None, sft_checkpoint: str = "",
+                     reward_checkpoint: str = "", critic_checkpoint: str = "", rank_id: int = 0,
+                     recompute: bool = False, seed: int = 0, lora: LoRAConfig = LoRAConfig()) -> PPOModels:
+    """Policy and reference from the SFT weights (the same random init without them), the value head new; the
+    reward model from its checkpoint; the separate critic (``is_shared_backbone: False``) from the critic
+    checkpoint, else the reward model's. Weights not loaded are a pure function of ``seed`` (a resumed run
+    rebuilds the same reference). With ``lora`` the policy and critic train adapters (and their heads) and the
+    reference is the policy itself with its adapters off."""
+    ms.set_seed(seed)
+    policy_cfg = without_dropout(policy_cfg)
+    policy = CausalLM(policy_cfg, with_value_head=ppo.is_shared_backbone, recompute=recompute)
+    ref = None if lora.enabled else CausalLM(policy_cfg)
+    if sft_checkpoint:
+        fresh = load_weights(policy, weights_file(sft_checkpoint, rank_id), policy_cfg, new_heads=True)
+        logger.info("policy initialised from %s (fresh: %s)", sft_checkpoint, ", ".join(fresh) or "none")
+    ref = reference_of(policy, ref, lora, heads=("v_head",))
     if isinstance(reward, ModelConfig):
         if reward.vocab_size != policy_cfg.vocab_size:
             raise ValueError(f"the reward model's vocab_size {reward.vocab_size} differs from the policy's "
@@ -193,6 +206,7 @@ def build_ppo_models(policy_cfg: ModelConfig, ppo: PPOConfig, reward: Union[Mode
         source = critic_checkpoint or reward_checkpoint
         if source:
             load_weights(critic, weights_file(source, rank_id), critic_cfg, new_heads=not critic_checkpoint)
+        prepare_lora(critic, lora, heads=("score",))
         critic.update_parameters_name(CRITIC_PREFIX)
     return PPOModels(policy, ref, reward, critic)
 
@@ -348,7 +362,7 @@ def train_ppo(cfg: RunConfig, dataset_dir: str, reward: Union[ModelConfig, Rewar
     width, prompts = prompt_source(dataset_dir, cfg, rank_id, rank_size)
     models = build_ppo_models(cfg.model.model_config, cfg.ppo, reward, critic_cfg, sft_checkpoint,
                               reward_checkpoint, critic_checkpoint, rank_id, cfg.recompute_config.recompute,
-                              cfg.seed)
+                              cfg.seed, cfg.lora)
     trainer = PPOTrainer(cfg, models, width, prompts, resume, rank_id, rank_size, progress)
     data_file = experience_file(save_data_file, rank_id, rank_size) if save_data_file else ""
     if stage == "all":

@@ -23,6 +23,7 @@ from mindrlhf.config import RunConfig
 from mindrlhf.losses import pairwise_end_loss, pairwise_span_loss
 from mindrlhf.models import RewardModel
 from mindrlhf.models.convert import CheckpointError, is_hf_folder, load_ckpt, load_weights
+from mindrlhf.models.lora import prepare_lora
 from mindrlhf.models.heads import gather_rows
 from mindrlhf.train.checkpoint import latest_checkpoint, list_checkpoints, rank_dir, resume_checkpoint
 from mindrlhf.train.trainer import FitResult, Trainer, mindrecord_source
@@ -90,6 +91,7 @@ def train_reward_model(cfg: RunConfig, train_path: Optional[str] = None, rank_id
     check_preference_ends(path, cfg.model.model_config.eos_token_id)
     model = RewardModel(cfg.model.model_config, recompute=cfg.recompute_config.recompute)
     init_weights(model, cfg, rank_id)
+    prepare_lora(model, cfg.lora, heads=("score",))
     trainer = Trainer(cfg, RewardLoss(model, cfg.reward.loss_type), TRAIN_COLUMNS, source, steps, rank_id, rank_size,
                       progress)
     logger.info("reward model training: %d epochs x %d steps, batch %d pairs per device, loss %s",

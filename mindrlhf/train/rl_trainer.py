@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
-from mindspore import Tensor, nn
+from mindspore import Parameter, Tensor, nn
 from tqdm import tqdm
 
 from mindrlhf.config import RunConfig, save_config
 from mindrlhf.models import CausalLM
-from mindrlhf.models.convert import assign_parameters, cell_parameters, save_ckpt, save_tensors
+from mindrlhf.models.convert import assign_parameters, cell_parameters, save_tensors
+from mindrlhf.models.lora import adapter_parameters, has_adapters
 from mindrlhf.faults import reach
 from mindrlhf.train.checkpoint import (SCHEDULE_PARAMS, newest_iteration_state, prune_iterations, rank_dir,
                                        read_ckpt)
@@ -79,6 +80,12 @@ class IterationResult:
     overflows: int = 0
     timings: Dict[str, float] = field(default_factory=dict)
     rollout: object = None
+
+
+def saved_parameters(model: nn.Cell) -> Dict[str, Parameter]:
+    """What an iteration checkpoint holds of ``model``: every parameter, or with LoRA the adapters, trained heads
+    and adapter scales alone (the frozen base is rebuilt from the weights the run started from)."""
+    return adapter_parameters(model) if has_adapters(model) else cell_parameters(model)
 
 
 def format_rl_line(label: str, update_label: str, batch: int, update: int, loss: float, lr: float, overflow: bool,
@@ -168,12 +175,11 @@ class RLTrainer:
         previous complete set."""
         os.makedirs(self.folder, exist_ok=True)
         policy_path = os.path.join(self.folder, f"policy_model_epoch_{iteration}.ckpt")
-        save_ckpt(self.policy, policy_path)
+        save_tensors(saved_parameters(self.policy), policy_path)
         model_names = set(cell_parameters(self.policy))
         for role, (prefix, cell) in self.extra_models().items():
-            params = cell_parameters(cell)
-            model_names.update(params)
-            save_tensors({n[len(prefix):]: p for n, p in params.items()},
+            model_names.update(cell_parameters(cell))
+            save_tensors({n[len(prefix):]: p for n, p in saved_parameters(cell).items()},
                          os.path.join(self.folder, f"{role}_epoch_{iteration}.ckpt"))
         extra = {p.name: p for p in self.step.get_parameters() if p.name not in model_names}
         extra.update({f"{self.name}_state.{k}": Tensor(np.float64(v)) for k, v in self.state.state_dict().items()})
@@ -190,8 +196,10 @@ class RLTrainer:
             saved = read_ckpt(os.path.join(folder, f"{role}_epoch_{iteration}.ckpt"))
             entries.update({prefix + n: v for n, v in saved.items()})
         params = {p.name for p in self.step.get_parameters() if p.name not in SCHEDULE_PARAMS}
+        models = [self.policy] + [cell for _, cell in self.extra_models().values()]
+        base = tuple(n for cell in models for n in set(cell_parameters(cell)) - set(saved_parameters(cell)))
         assign_parameters(self.step, {n: v for n, v in entries.items() if n in params}, folder,
-                          allow_missing=SCHEDULE_PARAMS)
+                          allow_missing=SCHEDULE_PARAMS + base)
         prefix = f"{self.name}_state."
         self.state.load_state_dict({k[len(prefix):]: float(v) for k, v in entries.items() if k.startswith(prefix)})
         logger.info("resumed %s from %s at iteration %d (global step %d)", self.label, folder, self.state.iteration,

@@ -24,6 +24,7 @@ from mindrlhf.data.contract import close_with_eos
 from mindrlhf.data.tokenizer import left_pad
 from mindrlhf.models import CausalLM, RewardModel
 from mindrlhf.models.generation import Generator
+from mindrlhf.models.lora import reference_scorer
 from mindrlhf.models.policy import token_logprobs
 
 # reward_fn(prompt token lists, response token lists[, answers]) -> one score per rollout
@@ -130,7 +131,8 @@ class RolloutMaker:
         self.generator = Generator(policy, generation, eos_token_id, pad_token_id)
         self.policy_scorer = RolloutScorer(policy, prompt_width, with_values=with_values, critic=critic,
                                            temperature=temperature)
-        self.ref_scorer = RolloutScorer(ref, prompt_width, with_values=False, temperature=temperature)
+        self.ref_scorer = reference_scorer(RolloutScorer(ref, prompt_width, with_values=False,
+                                                         temperature=temperature), ref)
         self.reward = reward
         self.policy, self.critic, self.ref = policy, critic, ref
         self.timings: Dict[str, float] = {}

@@ -15,6 +15,7 @@ from mindrlhf.config import RunConfig
 from mindrlhf.data.datasets import SFT_COLUMNS, sft_dataset
 from mindrlhf.losses import causal_lm_loss
 from mindrlhf.models.convert import load_weights
+from mindrlhf.models.lora import prepare_lora
 from mindrlhf.models.policy import CausalLM
 from mindrlhf.train.checkpoint import resume_checkpoint
 from mindrlhf.train.trainer import FitResult, Trainer, mindrecord_source
@@ -68,6 +69,7 @@ def train_sft(cfg: RunConfig, train_path: Optional[str] = None, rank_id: int = 0
     batch_size, steps, source = mindrecord_source(cfg, train_path, sft_dataset, SFT_COLUMNS, rank_id, rank_size)
     model = CausalLM(cfg.model.model_config, recompute=cfg.recompute_config.recompute)
     init_weights(model, cfg, rank_id)
+    prepare_lora(model, cfg.lora)
     trainer = Trainer(cfg, SFTLoss(model), SFT_COLUMNS, source, steps, rank_id, rank_size, progress)
     logger.info("SFT training: %d epochs x %d steps, batch %d sequences per device", cfg.runner_config.epochs, steps,
                 batch_size)
