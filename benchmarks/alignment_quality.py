@@ -323,6 +323,21 @@ def trl_grpo(data, cfg, tokenizer, out_dir: str):
     return saved, clock.median_phases()
 
 
+def step_clock(base):
+    """``(callback, times)``: a ``base`` (transformers' ``TrainerCallback``) that appends ``[begin, end]``
+    ``perf_counter`` times of every optimizer step to ``times``."""
+    times = []
+
+    class StepClock(base):
+        def on_step_begin(self, *_, **__):
+            times.append([time.perf_counter()])
+
+        def on_step_end(self, *_, **__):
+            times[-1].append(time.perf_counter())
+
+    return StepClock(), times
+
+
 class TRLPhaseClock:
     """Per-iteration phases of TRL's GRPOTrainer, the split our ``grpo_metrics.jsonl`` records: ``generation``
     (``_generate``), ``scoring`` (``_calculate_rewards``), ``logprobs`` (old-policy and reference log-probs computed
@@ -473,18 +488,10 @@ def dpo_worker_trl(job: dict) -> dict:
         num_train_epochs=runner.epochs, dataloader_drop_last=True, max_length=None,
         precompute_ref_log_probs=True, gradient_checkpointing=False, save_strategy="no", report_to="none",
         logging_steps=1, disable_tqdm=True, dataloader_num_workers=0)
-    times = []
-
-    class StepClock(TrainerCallback):
-        def on_step_begin(self, *_, **__):
-            times.append([time.perf_counter()])
-
-        def on_step_end(self, *_, **__):
-            times[-1].append(time.perf_counter())
-
+    clock, times = step_clock(TrainerCallback)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     trainer = PreTokenized(model=AutoModelForCausalLM.from_pretrained(folder), args=args, train_dataset=dataset,
-                           processing_class=tokenizer, callbacks=[StepClock()])
+                           processing_class=tokenizer, callbacks=[clock])
     trainer.train()
     saved = os.path.join(job["out_dir"], "trl_dpo_policy")
     trainer.model.save_pretrained(saved)

@@ -140,21 +140,16 @@ def run_trl(cfg, train: str, sft: str, out_dir: str) -> dict:
         per_device_train_batch_size=runner.batch_size, num_train_epochs=runner.epochs, dataloader_drop_last=True,
         max_length=None, precompute_ref_log_probs=True, gradient_checkpointing=False, save_strategy="no",
         report_to="none", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0)
-    times = []
+    from alignment_quality import step_clock  # noqa: E402 - a sibling script, on sys.path when run
 
-    class StepClock(TrainerCallback):
-        def on_step_begin(self, *_, **__):
-            times.append([time.perf_counter()])
-
-        def on_step_end(self, *_, **__):
-            times[-1].append(time.perf_counter())
+    clock, times = step_clock(TrainerCallback)
 
     dataset = Dataset.from_dict({"prompt_ids": prompts, "chosen_ids": chosen, "rejected_ids": rejected})
     tokenizer = AutoTokenizer.from_pretrained(sft)
     tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; masks, not ids, mark padding
     start = time.perf_counter()
     trainer = PreTokenized(model=AutoModelForCausalLM.from_pretrained(sft), args=args, train_dataset=dataset,
-                           processing_class=tokenizer, callbacks=[StepClock()])
+                           processing_class=tokenizer, callbacks=[clock])
     trainer.train()
     wall = time.perf_counter() - start
     saved = os.path.join(out_dir, "trl_policy")

@@ -19,9 +19,9 @@ import os
 import sys
 from typing import List, Optional
 
-from mindrlhf.cli.reward import add_overwrite_flag, add_use_parallel_argument, join_group
+from mindrlhf.cli.reward import add_overwrite_flag, add_use_parallel_argument, start_rl_run
 from mindrlhf.config import load_config
-from mindrlhf.context import add_device_argument, apply_device_target, init_context
+from mindrlhf.context import add_device_argument, apply_device_target
 
 logger = logging.getLogger(__name__)
 
@@ -115,17 +115,11 @@ def evaluate(args, cfg, policy, judge) -> dict:
 
 def run_dpo(args) -> int:
     from mindrlhf.models.convert import CheckpointError
-    from mindrlhf.runlock import claim_output_dir, run_mode
     from mindrlhf.train.dpo import train_dpo
-    from mindrlhf.train.monitor import attach_rank_log
 
     cfg, judge = prepare(args)
     apply_device_target(cfg.context, args.device_target)
-    init_context(cfg.context, cfg.seed)
-    rank_id, rank_size = join_group(cfg, args.use_parallel)
-    claim_output_dir(cfg.output_dir, cfg, run_mode(bool(args.resume), args.overwrite_output_dir), rank_id,
-                     f"resume it with --resume {os.path.join(cfg.output_dir, 'checkpoint')}")
-    attach_rank_log(cfg.output_dir, rank_id)
+    rank_id, rank_size = start_rl_run(cfg, args, bool(args.resume))
     try:
         policy, result = train_dpo(cfg, args.train_dataset or None, args.sft_checkpoint, args.resume, rank_id,
                                    rank_size, progress=rank_id == 0 and "dpo")

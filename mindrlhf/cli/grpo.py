@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from typing import List, Optional
 
-from mindrlhf.cli.reward import add_overwrite_flag, add_use_parallel_argument, join_group
+from mindrlhf.cli.reward import add_overwrite_flag, add_use_parallel_argument, start_rl_run
 from mindrlhf.config import load_config
-from mindrlhf.context import init_context
 
 logger = logging.getLogger(__name__)
 
@@ -98,16 +96,10 @@ def prepare(args):
 
 def run_grpo(args) -> int:
     from mindrlhf.rewards import RewardFunctionError
-    from mindrlhf.runlock import claim_output_dir, run_mode
     from mindrlhf.train.grpo import train_grpo
-    from mindrlhf.train.monitor import attach_rank_log
 
     cfg, sft, reward = prepare(args)
-    init_context(cfg.context, cfg.seed)
-    rank_id, rank_size = join_group(cfg, args.use_parallel)
-    claim_output_dir(cfg.output_dir, cfg, run_mode(bool(args.resume), args.overwrite_output_dir), rank_id,
-                     f"resume it with --resume {os.path.join(cfg.output_dir, 'checkpoint')}")
-    attach_rank_log(cfg.output_dir, rank_id)
+    rank_id, rank_size = start_rl_run(cfg, args, bool(args.resume))
     try:
         trainer = train_grpo(cfg, args.dataset_dir, reward, sft, args.resume, rank_id, rank_size)
     except RewardFunctionError as err:  # a reward function failed on a rollout: its name and the row say it all

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from typing import List, Optional
 
-from mindrlhf.cli.reward import add_overwrite_flag, add_use_parallel_argument, join_group
+from mindrlhf.cli.reward import add_overwrite_flag, add_use_parallel_argument, start_rl_run
 from mindrlhf.config import load_config
-from mindrlhf.context import init_context
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +73,6 @@ def _stage(args) -> str:
 
 
 def run_ppo(args) -> int:
-    from mindrlhf.runlock import claim_output_dir, run_mode
-    from mindrlhf.train.monitor import attach_rank_log
     from mindrlhf.train.ppo import train_ppo
 
     stage = _stage(args)
@@ -89,12 +85,8 @@ def run_ppo(args) -> int:
     reward_cfg = load_config(args.reward_model_path, args.reward_overrides)
     critic_cfg = (load_config(args.critic_model_path, args.critic_overrides) if args.critic_model_path
                   else load_config(args.reward_model_path, args.reward_overrides + args.critic_overrides))
-    init_context(cfg.context, cfg.seed)
-    rank_id, rank_size = join_group(cfg, args.use_parallel)
     # the split stages are one run in one folder, made by several processes in turn
-    claim_output_dir(cfg.output_dir, cfg, run_mode(bool(args.resume) or stage != "all", args.overwrite_output_dir),
-                     rank_id, f"resume it with --resume {os.path.join(cfg.output_dir, 'checkpoint')}")
-    attach_rank_log(cfg.output_dir, rank_id)
+    rank_id, rank_size = start_rl_run(cfg, args, bool(args.resume) or stage != "all")
     sft = cfg.load_checkpoint if args.sft_checkpoint is None else args.sft_checkpoint
     reward_ckpt = reward_cfg.load_checkpoint if args.reward_checkpoint is None else args.reward_checkpoint
     critic_ckpt = (critic_cfg.load_checkpoint if args.critic_model_path else "") \

@@ -127,6 +127,22 @@ def join_group(cfg, use_parallel: Optional[bool]):
     return init_distributed(cfg.parallel_config, cfg.context.device_target) if parallel else (0, 1)
 
 
+def start_rl_run(cfg, args, resuming: bool) -> Tuple[int, int]:
+    """The start every RL / preference command shares (PPO, GRPO, DPO): the MindSpore context, the process group,
+    the output folder claimed for this run (refused while another run holds it, or when it holds an earlier run
+    and this is neither a resume nor ``--overwrite_output_dir``) and this rank's log file; returns
+    ``(rank_id, rank_size)``."""
+    from mindrlhf.runlock import claim_output_dir, run_mode
+    from mindrlhf.train.monitor import attach_rank_log
+
+    init_context(cfg.context, cfg.seed)
+    rank_id, rank_size = join_group(cfg, args.use_parallel)
+    claim_output_dir(cfg.output_dir, cfg, run_mode(resuming, args.overwrite_output_dir), rank_id,
+                     f"resume it with --resume {os.path.join(cfg.output_dir, 'checkpoint')}")
+    attach_rank_log(cfg.output_dir, rank_id)
+    return rank_id, rank_size
+
+
 def run_training(args, train) -> int:
     """The supervised stages' command body: config (flags over ``--set`` over the YAML), group, ``train(cfg,
     dataset, rank_id, rank_size)``, a closing log line. The output folder is claimed first
