@@ -23,8 +23,8 @@ SFT_RECIPE = os.path.join(CONFIGS, "gpt2_config", "run_gpt2_tiny_sft.yaml")
 RM_RECIPE = os.path.join(CONFIGS, "gpt2_config", "run_gpt2_tiny_rm.yaml")
 PPO_RECIPE = os.path.join(CONFIGS, "gpt2_config", "run_gpt2_tiny_ppo.yaml")
 GRPO_RECIPE = os.path.join(CONFIGS, "gpt2_config", "run_gpt2_tiny_grpo.yaml")
-TINY = os.path.join(CONFIGS, "gpt2_config", "run_gpt2_tiny.yaml")
 DPO_RECIPE = os.path.join(CONFIGS, "gpt2_config", "run_gpt2_tiny_dpo.yaml")
+TINY = os.path.join(CONFIGS, "gpt2_config", "run_gpt2_tiny.yaml")
 DATA = os.path.join(ROOT, "tests", "data")
 OASST = os.path.join(DATA, "oasst_sft_zh_sample6.json")
 PAIRS = os.path.join(DATA, "cvalues_comparison_sample8.jsonl")
@@ -290,7 +290,31 @@ CASES = [
                                                     "--question_set", os.path.join(o, "nope.jsonl"),
                                                     "--reward_funcs", "sentiment", "--output_dir", o],
          text("is neither a built-in (mt_bench, cvalues) nor a file")),
+    Case("dpo_missing_pairs", lambda f, o: ["dpo", "--config", DPO_RECIPE, "--output_dir", o, "--train_dataset",
+                                            os.path.join(o, "pairs.mindrecord")],
+         text("pairs.mindrecord")),
+    Case("dpo_misspelt_key", lambda f, o: ["dpo", "--config", DPO_RECIPE, "--output_dir", o, "--set", "dpo.bta=0.2"],
+         text("dpo.bta: unknown key; did you mean 'beta'?")),
+    Case("eval_missing_baseline", lambda f, o: ["eval", "--baseline", os.path.join(o, "start"), "--candidate",
+                                                "tinystories", "--reward_funcs", "length", "--output_dir", o],
+         text("start: not found")),
+    Case("eval_unknown_reward_function", lambda f, o: ["eval", "--baseline", "tinystories", "--candidate",
+                                                       "tinystories", "--reward_funcs", "lenght", "--output_dir", o],
+         text("lenght")),
 ]
+
+
+class _Names(dict):
+    """Stands in for the ``files`` fixture: every file's path is its name."""
+
+    def __missing__(self, key):
+        return key
+
+
+def _commands() -> set:
+    from mindrlhf.cli.main import build_parser
+
+    return set(build_parser()._subparsers._group_actions[0].choices)
 
 
 def outputs_under(folder: str) -> List[str]:
@@ -314,19 +338,9 @@ def test_bad_input_is_one_error_line_naming_the_culprit(case: Case, files, tmp_p
 
 
 def test_the_suite_covers_every_subcommand_and_forty_cases():
-    from mindrlhf.cli.main import build_parser
-
-    commands = set(build_parser()._subparsers._group_actions[0].choices)
     tried = {c.argv(_Names(), "out")[0] for c in CASES}
-    assert commands <= tried, commands - tried
+    assert _commands() <= tried, _commands() - tried
     assert len(CASES) >= 40
-
-
-class _Names(dict):
-    """Stands in for the ``files`` fixture: every file's path is its name."""
-
-    def __missing__(self, key):
-        return key
 
 
 def run_cli(*args: str) -> Tuple[int, str]:

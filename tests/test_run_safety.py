@@ -155,6 +155,8 @@ def test_metrics_file_keeps_only_the_iterations_before_the_start(tmp_dir):
     path = os.path.join(tmp_dir, "ppo_metrics.jsonl")
     for i in (0, 1, 2, 1, 2):  # a run killed after logging iteration 2, then resumed at 1
         append_jsonl(path, {"iteration": i})
+    with open(path, "a", encoding="utf-8") as f:
+        f.write('{"iteration": 0, "reward_mean"')  # killed while writing a line
     trim_jsonl(path, 1)
     assert [json.loads(line)["iteration"] for line in open(path, encoding="utf-8")] == [0]
     trim_jsonl(path, 0)

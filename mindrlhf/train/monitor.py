@@ -22,11 +22,17 @@ def append_jsonl(path: str, record: dict) -> None:
 def trim_jsonl(path: str, iteration: int) -> None:
     """Keep only the records of ``path`` with ``"iteration" < iteration``, rewritten atomically: a run that starts
     at ``iteration`` (0 for a fresh one) appends to its own history only, never to an earlier run's or to the
-    iterations a killed run logged after its last checkpoint."""
+    iterations a killed run logged after its last checkpoint (or a line it was killed while writing)."""
     if not os.path.exists(path):
         return
+    kept = []
     with open(path, encoding="utf-8") as f:
-        kept = [line for line in f if line.strip() and json.loads(line).get("iteration", 0) < iteration]
+        for line in f:
+            try:
+                if json.loads(line).get("iteration", 0) < iteration:
+                    kept.append(line)
+            except ValueError:
+                continue
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(kept)
