@@ -71,6 +71,14 @@ def run_case(name: str) -> dict:
             "planned_bytes": sum(m.total(cfg.recompute_config.recompute) for m in planned)}
 
 
+def measure(name: str) -> dict:
+    """Run case ``name`` in a fresh process (its peak RSS is its own) and return its figures."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, __file__, "--case", name], check=True, capture_output=True, text=True,
+                         env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def compare(results: dict) -> dict:
     """Offset from the tiny full case; the model-dependent part and its error for every case; full - LoRA."""
     gib = float(1 << 30)
@@ -100,17 +108,14 @@ def main(argv=None) -> None:
     if args.case:
         sys.stdout.write(json.dumps(run_case(args.case)) + "\n")
         return
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    results = {}
-    for name in args.cases.split(","):
-        out = subprocess.run([sys.executable, __file__, "--case", name], check=True, capture_output=True, text=True,
-                             env=env)
-        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
-    text = json.dumps({"results": results, "comparison": compare(results)}, indent=2)
+    results = {name: measure(name) for name in args.cases.split(",")}
+    report = {"results": results, "comparison": compare(results)}
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            f.write(text)
-    sys.stdout.write(text + "\n")
+        tmp = f"{args.json}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+        os.replace(tmp, args.json)
+    sys.stdout.write(json.dumps(report["comparison"], indent=2) + "\n")
 
 
 if __name__ == "__main__":
