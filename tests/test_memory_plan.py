@@ -147,3 +147,26 @@ def test_command_bad_input_is_one_line(args, message):
     proc = mindrlhf("--config", recipe("gpt2_config/run_gpt2_tiny_sft.yaml"), *args)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("stage,overrides,roles", [
+    ("sft", [], ["policy"]),
+    ("rm", [], ["reward"]),
+    ("dpo", [], ["policy"]),  # reference log-probs precomputed: no reference in memory
+    ("dpo", ["dpo.precompute_ref_log_probs=false"], ["policy", "reference"]),
+    ("ppo", ["ppo.is_shared_backbone=false"], ["policy", "reference", "critic", "reward"]),
+    ("grpo", ["grpo.beta=0.0"], ["policy"]),
+    ("grpo", ["grpo.use_reward_model=true"], ["policy", "reference", "reward"]),
+])
+def test_stage_models(stage, overrides, roles):
+    """Which models each stage holds; trained models have gradients, frozen ones only weights; pairs double the
+    batch; GRPO decodes num_prompts * num_generations rollouts at once."""
+    config = load_config(recipe("gpt2"), overrides)
+    specs = mp.stage_models(stage, config)
+    assert [s.role for s in specs] == roles
+    full = mp.plan(stage, config, FULL)["full"]
+    assert all((m.gradients > 0) == (s.train_batch > 0) for m, s in zip(full, specs))
+    if stage in ("rm", "dpo"):
+        assert specs[0].train_batch == 2 * config.runner_config.batch_size
+    if stage == "grpo":
+        assert specs[0].kv_batch == config.grpo.num_prompts * config.grpo.num_generations
