@@ -20,8 +20,6 @@ holds whole models and the devices split the batch (data parallel).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import logging
 import os
 import re
 import sys
@@ -29,8 +27,6 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from mindrlhf.config import ConfigError, LoRAConfig, ModelConfig, RunConfig, load_config, read_yaml_with_bases
-
-logger = logging.getLogger(__name__)
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 ADAM_STATE_BYTES = 8  # AdamW: first and second moment in float32 for every trainable parameter
