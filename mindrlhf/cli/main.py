@@ -15,6 +15,7 @@
     mindrlhf grpo --config run_tinystories_656k_grpo.yaml --dataset_dir prompts.mindrecord
     mindrlhf eval --baseline tinystories --candidate ppo_hf --question_set mt_bench --reward_funcs sentiment
     mindrlhf dpo --config run_gpt2_tiny_dpo.yaml --train_dataset train.mindrecord --sft_checkpoint sft/checkpoint
+    mindrlhf plan-memory --config run_llama2_7b.yaml --stage ppo --devices 8 --device_memory 32GB
     mindrlhf loss-plot --log_file output/log/rank_0/info.log --output_file_dir loss_dir
 """
 from __future__ import annotations
@@ -43,6 +44,7 @@ PASS_THROUGH = {
     "convert-prompts": ("mindrlhf.data.convert_prompts", "RLHF prompts JSONL -> PPO MindRecord (rlhf_data.py flags)"),
     "loss-plot": ("mindrlhf.tools.loss_plot", "training log -> TensorBoard events and loss.png"),
     "rank-table": ("mindrlhf.tools.rank_table", "HCCL rank table: generate, --merge, --validate (Ascend)"),
+    "plan-memory": ("mindrlhf.tools.memory_plan", "per-device memory of a recipe, full and LoRA: does it fit?"),
 }
 
 
