@@ -302,7 +302,7 @@ def test_bad_inputs_are_one_line_errors(story_eval):
     bad_set = write_lines(os.path.join(story_eval["folder"], "no_prompt.jsonl"), [{"text": "Once upon a time"}])
     proc = mindrlhf("eval", "--baseline", "tinystories", "--candidate", "tinystories", "--question_set", bad_set,
                     "--reward_funcs", "length")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"error: {bad_set}:1: no 'prompt' field" in proc.stderr
     other = os.path.join(story_eval["folder"], "other_vocab_rm")
     os.makedirs(other)
@@ -310,7 +310,7 @@ def test_bad_inputs_are_one_line_errors(story_eval):
         json.dump(model_config_to_hf(tiny_llama_config(vocab_size=4096), reward=True), f)
     proc = mindrlhf("eval", "--baseline", "tinystories", "--candidate", "tinystories", "--question_set",
                     story_eval["questions"], "--reward_model", other, "--template", "none")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "the judge's vocabulary differs from the baseline policy's" in proc.stderr
     assert "vocab_size 4096" in proc.stderr and "vocab_size 2048" in proc.stderr
 
@@ -323,13 +323,13 @@ def test_bad_inputs_are_one_line_errors(story_eval):
     (["--reward_funcs", "length", "--baseline", "no_such_policy"], "--baseline no_such_policy: not found"),
     (["--reward_model", "no_such_rm"], "--reward_model no_such_rm: not found"),
 ])
-def test_command_errors_name_the_flag(extra, message, tmp_dir):
+def test_command_errors_name_the_flag(extra, message, tmp_dir, capsys):
     """Bad flags stop the command with one ``error: ...`` line (checked in process: no model is run)."""
     from mindrlhf.cli.main import main
 
     questions = write_lines(os.path.join(tmp_dir, "q.jsonl"), [{"prompt": "Once upon a time"}])
     argv = ["eval", "--baseline", "tinystories", "--candidate", "tinystories", "--question_set", questions,
             "--output_dir", tmp_dir]
-    with pytest.raises(SystemExit) as info:
-        main(argv + extra)
-    assert str(info.value).startswith("error: ") and message in str(info.value), str(info.value)
+    assert main(argv + extra) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, last

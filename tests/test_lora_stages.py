@@ -119,11 +119,12 @@ def export_and_compare(trainer, base, adapters, tmp_dir):
 
     recipe = os.path.join(tmp_dir, "recipe.yaml")
     save_config(trainer.cfg, recipe)
-    common = ["export-hf", "--config", recipe, "--load_checkpoint", base, "--adapter", adapters]
+    common = ["export-hf", "--config", recipe, "--load_checkpoint", base, "--adapter", adapters, "--tokenizer", "none"]
     merged, peft_dir, hf_base = (os.path.join(tmp_dir, n) for n in ("merged", "peft", "hf_base"))
     assert cli_main.main([*common, "--output_dir", merged]) == 0
     assert cli_main.main([*common, "--peft", "--output_dir", peft_dir]) == 0
-    assert cli_main.main(["export-hf", "--config", recipe, "--load_checkpoint", base, "--output_dir", hf_base]) == 0
+    assert cli_main.main(["export-hf", "--config", recipe, "--load_checkpoint", base, "--tokenizer", "none",
+                          "--output_dir", hf_base]) == 0
     policy = trainer.models.policy
     policy.set_train(False)
     ids = np.array([[5, 9, 30, 7, 10, 42, 8, 11]], np.int32)

@@ -56,7 +56,7 @@ def add_export_parser(sub) -> None:
     parser = sub.add_parser("export-hf", help="write a model as a Hugging Face folder (config.json + safetensors, "
                                               "tokenizer files, generation_config.json)")
     _add_common(parser)
-    add_tokenizer_argument(parser)
+    add_tokenizer_argument(parser)  # export-hf also takes "none": the weights without tokenizer files
     parser.add_argument("--output_dir", required=True, help="folder to write (replaced atomically)")
     parser.add_argument("--reward", action="store_true", help="the checkpoint is a reward model (score head)")
     parser.add_argument("--peft", action="store_true",
@@ -236,13 +236,17 @@ def run_export(args) -> int:
         return 0
     # a Hugging Face source's tokenizer and generation settings travel with its weights; what it lacks is written
     extra = hf_side_files(checkpoint) if is_hf_folder(checkpoint) else []
-    tokenizer, folder = choose_tokenizer(args.tokenizer, (checkpoint, cfg.load_checkpoint), cell.config.type)
-    try:
-        check_tokenizer_fits(tokenizer, cell.config, f"--tokenizer {args.tokenizer or tokenizer.path}")
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+    no_tokenizer = args.tokenizer == "none"
+    if not no_tokenizer:
+        tokenizer, folder = choose_tokenizer(args.tokenizer, (checkpoint, cfg.load_checkpoint), cell.config.type)
+        try:
+            check_tokenizer_fits(tokenizer, cell.config, f"--tokenizer {args.tokenizer or tokenizer.path}")
+        except ValueError as err:
+            raise SystemExit(f"error: {err}; or pass --tokenizer none to write the weights alone") from None
     with tempfile.TemporaryDirectory() as staging:
-        if args.tokenizer or not (is_hf_folder(checkpoint) and has_tokenizer(checkpoint)):
+        if no_tokenizer:
+            extra = [p for p in extra if os.path.basename(p) == "generation_config.json"]
+        elif args.tokenizer or not (is_hf_folder(checkpoint) and has_tokenizer(checkpoint)):
             extra = [p for p in extra if os.path.basename(p) == "generation_config.json"]
             extra += save_tokenizer(tokenizer, staging, cell.config.pad_token_id)
         if not args.reward and not any(os.path.basename(p) == "generation_config.json" for p in extra):
@@ -251,7 +255,7 @@ def run_export(args) -> int:
                 json.dump(hf_generation_config(cell.config, cfg.generation), f, indent=2)
         save_hf_checkpoint(cell, cell.config, args.output_dir, reward=args.reward, extra_files=extra)
     logger.info("Hugging Face checkpoint written (LoRA adapters merged, if any) to %s (tokenizer: %s)",
-                args.output_dir, folder or tokenizer.path)
+                args.output_dir, "none" if no_tokenizer else folder or tokenizer.path)
     return 0
 
 

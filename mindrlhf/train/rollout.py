@@ -80,6 +80,14 @@ def ends_with_eos(response_ids: np.ndarray, lengths: np.ndarray, eos_token_id: O
     return response_ids[np.arange(len(response_ids)), np.asarray(lengths) - 1] == eos_token_id
 
 
+def reward_model_scores(model: RewardModel, tokens: np.ndarray, mask: np.ndarray,
+                        eos_token_id: Optional[int]) -> np.ndarray:
+    """A reward model's ``(B,)`` scores of rollouts ``(B, L)``, read at the eos they are closed with
+    (:func:`close_with_eos`: appended to a rollout cut at ``max_new_tokens``)."""
+    tokens, mask = close_with_eos(tokens, mask, eos_token_id, model.config.seq_length)
+    return model(Tensor(tokens), Tensor(mask)).asnumpy().astype(np.float32)
+
+
 class RewardMix:
     """Reward functions (:class:`mindrlhf.rewards.CombinedReward`) and / or a reward model as one reward: a
     rollout's score is their sum. The rollout maker scores each part in its own layout (token lists for the
@@ -142,7 +150,7 @@ class RolloutMaker:
         if isinstance(self.reward, RewardMix):
             return self._mixed_scores(self.reward, tokens, mask, answers)
         if isinstance(self.reward, nn.Cell):
-            return self._model_scores(self.reward, tokens, mask)
+            return reward_model_scores(self.reward, tokens, mask, self.eos_token_id)
         prompts, responses = self._token_lists(tokens, mask)
         if _takes_answers(self.reward):
             answers = list(answers) if answers is not None else [""] * len(tokens)
@@ -160,11 +168,6 @@ class RolloutMaker:
         responses = [row[m == 1].tolist() for row, m in zip(tokens[:, width:], mask[:, width:])]
         return prompts, responses
 
-    def _model_scores(self, model: RewardModel, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """A reward model's ``(B,)`` scores, read at the eos the rollouts are closed with (:func:`close_with_eos`)."""
-        tokens, mask = close_with_eos(tokens, mask, self.eos_token_id, model.config.seq_length)
-        return model(Tensor(tokens), Tensor(mask)).asnumpy().astype(np.float32)
-
     def _mixed_scores(self, mix: RewardMix, tokens: np.ndarray, mask: np.ndarray,
                       answers: Optional[List[str]]) -> np.ndarray:
         total, parts = np.zeros(len(tokens), np.float32), {}
@@ -173,7 +176,7 @@ class RolloutMaker:
             scores, components = mix.functions(*self._token_lists(tokens, mask), answers)
             total, parts = total + scores, dict(components)
         if mix.reward_model is not None:
-            parts["reward_model"] = self._model_scores(mix.reward_model, tokens, mask)
+            parts["reward_model"] = reward_model_scores(mix.reward_model, tokens, mask, self.eos_token_id)
             total = total + parts["reward_model"]
         mix.last_components = parts
         return total
