@@ -323,6 +323,15 @@ def trl_grpo(data, cfg, tokenizer, out_dir: str):
     return saved, clock.median_phases()
 
 
+def print_report(report: dict, path: str = "") -> None:
+    """Print the JSON document, and write it to ``path`` too when given."""
+    text = json.dumps(report, indent=1)
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    print(text)
+
+
 def step_clock(base):
     """``(callback, times)``: a ``base`` (transformers' ``TrainerCallback``) that appends ``[begin, end]``
     ``perf_counter`` times of every optimizer step to ``times``."""
@@ -675,11 +684,7 @@ def main(argv=None) -> None:
               "pairs": {"train": len(data.train_pairs.chosen), "held_out": len(data.eval_pairs.chosen),
                         "ties_dropped": data.train_pairs.ties},
               "results": entries}
-    text = json.dumps(report, indent=1)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            f.write(text)
-    print(text)
+    print_report(report, args.json)
 
 
 if __name__ == "__main__":

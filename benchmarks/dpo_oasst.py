@@ -203,11 +203,9 @@ def main(argv=None) -> None:
     report = {"conversations": {"train": n_train, "held_out": n_held},
               "pairs": {k: v["count"] for k, v in stats.items()}, "before": before, "results": results,
               "load_avg_at_start": load_start, "load_avg_at_end": os.getloadavg()}
-    text = json.dumps(report, indent=1)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            f.write(text)
-    print(text)
+    from alignment_quality import print_report  # noqa: E402 - a sibling script, on sys.path when run
+
+    print_report(report, args.json)
 
 
 if __name__ == "__main__":
