@@ -298,6 +298,8 @@ CASES = [
     Case("eval_missing_baseline", lambda f, o: ["eval", "--baseline", os.path.join(o, "start"), "--candidate",
                                                 "tinystories", "--reward_funcs", "length", "--output_dir", o],
          text("start: not found")),
+    Case("plan_memory_unparsable_size", lambda f, o: ["plan-memory", "--config", TINY, "--device_memory", "lots"],
+         text("--device_memory 'lots': expected a size such as 32GB")),
     Case("eval_unknown_reward_function", lambda f, o: ["eval", "--baseline", "tinystories", "--candidate",
                                                        "tinystories", "--reward_funcs", "lenght", "--output_dir", o],
          text("lenght")),
