@@ -613,8 +613,7 @@ def write_win_rate_png(summary: Dict[str, object], path: str) -> str:
 def write_evaluation(result: EvalResult, header: Dict[str, str], cfg: EvalConfig, folder: str) -> Dict[str, str]:
     """``answers.jsonl``, ``summary.json``, ``report.md`` and ``win_rate.png`` in ``folder``, each written
     atomically; returns their paths."""
-    from mindrlhf.cli.generate import write_jsonl
-    from mindrlhf.demo import write_json, write_text
+    from mindrlhf.cli.common import write_json, write_jsonl, write_text
 
     os.makedirs(folder, exist_ok=True)
     files = {name: os.path.join(folder, name) for name in ("answers.jsonl", "summary.json", "report.md",

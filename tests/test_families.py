@@ -205,7 +205,8 @@ def test_each_family_is_one_registry_entry():
 
 
 def test_generate_takes_tokenizer_bos_and_template_from_the_family():
-    from mindrlhf.cli.generate import choose_tokenizer, prompt_bos, prompt_template
+    from mindrlhf.cli.common import choose_tokenizer
+    from mindrlhf.cli.generate import prompt_bos, prompt_template
 
     with pytest.raises(SystemExit, match="model family 'qwen2' ships no bundled tokenizer.*--tokenizer"):
         choose_tokenizer(None, [""], "qwen2")

@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from mindrlhf.cli.main import setup_logging  # noqa: E402
+from mindrlhf.cli.common import setup_logging  # noqa: E402
 from mindrlhf.data.convert_prompts import main  # noqa: E402
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """``mindrlhf demo``: the whole pipeline on bundled data in a few minutes on CPU.
 
-``--task stories`` (default, :mod:`mindrlhf.demo_stories`): a proxy reward model and PPO on the bundled pretrained
-TinyStories-656K, judged by a gold judge on held-out openings. ``--task cvalues`` (:mod:`mindrlhf.demo`): the seeds'
-three stages SFT -> reward model -> PPO on Chinese OpenAssistant and CValues data with a tiny Llama.
+``--task stories`` (default, :mod:`mindrlhf.cli.demo_stories`): a proxy reward model and PPO on the bundled
+pretrained TinyStories-656K, judged by a gold judge on held-out openings. ``--task cvalues``
+(:mod:`mindrlhf.cli.demo_cvalues`): the seeds' three stages SFT -> reward model -> PPO on Chinese OpenAssistant and
+CValues data with a tiny Llama.
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ TASKS = ("stories", "cvalues")
 
 
 def _settings_classes():
-    from mindrlhf.demo import DemoSettings
-    from mindrlhf.demo_stories import StoryDemoSettings
+    from mindrlhf.cli.demo_cvalues import DemoSettings
+    from mindrlhf.cli.demo_stories import StoryDemoSettings
 
     return {"stories": StoryDemoSettings, "cvalues": DemoSettings}
 
@@ -65,9 +66,9 @@ def task_settings(args):
 def run_demo(args) -> int:
     import mindspore as ms
 
+    settings = task_settings(args)  # a flag of the other task stops here, before the runtime is touched
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE)
-    settings = task_settings(args)
     for handler in logging.getLogger().handlers:  # the console: progress bars and the final report tell the story
         handler.setLevel(logging.WARNING)  # (each stage's info.log still gets everything)
     if args.task == "stories":
@@ -76,7 +77,7 @@ def run_demo(args) -> int:
 
 
 def _print_stories(settings) -> int:
-    from mindrlhf.demo_stories import run_story_demo, story_effect_table
+    from mindrlhf.cli.demo_stories import run_story_demo, story_effect_table
 
     result = run_story_demo(settings)
     print()
@@ -93,7 +94,7 @@ def _print_stories(settings) -> int:
 
 
 def _print_cvalues(settings) -> int:
-    from mindrlhf.demo import effect_table, run_demo as run
+    from mindrlhf.cli.demo_cvalues import effect_table, run_demo as run
 
     result = run(settings)
     print()

@@ -16,10 +16,10 @@ import argparse
 import json
 import logging
 import os
-import sys
 from typing import List, Optional
 
-from mindrlhf.cli.reward import add_overwrite_flag, add_use_parallel_argument, start_rl_run
+from mindrlhf.cli.common import (add_output_dir_argument, add_overwrite_flag, add_set_argument,
+                                 add_use_parallel_argument, choose_tokenizer, run_script, start_rl_run)
 from mindrlhf.config import load_config
 from mindrlhf.context import add_device_argument, apply_device_target
 
@@ -33,7 +33,7 @@ def add_dpo_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sft_checkpoint", default=None, help="policy and reference start weights: .ckpt, "
                         "checkpoint root, Hugging Face folder or bundled name (default: the recipe's load_checkpoint)")
     parser.add_argument("--resume", default="", help="DPO checkpoint root (with rank_<id>/) to continue from")
-    parser.add_argument("--output_dir", default=None, help="logs, checkpoints, metrics (default: the recipe's)")
+    add_output_dir_argument(parser, "logs, checkpoints, metrics (default: the recipe's)")
     parser.add_argument("--eval_dataset", default="", help="held-out preference MindRecord: metrics after training")
     parser.add_argument("--win_rate_prompts", default="", help="held-out prompt MindRecord (convert-prompts): win "
                         "rate of the policy against the reference")
@@ -44,8 +44,7 @@ def add_dpo_args(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     add_use_parallel_argument(parser)
     add_overwrite_flag(parser)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe value, e.g. --set dpo.beta=0.2 (repeatable)")
+    add_set_argument(parser, "dpo.beta=0.2", "recipe")
     parser.set_defaults(func=run_dpo)
 
 
@@ -58,7 +57,6 @@ def add_dpo_parser(sub) -> None:
 def prepare(args):
     """The recipe with the command's settings and the win-rate judge, checked before any model is built; a bad
     recipe, override or reward function stops the command with one ``error: ...`` line."""
-    from mindrlhf.cli.generate import choose_tokenizer
     from mindrlhf.rewards import CombinedReward, load_reward_funcs
 
     try:
@@ -134,6 +132,6 @@ def run_dpo(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry for the example script: ``mindrlhf dpo`` with ``argv`` (default: the script's own arguments)."""
-    from mindrlhf.cli.main import main as mindrlhf_main
-
-    return mindrlhf_main(["dpo", *(sys.argv[1:] if argv is None else argv)])
+    parser = argparse.ArgumentParser(prog="mindrlhf dpo")
+    add_dpo_args(parser)
+    return run_script(parser, argv)

@@ -17,6 +17,7 @@ import logging
 import os
 from typing import List, Optional
 
+from mindrlhf.cli.common import build_policy, choose_tokenizer
 from mindrlhf.context import add_device_argument
 from mindrlhf.evaluation import EvalConfig
 
@@ -85,7 +86,6 @@ def load_policy(name: str, checkpoint: str, run_cfg, tokenizer_path: Optional[st
     ``tokenizer_path``, else the first that ships one of the checkpoint's folder, the YAML's ``load_checkpoint``
     and the ``other`` policy's folder (a PPO ``.ckpt`` next to its Hugging Face start), else the family's bundled
     one."""
-    from mindrlhf.cli.generate import build_policy, choose_tokenizer
     from mindrlhf.data.tokenizer import check_tokenizer_fits
     from mindrlhf.evaluation import Policy
     from mindrlhf.models.convert import is_hf_folder, resolve_checkpoint
@@ -121,7 +121,6 @@ def pairwise_judge(name: str):
 def build_judge(args, baseline, reward_specs):
     """A :class:`FunctionJudge` of the reward functions, or a :class:`RewardModelJudge` whose vocabulary is
     checked against the baseline before its weights are read."""
-    from mindrlhf.cli.generate import choose_tokenizer
     from mindrlhf.config import load_config
     from mindrlhf.data.tokenizer import check_tokenizer_fits
     from mindrlhf.evaluation import FunctionJudge, RewardModelJudge

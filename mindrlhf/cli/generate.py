@@ -1,7 +1,6 @@
 """``mindrlhf generate`` (sample responses from a policy) and ``mindrlhf export-hf`` (write a Hugging Face folder)."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -9,7 +8,9 @@ import tempfile
 import time
 from typing import Optional
 
-from mindrlhf.config import RunConfig, load_config, save_config
+from mindrlhf.cli.common import (add_set_argument, add_tokenizer_argument, build_policy, choose_tokenizer,
+                                 has_tokenizer, model_config_for, write_jsonl)
+from mindrlhf.config import load_config, save_config
 from mindrlhf.context import add_device_argument, apply_device_target, init_context
 from mindrlhf.data.templates import apply_template
 
@@ -25,19 +26,11 @@ def _add_common(parser) -> None:
     parser.add_argument("--load_checkpoint", default=None,
                         help="Hugging Face folder, bundled model name (tinystories) or MindSpore .ckpt to load "
                              "(default: the YAML's, else fresh weights)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set generation.top_k=5 (repeatable)")
+    add_set_argument(parser, "generation.top_k=5")
     add_device_argument(parser)
     parser.add_argument("--adapter", default="",
                         help="LoRA adapters over --load_checkpoint (the base): a PEFT folder or a LoRA run's .ckpt "
                              "(e.g. a PPO policy_model_epoch_<n>.ckpt, which holds the adapters alone)")
-
-
-def add_tokenizer_argument(parser) -> None:
-    """``--tokenizer`` with the default every model command shares (see :func:`choose_tokenizer`)."""
-    parser.add_argument("--tokenizer", default=None,
-                        help="tokenizer.json, tokenizer folder or SentencePiece .model (default: the checkpoint "
-                             "folder's own tokenizer, else the bundled one of the model family)")
 
 
 def add_generate_parser(sub) -> None:
@@ -79,68 +72,6 @@ def run_config(args):
         raise SystemExit("--config is needed unless --load_checkpoint is a Hugging Face folder or a bundled model "
                          "(tinystories)")
     return cfg, checkpoint
-
-
-def model_config_for(cfg: RunConfig, checkpoint: str):
-    """The model's config: a Hugging Face checkpoint's ``config.json`` (with the YAML's dtypes), else the YAML's."""
-    from mindrlhf.models.convert import is_hf_folder, model_config_from_hf_folder
-
-    model_cfg = cfg.model.model_config
-    if checkpoint and is_hf_folder(checkpoint):
-        hf_cfg = model_config_from_hf_folder(checkpoint)
-        model_cfg = dataclasses.replace(hf_cfg, compute_dtype=model_cfg.compute_dtype,
-                                        param_init_type=model_cfg.param_init_type)
-    return model_cfg
-
-
-def build_policy(cfg: RunConfig, checkpoint: str, adapter: str = ""):
-    """A CausalLM for ``cfg``, with weights from ``checkpoint`` (HF folder, bundled name or .ckpt) when given, and
-    LoRA adapters from ``adapter`` (a PEFT folder or a .ckpt holding them) over them."""
-    from mindrlhf.models import CausalLM
-    from mindrlhf.models.convert import load_weights
-
-    model_cfg = model_config_for(cfg, checkpoint)
-    lm = CausalLM(model_cfg, recompute=cfg.recompute_config.recompute)
-    if checkpoint:
-        load_weights(lm, checkpoint, model_cfg, ignore_unexpected=("v_head.",))  # a PPO policy's value head
-        logger.info("loaded weights from %s", checkpoint)
-    else:
-        logger.info("no checkpoint given: %s built with fresh random weights (seed %d)", model_cfg.type, cfg.seed)
-    if adapter:
-        from mindrlhf.models.peft import load_adapter
-
-        logger.info("LoRA adapters from %s on %d layers", adapter, len(load_adapter(lm, model_cfg.type, adapter)))
-    return lm
-
-
-def has_tokenizer(folder: str) -> bool:
-    """True for a folder with ``tokenizer.json``, ``tokenizer.model`` or ``vocab.json`` + ``merges.txt``."""
-    def has(name):
-        return os.path.isfile(os.path.join(folder, name))
-
-    return os.path.isdir(folder) and (has("tokenizer.json") or has("tokenizer.model")
-                                      or (has("vocab.json") and has("merges.txt")))
-
-
-def choose_tokenizer(explicit: str, folders, model_type: str):
-    """``(tokenizer, its folder or None)``: ``explicit`` if given, else that of the first of ``folders`` (the
-    checkpoint loaded, then the run's starting checkpoint) that ships one, else the family's bundled one (a
-    family without one, such as Qwen2 or BLOOM, needs ``--tokenizer``)."""
-    from mindrlhf.data.tokenizer import load_tokenizer
-    from mindrlhf.models.convert import resolve_checkpoint
-    from mindrlhf.models.registry import family
-
-    if explicit:
-        return load_tokenizer(explicit), (explicit if os.path.isdir(explicit) else None)
-    for folder in folders:
-        folder = resolve_checkpoint(folder) if folder else ""
-        if folder and has_tokenizer(folder):
-            return load_tokenizer(folder), folder
-    bundled = family(model_type).tokenizer
-    if bundled is None:
-        raise SystemExit(f"model family {model_type!r} ships no bundled tokenizer and the checkpoint folder has "
-                         f"none: pass --tokenizer (the model's tokenizer.json or its folder)")
-    return load_tokenizer(bundled), None
 
 
 def prompt_template(model_type: str) -> str:
@@ -266,13 +197,3 @@ def hf_generation_config(model_cfg, generation) -> dict:
             "pad_token_id": model_cfg.pad_token_id, "do_sample": generation.do_sample,
             "max_new_tokens": generation.max_new_tokens, "temperature": generation.temperature,
             "top_k": generation.top_k, "top_p": generation.top_p}
-
-
-def write_jsonl(records, path: str) -> None:
-    """Write records as JSON lines atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)

@@ -12,7 +12,8 @@ import argparse
 import logging
 from typing import List, Optional
 
-from mindrlhf.cli.reward import add_overwrite_flag, add_use_parallel_argument, start_rl_run
+from mindrlhf.cli.common import (add_output_dir_argument, add_overwrite_flag, add_set_argument,
+                                 add_use_parallel_argument, choose_tokenizer, run_script, start_rl_run)
 from mindrlhf.config import load_config
 
 logger = logging.getLogger(__name__)
@@ -29,13 +30,12 @@ def add_grpo_args(parser: argparse.ArgumentParser) -> None:
                         "grpo.use_reward_model True")
     parser.add_argument("--reward_checkpoint", default=None, help="reward-model weights (default: the reward "
                         "recipe's load_checkpoint)")
-    parser.add_argument("--output_dir", default=None, help="logs, checkpoints, metrics (default: the recipe's)")
+    add_output_dir_argument(parser, "logs, checkpoints, metrics (default: the recipe's)")
     parser.add_argument("--resume", default="", help="GRPO checkpoint root (with rank_<id>/) to continue from")
     parser.add_argument("--device_target", default=None, help="CPU, GPU or Ascend (default: the recipe's)")
     parser.add_argument("--mode", type=int, default=None, help="0 graph, 1 pynative (default: the recipe's)")
     add_use_parallel_argument(parser)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe value, e.g. --set grpo.beta=0.0 (repeatable)")
+    add_set_argument(parser, "grpo.beta=0.0", "recipe")
     parser.add_argument("--set_reward", dest="reward_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a reward-recipe value (repeatable)")
     add_overwrite_flag(parser)
@@ -49,8 +49,8 @@ def add_grpo_parser(sub) -> None:
 
 
 def build_reward(cfg, args, tokenizer):
-    """The run's :class:`~mindrlhf.train.rollout.RewardMix`: reward functions resolved first (clear errors before any model exists),
-    then the reward model when ``grpo.use_reward_model``."""
+    """The run's :class:`~mindrlhf.train.rollout.RewardMix`: reward functions resolved first (clear errors before
+    any model exists), then the reward model when ``grpo.use_reward_model``."""
     from mindrlhf.models import RewardModel
     from mindrlhf.models.convert import load_weights
     from mindrlhf.rewards import CombinedReward, load_reward_funcs
@@ -78,8 +78,6 @@ def prepare(args):
     """``(cfg, sft checkpoint, reward)``: the recipe with the command's settings, and the reward resolved before
     any policy is built. A bad recipe, override, tokenizer or reward function stops the command with one
     ``error: ...`` line (exit status 1), not a traceback."""
-    from mindrlhf.cli.generate import choose_tokenizer
-
     try:
         cfg = load_config(args.config, args.overrides)
         for name in ("device_target", "mode"):
@@ -111,11 +109,6 @@ def run_grpo(args) -> int:
 
 def main(argv: Optional[List[str]] = None, prog: str = "train_grpo.py") -> int:
     """Entry for the example script."""
-    from mindrlhf.cli.main import setup_logging
-    from mindrlhf.errors import run_command
-
     parser = argparse.ArgumentParser(prog=prog)
     add_grpo_args(parser)
-    args = parser.parse_args(argv)
-    setup_logging()
-    return run_command(args.func, args)
+    return run_script(parser, argv)

@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import List, Optional
 
@@ -34,6 +33,7 @@ from mindrlhf.cli import grpo as grpo_cmd
 from mindrlhf.cli import ppo as ppo_cmd
 from mindrlhf.cli import reward as reward_cmd
 from mindrlhf.cli import sft as sft_cmd
+from mindrlhf.cli.common import setup_logging
 from mindrlhf.errors import USER_ERROR_STATUS, run_command
 
 
@@ -46,12 +46,6 @@ PASS_THROUGH = {
     "rank-table": ("mindrlhf.tools.rank_table", "HCCL rank table: generate, --merge, --validate (Ascend)"),
     "plan-memory": ("mindrlhf.tools.memory_plan", "per-device memory of a recipe, full and LoRA: does it fit?"),
 }
-
-
-def setup_logging(level: str = "INFO") -> None:
-    """Log to stderr as ``time level name: message``."""
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,8 @@ import argparse
 import logging
 from typing import List, Optional
 
-from mindrlhf.cli.reward import add_overwrite_flag, add_use_parallel_argument, start_rl_run
+from mindrlhf.cli.common import (add_output_dir_argument, add_overwrite_flag, add_set_argument,
+                                 add_use_parallel_argument, run_script, start_rl_run)
 from mindrlhf.config import load_config
 
 logger = logging.getLogger(__name__)
@@ -31,8 +32,7 @@ def add_ppo_args(parser: argparse.ArgumentParser, default_stage: str = "all") ->
     parser.add_argument("--reward_checkpoint", default=None, help="reward-model weights (default: the reward "
                         "recipe's load_checkpoint)")
     parser.add_argument("--critic_checkpoint", default=None, help="critic weights (default: the reward model's)")
-    parser.add_argument("--output_dir", default=None, help="logs, checkpoints, metrics (default: the policy "
-                        "recipe's output_dir)")
+    add_output_dir_argument(parser, "logs, checkpoints, metrics (default: the policy recipe's output_dir)")
     parser.add_argument("--resume", default="", help="PPO checkpoint root (with rank_<id>/) to continue from")
     parser.add_argument("--save_data_file", default="", help="write each iteration's experience here (MindRecord)")
     parser.add_argument("--align_type", default="rlhf", choices=["rlhf", "rlhf_stages"],
@@ -43,8 +43,7 @@ def add_ppo_args(parser: argparse.ArgumentParser, default_stage: str = "all") ->
     parser.add_argument("--mode", type=int, default=None, help="0 graph, 1 pynative (default: the recipe's)")
     parser.add_argument("--max_device_memory", default=None, help="e.g. 59GB (GPU/Ascend)")
     add_use_parallel_argument(parser)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a policy-recipe value, e.g. --set ppo.kl_coef=0.05 (repeatable)")
+    add_set_argument(parser, "ppo.kl_coef=0.05", "policy-recipe")
     parser.add_argument("--set_reward", dest="reward_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a reward-recipe value, e.g. --set_reward model.model_config.compute_dtype="
                         "float32 (repeatable)")
@@ -106,13 +105,8 @@ def run_ppo(args) -> int:
 def main(argv: Optional[List[str]] = None, prog: str = "train.py", default_stage: str = "all",
          align_type: Optional[str] = None) -> int:
     """Entry for the example scripts (``train.py``; ``make_experience.py`` / ``ppo_train.py`` fix the stage)."""
-    from mindrlhf.cli.main import setup_logging
-    from mindrlhf.errors import run_command
-
     parser = argparse.ArgumentParser(prog=prog)
     add_ppo_args(parser, default_stage)
     if align_type:
         parser.set_defaults(align_type=align_type)
-    args = parser.parse_args(argv)
-    setup_logging()
-    return run_command(args.func, args)
+    return run_script(parser, argv)

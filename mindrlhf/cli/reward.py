@@ -16,44 +16,17 @@ import logging
 import os
 from typing import List, Optional, Tuple
 
-from mindrlhf.cli.generate import add_tokenizer_argument
-from mindrlhf.config import load_config
-from mindrlhf.context import add_device_argument, apply_device_target, init_context
+from mindrlhf.cli.common import (add_output_dir_argument, add_overwrite_flag, add_set_argument,
+                                 add_tokenizer_argument, add_use_parallel_argument, choose_tokenizer, run_script,
+                                 run_training, setup_run, str2bool, write_jsonl)
+from mindrlhf.context import add_device_argument
 
 logger = logging.getLogger(__name__)
 
 
-def str2bool(text: str) -> bool:
-    """``True/true/1/yes`` or ``False/false/0/no`` (the predecessor treated any non-empty string as true)."""
-    value = str(text).strip().lower()
-    if value in ("true", "1", "yes", "y"):
-        return True
-    if value in ("false", "0", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {text!r}")
-
-
-def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
-    """``--overwrite_output_dir`` of the training commands (see :func:`mindrlhf.runlock.claim_output_dir`)."""
-    parser.add_argument("--overwrite_output_dir", action="store_true", help="start afresh in an output folder that "
-                        "holds an earlier run (its checkpoints, logs and metrics are removed first)")
-
-
-def bool_or_auto(text: str) -> Optional[bool]:
-    """``auto`` -> None (decide from the launcher), else :func:`str2bool`."""
-    return None if str(text).strip().lower() == "auto" else str2bool(text)
-
-
-def add_use_parallel_argument(parser: argparse.ArgumentParser) -> None:
-    """``--use_parallel {auto,True,False}``, parsed the same way by every training command."""
-    parser.add_argument("--use_parallel", type=bool_or_auto, default=None, metavar="{auto,True,False}",
-                        help="data-parallel run; auto (default): yes when started by msrun or a rank-table launcher")
-
-
 def _common(parser: argparse.ArgumentParser, set_example: str) -> None:
     parser.add_argument("--config", required=True, help="run_*_rm.yaml recipe")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"override a config value, e.g. --set {set_example} (repeatable)")
+    add_set_argument(parser, set_example)
     add_device_argument(parser)
 
 
@@ -63,8 +36,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
                         "train_dataset.data_loader.dataset_dir)")
     parser.add_argument("--load_checkpoint", default=None, help="resume from a checkpoint root (with rank_<id>/) "
                         "or start from weights (.ckpt or Hugging Face folder, e.g. the SFT model)")
-    parser.add_argument("--output_dir", default=None, help="logs, checkpoints and the resolved config "
-                        "(default: the YAML's output_dir)")
+    add_output_dir_argument(parser)
     parser.add_argument("--run_mode", default="train", choices=["train"], help="kept for seed compatibility")
     add_use_parallel_argument(parser)
     add_overwrite_flag(parser)
@@ -107,70 +79,6 @@ def add_reward_parser(sub) -> None:
     add_infer_args(rm_sub.add_parser("infer", help="score responses from a JSON/JSONL file"))
 
 
-def _setup(args, with_log: bool = True):
-    from mindrlhf.train.monitor import attach_rank_log
-
-    cfg = load_config(args.config, args.overrides)
-    apply_device_target(cfg.context, args.device_target)
-    init_context(cfg.context, cfg.seed)
-    if with_log:
-        attach_rank_log(cfg.output_dir, 0)
-    return cfg
-
-
-def join_group(cfg, use_parallel: Optional[bool]):
-    """``(rank_id, rank_size)``: join the data-parallel group when asked to, or (``use_parallel`` None) when
-    started by msrun or a rank-table launcher."""
-    from mindrlhf.context import init_distributed, launched_as_worker
-
-    parallel = launched_as_worker() if use_parallel is None else use_parallel
-    return init_distributed(cfg.parallel_config, cfg.context.device_target) if parallel else (0, 1)
-
-
-def start_rl_run(cfg, args, resuming: bool) -> Tuple[int, int]:
-    """The start every RL / preference command shares (PPO, GRPO, DPO): the MindSpore context, the process group,
-    the output folder claimed for this run (refused while another run holds it, or when it holds an earlier run
-    and this is neither a resume nor ``--overwrite_output_dir``) and this rank's log file; returns
-    ``(rank_id, rank_size)``."""
-    from mindrlhf.runlock import claim_output_dir, run_mode
-    from mindrlhf.train.monitor import attach_rank_log
-
-    init_context(cfg.context, cfg.seed)
-    rank_id, rank_size = join_group(cfg, args.use_parallel)
-    claim_output_dir(cfg.output_dir, cfg, run_mode(resuming, args.overwrite_output_dir), rank_id,
-                     f"resume it with --resume {os.path.join(cfg.output_dir, 'checkpoint')}")
-    attach_rank_log(cfg.output_dir, rank_id)
-    return rank_id, rank_size
-
-
-def run_training(args, train) -> int:
-    """The supervised stages' command body: config (flags over ``--set`` over the YAML), group, ``train(cfg,
-    dataset, rank_id, rank_size)``, a closing log line. The output folder is claimed first
-    (:func:`mindrlhf.runlock.claim_output_dir`): a checkpoint root as ``--load_checkpoint`` resumes."""
-    from mindrlhf.runlock import claim_output_dir, run_mode
-    from mindrlhf.train.checkpoint import resume_checkpoint
-
-    cfg = _setup(args, with_log=False)
-    if args.output_dir is not None:
-        cfg.output_dir = args.output_dir
-    if args.load_checkpoint is not None:
-        cfg.load_checkpoint = args.load_checkpoint
-    rank_id, rank_size = join_group(cfg, args.use_parallel)
-    resuming = resume_checkpoint(cfg.load_checkpoint, rank_id) is not None
-    claim_output_dir(cfg.output_dir, cfg, run_mode(resuming, args.overwrite_output_dir), rank_id,
-                     f"resume it with --load_checkpoint {os.path.join(cfg.output_dir, 'checkpoint')}")
-    _, result = train(cfg, args.train_dataset or None, rank_id, rank_size)
-    log = logging.getLogger(train.__module__)  # the stage's own logger: mindrlhf.train.sft or .reward
-    if not result.losses:
-        log.info("nothing left to train: the checkpoint is at the end of training (global step %d)",
-                 result.state.global_step)
-    else:
-        log.info("training finished: global step %d, last loss %.4f, %d overflow steps and %d NaN-loss steps "
-                 "skipped; checkpoint %s", result.state.global_step, result.losses[-1], result.overflows,
-                 result.nan_losses, result.last_checkpoint)
-    return 0
-
-
 def run_train(args) -> int:
     from mindrlhf.train.reward import train_reward_model
 
@@ -180,7 +88,7 @@ def run_train(args) -> int:
 def run_eval(args) -> int:
     from mindrlhf.train.reward import eval_checkpoints, evaluate_reward_model
 
-    cfg = _setup(args)
+    cfg = setup_run(args)
     for checkpoint in eval_checkpoints(args.distributed_ckpt_path, args.load_all_ckpt):
         evaluate_reward_model(cfg, checkpoint, args.eval_dataset or None)
     return 0
@@ -234,7 +142,6 @@ def infer_tokenizer(args, model_cfg, checkpoint: str):
     """The tokenizer ``rm infer`` encodes with, chosen as ``generate`` chooses it (``--tokenizer``, else the
     checkpoint folder's, else the family's bundled one); one that does not belong to the model stops the
     command: more ids than the embedding table, or another eos than the one the score is read at."""
-    from mindrlhf.cli.generate import choose_tokenizer
     from mindrlhf.data.tokenizer import check_tokenizer_fits
 
     tokenizer, _ = choose_tokenizer(args.tokenizer, (checkpoint,), model_cfg.type)
@@ -252,12 +159,11 @@ def infer_tokenizer(args, model_cfg, checkpoint: str):
 
 
 def run_infer(args) -> int:
-    from mindrlhf.cli.generate import write_jsonl
     from mindrlhf.models import RewardModel
     from mindrlhf.models.convert import is_hf_folder, load_ckpt, load_weights
     from mindrlhf.train.reward import eval_checkpoints, score_texts
 
-    cfg = _setup(args)
+    cfg = setup_run(args)
     model_cfg = cfg.model.model_config
     # not the recipe's load_checkpoint: that starts training (often a causal LM, no score head), it is no scorer
     source = args.distributed_ckpt_path
@@ -289,12 +195,7 @@ def run_infer(args) -> int:
 
 def main(command: str, argv: Optional[List[str]] = None) -> int:
     """Entry for the example scripts: ``main("train", sys.argv[1:])``."""
-    from mindrlhf.cli.main import setup_logging
-    from mindrlhf.errors import run_command
-
     parser = argparse.ArgumentParser(prog=f"reward_{command}.py")
     {"train": add_train_args, "eval": add_eval_args, "infer": add_infer_args}[command](parser)
-    args = parser.parse_args(argv)
-    setup_logging()
-    return run_command(args.func, args)
+    return run_script(parser, argv)
 

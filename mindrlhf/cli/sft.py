@@ -12,7 +12,8 @@ import argparse
 import logging
 from typing import List, Optional
 
-from mindrlhf.cli.reward import add_overwrite_flag, add_use_parallel_argument, run_training
+from mindrlhf.cli.common import (add_output_dir_argument, add_overwrite_flag, add_set_argument,
+                                 add_use_parallel_argument, run_script, run_training)
 from mindrlhf.context import add_device_argument
 
 logger = logging.getLogger(__name__)
@@ -21,12 +22,10 @@ logger = logging.getLogger(__name__)
 def add_sft_args(parser: argparse.ArgumentParser) -> None:
     """The flags of ``mindrlhf sft`` (those of ``mindrlhf rm train`` plus ``--output_dir`` and ``--seed``)."""
     parser.add_argument("--config", required=True, help="run_*_sft.yaml recipe")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set runner_config.epochs=1 (repeatable)")
+    add_set_argument(parser, "runner_config.epochs=1")
     parser.add_argument("--train_dataset", default="", help="SFT MindRecord from mindrlhf convert-sft (default: the "
                         "YAML's train_dataset.data_loader.dataset_dir)")
-    parser.add_argument("--output_dir", default=None, help="logs, checkpoints and the resolved config "
-                        "(default: the YAML's output_dir)")
+    add_output_dir_argument(parser)
     parser.add_argument("--load_checkpoint", default=None, help="resume from a checkpoint root (with rank_<id>/) "
                         "or start from weights (.ckpt or Hugging Face folder)")
     parser.add_argument("--seed", type=int, default=None, help="global seed (default: the YAML's seed)")
@@ -48,17 +47,12 @@ def run_sft(args) -> int:
     from mindrlhf.train.sft import train_sft
 
     if args.seed is not None:
-        args.overrides = [*args.overrides, f"seed={args.seed}"]  # before _setup, which seeds MindSpore with it
+        args.overrides = [*args.overrides, f"seed={args.seed}"]  # before setup_run, which seeds MindSpore with it
     return run_training(args, train_sft)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry for scripts: ``main(sys.argv[1:])`` runs ``mindrlhf sft`` with those flags."""
-    from mindrlhf.cli.main import setup_logging
-    from mindrlhf.errors import run_command
-
     parser = argparse.ArgumentParser(prog="mindrlhf sft", description="Supervised fine-tuning (stage 1).")
     add_sft_args(parser)
-    args = parser.parse_args(argv)
-    setup_logging()
-    return run_command(args.func, args)
+    return run_script(parser, argv)

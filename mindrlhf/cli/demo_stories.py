@@ -76,7 +76,7 @@ def _recipes(settings: StoryDemoSettings, folder: str):
     import mindspore as ms
 
     from mindrlhf.config import load_config
-    from mindrlhf.demo import recipe
+    from mindrlhf.cli.demo_cvalues import recipe
     from mindrlhf.models.convert import BUNDLED_MODELS
 
     ms.set_seed(settings.seed)
@@ -177,11 +177,21 @@ def write_story_plots(result: StoryDemoResult, rm_losses: List[float], folder: s
 
 
 def write_story_report(result: StoryDemoResult, settings: StoryDemoSettings, folder: str) -> str:
-    from mindrlhf.demo import write_text
+    from mindrlhf.cli.common import write_text
 
     gain = result.gold_after - result.gold_before
     outcome = result.gold_outcome
     wins, ties, losses = outcome["wins"], outcome["ties"], outcome["losses"]
+    seconds = result.seconds
+    stage_rows = "\n".join([
+        f"| data | {settings.train_prompts} train / {settings.eval_prompts} held-out openings, gold-labelled pairs "
+        f"| {seconds['data']:.0f} |",
+        f"| 2 proxy reward model | held-out pair accuracy against the gold labels **{result.rm_accuracy:.3f}** "
+        f"({result.rm_pairs} pairs) | {seconds['rm']:.0f} |",
+        f"| 3 PPO ({settings.ppo_iterations} x {settings.ppo_rollouts} rollouts) | held-out gold mean "
+        f"{result.gold_before:.3f} -> **{result.gold_after:.3f}** ({gain:+.3f}; initial std "
+        f"{result.gold_std_before:.3f}), proxy {result.proxy_before:.3f} -> {result.proxy_after:.3f}, KL "
+        f"{result.kl_after:.2f} | {seconds['ppo']:.0f} |"])
     text = f"""# mindrlhf demo: a real pretrained model learns from a proxy reward model, judged by a gold judge
 
 TinyStories-656K (bundled, pretrained; Llama, grouped-query attention), CPU, seed {settings.seed}. Gold judge: VADER
@@ -190,9 +200,7 @@ samples, the same sampling seeds before and after.
 
 | stage | result | seconds |
 |---|---|---:|
-| data | {settings.train_prompts} train / {settings.eval_prompts} held-out openings, gold-labelled pairs | {result.seconds['data']:.0f} |
-| 2 proxy reward model | held-out pair accuracy against the gold labels **{result.rm_accuracy:.3f}** ({result.rm_pairs} pairs) | {result.seconds['rm']:.0f} |
-| 3 PPO ({settings.ppo_iterations} x {settings.ppo_rollouts} rollouts) | held-out gold mean {result.gold_before:.3f} -> **{result.gold_after:.3f}** ({gain:+.3f}; initial std {result.gold_std_before:.3f}), proxy {result.proxy_before:.3f} -> {result.proxy_after:.3f}, KL {result.kl_after:.2f} | {result.seconds['ppo']:.0f} |
+{stage_rows}
 
 Held-out gold mean after each iteration (0 = before): {', '.join(f'{g:.3f}' for g in result.gold_curve)}
 
@@ -213,7 +221,7 @@ Plots: `gold_reward.png`, `proxy_reward.png`, `ppo_kl.png`, `rm_loss.png`. Tenso
 def run_story_demo(settings: StoryDemoSettings) -> StoryDemoResult:
     """Run the story pipeline and write the report; returns what was measured."""
     from mindrlhf.data.tokenizer import load_tokenizer
-    from mindrlhf.demo import write_json
+    from mindrlhf.cli.common import write_json
     from mindrlhf.evaluation import paired_outcome
     from mindrlhf.models.convert import BUNDLED_MODELS
 

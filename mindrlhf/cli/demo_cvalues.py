@@ -19,7 +19,7 @@ The models are tiny and trained for minutes: the responses are not Chinese yet. 
 machinery end to end on real data, with every number measured: the reward model's held-out accuracy (0.848 with the
 defaults), PPO's reward and KL per iteration, and the reward of the same held-out prompts before and after PPO
 (0.364 -> 1.559 with the defaults). ``mindrlhf demo`` without ``--task cvalues`` runs the story task instead
-(:mod:`mindrlhf.demo_stories`), where a gold judge measures what PPO really gained.
+(:mod:`mindrlhf.cli.demo_stories`), where a gold judge measures what PPO really gained.
 """
 from __future__ import annotations
 
@@ -34,11 +34,12 @@ from typing import Dict, List, Optional
 import numpy as np
 from mindspore import Tensor
 
+from mindrlhf.cli.common import write_json, write_text
 from mindrlhf.config import RunConfig, load_config
 
 logger = logging.getLogger(__name__)
 
-PACKAGE = os.path.dirname(os.path.abspath(__file__))
+PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the mindrlhf package folder
 ASSETS = os.path.join(PACKAGE, "assets", "data")
 SFT_DATA = os.path.join(ASSETS, "oasst_sft_zh.json")
 PREFERENCE_DATA = os.path.join(ASSETS, "oasst_rm_zh.json")
@@ -99,20 +100,6 @@ def recipe(name: str) -> str:
         if os.path.isfile(path):
             return os.path.abspath(path)
     raise FileNotFoundError(f"recipe {name} not found under model_configs/ (a checkout) or share/mindrlhf")
-
-
-def write_text(path: str, text: str) -> str:
-    """Write ``text`` to ``path`` atomically (a temporary file, then a rename)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
-
-
-def write_json(path: str, data) -> str:
-    """``data`` as indented JSON at ``path``, atomically."""
-    return write_text(path, json.dumps(data, ensure_ascii=False, indent=1))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -289,8 +276,8 @@ def write_report(result: DemoResult, settings: DemoSettings, folder: str) -> str
     stage_rows = "\n".join([
         f"| 1 SFT | Chinese OpenAssistant conversations (oasst1) | final loss {seconds['sft_final_loss']:.3f} "
         f"| {seconds['sft']:.0f} |",
-        f"| 2 reward model | Chinese OpenAssistant human rankings | held-out accuracy **{result.rm_accuracy:.3f}** on "
-        f"{result.rm_pairs} pairs | {seconds['rm']:.0f} |",
+        f"| 2 reward model | Chinese OpenAssistant human rankings | held-out accuracy "
+        f"**{result.rm_accuracy:.3f}** on {result.rm_pairs} pairs | {seconds['rm']:.0f} |",
         f"| 3 PPO | CValues responsibility prompts | mean reward of held-out prompts {result.reward_before:.3f} -> "
         f"**{result.reward_after:.3f}** | {seconds['ppo']:.0f} |"])
     curve = ", ".join(f"{r:.3f}" for r in result.ppo_reward_curve)
@@ -357,6 +344,6 @@ def run_demo(settings: DemoSettings) -> DemoResult:
                         ppo_kl_curve=[m["kl"] for m in metrics], table=table, seconds=seconds)
     result.files = write_plots(result, sft_fit.losses, rm_fit.losses, folder)
     result.files["report.md"] = write_report(result, settings, folder)
-    result.files["summary.json"] = write_json(os.path.join(folder, "summary.json"),
-                                               {**dataclasses.asdict(result), "settings": dataclasses.asdict(settings)})
+    summary = {**dataclasses.asdict(result), "settings": dataclasses.asdict(settings)}
+    result.files["summary.json"] = write_json(os.path.join(folder, "summary.json"), summary)
     return result
