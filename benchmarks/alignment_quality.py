@@ -56,8 +56,8 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 from rm_train import rss_mb  # noqa: E402 - shared with the other benchmarks
-from mindrlhf.alignment import (HeldOutJudge, PolicyEvaluation, StoryProtocol, pair_seq_length,  # noqa: E402
-                                pairwise_accuracy, prepare_story_data, summary_row)
+from mindrlhf.alignment import (  # noqa: E402
+    HeldOutJudge, PolicyEvaluation, StoryProtocol, pair_seq_length, pairwise_accuracy, prepare_story_data, summary_row)
 
 logger = logging.getLogger("alignment_quality")
 

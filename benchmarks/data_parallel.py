@@ -370,7 +370,7 @@ def run_all(args, work: str) -> tuple:
     if record_count(data) < needed:
         raise SystemExit(f"{data}: {record_count(data)} pairs, the 2-worker run needs {needed}; lower --steps")
     per_run = {"one": [], "two": [], "two_alone": []}
-    for repeat in range(args.repeats):
+    for _ in range(args.repeats):
         for case in per_run:
             per_run[case].append(clean_run(case, work, data, args))
     profile = None

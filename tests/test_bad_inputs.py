@@ -267,7 +267,8 @@ CASES = [
          text("tests.reward_helpers:NOT_CALLABLE")),
     Case("grpo_reward_wrong_signature", lambda f, o: ["grpo", "--config", GRPO_RECIPE, "--dataset_dir", "x",
                                                       "--output_dir", o, "--set",
-                                                      "grpo.reward_funcs=[{name: 'tests.reward_helpers:two_arguments'}]"],
+                                                      "grpo.reward_funcs=[{name: "
+                                                      "'tests.reward_helpers:two_arguments'}]"],
          text("tests.reward_helpers:two_arguments")),
     # command lines
     Case("ppo_stage_without_stages", lambda f, o: ["ppo", "--dataset_dir", "x", "--sft_model_path", PPO_RECIPE,
@@ -323,7 +324,8 @@ def outputs_under(folder: str) -> List[str]:
     """Checkpoints and MindRecord files anywhere under ``folder`` (a failed command must leave none)."""
     found = []
     for dirpath, _, names in os.walk(folder):
-        found += [os.path.join(dirpath, n) for n in names if n.endswith((".ckpt", ".mindrecord", ".db", ".safetensors"))]
+        found += [os.path.join(dirpath, n) for n in names
+                  if n.endswith((".ckpt", ".mindrecord", ".db", ".safetensors"))]
     return found
 
 

@@ -91,7 +91,8 @@ def reference(name, tok, prompt, chosen, rejected, seq_length, pad, side="right"
     prompt_len = len(contract_ids(name, tok, prompt, "", seq_length)) - 1
     return {"chosen_response_mask": [int(start + prompt_len <= t < start + len(c)) for t in range(seq_length)],
             "rejected_response_mask": [int(start + prompt_len <= t < start + len(r))
-                                       for t in range(seq_length)],"chosen_input_ids": c_ids, "chosen_attention_mask": c_mask, "rejected_input_ids": r_ids,
+                                       for t in range(seq_length)],
+            "chosen_input_ids": c_ids, "chosen_attention_mask": c_mask, "rejected_input_ids": r_ids,
             "rejected_attention_mask": r_mask, "position_id": [max(t - start, 0) for t in range(seq_length)],
             "loss_mask": [1 if start + div <= t < start + end else 0 for t in range(seq_length)],
             "end_ind": start + end, "_lengths": (len(c), len(r), div),

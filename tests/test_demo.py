@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ["--task", "cvalues", "--sft_samples", "48", "--sft_epochs", "1", "--rm_conversations", "60", "--rm_epochs", "1",
+SMALL = ["--task", "cvalues", "--sft_samples", "48", "--sft_epochs", "1", "--rm_conversations", "60",
+         "--rm_epochs", "1",
          "--ppo_iterations", "2", "--ppo_rollouts", "8", "--eval_prompts", "4", "--table_rows", "3",
          "--new_tokens", "8", "--seq_length", "128", "--prompt_length", "48", "--hidden_size", "64",
          "--num_layers", "2", "--no_progress"]

@@ -139,7 +139,7 @@ def test_relative_links_point_at_existing_files(path):
     text = open(path, encoding="utf-8").read()
     broken = []
     for target in relative_links(text):
-        file_part = re.split(r"[#?]", target, 1)[0]
+        file_part = re.split(r"[#?]", target, maxsplit=1)[0]
         resolved = os.path.normpath(os.path.join(os.path.dirname(path), file_part))
         if not os.path.exists(resolved):
             broken.append(target)

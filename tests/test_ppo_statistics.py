@@ -44,7 +44,8 @@ def test_global_whitening_is_whitening_of_the_concatenation():
                                rl.whiten(np.concatenate(parts), np.concatenate(masks), shift_mean=False), atol=1e-6)
     values = np.concatenate(parts)[np.concatenate(masks) == 1]
     for ddof in (0, 1):
-        moments = ThreadRanks().run(lambda r, reduce: rl.masked_moments(parts[r], masks[r], reduce, ddof))
+        moments = ThreadRanks().run(lambda r, reduce, ddof=ddof: rl.masked_moments(parts[r], masks[r], reduce,
+                                                                                    ddof))
         assert moments[0] == moments[1]  # every rank gets the same numbers
         np.testing.assert_allclose(moments[0], (values.mean(), values.var(ddof=ddof), values.size), rtol=1e-12)
 

@@ -32,7 +32,8 @@ TOKENIZERS = {"gpt2": ("gpt2", [], 50256, 50256), "llama": ("llama", [1], 2, 2),
 # (prompt, chosen response, rejected response), spaces around them as a source file may have them
 ENGLISH = [("What does a kind dog do?", "It helps a lost cat find its home.", "Nothing."),
            (" Where did Tom go? ", " Tom went to the park with his mom.\n", "He went to sleep.")]
-CHINESE = [("  请用一句话介绍长城。 ", "长城是中国古代修建的防御工事。\n", "不知道。")]  # outside TinyStories' vocabulary
+# outside TinyStories' vocabulary
+CHINESE = [("  请用一句话介绍长城。 ", "长城是中国古代修建的防御工事。\n", "不知道。")]
 SEQ, PROMPT_WIDTH = 160, 96
 
 

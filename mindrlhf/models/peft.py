@@ -63,8 +63,8 @@ def save_peft_adapter(model: nn.Cell, model_type: str, folder: str) -> str:
         tensors[f"{PEFT_PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(layer.lora_A.asnumpy())
         tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(layer.lora_B.asnumpy())
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": None,
-              "r": int(single_setting([l.r for l in layers.values()], "ranks")),
-              "lora_alpha": single_setting([l.alpha for l in layers.values()], "alphas"),
+              "r": int(single_setting([layer.r for layer in layers.values()], "ranks")),
+              "lora_alpha": single_setting([layer.alpha for layer in layers.values()], "alphas"),
               "lora_dropout": 0.0, "target_modules": modules, "bias": "none", "inference_mode": True,
               "fan_in_fan_out": any(f"{m}.weight".endswith(layout.transposed) for m in modules),
               "modules_to_save": None}

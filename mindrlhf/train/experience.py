@@ -34,8 +34,8 @@ from mindspore import nn
 from mindrlhf.config import PPOConfig
 from mindrlhf.models import CausalLM, RewardModel
 from mindrlhf import rl
-from mindrlhf.train.rollout import (RewardFunction, RolloutMaker, RolloutScorer, ends_with_eos,  # noqa: F401
-                                    left_align_prompts)
+from mindrlhf.train.rollout import RewardFunction, RolloutMaker
+from mindrlhf.train.rollout import RolloutScorer, ends_with_eos, left_align_prompts  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 

@@ -192,11 +192,12 @@ class GRPOTrainer(RLTrainer):
 
 
 def build_policy_and_ref(model_cfg: ModelConfig, checkpoint: str = "", seed: int = 0, recompute: bool = False,
-                         lora: LoRAConfig = LoRAConfig()):
+                         lora: Optional[LoRAConfig] = None):
     """Policy and frozen reference from ``checkpoint`` (the same seeded random init without one); with ``lora``
     the policy trains adapters and the reference is the policy with its adapters off (one copy of the base)."""
     from mindrlhf.train.ppo import reference_of, weights_file, without_dropout
 
+    lora = lora or LoRAConfig()  # LoRA off (a fresh one per call: no shared default instance)
     ms.set_seed(seed)
     model_cfg = without_dropout(model_cfg)
     policy = CausalLM(model_cfg, recompute=recompute)

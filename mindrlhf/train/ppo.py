@@ -174,12 +174,13 @@ def reference_of(policy: CausalLM, ref: Optional[CausalLM], lora: LoRAConfig, he
 def build_ppo_models(policy_cfg: ModelConfig, ppo: PPOConfig, reward: Union[ModelConfig, RewardFunction],
                      critic_cfg: Optional[ModelConfig] = None, sft_checkpoint: str = "",
                      reward_checkpoint: str = "", critic_checkpoint: str = "", rank_id: int = 0,
-                     recompute: bool = False, seed: int = 0, lora: LoRAConfig = LoRAConfig()) -> PPOModels:
+                     recompute: bool = False, seed: int = 0, lora: Optional[LoRAConfig] = None) -> PPOModels:
     """Policy and reference from the SFT weights (the same random init without them), the value head new; the
     reward model from its checkpoint; the separate critic (``is_shared_backbone: False``) from the critic
     checkpoint, else the reward model's. Weights not loaded are a pure function of ``seed`` (a resumed run
     rebuilds the same reference). With ``lora`` the policy and critic train adapters (and their heads) and the
     reference is the policy itself with its adapters off."""
+    lora = lora or LoRAConfig()  # LoRA off (a fresh one per call: no shared default instance)
     ms.set_seed(seed)
     policy_cfg = without_dropout(policy_cfg)
     policy = CausalLM(policy_cfg, with_value_head=ppo.is_shared_backbone, recompute=recompute)

@@ -244,7 +244,7 @@ class RLTrainer:
                 continue
             counts = self.reduce(np.stack([self.token_counts(data, b) for b in batches]))
             inputs = (self.step_inputs(data, b, counts[i]) for i, b in enumerate(batches))
-            stats = self.loop.run(inputs, self.state, lambda i, step: self._log_step(i, update, step))
+            stats = self.loop.run(inputs, self.state, lambda i, step, update=update: self._log_step(i, update, step))
             result.losses += stats.losses
             result.overflows += stats.overflows
             sums += stats.metric_sums
