@@ -75,6 +75,18 @@ def test_no_command_imports_another_or_main():
     assert violations(graph) == []
 
 
+def test_nothing_in_the_package_imports_main():
+    importers = []
+    for folder, _, names in os.walk(os.path.join(ROOT, "mindrlhf")):
+        for name in names:
+            path = os.path.join(folder, name)
+            if name.endswith(".py") and path != os.path.join(CLI, f"{TOP}.py"):
+                with open(path, encoding="utf-8") as f:
+                    if TOP in cli_imports(f.read()):
+                        importers.append(os.path.relpath(path, ROOT))
+    assert importers == []
+
+
 def test_every_command_uses_the_shared_module():
     graph = import_graph()
     for command in ("sft", "reward", "ppo", "grpo", "dpo", "generate", "evaluate"):
