@@ -47,7 +47,7 @@ def test_lora_sft_trains_adapters_only_and_its_checkpoint_loads_merged(train_fil
     changed = sorted(n for n in after if n not in before or not np.array_equal(before[n], after[n]))
     assert changed == sorted(n for n in after if n.endswith((".lora_A", ".lora_B", ".lora_scale")))
     assert len(lora_layers(model)) == 4
-    # the training checkpoint (adapters and base) loads into a model without adapters, folded in
+    # the training checkpoint (adapters alone, with its base record) loads into a model without adapters, folded in
     plain = CausalLM(cfg.model.model_config)
     load_ckpt(plain, latest_checkpoint(os.path.join(tmp_dir, "checkpoint", "rank_0")))
     ids = Tensor(np.array([[5, 9, 300, 7, 1000, 42, 8, 11]], np.int32))
