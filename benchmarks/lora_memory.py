@@ -9,7 +9,10 @@ parameter; LoRA: the reference is the policy with its adapters off and AdamW hol
 
 Each side runs in its own process so its peak RSS (``ru_maxrss``) is its own:
 
-    python benchmarks/lora_memory.py [--json out.json]
+    python benchmarks/lora_memory.py [--json out.json] [--profile]
+
+``--profile`` adds where the memory goes: the resident set (``VmRSS``, sampled every 20 ms) at the start and end
+and its peak inside each phase: building the models, each generation, each log-prob pass, each train step.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 LORA = dict(r=16, alpha=32.0, target_modules=["c_attn", "c_proj"])
@@ -49,10 +53,61 @@ def share_of_token(prompts, responses):
     return [sum(t == 7 for t in r) / max(len(r), 1) for r in responses]
 
 
-def run_side(mode: str) -> dict:
+def rss_mib() -> float:
+    """This process's resident set now (``VmRSS``), MiB."""
+    with open("/proc/self/status", encoding="utf-8") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024.0
+
+
+class RssPhases:
+    """Resident set per phase: a thread samples ``VmRSS``; :meth:`wrap` makes a function a named phase, recorded
+    as ``[name, RSS at entry, peak inside, RSS at exit]`` (MiB) for each call."""
+
+    def __init__(self, interval: float = 0.02):
+        self.phases, self.peak, self.interval = [], 0.0, interval
+        self.running = True
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, rss_mib())
+            time.sleep(self.interval)
+
+    def wrap(self, owner, attr: str, name: str) -> None:
+        inner = getattr(owner, attr)
+
+        def phase(*args, **kwargs):
+            start = self.peak = rss_mib()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                end = rss_mib()
+                self.phases.append([name, round(start), round(max(self.peak, end)), round(end)])
+        setattr(owner, attr, phase)
+
+
+def profile_phases():
+    """Wrap the phases of a PPO iteration (see :class:`RssPhases`)."""
+    from mindrlhf.models.generation import Generator
+    from mindrlhf.train import ppo
+    from mindrlhf.train.rollout import RolloutScorer
+    from mindrlhf.train.step import TrainStep
+
+    phases = RssPhases()
+    phases.wrap(ppo, "build_ppo_models", "build models")
+    phases.wrap(Generator, "generate", "generate")
+    phases.wrap(RolloutScorer, "__call__", "log-probs")
+    phases.wrap(TrainStep, "__call__", "train step")
+    return phases
+
+
+def run_side(mode: str, profile: bool = False) -> dict:
     """One PPO run in this process; returns its figures."""
     from mindrlhf.config import LoRAConfig, ModelConfig, ModelSection, PPOConfig, RunConfig
     from mindrlhf.context import init_context
+
+    start_rss = rss_mib()
+    phases = profile_phases() if profile else None
     from mindrlhf.train.ppo import train_ppo
 
     model = ModelConfig(seq_length=WIDTH + NEW_TOKENS)
@@ -70,22 +125,29 @@ def run_side(mode: str) -> dict:
         trainable = sum(p.size for p in trainer.step.weights)
         with open(os.path.join(out, "ppo_metrics.jsonl"), encoding="utf-8") as f:
             iterations = [json.loads(line) for line in f]
-    return {"mode": mode, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-            "trainable_parameters": int(trainable), "run_seconds": total,
-            "iteration_seconds": [m["seconds"] for m in iterations]}
+    report = {"mode": mode, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+              "trainable_parameters": int(trainable), "run_seconds": total,
+              "iteration_seconds": [m["seconds"] for m in iterations]}
+    if phases is not None:
+        phases.running = False
+        report["rss_after_import_mib"] = round(start_rss)
+        report["phases_mib"] = phases.phases  # [phase, RSS at entry, peak inside, RSS at exit]
+    return report
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", choices=("full", "lora"), help=argparse.SUPPRESS)
     parser.add_argument("--json", metavar="PATH", help="write the report here")
+    parser.add_argument("--profile", action="store_true", help="add the resident set of each phase")
     args = parser.parse_args(argv)
     if args.side:
-        print(json.dumps(run_side(args.side)))
+        print(json.dumps(run_side(args.side, args.profile)))
         return
     report = {}
     for side in ("full", "lora"):
-        out = subprocess.run([sys.executable, __file__, "--side", side], check=True, capture_output=True, text=True)
+        out = subprocess.run([sys.executable, __file__, "--side", side] + ["--profile"] * args.profile, check=True,
+                             capture_output=True, text=True)
         report[side] = json.loads(out.stdout.strip().splitlines()[-1])
     report["rss_ratio_lora_over_full"] = report["lora"]["peak_rss_mib"] / report["full"]["peak_rss_mib"]
     text = json.dumps(report, indent=2)

@@ -571,10 +571,18 @@ class LoRAConfig:
     trainable: List[str] = field(default_factory=list)  # other parameters trained in full (name prefixes or
     #                                                     regexes); the stage adds its head (v_head, score)
     adapter: str = ""  # start from these adapters (a PEFT folder or a LoRA .ckpt): their r, alpha and layers
+    critic_r: Optional[int] = None  # PPO's separate critic: its adapter rank; None = r, 0 = critic trained in full
+    critic_alpha: Optional[float] = None  # the critic's alpha; None = alpha
+    critic_target_modules: Optional[List[str]] = None  # the critic's adapted layers; None = target_modules
 
     def __post_init__(self):
         if self.r < 0 or (self.r == 0 and self.target_modules):
             raise ConfigError(f"lora.r must be >= 1 to adapt lora.target_modules (0 = no adapters), got {self.r}")
+        if self.critic_r is not None or self.critic_alpha is not None or self.critic_target_modules is not None:
+            try:
+                self.for_critic()
+            except ConfigError as err:
+                raise ConfigError(f"lora.critic_r / critic_alpha / critic_target_modules: {err}") from None
         if self.r > 0 and self.adapter:
             raise ConfigError("lora.adapter brings its own rank and layers: leave lora.r and lora.target_modules "
                               "unset with it")
@@ -590,6 +598,18 @@ class LoRAConfig:
     def enabled(self) -> bool:
         """Adapters are in use."""
         return self.r > 0 or bool(self.adapter)
+
+    def for_critic(self) -> "LoRAConfig":
+        """The adapters of PPO's separate critic: these settings with the ``critic_*`` overrides applied (an
+        override also drops ``adapter``, which holds the policy's adapters)."""
+        if self.critic_r is None and self.critic_alpha is None and self.critic_target_modules is None:
+            return self
+        r = self.r if self.critic_r is None else self.critic_r
+        targets = self.target_modules if self.critic_target_modules is None else self.critic_target_modules
+        return LoRAConfig(r=r, alpha=self.alpha if self.critic_alpha is None else self.critic_alpha,
+                          dropout=self.dropout,
+                          target_modules=list(targets) if r or self.critic_target_modules is not None else [],
+                          trainable=list(self.trainable))
 
 
 @dataclass

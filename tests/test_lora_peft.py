@@ -88,3 +88,44 @@ def test_adapters_for_another_model_are_refused(tmp_dir):
     os.remove(os.path.join(adapter, ADAPTER_CONFIG))
     with pytest.raises(CheckpointError, match="not a PEFT adapter folder"):
         load_peft_adapter(CausalLM(TINY_CONFIGS["gpt2"]()), "gpt2", adapter)
+
+
+def test_reward_model_adapters_and_score_head_load_in_peft_with_our_scores(tmp_dir):
+    """A reward model's adapters and its trained ``score`` head (PEFT's ``modules_to_save``): ``peft`` on
+    ``AutoModelForSequenceClassification`` of the base gives our scores; the folder loads back into our reward model
+    (score included), and ``export-hf --reward --peft`` writes the same from a LoRA reward-model checkpoint."""
+    from peft import PeftModel
+
+    from mindrlhf.cli import main as cli_main
+    from mindrlhf.config import ModelSection, RunConfig, save_config
+    from mindrlhf.models import RewardModel
+    from mindrlhf.models.convert import save_ckpt
+
+    cfg = TINY_CONFIGS["gpt2"]()
+    model = RewardModel(cfg)
+    randomize_parameters(model, seed=4)
+    base = save_hf_checkpoint(model, cfg, os.path.join(tmp_dir, "base"), reward=True)
+    prepare_lora(model, LoRAConfig(r=4, alpha=8.0, target_modules=TARGETS["gpt2"]), heads=("score",))
+    rng = np.random.default_rng(5)
+    for param in model.trainable_params():  # adapters and the score head, as after training
+        param.set_data(Tensor(rng.normal(0, 0.2, param.shape).astype(np.float32)))
+    model.set_train(False)
+    ids, mask = padded_batch(cfg)
+    ours = ms_numpy(model, ids, mask)
+    adapter = save_peft_adapter(model, cfg.type, os.path.join(tmp_dir, "adapter"))
+    peft_model = PeftModel.from_pretrained(load_transformers(base, reward=True), adapter).eval()
+    np.testing.assert_allclose(torch_forward(peft_model, ids, mask).logits.numpy()[:, 0], ours, atol=1e-4)
+
+    again = RewardModel(cfg)
+    load_weights(again, base, cfg)
+    load_peft_adapter(again, cfg.type, adapter, trainable=["score"])
+    again.set_train(False)
+    np.testing.assert_allclose(ms_numpy(again, ids, mask), ours, atol=1e-5)
+
+    recipe, exported = os.path.join(tmp_dir, "recipe.yaml"), os.path.join(tmp_dir, "exported")
+    save_config(RunConfig(model=ModelSection(model_config=cfg)), recipe)
+    ckpt = save_ckpt(model, os.path.join(tmp_dir, "rm_lora.ckpt"))  # adapters, score and base
+    assert cli_main.main(["export-hf", "--config", recipe, "--reward", "--peft", "--load_checkpoint", base,
+                          "--adapter", ckpt, "--tokenizer", "none", "--output_dir", exported]) == 0
+    peft_model = PeftModel.from_pretrained(load_transformers(base, reward=True), exported).eval()
+    np.testing.assert_allclose(torch_forward(peft_model, ids, mask).logits.numpy()[:, 0], ours, atol=1e-4)

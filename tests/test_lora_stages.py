@@ -47,7 +47,7 @@ def test_lora_sft_trains_adapters_only_and_its_checkpoint_loads_merged(train_fil
     changed = sorted(n for n in after if n not in before or not np.array_equal(before[n], after[n]))
     assert changed == sorted(n for n in after if n.endswith((".lora_A", ".lora_B", ".lora_scale")))
     assert len(lora_layers(model)) == 4
-    # the training checkpoint (adapters and base) loads into a model without adapters, folded in
+    # the training checkpoint (adapters alone, with its base record) loads into a model without adapters, folded in
     plain = CausalLM(cfg.model.model_config)
     load_ckpt(plain, latest_checkpoint(os.path.join(tmp_dir, "checkpoint", "rank_0")))
     ids = Tensor(np.array([[5, 9, 300, 7, 1000, 42, 8, 11]], np.int32))
@@ -132,3 +132,33 @@ def export_and_compare(trainer, base, adapters, tmp_dir):
     ours = policy(Tensor(ids), Tensor(mask)).asnumpy()
     for hf_model in (load_transformers(merged), PeftModel.from_pretrained(load_transformers(hf_base), peft_dir)):
         np.testing.assert_allclose(torch_forward(hf_model.eval(), ids, mask).logits.numpy(), ours, atol=1e-4)
+
+
+def test_lora_reference_log_probs_come_from_the_policy_scorer_with_adapters_off():
+    """Under LoRA the rollout's reference log-probs reuse the policy's compiled scorer (no second graph of the same
+    model) with the adapters switched off: they equal a plain copy of the base's, not the adapted policy's."""
+    from mindrlhf.config import GenerationConfig
+    from mindrlhf.models.convert import assign_parameters
+    from mindrlhf.models.lora import apply_lora
+    from mindrlhf.train.rollout import FirstOutput, RolloutMaker, RolloutScorer
+    from tests.helpers import EOS, PAD, tiny_gpt2_config
+
+    set_mode("graph")
+    cfg = tiny_gpt2_config()
+    policy, plain = CausalLM(cfg, with_value_head=True), CausalLM(cfg)
+    base = parameter_arrays(policy)
+    assign_parameters(plain, {n: a for n, a in base.items() if not n.startswith("v_head.")}, "policy")
+    apply_lora(policy, LORA)
+    rng = np.random.default_rng(0)
+    for layer in lora_layers(policy).values():
+        layer.lora_B.set_data(Tensor(rng.normal(0, 0.3, layer.lora_B.shape).astype(np.float32)))
+    maker = RolloutMaker(policy, policy, lambda prompts, responses: [0.0] * len(responses),
+                         GenerationConfig(max_new_tokens=4), 4, PAD, EOS, 2, with_values=True)
+    assert isinstance(maker.ref_scorer, FirstOutput)
+    policy.set_train(False)
+    plain.set_train(False)
+    tokens = Tensor(rng.integers(3, cfg.vocab_size, (2, 8)).astype(np.int32))
+    mask = Tensor(np.ones((2, 8), np.int32))
+    ref = maker.ref_scorer(tokens, mask).asnumpy()
+    np.testing.assert_allclose(ref, RolloutScorer(plain, 4, with_values=False)(tokens, mask).asnumpy(), atol=1e-5)
+    assert np.abs(maker.policy_scorer(tokens, mask)[0].asnumpy() - ref).max() > 1e-3  # the adapters are back on

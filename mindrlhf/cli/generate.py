@@ -156,7 +156,11 @@ def run_export(args) -> int:
         raise SystemExit("export-hf needs --load_checkpoint (or load_checkpoint in the YAML)")
     if args.reward:
         cell = RewardModel(model_config_for(cfg, checkpoint))
-        load_weights(cell, checkpoint, cell.config)
+        load_weights(cell, checkpoint, cell.config, new_heads=bool(args.adapter))  # the adapter may bring score
+        if args.adapter:
+            from mindrlhf.models.peft import load_adapter
+
+            load_adapter(cell, cell.config.type, args.adapter)
     else:
         cell = build_policy(cfg, checkpoint, args.adapter)
     if args.peft:

@@ -429,7 +429,10 @@ def load_ckpt(cell: nn.Cell, path: str, allow_missing: Iterable[str] = (),
 def _load_ckpt(cell: nn.Cell, path: str, allow_missing: Iterable[str], ignore_unexpected: Iterable[str]
                ) -> Tuple[Dict[str, np.ndarray], List[str]]:
     """``(extras, names kept at their initial values)``; see :func:`load_ckpt`."""
+    from mindrlhf.models.lora import BASE_KEY
+
     loaded = load_entries(path)
+    record = loaded.pop(BASE_KEY, None)
     model_names = (BACKBONE_PREFIX, "lm_head.", "score.", "v_head.")
     layout = mindformers_layout(cell, loaded)
     if layout is not None:
@@ -439,8 +442,32 @@ def _load_ckpt(cell: nn.Cell, path: str, allow_missing: Iterable[str], ignore_un
     if layout is not None:
         arrays = layout.to_ours(arrays, cell.config)
         logger.info("%s: mindformers parameter names mapped to ours", path)
+    if record is not None:
+        arrays = with_recorded_base(cell, arrays, record, path)
     kept = assign_parameters(cell, arrays, path, allow_missing=allow_missing, ignore_unexpected=ignore_unexpected)
     return extras, kept
+
+
+def load_recorded_base(cell: nn.Cell, record: dict) -> None:
+    """Load the base weights an adapter checkpoint's ``record`` names into ``cell`` (nothing for a base of seeded
+    fresh weights); its heads may be absent (a reward model's ``score`` lives in the adapter checkpoint)."""
+    if record["path"]:
+        load_weights(cell, record["path"], cell.config, new_heads=True)
+        logger.info("LoRA base loaded from %s", record["path"])
+
+
+def with_recorded_base(cell: nn.Cell, arrays: Dict[str, np.ndarray], record_text: str, path: str
+                       ) -> Dict[str, np.ndarray]:
+    """An adapter-only checkpoint's ``arrays`` completed by the frozen base it records (loaded into ``cell`` and
+    checked digest by digest): what a model with or without adapters loads (without, they are folded in)."""
+    from mindrlhf.models.lora import check_base, parse_base_record
+
+    record = parse_base_record(record_text, path)
+    load_recorded_base(cell, record)
+    params = cell_parameters(cell)
+    check_base(params, record, path)
+    base = {n: params[n].asnumpy() for n in record["digests"] if n in params and n not in arrays}
+    return {**base, **arrays}
 
 
 def mindformers_layout(cell: nn.Cell, names: Iterable[str]) -> Optional[MindformersLayout]:

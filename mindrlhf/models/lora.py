@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
 import logging
+import os
 import re
 from typing import Dict, List, Tuple
 
@@ -29,12 +32,14 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import HeUniform, Zero, initializer
 
 from mindrlhf.config import ConfigError, LoRAConfig
+from mindrlhf.manifest import CheckpointError
 from mindrlhf.models.layers import Linear, cast, dropout
 
 logger = logging.getLogger(__name__)
 
 LORA_PARAMS = ("lora_A", "lora_B")  # the trainable adapter parameters of a LoRALinear
 LORA_SCALE = "lora_scale"  # its frozen scale alpha / r (0 while adapters are disabled)
+BASE_KEY = "lora_base"  # an adapter checkpoint's record of the frozen base it was trained on (JSON text)
 
 
 def adopt(cell: Linear, base: Linear) -> Linear:
@@ -207,6 +212,51 @@ def adapter_parameters(model: nn.Cell) -> Dict[str, Parameter]:
     adapter scales, by name; the frozen base is rebuilt from where it came from."""
     return {p.name: p for p in model.get_parameters()
             if not p.name.startswith("kv_cache") and (p.requires_grad or p.name.endswith("." + LORA_SCALE))}
+
+
+def frozen_base(model: nn.Cell) -> Dict[str, Parameter]:
+    """The frozen base parameters of an adapted ``model`` by name: what its adapter checkpoints leave out."""
+    saved = adapter_parameters(model)
+    return {p.name: p for p in model.get_parameters() if not p.name.startswith("kv_cache") and p.name not in saved}
+
+
+def array_digest(array: np.ndarray) -> str:
+    """A short SHA-256 (16 hex digits) of an array's bytes: which weights, not where they came from."""
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+
+
+def base_record(model: nn.Cell, source: str) -> str:
+    """What an adapter checkpoint of ``model`` records of its base: JSON ``{"path": the weights file or folder the
+    base was loaded from ("" = seeded fresh weights), "digests": {name: array_digest} of every frozen parameter}``.
+    A consumer loads the base from ``path`` and refuses it when a digest differs."""
+    path = os.path.abspath(source) if source and os.path.exists(source) else source
+    digests = {name: array_digest(p.asnumpy()) for name, p in sorted(frozen_base(model).items())}
+    return json.dumps({"path": path, "digests": digests})
+
+
+def parse_base_record(text: str, source: str) -> dict:
+    """The record :func:`base_record` wrote into checkpoint ``source``; :class:`CheckpointError` when unreadable."""
+    try:
+        record = json.loads(text)
+        if isinstance(record.get("path"), str) and isinstance(record.get("digests"), dict):
+            return record
+    except (ValueError, AttributeError):
+        pass
+    raise CheckpointError(f"{source}: entry {BASE_KEY!r} is not a LoRA base record")
+
+
+def check_base(params: Dict[str, Parameter], record: dict, source: str) -> None:
+    """Refuse, in one line naming ``source``, base weights ``params`` other than the ones its adapters were trained
+    on (``record``); parameters the record or ``params`` lacks (another stage's head) are not compared."""
+    common = [name for name in record["digests"] if name in params]
+    differing = [name for name in common if array_digest(params[name].asnumpy()) != record["digests"][name]]
+    if common and not differing:
+        return
+    base = record["path"] or "fresh weights of the same seed"
+    what = (f"{len(differing)} of {len(common)} base parameters differ, e.g. {differing[0]}" if differing
+            else "no base parameter in common")
+    raise CheckpointError(f"{source}: its LoRA adapters were trained on the base {base}, but the base weights given "
+                          f"are another model ({what}); start from that base")
 
 
 class WithoutAdapters:

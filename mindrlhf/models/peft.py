@@ -5,8 +5,13 @@ Names: our layer ``backbone.h.0.attn.c_attn`` is the Hugging Face module ``trans
 family's prefix, :class:`~mindrlhf.models.registry.HFLayout`), stored as
 ``base_model.model.<module>.lora_A.weight`` ``(r, in)`` and ``.lora_B.weight`` ``(out, r)``: our own shapes, also for
 GPT-2's transposed Conv1D layers (PEFT then sets ``fan_in_fan_out``). ``target_modules`` is written as the full module
-names, so a PEFT model adapts exactly the layers we did. Trained heads (a value or score head) are not part of an
-adapter folder.
+names, so a PEFT model adapts exactly the layers we did.
+
+A reward model's or critic's ``score`` head, trained in full beside the adapters, is written as PEFT writes a
+sequence-classification adapter's trained head: ``task_type: SEQ_CLS``, ``modules_to_save: [score]`` and the
+whole matrix as ``base_model.model.score.weight``, so ``PeftModel.from_pretrained`` on
+``AutoModelForSequenceClassification`` of the base scores as ours. PPO's shared value head (``v_head``) has no
+``transformers`` counterpart and stays out of an adapter folder.
 """
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."  # PeftModel's prefix of the wrapped transformers model's names
 UNSUPPORTED = ("use_dora", "use_rslora")  # PEFT options whose update we do not compute
+SAVED_HEAD = "score"  # the trained head PEFT saves in full (modules_to_save) for a sequence-classification model
+HEAD_MODULES = ("classifier", SAVED_HEAD)  # what PEFT puts in modules_to_save for task_type SEQ_CLS
 
 
 def hf_module(name: str, prefix: str) -> str:
@@ -62,12 +69,16 @@ def save_peft_adapter(model: nn.Cell, model_type: str, folder: str) -> str:
         modules.append(module)
         tensors[f"{PEFT_PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(layer.lora_A.asnumpy())
         tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(layer.lora_B.asnumpy())
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": None,
+    head = getattr(model, SAVED_HEAD, None)
+    if head is not None:  # a reward model or critic: its trained head in full, as PEFT saves modules_to_save
+        tensors[f"{PEFT_PREFIX}{SAVED_HEAD}.weight"] = np.ascontiguousarray(head.weight.asnumpy())
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM" if head is None else "SEQ_CLS",
+              "base_model_name_or_path": None,
               "r": int(single_setting([layer.r for layer in layers.values()], "ranks")),
               "lora_alpha": single_setting([layer.alpha for layer in layers.values()], "alphas"),
               "lora_dropout": 0.0, "target_modules": modules, "bias": "none", "inference_mode": True,
               "fan_in_fan_out": any(f"{m}.weight".endswith(layout.transposed) for m in modules),
-              "modules_to_save": None}
+              "modules_to_save": None if head is None else list(HEAD_MODULES)}
     tmp = _atomic_dir(folder)
     try:
         save_file(tensors, os.path.join(tmp, ADAPTER_WEIGHTS), metadata={"format": "pt"})
@@ -92,8 +103,12 @@ def read_peft_config(folder: str) -> Dict:
     for key in UNSUPPORTED + ("rank_pattern", "alpha_pattern"):
         if config.get(key):
             raise CheckpointError(f"{path}: field {key!r} is not supported")
-    if config.get("bias", "none") != "none" or config.get("modules_to_save"):
-        raise CheckpointError(f"{path}: fields 'bias' and 'modules_to_save' are not supported (none / null)")
+    if config.get("bias", "none") != "none":
+        raise CheckpointError(f"{path}: field 'bias' is not supported (none)")
+    extra = sorted(set(config.get("modules_to_save") or ()) - set(HEAD_MODULES))
+    if extra:
+        raise CheckpointError(f"{path}: field 'modules_to_save' names {extra}: only a sequence-classification "
+                              f"head ({', '.join(HEAD_MODULES)}) is supported")
     return config
 
 
@@ -105,6 +120,9 @@ def peft_arrays(folder: str, model_type: str) -> Tuple[Dict[str, np.ndarray], Lo
     prefix = family(model_type).hf.prefix
     arrays, modules = {}, set()
     for key, array in load_file(os.path.join(folder, ADAPTER_WEIGHTS)).items():
+        if key == f"{PEFT_PREFIX}{SAVED_HEAD}.weight" and config.get("modules_to_save"):
+            arrays[f"{SAVED_HEAD}.weight"] = array  # the trained score head, whole
+            continue
         module, kind = key[len(PEFT_PREFIX):].rsplit(".lora_", 1) if key.startswith(PEFT_PREFIX) else (key, "")
         if kind not in ("A.weight", "B.weight"):
             raise CheckpointError(f"{folder}/{ADAPTER_WEIGHTS}: tensor {key!r} is not a LoRA A/B weight")
@@ -135,6 +153,7 @@ def ckpt_adapter_arrays(path: str) -> Tuple[Dict[str, np.ndarray], LoRAConfig]:
     r = int(entries[f"{layers[0]}.lora_A"].shape[0])
     alpha = float(np.asarray(entries[f"{layers[0]}.{LORA_SCALE}"]).reshape(())) * r
     arrays = {f"{layer}.lora_{k}": entries[f"{layer}.lora_{k}"] for layer in layers for k in "AB"}
+    arrays.update({n: a for n, a in entries.items() if n.startswith(f"{SAVED_HEAD}.")})  # a trained score head
     return arrays, LoRAConfig(r=r, alpha=alpha, target_modules=layers)
 
 
@@ -154,6 +173,10 @@ def attach_adapters(model: nn.Cell, arrays: Dict[str, np.ndarray], lora: LoRACon
     except ConfigError as err:
         raise CheckpointError(f"{source}: the adapters do not fit the model: {err}") from None
     expected = {f"{name}.lora_{k}" for name in adapted for k in "AB"}
+    if getattr(model, SAVED_HEAD, None) is None:  # a causal LM takes the adapters of a scoring model, not its head
+        arrays = {n: a for n, a in arrays.items() if not n.startswith(f"{SAVED_HEAD}.")}
+    else:
+        expected.update(n for n in arrays if n.startswith(f"{SAVED_HEAD}."))
     assign_parameters(model, arrays, source, allow_missing=tuple(n for n, _ in model.parameters_and_names()
                                                                   if n not in expected))
     return adapted

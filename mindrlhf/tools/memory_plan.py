@@ -365,7 +365,17 @@ def default_lora(cfg: ModelConfig, lora: LoRAConfig) -> LoRAConfig:
     if lora.r > 0:
         return lora
     return LoRAConfig(r=DEFAULT_LORA_RANK, alpha=2.0 * DEFAULT_LORA_RANK, target_modules=DEFAULT_LORA_TARGETS.get(
-        cfg.type, ["q_proj", "v_proj"]), trainable=list(lora.trainable))
+        cfg.type, ["q_proj", "v_proj"]), trainable=list(lora.trainable), critic_r=lora.critic_r,
+        critic_alpha=lora.critic_alpha, critic_target_modules=lora.critic_target_modules)
+
+
+def lora_of(spec: ModelSpec, lora: LoRAConfig) -> Optional[LoRAConfig]:
+    """The adapters of ``spec``'s model in the LoRA column: PPO's separate critic takes ``lora.for_critic()``
+    (None: ``critic_r: 0``, the critic trained in full), every other model ``lora``."""
+    if spec.role != "critic":
+        return lora
+    critic = lora.for_critic()
+    return critic if critic.r > 0 else None
 
 
 def plan(stage: str, config: RunConfig, layout: Layout, reward_cfg: Optional[ModelConfig] = None
@@ -374,7 +384,7 @@ def plan(stage: str, config: RunConfig, layout: Layout, reward_cfg: Optional[Mod
     specs = stage_models(stage, config, reward_cfg)
     lora = default_lora(config.model.model_config, config.lora)
     return {"full": [model_memory(s, None, layout) for s in specs],
-            "lora": [model_memory(s, lora, layout) for s in specs]}
+            "lora": [model_memory(s, lora_of(s, lora), layout) for s in specs]}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -423,6 +433,15 @@ def format_table(result: Dict[str, List[ModelMemory]], recompute: bool, capacity
     return lines + verdicts
 
 
+def critic_note(stage: str, config: RunConfig, lora: LoRAConfig) -> str:
+    """``", critic r <r> on <layers>"`` (or ``", critic trained in full"``) when PPO's separate critic has its own
+    LoRA settings, else ""."""
+    critic = lora.for_critic()
+    if stage != "ppo" or config.ppo.is_shared_backbone or critic is lora:
+        return ""
+    return f", critic r {critic.r} on {', '.join(critic.target_modules)}" if critic.r else ", critic trained in full"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mindrlhf plan-memory", description="Per-device memory of a recipe's "
                                      "stage (weights, gradients, optimizer states, activations with and without "
@@ -457,7 +476,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     sys.stdout.write(f"{args.config}: stage {stage}, {layout.data_parallel} device(s) data parallel, optimizer "
                      f"states {'sharded' if layout.optimizer_shard else 'replicated'}, recompute "
                      f"{'on' if recompute else 'off'} (total uses it); LoRA r {lora.r} on "
-                     f"{', '.join(lora.target_modules)}; GiB per device\n")
+                     f"{', '.join(lora.target_modules)}{critic_note(stage, config, lora)}; GiB per device\n")
     sys.stdout.write("\n".join(format_table(result, recompute, capacity)) + "\n")
     return 0
 

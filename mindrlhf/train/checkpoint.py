@@ -15,13 +15,15 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Collection, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from mindspore import nn
 
 from mindrlhf.manifest import manifest_path, read_manifest, verify
-from mindrlhf.models.convert import CheckpointError, assign_parameters, load_entries, save_ckpt
+from mindrlhf.models.convert import (CheckpointError, assign_parameters, cell_parameters, load_entries,
+                                     load_recorded_base, save_tensors)
+from mindrlhf.models.lora import BASE_KEY, check_base, parse_base_record
 
 logger = logging.getLogger(__name__)
 
@@ -118,10 +120,17 @@ class CheckpointManager:
         self.prefix = prefix
         self.keep_max = keep_max
 
-    def save(self, train_step: nn.Cell, state: TrainState) -> str:
+    def save(self, train_step: nn.Cell, state: TrainState, frozen: Collection[str] = (),
+             base: Optional[str] = None) -> str:
+        """Write every parameter of ``train_step`` but the ``frozen`` base names; ``base`` (a LoRA run's
+        :func:`~mindrlhf.models.lora.base_record`) is stored with them, so the base can be found and checked."""
         name = f"{self.prefix}_rank_{self.rank_id}-{state.global_step}_{state.epoch + 1}.ckpt"
         path = os.path.join(self.folder, name)
-        save_ckpt(train_step, path, append_dict={k: int(getattr(state, k)) for k in STATE_KEYS})
+        extra = {k: int(getattr(state, k)) for k in STATE_KEYS}
+        if base is not None:
+            extra[BASE_KEY] = base
+        frozen = set(frozen)
+        save_tensors({n: p for n, p in cell_parameters(train_step).items() if n not in frozen}, path, extra)
         for old in list_checkpoints(self.folder)[:-self.keep_max]:
             remove_checkpoint(old)
         logger.info("checkpoint saved: %s", path)
@@ -165,9 +174,23 @@ def prune_iterations(folder: str, keep_max: int) -> List[int]:
     return removed
 
 
-def read_ckpt(path: str) -> Dict[str, np.ndarray]:
-    """All entries of a MindSpore ``.ckpt`` as numpy arrays."""
-    return {name: value.asnumpy() for name, value in load_entries(path).items()}
+def read_ckpt(path: str) -> Dict[str, Union[np.ndarray, str]]:
+    """All entries of a MindSpore ``.ckpt``: numpy arrays, and text as it was stored (a LoRA base record)."""
+    return {name: value if isinstance(value, str) else value.asnumpy() for name, value in load_entries(path).items()}
+
+
+def recorded_base(path: str) -> Optional[dict]:
+    """The base record of a LoRA run's adapter-only training checkpoint (None for a checkpoint with its base)."""
+    text = read_ckpt(path).get(BASE_KEY)
+    return None if text is None else parse_base_record(text, path)
+
+
+def load_base_for_resume(model: nn.Cell, path: str) -> None:
+    """Before resuming from training checkpoint ``path``: when it holds adapters alone, load the base it records
+    into ``model`` (:func:`restore` then checks it)."""
+    record = recorded_base(path)
+    if record is not None:
+        load_recorded_base(model, record)
 
 
 def restore(train_step: nn.Cell, path: str) -> TrainState:
@@ -177,10 +200,15 @@ def restore(train_step: nn.Cell, path: str) -> TrainState:
     if missing_state:
         raise CheckpointError(f"{path}: not a training checkpoint (no {', '.join(missing_state)}); give a "
                               f".ckpt of model weights as an initial checkpoint instead")
+    base = ()
+    if BASE_KEY in entries:  # a LoRA run's adapters: the frozen base must be the one they were trained on
+        record = parse_base_record(entries[BASE_KEY], path)
+        check_base(cell_parameters(train_step), record, path)
+        base = tuple(record["digests"])
     params = {p.name for p in train_step.get_parameters() if p.name not in SCHEDULE_PARAMS}
     try:
         assign_parameters(train_step, {n: v for n, v in entries.items() if n in params}, path,
-                          allow_missing=SCHEDULE_PARAMS)
+                          allow_missing=SCHEDULE_PARAMS + base)
     except CheckpointError as err:  # e.g. the SFT run's checkpoint root given to the reward model's training
         raise CheckpointError(f"{err}. A checkpoint root (a folder with rank_<id>/) resumes a run of this same "
                               f"stage; to start this model from another run's weights (the SFT model for the "

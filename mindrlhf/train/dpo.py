@@ -204,6 +204,7 @@ def train_dpo(cfg: RunConfig, train_path: Optional[str] = None, sft_checkpoint: 
     """
     from mindrlhf.data.datasets import check_dpo_file
     from mindrlhf.train.grpo import build_policy_and_ref
+    from mindrlhf.train.ppo import weights_file
 
     path = train_path or cfg.train_dataset.data_loader.dataset_dir
     if not path:
@@ -222,7 +223,7 @@ def train_dpo(cfg: RunConfig, train_path: Optional[str] = None, sft_checkpoint: 
         ref = None  # nothing holds the reference any more: it leaves memory before training
         gc.collect()
     trainer = Trainer(cfg, DPOLoss(policy, cfg.dpo), TRAIN_COLUMNS, source, steps, rank_id, rank_size, progress,
-                      metric_names=PREFERENCE_METRICS)
+                      metric_names=PREFERENCE_METRICS, base_weights=weights_file(start, rank_id) if start else "")
     logger.info("DPO (%s, beta %g): %d epochs x %d steps, batch %d pairs per device, reference %s",
                 cfg.dpo.loss_type, cfg.dpo.beta, cfg.runner_config.epochs, steps, batch_size,
                 "none" if cfg.dpo.reference_free else

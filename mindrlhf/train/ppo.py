@@ -31,7 +31,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from mindrlhf import rl
-from mindrlhf.config import LoRAConfig, ModelConfig, PPOConfig, RunConfig
+from mindrlhf.config import ConfigError, LoRAConfig, ModelConfig, PPOConfig, RunConfig
 from mindrlhf.losses import causal_lm_loss, masked_entropy, ppo_policy_loss, ppo_value_loss
 from mindrlhf.models import CausalLM, Critic, RewardModel
 from mindrlhf.models.convert import assign_parameters, cell_parameters, load_weights
@@ -179,8 +179,12 @@ def build_ppo_models(policy_cfg: ModelConfig, ppo: PPOConfig, reward: Union[Mode
     reward model from its checkpoint; the separate critic (``is_shared_backbone: False``) from the critic
     checkpoint, else the reward model's. Weights not loaded are a pure function of ``seed`` (a resumed run
     rebuilds the same reference). With ``lora`` the policy and critic train adapters (and their heads) and the
-    reference is the policy itself with its adapters off."""
+    reference is the policy itself with its adapters off; the critic's adapters follow ``lora.for_critic()``."""
     lora = lora or LoRAConfig()  # LoRA off (a fresh one per call: no shared default instance)
+    if ppo.is_shared_backbone and lora.for_critic() is not lora:
+        raise ConfigError("lora.critic_r / critic_alpha / critic_target_modules set the separate critic's adapters: "
+                          "set ppo.is_shared_backbone: false, or remove them (a shared value head trains with the "
+                          "policy's adapters)")
     ms.set_seed(seed)
     policy_cfg = without_dropout(policy_cfg)
     policy = CausalLM(policy_cfg, with_value_head=ppo.is_shared_backbone, recompute=recompute)
@@ -207,7 +211,7 @@ def build_ppo_models(policy_cfg: ModelConfig, ppo: PPOConfig, reward: Union[Mode
         source = critic_checkpoint or reward_checkpoint
         if source:
             load_weights(critic, weights_file(source, rank_id), critic_cfg, new_heads=not critic_checkpoint)
-        prepare_lora(critic, lora, heads=("score",))
+        prepare_lora(critic, lora.for_critic(), heads=("score",))
         critic.update_parameters_name(CRITIC_PREFIX)
     return PPOModels(policy, ref, reward, critic)
 

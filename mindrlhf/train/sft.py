@@ -17,7 +17,7 @@ from mindrlhf.losses import causal_lm_loss
 from mindrlhf.models.convert import load_weights
 from mindrlhf.models.lora import prepare_lora
 from mindrlhf.models.policy import CausalLM
-from mindrlhf.train.checkpoint import resume_checkpoint
+from mindrlhf.train.checkpoint import load_base_for_resume, resume_checkpoint
 from mindrlhf.train.trainer import FitResult, Trainer, mindrecord_source
 
 logger = logging.getLogger(__name__)
@@ -45,9 +45,13 @@ class SFTLoss(nn.Cell):
 
 def init_weights(model: CausalLM, cfg: RunConfig, rank_id: int) -> None:
     """Start from ``load_checkpoint`` when it names weights (a .ckpt or Hugging Face folder, e.g. a pretrained
-    model); a checkpoint root with ``rank_<id>`` is a resume and is handled by the trainer."""
+    model); a checkpoint root with ``rank_<id>`` is a resume and is handled by the trainer (with LoRA, the base its
+    checkpoint records is loaded here)."""
     path = cfg.load_checkpoint
-    if not path or resume_checkpoint(path, rank_id):
+    resume = resume_checkpoint(path, rank_id) if path else None
+    if resume:
+        load_base_for_resume(model, resume)  # a LoRA run's checkpoint holds its adapters alone
+    if not path or resume:
         return
     load_weights(model, path, model.config)
     logger.info("SFT model initialised from %s", path)

@@ -15,7 +15,8 @@ from mindspore import Tensor, nn
 from tqdm import tqdm
 
 from mindrlhf.config import RunConfig, save_config
-from mindrlhf.train.checkpoint import CheckpointManager, TrainState, restore, resume_checkpoint
+from mindrlhf.models.lora import base_record, frozen_base, has_adapters
+from mindrlhf.train.checkpoint import CheckpointManager, TrainState, recorded_base, restore, resume_checkpoint
 from mindrlhf.train.loop import StepResult, UpdateLoop
 from mindrlhf.train.monitor import TrainMonitor, format_step_line
 from mindrlhf.train.optim import build_optimizer, lr_table
@@ -78,11 +79,13 @@ class Trainer:
         progress: show a progress bar over the run's steps (rank 0), labelled ``progress`` when a string.
         metric_names: when given, ``loss_net`` returns ``(loss, metrics)`` with ``metrics`` a float32 vector of these
             named values, logged with each step (a second line, TensorBoard) and kept in :class:`FitResult`.
+        base_weights: with LoRA, where the frozen base was loaded from (default: ``load_checkpoint`` when it names
+            weights); checkpoints then hold the adapters (and trained heads) alone and record that base.
     """
 
     def __init__(self, cfg: RunConfig, loss_net: nn.Cell, input_columns: Sequence[str], source: BatchSource,
                  steps_per_epoch: int, rank_id: int = 0, rank_size: int = 1, progress: Union[bool, str] = False,
-                 metric_names: Sequence[str] = ()):
+                 metric_names: Sequence[str] = (), base_weights: Optional[str] = None):
         if steps_per_epoch < 1:
             raise ValueError("the training data gives no full batch: lower the batch size or add data")
         self.cfg = cfg
@@ -104,8 +107,22 @@ class Trainer:
         resume_from = resume_checkpoint(cfg.load_checkpoint, rank_id)
         if resume_from:
             self.state = restore(self.step, resume_from)
+        self.frozen, self.base = self._adapter_checkpoints(loss_net, base_weights, resume_from)
         if rank_id == 0:
             save_config(cfg, os.path.join(cfg.output_dir, "resolved_config.yaml"))
+
+    def _adapter_checkpoints(self, loss_net: nn.Cell, base_weights: Optional[str], resume_from: Optional[str]):
+        """``(frozen names, base record)`` of a LoRA run's checkpoints (``((), None)``: whole checkpoints). A resumed
+        run keeps the base its checkpoint records (:func:`restore` checked it)."""
+        if not has_adapters(loss_net):
+            return (), None
+        if base_weights is None:
+            resumed = recorded_base(resume_from) if resume_from else None
+            base_weights = resumed["path"] if resumed else ("" if resume_from else self.cfg.load_checkpoint)
+        return frozenset(frozen_base(loss_net)), base_record(loss_net, base_weights)
+
+    def _save(self, state: TrainState) -> str:
+        return self.checkpoints.save(self.step, state, self.frozen, self.base)
 
     def _inputs(self, batch: Dict[str, np.ndarray]):
         return [Tensor(batch[name]) for name in self.input_columns]
@@ -146,7 +163,7 @@ class Trainer:
             self._log(step)
             done = stop_at_step is not None and self.state.global_step >= stop_at_step
             if self.state.global_step % save_every == 0 or done:
-                result.last_checkpoint = self.checkpoints.save(self.step, self.state)
+                result.last_checkpoint = self._save(self.state)
             return done
 
         try:
@@ -159,7 +176,7 @@ class Trainer:
                     return result
                 self.state = TrainState(self.state.epoch + 1, 0, self.state.global_step)
             if result.last_checkpoint is None or self.state.global_step % save_every:
-                result.last_checkpoint = self.checkpoints.save(self.step, self._end_state())
+                result.last_checkpoint = self._save(self._end_state())
         finally:
             bar.close()
             self.monitor.close()
