@@ -215,9 +215,7 @@ class ExperienceMaker(RolloutMaker):
 def save_experience(experience: Experience, stats: RolloutStats, path: str, state: Optional[dict] = None) -> str:
     """Write ``experience`` as a MindRecord (:data:`EXPERIENCE_SCHEMA`, one record per rollout) and its rollout
     statistics plus ``state`` as ``<path>.json``; both atomically, the JSON last."""
-    import json
-    import os
-
+    from mindrlhf.atomic import write_json
     from mindrlhf.data.convert_preference import atomic_mindrecord
 
     data = experience.as_dict()
@@ -228,10 +226,7 @@ def save_experience(experience: Experience, stats: RolloutStats, path: str, stat
             "stats": {k: (v.tolist() if isinstance(v, np.ndarray) else v)
                       for k, v in dataclasses.asdict(stats).items()},
             "state": state or {}}
-    tmp = f"{path}.json.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(tmp, path + ".json")
+    write_json(path + ".json", meta)
     logger.info("ppo element saved! Output file refer: %s (%d rollouts)", path, len(experience))
     return path
 
