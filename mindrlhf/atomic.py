@@ -1,6 +1,7 @@
 """Atomic writes: a file or folder appears under its final name complete, or not at all.
 
-Every file and folder the project writes goes through this module. The content is written under a temporary name
+Every file and folder the project writes whole goes through this module (appended log and metrics lines and
+TensorBoard event files are appended, not rewritten). The content is written under a temporary name
 in the destination's own folder (a rename is atomic only within one file system), renamed into place when the
 writing block succeeds, and removed when it fails, so a failed write leaves an earlier file of that name as it
 was and no temporary file behind. The parent folder is created when missing.

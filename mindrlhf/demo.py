@@ -133,8 +133,8 @@ def prepare_data(settings: DemoSettings, folder: str) -> Dict[str, object]:
     write_json(files["sft.json"], sft_rows)
     write_json(files["rm_train.json"], [r for i, r in enumerate(ranked) if i % settings.holdout])
     write_json(files["rm_test.json"], [r for i, r in enumerate(ranked) if i % settings.holdout == 0])
-    with open(files["ppo_prompts.jsonl"], "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"prompt": p}, ensure_ascii=False) + "\n" for p in ppo_prompts)
+    write_text(files["ppo_prompts.jsonl"], "".join(json.dumps({"prompt": p}, ensure_ascii=False) + "\n"
+                                                   for p in ppo_prompts))
     seq, progress = settings.seq_length, settings.progress
     out = {"sft": os.path.join(folder, "sft.mindrecord"), "rm_train": os.path.join(folder, "rm_train.mindrecord"),
            "rm_test": os.path.join(folder, "rm_test.mindrecord"), "prompts": os.path.join(folder, "ppo.mindrecord"),
