@@ -34,8 +34,6 @@ from typing import Dict, List, Optional
 import numpy as np
 from mindspore import Tensor
 
-from mindrlhf import atomic
-from mindrlhf.atomic import write_text
 from mindrlhf.config import RunConfig, load_config
 
 logger = logging.getLogger(__name__)
@@ -103,9 +101,18 @@ def recipe(name: str) -> str:
     raise FileNotFoundError(f"recipe {name} not found under model_configs/ (a checkout) or share/mindrlhf")
 
 
+def write_text(path: str, text: str) -> str:
+    """Write ``text`` to ``path`` atomically (a temporary file, then a rename)."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
 def write_json(path: str, data) -> str:
-    """``data`` as indented JSON at ``path`` (non-ASCII text kept as is), atomically."""
-    return atomic.write_json(path, data, ensure_ascii=False)
+    """``data`` as indented JSON at ``path``, atomically."""
+    return write_text(path, json.dumps(data, ensure_ascii=False, indent=1))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -177,7 +177,7 @@ def write_story_plots(result: StoryDemoResult, rm_losses: List[float], folder: s
 
 
 def write_story_report(result: StoryDemoResult, settings: StoryDemoSettings, folder: str) -> str:
-    from mindrlhf.atomic import write_text
+    from mindrlhf.demo import write_text
 
     gain = result.gold_after - result.gold_before
     outcome = result.gold_outcome

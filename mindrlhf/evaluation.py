@@ -614,8 +614,7 @@ def write_evaluation(result: EvalResult, header: Dict[str, str], cfg: EvalConfig
     """``answers.jsonl``, ``summary.json``, ``report.md`` and ``win_rate.png`` in ``folder``, each written
     atomically; returns their paths."""
     from mindrlhf.cli.generate import write_jsonl
-    from mindrlhf.atomic import write_text
-    from mindrlhf.demo import write_json
+    from mindrlhf.demo import write_json, write_text
 
     os.makedirs(folder, exist_ok=True)
     files = {name: os.path.join(folder, name) for name in ("answers.jsonl", "summary.json", "report.md",

@@ -18,7 +18,6 @@ import os
 import sys
 from typing import List, Optional
 
-from mindrlhf.atomic import write_json
 from mindrlhf.cli.reward import add_overwrite_flag, add_use_parallel_argument, start_rl_run
 from mindrlhf.config import load_config
 from mindrlhf.context import add_device_argument, apply_device_target
@@ -106,6 +105,8 @@ def evaluate(args, cfg, policy, judge) -> dict:
         report["win_rate"] = result.__dict__
         logger.info("win rate against the reference: %.3f over %d prompts (scores %.4f vs %.4f)", result.win_rate,
                     result.prompts, result.policy_score, result.reference_score)
+    from mindrlhf.atomic import write_json
+
     write_json(os.path.join(cfg.output_dir, "dpo_eval.json"), report)
     return report
 

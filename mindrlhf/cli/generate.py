@@ -9,7 +9,6 @@ import tempfile
 import time
 from typing import Optional
 
-from mindrlhf.atomic import atomic_open
 from mindrlhf.config import RunConfig, load_config, save_config
 from mindrlhf.context import add_device_argument, apply_device_target, init_context
 from mindrlhf.data.templates import apply_template
@@ -271,6 +270,9 @@ def hf_generation_config(model_cfg, generation) -> dict:
 
 def write_jsonl(records, path: str) -> None:
     """Write records as JSON lines atomically."""
-    with atomic_open(path) as f:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
