@@ -16,6 +16,7 @@ was and no temporary file behind. The parent folder is created when missing.
 A process killed inside the block (SIGKILL) cannot clean up: its temporary file ``<path>.tmp.<pid>[suffix]`` stays,
 and readers that list a folder skip names containing ``.tmp.``.
 """
+
 from __future__ import annotations
 
 import json
@@ -77,8 +78,14 @@ def write_text(path: str, text: str, newline: Optional[str] = None) -> str:
     return path
 
 
-def write_json(path: str, data: Any, indent: int = 1, ensure_ascii: bool = True, mode: Optional[int] = None,
-               trailing_newline: bool = False) -> str:
+def write_json(
+    path: str,
+    data: Any,
+    indent: int = 1,
+    ensure_ascii: bool = True,
+    mode: Optional[int] = None,
+    trailing_newline: bool = False,
+) -> str:
     """Write ``data`` as JSON to ``path`` atomically; returns ``path``."""
     with atomic_open(path, mode=mode) as f:
         json.dump(data, f, indent=indent, ensure_ascii=ensure_ascii)

@@ -1,5 +1,6 @@
 """The atomic writers of mindrlhf.atomic: success renames into place, a failure leaves the old file (or folder)
 as it was and no temporary file behind."""
+
 import os
 import stat
 

@@ -1,5 +1,6 @@
 """The shared record reading of mindrlhf.data.records (file:line errors, the skip-or-raise loop and its count) and
 the one schema table (mindrlhf.data.schemas) that the converters, the datasets and the experience writer use."""
+
 import dataclasses
 import logging
 
@@ -60,5 +61,10 @@ def test_experience_record_has_the_schema_fields_in_order():
 
     assert tuple(f.name for f in dataclasses.fields(Experience)) == schemas.EXPERIENCE_COLUMNS
     assert {name for name, spec in schemas.EXPERIENCE_SCHEMA.items() if spec["type"] == "int32"} == {
-        "query_tensors", "response_tensors", "pretrain_ids", "loss_mask", "attention_mask"}
+        "query_tensors",
+        "response_tensors",
+        "pretrain_ids",
+        "loss_mask",
+        "attention_mask",
+    }
     assert schemas.DPO_FILE_COLUMNS == schemas.PREFERENCE_COLUMNS + tuple(schemas.RESPONSE_SCHEMA)

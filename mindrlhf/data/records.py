@@ -13,6 +13,7 @@ Checking before anything is read: :func:`check_paths`, :func:`check_seq_length`,
 Writing: :func:`atomic_mindrecord` (a MindRecord file and its ``.db`` index appear together, or neither) and
 :func:`write_in_chunks` (bounded memory). Statistics: :func:`length_summary` and :func:`stats_table`.
 """
+
 from __future__ import annotations
 
 import json
@@ -87,8 +88,14 @@ def _read_json_array(path: str, text: str) -> Tuple[int, Iterator[Tuple[int, Any
     return len(data), iter(list(zip(lines, data)))
 
 
-def parsed_records(path: str, parse: Callable[[Any, str], T], skip_bad_lines: bool = False, stats: Any = None,
-                   progress: bool = False, desc: str = "records") -> Iterator[Tuple[int, T]]:
+def parsed_records(
+    path: str,
+    parse: Callable[[Any, str], T],
+    skip_bad_lines: bool = False,
+    stats: Any = None,
+    progress: bool = False,
+    desc: str = "records",
+) -> Iterator[Tuple[int, T]]:
     """``(line, parse(record, "file:line"))`` for every record of ``path`` that ``parse`` accepts.
 
     A malformed line or a record ``parse`` rejects with :class:`ConversionError` raises it, or with
@@ -99,8 +106,16 @@ def parsed_records(path: str, parse: Callable[[Any, str], T], skip_bad_lines: bo
     return _parse_each(path, total, records, parse, skip_bad_lines, stats, progress, desc)
 
 
-def _parse_each(path: str, total: int, records: Iterator[Tuple[int, Any]], parse: Callable[[Any, str], T],
-                skip_bad_lines: bool, stats: Any, progress: bool, desc: str) -> Iterator[Tuple[int, T]]:
+def _parse_each(
+    path: str,
+    total: int,
+    records: Iterator[Tuple[int, Any]],
+    parse: Callable[[Any, str], T],
+    skip_bad_lines: bool,
+    stats: Any,
+    progress: bool,
+    desc: str,
+) -> Iterator[Tuple[int, T]]:
     for line, record in tqdm(records, total=total, desc=desc, unit="rec", disable=not progress):
         try:
             if isinstance(record, ConversionError):
@@ -142,13 +157,13 @@ def history_field(record: dict, where: str) -> List[Tuple[str, str]]:
     """``record["history"]``, earlier ``[question, answer]`` turns (oasst / alpaca style), ``[]`` when absent."""
     history = record.get("history") or []
     if not isinstance(history, list) or not all(
-            isinstance(t, (list, tuple)) and len(t) == 2 and all(isinstance(s, str) for s in t) for t in history):
+        isinstance(t, (list, tuple)) and len(t) == 2 and all(isinstance(s, str) for s in t) for t in history
+    ):
         raise ConversionError(f"{where}: field 'history': expected a list of [question, answer] string pairs")
     return [(q, a) for q, a in history]
 
 
-def instruction_text(record: dict, where: str,
-                     text: Callable[[dict, str, str], str] = text_field) -> str:
+def instruction_text(record: dict, where: str, text: Callable[[dict, str, str], str] = text_field) -> str:
     """``instruction``, then ``"\\n" + input`` when ``input`` is not empty (alpaca / oasst records); ``text``
     reads the ``instruction`` field (:func:`text_field` or one that adds to its error message)."""
     query = text(record, "instruction", where)
@@ -188,8 +203,9 @@ def default_pad(tokenizer: Tokenizer) -> int:
     return tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
 
 
-def converter_tokenizer(tokenizer: Union[str, Tokenizer], pad_token_id: Optional[int], flag: str = "--model",
-                        ends: str = "sequences") -> Tuple[Tokenizer, int]:
+def converter_tokenizer(
+    tokenizer: Union[str, Tokenizer], pad_token_id: Optional[int], flag: str = "--model", ends: str = "sequences"
+) -> Tuple[Tokenizer, int]:
     """``(tokenizer, padding id)`` for a converter: ``tokenizer`` loaded when it is a path or bundled name, checked
     to have an eos (it ends ``ends``), and the padding id (None: :func:`default_pad`) checked to be one of its ids.
     Errors name ``flag`` and its value."""
@@ -263,9 +279,14 @@ def length_summary(lengths: Dict[str, List[int]]) -> Dict[str, Union[int, float]
 
 def stats_table(stats: Dict[str, Union[int, float]], counts: Sequence[str], lengths: Sequence[str]) -> str:
     """The statistics as two small Markdown tables: the ``counts`` columns, then max / min / avg of ``lengths``."""
-    rows = ["| " + " | ".join(counts) + " |", "|" + " --- |" * len(counts),
-            "| " + " | ".join(str(stats[k]) for k in counts) + " |", "",
-            "| tokens | max | min | avg |", "| --- | --- | --- | --- |"]
+    rows = [
+        "| " + " | ".join(counts) + " |",
+        "|" + " --- |" * len(counts),
+        "| " + " | ".join(str(stats[k]) for k in counts) + " |",
+        "",
+        "| tokens | max | min | avg |",
+        "| --- | --- | --- | --- |",
+    ]
     for name in lengths:
         rows.append(f"| {name} | {stats[name + '_max']} | {stats[name + '_min']} | {stats[name + '_avg']:.1f} |")
     return "\n".join(rows)

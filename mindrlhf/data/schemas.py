@@ -5,12 +5,12 @@ A schema maps each field to ``{"type": ..., "shape": [-1]}`` (a vector) or ``{"t
 ``mindspore.mindrecord.FileWriter.add_schema`` takes it; its order is the order of the field list here.
 ``S`` is the converter's ``seq_length``; the module docstrings of the converters define each field.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Tuple
 
 Schema = Dict[str, dict]
-
 
 
 def _vector(dtype: str) -> dict:
@@ -69,5 +69,7 @@ EXPERIENCE_COLUMNS: Tuple[str, ...] = tuple(EXPERIENCE_SCHEMA)
 
 # the kind of MindRecord with these columns and the converter that writes it, for error messages
 WRITERS: Dict[Tuple[str, ...], Tuple[str, str]] = {
-    PREFERENCE_COLUMNS: ("a preference", "convert_preference"), SFT_COLUMNS: ("an SFT", "convert_sft"),
-    DPO_FILE_COLUMNS: ("a DPO preference", "convert_preference")}
+    PREFERENCE_COLUMNS: ("a preference", "convert_preference"),
+    SFT_COLUMNS: ("an SFT", "convert_sft"),
+    DPO_FILE_COLUMNS: ("a DPO preference", "convert_preference"),
+}
