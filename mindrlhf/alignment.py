@@ -138,26 +138,28 @@ def gold_pairs(policy, cfg: ModelConfig, tokenizer, prompts: np.ndarray, protoco
 def write_pairs(pairs: GoldPairs, path: str, seq_length: int, pad_token_id: int, prompt_length: int) -> str:
     """The pairs as a preference MindRecord (the fields of ``convert_preference``, response masks after the
     ``prompt_length`` prompt tokens included), written atomically."""
-    from mindrlhf.data.convert_preference import FILE_SCHEMA, atomic_mindrecord, pair_fields, write_in_chunks
+    from mindrlhf.data.convert_preference import pair_fields
+    from mindrlhf.data.records import atomic_mindrecord, write_in_chunks
+    from mindrlhf.data.schemas import FILE_SCHEMA
 
     samples = (pair_fields(c, r, seq_length, pad_token_id, prompt_length=prompt_length)
                for c, r in zip(pairs.chosen, pairs.rejected))
     with atomic_mindrecord(path, FILE_SCHEMA) as writer:
-        write_in_chunks(writer, (s for s in samples if s is not None), 1000)
+        write_in_chunks(writer, (s for s in samples if s is not None))
     return path
 
 
 def write_prompts(prompts: np.ndarray, path: str, pad_token_id: int) -> str:
     """Openings as a PPO prompt MindRecord (``prompt_ids``, ``prompt_length``; no ptx answer), atomically."""
-    from mindrlhf.data.convert_preference import atomic_mindrecord, write_in_chunks
-    from mindrlhf.data.convert_prompts import PROMPT_SCHEMA
+    from mindrlhf.data.records import atomic_mindrecord, write_in_chunks
+    from mindrlhf.data.schemas import PROMPT_SCHEMA
 
     width = prompts.shape[1]
     samples = ({"prompt_ids": row.astype(np.int64), "prompt_length": np.int64(width),
                 "pretrain_ids": np.full(width + 1, pad_token_id, np.int64),
                 "loss_mask": np.zeros(width + 1, np.int64)} for row in prompts)
     with atomic_mindrecord(path, PROMPT_SCHEMA, "story openings") as writer:
-        write_in_chunks(writer, samples, 1000)
+        write_in_chunks(writer, samples)
     return path
 
 

@@ -830,12 +830,7 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Ru
 
 def save_config(config: RunConfig, path: str) -> None:
     """Write the resolved config as YAML, atomically (a temporary file renamed into place)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            yaml.dump(dataclasses.asdict(config), f, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from mindrlhf.atomic import atomic_open
+
+    with atomic_open(path) as f:
+        yaml.dump(dataclasses.asdict(config), f, Dumper=_Dumper, sort_keys=False, allow_unicode=True)

@@ -613,13 +613,14 @@ def write_win_rate_png(summary: Dict[str, object], path: str) -> str:
 def write_evaluation(result: EvalResult, header: Dict[str, str], cfg: EvalConfig, folder: str) -> Dict[str, str]:
     """``answers.jsonl``, ``summary.json``, ``report.md`` and ``win_rate.png`` in ``folder``, each written
     atomically; returns their paths."""
-    from mindrlhf.cli.common import write_json, write_jsonl, write_text
+    from mindrlhf.atomic import write_json, write_jsonl, write_text
 
     os.makedirs(folder, exist_ok=True)
     files = {name: os.path.join(folder, name) for name in ("answers.jsonl", "summary.json", "report.md",
                                                            "win_rate.png")}
-    write_jsonl(answer_records(result), files["answers.jsonl"])
-    write_json(files["summary.json"], {**result.summary, "compared": header, "settings": asdict(cfg)})
+    write_jsonl(files["answers.jsonl"], answer_records(result))
+    write_json(files["summary.json"], {**result.summary, "compared": header, "settings": asdict(cfg)},
+               ensure_ascii=False)
     write_text(files["report.md"], report_markdown(result, header, cfg))
     write_win_rate_png(result.summary, files["win_rate.png"])
     return files

@@ -16,6 +16,7 @@ import re
 import time
 from typing import Optional
 
+from mindrlhf.atomic import write_json
 from mindrlhf.errors import UserError
 
 SUFFIX = ".manifest.json"
@@ -54,15 +55,7 @@ def write_manifest(data_file: str, final_path: str, run: Optional[dict] = None) 
     manifest = {"format": FORMAT, "file": os.path.basename(final_path), "size": os.path.getsize(data_file),
                 "sha256": file_sha256(data_file), "step": step_of(final_path), "written_at": time.time(),
                 **(run or {})}
-    target = manifest_path(final_path)
-    tmp = f"{target}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=1)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_json(manifest_path(final_path), manifest)
     return manifest
 
 

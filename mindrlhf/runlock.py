@@ -31,6 +31,7 @@ import sys
 import uuid
 from typing import Optional
 
+from mindrlhf.atomic import write_json
 from mindrlhf.errors import LaunchError
 
 logger = logging.getLogger(__name__)
@@ -195,14 +196,6 @@ def claim_output_dir(output_dir: str, cfg, mode: str = "fresh", rank_id: int = 0
         record = {"run_id": uuid.uuid4().hex[:12], "command": command or " ".join(sys.argv),
                   "config_hash": config_hash(cfg),
                   "started": datetime.datetime.now().isoformat(timespec="seconds")}
-        write_json_atomic(os.path.join(output_dir, RUN_FILE), record)
+        write_json(os.path.join(output_dir, RUN_FILE), record)
     logger.info("run %s in %s (%s)", record["run_id"], os.path.abspath(output_dir), mode)
     return record
-
-
-def write_json_atomic(path: str, data: dict) -> None:
-    """Write ``data`` as JSON to ``path`` through a temporary file and a rename."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -229,31 +228,3 @@ def choose_tokenizer(explicit: str, folders, model_type: str):
         raise SystemExit(f"model family {model_type!r} ships no bundled tokenizer and the checkpoint folder has "
                          f"none: pass --tokenizer (the model's tokenizer.json or its folder)")
     return load_tokenizer(bundled), None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Atomic writers of the commands' reports
-
-
-def write_jsonl(records, path: str) -> None:
-    """Write records as JSON lines atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def write_text(path: str, text: str) -> str:
-    """Write ``text`` to ``path`` atomically (a temporary file, then a rename)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
-
-
-def write_json(path: str, data) -> str:
-    """``data`` as indented JSON at ``path``, atomically."""
-    return write_text(path, json.dumps(data, ensure_ascii=False, indent=1))

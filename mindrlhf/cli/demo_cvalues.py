@@ -34,10 +34,17 @@ from typing import Dict, List, Optional
 import numpy as np
 from mindspore import Tensor
 
-from mindrlhf.cli.common import write_json, write_text
+from mindrlhf.atomic import write_json as _write_json
+from mindrlhf.atomic import write_text
 from mindrlhf.config import RunConfig, load_config
 
 logger = logging.getLogger(__name__)
+
+
+def write_json(path: str, data) -> str:
+    """``data`` as JSON (indent 1, not ASCII-escaped) at ``path``, atomically."""
+    return _write_json(path, data, ensure_ascii=False)
+
 
 PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the mindrlhf package folder
 ASSETS = os.path.join(PACKAGE, "assets", "data")
@@ -127,8 +134,8 @@ def prepare_data(settings: DemoSettings, folder: str) -> Dict[str, object]:
     write_json(files["sft.json"], sft_rows)
     write_json(files["rm_train.json"], [r for i, r in enumerate(ranked) if i % settings.holdout])
     write_json(files["rm_test.json"], [r for i, r in enumerate(ranked) if i % settings.holdout == 0])
-    with open(files["ppo_prompts.jsonl"], "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"prompt": p}, ensure_ascii=False) + "\n" for p in ppo_prompts)
+    write_text(files["ppo_prompts.jsonl"], "".join(json.dumps({"prompt": p}, ensure_ascii=False) + "\n"
+                                                   for p in ppo_prompts))
     seq, progress = settings.seq_length, settings.progress
     out = {"sft": os.path.join(folder, "sft.mindrecord"), "rm_train": os.path.join(folder, "rm_train.mindrecord"),
            "rm_test": os.path.join(folder, "rm_test.mindrecord"), "prompts": os.path.join(folder, "ppo.mindrecord"),

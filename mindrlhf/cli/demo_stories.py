@@ -177,7 +177,7 @@ def write_story_plots(result: StoryDemoResult, rm_losses: List[float], folder: s
 
 
 def write_story_report(result: StoryDemoResult, settings: StoryDemoSettings, folder: str) -> str:
-    from mindrlhf.cli.common import write_text
+    from mindrlhf.atomic import write_text
 
     gain = result.gold_after - result.gold_before
     outcome = result.gold_outcome
@@ -221,7 +221,7 @@ Plots: `gold_reward.png`, `proxy_reward.png`, `ppo_kl.png`, `rm_loss.png`. Tenso
 def run_story_demo(settings: StoryDemoSettings) -> StoryDemoResult:
     """Run the story pipeline and write the report; returns what was measured."""
     from mindrlhf.data.tokenizer import load_tokenizer
-    from mindrlhf.cli.common import write_json
+    from mindrlhf.atomic import write_json
     from mindrlhf.evaluation import paired_outcome
     from mindrlhf.models.convert import BUNDLED_MODELS
 
@@ -251,7 +251,7 @@ def run_story_demo(settings: StoryDemoSettings) -> StoryDemoResult:
     result.files = write_story_plots(result, rm_losses, folder)
     result.files["report.md"] = write_story_report(result, settings, folder)
     result.files["summary.json"] = write_json(os.path.join(folder, "summary.json"), {
-        **dataclasses.asdict(result), "settings": dataclasses.asdict(settings)})
+        **dataclasses.asdict(result), "settings": dataclasses.asdict(settings)}, ensure_ascii=False)
     return result
 
 

@@ -13,7 +13,6 @@ to ``<output_dir>/dpo_eval.json``; with ``--win_rate_prompts`` (a ``convert-prom
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from typing import List, Optional
@@ -104,10 +103,9 @@ def evaluate(args, cfg, policy, judge) -> dict:
         report["win_rate"] = result.__dict__
         logger.info("win rate against the reference: %.3f over %d prompts (scores %.4f vs %.4f)", result.win_rate,
                     result.prompts, result.policy_score, result.reference_score)
-    path = os.path.join(cfg.output_dir, "dpo_eval.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1)
-    os.replace(path + ".tmp", path)
+    from mindrlhf.atomic import write_json
+
+    write_json(os.path.join(cfg.output_dir, "dpo_eval.json"), report)
     return report
 
 

@@ -9,7 +9,8 @@ import time
 from typing import Optional
 
 from mindrlhf.cli.common import (add_set_argument, add_tokenizer_argument, build_policy, choose_tokenizer,
-                                 has_tokenizer, model_config_for, write_jsonl)
+                                 has_tokenizer, model_config_for)
+from mindrlhf.atomic import write_jsonl
 from mindrlhf.config import load_config, save_config
 from mindrlhf.context import add_device_argument, apply_device_target, init_context
 from mindrlhf.data.templates import apply_template
@@ -139,7 +140,7 @@ def run_generate(args) -> int:
     logger.info("generated %d tokens for %d prompts in %.2f s (%.1f tokens/s, graph compilation included)",
                 total, len(prompts), seconds, total / seconds)
     path = args.output_file or os.path.join(cfg.output_dir, "generate", "samples.jsonl")
-    write_jsonl(records, path)
+    write_jsonl(path, records)
     save_config(cfg, os.path.join(os.path.dirname(path), "resolved_config.yaml"))
     logger.info("samples written to %s", path)
     return 0

@@ -18,7 +18,8 @@ from typing import List, Optional, Tuple
 
 from mindrlhf.cli.common import (add_output_dir_argument, add_overwrite_flag, add_set_argument,
                                  add_tokenizer_argument, add_use_parallel_argument, choose_tokenizer, run_script,
-                                 run_training, setup_run, str2bool, write_jsonl)
+                                 run_training, setup_run, str2bool)
+from mindrlhf.atomic import write_jsonl
 from mindrlhf.context import add_device_argument
 
 logger = logging.getLogger(__name__)
@@ -187,8 +188,8 @@ def run_infer(args) -> int:
         logger.info("Sample:\n%s", text)
         logger.info("reward score: [[%.4g]]", score)
     path = args.output_file or os.path.join(cfg.output_dir, "infer", "scores.jsonl")
-    write_jsonl([{"prompt": prompt, "response": response, "score": float(score)}
-                 for (prompt, response), score in zip(infer_pairs(args.data_file), scores)], path)
+    write_jsonl(path, [{"prompt": prompt, "response": response, "score": float(score)}
+                       for (prompt, response), score in zip(infer_pairs(args.data_file), scores)])
     logger.info("%d scores written to %s", len(scores), path)
     return 0
 

@@ -65,7 +65,8 @@ and pairs where truncation left a response no text token, only its eos (``skippe
 the sequence; nothing of the responses would be compared). Bad records (malformed JSON line, missing/null or
 non-string field, undetectable format) raise :class:`ConversionError` naming ``file:line`` and the field, or with
 ``skip_bad_lines`` are skipped and counted (``skipped_bad``); a syntax error inside a JSON array is always fatal
-(there is no next line to resume at).
+(there is no next line to resume at). Reading, checking and writing are :mod:`mindrlhf.data.records`; the stored
+fields are :data:`mindrlhf.data.schemas.FILE_SCHEMA`.
 
 The MindRecord (and its ``.db`` index) is written to a fresh temporary folder inside the destination folder under
 its final name (MindRecord headers store the file name, so a renamed file would not open), then both files are
@@ -74,52 +75,30 @@ moved into place; on any error nothing new is left behind and an existing destin
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import shutil
 import sys
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from tqdm import tqdm
 
 from mindrlhf.data.contract import EncodedText, encode_for_reward
+from mindrlhf.data.records import (WRITE_CHUNK, ConversionError, atomic_mindrecord, check_format, check_paths,
+                                   check_seq_length, converter_tokenizer, expect_object, history_field,
+                                   instruction_text, length_summary, parsed_records, stats_table, text_field,
+                                   write_in_chunks)
+from mindrlhf.data.records import read_records  # noqa: F401 (re-exported for the rm infer command)
+from mindrlhf.data.schemas import FILE_SCHEMA, PREFERENCE_SCHEMA
 from mindrlhf.data.templates import format_prompt
-from mindrlhf.data.tokenizer import Tokenizer, load_tokenizer
-from mindrlhf.errors import UserError
+from mindrlhf.data.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
-# The stored schema: six int32 vectors and the int64 scalar end_ind, in the spec order.
-PREFERENCE_SCHEMA = {
-    "chosen_input_ids": {"type": "int32", "shape": [-1]},
-    "chosen_attention_mask": {"type": "int32", "shape": [-1]},
-    "rejected_input_ids": {"type": "int32", "shape": [-1]},
-    "rejected_attention_mask": {"type": "int32", "shape": [-1]},
-    "position_id": {"type": "int32", "shape": [-1]},
-    "loss_mask": {"type": "int32", "shape": [-1]},
-    "end_ind": {"type": "int64"},
-}
-# The prompt/response boundary of each sequence (what DPO needs on top of the reward model's fields).
-RESPONSE_SCHEMA = {
-    "chosen_response_mask": {"type": "int32", "shape": [-1]},
-    "rejected_response_mask": {"type": "int32", "shape": [-1]},
-}
-FILE_SCHEMA = {**PREFERENCE_SCHEMA, **RESPONSE_SCHEMA}  # what convert_preference writes
 FORMATS = ("cvalues", "pairwise", "hh", "oasst", "chat", "sharegpt")
 PADDING_SIDES = ("right", "left")
 HH_ASSISTANT = "\n\nAssistant:"
 # One earlier oasst turn; the current question follows the last one (the template supplies the first "### 问题").
 HISTORY_TURN = "{question}\n\n### 回答：\n{answer}\n\n### 问题：\n"
-WRITE_CHUNK = 1000  # samples handed to FileWriter.write_raw_data at a time
-
-
-class ConversionError(UserError):
-    """A source file, record or argument that cannot be converted; the message names ``file:line`` and field."""
 
 
 @dataclass(frozen=True)
@@ -145,75 +124,14 @@ class ConversionStats:
 
     def as_dict(self) -> Dict[str, Union[int, float]]:
         """``count, skipped_*, truncated`` and ``{prompt,chosen,reject}_{max,min,avg}``."""
-        out: Dict[str, Union[int, float]] = {"count": len(self.lengths["prompt"]),
-                                             "skipped_identical": self.skipped_identical,
-                                             "skipped_empty": self.skipped_empty, "skipped_bad": self.skipped_bad,
-                                             "skipped_no_response": self.skipped_no_response,
-                                             "truncated": self.truncated}
-        for name, values in self.lengths.items():
-            out[f"{name}_max"] = max(values, default=0)
-            out[f"{name}_min"] = min(values, default=0)
-            out[f"{name}_avg"] = float(np.mean(values)) if values else 0.0
-        return out
+        return {"count": len(self.lengths["prompt"]), "skipped_identical": self.skipped_identical,
+                "skipped_empty": self.skipped_empty, "skipped_bad": self.skipped_bad,
+                "skipped_no_response": self.skipped_no_response, "truncated": self.truncated,
+                **length_summary(self.lengths)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Reading: records with line numbers, then (prompt, chosen, rejected) per format
-
-
-def read_records(path: str) -> Tuple[int, Iterator[Tuple[int, Any]]]:
-    """``(number of records, iterator of (line, record))`` for a JSON array or JSON Lines file.
-
-    A JSONL line that does not parse is yielded as a :class:`ConversionError` (the caller raises or skips it);
-    blank lines are ignored. A JSON array that does not parse raises at once.
-    """
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            text = f.read()
-    except UnicodeDecodeError as err:
-        raise ConversionError(f"{path}: not UTF-8 text ({err})") from err
-    stripped = text.lstrip()
-    if not stripped:
-        raise ConversionError(f"{path}: empty file, no records")
-    if stripped.startswith("["):
-        return _read_json_array(path, text)
-    lines = [(i, line) for i, line in enumerate(text.split("\n"), 1) if line.strip()]
-    return len(lines), (_parse_line(path, i, line) for i, line in lines)
-
-
-def _parse_line(path: str, line_no: int, line: str) -> Tuple[int, Any]:
-    try:
-        return line_no, json.loads(line)
-    except json.JSONDecodeError as err:
-        return line_no, ConversionError(f"{path}:{line_no}: malformed JSON ({err.msg} at column {err.colno})")
-
-
-def _read_json_array(path: str, text: str) -> Tuple[int, Iterator[Tuple[int, Any]]]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConversionError(f"{path}:{err.lineno}: malformed JSON array ({err.msg} at column {err.colno})") from err
-    if not isinstance(data, list):
-        raise ConversionError(f"{path}:1: top-level JSON value is a {type(data).__name__}, expected a list")
-    # Each element's line: the text is valid JSON, so raw_decode walks it element by element.
-    decoder, pos, seen, line, lines = json.JSONDecoder(), text.index("[") + 1, 0, 1, []
-    for _ in data:
-        while text[pos] in " \t\r\n,":
-            pos += 1
-        line, seen = line + text.count("\n", seen, pos), pos
-        lines.append(line)
-        pos = decoder.raw_decode(text, pos)[1]
-    return len(data), iter(list(zip(lines, data)))
-
-
-def text_field(record: dict, name: str, where: str) -> str:
-    """``record[name]`` as a string, or a :class:`ConversionError` naming ``where`` (file:line) and the field."""
-    value = record.get(name)
-    if value is None:
-        raise ConversionError(f"{where}: field '{name}': missing")
-    if not isinstance(value, str):
-        raise ConversionError(f"{where}: field '{name}': expected a string, got {type(value).__name__}")
-    return value
 
 
 # what a record may look like, told with an error about a field of the wrong type
@@ -254,15 +172,8 @@ def _pairs_hh(record: dict, where: str) -> List[Tuple[str, str, str]]:
 
 
 def _pairs_oasst(record: dict, where: str) -> List[Tuple[str, str, str]]:
-    prompt = _text(record, "instruction", where)
-    extra = record.get("input") or ""
-    if not isinstance(extra, str):
-        raise ConversionError(f"{where}: field 'input': expected a string, got {type(extra).__name__}")
-    prompt = f"{prompt}\n{extra}" if extra else prompt
-    history = record.get("history") or []
-    if not isinstance(history, list) or not all(
-            isinstance(t, (list, tuple)) and len(t) == 2 and all(isinstance(s, str) for s in t) for t in history):
-        raise ConversionError(f"{where}: field 'history': expected a list of [question, answer] string pairs")
+    prompt = instruction_text(record, where, _text)
+    history = history_field(record, where)
     prompt = "".join(HISTORY_TURN.format(question=q.strip(), answer=a.strip()) for q, a in history) + prompt
     answers = record.get("output")
     if not isinstance(answers, list) or len(answers) < 2 or not all(isinstance(a, str) for a in answers):
@@ -354,36 +265,26 @@ def read_pairs(path: str, fmt: str = "auto", skip_bad_lines: bool = False, stats
 
     The file is read (and an empty or unparsable JSON array rejected) at once; records are checked as iterated.
     """
-    if fmt != "auto" and fmt not in READERS:
-        raise ConversionError(f"--format must be auto or one of {', '.join(FORMATS)}, got {fmt!r}")
-    total, records = read_records(path)
-    return _iter_pairs(path, total, records, fmt, skip_bad_lines, stats, progress)
+    check_format(fmt, FORMATS)
+    records = parsed_records(path, _Reader(fmt), skip_bad_lines, stats, progress)
+    return (PreferencePair(prompt, chosen, rejected, line) for line, triples in records
+            for prompt, chosen, rejected in triples)
 
 
-def _iter_pairs(path: str, total: int, records: Iterator[Tuple[int, Any]], fmt: str, skip_bad_lines: bool,
-                stats: Optional[ConversionStats], progress: bool) -> Iterator[PreferencePair]:
-    reader = None if fmt == "auto" else READERS[fmt]
-    for line, record in tqdm(records, total=total, desc="records", unit="rec", disable=not progress):
-        where = f"{path}:{line}"
-        try:
-            if isinstance(record, ConversionError):
-                raise record
-            if not isinstance(record, dict):
-                raise ConversionError(f"{where}: record is a JSON {type(record).__name__}, expected an object")
-            if reader is None:
-                fmt = detect_format(record, where)
-                reader = READERS[fmt]
-                logger.info("%s: format %s (detected at line %d)", path, fmt, line)
-            triples = reader(record, where)
-        except ConversionError as err:
-            if not skip_bad_lines:
-                raise
-            logger.warning("skipped: %s", err)
-            if stats is not None:
-                stats.skipped_bad += 1
-            continue
-        for prompt, chosen, rejected in triples:
-            yield PreferencePair(prompt, chosen, rejected, line)
+class _Reader:
+    """``(record, where) -> [(prompt, chosen, rejected), ...]`` in format ``fmt``; ``auto`` detects the format
+    from the first record that is an object and keeps it for the rest of the file."""
+
+    def __init__(self, fmt: str):
+        self.reader = None if fmt == "auto" else READERS[fmt]
+
+    def __call__(self, record: Any, where: str) -> List[Tuple[str, str, str]]:
+        record = expect_object(record, where)
+        if self.reader is None:
+            fmt = detect_format(record, where)
+            self.reader = READERS[fmt]
+            logger.info("format %s (detected at %s)", fmt, where)
+        return self.reader(record, where)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -469,69 +370,12 @@ def encode_pairs(pairs: Iterator[PreferencePair], tokenizer: Tokenizer, seq_leng
 # Writing
 
 
-@contextmanager
-def atomic_mindrecord(dst_file: str, schema: Dict[str, dict], desc: str = "preference"):
-    """Yield a ``FileWriter`` whose file and ``.db`` appear at ``dst_file`` only if the block succeeds.
-
-    The writer works in a temporary folder beside ``dst_file`` under the final base name (the header and the
-    index record that name); after ``commit`` the two files are moved into place, index first. On any error the
-    temporary folder is removed, as is a destination folder this call created.
-    """
-    from mindspore.mindrecord import FileWriter
-
-    folder, name = os.path.split(os.path.abspath(dst_file))
-    created = not os.path.isdir(folder)
-    os.makedirs(folder, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=folder)
-    try:
-        writer = FileWriter(os.path.join(tmp, name), shard_num=1, overwrite=True)
-        writer.add_schema(schema, desc)
-        yield writer
-        writer.commit()
-        os.replace(os.path.join(tmp, name + ".db"), os.path.join(folder, name + ".db"))
-        os.replace(os.path.join(tmp, name), os.path.join(folder, name))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if created and not os.listdir(folder):
-            os.rmdir(folder)
-        raise
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_in_chunks(writer, samples: Iterator[dict], chunk_size: int) -> None:
-    """Hand ``samples`` to a MindRecord ``FileWriter`` ``chunk_size`` at a time (memory stays bounded)."""
-    chunk: List[dict] = []
-    for sample in samples:
-        chunk.append(sample)
-        if len(chunk) == chunk_size:
-            writer.write_raw_data(chunk)
-            chunk = []
-    if chunk:
-        writer.write_raw_data(chunk)
-
-
-def default_pad(tokenizer: Tokenizer) -> int:
-    """The padding id when none is given: the tokenizer's pad id, or its eos id (GPT-2 and SentencePiece models
-    have no pad; masks, not ids, mark padding)."""
-    return tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
-
-
-def check_paths(src_flag: str, src_file: str, dst_flag: str, dst_file: str) -> None:
-    """The source must be a file and the destination must not be a folder (errors name the flags)."""
-    if not os.path.isfile(src_file):
-        raise ConversionError(f"{src_flag} {src_file}: no such file")
-    if os.path.isdir(dst_file):
-        raise ConversionError(f"{dst_flag} {dst_file}: is a folder, give a file path")
-
-
 def check_arguments(src_file: str, dst_file: str, seq_length: int, padding_side: str, fmt: str) -> None:
     """Raise :class:`ConversionError` for an argument that cannot work, before anything is read or written."""
-    if not isinstance(seq_length, (int, np.integer)) or isinstance(seq_length, bool) or seq_length < 2:
-        raise ConversionError(f"--seq_length must be an integer >= 2, got {seq_length!r}")
+    check_seq_length(seq_length)
     if padding_side not in PADDING_SIDES:
         raise ConversionError(f"--padding_side must be one of {', '.join(PADDING_SIDES)}, got {padding_side!r}")
-    if fmt != "auto" and fmt not in FORMATS:
-        raise ConversionError(f"--format must be auto or one of {', '.join(FORMATS)}, got {fmt!r}")
+    check_format(fmt, FORMATS)
     check_paths("--src_file", src_file, "--dst_file", dst_file)
 
 
@@ -548,15 +392,7 @@ def convert_preference(src_file: str, dst_file: str, tokenizer: Union[str, Token
         ConversionError: bad arguments, a bad record (unless ``skip_bad_lines``) or no pair left to write.
     """
     check_arguments(src_file, dst_file, seq_length, padding_side, fmt)
-    try:
-        tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
-    except (OSError, ValueError, RuntimeError) as err:
-        raise ConversionError(f"--model {tokenizer}: {err}") from err
-    if tok.eos_token_id is None:
-        raise ConversionError(f"--model {tokenizer}: the tokenizer has no eos token to end sequences with")
-    pad = default_pad(tok) if pad_token_id is None else pad_token_id
-    if not 0 <= pad < tok.vocab_size:
-        raise ConversionError(f"--pad_token_id {pad} is not an id of the tokenizer (0..{tok.vocab_size - 1})")
+    tok, pad = converter_tokenizer(tokenizer, pad_token_id)
     stats = ConversionStats()
     pairs = read_pairs(src_file, fmt, skip_bad_lines, stats, progress)
     with atomic_mindrecord(dst_file, FILE_SCHEMA) as writer:
@@ -571,13 +407,8 @@ def convert_preference(src_file: str, dst_file: str, tokenizer: Union[str, Token
 
 def format_stats(stats: Dict[str, Union[int, float]]) -> str:
     """The statistics as two small Markdown tables (counts, then raw-text token lengths)."""
-    counts = ("count", "skipped_identical", "skipped_empty", "skipped_no_response", "skipped_bad", "truncated")
-    rows = ["| " + " | ".join(counts) + " |", "|" + " --- |" * len(counts),
-            "| " + " | ".join(str(stats[k]) for k in counts) + " |", "",
-            "| tokens | max | min | avg |", "| --- | --- | --- | --- |"]
-    for name in ("prompt", "chosen", "reject"):
-        rows.append(f"| {name} | {stats[name + '_max']} | {stats[name + '_min']} | {stats[name + '_avg']:.1f} |")
-    return "\n".join(rows)
+    return stats_table(stats, ("count", "skipped_identical", "skipped_empty", "skipped_no_response", "skipped_bad",
+                               "truncated"), ("prompt", "chosen", "reject"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,27 +52,18 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from tqdm import tqdm
 
 from mindrlhf.data.contract import tokenize_prompt, tokenize_response
-from mindrlhf.data.convert_preference import (ConversionError, atomic_mindrecord, check_paths, read_records,
-                                              text_field, write_in_chunks)
+from mindrlhf.data.records import (WRITE_CHUNK, ConversionError, atomic_mindrecord, check_paths, converter_tokenizer,
+                                   parsed_records, text_field, write_in_chunks)
+from mindrlhf.data.schemas import PROMPT_ANSWER_SCHEMA, PROMPT_SCHEMA  # noqa: F401 (PROMPT_SCHEMA re-exported)
 from mindrlhf.data.templates import TEMPLATE_NAMES, apply_template
-from mindrlhf.data.tokenizer import Tokenizer, load_tokenizer
+from mindrlhf.data.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
-PROMPT_SCHEMA = {
-    "prompt_ids": {"type": "int64", "shape": [-1]},
-    "prompt_length": {"type": "int64"},
-    "pretrain_ids": {"type": "int64", "shape": [-1]},
-    "loss_mask": {"type": "int64", "shape": [-1]},
-}
-# the converter's schema: the four token fields and the reference answer ("" when the record has none)
-PROMPT_ANSWER_SCHEMA = {**PROMPT_SCHEMA, "answer": {"type": "string"}}
 TEMPLATES = TEMPLATE_NAMES  # ("none", "qa", "chatml")
 ANSWER_KEYS = ("solution", "answer")  # the reference answer of a {prompt, ...} record
-WRITE_CHUNK = 1000
 
 
 @dataclass
@@ -162,18 +153,8 @@ def parse_record(record: Any, where: str) -> Tuple[str, str, str]:
 
 def _samples(src_file: str, tokenizer: Tokenizer, max_prompt_length: int, seq_length: int, pad_token_id: int,
              template: str, skip_bad_lines: bool, stats: PromptStats, progress: bool) -> Iterator[dict]:
-    total, records = read_records(src_file)
-    for line, record in tqdm(records, total=total, desc="prompts", disable=not progress, unit="rec"):
-        where = f"{src_file}:{line}"
-        try:
-            if isinstance(record, ConversionError):
-                raise record
-            prompt, response, answer = parse_record(record, where)
-        except ConversionError:
-            if not skip_bad_lines:
-                raise
-            stats.skipped_bad += 1
-            continue
+    for _, (prompt, response, answer) in parsed_records(src_file, parse_record, skip_bad_lines, stats, progress,
+                                                       desc="prompts"):
         if not prompt.strip():
             stats.skipped_empty += 1
             continue
@@ -234,15 +215,7 @@ def convert_prompts(file_path: str, output_path: str, tokenizer: Union[str, Toke
     narrows prompts on purpose, logs it at INFO).
     """
     check_arguments(file_path, output_path, max_prompt_length, seq_length, template)
-    try:
-        tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
-    except (OSError, ValueError, RuntimeError) as err:
-        raise ConversionError(f"--tokenizer_name_or_path {tokenizer}: {err}") from err
-    if tok.eos_token_id is None:
-        raise ConversionError(f"--tokenizer_name_or_path {tokenizer}: the tokenizer has no eos token to end "
-                              f"responses with")
-    if not 0 <= pad_token_id < tok.vocab_size:
-        raise ConversionError(f"--pad_token_id {pad_token_id} is not an id of the tokenizer (0..{tok.vocab_size - 1})")
+    tok, pad_token_id = converter_tokenizer(tokenizer, pad_token_id, "--tokenizer_name_or_path", "responses")
     stats = PromptStats()
     with atomic_mindrecord(output_path, PROMPT_ANSWER_SCHEMA, "rlhf prompts") as writer:
         write_in_chunks(writer, _samples(file_path, tok, max_prompt_length, seq_length, pad_token_id, template,

@@ -44,7 +44,8 @@ prompt of ``P >= S`` tokens leaves no room for one response token: the sample is
 empty response (or prompt) after the template's stripping is skipped (``skipped_empty``). Bad records (malformed
 JSON line, not an object, missing/null or non-string field, a conversation that does not alternate) raise
 :class:`ConversionError` naming ``file:line`` and the field, or with ``skip_bad_lines`` are skipped and counted
-(``skipped_bad``). The output is written atomically (:func:`atomic_mindrecord`): on any error nothing is left.
+(``skipped_bad``). The output is written atomically (:func:`mindrlhf.data.records.atomic_mindrecord`): on any
+error nothing is left.
 """
 from __future__ import annotations
 
@@ -56,26 +57,23 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from tqdm import tqdm
 
 from mindrlhf.data.contract import tokenize_prompt, tokenize_response
-from mindrlhf.data.convert_preference import (HISTORY_TURN, ConversionError, atomic_mindrecord, check_paths,
-                                              default_pad, read_records, write_in_chunks)
+from mindrlhf.data.convert_preference import HISTORY_TURN
+from mindrlhf.data.records import (WRITE_CHUNK, ConversionError, atomic_mindrecord, check_format, check_paths,
+                                   check_seq_length, converter_tokenizer, expect_object, history_field,
+                                   instruction_text, length_summary, parsed_records, stats_table, string_value,
+                                   text_field, write_in_chunks)
+from mindrlhf.data.schemas import SFT_SCHEMA
 from mindrlhf.data.templates import format_prompt
-from mindrlhf.data.tokenizer import Tokenizer, load_tokenizer
+from mindrlhf.data.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
-SFT_SCHEMA = {
-    "input_ids": {"type": "int32", "shape": [-1]},
-    "attention_mask": {"type": "int32", "shape": [-1]},
-    "loss_mask": {"type": "int32", "shape": [-1]},
-}
 FORMATS = ("alpaca", "sharegpt", "prompt_response")
 TEMPLATES = ("qa", "none")
 # ShareGPT "from" / OpenAI "role" values -> the three roles of a conversation
 ROLES = {"human": "user", "user": "user", "system": "system", "gpt": "assistant", "assistant": "assistant"}
-WRITE_CHUNK = 1000  # samples handed to FileWriter.write_raw_data at a time
 
 
 @dataclass(frozen=True)
@@ -102,48 +100,22 @@ class SFTStats:
 
     def as_dict(self) -> Dict[str, Union[int, float]]:
         """``count, skipped_*, truncated`` and ``{prompt,response}_{max,min,avg}`` (response counts include eos)."""
-        out: Dict[str, Union[int, float]] = {
-            "count": len(self.lengths["prompt"]), "skipped_empty": self.skipped_empty,
-            "skipped_long": self.skipped_long, "skipped_bad": self.skipped_bad, "truncated": self.truncated}
-        for name, values in self.lengths.items():
-            out[f"{name}_max"] = max(values, default=0)
-            out[f"{name}_min"] = min(values, default=0)
-            out[f"{name}_avg"] = float(np.mean(values)) if values else 0.0
-        return out
+        return {"count": len(self.lengths["prompt"]), "skipped_empty": self.skipped_empty,
+                "skipped_long": self.skipped_long, "skipped_bad": self.skipped_bad, "truncated": self.truncated,
+                **length_summary(self.lengths)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Reading: one SFTExample per record
 
 
-def _string(value: Any, name: str, where: str) -> str:
-    if value is None:
-        raise ConversionError(f"{where}: field '{name}': missing")
-    if not isinstance(value, str):
-        raise ConversionError(f"{where}: field '{name}': expected a string, got {type(value).__name__}")
-    return value
-
-
-def _history(record: dict, where: str) -> Tuple[Tuple[str, str], ...]:
-    history = record.get("history") or []
-    if not isinstance(history, list) or not all(
-            isinstance(t, (list, tuple)) and len(t) == 2 and all(isinstance(s, str) for s in t) for t in history):
-        raise ConversionError(f"{where}: field 'history': expected a list of [question, answer] string pairs")
-    return tuple((q, a) for q, a in history)
-
-
 def _read_alpaca(record: dict, where: str) -> SFTExample:
-    query = _string(record.get("instruction"), "instruction", where)
-    extra = record.get("input") or ""
-    if not isinstance(extra, str):
-        raise ConversionError(f"{where}: field 'input': expected a string, got {type(extra).__name__}")
-    query = f"{query}\n{extra}" if extra else query
-    return SFTExample(query, _string(record.get("output"), "output", where), _history(record, where))
+    query = instruction_text(record, where)
+    return SFTExample(query, text_field(record, "output", where), tuple(history_field(record, where)))
 
 
 def _read_prompt_response(record: dict, where: str) -> SFTExample:
-    return SFTExample(_string(record.get("prompt"), "prompt", where),
-                      _string(record.get("response"), "response", where))
+    return SFTExample(text_field(record, "prompt", where), text_field(record, "response", where))
 
 
 def _conversation(record: dict, where: str) -> List[Tuple[int, str, str]]:
@@ -162,7 +134,7 @@ def _conversation(record: dict, where: str) -> List[Tuple[int, str, str]]:
         if role is None:
             raise ConversionError(f"{where}: field '{key}[{k}].{role_key}': expected one of {', '.join(ROLES)}, "
                                   f"got {turn.get(role_key)!r}")
-        out.append((k, role, _string(turn.get(text_key), f"{key}[{k}].{text_key}", where)))
+        out.append((k, role, string_value(turn.get(text_key), f"{key}[{k}].{text_key}", where)))
     return out
 
 
@@ -210,30 +182,14 @@ def read_examples(path: str, fmt: str = "auto", skip_bad_lines: bool = False, st
 
     The file is read (and an empty or unparsable JSON array rejected) at once; records are checked as iterated.
     """
-    if fmt != "auto" and fmt not in READERS:
-        raise ConversionError(f"--format must be auto or one of {', '.join(FORMATS)}, got {fmt!r}")
-    total, records = read_records(path)
-    return _iter_examples(path, total, records, fmt, skip_bad_lines, stats, progress)
+    check_format(fmt, FORMATS)
 
+    def parse(record: Any, where: str) -> SFTExample:
+        record = expect_object(record, where)
+        return READERS[detect_format(record, where) if fmt == "auto" else fmt](record, where)
 
-def _iter_examples(path: str, total: int, records: Iterator[Tuple[int, Any]], fmt: str, skip_bad_lines: bool,
-                   stats: Optional[SFTStats], progress: bool) -> Iterator[SFTExample]:
-    for line, record in tqdm(records, total=total, desc="records", unit="rec", disable=not progress):
-        where = f"{path}:{line}"
-        try:
-            if isinstance(record, ConversionError):
-                raise record
-            if not isinstance(record, dict):
-                raise ConversionError(f"{where}: record is a JSON {type(record).__name__}, expected an object")
-            example = READERS[detect_format(record, where) if fmt == "auto" else fmt](record, where)
-        except ConversionError as err:
-            if not skip_bad_lines:
-                raise
-            logger.warning("skipped: %s", err)
-            if stats is not None:
-                stats.skipped_bad += 1
-            continue
-        yield dataclasses.replace(example, line=line)
+    records = parsed_records(path, parse, skip_bad_lines, stats, progress)
+    return (dataclasses.replace(example, line=line) for line, example in records)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -327,26 +283,11 @@ def encode_examples(examples: Iterator[SFTExample], tokenizer: Tokenizer, seq_le
 
 def check_arguments(src_file: str, dst_file: str, seq_length: int, fmt: str, template: str) -> None:
     """Raise :class:`ConversionError` for an argument that cannot work, before anything is read or written."""
-    if not isinstance(seq_length, (int, np.integer)) or isinstance(seq_length, bool) or seq_length < 2:
-        raise ConversionError(f"--seq_length must be an integer >= 2, got {seq_length!r}")
-    if fmt != "auto" and fmt not in FORMATS:
-        raise ConversionError(f"--format must be auto or one of {', '.join(FORMATS)}, got {fmt!r}")
+    check_seq_length(seq_length)
+    check_format(fmt, FORMATS)
     if template not in TEMPLATES:
         raise ConversionError(f"--template must be one of {', '.join(TEMPLATES)}, got {template!r}")
     check_paths("--src_file", src_file, "--dst_file", dst_file)
-
-
-def _tokenizer_and_pad(tokenizer: Union[str, Tokenizer], pad_token_id: Optional[int]) -> Tuple[Tokenizer, int]:
-    try:
-        tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
-    except (OSError, ValueError, RuntimeError) as err:
-        raise ConversionError(f"--model {tokenizer}: {err}") from err
-    if tok.eos_token_id is None:
-        raise ConversionError(f"--model {tokenizer}: the tokenizer has no eos token to end responses with")
-    pad = default_pad(tok) if pad_token_id is None else pad_token_id
-    if not 0 <= pad < tok.vocab_size:
-        raise ConversionError(f"--pad_token_id {pad} is not an id of the tokenizer (0..{tok.vocab_size - 1})")
-    return tok, pad
 
 
 def convert_sft(src_file: str, dst_file: str, tokenizer: Union[str, Tokenizer], seq_length: int = 1024,
@@ -366,7 +307,7 @@ def convert_sft(src_file: str, dst_file: str, tokenizer: Union[str, Tokenizer], 
         ConversionError: bad arguments, a bad record (unless ``skip_bad_lines``) or no sample left to write.
     """
     check_arguments(src_file, dst_file, seq_length, fmt, template)
-    tok, pad = _tokenizer_and_pad(tokenizer, pad_token_id)
+    tok, pad = converter_tokenizer(tokenizer, pad_token_id, ends="responses")
     stats = SFTStats()
     examples = read_examples(src_file, fmt, skip_bad_lines, stats, progress)
     with atomic_mindrecord(dst_file, SFT_SCHEMA, desc="sft") as writer:
@@ -380,13 +321,8 @@ def convert_sft(src_file: str, dst_file: str, tokenizer: Union[str, Tokenizer], 
 
 def format_stats(stats: Dict[str, Union[int, float]]) -> str:
     """The statistics as two small Markdown tables (counts, then stored token lengths)."""
-    counts = ("count", "skipped_empty", "skipped_long", "skipped_bad", "truncated")
-    rows = ["| " + " | ".join(counts) + " |", "|" + " --- |" * len(counts),
-            "| " + " | ".join(str(stats[k]) for k in counts) + " |", "",
-            "| tokens | max | min | avg |", "| --- | --- | --- | --- |"]
-    for name in ("prompt", "response"):
-        rows.append(f"| {name} | {stats[name + '_max']} | {stats[name + '_min']} | {stats[name + '_avg']:.1f} |")
-    return "\n".join(rows)
+    return stats_table(stats, ("count", "skipped_empty", "skipped_long", "skipped_bad", "truncated"),
+                       ("prompt", "response"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,8 @@
-"""``mindspore.dataset`` pipelines over the converters' MindRecord files.
+"""``mindspore.dataset`` pipelines over the converters' MindRecord files (schemas: :mod:`mindrlhf.data.schemas`).
+
+Every reader goes through one pipeline, :func:`mindrecord_batches`: the given record indices in the given order,
+batched, then mapped batch-wise into the training layout. The supervised stages take one epoch of one rank
+(:func:`epoch_indices`); the RL stages take each iteration's prompts (:func:`prompt_indices`, :func:`read_prompts`).
 
 :func:`reward_model_dataset` reads the seven preference columns written by
 :mod:`mindrlhf.data.convert_preference` and yields, per batch of ``B`` pairs (``S`` = stored sequence length):
@@ -19,6 +23,12 @@ token is the last response token): the reward trainer and ``rm eval`` call it be
 :func:`sft_dataset` reads the three SFT columns written by :mod:`mindrlhf.data.convert_sft` and yields batches of
 ``input_ids``, ``attention_mask`` and ``loss_mask``, each ``(B, S) int32``, as stored.
 
+:func:`dpo_dataset` reads a preference MindRecord with the response masks (:func:`check_dpo_file`) and yields
+``input_ids``, ``attention_mask`` ``(2B, S) int32`` and ``response_mask (2B, S) float32``, the B chosen rows first.
+
+:func:`read_prompts` reads given records of a prompt MindRecord (:mod:`mindrlhf.data.convert_prompts`) into numpy:
+``prompt_ids``, ``prompt_length``, ``pretrain_ids``, ``loss_mask`` and the reference ``answer`` strings.
+
 Order is a pure function of ``(seed, epoch, rank_id, rank_size, skip_batches)``, so a resumed run sees exactly the
 batches it would have seen; see :func:`epoch_indices`.
 """
@@ -26,21 +36,19 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mindrlhf.data.convert_preference import PREFERENCE_SCHEMA, RESPONSE_SCHEMA, ConversionError
-from mindrlhf.data.convert_sft import SFT_SCHEMA
+from mindrlhf.data.records import ConversionError
+from mindrlhf.data.schemas import (ANSWER_COLUMN, PREFERENCE_COLUMNS, PROMPT_COLUMNS, RESPONSE_SCHEMA, SFT_COLUMNS,
+                                   WRITERS)
 
-PREFERENCE_COLUMNS: Tuple[str, ...] = tuple(PREFERENCE_SCHEMA)  # stored columns, in the spec order
 REWARD_COLUMNS: Tuple[str, ...] = ("input_ids", "position_id", "attention_mask", "loss_mask", "end_ind")
-DPO_FILE_COLUMNS: Tuple[str, ...] = PREFERENCE_COLUMNS + tuple(RESPONSE_SCHEMA)  # the reward fields + the boundary
 DPO_COLUMNS: Tuple[str, ...] = ("input_ids", "attention_mask", "response_mask")  # one DPO batch
-SFT_COLUMNS: Tuple[str, ...] = tuple(SFT_SCHEMA)  # ("input_ids", "attention_mask", "loss_mask"), stored and batched
-# the kind of MindRecord and the converter that writes it, for error messages
-_WRITERS = {PREFERENCE_COLUMNS: ("a preference", "convert_preference"), SFT_COLUMNS: ("an SFT", "convert_sft"),
-            DPO_FILE_COLUMNS: ("a DPO preference", "convert_preference")}
+# the stored columns a DPO batch is made of (the reward model's position_id, loss_mask and end_ind are not read)
+DPO_STORED: Tuple[str, ...] = ("chosen_input_ids", "chosen_attention_mask", "rejected_input_ids",
+                               "rejected_attention_mask", *RESPONSE_SCHEMA)
 
 
 def record_count(path: str, columns: Tuple[str, ...] = PREFERENCE_COLUMNS) -> int:
@@ -48,7 +56,7 @@ def record_count(path: str, columns: Tuple[str, ...] = PREFERENCE_COLUMNS) -> in
     one of ``columns``."""
     from mindspore.mindrecord import FileReader
 
-    kind, converter = _WRITERS.get(tuple(columns), ("", "convert_*"))
+    kind, converter = WRITERS.get(tuple(columns), ("", "convert_*"))
     for needed in (path, path + ".db"):
         if not os.path.isfile(needed):
             raise FileNotFoundError(f"{needed}: no such file (a MindRecord needs the file and its .db index; "
@@ -67,6 +75,17 @@ def record_count(path: str, columns: Tuple[str, ...] = PREFERENCE_COLUMNS) -> in
         expected = f"{kind} MindRecord has" if kind else "expected"
         raise ValueError(f"{path}: missing columns {missing}; {expected} {list(columns)}")
     return count
+
+
+def stored_columns(path: str) -> Tuple[str, ...]:
+    """The columns of the MindRecord ``path`` (readable: checked by :func:`record_count` first)."""
+    from mindspore.mindrecord import FileReader
+
+    reader = FileReader(path)
+    try:
+        return tuple(reader.schema())
+    finally:
+        reader.close()
 
 
 def epoch_indices(n: int, batch_size: int, *, epoch: int = 0, seed: int = 0, shuffle: bool = True, rank_id: int = 0,
@@ -99,6 +118,47 @@ def num_batches(path: str, batch_size: int, rank_size: int = 1, drop_remainder: 
     return per_rank // batch_size if drop_remainder else math.ceil(per_rank / batch_size)
 
 
+def mindrecord_batches(path: str, columns: Sequence[str], indices: np.ndarray, batch_size: Optional[int] = None,
+                       drop_remainder: bool = True, num_parallel_workers: int = 1,
+                       layout: Optional[Callable] = None, output_columns: Sequence[str] = ()):
+    """The one ``mindspore.dataset`` pipeline over a MindRecord: records ``indices`` (in that order, each
+    ``columns``), batched by ``batch_size`` (None: one record at a time), then mapped batch-wise by ``layout`` into
+    ``output_columns`` (the stored columns when ``layout`` is None).
+
+    Args:
+        path: the ``.mindrecord`` file (its ``.db`` beside it).
+        columns: the stored columns read.
+        indices: ``(R,)`` record indices (at most one of each record: ``SubsetSampler`` yields exactly these, in this
+            order, checked in tests/test_datasets.py).
+        layout: ``f(*batched columns) -> tuple of output columns``, numpy in and out.
+        num_parallel_workers: reader / batch / map threads (the order does not depend on it).
+    Returns:
+        A ``mindspore.dataset`` pipeline; iterate it with ``create_dict_iterator(num_epochs=1)``.
+    """
+    import mindspore.dataset as ds
+
+    dataset = ds.MindDataset(path, columns_list=list(columns), sampler=ds.SubsetSampler([int(i) for i in indices]),
+                             num_parallel_workers=num_parallel_workers)
+    if batch_size is not None:
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_workers=num_parallel_workers)
+    if layout is None:
+        return dataset
+    # per_batch_map must return B rows per column, so a layout that changes the row count is a map over batches.
+    dataset = dataset.map(layout, input_columns=list(columns), output_columns=list(output_columns),
+                          num_parallel_workers=num_parallel_workers)
+    return dataset.project(list(output_columns))
+
+
+def _epoch_batches(path: str, count: int, columns: Sequence[str], batch_size: int, order: dict,
+                   drop_remainder: bool, num_parallel_workers: int, layout: Optional[Callable] = None,
+                   output_columns: Sequence[str] = ()):
+    """:func:`mindrecord_batches` over the records of one epoch of one rank: :func:`epoch_indices` of ``count``
+    records with ``order`` (its keyword arguments)."""
+    indices = epoch_indices(count, batch_size, **order)
+    return mindrecord_batches(path, columns, indices, batch_size, drop_remainder, num_parallel_workers, layout,
+                              output_columns)
+
+
 def row_ends(attention_mask: np.ndarray) -> np.ndarray:
     """``(N, S)`` mask -> ``(N,)`` int32: one past each row's last nonzero entry (0 for an all-zero row)."""
     mask = np.asarray(attention_mask) != 0
@@ -114,11 +174,9 @@ def check_preference_ends(path: str, eos_token_id: int, records: int = 8) -> Non
     token instead and must be reconverted. Also raised when the file was converted with a tokenizer whose eos is not
     the model's ``eos_token_id``.
     """
-    import mindspore.dataset as ds
-
     count = min(record_count(path), records)
     columns = ["chosen_input_ids", "chosen_attention_mask", "rejected_input_ids", "rejected_attention_mask"]
-    dataset = ds.MindDataset(path, columns_list=columns, sampler=ds.SubsetSampler(list(range(count))))
+    dataset = mindrecord_batches(path, columns, np.arange(count))
     for k, row in enumerate(dataset.create_dict_iterator(num_epochs=1, output_numpy=True)):
         for side in ("chosen", "rejected"):
             ids, end = row[f"{side}_input_ids"], int(row_ends(row[f"{side}_attention_mask"][None])[0])
@@ -158,31 +216,17 @@ def reward_model_dataset(path: str, batch_size: int, *, epoch: int = 0, seed: in
     Returns:
         A ``mindspore.dataset`` pipeline; iterate it with ``create_dict_iterator(num_epochs=1)``.
     """
-    import mindspore.dataset as ds
-
-    indices = epoch_indices(record_count(path), batch_size, epoch=epoch, seed=seed, shuffle=shuffle, rank_id=rank_id,
-                            rank_size=rank_size, skip_batches=skip_batches, num_samples=num_samples)
-    # SubsetSampler yields exactly the given indices in the given order (checked in tests/test_datasets.py).
-    dataset = ds.MindDataset(path, columns_list=list(PREFERENCE_COLUMNS), sampler=ds.SubsetSampler(indices.tolist()),
-                             num_parallel_workers=num_parallel_workers)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_workers=num_parallel_workers)
-    # per_batch_map must return B rows per column, so the (2B, S) layout is built by a map over whole batches.
-    dataset = dataset.map(_pair_layout, input_columns=list(PREFERENCE_COLUMNS), output_columns=list(REWARD_COLUMNS),
-                          num_parallel_workers=num_parallel_workers)
-    return dataset.project(list(REWARD_COLUMNS))
+    order = dict(epoch=epoch, seed=seed, shuffle=shuffle, rank_id=rank_id, rank_size=rank_size,
+                 skip_batches=skip_batches, num_samples=num_samples)
+    return _epoch_batches(path, record_count(path), PREFERENCE_COLUMNS, batch_size, order, drop_remainder,
+                          num_parallel_workers, _pair_layout, REWARD_COLUMNS)
 
 
 def check_dpo_file(path: str) -> int:
     """Number of records of a preference MindRecord that DPO can read; a :class:`ConversionError` that says how to
     reconvert a file written before the prompt/response boundary (the response masks) was stored."""
-    from mindspore.mindrecord import FileReader
-
     count = record_count(path, PREFERENCE_COLUMNS)
-    reader = FileReader(path)
-    try:
-        missing = [c for c in RESPONSE_SCHEMA if c not in reader.schema()]
-    finally:
-        reader.close()
+    missing = [c for c in RESPONSE_SCHEMA if c not in stored_columns(path)]
     if missing:
         raise ConversionError(
             f"{path}: no prompt/response boundary ({', '.join(missing)} missing): this preference file was written "
@@ -204,16 +248,8 @@ def dpo_batches(path: str, indices: np.ndarray, batch_size: int, drop_remainder:
                 num_parallel_workers: int = 1):
     """Records ``indices`` (in that order) of a preference MindRecord in batches of ``batch_size`` pairs, columns
     :data:`DPO_COLUMNS` (see :func:`_dpo_layout`)."""
-    import mindspore.dataset as ds
-
-    stored = ["chosen_input_ids", "chosen_attention_mask", "rejected_input_ids", "rejected_attention_mask",
-              *RESPONSE_SCHEMA]
-    dataset = ds.MindDataset(path, columns_list=stored, sampler=ds.SubsetSampler([int(i) for i in indices]),
-                             num_parallel_workers=num_parallel_workers)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_workers=num_parallel_workers)
-    dataset = dataset.map(_dpo_layout, input_columns=stored, output_columns=list(DPO_COLUMNS),
-                          num_parallel_workers=num_parallel_workers)
-    return dataset.project(list(DPO_COLUMNS))
+    return mindrecord_batches(path, DPO_STORED, indices, batch_size, drop_remainder, num_parallel_workers,
+                              _dpo_layout, DPO_COLUMNS)
 
 
 def dpo_dataset(path: str, batch_size: int, *, epoch: int = 0, seed: int = 0, shuffle: bool = True, rank_id: int = 0,
@@ -223,9 +259,10 @@ def dpo_dataset(path: str, batch_size: int, *, epoch: int = 0, seed: int = 0, sh
     ``input_ids``, ``attention_mask`` ``(2B, S)`` int32 and ``response_mask (2B, S)`` float32 (1 on each
     sequence's response tokens, eos included), the B chosen rows first. Records and order as
     :func:`reward_model_dataset` (:func:`epoch_indices`)."""
-    indices = epoch_indices(check_dpo_file(path), batch_size, epoch=epoch, seed=seed, shuffle=shuffle,
-                            rank_id=rank_id, rank_size=rank_size, skip_batches=skip_batches, num_samples=num_samples)
-    return dpo_batches(path, indices, batch_size, drop_remainder, num_parallel_workers)
+    order = dict(epoch=epoch, seed=seed, shuffle=shuffle, rank_id=rank_id, rank_size=rank_size,
+                 skip_batches=skip_batches, num_samples=num_samples)
+    return _epoch_batches(path, check_dpo_file(path), DPO_STORED, batch_size, order, drop_remainder,
+                          num_parallel_workers, _dpo_layout, DPO_COLUMNS)
 
 
 def sft_dataset(path: str, batch_size: int, *, epoch: int = 0, seed: int = 0, shuffle: bool = True, rank_id: int = 0,
@@ -243,21 +280,14 @@ def sft_dataset(path: str, batch_size: int, *, epoch: int = 0, seed: int = 0, sh
     Returns:
         A ``mindspore.dataset`` pipeline; iterate it with ``create_dict_iterator(num_epochs=1)``.
     """
-    import mindspore.dataset as ds
-
-    indices = epoch_indices(record_count(path, SFT_COLUMNS), batch_size, epoch=epoch, seed=seed, shuffle=shuffle,
-                            rank_id=rank_id, rank_size=rank_size, skip_batches=skip_batches, num_samples=num_samples)
-    dataset = ds.MindDataset(path, columns_list=list(SFT_COLUMNS), sampler=ds.SubsetSampler(indices.tolist()),
-                             num_parallel_workers=num_parallel_workers)
-    return dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_workers=num_parallel_workers)
+    order = dict(epoch=epoch, seed=seed, shuffle=shuffle, rank_id=rank_id, rank_size=rank_size,
+                 skip_batches=skip_batches, num_samples=num_samples)
+    return _epoch_batches(path, record_count(path, SFT_COLUMNS), SFT_COLUMNS, batch_size, order, drop_remainder,
+                          num_parallel_workers)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # PPO prompts (mindrlhf.data.convert_prompts)
-
-PROMPT_COLUMNS: Tuple[str, ...] = ("prompt_ids", "pretrain_ids", "loss_mask")  # the predecessor's three fields
-ANSWER_COLUMN = "answer"  # the reference answer (string), in files written since GRPO; optional
-
 
 def prompt_indices(n: int, num_rollouts: int, iteration: int, *, seed: int = 0, shuffle: bool = True,
                    rank_id: int = 0, rank_size: int = 1) -> np.ndarray:
@@ -289,23 +319,14 @@ def read_prompts(path: str, indices: np.ndarray, pad_token_id: int) -> dict:
     Files without ``prompt_length`` (the predecessor's) get each prompt's length as one past its last token that
     is not ``pad_token_id``; files without ``answer`` (written before it existed) get ``""`` for every record.
     """
-    from mindspore.mindrecord import FileReader
-
     record_count(path, PROMPT_COLUMNS)
-    reader = FileReader(path)
-    try:
-        stored = reader.schema()
-    finally:
-        reader.close()
-    import mindspore.dataset as ds
-
+    stored = stored_columns(path)
     has_length, has_answer = "prompt_length" in stored, ANSWER_COLUMN in stored
     columns = list(PROMPT_COLUMNS) + (["prompt_length"] if has_length else [])
     columns += [ANSWER_COLUMN] if has_answer else []
     # each record once (a SubsetSampler takes no more indices than records), then repeated into the given order
     unique, order = np.unique(np.asarray(indices, np.int64), return_inverse=True)
-    dataset = ds.MindDataset(path, columns_list=columns, sampler=ds.SubsetSampler([int(i) for i in unique]))
-    rows = list(dataset.create_dict_iterator(num_epochs=1, output_numpy=True))
+    rows = list(mindrecord_batches(path, columns, unique).create_dict_iterator(num_epochs=1, output_numpy=True))
     rows = [rows[i] for i in order]
     out = {name: np.stack([r[name] for r in rows]).astype(np.int32) for name in PROMPT_COLUMNS}
     # the predecessor padded loss_mask with the pad id (bug B8): only 1 marks a ptx token

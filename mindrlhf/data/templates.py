@@ -1,7 +1,7 @@
 """Prompt templates.
 
-- ``qa`` (the default): the seeds' Chinese QA template, used for training, scoring and inference alike (the
-  predecessor's inference copy had a typo, "根据一下问题"; there is one template here).
+- ``qa`` (the SFT and preference converters' default): the seeds' Chinese QA template, used for training, scoring
+  and inference alike (the predecessor's inference copy had a typo, "根据一下问题"; there is one template here).
 - ``chatml``: the ChatML chat template of Qwen2 / Qwen2.5 instruct models, one system turn and one user turn, then
   the assistant cue the model continues (what ``tokenizer.apply_chat_template(messages,
   add_generation_prompt=True)`` gives for ``[{"role": "user", "content": question}]`` with the Qwen2 default system

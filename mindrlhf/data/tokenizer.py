@@ -11,10 +11,17 @@ Every tokenizer exposes the special ids and one rule, ``add_bos``: whether a seq
   ``tokenizer_config.json`` (then ``special_tokens_map.json``) in the tokenizer's folder. Without ``add_bos_token``
   the rule is what the ``tokenizer.json`` post-processor does (it adds bos or it does not). A vocabulary without
   configured specials that has ``<|endoftext|>`` (GPT-2 style) uses it as bos and eos, with ``add_bos`` False.
-- SentencePiece: the model's own bos / eos / pad ids (no pad: None) and ``add_bos`` True (the Llama convention),
-  unless a ``tokenizer_config.json`` beside the model says otherwise.
+- SentencePiece: the model's own bos / eos / pad ids (no pad: the ``pad_token`` a config file beside the model
+  names, else None) and ``add_bos`` True (the Llama convention), unless a ``tokenizer_config.json`` beside the
+  model says otherwise.
 
-``encode(text)`` is the text alone, never with special tokens; :mod:`mindrlhf.data.contract` adds bos and eos.
+``encode(text)`` is the text alone, without special tokens (``encode(text, add_bos=True)`` puts bos in front);
+the converters and the rollouts never ask for bos there: :mod:`mindrlhf.data.contract` adds bos (by the rule) and eos.
+
+Functions: :func:`load_tokenizer` (a path or bundled name -> :class:`HFTokenizer` or
+:class:`SentencePieceTokenizer`), :func:`special_tokens` (the specials of a folder's config files),
+:func:`save_tokenizer` (a folder ``transformers.AutoTokenizer`` loads), :func:`check_tokenizer_fits` (a tokenizer
+against a model config) and :func:`left_pad` (token lists -> the left-padded ids and mask generation takes).
 """
 from __future__ import annotations
 
@@ -33,7 +40,8 @@ SPECIAL_FILES = ("tokenizer_config.json", "special_tokens_map.json")  # read in 
 
 
 class Tokenizer:
-    """Common interface: ``encode(text) -> ids`` (no special tokens), ``decode(ids) -> text``, the special ids
+    """Common interface: ``encode(text) -> ids`` (no special tokens unless ``add_bos``), ``decode(ids) -> text``,
+    the special ids
     (None when the tokenizer has none) and ``add_bos``, whether a sequence starts with ``bos_token_id``."""
 
     vocab_size: int

@@ -22,13 +22,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn
 
+from mindrlhf.atomic import atomic_folder, atomic_path, remove_file
 from mindrlhf.config import ModelConfig
 from mindrlhf.models.registry import (CheckpointError, HFLayout, MindformersLayout,  # noqa: F401 (re-exported)
                                       ModelFamily, family, family_for_model_type)
@@ -319,26 +319,6 @@ def model_config_from_hf_folder(folder: str) -> ModelConfig:
 # writing
 
 
-def _atomic_dir(final: str):
-    parent = os.path.dirname(os.path.abspath(final)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp_" + os.path.basename(final) + "_", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the finished folder gets the usual permissions
-    return tmp
-
-
-def _replace_dir(tmp: str, final: str) -> None:
-    if os.path.isdir(final):
-        old = tmp + ".old"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
-
-
 def save_hf_checkpoint(cell: nn.Cell, cfg: ModelConfig, folder: str, reward: Optional[bool] = None,
                        extra_files: Iterable[str] = ()) -> str:
     """Write ``cell`` as a Hugging Face folder (``config.json`` + ``model.safetensors``) that ``transformers``
@@ -355,17 +335,12 @@ def save_hf_checkpoint(cell: nn.Cell, cfg: ModelConfig, folder: str, reward: Opt
     if reward is None:
         reward = "score.weight" in arrays
     hf_arrays = ours_to_hf(arrays, cfg)
-    tmp = _atomic_dir(folder)
-    try:
+    with atomic_folder(folder) as tmp:
         for path in extra_files:
             shutil.copyfile(path, os.path.join(tmp, os.path.basename(path)))
         save_file(hf_arrays, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
             json.dump(model_config_to_hf(cfg, reward), f, indent=2)
-        _replace_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
@@ -398,22 +373,19 @@ def save_tensors(named: Dict[str, Union[ms.Parameter, ms.Tensor]], path: str,
     """Save named tensors as a MindSpore ``.ckpt`` atomically (written under a temporary name, its manifest
     written, then renamed into place) with mode 0644 less the umask; :class:`CheckpointError` when it cannot be
     written (a full disk), leaving any earlier file of that name as it was."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    # MindSpore appends ".ckpt" to a name without it, and writes through its own "<name>.tmp" file
-    tmp = f"{path}.tmp.{os.getpid()}.ckpt"
     params = [{"name": n, "data": p} for n, p in named.items()]
     try:
-        ms.save_checkpoint(params, tmp, append_dict=append_dict)
-        reach("checkpoint_write")
-        os.chmod(tmp, file_mode())  # MindSpore writes checkpoints read-only (0400)
-        write_manifest(tmp, path, current_run())
-        os.replace(tmp, path)
+        # MindSpore appends ".ckpt" to a name without it, writes read-only (0400) files, and writes through its
+        # own "<name>.tmp" file
+        with atomic_path(path, suffix=".ckpt", mode=file_mode()) as tmp:
+            try:
+                ms.save_checkpoint(params, tmp, append_dict=append_dict)
+            finally:
+                remove_file(tmp[:-len(".ckpt")] + ".tmp")
+            reach("checkpoint_write")
+            write_manifest(tmp, path, current_run())
     except (OSError, RuntimeError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot write the checkpoint: {err}") from None
-    finally:
-        for leftover in (tmp, tmp[:-len(".ckpt")] + ".tmp"):
-            if os.path.exists(leftover):
-                os.remove(leftover)
     return path
 
 

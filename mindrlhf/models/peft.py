@@ -18,14 +18,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from typing import Dict, List, Tuple
 
 import numpy as np
 from mindspore import nn
 
 from mindrlhf.config import ConfigError, LoRAConfig
-from mindrlhf.models.convert import (BACKBONE_PREFIX, CheckpointError, _atomic_dir, _replace_dir, assign_parameters)
+from mindrlhf.atomic import atomic_folder
+from mindrlhf.models.convert import BACKBONE_PREFIX, CheckpointError, assign_parameters
 from mindrlhf.models.lora import LORA_SCALE, apply_lora, lora_layers
 from mindrlhf.models.registry import family
 
@@ -79,15 +79,10 @@ def save_peft_adapter(model: nn.Cell, model_type: str, folder: str) -> str:
               "lora_dropout": 0.0, "target_modules": modules, "bias": "none", "inference_mode": True,
               "fan_in_fan_out": any(f"{m}.weight".endswith(layout.transposed) for m in modules),
               "modules_to_save": None if head is None else list(HEAD_MODULES)}
-    tmp = _atomic_dir(folder)
-    try:
+    with atomic_folder(folder) as tmp:
         save_file(tensors, os.path.join(tmp, ADAPTER_WEIGHTS), metadata={"format": "pt"})
         with open(os.path.join(tmp, ADAPTER_CONFIG), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)
-        _replace_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

@@ -37,6 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from mindrlhf import config as config_module
+from mindrlhf.atomic import write_text
 from mindrlhf.config import RunConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -283,16 +284,8 @@ def generate(allow_missing: bool = False) -> str:
 
 
 def write_atomic(path: str, text: str) -> None:
-    """Write ``text`` under a temporary name and rename it into place."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write ``text`` with ``\\n`` line ends under a temporary name and rename it into place."""
+    write_text(path, text, newline="\n")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -13,7 +13,7 @@ Output, in ``--output_file_dir`` (created if needed, otherwise left alone apart 
   ``loss_scale`` when the line carries them, each against the global step. Events files with that suffix from an
   earlier run are deleted first, so TensorBoard does not draw the curve twice; other files stay.
 * ``loss.png``: loss against global step, titled with the log file, written under a temporary name and moved into
-  place with ``os.replace``, so a viewer never sees half a file.
+  place (:mod:`mindrlhf.atomic`), so a viewer never sees half a file.
 
 Global step of a point: ``(epoch - 1) * steps_per_epoch + step`` when the line has ``Epoch:[e/E]`` and ``step:[s/S]``,
 else ``n * sink_size`` for the n-th point (the predecessor's rule for sink-mode logs).
@@ -37,6 +37,8 @@ from typing import BinaryIO, Iterable, Iterator, List, Optional
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tensorboardX import SummaryWriter
+
+from mindrlhf.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -122,14 +124,8 @@ def write_curve_png(path: str, xs: List[float], ys: List[float], title: str, xla
 
 def save_png(fig: Figure, path: str) -> None:
     """Save a matplotlib figure (attached to an Agg canvas) as a PNG, under a temporary name and then renamed."""
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class LossRecorder:

@@ -22,7 +22,7 @@ The table format (all values strings, this key order) is the one HCCL reads::
                       "host_nic_ip": "reserve"}],
      "status": "completed"}
 
-Files are written with indent 4 under a temporary name, moved into place with ``os.replace`` and given mode 0o750.
+Files are written with indent 4 under a temporary name, given mode 0o750 and moved into place.
 """
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from typing import Dict, List, Optional, Sequence, Union
 
+from mindrlhf.atomic import write_json
 from mindrlhf.errors import UserError
 
 HCCN_CONF = "/etc/hccn.conf"
@@ -158,21 +158,8 @@ def rank_table_name(devices: Sequence[int], server_ip: str) -> str:
 
 
 def _write_json(table: dict, path: str) -> str:
-    """Write ``table`` to ``path`` atomically (temp file in the same folder + ``os.replace``), mode 0o750."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".rank_table.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fout:
-            json.dump(table, fout, indent=4)
-            fout.write("\n")
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    """Write ``table`` to ``path`` atomically (:func:`mindrlhf.atomic.write_json`), mode 0o750."""
+    return write_json(path, table, indent=4, mode=FILE_MODE, trailing_newline=True)
 
 
 def write_rank_table(table: dict, folder: str = ".") -> str:

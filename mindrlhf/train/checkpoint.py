@@ -20,6 +20,7 @@ from typing import Collection, Dict, List, Optional, Sequence, Union
 import numpy as np
 from mindspore import nn
 
+from mindrlhf.atomic import TMP_MARK
 from mindrlhf.manifest import manifest_path, read_manifest, verify
 from mindrlhf.models.convert import (CheckpointError, assign_parameters, cell_parameters, load_entries,
                                      load_recorded_base, save_tensors)
@@ -67,7 +68,7 @@ def _written_at(path: str) -> float:
 def list_checkpoints(folder: str) -> list:
     """``*.ckpt`` files of a folder, oldest first (by the time written, then by step); the temporary files of a
     save that was killed are not checkpoints."""
-    files = [f for f in glob.glob(os.path.join(folder, "*.ckpt")) if ".tmp." not in os.path.basename(f)]
+    files = [f for f in glob.glob(os.path.join(folder, "*.ckpt")) if TMP_MARK not in os.path.basename(f)]
     return sorted(files, key=lambda p: (_written_at(p), checkpoint_step(p)))
 
 

@@ -166,7 +166,8 @@ def with_reference(source, indices_of: Callable[[int, int], np.ndarray], batch_s
 def dpo_source(cfg: RunConfig, path: str, ref: Optional[CausalLM], rank_id: int, rank_size: int):
     """``(batch size, steps per epoch, source)`` of DPO batches with their reference log-probs (see the module
     docstring); with ``precompute_ref_log_probs`` the table is computed here."""
-    from mindrlhf.data.datasets import DPO_FILE_COLUMNS, check_dpo_file, dpo_dataset, epoch_indices
+    from mindrlhf.data.datasets import check_dpo_file, dpo_dataset, epoch_indices
+    from mindrlhf.data.schemas import DPO_FILE_COLUMNS
 
     data = cfg.train_dataset
     batch_size, steps, source = mindrecord_source(cfg, path, dpo_dataset, DPO_FILE_COLUMNS, rank_id, rank_size)

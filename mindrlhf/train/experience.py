@@ -32,6 +32,7 @@ import numpy as np
 from mindspore import nn
 
 from mindrlhf.config import PPOConfig
+from mindrlhf.data.schemas import EXPERIENCE_SCHEMA
 from mindrlhf.models import CausalLM, RewardModel
 from mindrlhf import rl
 from mindrlhf.train.rollout import RewardFunction, RolloutMaker
@@ -43,8 +44,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Experience:
-    """A batch of ``B`` rollouts (numpy). Field order = MindRecord schema order = training column order; the
-    first ten names and meanings follow the predecessor's experience MindRecord (its floats were float16)."""
+    """A batch of ``B`` rollouts (numpy). The fields are those of the experience MindRecord, in its order
+    (:data:`mindrlhf.data.schemas.EXPERIENCE_SCHEMA`); the PPO step reads some of them in its own
+    order (:data:`mindrlhf.train.ppo.TRAIN_COLUMNS`). Names and meanings follow the predecessor's experience
+    MindRecord (its floats were float16)."""
 
     query_tensors: np.ndarray  # (B, P) int32 left-padded prompt
     response_tensors: np.ndarray  # (B, L) int32 prompt + response (see the module docstring)
@@ -75,11 +78,6 @@ class Experience:
     def concat(parts: Sequence["Experience"]) -> "Experience":
         return Experience(**{f.name: np.concatenate([getattr(p, f.name) for p in parts])
                              for f in dataclasses.fields(Experience)})
-
-
-_INT_FIELDS = {"query_tensors", "response_tensors", "pretrain_ids", "loss_mask", "attention_mask"}
-EXPERIENCE_SCHEMA = {f.name: {"type": "int32" if f.name in _INT_FIELDS else "float32", "shape": [-1]}
-                     for f in dataclasses.fields(Experience)}
 
 
 @dataclass
@@ -215,10 +213,8 @@ class ExperienceMaker(RolloutMaker):
 def save_experience(experience: Experience, stats: RolloutStats, path: str, state: Optional[dict] = None) -> str:
     """Write ``experience`` as a MindRecord (:data:`EXPERIENCE_SCHEMA`, one record per rollout) and its rollout
     statistics plus ``state`` as ``<path>.json``; both atomically, the JSON last."""
-    import json
-    import os
-
-    from mindrlhf.data.convert_preference import atomic_mindrecord
+    from mindrlhf.atomic import write_json
+    from mindrlhf.data.records import atomic_mindrecord
 
     data = experience.as_dict()
     records = [{name: data[name][i] for name in EXPERIENCE_SCHEMA} for i in range(len(experience))]
@@ -228,10 +224,7 @@ def save_experience(experience: Experience, stats: RolloutStats, path: str, stat
             "stats": {k: (v.tolist() if isinstance(v, np.ndarray) else v)
                       for k, v in dataclasses.asdict(stats).items()},
             "state": state or {}}
-    tmp = f"{path}.json.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(tmp, path + ".json")
+    write_json(path + ".json", meta)
     logger.info("ppo element saved! Output file refer: %s (%d rollouts)", path, len(experience))
     return path
 

@@ -9,6 +9,8 @@ from typing import Dict
 
 import numpy as np
 
+from mindrlhf.atomic import write_text
+
 LOG_FORMAT = "%(asctime)s - mindrlhf[%(filename)s:%(lineno)d] - %(levelname)s - %(message)s"
 
 
@@ -33,10 +35,7 @@ def trim_jsonl(path: str, iteration: int) -> None:
                     kept.append(line)
             except ValueError:
                 continue
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(kept)
-    os.replace(tmp, path)
+    write_text(path, "".join(kept))
 
 
 def attach_rank_log(output_dir: str, rank_id: int) -> str:
