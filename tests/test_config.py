@@ -425,9 +425,8 @@ def test_grpo_section_loads_from_yaml(tmp_path):
                                  {"name": "format", "weight": 0.5, "kwargs": {"pattern": "^<think>"}}]
     assert (grpo.generation.max_new_tokens, grpo.generation.temperature, grpo.generation.top_k) == (32, 0.9, 0)
     assert grpo.rollouts_per_epoch == 24 and grpo.steps_per_epoch == 2 * 24 // 12
-    assert grpo.optimizer_config().learning_rate == 2e-6
-    assert grpo.lr_schedule_config().learning_rate == 2e-6 and grpo.lr_schedule_config().type == "cosine"
-    assert grpo.loss_scale_config().loss_scale_value == grpo.loss_scale_value
+    assert cfg.optimizer.learning_rate == 2e-6  # the seed name grpo.start_lr, mapped
+    assert cfg.lr_schedule.learning_rate == 2e-6 and cfg.lr_schedule.type == "cosine"
     assert cfg.ppo == RunConfig().ppo  # the other RL section keeps its defaults
     save_config(cfg, str(tmp_path / "resolved.yaml"))
     assert load_config(str(tmp_path / "resolved.yaml")) == cfg
@@ -484,3 +483,94 @@ def test_grpo_clip_higher_and_other_estimators_are_accepted():
                               "grpo.num_prompts=3"]).grpo
     assert (grpo.epsilon_high, grpo.steps_per_epoch) == (0.28, 3)
     assert load_config(None, ["grpo.advantage_estimator=rloo", "grpo.num_generations=2"]).grpo.num_generations == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# seed names: one source per setting
+
+SEED_PPO = """\
+ppo:
+  num_rollouts: 4
+  start_lr: 2e-5
+  end_lr: 1e-7
+  warmup_step: 5
+  decay_steps: 100
+  beta1: 0.8
+  beta2: 0.9
+  eps: 1e-6
+  weight_decay: 0.05
+  loss_scale_value: 256
+  scale_factor: 4
+  scale_window: 50
+  use_clip_grad: false
+  max_grad_norm: 2.0
+"""
+
+
+def test_every_seed_name_sets_its_section_key(tmp_path):
+    base = write(tmp_path / "base.yaml", "lr_schedule: {type: polynomial, learning_rate: 1e-3, warmup_ratio: 0.1}\n"
+                                         "optimizer: {learning_rate: 1e-3, beta2: 0.999}\n")
+    cfg = load_config(str(write(tmp_path / "ppo.yaml", "base_config: base.yaml\n" + SEED_PPO)))
+    assert dataclasses.asdict(cfg.optimizer) == {"type": "AdamWeightDecay", "learning_rate": 2e-5, "beta1": 0.8,
+                                                 "beta2": 0.9, "eps": 1e-6, "weight_decay": 0.05}
+    # the schedule names select the predecessor's cosine after warmup steps over the base's polynomial and ratio
+    assert dataclasses.asdict(cfg.lr_schedule) == {"type": "cosine", "learning_rate": 2e-5, "lr_end": 1e-7,
+                                                   "warmup_steps": 5, "warmup_ratio": 0.0, "total_steps": 100}
+    assert dataclasses.asdict(cfg.runner_wrapper) == {"loss_scale_value": 256.0, "scale_factor": 4.0,
+                                                      "scale_window": 50, "use_clip_grad": False,
+                                                      "max_grad_norm": 2.0}
+    names = {line.split(":")[0].strip() for line in SEED_PPO.splitlines()[2:]}
+    assert cfg.ppo.num_rollouts == 4 and names == set(config_module.SEED_NAMES)  # every seed name is covered
+    assert not {"start_lr", "beta1", "max_grad_norm"} & {f.name for f in dataclasses.fields(cfg.ppo)}
+    save_config(cfg, str(tmp_path / "resolved.yaml"))  # the resolved config holds the sections, no seed names
+    assert "start_lr" not in (tmp_path / "resolved.yaml").read_text() and load_config(
+        str(tmp_path / "resolved.yaml")) == cfg
+
+
+def test_seed_names_in_grpo_and_in_overrides(tmp_path):
+    cfg = load_config(None, ["grpo.start_lr=3e-4", "grpo.warmup_step=2", "grpo.max_grad_norm=0.5"])
+    assert (cfg.optimizer.learning_rate, cfg.lr_schedule.learning_rate, cfg.lr_schedule.warmup_steps) == (
+        3e-4, 3e-4, 2)
+    assert (cfg.lr_schedule.type, cfg.runner_wrapper.max_grad_norm) == ("cosine", 0.5)
+    # an override's seed name wins over a file's section key (a later layer), the file's own type stays
+    recipe = write(tmp_path / "r.yaml", "optimizer: {learning_rate: 1e-3}\nlr_schedule: {type: constant}\n")
+    cfg = load_config(str(recipe), ["ppo.start_lr=5e-5"])
+    assert (cfg.optimizer.learning_rate, cfg.lr_schedule.type) == (5e-5, "cosine")
+    # a later file's section key wins over a base file's seed name
+    write(tmp_path / "seed.yaml", "ppo: {start_lr: 1e-4, weight_decay: 0.0}\n")
+    cfg = load_config(str(write(tmp_path / "top.yaml", "base_config: seed.yaml\noptimizer: {learning_rate: 7e-4}\n")))
+    assert (cfg.optimizer.learning_rate, cfg.lr_schedule.learning_rate, cfg.optimizer.weight_decay) == (
+        7e-4, 1e-4, 0.0)
+
+
+@pytest.mark.parametrize("text, both", [
+    ("optimizer: {learning_rate: 1e-3}\nppo: {start_lr: 1e-4}\n", "ppo.start_lr and optimizer.learning_rate"),
+    ("lr_schedule: {learning_rate: 1e-3}\nppo: {start_lr: 1e-4}\n", "ppo.start_lr and lr_schedule.learning_rate"),
+    ("runner_wrapper: {max_grad_norm: 1.0}\ngrpo: {max_grad_norm: 0.5}\n",
+     "grpo.max_grad_norm and runner_wrapper.max_grad_norm"),
+    ("ppo: {warmup_step: 3}\ngrpo: {warmup_step: 4}\n", "grpo.warmup_step and ppo.warmup_step"),
+])
+def test_a_setting_written_under_both_names_is_refused(tmp_path, text, both):
+    path = write(tmp_path / "both.yaml", text)
+    with pytest.raises(ConfigError, match=f"both.yaml: {both} both set") as err:
+        load_config(str(path))
+    assert "\n" not in str(err.value)
+
+
+def test_a_setting_overridden_under_both_names_is_refused():
+    with pytest.raises(ConfigError, match="--set: ppo.eps and optimizer.eps both set optimizer.eps"):
+        load_config(None, ["optimizer.eps=1e-6", "ppo.eps=1e-7"])
+
+
+def test_seed_recipes_map_as_the_predecessor_read_them():
+    """The 124M PPO recipe keeps MindRLHF's PPOConfig values in its ppo section: lr 9e-6 with 3200 warmup steps,
+    cosine to 1e-10 at 200000, weight decay 0.01, loss scale 4096; the base recipe's SFT settings stay its own."""
+    cfg = load_config(str(CONFIG_DIR / "gpt2_config" / "run_gpt2_124m_ppo.yaml"))
+    sched, opt = cfg.lr_schedule, cfg.optimizer
+    assert (sched.type, sched.learning_rate, sched.lr_end, sched.warmup_steps, sched.total_steps) == (
+        "cosine", 9e-6, 1e-10, 3200, 200000)
+    assert (opt.learning_rate, opt.beta2, opt.weight_decay, cfg.runner_wrapper.loss_scale_value) == (
+        9e-6, 0.95, 0.01, 4096.0)
+    assert (cfg.ppo.num_rollouts, cfg.ppo.batch_size, cfg.ppo.generation.max_new_tokens) == (8, 2, 512)
+    sft = load_config(str(CONFIG_DIR / "gpt2_config" / "run_gpt2_124m.yaml"))
+    assert (sft.optimizer.learning_rate, sft.lr_schedule.type) == (1e-4, "polynomial")

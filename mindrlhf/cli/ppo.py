@@ -1,6 +1,6 @@
 """PPO (stage 3) with the seed tutorial's ``train.py`` flags:
 
-    mindrlhf ppo --dataset_dir ppo_prompts.mindrecord --sft_model_path run_gpt2_124m.yaml \\
+    mindrlhf ppo --dataset_dir ppo_prompts.mindrecord --sft_model_path run_gpt2_124m_ppo.yaml \\
         --reward_model_path run_gpt2_124m_rm.yaml --sft_checkpoint sft/checkpoint --reward_checkpoint rm/checkpoint
 
 ``--align_type rlhf_stages`` splits an iteration into two processes (the predecessor's ``make_experience.py`` and

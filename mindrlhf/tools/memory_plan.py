@@ -1,6 +1,6 @@
 """Memory planner: how much device memory a recipe needs per device, full training and LoRA, before it runs.
 
-    mindrlhf plan-memory --config model_configs/llama2_config/run_llama2_7b.yaml --stage ppo \
+    mindrlhf plan-memory --config model_configs/llama2_config/run_llama2_7b_ppo.yaml --stage ppo \
         --devices 8 --device_memory 32GB
 
 For the stage a recipe configures (SFT, reward model, PPO, GRPO, DPO), each model the stage holds (policy,
