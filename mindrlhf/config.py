@@ -7,7 +7,9 @@ One dataclass per concern (model, generation, context, parallel, runner, optimiz
 
 Loading rules:
 - ``base_config: other.yaml`` (or a list) inherits from files relative to the YAML; later files and keys win.
-- Unknown keys are an error that names the file, the dotted key and the nearest valid name.
+- Unknown keys are an error that names the file, the dotted key and the nearest valid name. The mindformers
+  settings with no effect here (``runner_config.sink_mode``, ``sink_size``, ``parallel_config.micro_batch_num``,
+  ``vocab_emb_dp``, ``gradient_aggregation_group``: ``MINDFORMERS_ONLY_KEYS``) are dropped with a warning instead.
 - Values are type-checked against the field annotations; an int is accepted where a float is expected.
 - ``key.path=value`` overrides (from the command line) are applied after the files, parsed as YAML scalars.
 - Every stage reads its optimizer, learning-rate schedule and loss scale from ``optimizer``, ``lr_schedule`` and
@@ -20,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import logging
 import math
 import os
 import re
@@ -35,6 +38,14 @@ DTYPES = ("float32", "float16", "bfloat16")
 ADVANTAGE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_baseline")  # grpo.advantage_estimator
 GRPO_LOSS_TYPES = ("grpo", "token", "dr_grpo")  # grpo.loss_type
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "simpo", "orpo")  # dpo.loss_type
+# mindformers settings with no effect here (no dataset sinking: one host call per step; no pipeline or embedding
+# sharding; gradients all-reduced as one group), accepted in a recipe and dropped with a warning
+MINDFORMERS_ONLY_KEYS = {
+    "runner_config": ("sink_mode", "sink_size"),
+    "parallel_config": ("micro_batch_num", "vocab_emb_dp", "gradient_aggregation_group"),
+}
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(UserError):
@@ -150,10 +161,7 @@ class ParallelConfig:
     data_parallel: int = 1  # replicas that split the batch
     model_parallel: int = 1  # tensor-parallel degree (Ascend semi_auto_parallel)
     pipeline_stage: int = 1  # pipeline stages (Ascend semi_auto_parallel)
-    micro_batch_num: int = 1  # micro batches per step when pipeline_stage > 1
     optimizer_shard: bool = False  # shard optimizer states across data-parallel ranks
-    vocab_emb_dp: bool = True  # keep the embedding table data-parallel
-    gradient_aggregation_group: int = 4  # gradients fused per all-reduce
 
 
 @dataclass
@@ -162,8 +170,6 @@ class RunnerConfig:
 
     epochs: int = 1  # passes over the training data
     batch_size: int = 1  # per-device batch (pairs for the reward model)
-    sink_mode: bool = False  # dataset sinking (Ascend)
-    sink_size: int = 1  # steps per sink
 
 
 @dataclass
@@ -835,6 +841,17 @@ def from_dict(cls: type, data: Dict[str, Any], where: str = ""):
         raise ConfigError(f"{where}: {err}" if where and not str(err).startswith(where) else str(err)) from None
 
 
+def drop_mindformers_only(data: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """A copy of ``data`` without the :data:`MINDFORMERS_ONLY_KEYS`, each logged as a warning naming ``where``."""
+    out = dict(data)
+    for section, keys in MINDFORMERS_ONLY_KEYS.items():
+        if isinstance(out.get(section), dict) and set(keys) & set(out[section]):
+            out[section] = {k: v for k, v in out[section].items() if k not in keys}
+            for key in sorted(set(keys) & set(data[section])):
+                logger.warning("%s: %s.%s is a mindformers setting with no effect here; ignored", where, section, key)
+    return out
+
+
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> RunConfig:
     """Load a :class:`RunConfig` from a YAML recipe plus ``key=value`` overrides.
 
@@ -844,6 +861,7 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Ru
     data = read_yaml_with_bases(path) if path else {}
     apply_overrides(data, overrides)  # a malformed override is refused here, against the files' sections
     data = _deep_merge(data, map_seed_names(apply_overrides({}, overrides), "--set"))
+    data = drop_mindformers_only(data, path or "--set")
     try:
         return from_dict(RunConfig, data)
     except ConfigError as err:

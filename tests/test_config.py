@@ -84,7 +84,7 @@ def test_gpt2_124m_training_settings():
     assert wrap.use_clip_grad
     assert isinstance(wrap.loss_scale_value, float)
     run = cfg.runner_config
-    assert (run.epochs, run.batch_size, run.sink_size) == (3, 4, 2)
+    assert (run.epochs, run.batch_size) == (3, 4)
 
 
 def test_gpt2_bigger_recipes_keep_base_training_settings():
@@ -112,7 +112,6 @@ def test_tiny_recipes_run_on_one_cpu():
     for name in ("gpt2_config/run_gpt2_tiny.yaml", "llama2_config/run_llama2_tiny.yaml"):
         cfg = load_config(str(CONFIG_DIR / name))
         assert cfg.parallel_config.model_parallel == 1 and cfg.parallel_config.data_parallel == 1
-        assert cfg.runner_config.sink_mode is False
         assert cfg.recompute_config.recompute is False
     llama = load_config(str(CONFIG_DIR / "llama2_config" / "run_llama2_tiny.yaml")).model.model_config
     assert (llama.intermediate_size, llama.head_dim, llama.tie_word_embeddings) == (172, 16, False)
@@ -237,7 +236,7 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
 
 
 def test_unknown_key_far_from_any_name_lists_valid_keys():
-    with pytest.raises(ConfigError, match="valid keys: .*sink_size") as err:
+    with pytest.raises(ConfigError, match="valid keys: epochs, batch_size") as err:
         load_config(None, ["runner_config.zzzzzz=1"])
     assert "runner_config.zzzzzz" in str(err.value)
 
@@ -251,7 +250,7 @@ def test_unknown_key_far_from_any_name_lists_valid_keys():
     ("seed='3'", "seed"),  # quoted number is a str
     ("model.model_config.num_layers=true", "model.model_config.num_layers"),  # bool for int
     ("optimizer.learning_rate=false", "optimizer.learning_rate"),  # bool for float
-    ("runner_config.sink_mode=1", "runner_config.sink_mode"),  # int for bool
+    ("parallel_config.optimizer_shard=1", "parallel_config.optimizer_shard"),  # int for bool
     ("model.model_config.num_kv_heads=yes", "model.model_config.num_kv_heads"),  # bool for Optional[int]
     ("context=[1, 2]", "context"),  # list for a section
     ("model.model_config=null", "model.model_config"),  # null for a section
@@ -574,3 +573,24 @@ def test_seed_recipes_map_as_the_predecessor_read_them():
     assert (cfg.ppo.num_rollouts, cfg.ppo.batch_size, cfg.ppo.generation.max_new_tokens) == (8, 2, 512)
     sft = load_config(str(CONFIG_DIR / "gpt2_config" / "run_gpt2_124m.yaml"))
     assert (sft.optimizer.learning_rate, sft.lr_schedule.type) == (1e-4, "polynomial")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mindformers settings with no effect here
+
+
+def test_mindformers_only_keys_are_dropped_with_a_warning(tmp_path, caplog):
+    text = ("runner_config:\n  epochs: 2\n  sink_mode: True\n  sink_size: 2\n"
+            "parallel_config:\n  micro_batch_num: 1\n  vocab_emb_dp: False\n  gradient_aggregation_group: 4\n")
+    path = write(tmp_path / "mf.yaml", text)
+    with caplog.at_level("WARNING", logger="mindrlhf.config"):
+        cfg = load_config(str(path))
+    assert cfg.runner_config.epochs == 2 and cfg.parallel_config == RunConfig().parallel_config
+    warned = [r.getMessage() for r in caplog.records if r.name == "mindrlhf.config"]
+    assert len(warned) == 5 and all(m.startswith(f"{path}: ") and "ignored" in m for m in warned)
+    assert any("runner_config.sink_size is a mindformers setting" in m for m in warned)
+    dropped = {key for keys in config_module.MINDFORMERS_ONLY_KEYS.values() for key in keys}
+    for cls in (config_module.RunnerConfig, config_module.ParallelConfig):  # not fields: nothing could read them
+        assert not {f.name for f in dataclasses.fields(cls)} & dropped
+    with pytest.raises(ConfigError, match="runner_config.sink_sise: unknown key"):  # only the listed names
+        load_config(None, ["runner_config.sink_sise=2"])
