@@ -16,6 +16,9 @@ Loading rules:
   ``runner_wrapper``. The predecessor's names for them in the ``ppo`` / ``grpo`` sections (``start_lr``,
   ``warmup_step``, ...) are mapped there as each file (and the override list) is read; one file setting a value
   under both names is an error naming both.
+- A stage's command refuses a section only other stages read (``ppo`` for ``mindrlhf sft``, ``reward`` for
+  ``mindrlhf dpo``, ``train_dataset`` for PPO, ...: ``STAGE_SECTIONS``) when the recipe file itself or an override
+  sets it; sections inherited through ``base_config`` are not checked, as shared base recipes carry several.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ import yaml
 from mindrlhf.errors import UserError
 
 DTYPES = ("float32", "float16", "bfloat16")
+HIDDEN_ACTS = ("gelu", "gelu_exact", "silu", "relu")  # model_config.hidden_act
 ADVANTAGE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_baseline")  # grpo.advantage_estimator
 GRPO_LOSS_TYPES = ("grpo", "token", "dr_grpo")  # grpo.loss_type
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "simpo", "orpo")  # dpo.loss_type
@@ -43,6 +47,16 @@ DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "simpo", "orpo")  # dpo.loss_type
 MINDFORMERS_ONLY_KEYS = {
     "runner_config": ("sink_mode", "sink_size"),
     "parallel_config": ("micro_batch_num", "vocab_emb_dp", "gradient_aggregation_group"),
+}
+# The sections only some stages read, per stage. Every stage also reads (or tolerates, as a model recipe carries
+# them) the model run sections: model, generation, context, parallel_config, runner_config, optimizer, lr_schedule,
+# runner_wrapper, recompute_config, checkpoint and lora.
+STAGE_SECTIONS = {
+    "sft": ("train_dataset",),
+    "rm": ("train_dataset", "eval_dataset", "reward"),
+    "dpo": ("train_dataset", "dpo"),
+    "ppo": ("ppo",),
+    "grpo": ("grpo",),
 }
 
 logger = logging.getLogger(__name__)
@@ -66,7 +80,9 @@ class ModelConfig:
     expand_ratio: int = 4  # GPT-2 MLP width factor when intermediate_size is None
     multiple_of: int = 256  # Llama: MLP width is 2/3*4H rounded up to a multiple of this when intermediate_size is None
     seq_length: int = 1024  # maximum sequence length (GPT-2: learned position table size)
-    hidden_act: str = "gelu"  # gelu (tanh approximation, GPT-2's gelu_new) | silu (Llama SwiGLU)
+    hidden_act: Optional[str] = None  # MLP activation: gelu (tanh approximation, GPT-2's gelu_new) | gelu_exact
+    #                                   (erf) | silu | relu; None = the family's: gelu for GPT-2, GPT-J and BLOOM,
+    #                                   silu (gating the SwiGLU MLP) for Llama and Qwen2
     layernorm_epsilon: float = 1e-5  # LayerNorm epsilon (GPT-2, GPT-J, BLOOM)
     rms_norm_eps: float = 1e-5  # RMSNorm epsilon (Llama, Qwen2)
     rope_theta: float = 10000.0  # rotary base (Llama, Qwen2, GPT-J)
@@ -95,8 +111,8 @@ class ModelConfig:
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"model_config: num_heads {self.num_heads} must be a multiple of "
                               f"num_kv_heads {self.num_kv_heads}")
-        if self.hidden_act not in ("gelu", "silu"):
-            raise ConfigError(f"model_config.hidden_act: {self.hidden_act!r} is not one of gelu, silu")
+        if self.hidden_act is not None and self.hidden_act not in HIDDEN_ACTS:
+            raise ConfigError(f"model_config.hidden_act: {self.hidden_act!r} is not one of {', '.join(HIDDEN_ACTS)}")
         for name in ("compute_dtype", "param_init_type", "layernorm_compute_type", "softmax_compute_type"):
             if getattr(self, name) not in DTYPES:
                 raise ConfigError(f"model_config.{name}: {getattr(self, name)!r} is not one of {', '.join(DTYPES)}")
@@ -852,12 +868,33 @@ def drop_mindformers_only(data: Dict[str, Any], where: str) -> Dict[str, Any]:
     return out
 
 
-def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> RunConfig:
+def check_stage_sections(stage: str, path: Optional[str], overrides: Sequence[str]) -> None:
+    """Refuse a section of :data:`STAGE_SECTIONS` that ``stage`` never reads, set in the recipe file itself or in
+    the overrides. Sections inherited through ``base_config`` are not checked: shared base recipes legitimately
+    carry the sections of several stages.
+
+    Raises:
+        ConfigError: ``<file>: section 'ppo' is not read by the sft stage``.
+    """
+    if stage not in STAGE_SECTIONS:
+        raise ConfigError(f"stage {stage!r} is not one of {', '.join(STAGE_SECTIONS)}")
+    unread = {name for names in STAGE_SECTIONS.values() for name in names} - set(STAGE_SECTIONS[stage])
+    for where, data in ((path, read_yaml(path) if path else {}), ("--set", apply_overrides({}, overrides))):
+        found = [key for key in data if key in unread]
+        if found:
+            raise ConfigError(f"{where}: section '{found[0]}' is not read by the {stage} stage")
+
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = (), stage: Optional[str] = None) -> RunConfig:
     """Load a :class:`RunConfig` from a YAML recipe plus ``key=value`` overrides.
 
     Errors name the file and the dotted key, for example
-    ``run_gpt2_tiny.yaml: model.model_config.hiden_size: unknown key; did you mean 'hidden_size'?``.
+    ``run_gpt2_tiny.yaml: model.model_config.hiden_size: unknown key; did you mean 'hidden_size'?``. With
+    ``stage`` (sft, rm, dpo, ppo, grpo), a section that stage never reads is refused
+    (:func:`check_stage_sections`); without it (a recipe read for its model only) nothing is refused.
     """
+    if stage is not None:
+        check_stage_sections(stage, path, overrides)
     data = read_yaml_with_bases(path) if path else {}
     apply_overrides(data, overrides)  # a malformed override is refused here, against the files' sections
     data = _deep_merge(data, map_seed_names(apply_overrides({}, overrides), "--set"))

@@ -287,7 +287,7 @@ def test_optional_field_accepts_null():
     (["model.model_config.num_kv_heads=0"], "num_kv_heads must be >= 1"),
     (["model.model_config.compute_dtype=float64"], "compute_dtype: 'float64' is not one of"),
     (["model.model_config.softmax_compute_type=fp16"], "softmax_compute_type"),
-    (["model.model_config.hidden_act=relu"], "hidden_act"),
+    (["model.model_config.hidden_act=swiglu"], "hidden_act: .swiglu. is not one of gelu, gelu_exact, silu, relu"),
     (["context.mode=2"], "context.mode must be 0 .* or 1"),
     (["context.device_target=TPU"], "device_target"),
     (["lr_schedule.type=exponential"], "lr_schedule.type"),
@@ -507,8 +507,8 @@ ppo:
 
 
 def test_every_seed_name_sets_its_section_key(tmp_path):
-    base = write(tmp_path / "base.yaml", "lr_schedule: {type: polynomial, learning_rate: 1e-3, warmup_ratio: 0.1}\n"
-                                         "optimizer: {learning_rate: 1e-3, beta2: 0.999}\n")
+    write(tmp_path / "base.yaml", "lr_schedule: {type: polynomial, learning_rate: 1e-3, warmup_ratio: 0.1}\n"
+                                  "optimizer: {learning_rate: 1e-3, beta2: 0.999}\n")
     cfg = load_config(str(write(tmp_path / "ppo.yaml", "base_config: base.yaml\n" + SEED_PPO)))
     assert dataclasses.asdict(cfg.optimizer) == {"type": "AdamWeightDecay", "learning_rate": 2e-5, "beta1": 0.8,
                                                  "beta2": 0.9, "eps": 1e-6, "weight_decay": 0.05}
@@ -594,3 +594,48 @@ def test_mindformers_only_keys_are_dropped_with_a_warning(tmp_path, caplog):
         assert not {f.name for f in dataclasses.fields(cls)} & dropped
     with pytest.raises(ConfigError, match="runner_config.sink_sise: unknown key"):  # only the listed names
         load_config(None, ["runner_config.sink_sise=2"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the sections a stage reads
+
+
+def recipe_stages(name: str) -> tuple:
+    """The stages a bundled recipe is for, by its name (a base model recipe serves SFT and the reward model)."""
+    for suffix, stage in (("_sft", "sft"), ("_rm", "rm"), ("_dpo", "dpo"), ("_ppo", "ppo"), ("_grpo", "grpo")):
+        if name.endswith(suffix + ".yaml"):
+            return (stage,)
+    return ("sft", "rm")
+
+
+def test_every_recipe_loads_for_its_stages():
+    recipes = sorted(CONFIG_DIR.glob("*_config/*.yaml"))
+    assert len(recipes) > 30
+    for path in recipes:
+        for stage in recipe_stages(path.name):
+            load_config(str(path), stage=stage)
+
+
+@pytest.mark.parametrize("text, stage, section", [
+    ("ppo: {kl_coef: 0.1}\n", "sft", "ppo"),
+    ("grpo: {beta: 0.0}\n", "ppo", "grpo"),
+    ("reward: {loss_type: end}\n", "dpo", "reward"),
+    ("dpo: {beta: 0.2}\n", "rm", "dpo"),
+    ("train_dataset: {batch_size: 2}\n", "ppo", "train_dataset"),
+    ("eval_dataset: {batch_size: 2}\n", "sft", "eval_dataset"),
+])
+def test_a_section_the_stage_never_reads_is_refused(tmp_path, text, stage, section):
+    path = write(tmp_path / "r.yaml", text)
+    with pytest.raises(ConfigError, match=f"^{path}: section '{section}' is not read by the {stage} stage$"):
+        load_config(str(path), stage=stage)
+    load_config(str(path))  # read for its model only: not refused
+
+
+def test_stage_sections_are_checked_in_the_file_and_overrides_not_in_bases(tmp_path):
+    write(tmp_path / "base.yaml", "ppo: {kl_coef: 0.1}\ngeneration: {max_new_tokens: 8}\n")
+    top = write(tmp_path / "sft.yaml", "base_config: base.yaml\nrunner_config: {epochs: 2}\noptimizer: {eps: 1e-6}\n")
+    assert load_config(str(top), stage="sft").ppo.kl_coef == 0.1  # inherited: a shared base carries it
+    with pytest.raises(ConfigError, match="--set: section 'ppo' is not read by the sft stage"):
+        load_config(str(top), ["ppo.kl_coef=0.2"], stage="sft")
+    with pytest.raises(ConfigError, match="stage 'pretrain' is not one of sft, rm, dpo, ppo, grpo"):
+        load_config(str(top), stage="pretrain")

@@ -81,7 +81,7 @@ def prepare(args):
     from mindrlhf.cli.generate import choose_tokenizer
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, stage="grpo")
         for name in ("device_target", "mode"):
             if getattr(args, name) is not None:
                 setattr(cfg.context, name, getattr(args, name))

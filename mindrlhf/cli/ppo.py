@@ -76,7 +76,7 @@ def run_ppo(args) -> int:
     from mindrlhf.train.ppo import train_ppo
 
     stage = _stage(args)
-    cfg = load_config(args.sft_model_path, args.overrides)
+    cfg = load_config(args.sft_model_path, args.overrides, stage="ppo")
     for name in ("device_target", "mode", "max_device_memory"):
         if getattr(args, name) is not None:
             setattr(cfg.context, name, getattr(args, name))

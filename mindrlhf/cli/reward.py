@@ -110,7 +110,7 @@ def add_reward_parser(sub) -> None:
 def _setup(args, with_log: bool = True):
     from mindrlhf.train.monitor import attach_rank_log
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, stage=getattr(args, "stage", "rm"))
     apply_device_target(cfg.context, args.device_target)
     init_context(cfg.context, cfg.seed)
     if with_log:

@@ -193,7 +193,7 @@ def layer_activation_elements(cfg: ModelConfig, batch: int, seq: int) -> int:
     4 for SwiGLU: gate, up, activation, product) and the softmax probabilities of the ``a`` heads.
     """
     kv = cfg.num_kv_heads * cfg.head_dim
-    inner = 4 if cfg.hidden_act == "silu" else 2
+    inner = 4 if cfg.type in ("llama", "qwen2") else 2  # the gated MLP of the Llama layout
     sb = seq * batch
     return sb * (6 * cfg.hidden_size + 2 * kv + inner * mlp_width(cfg)) + cfg.num_heads * seq * seq * batch
 
