@@ -716,7 +716,7 @@ def map_seed_names(data: Dict[str, Any], where: str) -> Dict[str, Any]:
 
     Args:
         data: the mapping read from one file, before ``base_config`` merging (not changed).
-        where: the file name (or ``"overrides"``) for error messages.
+        where: the file name (or ``"--set"`` for the overrides) for error messages.
 
     Returns:
         A copy with the seed names removed and their values set under ``optimizer``, ``lr_schedule`` and
