@@ -207,8 +207,9 @@ def trl_ppo(data, ppo_cfg, reward_folder: str, out_dir: str):
         response_length=ppo.generation.max_new_tokens, stop_token="eos", temperature=ppo.generation.temperature,
         missing_eos_penalty=ppo.missing_eos_penalty, kl_coef=ppo.kl_coef, cliprange=ppo.cliprange,
         vf_coef=ppo.vf_coef, cliprange_value=ppo.cliprange_value, gamma=ppo.gamma, lam=ppo.lam,
-        whiten_rewards=False, learning_rate=ppo.start_lr, lr_scheduler_type="cosine", warmup_steps=ppo.warmup_step,
-        max_grad_norm=ppo.max_grad_norm, num_sample_generations=0, eval_strategy="no", save_strategy="no",
+        whiten_rewards=False, learning_rate=ppo_cfg.optimizer.learning_rate, lr_scheduler_type="cosine",
+        warmup_steps=ppo_cfg.lr_schedule.warmup_steps, max_grad_norm=ppo_cfg.runner_wrapper.max_grad_norm,
+        num_sample_generations=0, eval_strategy="no", save_strategy="no",
         report_to="none", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0, push_to_hub=False)
     trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref, reward_model=reward,
                          value_model=value, train_dataset=dataset)
@@ -309,8 +310,9 @@ def trl_grpo(data, cfg, tokenizer, out_dir: str):
         max_completion_length=grpo.generation.max_new_tokens, temperature=grpo.generation.temperature,
         top_p=1.0, top_k=0, beta=grpo.beta, epsilon=grpo.epsilon_low, epsilon_high=grpo.epsilon_high,
         loss_type="dapo" if grpo.loss_type == "token" else grpo.loss_type, scale_rewards=grpo.scale_rewards,
-        learning_rate=grpo.start_lr, lr_scheduler_type="cosine", warmup_steps=grpo.warmup_step,
-        max_grad_norm=grpo.max_grad_norm, weight_decay=0.0, max_steps=steps, save_strategy="no",
+        learning_rate=cfg.optimizer.learning_rate, lr_scheduler_type="cosine",
+        warmup_steps=cfg.lr_schedule.warmup_steps,
+        max_grad_norm=cfg.runner_wrapper.max_grad_norm, weight_decay=0.0, max_steps=steps, save_strategy="no",
         report_to="none", logging_steps=10, disable_tqdm=True, dataloader_num_workers=0, log_completions=False)
     clock = TRLPhaseClock(grpo.num_iterations * (per_generation // grpo.batch_size))
     trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(folder), reward_funcs=sentiment, args=args,

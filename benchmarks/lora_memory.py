@@ -103,7 +103,7 @@ def profile_phases():
 
 def run_side(mode: str, profile: bool = False) -> dict:
     """One PPO run in this process; returns its figures."""
-    from mindrlhf.config import LoRAConfig, ModelConfig, ModelSection, PPOConfig, RunConfig
+    from mindrlhf.config import LoRAConfig, LossScaleConfig, ModelConfig, ModelSection, PPOConfig, RunConfig
     from mindrlhf.context import init_context
 
     start_rss = rss_mib()
@@ -111,11 +111,11 @@ def run_side(mode: str, profile: bool = False) -> dict:
     from mindrlhf.train.ppo import train_ppo
 
     model = ModelConfig(seq_length=WIDTH + NEW_TOKENS)
-    ppo = PPOConfig(epochs=2, num_rollouts=PROMPTS, chunk_size=PROMPTS, batch_size=PROMPTS, ppo_epochs=1,
-                    loss_scale_value=1.0)
+    ppo = PPOConfig(epochs=2, num_rollouts=PROMPTS, chunk_size=PROMPTS, batch_size=PROMPTS, ppo_epochs=1)
     ppo.generation = dataclasses.replace(ppo.generation, max_new_tokens=NEW_TOKENS, top_k=0)
     with tempfile.TemporaryDirectory() as out:
         cfg = RunConfig(output_dir=out, model=ModelSection(model), ppo=ppo,
+                        runner_wrapper=LossScaleConfig(loss_scale_value=1.0),
                         lora=LoRAConfig(**LORA) if mode == "lora" else LoRAConfig())
         init_context(cfg.context, cfg.seed)
         prompts = write_prompts(os.path.join(out, "prompts.mindrecord"), model.vocab_size)

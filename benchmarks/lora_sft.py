@@ -59,7 +59,7 @@ def run_ours(base: str, out: str) -> dict:
 
     cfg = load_config(RECIPE, [
         "model.model_config.compute_dtype=float32", f"model.model_config.seq_length={WIDTH}",
-        "context.device_target=CPU", "runner_config.sink_mode=false", f"runner_config.batch_size={BATCH}",
+        "context.device_target=CPU", f"runner_config.batch_size={BATCH}",
         "runner_config.epochs=1", "runner_wrapper.loss_scale_value=1.0", "optimizer.type=AdamWeightDecay",
         "optimizer.weight_decay=0.0", f"optimizer.learning_rate={LR}", "lr_schedule.type=constant",
         f"lr_schedule.learning_rate={LR}", f"load_checkpoint={base}", f"output_dir={out}",

@@ -21,7 +21,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "model_configs", "gpt2_config", "run_gpt2_tiny_sft.yaml")
-SFT_124M = ["model.model_config.compute_dtype=float32", "context.device_target=CPU", "runner_config.sink_mode=false",
+SFT_124M = ["model.model_config.compute_dtype=float32", "context.device_target=CPU",
             "model.model_config.seq_length=256", "runner_config.batch_size=4", "runner_config.epochs=1",
             "runner_wrapper.loss_scale_value=1.0"]
 LORA = ["lora.r=16", "lora.alpha=32", "lora.target_modules=[c_attn]"]

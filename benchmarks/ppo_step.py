@@ -144,7 +144,8 @@ def run_ours(args) -> dict:
     PHASES, ``total``, ``other``, ``tokens_generated``, ...)."""
     import mindspore as ms
 
-    from mindrlhf.config import GenerationConfig, ModelConfig, ModelSection, PPOConfig, RunConfig
+    from mindrlhf.config import (GenerationConfig, LossScaleConfig, LrScheduleConfig, ModelConfig, ModelSection,
+                                 OptimizerConfig, PPOConfig, RunConfig)
     from mindrlhf.train.ppo import PPOTrainer, build_ppo_models
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
@@ -157,10 +158,11 @@ def run_ours(args) -> dict:
                     is_shared_backbone=False,  # a separate value model, as TRL's PPOTrainer has
                     generation=GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=True, temperature=TEMPERATURE,
                                                 top_k=0, top_p=1.0, seed=SEED),
-                    start_lr=LEARNING_RATE, end_lr=LEARNING_RATE, weight_decay=0.0, loss_scale_value=1.0,
                     save_checkpoint_epochs=10 ** 6)
     out_dir = tempfile.mkdtemp(prefix="ppo_step_ours_")
-    cfg = RunConfig(seed=SEED, output_dir=out_dir, model=ModelSection(model), ppo=ppo)
+    cfg = RunConfig(seed=SEED, output_dir=out_dir, model=ModelSection(model), ppo=ppo,
+                    optimizer=OptimizerConfig(learning_rate=LEARNING_RATE, weight_decay=0.0),
+                    lr_schedule=LrScheduleConfig(type="constant"), runner_wrapper=LossScaleConfig(loss_scale_value=1.0))
     models = build_ppo_models(model, ppo, model, model, seed=SEED)
     ids = prompt_ids().astype(np.int32)
     prompts = {"prompt_ids": ids, "prompt_length": np.full(BATCH, PROMPT_LEN, np.int32),

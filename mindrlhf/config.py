@@ -7,29 +7,59 @@ One dataclass per concern (model, generation, context, parallel, runner, optimiz
 
 Loading rules:
 - ``base_config: other.yaml`` (or a list) inherits from files relative to the YAML; later files and keys win.
-- Unknown keys are an error that names the file, the dotted key and the nearest valid name.
+- Unknown keys are an error that names the file, the dotted key and the nearest valid name. The mindformers
+  settings with no effect here (``runner_config.sink_mode``, ``sink_size``, ``parallel_config.micro_batch_num``,
+  ``vocab_emb_dp``, ``gradient_aggregation_group``: ``MINDFORMERS_ONLY_KEYS``) are dropped with a warning instead.
 - Values are type-checked against the field annotations; an int is accepted where a float is expected.
 - ``key.path=value`` overrides (from the command line) are applied after the files, parsed as YAML scalars.
+- Every stage reads its optimizer, learning-rate schedule and loss scale from ``optimizer``, ``lr_schedule`` and
+  ``runner_wrapper``. The predecessor's names for them in the ``ppo`` / ``grpo`` sections (``start_lr``,
+  ``warmup_step``, ...) are mapped there as each file (and the override list) is read; one file setting a value
+  under both names is an error naming both.
+- A stage's command refuses a section only other stages read (``ppo`` for ``mindrlhf sft``, ``reward`` for
+  ``mindrlhf dpo``, ``train_dataset`` for PPO, ...: ``STAGE_SECTIONS``) when the recipe file itself or an override
+  sets it; sections inherited through ``base_config`` are not checked, as shared base recipes carry several.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import logging
 import math
 import os
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional, Sequence
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import yaml
 
 from mindrlhf.errors import UserError
 
 DTYPES = ("float32", "float16", "bfloat16")
+HIDDEN_ACTS = ("gelu", "gelu_exact", "silu", "relu")  # model_config.hidden_act
 ADVANTAGE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_baseline")  # grpo.advantage_estimator
 GRPO_LOSS_TYPES = ("grpo", "token", "dr_grpo")  # grpo.loss_type
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "simpo", "orpo")  # dpo.loss_type
+# mindformers settings with no effect here (no dataset sinking: one host call per step; no pipeline or embedding
+# sharding; gradients all-reduced as one group), accepted in a recipe and dropped with a warning
+MINDFORMERS_ONLY_KEYS = {
+    "runner_config": ("sink_mode", "sink_size"),
+    "parallel_config": ("micro_batch_num", "vocab_emb_dp", "gradient_aggregation_group"),
+}
+# The sections only some stages read, per stage. Every stage also reads (or tolerates, as a model recipe carries
+# them) the model run sections: model, generation, context, parallel_config, runner_config, optimizer, lr_schedule,
+# runner_wrapper, recompute_config, checkpoint and lora.
+STAGE_SECTIONS = {
+    "sft": ("train_dataset",),
+    "rm": ("train_dataset", "eval_dataset", "reward"),
+    "dpo": ("train_dataset", "dpo"),
+    "ppo": ("ppo",),
+    "grpo": ("grpo",),
+}
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(UserError):
@@ -50,7 +80,9 @@ class ModelConfig:
     expand_ratio: int = 4  # GPT-2 MLP width factor when intermediate_size is None
     multiple_of: int = 256  # Llama: MLP width is 2/3*4H rounded up to a multiple of this when intermediate_size is None
     seq_length: int = 1024  # maximum sequence length (GPT-2: learned position table size)
-    hidden_act: str = "gelu"  # gelu (tanh approximation, GPT-2's gelu_new) | silu (Llama SwiGLU)
+    hidden_act: Optional[str] = None  # MLP activation: gelu (tanh approximation, GPT-2's gelu_new) | gelu_exact
+    #                                   (erf) | silu | relu; None = the family's: gelu for GPT-2, GPT-J and BLOOM,
+    #                                   silu (gating the SwiGLU MLP) for Llama and Qwen2
     layernorm_epsilon: float = 1e-5  # LayerNorm epsilon (GPT-2, GPT-J, BLOOM)
     rms_norm_eps: float = 1e-5  # RMSNorm epsilon (Llama, Qwen2)
     rope_theta: float = 10000.0  # rotary base (Llama, Qwen2, GPT-J)
@@ -79,8 +111,8 @@ class ModelConfig:
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"model_config: num_heads {self.num_heads} must be a multiple of "
                               f"num_kv_heads {self.num_kv_heads}")
-        if self.hidden_act not in ("gelu", "silu"):
-            raise ConfigError(f"model_config.hidden_act: {self.hidden_act!r} is not one of gelu, silu")
+        if self.hidden_act is not None and self.hidden_act not in HIDDEN_ACTS:
+            raise ConfigError(f"model_config.hidden_act: {self.hidden_act!r} is not one of {', '.join(HIDDEN_ACTS)}")
         for name in ("compute_dtype", "param_init_type", "layernorm_compute_type", "softmax_compute_type"):
             if getattr(self, name) not in DTYPES:
                 raise ConfigError(f"model_config.{name}: {getattr(self, name)!r} is not one of {', '.join(DTYPES)}")
@@ -145,10 +177,7 @@ class ParallelConfig:
     data_parallel: int = 1  # replicas that split the batch
     model_parallel: int = 1  # tensor-parallel degree (Ascend semi_auto_parallel)
     pipeline_stage: int = 1  # pipeline stages (Ascend semi_auto_parallel)
-    micro_batch_num: int = 1  # micro batches per step when pipeline_stage > 1
     optimizer_shard: bool = False  # shard optimizer states across data-parallel ranks
-    vocab_emb_dp: bool = True  # keep the embedding table data-parallel
-    gradient_aggregation_group: int = 4  # gradients fused per all-reduce
 
 
 @dataclass
@@ -157,8 +186,6 @@ class RunnerConfig:
 
     epochs: int = 1  # passes over the training data
     batch_size: int = 1  # per-device batch (pairs for the reward model)
-    sink_mode: bool = False  # dataset sinking (Ascend)
-    sink_size: int = 1  # steps per sink
 
 
 @dataclass
@@ -257,10 +284,11 @@ class CheckpointConfig:
             raise ConfigError("checkpoint: save_checkpoint_steps, keep_checkpoint_max and log_interval must be >= 1")
 
 
-class _PolicyTrainingMixin:
-    """What the RL sections (``ppo``, ``grpo``) share: the on-policy sampling check and the optimizer, learning
-    rate and loss scale built from the section's own ``start_lr``, ``beta1``, ... fields. Subclasses set
-    ``_section`` (the YAML section name) and ``_why_full_vocabulary`` (why the sampling must not be truncated)."""
+class _OnPolicySampling:
+    """What the RL sections (``ppo``, ``grpo``) share: the on-policy sampling check. Subclasses set ``_section``
+    (the YAML section name) and ``_why_full_vocabulary`` (why the sampling must not be truncated). Their optimizer,
+    learning rate and loss scale come from the recipe's ``optimizer``, ``lr_schedule`` and ``runner_wrapper``
+    sections, as for every stage (seed names in the section are mapped there: :data:`SEED_NAMES`)."""
 
     _section = ""
     _why_full_vocabulary = ""
@@ -281,24 +309,12 @@ class _PolicyTrainingMixin:
                               f"{why}. Set {name}.top_k: 0 and top_p: 1.0 (lower {name}.temperature to sharpen "
                               f"the distribution instead)")
 
-    def optimizer_config(self) -> "OptimizerConfig":
-        return OptimizerConfig(type="AdamWeightDecay", learning_rate=self.start_lr, beta1=self.beta1,
-                               beta2=self.beta2, eps=self.eps, weight_decay=self.weight_decay)
-
-    def lr_schedule_config(self) -> "LrScheduleConfig":
-        return LrScheduleConfig(type="cosine", learning_rate=self.start_lr, lr_end=self.end_lr,
-                                warmup_steps=self.warmup_step, total_steps=self.decay_steps)
-
-    def loss_scale_config(self) -> "LossScaleConfig":
-        return LossScaleConfig(loss_scale_value=self.loss_scale_value, scale_factor=self.scale_factor,
-                               scale_window=self.scale_window, use_clip_grad=self.use_clip_grad,
-                               max_grad_norm=self.max_grad_norm)
-
 
 @dataclass
-class PPOConfig(_PolicyTrainingMixin):
-    """Stage 3, every PPO knob (the YAML ``ppo`` section of the policy recipe). As with the predecessor, PPO's
-    optimizer, learning rate and loss scale come from here, not from the recipe's training sections. Rollouts are
+class PPOConfig(_OnPolicySampling):
+    """Stage 3, every PPO knob (the YAML ``ppo`` section of the policy recipe). The optimizer, learning rate and
+    loss scale come from the recipe's ``optimizer``, ``lr_schedule`` and ``runner_wrapper`` sections; the
+    predecessor's names for them (``start_lr``, ``warmup_step``, ...) may be written here instead. Rollouts are
     sampled from softmax(logits / generation.temperature) over the full vocabulary, the distribution every PPO
     log-prob is taken from: top-k, top-p and greedy decoding are refused.
 
@@ -329,19 +345,6 @@ class PPOConfig(_PolicyTrainingMixin):
     whiten_advantages: bool = True  # normalise advantages over the iteration's experiences (of all ranks)
     is_shared_backbone: bool = True  # value head on the policy backbone; False = separate critic (reward-model init)
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=64, top_k=0))
-    start_lr: float = 9.0e-6  # peak learning rate, reached after warmup_step
-    end_lr: float = 1.0e-10  # learning rate at decay_steps (cosine)
-    warmup_step: int = 0  # linear warmup steps
-    decay_steps: int = -1  # cosine horizon in optimizer steps; -1 = all steps of the run
-    beta1: float = 0.9  # Adam beta1
-    beta2: float = 0.95  # Adam beta2
-    eps: float = 1.0e-8  # Adam epsilon
-    weight_decay: float = 0.01  # decoupled weight decay (not on norms and biases)
-    loss_scale_value: float = 4096.0  # initial dynamic loss scale
-    scale_factor: float = 2.0  # loss-scale backoff / growth factor
-    scale_window: int = 1000  # clean steps before the loss scale grows
-    use_clip_grad: bool = True  # clip gradients by global norm
-    max_grad_norm: float = 1.0  # global-norm clip threshold
     save_checkpoint_epochs: int = 1  # save policy (and critic) every this many iterations (and after the last)
 
     _section = "ppo"
@@ -365,7 +368,7 @@ class PPOConfig(_PolicyTrainingMixin):
             raise ConfigError(f"ppo.reward_clip must be > 0 or null, got {self.reward_clip}")
         if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
             raise ConfigError(f"ppo.missing_eos_penalty must be >= 0 or null, got {self.missing_eos_penalty}")
-        for name in ("kl_coef", "cliprange", "cliprange_value", "vf_coef", "pretrain_coef", "start_lr", "end_lr"):
+        for name in ("kl_coef", "cliprange", "cliprange_value", "vf_coef", "pretrain_coef"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"ppo.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
@@ -379,10 +382,10 @@ class PPOConfig(_PolicyTrainingMixin):
 
 
 @dataclass
-class GRPOConfig(_PolicyTrainingMixin):
+class GRPOConfig(_OnPolicySampling):
     """Every GRPO knob (the YAML ``grpo`` section): group-relative policy optimisation without a critic, with the
-    DAPO and Dr. GRPO variants. Like ``ppo``, its optimizer, learning rate and loss scale come from here, and
-    top-k, top-p and greedy decoding are refused.
+    DAPO and Dr. GRPO variants. As for ``ppo``, the optimizer, learning rate and loss scale come from the recipe's
+    training sections (or the seed names written here), and top-k, top-p and greedy decoding are refused.
 
     One iteration (``epochs`` of them) = sample ``num_generations`` completions for each of ``num_prompts``
     prompts on this rank, score them with the reward functions, turn the scores into advantages within each
@@ -415,19 +418,6 @@ class GRPOConfig(_PolicyTrainingMixin):
     #                                   a built-in reward or "module:function"; the score is the weighted sum
     use_reward_model: bool = False  # score the rollouts with a trained reward model as well as reward_funcs
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=64, top_k=0))
-    start_lr: float = 1.0e-6  # peak learning rate, reached after warmup_step
-    end_lr: float = 1.0e-10  # learning rate at decay_steps (cosine)
-    warmup_step: int = 0  # linear warmup steps
-    decay_steps: int = -1  # cosine horizon in optimizer steps; -1 = all steps of the run
-    beta1: float = 0.9  # Adam beta1
-    beta2: float = 0.95  # Adam beta2
-    eps: float = 1.0e-8  # Adam epsilon
-    weight_decay: float = 0.01  # decoupled weight decay (not on norms and biases)
-    loss_scale_value: float = 4096.0  # initial dynamic loss scale
-    scale_factor: float = 2.0  # loss-scale backoff / growth factor
-    scale_window: int = 1000  # clean steps before the loss scale grows
-    use_clip_grad: bool = True  # clip gradients by global norm
-    max_grad_norm: float = 1.0  # global-norm clip threshold
     save_checkpoint_epochs: int = 1  # save the policy every this many iterations (and after the last)
 
     _section = "grpo"
@@ -442,7 +432,7 @@ class GRPOConfig(_PolicyTrainingMixin):
                 raise ConfigError(f"grpo.{name} must be >= 1, got {getattr(self, name)}")
         self._check_batch()
         self._check_choices()
-        for name in ("epsilon_low", "beta", "overlong_penalty_factor", "start_lr", "end_lr"):
+        for name in ("epsilon_low", "beta", "overlong_penalty_factor"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"grpo.{name} must be >= 0, got {getattr(self, name)}")
         if self.epsilon_low >= 1:
@@ -707,12 +697,84 @@ def _deep_merge(base: Dict[str, Any], top: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+# The predecessor's names (MindRLHF's PPOConfig) for training settings, accepted in the ``ppo`` and ``grpo``
+# sections of a recipe and mapped once, as each file is read, onto the sections every stage reads. A name
+# describing the learning-rate schedule also selects the predecessor's schedule (cosine after linear warmup steps)
+# unless the same file sets ``lr_schedule.type`` / ``warmup_ratio`` itself.
+SEED_SECTIONS = ("ppo", "grpo")
+SEED_NAMES: Dict[str, Tuple[str, ...]] = {
+    "start_lr": ("optimizer.learning_rate", "lr_schedule.learning_rate"),
+    "end_lr": ("lr_schedule.lr_end",),
+    "warmup_step": ("lr_schedule.warmup_steps",),
+    "decay_steps": ("lr_schedule.total_steps",),
+    "beta1": ("optimizer.beta1",),
+    "beta2": ("optimizer.beta2",),
+    "eps": ("optimizer.eps",),
+    "weight_decay": ("optimizer.weight_decay",),
+    "loss_scale_value": ("runner_wrapper.loss_scale_value",),
+    "scale_factor": ("runner_wrapper.scale_factor",),
+    "scale_window": ("runner_wrapper.scale_window",),
+    "use_clip_grad": ("runner_wrapper.use_clip_grad",),
+    "max_grad_norm": ("runner_wrapper.max_grad_norm",),
+}
+_SEED_SCHEDULE = {"lr_schedule.type": "cosine", "lr_schedule.warmup_ratio": 0.0}  # implied by the lr names
+_SEED_LR_NAMES = ("start_lr", "end_lr", "warmup_step", "decay_steps")
+
+
+_MISSING = object()
+
+
+def _get_dotted(data: Dict[str, Any], dotted: str) -> Any:
+    section, key = dotted.split(".")
+    node = data.get(section)
+    return node.get(key, _MISSING) if isinstance(node, dict) else _MISSING
+
+
+def map_seed_names(data: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """Move the seed names of :data:`SEED_NAMES` found in one file's (or one override list's) ``ppo`` / ``grpo``
+    sections to the sections they name.
+
+    Args:
+        data: the mapping read from one file, before ``base_config`` merging (not changed).
+        where: the file name (or ``"--set"`` for the overrides) for error messages.
+
+    Returns:
+        A copy with the seed names removed and their values set under ``optimizer``, ``lr_schedule`` and
+        ``runner_wrapper``.
+
+    Raises:
+        ConfigError: when the same file sets a setting twice: a seed name and its section key, or one seed name
+            in both ``ppo`` and ``grpo``; the message names both keys.
+    """
+    out = {key: dict(value) if isinstance(value, dict) else value for key, value in data.items()}
+    found = {f"{sec}.{name}": out[sec].pop(name) for sec in SEED_SECTIONS if isinstance(out.get(sec), dict)
+             for name in list(out[sec]) if name in SEED_NAMES}
+    set_by: Dict[str, str] = {}
+    for source, value in found.items():
+        for target in SEED_NAMES[source.split(".")[1]]:
+            other = set_by.get(target) or (target if _get_dotted(data, target) is not _MISSING else None)
+            if other:
+                raise ConfigError(f"{where}: {source} and {other} both set {target}; keep one ({source} is the "
+                                  f"predecessor's name for {' and '.join(SEED_NAMES[source.split('.')[1]])})")
+            set_by[target] = source
+            section, key = target.split(".")
+            if not isinstance(out.get(section, {}), dict):
+                raise ConfigError(f"{where}: {section} is not a section")
+            out.setdefault(section, {})[key] = value
+    if any(source.split(".")[1] in _SEED_LR_NAMES for source in found):
+        for target, value in _SEED_SCHEDULE.items():
+            if _get_dotted(data, target) is _MISSING:
+                section, key = target.split(".")
+                out.setdefault(section, {})[key] = value
+    return out
+
+
 def read_yaml_with_bases(path: str, _seen: Sequence[str] = ()) -> Dict[str, Any]:
     """Read a YAML file and merge the files named by its ``base_config`` key underneath it."""
     path = os.path.abspath(path)
     if path in _seen:
         raise ConfigError(f"{path}: base_config cycle through {' -> '.join(_seen)}")
-    data = read_yaml(path)
+    data = map_seed_names(read_yaml(path), path)
     bases = data.pop("base_config", None) or []
     if isinstance(bases, str):
         bases = [bases]
@@ -724,8 +786,9 @@ def read_yaml_with_bases(path: str, _seen: Sequence[str] = ()) -> Dict[str, Any]
 
 
 def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
-    """Apply ``dotted.key=value`` overrides; values are parsed as YAML scalars (``3``, ``1e-4``, ``true``)."""
-    data = _deep_merge({}, data)
+    """Apply ``dotted.key=value`` overrides to a copy of ``data``; values are parsed as YAML scalars (``3``,
+    ``1e-4``, ``true``)."""
+    data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.path=value")
@@ -814,14 +877,48 @@ def from_dict(cls: type, data: Dict[str, Any], where: str = ""):
         raise ConfigError(f"{where}: {err}" if where and not str(err).startswith(where) else str(err)) from None
 
 
-def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> RunConfig:
+def drop_mindformers_only(data: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """A copy of ``data`` without the :data:`MINDFORMERS_ONLY_KEYS`, each logged as a warning naming ``where``."""
+    out = dict(data)
+    for section, keys in MINDFORMERS_ONLY_KEYS.items():
+        if isinstance(out.get(section), dict) and set(keys) & set(out[section]):
+            out[section] = {k: v for k, v in out[section].items() if k not in keys}
+            for key in sorted(set(keys) & set(data[section])):
+                logger.warning("%s: %s.%s is a mindformers setting with no effect here; ignored", where, section, key)
+    return out
+
+
+def check_stage_sections(stage: str, path: Optional[str], overrides: Sequence[str]) -> None:
+    """Refuse a section of :data:`STAGE_SECTIONS` that ``stage`` never reads, set in the recipe file itself or in
+    the overrides. Sections inherited through ``base_config`` are not checked: shared base recipes legitimately
+    carry the sections of several stages.
+
+    Raises:
+        ConfigError: ``<file>: section 'ppo' is not read by the sft stage``.
+    """
+    if stage not in STAGE_SECTIONS:
+        raise ConfigError(f"stage {stage!r} is not one of {', '.join(STAGE_SECTIONS)}")
+    unread = {name for names in STAGE_SECTIONS.values() for name in names} - set(STAGE_SECTIONS[stage])
+    for where, data in ((path, read_yaml(path) if path else {}), ("--set", apply_overrides({}, overrides))):
+        found = [key for key in data if key in unread]
+        if found:
+            raise ConfigError(f"{where}: section '{found[0]}' is not read by the {stage} stage")
+
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = (), stage: Optional[str] = None) -> RunConfig:
     """Load a :class:`RunConfig` from a YAML recipe plus ``key=value`` overrides.
 
     Errors name the file and the dotted key, for example
-    ``run_gpt2_tiny.yaml: model.model_config.hiden_size: unknown key; did you mean 'hidden_size'?``.
+    ``run_gpt2_tiny.yaml: model.model_config.hiden_size: unknown key; did you mean 'hidden_size'?``. With
+    ``stage`` (sft, rm, dpo, ppo, grpo), a section that stage never reads is refused
+    (:func:`check_stage_sections`); without it (a recipe read for its model only) nothing is refused.
     """
+    if stage is not None:
+        check_stage_sections(stage, path, overrides)
     data = read_yaml_with_bases(path) if path else {}
-    data = apply_overrides(data, overrides)
+    apply_overrides(data, overrides)  # a malformed override is refused here, against the files' sections
+    data = _deep_merge(data, map_seed_names(apply_overrides({}, overrides), "--set"))
+    data = drop_mindformers_only(data, path or "--set")
     try:
         return from_dict(RunConfig, data)
     except ConfigError as err:

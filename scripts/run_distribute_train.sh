@@ -4,7 +4,7 @@
 #   bash scripts/run_distribute_train.sh DATA_DIR RANK_TABLE_FILE RANK_START LOCAL_DEVICE_NUM SFT_MODEL_PATH \
 #        REWARD_MODEL_PATH [train.py flags ...]
 #   bash scripts/run_distribute_train.sh /path/to/dataset.mindrecord /path/to/hccl_1p_0_127.0.0.1.json 0 1 \
-#        /path/to/run_gpt2_124m.yaml /path/to/run_gpt2_124m.yaml --sft_checkpoint sft/checkpoint
+#        /path/to/run_gpt2_124m_ppo.yaml /path/to/run_gpt2_124m.yaml --sft_checkpoint sft/checkpoint
 #
 # DATA_DIR: prompt MindRecord (examples/rlhf_train_tutorial/rlhf_data.py). RANK_START: global rank of this node's
 # first device. LOCAL_DEVICE_NUM: devices used on this node. SFT_MODEL_PATH / REWARD_MODEL_PATH: the policy and

@@ -14,7 +14,7 @@ import mindspore as ms
 from mindspore import Tensor
 
 from mindrlhf import rl
-from mindrlhf.config import ModelConfig
+from mindrlhf.config import LossScaleConfig, LrScheduleConfig, ModelConfig, OptimizerConfig
 
 PAD, BOS, EOS = 0, 1, 2
 FIRST_TEXT_ID = 3
@@ -66,6 +66,14 @@ def tiny_bloom_config(**overrides) -> ModelConfig:
 
 # the families added beside GPT-2 and Llama, tested in tests/test_families.py
 NEW_FAMILY_CONFIGS = {"qwen2": tiny_qwen2_config, "gptj": tiny_gptj_config, "bloom": tiny_bloom_config}
+
+
+def rl_training_sections(lr: float, weight_decay: float = 0.01, eps: float = 1e-8) -> dict:
+    """The ``optimizer``, ``lr_schedule`` and ``runner_wrapper`` of the RL trainer tests (``RunConfig`` keywords):
+    AdamW at a constant ``lr`` (a cosine from ``lr`` to ``lr``), float32 without loss scaling."""
+    return {"optimizer": OptimizerConfig(learning_rate=lr, eps=eps, weight_decay=weight_decay),
+            "lr_schedule": LrScheduleConfig(type="cosine", learning_rate=lr, lr_end=lr),
+            "runner_wrapper": LossScaleConfig(loss_scale_value=1.0)}
 
 
 def padded_batch(cfg: ModelConfig, lengths: Sequence[int] = LENGTHS, seq_len: int = SEQ_LEN, side: str = "right",

@@ -56,6 +56,9 @@ def files(tmp_path_factory):
     write("misspelt.yaml", f"base_config: {RM_RECIPE}\nrunner_config:\n  epohcs: 1\n")
     write("list.yaml", "- 1\n- 2\n")
     write("cycle_a.yaml", "base_config: cycle_b.yaml\n")
+    write("sft_with_ppo.yaml", f"base_config: {SFT_RECIPE}\nppo:\n  kl_coef: 0.1\n")
+    write("lr_twice.yaml", f"base_config: {PPO_RECIPE}\noptimizer:\n  learning_rate: 1.0e-4\n"
+                           "ppo:\n  start_lr: 1.0e-4\n")
     write("cycle_b.yaml", "base_config: cycle_a.yaml\n")
     write("not_json.jsonl", "{\"prompt\": \"hi\", \"pos_resp\": \"a\"\nnot json at all\n")
     write("no_prompt.jsonl", json.dumps({"question": "hi", "response": "a"}) + "\n")
@@ -139,6 +142,12 @@ CASES = [
          text("base_config cycle")),
     Case("sft_override_without_equals", lambda f, o: ["sft", "--config", SFT_RECIPE, "--set", "seed"],
          text("override 'seed' is not of the form key.path=value")),
+    Case("sft_recipe_with_a_ppo_section", lambda f, o: ["sft", "--config", f["sft_with_ppo.yaml"], "--output_dir", o],
+         lambda f: f"{f['sft_with_ppo.yaml']}: section 'ppo' is not read by the sft stage"),
+    Case("ppo_learning_rate_under_both_names", lambda f, o: ["ppo", "--dataset_dir", "x", "--sft_model_path",
+                                                             f["lr_twice.yaml"], "--reward_model_path", RM_RECIPE,
+                                                             "--output_dir", o],
+         lambda f: f"{f['lr_twice.yaml']}: ppo.start_lr and optimizer.learning_rate both set optimizer.learning_rate"),
     Case("ppo_missing_policy_recipe", lambda f, o: ["ppo", "--dataset_dir", "x", "--sft_model_path",
                                                     os.path.join(o, "policy.yaml"), "--reward_model_path", RM_RECIPE],
          text("policy.yaml")),

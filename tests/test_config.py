@@ -84,7 +84,7 @@ def test_gpt2_124m_training_settings():
     assert wrap.use_clip_grad
     assert isinstance(wrap.loss_scale_value, float)
     run = cfg.runner_config
-    assert (run.epochs, run.batch_size, run.sink_size) == (3, 4, 2)
+    assert (run.epochs, run.batch_size) == (3, 4)
 
 
 def test_gpt2_bigger_recipes_keep_base_training_settings():
@@ -112,7 +112,6 @@ def test_tiny_recipes_run_on_one_cpu():
     for name in ("gpt2_config/run_gpt2_tiny.yaml", "llama2_config/run_llama2_tiny.yaml"):
         cfg = load_config(str(CONFIG_DIR / name))
         assert cfg.parallel_config.model_parallel == 1 and cfg.parallel_config.data_parallel == 1
-        assert cfg.runner_config.sink_mode is False
         assert cfg.recompute_config.recompute is False
     llama = load_config(str(CONFIG_DIR / "llama2_config" / "run_llama2_tiny.yaml")).model.model_config
     assert (llama.intermediate_size, llama.head_dim, llama.tie_word_embeddings) == (172, 16, False)
@@ -237,7 +236,7 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
 
 
 def test_unknown_key_far_from_any_name_lists_valid_keys():
-    with pytest.raises(ConfigError, match="valid keys: .*sink_size") as err:
+    with pytest.raises(ConfigError, match="valid keys: epochs, batch_size") as err:
         load_config(None, ["runner_config.zzzzzz=1"])
     assert "runner_config.zzzzzz" in str(err.value)
 
@@ -251,7 +250,7 @@ def test_unknown_key_far_from_any_name_lists_valid_keys():
     ("seed='3'", "seed"),  # quoted number is a str
     ("model.model_config.num_layers=true", "model.model_config.num_layers"),  # bool for int
     ("optimizer.learning_rate=false", "optimizer.learning_rate"),  # bool for float
-    ("runner_config.sink_mode=1", "runner_config.sink_mode"),  # int for bool
+    ("parallel_config.optimizer_shard=1", "parallel_config.optimizer_shard"),  # int for bool
     ("model.model_config.num_kv_heads=yes", "model.model_config.num_kv_heads"),  # bool for Optional[int]
     ("context=[1, 2]", "context"),  # list for a section
     ("model.model_config=null", "model.model_config"),  # null for a section
@@ -288,7 +287,7 @@ def test_optional_field_accepts_null():
     (["model.model_config.num_kv_heads=0"], "num_kv_heads must be >= 1"),
     (["model.model_config.compute_dtype=float64"], "compute_dtype: 'float64' is not one of"),
     (["model.model_config.softmax_compute_type=fp16"], "softmax_compute_type"),
-    (["model.model_config.hidden_act=relu"], "hidden_act"),
+    (["model.model_config.hidden_act=swiglu"], "hidden_act: .swiglu. is not one of gelu, gelu_exact, silu, relu"),
     (["context.mode=2"], "context.mode must be 0 .* or 1"),
     (["context.device_target=TPU"], "device_target"),
     (["lr_schedule.type=exponential"], "lr_schedule.type"),
@@ -425,9 +424,8 @@ def test_grpo_section_loads_from_yaml(tmp_path):
                                  {"name": "format", "weight": 0.5, "kwargs": {"pattern": "^<think>"}}]
     assert (grpo.generation.max_new_tokens, grpo.generation.temperature, grpo.generation.top_k) == (32, 0.9, 0)
     assert grpo.rollouts_per_epoch == 24 and grpo.steps_per_epoch == 2 * 24 // 12
-    assert grpo.optimizer_config().learning_rate == 2e-6
-    assert grpo.lr_schedule_config().learning_rate == 2e-6 and grpo.lr_schedule_config().type == "cosine"
-    assert grpo.loss_scale_config().loss_scale_value == grpo.loss_scale_value
+    assert cfg.optimizer.learning_rate == 2e-6  # the seed name grpo.start_lr, mapped
+    assert cfg.lr_schedule.learning_rate == 2e-6 and cfg.lr_schedule.type == "cosine"
     assert cfg.ppo == RunConfig().ppo  # the other RL section keeps its defaults
     save_config(cfg, str(tmp_path / "resolved.yaml"))
     assert load_config(str(tmp_path / "resolved.yaml")) == cfg
@@ -484,3 +482,160 @@ def test_grpo_clip_higher_and_other_estimators_are_accepted():
                               "grpo.num_prompts=3"]).grpo
     assert (grpo.epsilon_high, grpo.steps_per_epoch) == (0.28, 3)
     assert load_config(None, ["grpo.advantage_estimator=rloo", "grpo.num_generations=2"]).grpo.num_generations == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# seed names: one source per setting
+
+SEED_PPO = """\
+ppo:
+  num_rollouts: 4
+  start_lr: 2e-5
+  end_lr: 1e-7
+  warmup_step: 5
+  decay_steps: 100
+  beta1: 0.8
+  beta2: 0.9
+  eps: 1e-6
+  weight_decay: 0.05
+  loss_scale_value: 256
+  scale_factor: 4
+  scale_window: 50
+  use_clip_grad: false
+  max_grad_norm: 2.0
+"""
+
+
+def test_every_seed_name_sets_its_section_key(tmp_path):
+    write(tmp_path / "base.yaml", "lr_schedule: {type: polynomial, learning_rate: 1e-3, warmup_ratio: 0.1}\n"
+                                  "optimizer: {learning_rate: 1e-3, beta2: 0.999}\n")
+    cfg = load_config(str(write(tmp_path / "ppo.yaml", "base_config: base.yaml\n" + SEED_PPO)))
+    assert dataclasses.asdict(cfg.optimizer) == {"type": "AdamWeightDecay", "learning_rate": 2e-5, "beta1": 0.8,
+                                                 "beta2": 0.9, "eps": 1e-6, "weight_decay": 0.05}
+    # the schedule names select the predecessor's cosine after warmup steps over the base's polynomial and ratio
+    assert dataclasses.asdict(cfg.lr_schedule) == {"type": "cosine", "learning_rate": 2e-5, "lr_end": 1e-7,
+                                                   "warmup_steps": 5, "warmup_ratio": 0.0, "total_steps": 100}
+    assert dataclasses.asdict(cfg.runner_wrapper) == {"loss_scale_value": 256.0, "scale_factor": 4.0,
+                                                      "scale_window": 50, "use_clip_grad": False,
+                                                      "max_grad_norm": 2.0}
+    names = {line.split(":")[0].strip() for line in SEED_PPO.splitlines()[2:]}
+    assert cfg.ppo.num_rollouts == 4 and names == set(config_module.SEED_NAMES)  # every seed name is covered
+    assert not {"start_lr", "beta1", "max_grad_norm"} & {f.name for f in dataclasses.fields(cfg.ppo)}
+    save_config(cfg, str(tmp_path / "resolved.yaml"))  # the resolved config holds the sections, no seed names
+    assert "start_lr" not in (tmp_path / "resolved.yaml").read_text() and load_config(
+        str(tmp_path / "resolved.yaml")) == cfg
+
+
+def test_seed_names_in_grpo_and_in_overrides(tmp_path):
+    cfg = load_config(None, ["grpo.start_lr=3e-4", "grpo.warmup_step=2", "grpo.max_grad_norm=0.5"])
+    assert (cfg.optimizer.learning_rate, cfg.lr_schedule.learning_rate, cfg.lr_schedule.warmup_steps) == (
+        3e-4, 3e-4, 2)
+    assert (cfg.lr_schedule.type, cfg.runner_wrapper.max_grad_norm) == ("cosine", 0.5)
+    # an override's seed name wins over a file's section key (a later layer), the file's own type stays
+    recipe = write(tmp_path / "r.yaml", "optimizer: {learning_rate: 1e-3}\nlr_schedule: {type: constant}\n")
+    cfg = load_config(str(recipe), ["ppo.start_lr=5e-5"])
+    assert (cfg.optimizer.learning_rate, cfg.lr_schedule.type) == (5e-5, "cosine")
+    # a later file's section key wins over a base file's seed name
+    write(tmp_path / "seed.yaml", "ppo: {start_lr: 1e-4, weight_decay: 0.0}\n")
+    cfg = load_config(str(write(tmp_path / "top.yaml", "base_config: seed.yaml\noptimizer: {learning_rate: 7e-4}\n")))
+    assert (cfg.optimizer.learning_rate, cfg.lr_schedule.learning_rate, cfg.optimizer.weight_decay) == (
+        7e-4, 1e-4, 0.0)
+
+
+@pytest.mark.parametrize("text, both", [
+    ("optimizer: {learning_rate: 1e-3}\nppo: {start_lr: 1e-4}\n", "ppo.start_lr and optimizer.learning_rate"),
+    ("lr_schedule: {learning_rate: 1e-3}\nppo: {start_lr: 1e-4}\n", "ppo.start_lr and lr_schedule.learning_rate"),
+    ("runner_wrapper: {max_grad_norm: 1.0}\ngrpo: {max_grad_norm: 0.5}\n",
+     "grpo.max_grad_norm and runner_wrapper.max_grad_norm"),
+    ("ppo: {warmup_step: 3}\ngrpo: {warmup_step: 4}\n", "grpo.warmup_step and ppo.warmup_step"),
+])
+def test_a_setting_written_under_both_names_is_refused(tmp_path, text, both):
+    path = write(tmp_path / "both.yaml", text)
+    with pytest.raises(ConfigError, match=f"both.yaml: {both} both set") as err:
+        load_config(str(path))
+    assert "\n" not in str(err.value)
+
+
+def test_a_setting_overridden_under_both_names_is_refused():
+    with pytest.raises(ConfigError, match="--set: ppo.eps and optimizer.eps both set optimizer.eps"):
+        load_config(None, ["optimizer.eps=1e-6", "ppo.eps=1e-7"])
+
+
+def test_seed_recipes_map_as_the_predecessor_read_them():
+    """The 124M PPO recipe keeps MindRLHF's PPOConfig values in its ppo section: lr 9e-6 with 3200 warmup steps,
+    cosine to 1e-10 at 200000, weight decay 0.01, loss scale 4096; the base recipe's SFT settings stay its own."""
+    cfg = load_config(str(CONFIG_DIR / "gpt2_config" / "run_gpt2_124m_ppo.yaml"))
+    sched, opt = cfg.lr_schedule, cfg.optimizer
+    assert (sched.type, sched.learning_rate, sched.lr_end, sched.warmup_steps, sched.total_steps) == (
+        "cosine", 9e-6, 1e-10, 3200, 200000)
+    assert (opt.learning_rate, opt.beta2, opt.weight_decay, cfg.runner_wrapper.loss_scale_value) == (
+        9e-6, 0.95, 0.01, 4096.0)
+    assert (cfg.ppo.num_rollouts, cfg.ppo.batch_size, cfg.ppo.generation.max_new_tokens) == (8, 2, 512)
+    sft = load_config(str(CONFIG_DIR / "gpt2_config" / "run_gpt2_124m.yaml"))
+    assert (sft.optimizer.learning_rate, sft.lr_schedule.type) == (1e-4, "polynomial")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mindformers settings with no effect here
+
+
+def test_mindformers_only_keys_are_dropped_with_a_warning(tmp_path, caplog):
+    text = ("runner_config:\n  epochs: 2\n  sink_mode: True\n  sink_size: 2\n"
+            "parallel_config:\n  micro_batch_num: 1\n  vocab_emb_dp: False\n  gradient_aggregation_group: 4\n")
+    path = write(tmp_path / "mf.yaml", text)
+    with caplog.at_level("WARNING", logger="mindrlhf.config"):
+        cfg = load_config(str(path))
+    assert cfg.runner_config.epochs == 2 and cfg.parallel_config == RunConfig().parallel_config
+    warned = [r.getMessage() for r in caplog.records if r.name == "mindrlhf.config"]
+    assert len(warned) == 5 and all(m.startswith(f"{path}: ") and "ignored" in m for m in warned)
+    assert any("runner_config.sink_size is a mindformers setting" in m for m in warned)
+    dropped = {key for keys in config_module.MINDFORMERS_ONLY_KEYS.values() for key in keys}
+    for cls in (config_module.RunnerConfig, config_module.ParallelConfig):  # not fields: nothing could read them
+        assert not {f.name for f in dataclasses.fields(cls)} & dropped
+    with pytest.raises(ConfigError, match="runner_config.sink_sise: unknown key"):  # only the listed names
+        load_config(None, ["runner_config.sink_sise=2"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the sections a stage reads
+
+
+def recipe_stages(name: str) -> tuple:
+    """The stages a bundled recipe is for, by its name (a base model recipe serves SFT and the reward model)."""
+    for suffix, stage in (("_sft", "sft"), ("_rm", "rm"), ("_dpo", "dpo"), ("_ppo", "ppo"), ("_grpo", "grpo")):
+        if name.endswith(suffix + ".yaml"):
+            return (stage,)
+    return ("sft", "rm")
+
+
+def test_every_recipe_loads_for_its_stages():
+    recipes = sorted(CONFIG_DIR.glob("*_config/*.yaml"))
+    assert len(recipes) > 30
+    for path in recipes:
+        for stage in recipe_stages(path.name):
+            load_config(str(path), stage=stage)
+
+
+@pytest.mark.parametrize("text, stage, section", [
+    ("ppo: {kl_coef: 0.1}\n", "sft", "ppo"),
+    ("grpo: {beta: 0.0}\n", "ppo", "grpo"),
+    ("reward: {loss_type: end}\n", "dpo", "reward"),
+    ("dpo: {beta: 0.2}\n", "rm", "dpo"),
+    ("train_dataset: {batch_size: 2}\n", "ppo", "train_dataset"),
+    ("eval_dataset: {batch_size: 2}\n", "sft", "eval_dataset"),
+])
+def test_a_section_the_stage_never_reads_is_refused(tmp_path, text, stage, section):
+    path = write(tmp_path / "r.yaml", text)
+    with pytest.raises(ConfigError, match=f"^{path}: section '{section}' is not read by the {stage} stage$"):
+        load_config(str(path), stage=stage)
+    load_config(str(path))  # read for its model only: not refused
+
+
+def test_stage_sections_are_checked_in_the_file_and_overrides_not_in_bases(tmp_path):
+    write(tmp_path / "base.yaml", "ppo: {kl_coef: 0.1}\ngeneration: {max_new_tokens: 8}\n")
+    top = write(tmp_path / "sft.yaml", "base_config: base.yaml\nrunner_config: {epochs: 2}\noptimizer: {eps: 1e-6}\n")
+    assert load_config(str(top), stage="sft").ppo.kl_coef == 0.1  # inherited: a shared base carries it
+    with pytest.raises(ConfigError, match="--set: section 'ppo' is not read by the sft stage"):
+        load_config(str(top), ["ppo.kl_coef=0.2"], stage="sft")
+    with pytest.raises(ConfigError, match="stage 'pretrain' is not one of sft, rm, dpo, ppo, grpo"):
+        load_config(str(top), stage="pretrain")

@@ -286,7 +286,10 @@ def test_qwen2_5_7b_grpo_recipe_mirrors_the_predecessor_settings():
     grpo = cfg.grpo
     assert (grpo.num_generations, grpo.num_prompts, grpo.beta, grpo.epsilon_low, grpo.epsilon_high) == (
         8, 4, 0.01, 0.2, 0.2)
-    assert (grpo.start_lr, grpo.end_lr, grpo.warmup_step, grpo.weight_decay) == (5e-7, 1e-10, 10, 0.01)
+    opt, sched = cfg.optimizer, cfg.lr_schedule
+    assert (opt.learning_rate, sched.lr_end, sched.warmup_steps, opt.weight_decay) == (5e-7, 1e-10, 10, 0.01)
+    assert (sched.type, sched.learning_rate, sched.total_steps, cfg.runner_wrapper.loss_scale_value) == (
+        "cosine", 5e-7, 200000, 1.0)
     assert (grpo.generation.max_new_tokens, grpo.generation.temperature) == (512, 0.8)
     assert [(f["name"], f["weight"]) for f in grpo.reward_funcs] == [("accuracy", 1.0), ("format", 1.0)]
     assert cfg.model.model_config.type == "qwen2" and cfg.model.model_config.seq_length == 8192

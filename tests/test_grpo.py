@@ -22,7 +22,7 @@ from mindrlhf.train.checkpoint import read_ckpt
 from mindrlhf.train.rollout import RewardMix
 from mindrlhf.train.grpo import (GRPOTrainer, build_policy_and_ref, format_grpo_line,
                                  grpo_prompt_source, repeat_prompts, train_grpo)
-from tests.helpers import PAD, parameter_arrays, set_mode, tiny_gpt2_config
+from tests.helpers import PAD, parameter_arrays, rl_training_sections, set_mode, tiny_gpt2_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = {"gpt2": os.path.join(ROOT, "model_configs", "gpt2_config", "run_gpt2_tiny_grpo.yaml"),
@@ -80,13 +80,14 @@ class DigitTokenizer:
         return " ".join(str(i) for i in ids)
 
 
-def run_config(out: str, width: int = 32, max_new_tokens: int = 8, temperature: float = 1.0, **grpo) -> RunConfig:
-    base = dict(epochs=2, num_prompts=4, num_generations=4, batch_size=8, num_iterations=1, start_lr=3e-3,
-                end_lr=3e-3, beta=0.01, weight_decay=0.0, loss_scale_value=1.0)
+def run_config(out: str, width: int = 32, max_new_tokens: int = 8, temperature: float = 1.0, eps: float = 1e-8,
+               **grpo) -> RunConfig:
+    base = dict(epochs=2, num_prompts=4, num_generations=4, batch_size=8, num_iterations=1, beta=0.01)
     cfg = GRPOConfig(**{**base, **grpo},
                      generation=GenerationConfig(max_new_tokens=max_new_tokens, top_k=0, temperature=temperature))
     model = tiny_gpt2_config(vocab_size=VOCAB, seq_length=32, hidden_size=width, intermediate_size=4 * width)
-    return RunConfig(output_dir=out, model=ModelSection(model), grpo=cfg)
+    return RunConfig(output_dir=out, model=ModelSection(model), grpo=cfg,
+                     **rl_training_sections(3e-3, weight_decay=0.0, eps=eps))
 
 
 @pytest.fixture

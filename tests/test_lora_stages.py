@@ -56,7 +56,7 @@ def test_lora_sft_trains_adapters_only_and_its_checkpoint_loads_merged(train_fil
 
 
 def lora_ppo_config(out, epochs=3):
-    cfg = run_config(out, epochs=epochs, start_lr=2e-2, end_lr=2e-2)
+    cfg = run_config(out, epochs=epochs, lr=2e-2)
     return dataclasses.replace(cfg, lora=LORA)
 
 

@@ -85,7 +85,7 @@ def test_activation_and_cache_formulas_by_hand():
 def test_llama_7b_ppo_stage_sharding_and_lora_reference():
     """Optimizer states divide by the data-parallel degree when sharded; the LoRA reference holds nothing; the
     rollout cache is 2 * 32 layers * chunk 2 * 32 heads * 4096 * 128 * 2 bytes = 4 GiB."""
-    config = load_config(recipe("llama2_config/run_llama2_7b.yaml"))
+    config = load_config(recipe("llama2_config/run_llama2_7b_ppo.yaml"))
     result = mp.plan("ppo", config, mp.Layout(8, True))
     policy, reference, reward = result["full"]
     assert [m.role for m in result["full"]] == ["policy", "reference", "reward"]
@@ -111,7 +111,7 @@ def test_stage_from_recipe():
     assert mp.infer_stage(recipe("gpt2_config/run_gpt2_tiny_rm.yaml")) == "rm"
     assert mp.infer_stage(recipe("gpt2_config/run_gpt2_tiny_sft.yaml")) == "sft"
     assert mp.infer_stage(recipe("llama2_config/run_tinystories_656k_grpo.yaml")) == "grpo"
-    assert mp.infer_stage(recipe("gpt2_config/run_gpt2_124m.yaml")) == "ppo"  # by its ppo section
+    assert mp.infer_stage(recipe("gpt2_config/run_gpt2_124m_ppo.yaml")) == "ppo"  # by its ppo section
 
 
 def test_lora_target_that_matches_nothing():
@@ -127,7 +127,7 @@ def mindrlhf(*args):
 
 
 def test_command_prints_table_and_verdicts():
-    proc = mindrlhf("--config", recipe("llama2_config/run_llama2_7b.yaml"), "--stage", "ppo", "--devices", "8",
+    proc = mindrlhf("--config", recipe("llama2_config/run_llama2_7b_ppo.yaml"), "--stage", "ppo", "--devices", "8",
                     "--device_memory", "32GB")
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()

@@ -13,11 +13,11 @@ from mindspore import Tensor
 
 from mindrlhf.config import ConfigError
 from mindrlhf.models import CausalLM, Critic, RewardModel, TokenLogProbs, list_backbones, token_logprobs
-from mindrlhf.models.convert import save_hf_checkpoint
+from mindrlhf.models.convert import model_config_from_hf_folder, save_hf_checkpoint
 from mindrlhf.models.registry import backbone_class
 from tests.helpers import (FIRST_TEXT_ID, TINY_CONFIGS, load_transformers, max_abs_diff, ms_numpy, padded_batch,
-                           parameter_arrays, positions_from_mask, randomize_parameters, tiny_llama_config,
-                           torch_forward)
+                           parameter_arrays, positions_from_mask, randomize_parameters, set_mode, tiny_bloom_config,
+                           tiny_llama_config, torch_forward)
 
 TOL = 1e-4
 FAMILIES = sorted(TINY_CONFIGS)
@@ -167,3 +167,30 @@ def test_batch_builder_keeps_pad_ids_out_of_text():
     ids, mask = padded_batch(tiny_llama_config(), side="left")
     assert (ids[mask == 1] >= FIRST_TEXT_ID).all() and (ids[mask == 0] == 0).all()
     assert mask.sum(1).tolist() == [8, 5, 2] and mask[:, -1].all()
+
+
+@pytest.mark.parametrize("family, hidden_act, hf_name", [
+    ("gpt2", "gelu_exact", "gelu"), ("gpt2", "silu", "silu"), ("gpt2", "relu", "relu"),
+    ("llama", "gelu", "gelu_new"), ("llama", "relu", "relu"),
+])
+def test_hidden_act_selects_the_mlp_activation(family, hidden_act, hf_name, tmp_dir):
+    """Each family's MLP computes ``model_config.hidden_act``: the export names it in ``config.json`` and
+    ``transformers`` (ACT2FN) computes the same logits; the same weights under the family default differ."""
+    set_mode("graph")
+    cfg = TINY_CONFIGS[family](hidden_act=hidden_act)
+    lm = CausalLM(cfg)
+    hf = exported(lm, cfg, tmp_dir)
+    key = "activation_function" if family == "gpt2" else "hidden_act"
+    assert getattr(hf.config, key) == hf_name
+    ids, mask = padded_batch(cfg)
+    ours = ms_numpy(lm, ids, mask)
+    assert max_abs_diff(ours, torch_forward(hf, ids, mask).logits.numpy(), mask) <= TOL
+    default = CausalLM(TINY_CONFIGS[family](hidden_act=None))
+    ms.load_param_into_net(default, {name: ms.Parameter(value) for name, value in parameter_arrays(lm).items()})
+    assert max_abs_diff(ms_numpy(default, ids, mask), ours, mask) > 3 * TOL  # (erf vs tanh GELU: ~8e-4 here)
+    assert model_config_from_hf_folder(tmp_dir).hidden_act == hidden_act  # read back from config.json
+
+
+def test_bloom_refuses_an_activation_its_checkpoints_cannot_name():
+    with pytest.raises(ConfigError, match="hidden_act: BLOOM's MLP is the tanh GELU .gelu., got 'silu'"):
+        CausalLM(tiny_bloom_config(hidden_act="silu"))

@@ -17,7 +17,8 @@ from mindrlhf.models import CausalLM, RewardModel
 from mindrlhf.models.convert import load_ckpt, save_ckpt
 from mindrlhf.train.checkpoint import read_ckpt
 from mindrlhf.train.ppo import (PPOTrainer, build_ppo_models, format_ppo_line, prompt_source, train_ppo)
-from tests.helpers import PAD, parameter_arrays, set_mode, tiny_gpt2_config, tiny_llama_config
+from tests.helpers import (PAD, parameter_arrays, rl_training_sections, set_mode, tiny_gpt2_config,
+                           tiny_llama_config)
 
 VOCAB, WIDTH, PRETRAIN = 64, 8, 17
 TARGET = 7  # the token the analytic reward pays for
@@ -50,15 +51,15 @@ def target_reward(prompts, responses):
     return [float(np.mean([t == TARGET for t in r])) for r in responses]
 
 
-def run_config(out: str, family=tiny_gpt2_config, width: int = 32, **ppo) -> RunConfig:
-    base = dict(epochs=2, num_rollouts=8, chunk_size=4, batch_size=4, ppo_epochs=1, start_lr=3e-3, end_lr=3e-3,
-                kl_coef=0.01, loss_scale_value=1.0)
+def run_config(out: str, family=tiny_gpt2_config, width: int = 32, lr: float = 3e-3, eps: float = 1e-8,
+               **ppo) -> RunConfig:
+    base = dict(epochs=2, num_rollouts=8, chunk_size=4, batch_size=4, ppo_epochs=1, kl_coef=0.01)
     settings = {**base, **ppo}
     generation = settings.pop("max_new_tokens", 8)
     cfg = PPOConfig(**settings)
     cfg.generation = dataclasses.replace(cfg.generation, max_new_tokens=generation)
     model = family(vocab_size=VOCAB, seq_length=32, hidden_size=width, intermediate_size=4 * width)
-    return RunConfig(output_dir=out, model=ModelSection(model), ppo=cfg)
+    return RunConfig(output_dir=out, model=ModelSection(model), ppo=cfg, **rl_training_sections(lr, eps=eps))
 
 
 @pytest.fixture

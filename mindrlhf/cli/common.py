@@ -103,7 +103,7 @@ def setup_run(args, with_log: bool = True) -> RunConfig:
     from it and (``with_log``) rank 0's log file attached under its ``output_dir``."""
     from mindrlhf.train.monitor import attach_rank_log
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, stage=getattr(args, "stage", None))
     apply_device_target(cfg.context, args.device_target)
     init_context(cfg.context, cfg.seed)
     if with_log:

@@ -59,7 +59,7 @@ def prepare(args):
     from mindrlhf.rewards import CombinedReward, load_reward_funcs
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, stage="dpo")
         if args.output_dir:
             cfg.output_dir = args.output_dir
         judge = None

@@ -79,7 +79,7 @@ def prepare(args):
     any policy is built. A bad recipe, override, tokenizer or reward function stops the command with one
     ``error: ...`` line (exit status 1), not a traceback."""
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, stage="grpo")
         for name in ("device_target", "mode"):
             if getattr(args, name) is not None:
                 setattr(cfg.context, name, getattr(args, name))

@@ -15,7 +15,7 @@
     mindrlhf grpo --config run_tinystories_656k_grpo.yaml --dataset_dir prompts.mindrecord
     mindrlhf eval --baseline tinystories --candidate ppo_hf --question_set mt_bench --reward_funcs sentiment
     mindrlhf dpo --config run_gpt2_tiny_dpo.yaml --train_dataset train.mindrecord --sft_checkpoint sft/checkpoint
-    mindrlhf plan-memory --config run_llama2_7b.yaml --stage ppo --devices 8 --device_memory 32GB
+    mindrlhf plan-memory --config run_llama2_7b_ppo.yaml --stage ppo --devices 8 --device_memory 32GB
     mindrlhf loss-plot --log_file output/log/rank_0/info.log --output_file_dir loss_dir
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """PPO (stage 3) with the seed tutorial's ``train.py`` flags:
 
-    mindrlhf ppo --dataset_dir ppo_prompts.mindrecord --sft_model_path run_gpt2_124m.yaml \\
+    mindrlhf ppo --dataset_dir ppo_prompts.mindrecord --sft_model_path run_gpt2_124m_ppo.yaml \\
         --reward_model_path run_gpt2_124m_rm.yaml --sft_checkpoint sft/checkpoint --reward_checkpoint rm/checkpoint
 
 ``--align_type rlhf_stages`` splits an iteration into two processes (the predecessor's ``make_experience.py`` and
@@ -75,7 +75,7 @@ def run_ppo(args) -> int:
     from mindrlhf.train.ppo import train_ppo
 
     stage = _stage(args)
-    cfg = load_config(args.sft_model_path, args.overrides)
+    cfg = load_config(args.sft_model_path, args.overrides, stage="ppo")
     for name in ("device_target", "mode", "max_device_memory"):
         if getattr(args, name) is not None:
             setattr(cfg.context, name, getattr(args, name))

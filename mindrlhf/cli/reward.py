@@ -41,7 +41,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run_mode", default="train", choices=["train"], help="kept for seed compatibility")
     add_use_parallel_argument(parser)
     add_overwrite_flag(parser)
-    parser.set_defaults(func=run_train)
+    parser.set_defaults(func=run_train, stage="rm")
 
 
 def add_eval_args(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +52,7 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
                         help="True: evaluate every checkpoint; False: only the newest")
     parser.add_argument("--eval_dataset", default="", help="preference MindRecord (default: the YAML's "
                         "eval_dataset.data_loader.dataset_dir)")
-    parser.set_defaults(func=run_eval)
+    parser.set_defaults(func=run_eval, stage="rm")
 
 
 def add_infer_args(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +65,7 @@ def add_infer_args(parser: argparse.ArgumentParser) -> None:
                         "a warning)")
     parser.add_argument("--output_file", default=None, help="JSONL of {prompt, response, score}, one line per "
                         "scored response (default: <output_dir>/infer/scores.jsonl)")
-    parser.set_defaults(func=run_infer)
+    parser.set_defaults(func=run_infer, stage="rm")
 
 
 def add_reward_parser(sub) -> None:

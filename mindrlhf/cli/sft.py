@@ -32,7 +32,7 @@ def add_sft_args(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     add_use_parallel_argument(parser)
     add_overwrite_flag(parser)
-    parser.set_defaults(func=run_sft)
+    parser.set_defaults(func=run_sft, stage="sft")
 
 
 def add_sft_parser(sub) -> None:

@@ -59,10 +59,13 @@ class BloomAttention(nn.Cell):
 
 
 class BloomMLP(nn.Cell):
-    """``dense_4h_to_h(gelu(dense_h_to_4h(x)))`` (BLOOM's GELU is the tanh approximation)."""
+    """``dense_4h_to_h(gelu(dense_h_to_4h(x)))`` (BLOOM's GELU is the tanh approximation, fixed: Hugging Face's
+    ``BloomConfig`` has no activation field, so ``hidden_act`` can only be gelu)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        if cfg.hidden_act not in (None, "gelu"):
+            raise ConfigError(f"model_config.hidden_act: BLOOM's MLP is the tanh GELU (gelu), got {cfg.hidden_act!r}")
         self.dense_h_to_4h, self.dense_4h_to_h = mlp_projections(cfg, 4 * cfg.hidden_size)
 
     def construct(self, x):

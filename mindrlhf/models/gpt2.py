@@ -7,10 +7,10 @@ import numpy as np
 from mindspore import nn, ops
 
 from mindrlhf.config import ModelConfig
-from mindrlhf.models.layers import (Attention, Backbone, Embedding, LayerNorm, Linear, attention_inputs,
-                                    dropout, gelu_tanh, mlp_projections, ms_dtype, split_heads)
-from mindrlhf.models.registry import (CheckpointError, HFLayout, MindformersLayout, ModelFamily, hf_field,
-                                      hf_special_ids, register_family)
+from mindrlhf.models.layers import (Attention, Backbone, Embedding, LayerNorm, Linear, activation, attention_inputs,
+                                    dropout, mlp_projections, ms_dtype, split_heads)
+from mindrlhf.models.registry import (HF_ACTIVATION_NAMES, HFLayout, MindformersLayout, ModelFamily, hf_activation,
+                                      hf_field, hf_special_ids, register_family)
 
 
 class GPT2Attention(nn.Cell):
@@ -34,15 +34,16 @@ class GPT2Attention(nn.Cell):
 
 
 class GPT2MLP(nn.Cell):
-    """``c_proj(gelu(c_fc(x)))`` with the tanh GELU GPT-2 was trained with."""
+    """``c_proj(act(c_fc(x)))``, ``act`` = ``hidden_act`` (default: the tanh GELU GPT-2 was trained with)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.c_fc, self.c_proj = mlp_projections(cfg, cfg.intermediate_size or cfg.expand_ratio * cfg.hidden_size)
         self.dropout = dropout(cfg.hidden_dropout_rate)
+        self.act = activation(cfg.hidden_act or "gelu")
 
     def construct(self, x):
-        return self.dropout(self.c_proj(gelu_tanh(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 class GPT2Block(nn.Cell):
@@ -97,18 +98,13 @@ class GPT2Model(Backbone):
         return self.ln_f(x)
 
 
-GELU_TANH_NAMES = ("gelu_new", "gelu_pytorch_tanh")  # Hugging Face's names of the tanh-approximated GELU
-
-
 def gpt2_config_from_hf(hf: dict, source: str) -> ModelConfig:
     """``GPT2Config`` fields -> :class:`ModelConfig`."""
-    act = hf.get("activation_function", "gelu_new")
-    if act not in GELU_TANH_NAMES:
-        raise CheckpointError(f"{source}: field 'activation_function' {act!r} is not supported (gelu_new only)")
     return ModelConfig(
         type="gpt2", vocab_size=hf_field(hf, "vocab_size", source), hidden_size=hf_field(hf, "n_embd", source),
         num_layers=hf_field(hf, "n_layer", source), num_heads=hf_field(hf, "n_head", source),
-        intermediate_size=hf.get("n_inner"), seq_length=hf_field(hf, "n_positions", source), hidden_act="gelu",
+        intermediate_size=hf.get("n_inner"), seq_length=hf_field(hf, "n_positions", source),
+        hidden_act=hf_activation(hf, source, "activation_function", "gelu_new"),
         layernorm_epsilon=hf.get("layer_norm_epsilon", 1e-5), **hf_special_ids(hf, None, 50256, None))
 
 
@@ -116,7 +112,8 @@ def gpt2_config_to_hf(cfg: ModelConfig) -> dict:
     """:class:`ModelConfig` -> ``GPT2Config`` fields."""
     return {"n_embd": cfg.hidden_size, "n_layer": cfg.num_layers, "n_head": cfg.num_heads,
             "n_inner": cfg.intermediate_size, "n_positions": cfg.seq_length, "n_ctx": cfg.seq_length,
-            "activation_function": "gelu_new", "layer_norm_epsilon": cfg.layernorm_epsilon,
+            "activation_function": HF_ACTIVATION_NAMES[cfg.hidden_act or "gelu"],
+            "layer_norm_epsilon": cfg.layernorm_epsilon,
             "resid_pdrop": cfg.hidden_dropout_rate, "embd_pdrop": cfg.hidden_dropout_rate,
             "attn_pdrop": cfg.attention_dropout_rate}
 

@@ -142,6 +142,17 @@ def gelu_tanh(x):
     return 0.5 * x * (1.0 + ops.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
 
 
+def gelu_exact(x):
+    """GELU with the error function, ``0.5 x (1 + erf(x / sqrt(2)))``."""
+    return ops.gelu(x, approximate="none")
+
+
+def activation(name: str):
+    """The elementwise MLP activation ``ModelConfig.hidden_act`` names (already validated): gelu (tanh
+    approximation), gelu_exact, silu or relu."""
+    return {"gelu": gelu_tanh, "gelu_exact": gelu_exact, "silu": ops.silu, "relu": ops.relu}[name]
+
+
 def positions_from_mask(attention_mask):
     """Position ids that count only real tokens: ``clip(cumsum(mask) - 1, 0)``.
 

@@ -7,10 +7,11 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from mindrlhf.config import ModelConfig
-from mindrlhf.models.layers import (Attention, Backbone, Embedding, Linear, RMSNorm, attention_inputs,
+from mindrlhf.models.layers import (Attention, Backbone, Embedding, Linear, RMSNorm, activation, attention_inputs,
                                     ms_dtype, split_heads)
-from mindrlhf.models.registry import (CheckpointError, HFLayout, MindformersLayout, ModelFamily, hf_field,
-                                      hf_rope_theta, hf_special_ids, register_family, rename_by_pairs)
+from mindrlhf.models.registry import (HF_ACTIVATION_NAMES, CheckpointError, HFLayout, MindformersLayout, ModelFamily,
+                                      hf_activation, hf_field, hf_rope_theta, hf_special_ids, register_family,
+                                      rename_by_pairs)
 
 
 def llama_intermediate_size(cfg: ModelConfig) -> int:
@@ -71,7 +72,7 @@ class LlamaAttention(nn.Cell):
 
 
 class LlamaMLP(nn.Cell):
-    """SwiGLU: ``down_proj(silu(gate_proj(x)) * up_proj(x))``."""
+    """Gated MLP: ``down_proj(act(gate_proj(x)) * up_proj(x))``, ``act`` = ``hidden_act`` (default silu: SwiGLU)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -81,9 +82,10 @@ class LlamaMLP(nn.Cell):
         self.gate_proj = Linear(cfg.hidden_size, width, **dtypes)
         self.up_proj = Linear(cfg.hidden_size, width, **dtypes)
         self.down_proj = Linear(width, cfg.hidden_size, **dtypes)
+        self.act = activation(cfg.hidden_act or "silu")
 
     def construct(self, x):
-        return self.down_proj(ops.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
 class LlamaDecoderLayer(nn.Cell):
@@ -145,7 +147,8 @@ def rotary_config_from_hf(hf: dict, source: str, family_name: str, defaults) -> 
         hidden_size=hf_field(hf, "hidden_size", source), num_layers=hf_field(hf, "num_hidden_layers", source),
         num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
         intermediate_size=hf_field(hf, "intermediate_size", source),
-        seq_length=hf.get("max_position_embeddings", 4096), hidden_act="silu",
+        seq_length=hf.get("max_position_embeddings", 4096),
+        hidden_act=hf_activation(hf, source, "hidden_act", "silu"),
         rms_norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=hf_rope_theta(hf, source),
         **hf_special_ids(hf, *defaults))
 
@@ -155,8 +158,8 @@ def rotary_config_to_hf(cfg: ModelConfig) -> dict:
     return {"hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers,
             "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
             "intermediate_size": llama_intermediate_size(cfg), "max_position_embeddings": cfg.seq_length,
-            "hidden_act": "silu", "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta,
-            "attention_dropout": cfg.attention_dropout_rate}
+            "hidden_act": HF_ACTIVATION_NAMES[cfg.hidden_act or "silu"], "rms_norm_eps": cfg.rms_norm_eps,
+            "rope_theta": cfg.rope_theta, "attention_dropout": cfg.attention_dropout_rate}
 
 
 def llama_config_from_hf(hf: dict, source: str) -> ModelConfig:

@@ -134,6 +134,25 @@ def build_backbone(cfg: ModelConfig, recompute: bool = False):
 _MISSING = object()
 
 
+# Hugging Face's activation names (transformers ACT2FN) -> ``ModelConfig.hidden_act``, and back
+HF_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact", "silu": "silu",
+                  "swish": "silu", "relu": "relu"}
+HF_ACTIVATION_NAMES = {"gelu": "gelu_new", "gelu_exact": "gelu", "silu": "silu", "relu": "relu"}
+
+
+def hf_activation(hf: Dict[str, Any], source: str, key: str, default: str) -> str:
+    """``ModelConfig.hidden_act`` for the Hugging Face activation named by ``config.json``'s ``key``.
+
+    Raises:
+        CheckpointError: for an activation no family cell computes, naming the file and the field.
+    """
+    name = hf.get(key, default)
+    if name not in HF_ACTIVATIONS:
+        raise CheckpointError(f"{source}: field {key!r} {name!r} is not supported (one of "
+                              f"{', '.join(HF_ACTIVATIONS)})")
+    return HF_ACTIVATIONS[name]
+
+
 def hf_field(hf: Dict[str, Any], key: str, source: str, default: Any = _MISSING) -> Any:
     """``hf[key]``; a missing required field is a :class:`CheckpointError` naming the file and the field."""
     value = hf.get(key, default)

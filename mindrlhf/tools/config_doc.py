@@ -249,17 +249,34 @@ A value of the wrong type is refused naming its key, and impossible combinations
 `num_heads`, `ppo.num_rollouts` not a multiple of `ppo.chunk_size`, ...) are refused with what to change. The
 config a run actually used, every override applied, is written to `<output_dir>/resolved_config.yaml`.
 
-**PPO** reads the policy recipe's `model`, `context`, `parallel_config` and `recompute_config` sections and its
-`ppo` section; as in MindRLHF, its optimizer, learning-rate schedule and loss scale come from `ppo`, not from
-`optimizer`, `lr_schedule` and `runner_wrapper`.
+**PPO and GRPO** read the policy recipe's `model`, `context`, `parallel_config` and `recompute_config` sections,
+their own `ppo` / `grpo` section, and, like SFT, the reward model and DPO, the optimizer, learning-rate schedule
+and loss scale from `optimizer`, `lr_schedule` and `runner_wrapper`.
+
+## Seed names
+
+MindRLHF's `PPOConfig` named the optimizer settings itself. Those names are accepted in a recipe's `ppo` and
+`grpo` sections and moved, as each file is read, to the keys below; a name of the learning-rate schedule also sets
+`lr_schedule.type: cosine` and `lr_schedule.warmup_ratio: 0.0` (MindRLHF's cosine after linear warmup steps)
+unless the same file sets them. A file (or the `--set` list) that sets one value under both names, or one seed
+name in both `ppo` and `grpo`, is refused naming both keys.
+
+{seed_names}
 """
+
+
+def seed_name_table() -> str:
+    """The Markdown table of :data:`mindrlhf.config.SEED_NAMES`."""
+    rows = [f"| `{name}` | {', '.join(f'`{t}`' for t in targets)} |" for name, targets in
+            config_module.SEED_NAMES.items()]
+    return "\n".join(["| seed name (`ppo.` / `grpo.`) | sets |", "|---|---|", *rows])
 
 
 def render(sections: Sequence[Section]) -> str:
     """The Markdown page."""
     lines = ["# Configuration reference", "",
              f"<!-- Generated from mindrlhf/config.py by `{COMMAND}`; do not edit by hand. -->", "",
-             INTRO.format(rules=_loading_rules()), "## Sections", ""]
+             INTRO.format(rules=_loading_rules(), seed_names=seed_name_table()), "## Sections", ""]
     for section in sections:
         title = section.path or "top level"
         lines.append(f"- [`{title}`](#{anchor(title)}): {markdown_cell(class_summary(section.cls))}"

@@ -1,6 +1,6 @@
 """Memory planner: how much device memory a recipe needs per device, full training and LoRA, before it runs.
 
-    mindrlhf plan-memory --config model_configs/llama2_config/run_llama2_7b.yaml --stage ppo \
+    mindrlhf plan-memory --config model_configs/llama2_config/run_llama2_7b_ppo.yaml --stage ppo \
         --devices 8 --device_memory 32GB
 
 For the stage a recipe configures (SFT, reward model, PPO, GRPO, DPO), each model the stage holds (policy,
@@ -193,7 +193,7 @@ def layer_activation_elements(cfg: ModelConfig, batch: int, seq: int) -> int:
     4 for SwiGLU: gate, up, activation, product) and the softmax probabilities of the ``a`` heads.
     """
     kv = cfg.num_kv_heads * cfg.head_dim
-    inner = 4 if cfg.hidden_act == "silu" else 2
+    inner = 4 if cfg.type in ("llama", "qwen2") else 2  # the gated MLP of the Llama layout
     sb = seq * batch
     return sb * (6 * cfg.hidden_size + 2 * kv + inner * mlp_width(cfg)) + cfg.num_heads * seq * seq * batch
 

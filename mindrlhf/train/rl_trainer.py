@@ -134,14 +134,13 @@ class RLTrainer:
 
     def build(self, loss_net: nn.Cell, state: RLState, resume: str = "") -> None:
         """The optimizer over ``loss_net``'s trainable parameters, the train step and its loop; then resume."""
-        algo = self.algo
+        cfg = self.cfg
         self.loss_net, self.state = loss_net, state
-        self.total_steps = algo.epochs * algo.steps_per_epoch
-        optimizer = build_optimizer(loss_net.trainable_params(), algo.optimizer_config(), algo.lr_schedule_config(),
-                                    self.total_steps)
-        self.step = TrainStep(loss_net, optimizer, algo.loss_scale_config(), has_aux=True)
-        self.loop = UpdateLoop(self.step, lr_table(algo.lr_schedule_config(), algo.optimizer_config(),
-                                                   self.total_steps), self.metric_names)
+        self.total_steps = self.algo.epochs * self.algo.steps_per_epoch
+        optimizer = build_optimizer(loss_net.trainable_params(), cfg.optimizer, cfg.lr_schedule, self.total_steps)
+        self.step = TrainStep(loss_net, optimizer, cfg.runner_wrapper, has_aux=True)
+        self.loop = UpdateLoop(self.step, lr_table(cfg.lr_schedule, cfg.optimizer, self.total_steps),
+                               self.metric_names)
         if resume:
             self._restore(resume)
         if self.rank_id == 0:
