@@ -14,6 +14,7 @@ from mindspore import Tensor
 from mindrlhf.config import ConfigError
 from mindrlhf.models import CausalLM, Critic, RewardModel, TokenLogProbs, list_backbones, token_logprobs
 from mindrlhf.models.convert import save_hf_checkpoint
+from mindrlhf.models.layers import FUSED_MAX_ROWS, GeluTanh
 from mindrlhf.models.registry import backbone_class
 from tests.helpers import (FIRST_TEXT_ID, TINY_CONFIGS, load_transformers, max_abs_diff, ms_numpy, padded_batch,
                            parameter_arrays, positions_from_mask, randomize_parameters, tiny_llama_config,
@@ -167,3 +168,23 @@ def test_batch_builder_keeps_pad_ids_out_of_text():
     ids, mask = padded_batch(tiny_llama_config(), side="left")
     assert (ids[mask == 1] >= FIRST_TEXT_ID).all() and (ids[mask == 0] == 0).all()
     assert mask.sum(1).tolist() == [8, 5, 2] and mask[:, -1].all()
+
+
+@pytest.mark.parametrize("rows", [4, 2 * FUSED_MAX_ROWS])  # the fused (decode-sized) and the elementwise path
+def test_gelu_backward_matches_torch(ms_mode, rows):
+    """GeluTanh's hand-written backward against torch's tanh GELU gradient (and its forward against torch's)."""
+    import torch
+
+    x = np.random.default_rng(5).normal(0.0, 3.0, (rows, 16)).astype(np.float32)  # the tails included
+    dout = np.random.default_rng(6).normal(size=x.shape).astype(np.float32)
+    gelu = GeluTanh()
+
+    def weighted(v, d):
+        return (gelu(v) * d).sum()
+
+    ours_grad = ms.grad(weighted, grad_position=0)(Tensor(x), Tensor(dout)).asnumpy()
+    ref_x = torch.tensor(x, requires_grad=True)
+    ref_y = torch.nn.functional.gelu(ref_x, approximate="tanh")
+    (ref_y * torch.tensor(dout)).sum().backward()
+    np.testing.assert_allclose(gelu(Tensor(x)).asnumpy(), ref_y.detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(ours_grad, ref_x.grad.numpy(), atol=1e-5)

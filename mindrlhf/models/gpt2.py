@@ -7,8 +7,8 @@ import numpy as np
 from mindspore import nn, ops
 
 from mindrlhf.config import ModelConfig
-from mindrlhf.models.layers import (Attention, Backbone, Embedding, LayerNorm, Linear, attention_inputs,
-                                    dropout, gelu_tanh, mlp_projections, ms_dtype, split_heads)
+from mindrlhf.models.layers import (Attention, Backbone, Embedding, GeluTanh, LayerNorm, Linear, attention_inputs,
+                                    dropout, mlp_projections, ms_dtype, split_heads)
 from mindrlhf.models.registry import (CheckpointError, HFLayout, MindformersLayout, ModelFamily, hf_field,
                                       hf_special_ids, register_family)
 
@@ -39,10 +39,11 @@ class GPT2MLP(nn.Cell):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.c_fc, self.c_proj = mlp_projections(cfg, cfg.intermediate_size or cfg.expand_ratio * cfg.hidden_size)
+        self.act = GeluTanh()
         self.dropout = dropout(cfg.hidden_dropout_rate)
 
     def construct(self, x):
-        return self.dropout(self.c_proj(gelu_tanh(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 class GPT2Block(nn.Cell):

@@ -11,8 +11,8 @@ from mindspore import Tensor, nn, ops
 
 from mindrlhf.config import ConfigError, ModelConfig
 from mindrlhf.models.gpt2 import gpt2_config_from_hf, gpt2_config_to_hf
-from mindrlhf.models.layers import (Attention, Backbone, Embedding, LayerNorm, Linear, attention_inputs,
-                                    dropout, gelu_tanh, mlp_projections, ms_dtype, split_heads)
+from mindrlhf.models.layers import (Attention, Backbone, Embedding, GeluTanh, LayerNorm, Linear, attention_inputs,
+                                    dropout, mlp_projections, ms_dtype, split_heads)
 from mindrlhf.models.registry import HFLayout, ModelFamily, register_family
 
 
@@ -89,10 +89,11 @@ class GPTJMLP(nn.Cell):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.fc_in, self.fc_out = mlp_projections(cfg, cfg.intermediate_size or 4 * cfg.hidden_size)
+        self.act = GeluTanh()
         self.dropout = dropout(cfg.hidden_dropout_rate)
 
     def construct(self, x):
-        return self.dropout(self.fc_out(gelu_tanh(self.fc_in(x))))
+        return self.dropout(self.fc_out(self.act(self.fc_in(x))))
 
 
 class GPTJBlock(nn.Cell):
