@@ -14,7 +14,7 @@ from mindspore import Tensor
 from mindrlhf.config import ConfigError
 from mindrlhf.models import CausalLM, Critic, RewardModel, TokenLogProbs, list_backbones, token_logprobs
 from mindrlhf.models.convert import save_hf_checkpoint
-from mindrlhf.models.layers import FUSED_MAX_ROWS, GeluTanh
+from mindrlhf.models.layers import FUSED_MAX_ROWS, GeluTanh, LayerNorm
 from mindrlhf.models.registry import backbone_class
 from tests.helpers import (FIRST_TEXT_ID, TINY_CONFIGS, load_transformers, max_abs_diff, ms_numpy, padded_batch,
                            parameter_arrays, positions_from_mask, randomize_parameters, tiny_llama_config,
@@ -188,3 +188,29 @@ def test_gelu_backward_matches_torch(ms_mode, rows):
     (ref_y * torch.tensor(dout)).sum().backward()
     np.testing.assert_allclose(gelu(Tensor(x)).asnumpy(), ref_y.detach().numpy(), atol=1e-5)
     np.testing.assert_allclose(ours_grad, ref_x.grad.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [4, 2 * FUSED_MAX_ROWS])  # the fused (decode-sized) and the matmul path
+def test_layernorm_backward_matches_torch(ms_mode, rows):
+    """LayerNorm's output and its input, weight and bias gradients against torch's ``layer_norm``."""
+    import torch
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(0.5, 2.0, (rows, 32)).astype(np.float32)
+    dout = rng.normal(size=x.shape).astype(np.float32)
+    weight, bias = rng.normal(1.0, 0.3, 32).astype(np.float32), rng.normal(0.0, 0.3, 32).astype(np.float32)
+    norm = LayerNorm(32, eps=1e-5)
+    norm.weight.set_data(Tensor(weight))
+    norm.bias.set_data(Tensor(bias))
+
+    def weighted(v, d):
+        return (norm(v) * d).sum()
+
+    dx, (dweight, dbias) = ms.grad(weighted, grad_position=0, weights=norm.trainable_params())(Tensor(x),
+                                                                                             Tensor(dout))
+    ref = [torch.tensor(a, requires_grad=True) for a in (x, weight, bias)]
+    ref_y = torch.nn.functional.layer_norm(ref[0], (32,), ref[1], ref[2], eps=1e-5)
+    (ref_y * torch.tensor(dout)).sum().backward()
+    np.testing.assert_allclose(norm(Tensor(x)).asnumpy(), ref_y.detach().numpy(), atol=1e-5)
+    for ours, theirs in zip((dx, dweight, dbias), ref):
+        np.testing.assert_allclose(ours.asnumpy(), theirs.grad.numpy(), rtol=1e-5, atol=1e-4)
