@@ -80,7 +80,7 @@ def test_two_workers_match_one_process(tmp_dir):
     assert reference.keys() == rank0.keys() == rank1.keys()
     assert max(np.abs(rank0[k] - rank1[k]).max() for k in rank0) == 0.0
     assert max(np.abs(rank0[k] - reference[k]).max() for k in rank0) <= 1e-5
-    # parallel_config.allreduce_bucket_mb (25 MB): every gradient (6.8 MB in all) in one fused all-reduce, plus
+    # parallel_config.allreduce_bucket_mb (25 MB): all 29 gradients (6.2 MiB) in one fused all-reduce, plus
     # the step's overflow-flag all-reduce, where the unfused graph has one per gradient
     counts = compiled_allreduces(graphs)
     assert len(counts) == 1 and counts[0][0] == 2, counts
