@@ -147,11 +147,12 @@ def gelu_tanh(x):
 
 
 def gelu_tanh_grad(x):
-    """``d gelu_tanh(x) / dx = s (1 + 2 k x (1 - s) (1 + 3 c x^2))``, ``s = sigmoid(2 k (x + c x^3))``;
-    elementwise, any shape."""
-    x2 = x * x
-    s = ops.sigmoid(2.0 * GELU_K * x * (1.0 + GELU_C * x2))
-    return s * (1.0 + 2.0 * GELU_K * x * (1.0 - s) * (1.0 + 3.0 * GELU_C * x2))
+    """``d gelu_tanh(x) / dx = s (1 + 2 k x (1 + 3 c x^2) (1 - s))``, ``s = sigmoid(2 k x (1 + c x^2))``;
+    elementwise, any shape (14 ops, the shared ``c x^2`` and ``2 k x`` computed once)."""
+    cx2 = GELU_C * (x * x)
+    kx2 = 2.0 * GELU_K * x
+    s = ops.sigmoid(kx2 * (1.0 + cx2))
+    return s * (1.0 + kx2 * (1.0 + 3.0 * cx2) * (1.0 - s))
 
 
 class GeluTanh(nn.Cell):
