@@ -148,7 +148,7 @@ class ParallelConfig:
     micro_batch_num: int = 1  # micro batches per step when pipeline_stage > 1
     optimizer_shard: bool = False  # shard optimizer states across data-parallel ranks
     vocab_emb_dp: bool = True  # keep the embedding table data-parallel
-    gradient_aggregation_group: int = 4  # mindformers' optimizer-shard fusion group; accepted, not read
+    gradient_aggregation_group: int = 4  # gradients fused per all-reduce
     allreduce_bucket_mb: int = 25  # gradients fused into data-parallel all-reduces of up to this many MB; 0 = off
 
     def __post_init__(self):
