@@ -24,6 +24,7 @@ compilation, optimizer state), then ``--steps`` timed steps, each synced on the 
 
     python benchmarks/train_efficiency.py [--batch 2] [--seq 256] [--steps 3] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,9 +58,15 @@ def model_config(seq: int):
     """The 124M recipe's model, float32 everywhere, dropout off, ``seq`` positions."""
     from mindrlhf.config import load_config
 
-    cfg = load_config(RECIPE, ["model.model_config.compute_dtype=float32", f"model.model_config.seq_length={seq}",
-                               "model.model_config.hidden_dropout_rate=0.0",
-                               "model.model_config.attention_dropout_rate=0.0"])
+    cfg = load_config(
+        RECIPE,
+        [
+            "model.model_config.compute_dtype=float32",
+            f"model.model_config.seq_length={seq}",
+            "model.model_config.hidden_dropout_rate=0.0",
+            "model.model_config.attention_dropout_rate=0.0",
+        ],
+    )
     return cfg.model.model_config
 
 
@@ -69,8 +76,13 @@ def step_flops(cfg, batch: int, seq: int) -> dict:
     tokens = batch * seq
     matmul_params = layers * 12 * hidden * hidden + vocab * hidden
     attention = 12 * layers * seq * hidden * tokens
-    return {"tokens": tokens, "matmul_params": matmul_params, "dense_flops": 6 * matmul_params * tokens,
-            "attention_flops": attention, "step_flops": 6 * matmul_params * tokens + attention}
+    return {
+        "tokens": tokens,
+        "matmul_params": matmul_params,
+        "dense_flops": 6 * matmul_params * tokens,
+        "attention_flops": attention,
+        "step_flops": 6 * matmul_params * tokens + attention,
+    }
 
 
 def batch_arrays(cfg, batch: int, seq: int) -> dict:
@@ -107,10 +119,10 @@ def ours_side(cfg, arrays: dict, steps: int) -> dict:
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     ms.set_seed(0)
     loss_net = SFTLoss(CausalLM(cfg))
-    optimizer = build_optimizer(loss_net.trainable_params(), OptimizerConfig(learning_rate=LEARNING_RATE),
-                                LrScheduleConfig(), 10_000)
-    step = TrainStep(loss_net, optimizer, LossScaleConfig(loss_scale_value=1.0, use_clip_grad=True,
-                                                          max_grad_norm=1.0))
+    optimizer = build_optimizer(
+        loss_net.trainable_params(), OptimizerConfig(learning_rate=LEARNING_RATE), LrScheduleConfig(), 10_000
+    )
+    step = TrainStep(loss_net, optimizer, LossScaleConfig(loss_scale_value=1.0, use_clip_grad=True, max_grad_norm=1.0))
     step.set_train(True)
     inputs = [Tensor(arrays[k]) for k in ("input_ids", "attention_mask", "loss_mask")]
     step_times = median_time(lambda: step(*inputs)[0].asnumpy(), steps, WARMUP_STEPS)
@@ -137,12 +149,21 @@ def torch_side(cfg, arrays: dict, steps: int) -> dict:
 
     torch.set_num_threads(TORCH_THREADS)
     torch.manual_seed(0)
-    hf_cfg = transformers.GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.seq_length, n_embd=cfg.hidden_size,
-                                     n_layer=cfg.num_layers, n_head=cfg.num_heads, resid_pdrop=0.0, embd_pdrop=0.0,
-                                     attn_pdrop=0.0, use_cache=False)
+    hf_cfg = transformers.GPT2Config(
+        vocab_size=cfg.vocab_size,
+        n_positions=cfg.seq_length,
+        n_embd=cfg.hidden_size,
+        n_layer=cfg.num_layers,
+        n_head=cfg.num_heads,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        use_cache=False,
+    )
     model = transformers.GPT2LMHeadModel._from_config(hf_cfg, attn_implementation="sdpa").train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.95), eps=1e-8,
-                                  weight_decay=0.0, fused=True)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, fused=True
+    )
     ids = torch.tensor(arrays["input_ids"], dtype=torch.long)
     mask = torch.tensor(arrays["attention_mask"], dtype=torch.long)
 
@@ -158,8 +179,11 @@ def torch_side(cfg, arrays: dict, steps: int) -> dict:
     gen = torch.Generator().manual_seed(1)
     a, b = (torch.randn(GEMM_SIZE, GEMM_SIZE, generator=gen) for _ in range(2))
     gemm_times = median_time(lambda: torch.mm(a, b), GEMM_REPEATS, 1)
-    return {"framework": f"torch {torch.__version__} (threads {torch.get_num_threads()})",
-            "step_s_all": step_times, "gemm_s_all": gemm_times}
+    return {
+        "framework": f"torch {torch.__version__} (threads {torch.get_num_threads()})",
+        "step_s_all": step_times,
+        "gemm_s_all": gemm_times,
+    }
 
 
 def worker(side: str, batch: int, seq: int, steps: int) -> dict:
@@ -171,7 +195,7 @@ def worker(side: str, batch: int, seq: int, steps: int) -> dict:
     out["step_s"] = statistics.median(out["step_s_all"])
     out["gemm_s"] = statistics.median(out["gemm_s_all"])
     out["achieved_gflops"] = flops["step_flops"] / out["step_s"] / 1e9
-    out["gemm_gflops"] = 2 * GEMM_SIZE ** 3 / out["gemm_s"] / 1e9
+    out["gemm_gflops"] = 2 * GEMM_SIZE**3 / out["gemm_s"] / 1e9
     out["efficiency"] = out["achieved_gflops"] / out["gemm_gflops"]
     out["peak_rss_mb"] = rss_mb()
     return out
@@ -179,23 +203,39 @@ def worker(side: str, batch: int, seq: int, steps: int) -> dict:
 
 def run_side(side: str, args) -> dict:
     """``worker(side)`` in a fresh process; raises with its stderr tail when it fails."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--batch", str(args.batch), "--seq",
-           str(args.seq), "--steps", str(args.steps)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
-                          env=dict(os.environ, PYTHONPATH=ROOT))
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        side,
+        "--batch",
+        str(args.batch),
+        "--seq",
+        str(args.seq),
+        "--steps",
+        str(args.steps),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=dict(os.environ, PYTHONPATH=ROOT))
     if proc.returncode != 0:
         raise RuntimeError(f"{side} worker failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def markdown_table(sides: dict, flops: dict) -> str:
-    rows = [(f"step: {flops['tokens']} tokens, {flops['step_flops'] / 1e12:.3f} TFLOP "
-             f"(6 N T {flops['dense_flops'] / 1e12:.3f} + attention {flops['attention_flops'] / 1e12:.3f})"), "",
-            "| side | s / step | achieved GFLOP/s | 2048^2 GEMM GFLOP/s | efficiency | peak RSS MiB |",
-            "|---|---:|---:|---:|---:|---:|"]
+    rows = [
+        (
+            f"step: {flops['tokens']} tokens, {flops['step_flops'] / 1e12:.3f} TFLOP "
+            f"(6 N T {flops['dense_flops'] / 1e12:.3f} + attention {flops['attention_flops'] / 1e12:.3f})"
+        ),
+        "",
+        "| side | s / step | achieved GFLOP/s | 2048^2 GEMM GFLOP/s | efficiency | peak RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, s in sides.items():
-        rows.append(f"| {name} ({s['framework']}) | {s['step_s']:.2f} | {s['achieved_gflops']:.1f} | "
-                    f"{s['gemm_gflops']:.1f} | {s['efficiency']:.2f} | {s['peak_rss_mb']:.0f} |")
+        rows.append(
+            f"| {name} ({s['framework']}) | {s['step_s']:.2f} | {s['achieved_gflops']:.1f} | "
+            f"{s['gemm_gflops']:.1f} | {s['efficiency']:.2f} | {s['peak_rss_mb']:.0f} |"
+        )
     return "\n".join(rows)
 
 
@@ -219,16 +259,29 @@ def main(argv=None) -> None:
     flops = step_flops(model_config(args.seq), args.batch, args.seq)
     print(markdown_table(sides, flops))
     if args.json:
-        report = {"machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                              "platform": platform.platform(), "load_avg_at_start": load_start,
-                              "load_avg_at_end": os.getloadavg()},
-                  "versions": versions(),
-                  "setup": {"recipe": os.path.relpath(RECIPE, ROOT), "dtype": "float32", "batch": args.batch,
-                            "seq": args.seq, "steps": args.steps, "warmup_steps": WARMUP_STEPS,
-                            "flops_formula": "6 * N * T + 12 * L * S * H * T, N = 12 L H^2 + V H",
-                            "peak_rss_mb": "process RSS high-water mark (/proc VmHWM), one subprocess per side"},
-                  "flops": flops, "sides": sides,
-                  "ours_over_torch_efficiency": sides["ours"]["efficiency"] / sides["torch"]["efficiency"]}
+        report = {
+            "machine": {
+                "cpu_count": os.cpu_count(),
+                "processor": platform.processor() or platform.machine(),
+                "platform": platform.platform(),
+                "load_avg_at_start": load_start,
+                "load_avg_at_end": os.getloadavg(),
+            },
+            "versions": versions(),
+            "setup": {
+                "recipe": os.path.relpath(RECIPE, ROOT),
+                "dtype": "float32",
+                "batch": args.batch,
+                "seq": args.seq,
+                "steps": args.steps,
+                "warmup_steps": WARMUP_STEPS,
+                "flops_formula": "6 * N * T + 12 * L * S * H * T, N = 12 L H^2 + V H",
+                "peak_rss_mb": "process RSS high-water mark (/proc VmHWM), one subprocess per side",
+            },
+            "flops": flops,
+            "sides": sides,
+            "ours_over_torch_efficiency": sides["ours"]["efficiency"] / sides["torch"]["efficiency"],
+        }
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
         logger.info("wrote %s", args.json)
