@@ -14,7 +14,12 @@ the tutorial's entry point (examples/reward_model_train_tutorial/reward_train.py
              on the same shapes with the two cores shared the same way, but no communication.
   profile    (unless ``--no-profile``) 2 msrun workers run the same TrainStep (built as the reward trainer builds
              it) under MindSpore's profiler, which works on CPU (it writes per-op host times to
-             ``FRAMEWORK/cpu_op_detail_info_<rank>.csv``): the AllReduce kernels' time per step.
+             ``FRAMEWORK/cpu_op_detail_info_<rank>.csv``): the AllReduce kernels' count and time per step, the
+             gradients' count and bytes, each worker's peak RSS (``VmHWM``). One pass per ``--profile-buckets``
+             value of ``parallel_config.allreduce_bucket_mb`` (default 0 = one all-reduce per gradient, and the
+             default bucket size, whose gradients MindSpore's all-reduce fusion sends in a few buckets).
+
+The timed runs use ``--bucket-mb`` (default: the config default).
 
 Step times are the ``time:... ms`` field of the step lines every rank writes to ``output/log/rank_<id>/info.log``
 (mindrlhf/train/monitor.py: the step call until the loss is on the host; data loading and logging excluded); the
@@ -40,7 +45,7 @@ than ``one``, and the efficiency figure measures the framework's data-parallel o
 speed-up. Run on an otherwise idle machine (the load average is recorded).
 
     python benchmarks/data_parallel.py [--repeats 3] [--steps 30] [--batch 4] [--max-other-cpu 0.05] [--retries 3]
-        [--no-profile] [--keep DIR] [--json out.json]
+        [--bucket-mb 25] [--profile-buckets 0 25] [--no-profile] [--keep DIR] [--json out.json]
 """
 from __future__ import annotations
 
@@ -64,6 +69,11 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from rm_train import rss_mb  # noqa: E402 - shared with the other benchmarks
+
+from mindrlhf.config import ParallelConfig  # noqa: E402
 
 logger = logging.getLogger("data_parallel")
 
@@ -78,10 +88,11 @@ BIN = os.path.dirname(sys.executable)  # msrun starts `python` from PATH: this v
 STEP_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*step:\[\s*(\d+)/\s*\d+\].*time:([0-9.]+) ms")
 
 
-def overrides(out: str, batch: int, samples: int) -> list:
+def overrides(out: str, batch: int, samples: int, bucket_mb: int) -> list:
     """``--set`` flags: the widened model, ``batch`` pairs per worker, the first ``samples`` records, no
-    checkpoint before the end."""
-    values = {"output_dir": out, "model.model_config.hidden_size": HIDDEN, "model.model_config.num_layers": LAYERS,
+    checkpoint before the end, gradient all-reduces fused into ``bucket_mb`` MB buckets (0: one per gradient)."""
+    values = {"parallel_config.allreduce_bucket_mb": bucket_mb, "output_dir": out,
+              "model.model_config.hidden_size": HIDDEN, "model.model_config.num_layers": LAYERS,
               "model.model_config.seq_length": SEQ, "runner_config.batch_size": batch, "runner_config.epochs": 1,
               "train_dataset.data_loader.num_samples": samples, "checkpoint.save_checkpoint_steps": 10 ** 9,
               "checkpoint.log_interval": 1}
@@ -132,19 +143,19 @@ def msrun_cmd(log_dir: str, args: list) -> list:
             f"--log_dir={log_dir}", "--join=True", *args]
 
 
-def run_case(case: str, work: str, data: str, batch: int, steps: int) -> list:
+def run_case(case: str, work: str, data: str, batch: int, steps: int, bucket_mb: int) -> list:
     """Run one configuration; returns the info.log paths of its processes (one per rank or process)."""
     total = WARMUP_STEPS + steps
     folder = tempfile.mkdtemp(prefix=f"{case}_", dir=work)
     if case == "one":
         cmd = [sys.executable, SCRIPT, "--config", RECIPE, "--train_dataset", data, "--use_parallel", "False",
-               *overrides(folder, batch, batch * total)]
+               *overrides(folder, batch, batch * total, bucket_mb)]
         log = os.path.join(folder, "stdout.log")
         run_checked([start(cmd, log, folder)], case, [log])
         return [os.path.join(folder, "log", "rank_0", "info.log")]
     if case == "two":
         cmd = msrun_cmd(os.path.join(folder, "msrun_log"), [SCRIPT, "--config", RECIPE, "--train_dataset", data,
-                                                            *overrides(folder, batch, 2 * batch * total)])
+                                                            *overrides(folder, batch, 2 * batch * total, bucket_mb)])
         logs = [os.path.join(folder, "msrun_log", f"worker_{r}.log") for r in range(2)]
         run_checked([start(cmd, os.path.join(folder, "stdout.log"), folder)], case, logs)
         return [os.path.join(folder, "log", f"rank_{r}", "info.log") for r in range(2)]
@@ -153,7 +164,7 @@ def run_case(case: str, work: str, data: str, batch: int, steps: int) -> list:
         out = os.path.join(folder, name)
         os.makedirs(out)
         cmd = [sys.executable, SCRIPT, "--config", RECIPE, "--train_dataset", data, "--use_parallel", "False",
-               *overrides(out, batch, batch * total)]
+               *overrides(out, batch, batch * total, bucket_mb)]
         procs.append(start(cmd, os.path.join(out, "stdout.log"), out))
         outs.append(out)
     run_checked(procs, case, [os.path.join(o, "stdout.log") for o in outs])
@@ -228,9 +239,10 @@ def summarise(case: str, logs: list) -> dict:
 # profiler pass (its workers run this file with --profile-worker under msrun)
 
 
-def profile_worker(out: str, data: str, batch: int) -> None:
+def profile_worker(out: str, data: str, batch: int, bucket_mb: int) -> None:
     """One msrun worker: the reward trainer's TrainStep on this rank's batches, ``WARMUP_STEPS`` steps, then
-    ``PROFILED_STEPS`` steps under the profiler; writes ``profile_rank_<id>.json``."""
+    ``PROFILED_STEPS`` steps under the profiler; writes ``profile_rank_<id>.json`` (with the gradients' count and
+    bytes and this worker's RSS high-water mark)."""
     from mindspore import Profiler, Tensor
 
     from mindrlhf.config import load_config
@@ -242,7 +254,7 @@ def profile_worker(out: str, data: str, batch: int) -> None:
     from mindrlhf.train.step import TrainStep
 
     total = WARMUP_STEPS + PROFILED_STEPS
-    cfg = load_config(RECIPE, [s for s in overrides(out, batch, 2 * batch * total) if s != "--set"])
+    cfg = load_config(RECIPE, [s for s in overrides(out, batch, 2 * batch * total, bucket_mb) if s != "--set"])
     init_context(cfg.context, cfg.seed)
     rank_id, rank_size = init_distributed(cfg.parallel_config, cfg.context.device_target)
     loss_net = RewardLoss(RewardModel(cfg.model.model_config), cfg.reward.loss_type)
@@ -262,12 +274,15 @@ def profile_worker(out: str, data: str, batch: int) -> None:
     profiler.stop()
     profiler.analyse()
     with open(os.path.join(out, f"profile_rank_{rank_id}.json"), "w", encoding="utf-8") as f:
-        json.dump({"rank": rank_id, "rank_size": rank_size, "step_s": seconds,
+        json.dump({"rank": rank_id, "rank_size": rank_size, "step_s": seconds, "bucket_mb": bucket_mb,
+                   "gradients": len(optimizer.parameters),
+                   "gradient_bytes": sum(4 * p.size for p in optimizer.parameters), "peak_rss_mb": rss_mb(),
                    **op_times(os.path.join(out, f"profiler_rank_{rank_id}"))}, f)
 
 
 def op_times(folder: str) -> dict:
-    """AllReduce and all-op host time per profiled step from the profiler's per-op CSV."""
+    """AllReduce and all-op host time per profiled step from the profiler's per-op CSV; ``allreduce_ops`` counts
+    the gradient all-reduces (one per bucket when fused) plus the step's overflow-flag all-reduce."""
     found = glob.glob(os.path.join(folder, "**", "cpu_op_detail_info_*.csv"), recursive=True)
     if not found:
         raise RuntimeError(f"no cpu_op_detail_info_*.csv under {folder}")
@@ -275,18 +290,18 @@ def op_times(folder: str) -> dict:
         rows = list(csv.DictReader(f))
     per_step = {r["full_op_name"]: float(r["op_total_time(ms)"]) / PROFILED_STEPS for r in rows}
     reduce = {k: v for k, v in per_step.items() if "/AllReduce-op" in k}
-    grads = {k: v for k, v in reduce.items() if "DistributedGradReducer" in k}
     biggest = sorted(reduce.items(), key=lambda kv: -kv[1])[:3]
+    # the ops' names do not tell a fused gradient bucket from the overflow flag's all-reduce: only the total counts
     return {"all_ops_ms": sum(per_step.values()), "allreduce_ms": sum(reduce.values()),
-            "allreduce_ops": len(reduce), "gradient_allreduce_ms": sum(grads.values()),
-            "gradient_allreduce_ops": len(grads), "largest_allreduce_ms": [[k, v] for k, v in biggest]}
+            "allreduce_ops": len(reduce), "largest_allreduce_ms": [[k, v] for k, v in biggest]}
 
 
-def run_profile(work: str, data: str, batch: int) -> dict:
+def run_profile(work: str, data: str, batch: int, bucket_mb: int) -> dict:
     """The profiler pass on 2 msrun workers; returns both ranks' figures and the mean AllReduce share."""
-    folder = tempfile.mkdtemp(prefix="profile_", dir=work)
+    folder = tempfile.mkdtemp(prefix=f"profile_{bucket_mb}mb_", dir=work)
     cmd = msrun_cmd(os.path.join(folder, "msrun_log"), [os.path.abspath(__file__), "--profile-worker", folder,
-                                                        "--data", data, "--batch", str(batch)])
+                                                        "--data", data, "--batch", str(batch), "--bucket-mb",
+                                                        str(bucket_mb)])
     logs = [os.path.join(folder, "msrun_log", f"worker_{r}.log") for r in range(2)]
     run_checked([start(cmd, os.path.join(folder, "stdout.log"), folder)], "profile", logs)
     ranks = []
@@ -329,11 +344,14 @@ def markdown_table(result: dict, profile: dict | None) -> str:
     rows.append(f"scaling efficiency (pairs/s two / 2 x one): {result['scaling_efficiency']:.2f}; "
                 f"two_alone / 2 x one: {result['two_alone_efficiency']:.2f}")
     rows.append(f"communication share of a 2-worker step (1 - two_alone / two): {result['communication_share']:.2f}")
-    if profile:
-        ms_ = statistics.mean(r["allreduce_ms"] for r in profile["ranks"])
-        step = statistics.mean(r["step_s"] for r in profile["ranks"])
-        rows.append(f"profiler: AllReduce {ms_:.0f} ms of a {step * 1000:.0f} ms profiled step "
-                    f"({profile['allreduce_share']:.2f}), {profile['ranks'][0]['allreduce_ops']} AllReduce ops/step")
+    for bucket_mb, entry in (profile or {}).items():
+        ms_ = statistics.mean(r["allreduce_ms"] for r in entry["ranks"])
+        step = statistics.mean(r["step_s"] for r in entry["ranks"])
+        rank0 = entry["ranks"][0]
+        rows.append(f"profiler, allreduce_bucket_mb {bucket_mb}: AllReduce {ms_:.0f} ms of a {step * 1000:.0f} ms "
+                    f"profiled step ({entry['allreduce_share']:.2f}), {rank0['allreduce_ops']} AllReduce ops/step "
+                    f"for {rank0['gradients']} gradients ({rank0['gradient_bytes'] / 2 ** 20:.1f} MiB); peak RSS "
+                    f"per rank {' / '.join(str(round(r['peak_rss_mb'])) for r in entry['ranks'])} MiB")
     return "\n".join(rows)
 
 
@@ -354,7 +372,7 @@ def clean_run(case: str, work: str, data: str, args) -> dict:
     than ``--max-other-cpu`` of the machine. Returns the last attempt's statistics with its attempt number."""
     for attempt in range(1, args.retries + 2):
         load = os.getloadavg()
-        logs, usage = with_usage(run_case, case, work, data, args.batch, args.steps)
+        logs, usage = with_usage(run_case, case, work, data, args.batch, args.steps, args.bucket_mb)
         entry = {**summarise(case, logs), **usage, "load_avg_before": load, "attempt": attempt}
         logger.info("%s: %.3f s/step (load before %.2f, other processes %.0f %% of the CPU, attempt %d)", case,
                     entry["step_s"], load[0], 100 * usage["other_cpu_share"], attempt)
@@ -373,11 +391,11 @@ def run_all(args, work: str) -> tuple:
     for _ in range(args.repeats):
         for case in per_run:
             per_run[case].append(clean_run(case, work, data, args))
-    profile = None
-    if args.profile:
-        logger.info("profiler pass")
-        profile, usage = with_usage(run_profile, work, data, args.batch)
-        profile.update(usage)
+    profile = {}
+    for bucket_mb in args.profile_buckets if args.profile else ():
+        logger.info("profiler pass, allreduce_bucket_mb %d", bucket_mb)
+        profile[bucket_mb], usage = with_usage(run_profile, work, data, args.batch, bucket_mb)
+        profile[bucket_mb].update(usage)
     return combine(per_run, args.batch), profile
 
 
@@ -389,14 +407,18 @@ def main(argv=None) -> None:
     parser.add_argument("--max-other-cpu", type=float, default=0.05,
                         help="re-run a run while other processes used more than this share of the CPU")
     parser.add_argument("--retries", type=int, default=3, help="re-runs allowed per run (see --max-other-cpu)")
-    parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the profiler pass")
+    parser.add_argument("--bucket-mb", type=int, default=ParallelConfig.allreduce_bucket_mb,
+                        help="parallel_config.allreduce_bucket_mb of the timed runs (0: one all-reduce per gradient)")
+    parser.add_argument("--profile-buckets", type=int, nargs="+", default=[0, ParallelConfig.allreduce_bucket_mb],
+                        help="one profiler pass per allreduce_bucket_mb value")
+    parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the profiler passes")
     parser.add_argument("--json", metavar="PATH", help="write the full report here")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep the runs' logs (default: a temp dir)")
     parser.add_argument("--profile-worker", metavar="OUT", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.profile_worker:
-        profile_worker(args.profile_worker, args.data, args.batch)
+        profile_worker(args.profile_worker, args.data, args.batch, args.bucket_mb)
         return
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     load_start = os.getloadavg()
@@ -416,6 +438,7 @@ def main(argv=None) -> None:
                   "setup": {"recipe": os.path.relpath(RECIPE, ROOT), "model": f"gpt2 {LAYERS}x{HIDDEN}, 4 heads, "
                             f"vocab 50257, seq {SEQ}, fp32, span loss", "data": os.path.relpath(SOURCE, ROOT),
                             "batch_pairs_per_worker": args.batch, "steps_per_run": args.steps,
+                            "allreduce_bucket_mb": args.bucket_mb,
                             "warmup_steps": WARMUP_STEPS, "repeats": args.repeats,
                             "statistic": "median over repeats of each run's median step time (info.log time:)"},
                   **result, "profile": profile}

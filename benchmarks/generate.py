@@ -6,7 +6,9 @@ Cases (fp32, sampling with top_k=50, every row generates exactly ``new_tokens`` 
 Ours is also run without the cache (whole sequence recomputed each step) to show what the cache buys.
 
 Each measurement is the median of ``--repeats`` timed runs after one warm-up run (which includes graph
-compilation). Prints one JSON document; run on an otherwise idle machine.
+compilation). Each side runs in its own process on the same weights (ours seeded, exported once as a Hugging Face
+folder that both load), so each peak RSS (``VmHWM`` after its cached generation runs, before ours' no-cache runs)
+is its own. Prints one JSON document; run on an otherwise idle machine.
 
     python benchmarks/generate.py [--cases a b] [--repeats 3] [--skip-no-cache]
 """
@@ -17,6 +19,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,8 +27,10 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import mindspore as ms  # noqa: E402
+from rm_train import rss_mb  # shared with the other benchmarks
 
 from mindrlhf.config import GenerationConfig, ModelConfig, load_config  # noqa: E402
 from mindrlhf.models import CausalLM  # noqa: E402
@@ -55,30 +60,40 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def run_case(case: str, batch: int, prompt: int, new_tokens: int, repeats: int, no_cache: bool) -> dict:
+def make_prompts(cfg: ModelConfig, batch: int, prompt: int) -> tuple:
+    """``(ids, mask)`` ``(batch, prompt) int32``: seeded random tokens, no padding."""
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, prompt)).astype(np.int32)
+    return ids, np.ones_like(ids)
+
+
+def ours_side(case: str, hf_dir: str, batch: int, prompt: int, new_tokens: int, repeats: int,
+              no_cache: bool) -> dict:
+    """Our generation on the weights in ``hf_dir``; ``peak_rss_mb`` is taken before the no-cache runs."""
+    from mindrlhf.models.convert import load_weights
+
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    cfg = case_config(case)
+    lm = CausalLM(cfg)
+    load_weights(lm, hf_dir, cfg)
+    ids, mask = make_prompts(cfg, batch, prompt)
+    gen_cfg = GenerationConfig(max_new_tokens=new_tokens, do_sample=True, top_k=TOP_K, seed=0)
+    ours = Generator(lm, gen_cfg, eos_token_id=None, pad_token_id=cfg.pad_token_id)
+    out = {"ours_cache_s": timed(lambda: ours.generate(ids, mask), repeats), "peak_rss_mb": rss_mb()}
+    if no_cache:
+        plain = Generator(lm, GenerationConfig(max_new_tokens=new_tokens, do_sample=True, top_k=TOP_K,
+                                               use_cache=False), eos_token_id=None, pad_token_id=cfg.pad_token_id)
+        out["ours_no_cache_s"] = timed(lambda: plain.generate(ids, mask), repeats)
+    return out
+
+
+def transformers_side(case: str, hf_dir: str, batch: int, prompt: int, new_tokens: int, repeats: int) -> dict:
+    """``transformers.generate`` on the weights in ``hf_dir``."""
     import torch
     import transformers
 
     cfg = case_config(case)
-    lm = CausalLM(cfg)
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, cfg.vocab_size, (batch, prompt)).astype(np.int32)
-    mask = np.ones_like(ids)
-    tokens = batch * new_tokens
-    result = {"case": case, "layers": cfg.num_layers, "hidden": cfg.hidden_size, "vocab": cfg.vocab_size,
-              "batch": batch, "prompt": prompt, "new_tokens": new_tokens}
-
-    gen_cfg = GenerationConfig(max_new_tokens=new_tokens, do_sample=True, top_k=TOP_K, seed=0)
-    ours = Generator(lm, gen_cfg, eos_token_id=None, pad_token_id=cfg.pad_token_id)
-    result["ours_cache_s"] = timed(lambda: ours.generate(ids, mask), repeats)
-    if no_cache:
-        plain = Generator(lm, GenerationConfig(max_new_tokens=new_tokens, do_sample=True, top_k=TOP_K,
-                                               use_cache=False), eos_token_id=None, pad_token_id=cfg.pad_token_id)
-        result["ours_no_cache_s"] = timed(lambda: plain.generate(ids, mask), repeats)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        save_hf_checkpoint(lm, cfg, os.path.join(tmp, "hf"))
-        hf = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(tmp, "hf")).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    ids, mask = make_prompts(cfg, batch, prompt)
     hf_ids, hf_mask = torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
 
     def hf_generate():
@@ -86,11 +101,38 @@ def run_case(case: str, batch: int, prompt: int, new_tokens: int, repeats: int, 
             hf.generate(input_ids=hf_ids, attention_mask=hf_mask, do_sample=True, top_k=TOP_K, top_p=1.0,
                         max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=cfg.pad_token_id)
 
-    result["transformers_s"] = timed(hf_generate, repeats)
+    return {"transformers_s": timed(hf_generate, repeats), "peak_rss_mb": rss_mb()}
+
+
+def side_process(side: str, case: str, hf_dir: str, args, batch: int) -> dict:
+    """One side of one case in a fresh process (its peak RSS is its own)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--cases", case, "--hf-dir", hf_dir,
+           "--batch", str(batch), "--prompt", str(args.prompt), "--new-tokens", str(args.new_tokens),
+           "--repeats", str(args.repeats)] + (["--skip-no-cache"] if args.skip_no_cache else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{side} (case {case}) failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_case(case: str, batch: int, args) -> dict:
+    """Both sides of one case on the same seeded weights (exported once as a Hugging Face folder)."""
+    cfg = case_config(case)
+    ms.set_seed(0)
+    tokens = batch * args.new_tokens
+    result = {"case": case, "layers": cfg.num_layers, "hidden": cfg.hidden_size, "vocab": cfg.vocab_size,
+              "batch": batch, "prompt": args.prompt, "new_tokens": args.new_tokens}
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_dir = save_hf_checkpoint(CausalLM(cfg), cfg, os.path.join(tmp, "hf"))
+        ours = side_process("ours", case, hf_dir, args, batch)
+        peer = side_process("transformers", case, hf_dir, args, batch)
+    result.update({k: v for k, v in ours.items() if k != "peak_rss_mb"}, transformers_s=peer["transformers_s"],
+                  ours_peak_rss_mb=ours["peak_rss_mb"], transformers_peak_rss_mb=peer["peak_rss_mb"])
     result["ours_tokens_per_s"] = tokens / result["ours_cache_s"]
     result["transformers_tokens_per_s"] = tokens / result["transformers_s"]
     result["speedup_vs_transformers"] = result["transformers_s"] / result["ours_cache_s"]
-    if no_cache:
+    result["peak_rss_ours_over_transformers"] = ours["peak_rss_mb"] / peer["peak_rss_mb"]
+    if "ours_no_cache_s" in ours:
         result["ours_no_cache_tokens_per_s"] = tokens / result["ours_no_cache_s"]
         result["cache_speedup"] = result["ours_no_cache_s"] / result["ours_cache_s"]
     return result
@@ -103,7 +145,18 @@ def main(argv=None) -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--skip-no-cache", action="store_true", help="skip the slow no-cache runs")
+    parser.add_argument("--side", choices=["ours", "transformers"], help=argparse.SUPPRESS)
+    parser.add_argument("--hf-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.side == "ours":
+        print(json.dumps(ours_side(args.cases[0], args.hf_dir, args.batch, args.prompt, args.new_tokens,
+                                   args.repeats, not args.skip_no_cache)))
+        return
+    if args.side == "transformers":
+        print(json.dumps(transformers_side(args.cases[0], args.hf_dir, args.batch, args.prompt, args.new_tokens,
+                                           args.repeats)))
+        return
     import torch
     import transformers
 
@@ -115,8 +168,7 @@ def main(argv=None) -> None:
                            "transformers": transformers.__version__},
               "repeats": args.repeats, "statistic": "median seconds per generate() call", "results": []}
     for case in args.cases:
-        report["results"].append(run_case(case, batches[case], args.prompt, args.new_tokens, args.repeats,
-                                          not args.skip_no_cache))
+        report["results"].append(run_case(case, batches[case], args))
     print(json.dumps(report, indent=2))
 
 

@@ -42,6 +42,9 @@ MindSpore side needs its warm-up for graph compilation), then ``--repeats`` time
 reported figure is the median of its own per-iteration values (so the phase medians need not add up to the total
 median); all values are in the JSON. CPU torch is synchronous, so no device syncs are needed.
 
+Peak memory: each side runs in its own process (both sides: this script starts itself twice, ``--ours-only``
+then ``--peer-only``); ``peak_rss_mb`` is that process's RSS high-water mark (``VmHWM``) after its iterations.
+
     python benchmarks/ppo_step.py [--repeats 3] [--warmup 1] [--peer-only | --ours-only] [--json out.json]
 """
 from __future__ import annotations
@@ -55,6 +58,7 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -70,7 +74,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from rm_train import versions  # noqa: E402 - shared with the reward-model benchmark
+from rm_train import rss_mb, versions  # noqa: E402 - shared with the reward-model benchmark
 
 logger = logging.getLogger("ppo_step")
 
@@ -438,7 +442,40 @@ def markdown_table(ours: dict | None, peer: dict | None) -> str:
     for key in (*PHASES, "other", "total"):
         ratio = f"{peer[key] / ours[key]:.2f}" if ours and peer and key in ours and key in peer and ours[key] else "-"
         lines.append(f"| {key} | {cell(ours, key)} | {cell(peer, key)} | {ratio} |")
+    if ours and peer and "peak_rss_mb" in ours and "peak_rss_mb" in peer:
+        lines.append(f"| peak RSS MiB | {ours['peak_rss_mb']:.0f} | {peer['peak_rss_mb']:.0f} | "
+                     f"{peer['peak_rss_mb'] / ours['peak_rss_mb']:.2f} |")
     return "\n".join(lines)
+
+
+def run_sides(args) -> tuple:
+    """``(results, skipped)`` of the side(s) ``args`` selects, run in this process; each side's entry gets this
+    process's RSS high-water mark (``peak_rss_mb``), its own only when it is the one side run here."""
+    results, skipped = {}, {}
+    if not args.peer_only:
+        logger.info("ours")
+        try:
+            results["ours"] = run_ours(args)
+            results["ours"]["peak_rss_mb"] = rss_mb()
+        except NotImplementedError as err:
+            skipped["ours"] = f"NotImplementedError: {err}"
+            logger.warning("ours skipped: %s", err)
+    if not args.ours_only:
+        logger.info("peer: TRL PPOTrainer")
+        results["peer"] = run_peer(args)
+        results["peer"]["peak_rss_mb"] = rss_mb()
+    return results, skipped
+
+
+def side_process(flag: str, args) -> tuple:
+    """This script with ``flag`` (``--ours-only`` / ``--peer-only``) in a fresh process: ``(results, skipped)``."""
+    with tempfile.TemporaryDirectory(prefix="ppo_step_side_") as tmp:
+        out = os.path.join(tmp, "side.json")
+        subprocess.run([sys.executable, os.path.abspath(__file__), flag, "--repeats", str(args.repeats),
+                        "--warmup", str(args.warmup), "--side-json", out], check=True)
+        with open(out, encoding="utf-8") as f:
+            results, skipped = json.load(f)
+    return results, skipped
 
 
 def main(argv=None) -> None:
@@ -449,22 +486,24 @@ def main(argv=None) -> None:
     side.add_argument("--peer-only", action="store_true", help="only TRL PPOTrainer")
     side.add_argument("--ours-only", action="store_true", help="only mindrlhf")
     parser.add_argument("--json", metavar="PATH", help="write the full report here")
+    parser.add_argument("--side-json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one "dataset had no length" line per metric
 
     load_start = os.getloadavg()
-    results, skipped = {}, {}
-    if not args.peer_only:  # ours first, the peer after it, in the same process
-        logger.info("ours")
-        try:
-            results["ours"] = run_ours(args)
-        except NotImplementedError as err:
-            skipped["ours"] = f"NotImplementedError: {err}"
-            logger.warning("ours skipped: %s", err)
-    if not args.ours_only:
-        logger.info("peer: TRL PPOTrainer")
-        results["peer"] = run_peer(args)
+    if args.side_json:  # a side process: one side, its figures and peak RSS to the file
+        with open(args.side_json, "w", encoding="utf-8") as f:
+            json.dump(run_sides(args), f)
+        return
+    if args.ours_only or args.peer_only:
+        results, skipped = run_sides(args)
+    else:  # ours first, then the peer, each in its own process so that each peak RSS is its own
+        results, skipped = {}, {}
+        for flag in ("--ours-only", "--peer-only"):
+            side_results, side_skipped = side_process(flag, args)
+            results.update(side_results)
+            skipped.update(side_skipped)
     ours, peer = results.get("ours"), results.get("peer")
     print(markdown_table(ours, peer))
     if args.json:

@@ -178,6 +178,12 @@ class ParallelConfig:
     model_parallel: int = 1  # tensor-parallel degree (Ascend semi_auto_parallel)
     pipeline_stage: int = 1  # pipeline stages (Ascend semi_auto_parallel)
     optimizer_shard: bool = False  # shard optimizer states across data-parallel ranks
+    allreduce_bucket_mb: int = 25  # gradients fused into data-parallel all-reduces of up to this many MB; 0 = off
+
+    def __post_init__(self):
+        if self.allreduce_bucket_mb < 0:
+            raise ConfigError(f"parallel_config.allreduce_bucket_mb must be >= 0 (0 = one all-reduce per gradient), "
+                              f"got {self.allreduce_bucket_mb}")
 
 
 @dataclass

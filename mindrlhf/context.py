@@ -120,6 +120,9 @@ def parallel_settings(parallel: Optional[ParallelConfig], device_num: int, devic
     - ``optimizer_shard`` shards optimizer states across the data-parallel ranks. MindSpore does that only in
       ``semi_auto_parallel`` mode (every op data parallel here, gradients mean-reduced by the framework), which it
       supports on Ascend and GPU, not on CPU.
+    - ``allreduce_bucket_mb`` > 0 turns on MindSpore's all-reduce fusion by size (``comm_fusion`` mode ``size``):
+      the compiled graph fuses the gradients' all-reduces into buckets of up to that many MB (one transfer each over
+      a contiguous buffer, on CPU too), as DDP's ``bucket_cap_mb`` does; 0 leaves one all-reduce per gradient.
     Raises:
         ConfigError: naming the values that do not fit.
     """
@@ -131,13 +134,22 @@ def parallel_settings(parallel: Optional[ParallelConfig], device_num: int, devic
     if mp > 1 or pp > 1:
         raise ConfigError(f"parallel_config: model_parallel {mp} / pipeline_stage {pp} > 1 is not supported (the "
                           f"model cells carry no sharding strategies); use data_parallel {device_num}")
+    fusion = allreduce_fusion(parallel.allreduce_bucket_mb)
     if not parallel.optimizer_shard:
-        return dict(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=device_num)
+        return dict(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=device_num, **fusion)
     if device_target == "CPU":
         raise ConfigError("parallel_config.optimizer_shard needs semi_auto_parallel, which MindSpore supports on "
                           "Ascend and GPU only; set it to False on CPU")
     return dict(parallel_mode=ms.ParallelMode.SEMI_AUTO_PARALLEL, gradients_mean=True, device_num=device_num,
-                enable_parallel_optimizer=True, dataset_strategy="data_parallel")
+                enable_parallel_optimizer=True, dataset_strategy="data_parallel", **fusion)
+
+
+def allreduce_fusion(bucket_mb: int) -> Dict[str, Any]:
+    """The ``set_auto_parallel_context`` argument that fuses gradient all-reduces into ``bucket_mb`` MB buckets
+    (empty for 0: no fusion)."""
+    if bucket_mb <= 0:
+        return {}
+    return {"comm_fusion": {"allreduce": {"mode": "size", "config": int(bucket_mb)}}}
 
 
 def init_distributed(parallel: Optional[ParallelConfig] = None, device_target: str = "CPU") -> Tuple[int, int]:

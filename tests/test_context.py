@@ -10,8 +10,17 @@ from mindrlhf.context import parallel_settings
 
 def test_default_is_data_parallel_over_every_device():
     settings = parallel_settings(ParallelConfig(), 4, "CPU")
-    assert settings == dict(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=4)
+    assert settings == dict(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=4,
+                            comm_fusion={"allreduce": {"mode": "size", "config": 25}})
     assert parallel_settings(ParallelConfig(data_parallel=2), 2, "CPU")["device_num"] == 2
+
+
+def test_allreduce_bucket_size_reaches_mindspore_fusion():
+    assert parallel_settings(ParallelConfig(allreduce_bucket_mb=4), 2, "CPU")["comm_fusion"] == {
+        "allreduce": {"mode": "size", "config": 4}}
+    assert "comm_fusion" not in parallel_settings(ParallelConfig(allreduce_bucket_mb=0), 2, "CPU")
+    with pytest.raises(ConfigError, match="allreduce_bucket_mb must be >= 0"):
+        ParallelConfig(allreduce_bucket_mb=-1)
 
 
 @pytest.mark.parametrize("cfg, devices, message", [

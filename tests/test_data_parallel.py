@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -39,6 +40,17 @@ def model_params(folder):
     return {k: v for k, v in entries.items() if k.startswith(("backbone.", "score."))}
 
 
+def compiled_allreduces(folder):
+    """``[(AllReduce ops, [(op, tensors reduced) ...]) ...]`` of each final compiled graph of rank 0 that has any."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(folder, "rank_0", "hwopt_common_final_graph_*.ir"))):
+        with open(path, encoding="utf-8") as f:
+            ops = re.findall(r"= AllReduce\(([^)]*)\)", f.read())
+        if ops:
+            found.append((len(ops), [(i, op.count("%")) for i, op in enumerate(ops)]))
+    return found
+
+
 def test_two_workers_match_one_process(tmp_dir):
     data = os.path.join(tmp_dir, "pairs.mindrecord")
     convert_preference(OASST, data, "gpt2", seq_length=128, pad_token_id=50256, progress=False)
@@ -51,10 +63,11 @@ def test_two_workers_match_one_process(tmp_dir):
 
     parallel = os.path.join(tmp_dir, "parallel")
     msrun = os.path.join(os.path.dirname(sys.executable), "msrun")
+    graphs = os.path.join(tmp_dir, "graphs")  # the compiled graphs, to count their all-reduces
     proc = subprocess.run([msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
                            f"--log_dir={tmp_dir}/msrun_log", "--join=True", SCRIPT, *train_args(data, parallel, 1),
-                           "--use_parallel", "True"], capture_output=True, text=True, timeout=300, env=env,
-                          cwd=tmp_dir)
+                           "--use_parallel", "True"], capture_output=True, text=True, timeout=300,
+                          env=dict(env, MS_DEV_SAVE_GRAPHS="1", MS_DEV_SAVE_GRAPHS_PATH=graphs), cwd=tmp_dir)
     logs = "".join(open(os.path.join(tmp_dir, "msrun_log", f), encoding="utf-8", errors="replace").read()[-3000:]
                    for f in os.listdir(os.path.join(tmp_dir, "msrun_log")))
     assert proc.returncode == 0, logs
@@ -67,6 +80,11 @@ def test_two_workers_match_one_process(tmp_dir):
     assert reference.keys() == rank0.keys() == rank1.keys()
     assert max(np.abs(rank0[k] - rank1[k]).max() for k in rank0) == 0.0
     assert max(np.abs(rank0[k] - reference[k]).max() for k in rank0) <= 1e-5
+    # parallel_config.allreduce_bucket_mb (25 MB): all 29 gradients (6.2 MiB) in one fused all-reduce, plus
+    # the step's overflow-flag all-reduce, where the unfused graph has one per gradient
+    counts = compiled_allreduces(graphs)
+    assert len(counts) == 1 and counts[0][0] == 2, counts
+    assert sum(n for _, n in counts[0][1]) >= len(reference)
     # rank 0 alone prints the step line and writes TensorBoard; every rank writes its own info.log
     assert os.path.exists(os.path.join(parallel, "log", "rank_1", "info.log"))
     assert len(glob.glob(os.path.join(parallel, "tensorboard", "events.out.tfevents.*"))) == 1

@@ -14,6 +14,7 @@ from mindspore import Tensor
 from mindrlhf.config import ConfigError
 from mindrlhf.models import CausalLM, Critic, RewardModel, TokenLogProbs, list_backbones, token_logprobs
 from mindrlhf.models.convert import model_config_from_hf_folder, save_hf_checkpoint
+from mindrlhf.models.layers import FUSED_MAX_ROWS, GeluTanh, LayerNorm
 from mindrlhf.models.registry import backbone_class
 from tests.helpers import (FIRST_TEXT_ID, TINY_CONFIGS, load_transformers, max_abs_diff, ms_numpy, padded_batch,
                            parameter_arrays, positions_from_mask, randomize_parameters, set_mode, tiny_bloom_config,
@@ -194,3 +195,47 @@ def test_hidden_act_selects_the_mlp_activation(family, hidden_act, hf_name, tmp_
 def test_bloom_refuses_an_activation_its_checkpoints_cannot_name():
     with pytest.raises(ConfigError, match="hidden_act: BLOOM's MLP is the tanh GELU .gelu., got 'silu'"):
         CausalLM(tiny_bloom_config(hidden_act="silu"))
+@pytest.mark.parametrize("rows", [4, 2 * FUSED_MAX_ROWS])  # the fused (decode-sized) and the elementwise path
+def test_gelu_backward_matches_torch(ms_mode, rows):
+    """GeluTanh's hand-written backward against torch's tanh GELU gradient (and its forward against torch's)."""
+    import torch
+
+    x = np.random.default_rng(5).normal(0.0, 3.0, (rows, 16)).astype(np.float32)  # the tails included
+    dout = np.random.default_rng(6).normal(size=x.shape).astype(np.float32)
+    gelu = GeluTanh()
+
+    def weighted(v, d):
+        return (gelu(v) * d).sum()
+
+    ours_grad = ms.grad(weighted, grad_position=0)(Tensor(x), Tensor(dout)).asnumpy()
+    ref_x = torch.tensor(x, requires_grad=True)
+    ref_y = torch.nn.functional.gelu(ref_x, approximate="tanh")
+    (ref_y * torch.tensor(dout)).sum().backward()
+    np.testing.assert_allclose(gelu(Tensor(x)).asnumpy(), ref_y.detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(ours_grad, ref_x.grad.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [4, 2 * FUSED_MAX_ROWS])  # the fused (decode-sized) and the matmul path
+def test_layernorm_backward_matches_torch(ms_mode, rows):
+    """LayerNorm's output and its input, weight and bias gradients against torch's ``layer_norm``."""
+    import torch
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(0.5, 2.0, (rows, 32)).astype(np.float32)
+    dout = rng.normal(size=x.shape).astype(np.float32)
+    weight, bias = rng.normal(1.0, 0.3, 32).astype(np.float32), rng.normal(0.0, 0.3, 32).astype(np.float32)
+    norm = LayerNorm(32, eps=1e-5)
+    norm.weight.set_data(Tensor(weight))
+    norm.bias.set_data(Tensor(bias))
+
+    def weighted(v, d):
+        return (norm(v) * d).sum()
+
+    dx, (dweight, dbias) = ms.grad(weighted, grad_position=0, weights=norm.trainable_params())(Tensor(x),
+                                                                                             Tensor(dout))
+    ref = [torch.tensor(a, requires_grad=True) for a in (x, weight, bias)]
+    ref_y = torch.nn.functional.layer_norm(ref[0], (32,), ref[1], ref[2], eps=1e-5)
+    (ref_y * torch.tensor(dout)).sum().backward()
+    np.testing.assert_allclose(norm(Tensor(x)).asnumpy(), ref_y.detach().numpy(), atol=1e-5)
+    for ours, theirs in zip((dx, dweight, dbias), ref):
+        np.testing.assert_allclose(ours.asnumpy(), theirs.grad.numpy(), rtol=1e-5, atol=1e-4)

@@ -10,8 +10,8 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from mindrlhf.config import ConfigError, ModelConfig
-from mindrlhf.models.layers import (Attention, Backbone, Embedding, LayerNorm, Linear, attention_inputs,
-                                    dropout, gelu_tanh, mlp_projections, ms_dtype)
+from mindrlhf.models.layers import (Attention, Backbone, Embedding, GeluTanh, LayerNorm, Linear, attention_inputs,
+                                    dropout, mlp_projections, ms_dtype)
 from mindrlhf.models.registry import (CheckpointError, HFLayout, ModelFamily, hf_field, hf_special_ids,
                                       register_family)
 
@@ -67,9 +67,10 @@ class BloomMLP(nn.Cell):
         if cfg.hidden_act not in (None, "gelu"):
             raise ConfigError(f"model_config.hidden_act: BLOOM's MLP is the tanh GELU (gelu), got {cfg.hidden_act!r}")
         self.dense_h_to_4h, self.dense_4h_to_h = mlp_projections(cfg, 4 * cfg.hidden_size)
+        self.act = GeluTanh()
 
     def construct(self, x):
-        return self.dense_4h_to_h(gelu_tanh(self.dense_h_to_4h(x)))
+        return self.dense_4h_to_h(self.act(self.dense_h_to_4h(x)))
 
 
 class BloomBlock(nn.Cell):

@@ -1,11 +1,12 @@
 """The one train step shared by SFT, reward-model and PPO training.
 
 ``TrainStep(loss_net, optimizer, scale_cfg)`` compiles (GRAPH_MODE) into: forward, backward with the loss scale as
-the sensitivity, gradient all-reduce when data parallel, one global-norm pass that serves both the overflow check
-(the norm is finite only when every gradient is; the flag is reduced across devices, so every rank skips together)
-and clipping, one multiply that unscales and clips, and the optimizer update only when every gradient and the
-loss are finite (a loss net returns NaN for a batch with nothing to learn from: the step is skipped, the loss
-scale kept).
+the sensitivity, gradient all-reduce when data parallel (MindSpore's all-reduce fusion merges the per-gradient
+all-reduces into buckets of ``parallel_config.allreduce_bucket_mb``, see :func:`mindrlhf.context.parallel_settings`),
+one global-norm pass that serves both the overflow check (the norm is finite only when every gradient is; the flag is
+reduced across devices, so every rank skips together) and clipping, one multiply that unscales and clips, and the
+optimizer update only when every gradient and the loss are finite (a loss net returns NaN for a batch with nothing
+to learn from: the step is skipped, the loss scale kept).
 The dynamic loss scale lives in Parameters (``loss_scale``, ``loss_scale_good_steps``), so it is saved and restored
 with the optimizer state.
 """
