@@ -66,6 +66,19 @@ class ConfigError(UserError):
     """A configuration file or override that cannot be turned into a valid config."""
 
 
+def require_positive(value: float, name: str, why: str = "") -> None:
+    """Refuse a ``value`` of setting ``name`` that is not a finite number > 0 (``why``: what it is, for the
+    message)."""
+    if not value > 0 or not math.isfinite(value):
+        raise ConfigError(f"{name} must be > 0{why}, got {value}")
+
+
+def require_below(value: float, name: str, high: float) -> None:
+    """Refuse a ``value`` of setting ``name`` outside ``[0, high)``."""
+    if not 0 <= value < high:
+        raise ConfigError(f"{name} must be in [0, {high}), got {value}")
+
+
 @dataclass
 class ModelConfig:
     """Network shape and numerics of one backbone (any registered family)."""
@@ -543,10 +556,8 @@ class DPOConfig:
             near = difflib.get_close_matches(str(self.loss_type), DPO_LOSS_TYPES, n=1, cutoff=0.5)
             hint = f"; did you mean {near[0]!r}?" if near else ""
             raise ConfigError(f"dpo.loss_type {self.loss_type!r} is not one of {', '.join(DPO_LOSS_TYPES)}{hint}")
-        if not self.beta > 0 or not math.isfinite(self.beta):
-            raise ConfigError(f"dpo.beta must be > 0 (the implicit reward is beta * log-ratio), got {self.beta}")
-        if not 0 <= self.label_smoothing < 0.5:
-            raise ConfigError(f"dpo.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        require_positive(self.beta, "dpo.beta", " (the implicit reward is beta * log-ratio)")
+        require_below(self.label_smoothing, "dpo.label_smoothing", 0.5)
 
     @property
     def reference_free(self) -> bool:
@@ -585,10 +596,8 @@ class LoRAConfig:
         if self.r > 0 and not self.target_modules:
             raise ConfigError("lora.target_modules: name the dense layers to adapt (e.g. [c_attn] for GPT-2, "
                               "[q_proj, v_proj] for Llama) when lora.r > 0")
-        if not self.alpha > 0 or not math.isfinite(self.alpha):
-            raise ConfigError(f"lora.alpha must be > 0, got {self.alpha}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        require_positive(self.alpha, "lora.alpha")
+        require_below(self.dropout, "lora.dropout", 1)
 
     @property
     def enabled(self) -> bool:

@@ -83,10 +83,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from mindrlhf.data.contract import EncodedText, encode_for_reward
-from mindrlhf.data.records import (WRITE_CHUNK, ConversionError, atomic_mindrecord, check_format, check_paths,
-                                   check_seq_length, converter_tokenizer, expect_object, history_field,
-                                   instruction_text, length_summary, parsed_records, stats_table, text_field,
-                                   write_in_chunks)
+from mindrlhf.data.records import (TOKENIZER_HELP, WRITE_CHUNK, add_file_arguments, atomic_mindrecord, check_format,
+                                   check_paths, check_seq_length, ConversionError, converter_tokenizer, expect_object,
+                                   history_field, instruction_text, length_summary, parsed_records, run_converter,
+                                   stats_table, text_field, write_in_chunks)
 from mindrlhf.data.records import read_records  # noqa: F401 (re-exported for the rm infer command)
 from mindrlhf.data.schemas import FILE_SCHEMA, PREFERENCE_SCHEMA
 from mindrlhf.data.templates import format_prompt
@@ -414,14 +414,9 @@ def format_stats(stats: Dict[str, Union[int, float]]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The seed's flags plus ``--format`` and ``--skip_bad_lines``."""
     parser = argparse.ArgumentParser(description="Preference JSONL/JSON -> MindRecord for reward-model training.")
-    parser.add_argument("--model", required=True,
-                        help="tokenizer: tokenizer.json, GPT-2 folder, SentencePiece .model, or gpt2 / llama")
+    parser.add_argument("--model", required=True, help=TOKENIZER_HELP)
     parser.add_argument("--padding_side", default="right", help="right (default) or left")
-    parser.add_argument("--src_file", required=True, help="source file (JSONL, or a JSON array for oasst)")
-    parser.add_argument("--dst_file", required=True, help="output .mindrecord path (its folder is created)")
-    parser.add_argument("--seq_length", type=int, default=1024, help="length of every stored sequence")
-    parser.add_argument("--pad_token_id", type=int, default=None,
-                        help="padding id (default: the tokenizer's pad, else its eos)")
+    add_file_arguments(parser, "source file (JSONL, or a JSON array for oasst)")
     parser.add_argument("--format", default="auto", help=f"auto (default) or one of {', '.join(FORMATS)}")
     parser.add_argument("--skip_bad_lines", action="store_true", help="skip and count bad records instead of failing")
     return parser
@@ -430,15 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry: convert, print the statistics and the closing line; 0 on success, 1 on a conversion error."""
     args = build_parser().parse_args(argv)
-    try:
-        stats = convert_preference(args.src_file, args.dst_file, args.model, args.seq_length, args.pad_token_id,
-                                   args.padding_side, args.format, args.skip_bad_lines)
-    except ConversionError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(format_stats(stats))
-    print(f"Transformation finished! Output file refer: {args.dst_file}")
-    return 0
+    return run_converter(lambda: convert_preference(args.src_file, args.dst_file, args.model, args.seq_length,
+                                                    args.pad_token_id, args.padding_side, args.format,
+                                                    args.skip_bad_lines), args.dst_file, format_stats)
 
 
 if __name__ == "__main__":

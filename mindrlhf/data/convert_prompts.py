@@ -54,8 +54,8 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from mindrlhf.data.contract import tokenize_prompt, tokenize_response
-from mindrlhf.data.records import (WRITE_CHUNK, ConversionError, atomic_mindrecord, check_paths, converter_tokenizer,
-                                   parsed_records, text_field, write_in_chunks)
+from mindrlhf.data.records import (TOKENIZER_HELP, WRITE_CHUNK, atomic_mindrecord, check_paths, ConversionError,
+                                   converter_tokenizer, parsed_records, run_converter, text_field, write_in_chunks)
 from mindrlhf.data.schemas import PROMPT_ANSWER_SCHEMA, PROMPT_SCHEMA  # noqa: F401 (PROMPT_SCHEMA re-exported)
 from mindrlhf.data.templates import TEMPLATE_NAMES, apply_template
 from mindrlhf.data.tokenizer import Tokenizer
@@ -232,8 +232,7 @@ def convert_prompts(file_path: str, output_path: str, tokenizer: Union[str, Toke
 def build_parser() -> argparse.ArgumentParser:
     """The seed's flags (numbers parsed as int) plus ``--template`` and ``--skip_bad_lines``."""
     parser = argparse.ArgumentParser(description="RLHF prompts JSONL -> MindRecord for PPO.")
-    parser.add_argument("--tokenizer_name_or_path", required=True,
-                        help="tokenizer: tokenizer.json, GPT-2 folder, SentencePiece .model, or gpt2 / llama")
+    parser.add_argument("--tokenizer_name_or_path", required=True, help=TOKENIZER_HELP)
     parser.add_argument("--file_path", required=True,
                         help="JSONL (or JSON array) of {prompt, pos_resp}, {prompt, solution} or {question, answer}")
     parser.add_argument("--output_path", required=True, help="output .mindrecord path (its folder is created)")
@@ -254,18 +253,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry: convert and print the seed's two closing lines; 0 on success, 1 on a conversion error."""
     args = build_parser().parse_args(argv)
-    try:
-        stats = convert_prompts(args.file_path, args.output_path, args.tokenizer_name_or_path,
-                                args.max_prompt_length, args.seq_length, args.pad_token_id, args.template,
-                                args.skip_bad_lines, max_truncated_share=1.0 if args.allow_truncation
-                                else args.max_truncated_share)
-    except ConversionError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    share = 1.0 if args.allow_truncation else args.max_truncated_share
+    return run_converter(lambda: convert_prompts(args.file_path, args.output_path, args.tokenizer_name_or_path,
+                                                 args.max_prompt_length, args.seq_length, args.pad_token_id,
+                                                 args.template, args.skip_bad_lines, max_truncated_share=share),
+                         args.output_path, _report)
+
+
+def _report(stats: Dict[str, Any]) -> str:
+    """The seed's count line (the whole statistics go to the log)."""
     logger.info("prompt conversion: %s", stats)
-    print(f"Total number of samples: {stats['count']}")
-    print(f"Transformation finished! Output file refer: {args.output_path}")
-    return 0
+    return f"Total number of samples: {stats['count']}"
 
 
 if __name__ == "__main__":

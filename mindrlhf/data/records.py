@@ -12,13 +12,18 @@ Checking before anything is read: :func:`check_paths`, :func:`check_seq_length`,
 
 Writing: :func:`atomic_mindrecord` (a MindRecord file and its ``.db`` index appear together, or neither) and
 :func:`write_in_chunks` (bounded memory). Statistics: :func:`length_summary` and :func:`stats_table`.
+
+Command line: :func:`add_file_arguments` (the flags the SFT and preference converters share) and
+:func:`run_converter` (convert, print the report and the seeds' closing line; a conversion error is one line).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
+import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
@@ -290,3 +295,30 @@ def stats_table(stats: Dict[str, Union[int, float]], counts: Sequence[str], leng
     for name in lengths:
         rows.append(f"| {name} | {stats[name + '_max']} | {stats[name + '_min']} | {stats[name + '_avg']:.1f} |")
     return "\n".join(rows)
+
+
+TOKENIZER_HELP = "tokenizer: tokenizer.json, GPT-2 folder, SentencePiece .model, or gpt2 / llama"
+
+
+def add_file_arguments(parser: argparse.ArgumentParser, src_help: str) -> None:
+    """``--src_file``, ``--dst_file``, ``--seq_length`` and ``--pad_token_id``: the SFT and preference converters'
+    shared flags."""
+    parser.add_argument("--src_file", required=True, help=src_help)
+    parser.add_argument("--dst_file", required=True, help="output .mindrecord path (its folder is created)")
+    parser.add_argument("--seq_length", type=int, default=1024, help="length of every stored sequence")
+    parser.add_argument("--pad_token_id", type=int, default=None,
+                        help="padding id (default: the tokenizer's pad, else its eos)")
+
+
+def run_converter(convert: Callable[[], Dict[str, Any]], dst_file: str,
+                  report: Callable[[Dict[str, Any]], str]) -> int:
+    """A converter's command body: ``convert()``, then ``report(stats)`` and the seeds' closing line on stdout;
+    0 on success, 1 (one ``error:`` line on stderr, no traceback) on a :class:`ConversionError`."""
+    try:
+        stats = convert()
+    except ConversionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(report(stats))
+    print(f"Transformation finished! Output file refer: {dst_file}")
+    return 0
