@@ -1,5 +1,7 @@
-"""PPO end to end on tiny models (graph mode, CPU): learning against an analytic reward, the experience layout
-against the policy's own log-probs, checkpoints and exact resume, the stages mode, the separate critic, errors."""
+"""PPO end to end on tiny models (CPU): learning against an analytic reward, the experience layout against the
+policy's own log-probs, checkpoints and exact resume, the stages mode, the separate critic, errors. Learning, the
+experience and the critic run in graph mode; the tests about saved state (resume, stages, extending a finished run,
+errors) run in PYNATIVE mode, where a ``train_ppo`` call skips compiling its ~5 graphs (most of its time on CPU)."""
 from __future__ import annotations
 
 import dataclasses
@@ -145,6 +147,7 @@ def test_llama_experience_log_probs_match_unpadded_scoring(prompts_file, tmp_dir
 
 
 def test_resume_and_stages_equal_one_uninterrupted_run(prompts_file, tmp_dir):
+    set_mode("pynative")  # about saved state, not the mode
     straight = os.path.join(tmp_dir, "straight")
     train_ppo(run_config(straight, epochs=3), prompts_file, target_reward)
 
@@ -206,6 +209,7 @@ def test_separate_critic_starts_from_the_reward_model(tmp_dir):
 
 
 def test_bad_inputs_are_clear(prompts_file, tmp_dir):
+    set_mode("pynative")  # about errors and the stages' saved state, not the mode
     with pytest.raises(ValueError, match="exceeds the policy's seq_length"):
         train_ppo(run_config(tmp_dir, max_new_tokens=30), prompts_file, target_reward)
     with pytest.raises(ValueError, match="vocab_size"):
@@ -251,7 +255,7 @@ def test_models_load_hugging_face_and_checkpoint_roots(tmp_dir):
 
 
 def test_few_prompts_cycle_and_a_finished_run_can_be_extended(tmp_dir):
-    set_mode("graph")
+    set_mode("pynative")  # about saved state, not the mode
     prompts_file = write_prompts(os.path.join(tmp_dir, "few.mindrecord"), count=3)  # fewer than num_rollouts
     out = os.path.join(tmp_dir, "out")
     first = train_ppo(run_config(out, epochs=1, num_rollouts=8), prompts_file, target_reward)
