@@ -1,6 +1,5 @@
 """One msrun worker of tests/test_grpo.py's data-parallel test: join the group, then run the tiny GRPO of
-:func:`dp_config` in PYNATIVE mode (the test is about the statistics that span the ranks, not the mode; a
-graph-mode worker spends most of its time compiling) with the dense toy reward of tests/test_grpo.py.
+:func:`dp_config` in graph mode with the dense toy reward of tests/test_grpo.py.
 
 Usage (under msrun): ``python tests/grpo_dp_worker.py PROMPTS OUTPUT_DIR``.
 """
@@ -34,7 +33,7 @@ def main(prompts: str, out: str) -> None:
     from mindrlhf.train.grpo import train_grpo
 
     logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
-    ms.set_context(mode=ms.PYNATIVE_MODE, device_target="CPU")
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     rank_id, rank_size = init_distributed()
     assert rank_size == 2, rank_size
     trainer = train_grpo(dp_config(out), prompts, low_share, rank_id=rank_id, rank_size=rank_size)

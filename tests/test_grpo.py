@@ -1,9 +1,9 @@
 """GRPO end to end on tiny models (CPU): learning against a toy reward of the reference answers, every parameter
 training, metrics and checkpoints, exact resume (with num_iterations 2, dynamic sampling and RLOO too), the first
 pass's ratio of 1, failing reward functions, two msrun workers against one process, and the ``mindrlhf grpo``
-command with its errors. Graph mode, except the tests about saved state, errors and the statistics that span the
-ranks (exact resume, a failing reward function, two workers), which run in PYNATIVE mode: a ``train_grpo`` call
-there skips compiling its graphs, most of its time on CPU.
+command with its errors. Graph mode, except the tests about saved state and errors (exact resume, a failing reward
+function), which run in PYNATIVE mode: a ``train_grpo`` call there skips compiling its graphs, most of its time on
+CPU.
 """
 from __future__ import annotations
 
@@ -270,7 +270,7 @@ def one_process(prompts_file: str, out: str):
     from mindrlhf.train.grpo import TRAIN_COLUMNS, group_scores
     from tests.grpo_dp_worker import dp_config
 
-    set_mode("pynative")  # the workers' mode
+    set_mode("graph")
     cfg = dp_config(out)
     grpo = cfg.grpo
     width, _ = grpo_prompt_source(prompts_file, cfg, 0, 1)
@@ -308,6 +308,7 @@ def test_two_grpo_workers_match_one_process(tmp_dir):
     ranks' rollouts each iteration."""
     from tests.test_data_parallel import free_port
 
+    set_mode("graph")
     prompts_file = write_prompts(os.path.join(tmp_dir, "prompts.mindrecord"), count=16)
     parallel = os.path.join(tmp_dir, "parallel")
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))

@@ -1,7 +1,8 @@
 """The launch scripts: argument checks with usage text, and a real two-worker CPU run through
 run_distribute_reward.sh (msrun path) from a folder whose name has a space. The runs are about the scripts, not the
 mode: their recipes switch to PYNATIVE mode (``context.mode: 1``), where a worker does not spend most of its time
-compiling graphs (graph-mode data parallel runs in tests/test_data_parallel.py and tests/test_dpo.py)."""
+compiling graphs (graph-mode data parallel runs in test_data_parallel.py, test_dpo.py, test_ppo_data_parallel.py and
+test_grpo.py)."""
 from __future__ import annotations
 
 import os
