@@ -1,7 +1,8 @@
 """PPO end to end on tiny models (CPU): learning against an analytic reward, the experience layout against the
-policy's own log-probs, checkpoints and exact resume, the stages mode, the separate critic, errors. Learning, the
-experience and the critic run in graph mode; the tests about saved state (resume, stages, extending a finished run,
-errors) run in PYNATIVE mode, where a ``train_ppo`` call skips compiling its ~5 graphs (most of its time on CPU)."""
+policy's own log-probs, checkpoints and exact resume, the stages mode, the separate critic, errors. Learning and the
+experience run in graph mode; the tests about saved state (resume, stages, extending a finished run, errors) and the
+separate critic's start run in PYNATIVE mode, where a ``train_ppo`` call skips compiling its graphs (most of its time
+on CPU)."""
 from __future__ import annotations
 
 import dataclasses
@@ -179,7 +180,7 @@ def test_resume_and_stages_equal_one_uninterrupted_run(prompts_file, tmp_dir):
 
 
 def test_separate_critic_starts_from_the_reward_model(tmp_dir):
-    set_mode("graph")
+    set_mode("pynative")  # about where the critic starts and what the reward model scores (graph mode: test_demo.py)
     prompts_file = write_prompts(os.path.join(tmp_dir, "prompts.mindrecord"), with_pretrain=True)
     cfg = run_config(os.path.join(tmp_dir, "out"), epochs=1, is_shared_backbone=False, pretrain_coef=0.5)
     reward_cfg = tiny_gpt2_config(vocab_size=VOCAB, seq_length=32)
