@@ -1,7 +1,8 @@
 """Crash safety for real: each stage's command is killed with SIGKILL at a chosen point (after an optimizer step,
 after an RL iteration's rollouts, while a checkpoint's bytes are being written; :mod:`mindrlhf.faults`), in its own
 process, then resumed from the newest intact checkpoint; it must end with exactly the parameters, optimizer state
-and metrics of an uninterrupted run. Tiny recipes, 3-4 steps or iterations."""
+and metrics of an uninterrupted run. Tiny recipes, 3-4 steps or iterations, in PYNATIVE mode: the tests are about
+saved state, and each of a stage's five runs would otherwise spend most of its time compiling graphs."""
 from __future__ import annotations
 
 import json
@@ -21,7 +22,8 @@ from mindrlhf.train.checkpoint import read_ckpt
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPT2 = os.path.join(ROOT, "model_configs", "gpt2_config")
 DATA = os.path.join(ROOT, "tests", "data")
-SMALL = ["model.model_config.hidden_size=32", "model.model_config.num_layers=1", "lr_schedule.warmup_ratio=0.0"]
+SMALL = ["model.model_config.hidden_size=32", "model.model_config.num_layers=1", "lr_schedule.warmup_ratio=0.0",
+         "context.mode=1"]
 
 
 def sets(overrides: List[str], flag: str = "--set") -> List[str]:

@@ -1,5 +1,8 @@
 """The launch scripts: argument checks with usage text, and a real two-worker CPU run through
-run_distribute_reward.sh (msrun path) from a folder whose name has a space."""
+run_distribute_reward.sh (msrun path) from a folder whose name has a space. The runs are about the scripts, not the
+mode: their recipes switch to PYNATIVE mode (``context.mode: 1``), where a worker does not spend most of its time
+compiling graphs (graph-mode data parallel runs in test_data_parallel.py, test_dpo.py, test_ppo_data_parallel.py and
+test_grpo.py)."""
 from __future__ import annotations
 
 import os
@@ -15,6 +18,7 @@ from tests.test_data_parallel import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "scripts")
+PYNATIVE = "context:\n  mode: 1\n"  # the recipes' mode here (see the module docstring)
 
 
 def run(script, *args, cwd=ROOT, env=None):
@@ -55,6 +59,7 @@ def test_two_cpu_workers_through_run_distribute_reward(tmp_dir):
     recipe = os.path.join(work, "run tiny rm.yaml")
     with open(recipe, "w", encoding="utf-8") as f:
         f.write(f"base_config: {os.path.join(ROOT, 'model_configs', 'gpt2_config', 'run_gpt2_tiny_rm.yaml')}\n")
+        f.write(PYNATIVE)
     order = (f"python '{os.path.join(ROOT, 'examples', 'reward_model_train_tutorial', 'reward_train.py')}' "
              f"--config '{recipe}' --train_dataset '{data}' --set runner_config.batch_size=1 "
              f"--set model.model_config.hidden_size=32 --set model.model_config.seq_length=128")
@@ -105,6 +110,7 @@ def ppo_inputs(work: str):
         with open(recipe, "w", encoding="utf-8") as f:
             f.write(f"base_config: {os.path.join(ROOT, 'model_configs', 'gpt2_config', name)}\n")
             f.write("model:\n  model_config:\n    seq_length: 64\n    hidden_size: 32\n")
+            f.write(PYNATIVE)
         recipes.append(recipe)
     flags = ["--set", "ppo.epochs=1", "--set", "ppo.num_rollouts=4", "--set", "ppo.chunk_size=4",
              "--set", "ppo.batch_size=4", "--set", "ppo.generation.max_new_tokens=8"]
@@ -152,7 +158,8 @@ def test_two_worker_grpo_script(tmp_dir):
     recipe = os.path.join(ROOT, "model_configs", "gpt2_config", "run_gpt2_tiny_grpo.yaml")
     proc = run("run_distribute_grpo.sh", data, "hccl_2p_01_127.0.0.1.json", "0", "2", recipe, "--output_dir", "pair",
                "--set", "grpo.epochs=1", "--set", "grpo.num_prompts=2", "--set", "grpo.num_generations=2",
-               "--set", "grpo.batch_size=2", "--set", "grpo.generation.max_new_tokens=8", cwd=work, env=env)
+               "--set", "grpo.batch_size=2", "--set", "grpo.generation.max_new_tokens=8", "--set", "context.mode=1",
+               cwd=work, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "starting 2 workers with msrun" in proc.stdout
     ranks = [read_ckpt(os.path.join(work, "pair", "checkpoint", f"rank_{r}", "policy_model_epoch_0.ckpt"))

@@ -1,5 +1,8 @@
-"""PPO end to end on tiny models (graph mode, CPU): learning against an analytic reward, the experience layout
-against the policy's own log-probs, checkpoints and exact resume, the stages mode, the separate critic, errors."""
+"""PPO end to end on tiny models (CPU): learning against an analytic reward, the experience layout against the
+policy's own log-probs, checkpoints and exact resume, the stages mode, the separate critic, errors. Learning and the
+experience run in graph mode; the tests about saved state (resume, stages, extending a finished run, errors) and the
+separate critic's start run in PYNATIVE mode, where a ``train_ppo`` call skips compiling its graphs (most of its time
+on CPU)."""
 from __future__ import annotations
 
 import dataclasses
@@ -146,6 +149,7 @@ def test_llama_experience_log_probs_match_unpadded_scoring(prompts_file, tmp_dir
 
 
 def test_resume_and_stages_equal_one_uninterrupted_run(prompts_file, tmp_dir):
+    set_mode("pynative")  # about saved state, not the mode
     straight = os.path.join(tmp_dir, "straight")
     train_ppo(run_config(straight, epochs=3), prompts_file, target_reward)
 
@@ -177,7 +181,7 @@ def test_resume_and_stages_equal_one_uninterrupted_run(prompts_file, tmp_dir):
 
 
 def test_separate_critic_starts_from_the_reward_model(tmp_dir):
-    set_mode("graph")
+    set_mode("pynative")  # about where the critic starts and what the reward model scores (graph mode: test_demo.py)
     prompts_file = write_prompts(os.path.join(tmp_dir, "prompts.mindrecord"), with_pretrain=True)
     cfg = run_config(os.path.join(tmp_dir, "out"), epochs=1, is_shared_backbone=False, pretrain_coef=0.5)
     reward_cfg = tiny_gpt2_config(vocab_size=VOCAB, seq_length=32)
@@ -207,6 +211,7 @@ def test_separate_critic_starts_from_the_reward_model(tmp_dir):
 
 
 def test_bad_inputs_are_clear(prompts_file, tmp_dir):
+    set_mode("pynative")  # about errors and the stages' saved state, not the mode
     with pytest.raises(ValueError, match="exceeds the policy's seq_length"):
         train_ppo(run_config(tmp_dir, max_new_tokens=30), prompts_file, target_reward)
     with pytest.raises(ValueError, match="vocab_size"):
@@ -252,7 +257,7 @@ def test_models_load_hugging_face_and_checkpoint_roots(tmp_dir):
 
 
 def test_few_prompts_cycle_and_a_finished_run_can_be_extended(tmp_dir):
-    set_mode("graph")
+    set_mode("pynative")  # about saved state, not the mode
     prompts_file = write_prompts(os.path.join(tmp_dir, "few.mindrecord"), count=3)  # fewer than num_rollouts
     out = os.path.join(tmp_dir, "out")
     first = train_ppo(run_config(out, epochs=1, num_rollouts=8), prompts_file, target_reward)
