@@ -11,7 +11,7 @@ from mindspore import Tensor, nn, ops
 
 from mindrlhf.config import ConfigError, ModelConfig
 from mindrlhf.models.layers import (Attention, Backbone, Embedding, GeluTanh, LayerNorm, Linear, attention_inputs,
-                                    dropout, mlp_projections, ms_dtype)
+                                    dropout, TwoLayerMLP, ms_dtype)
 from mindrlhf.models.registry import (CheckpointError, HFLayout, ModelFamily, hf_field, hf_special_ids,
                                       register_family)
 
@@ -58,19 +58,15 @@ class BloomAttention(nn.Cell):
         return self.dense(self.attn(q, k, v, bias, k_cache, v_cache, cache_index))
 
 
-class BloomMLP(nn.Cell):
+class BloomMLP(TwoLayerMLP):
     """``dense_4h_to_h(gelu(dense_h_to_4h(x)))`` (BLOOM's GELU is the tanh approximation, fixed: Hugging Face's
-    ``BloomConfig`` has no activation field, so ``hidden_act`` can only be gelu)."""
+    ``BloomConfig`` has no activation field, so ``hidden_act`` can only be gelu); no dropout inside (the block's
+    dropout follows it)."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
         if cfg.hidden_act not in (None, "gelu"):
             raise ConfigError(f"model_config.hidden_act: BLOOM's MLP is the tanh GELU (gelu), got {cfg.hidden_act!r}")
-        self.dense_h_to_4h, self.dense_4h_to_h = mlp_projections(cfg, 4 * cfg.hidden_size)
-        self.act = GeluTanh()
-
-    def construct(self, x):
-        return self.dense_4h_to_h(self.act(self.dense_h_to_4h(x)))
+        super().__init__(cfg, 4 * cfg.hidden_size, ("dense_h_to_4h", "dense_4h_to_h"), GeluTanh())
 
 
 class BloomBlock(nn.Cell):

@@ -12,7 +12,7 @@ from mindspore import Tensor, nn, ops
 from mindrlhf.config import ConfigError, ModelConfig
 from mindrlhf.models.gpt2 import gpt2_config_from_hf, gpt2_config_to_hf
 from mindrlhf.models.layers import (Attention, Backbone, Embedding, LayerNorm, Linear, attention_inputs,
-                                    activation, dropout, mlp_projections, ms_dtype, split_heads)
+                                    activation, dropout, TwoLayerMLP, ms_dtype, split_heads)
 from mindrlhf.models.registry import HFLayout, ModelFamily, register_family
 
 
@@ -83,17 +83,12 @@ class GPTJAttention(nn.Cell):
         return self.out_proj(self.attn(q, k, v, bias, k_cache, v_cache, cache_index))
 
 
-class GPTJMLP(nn.Cell):
+class GPTJMLP(TwoLayerMLP):
     """``fc_out(act(fc_in(x)))`` with biases; ``act`` = ``hidden_act`` (default: the tanh GELU)."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.fc_in, self.fc_out = mlp_projections(cfg, cfg.intermediate_size or 4 * cfg.hidden_size)
-        self.dropout = dropout(cfg.hidden_dropout_rate)
-        self.act = activation(cfg.hidden_act or "gelu")
-
-    def construct(self, x):
-        return self.dropout(self.fc_out(self.act(self.fc_in(x))))
+        super().__init__(cfg, cfg.intermediate_size or 4 * cfg.hidden_size, ("fc_in", "fc_out"),
+                         activation(cfg.hidden_act or "gelu"), cfg.hidden_dropout_rate)
 
 
 class GPTJBlock(nn.Cell):

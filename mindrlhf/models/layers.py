@@ -68,6 +68,27 @@ def dropout(rate: float) -> nn.Cell:
     return nn.Dropout(p=rate) if rate > 0 else nn.Identity()
 
 
+class TwoLayerMLP(nn.Cell):
+    """``dropout(down(act(up(x))))``, ``(..., H) -> (..., H)``, width ``width`` inside (:func:`mlp_projections`).
+
+    The two projections are stored under the family's own attribute names, ``names = (up, down)`` (e.g. GPT-2's
+    ``("c_fc", "c_proj")``), so the parameter names checkpoints and the Hugging Face converters use stay as they
+    are; ``construct`` looks them up by name, so a projection replaced under its name (LoRA) is the one called.
+    """
+
+    def __init__(self, cfg, width: int, names: tuple, act, dropout_rate: float = 0.0):
+        super().__init__()
+        self.names = tuple(names)
+        for name, projection in zip(self.names, mlp_projections(cfg, width)):
+            setattr(self, name, projection)
+        self.act = act
+        self.dropout = dropout(dropout_rate)
+
+    def construct(self, x):
+        up, down = getattr(self, self.names[0]), getattr(self, self.names[1])
+        return self.dropout(down(self.act(up(x))))
+
+
 class Embedding(nn.Cell):
     """Token (or position) lookup table ``weight (num, dim)``."""
 
