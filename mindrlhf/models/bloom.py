@@ -10,8 +10,8 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from mindrlhf.config import ConfigError, ModelConfig
-from mindrlhf.models.layers import (Attention, Backbone, Embedding, GeluTanh, LayerNorm, Linear, attention_inputs,
-                                    dropout, TwoLayerMLP, ms_dtype)
+from mindrlhf.models.layers import (Attention, Backbone, Embedding, GeluTanh, Linear, attention_inputs,
+                                    dropout, hidden_norm, TwoLayerMLP, ms_dtype)
 from mindrlhf.models.registry import (CheckpointError, HFLayout, ModelFamily, hf_field, hf_special_ids,
                                       register_family)
 
@@ -74,11 +74,9 @@ class BloomBlock(nn.Cell):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        norm = dict(eps=cfg.layernorm_epsilon, param_dtype=ms_dtype(cfg.param_init_type),
-                    compute_dtype=ms_dtype(cfg.layernorm_compute_type))
-        self.input_layernorm = LayerNorm(cfg.hidden_size, **norm)
+        self.input_layernorm = hidden_norm(cfg)
         self.self_attention = BloomAttention(cfg)
-        self.post_attention_layernorm = LayerNorm(cfg.hidden_size, **norm)
+        self.post_attention_layernorm = hidden_norm(cfg)
         self.mlp = BloomMLP(cfg)
         self.dropout = dropout(cfg.hidden_dropout_rate)
 
@@ -91,27 +89,20 @@ class BloomModel(Backbone):
     """BLOOM transformer without the LM head; same call contract as :class:`mindrlhf.models.gpt2.GPT2Model`
     (``position_ids`` are accepted and unused: ALiBi reads positions from the mask)."""
 
+    embedding_name, blocks_name = "word_embeddings", "h"
+
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, cfg.num_heads)
         if cfg.intermediate_size not in (None, 4 * cfg.hidden_size):
             raise ConfigError(f"model_config.intermediate_size: BLOOM's MLP width is 4 * hidden_size "
                               f"({4 * cfg.hidden_size}), got {cfg.intermediate_size}")
         dtype = ms_dtype(cfg.param_init_type)
-        norm = dict(eps=cfg.layernorm_epsilon, param_dtype=dtype, compute_dtype=ms_dtype(cfg.layernorm_compute_type))
         self.word_embeddings = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.initializer_range, dtype)
-        self.word_embeddings_layernorm = LayerNorm(cfg.hidden_size, **norm)
+        self.word_embeddings_layernorm = hidden_norm(cfg)
         self.drop = dropout(cfg.hidden_dropout_rate)
         self.h = nn.CellList([BloomBlock(cfg) for _ in range(cfg.num_layers)])
-        self.ln_f = LayerNorm(cfg.hidden_size, **norm)
+        self.ln_f = hidden_norm(cfg)
         self.slopes = Tensor(alibi_slopes(cfg.num_heads).reshape(1, -1, 1, 1), ms.float32)
-
-    def input_embedding_table(self):
-        """The ``(V, H)`` token table (the tied LM head multiplies with it)."""
-        return self.word_embeddings.weight
-
-    def blocks(self):
-        """The transformer blocks (for recompute)."""
-        return self.h
 
     def construct(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, cache_index=None):
         if attention_mask is None:

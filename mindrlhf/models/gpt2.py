@@ -7,8 +7,8 @@ import numpy as np
 from mindspore import nn, ops
 
 from mindrlhf.config import ModelConfig
-from mindrlhf.models.layers import (Attention, Backbone, Embedding, LayerNorm, Linear, activation, attention_inputs,
-                                    dropout, TwoLayerMLP, ms_dtype, split_heads)
+from mindrlhf.models.layers import (Attention, Backbone, Embedding, Linear, activation, attention_inputs,
+                                    dropout, hidden_norm, TwoLayerMLP, ms_dtype, split_heads)
 from mindrlhf.models.registry import (HF_ACTIVATION_NAMES, HFLayout, MindformersLayout, ModelFamily, hf_activation,
                                       hf_field, hf_special_ids, register_family)
 
@@ -46,11 +46,9 @@ class GPT2Block(nn.Cell):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        norm = dict(eps=cfg.layernorm_epsilon, param_dtype=ms_dtype(cfg.param_init_type),
-                    compute_dtype=ms_dtype(cfg.layernorm_compute_type))
-        self.ln_1 = LayerNorm(cfg.hidden_size, **norm)
+        self.ln_1 = hidden_norm(cfg)
         self.attn = GPT2Attention(cfg)
-        self.ln_2 = LayerNorm(cfg.hidden_size, **norm)
+        self.ln_2 = hidden_norm(cfg)
         self.mlp = GPT2MLP(cfg)
 
     def construct(self, x, bias, k_cache=None, v_cache=None, cache_index=None):
@@ -68,6 +66,8 @@ class GPT2Model(Backbone):
     and ``position_ids`` must be given.
     """
 
+    embedding_name, blocks_name = "wte", "h"
+
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, cfg.num_heads)
         dtype = ms_dtype(cfg.param_init_type)
@@ -75,15 +75,7 @@ class GPT2Model(Backbone):
         self.wpe = Embedding(cfg.seq_length, cfg.hidden_size, cfg.initializer_range / 2, dtype)
         self.drop = dropout(cfg.hidden_dropout_rate)
         self.h = nn.CellList([GPT2Block(cfg) for _ in range(cfg.num_layers)])
-        self.ln_f = LayerNorm(cfg.hidden_size, cfg.layernorm_epsilon, dtype, ms_dtype(cfg.layernorm_compute_type))
-
-    def input_embedding_table(self):
-        """The ``(V, H)`` token table (the tied LM head multiplies with it)."""
-        return self.wte.weight
-
-    def blocks(self):
-        """The transformer blocks (for recompute)."""
-        return self.h
+        self.ln_f = hidden_norm(cfg)
 
     def construct(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, cache_index=None):
         position_ids, bias, cache_index = attention_inputs(input_ids, attention_mask, position_ids, cache_index,

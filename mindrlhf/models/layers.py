@@ -138,6 +138,15 @@ class LayerNorm(nn.Cell):
         return cast(ops.reshape(y, shape), out_dtype)
 
 
+def hidden_norm(cfg, rms: bool = False) -> nn.Cell:
+    """A norm over ``hidden_size`` in the config's dtypes (``param_init_type``, ``layernorm_compute_type``):
+    :class:`LayerNorm` with ``layernorm_epsilon``, or with ``rms`` :class:`RMSNorm` with ``rms_norm_eps``."""
+    dtypes = (ms_dtype(cfg.param_init_type), ms_dtype(cfg.layernorm_compute_type))
+    if rms:
+        return RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, *dtypes)
+    return LayerNorm(cfg.hidden_size, cfg.layernorm_epsilon, *dtypes)
+
+
 class RMSNorm(nn.Cell):
     """Root-mean-square norm ``x / sqrt(mean(x^2) + eps) * weight`` (Llama), computed in ``compute_dtype``."""
 
@@ -330,15 +339,26 @@ def split_heads(x, heads: int, head_dim: int):
 class Backbone(nn.Cell):
     """What every family's backbone shares: the numbers its ``construct`` needs and the loop over its blocks.
 
-    Subclasses define ``input_embedding_table()`` (the ``(V, H)`` token table) and ``blocks()`` (the block
-    CellList, for recompute), and call :meth:`run_blocks` from ``construct``.
+    Subclasses name their token :class:`Embedding` (``embedding_name``) and their block CellList (``blocks_name``),
+    the attribute names their checkpoints use, and call :meth:`run_blocks` from ``construct``.
     """
+
+    embedding_name = ""  # attribute holding the token Embedding, e.g. GPT-2's "wte"
+    blocks_name = ""  # attribute holding the block CellList, e.g. GPT-2's "h"
 
     def __init__(self, cfg, cache_heads: int):
         super().__init__()
         self.num_layers = cfg.num_layers
         self.compute_dtype = ms_dtype(cfg.compute_dtype)
         self.cache_heads = cache_heads  # key/value heads of the KV cache
+
+    def input_embedding_table(self):
+        """The ``(V, H)`` token table (a tied LM head multiplies with it)."""
+        return getattr(self, self.embedding_name).weight
+
+    def blocks(self):
+        """The transformer blocks (for recompute)."""
+        return getattr(self, self.blocks_name)
 
     def run_blocks(self, blocks, x, bias, extra, kv_cache, cache_index):
         """``x = block(x, bias, *extra[, k_cache, v_cache, cache_index])`` for each block; ``kv_cache`` is the
