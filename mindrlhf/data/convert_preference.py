@@ -83,10 +83,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from mindrlhf.data.contract import EncodedText, encode_for_reward
-from mindrlhf.data.records import (TOKENIZER_HELP, WRITE_CHUNK, add_file_arguments, atomic_mindrecord, check_format,
-                                   check_paths, check_seq_length, ConversionError, converter_tokenizer, expect_object,
-                                   history_field, instruction_text, length_summary, parsed_records, run_converter,
-                                   stats_table, text_field, write_in_chunks)
+from mindrlhf.data.records import (TOKENIZER_HELP, WRITE_CHUNK, add_file_arguments, atomic_mindrecord, check_choice,
+                                   check_format, check_paths, check_seq_length, ConversionError, converter_tokenizer,
+                                   expect_object, format_from_keys, history_field, instruction_text, length_summary,
+                                   parsed_records, run_converter, stats_table, text_field, write_in_chunks)
 from mindrlhf.data.records import read_records  # noqa: F401 (re-exported for the rm infer command)
 from mindrlhf.data.schemas import FILE_SCHEMA, PREFERENCE_SCHEMA
 from mindrlhf.data.templates import format_prompt
@@ -251,12 +251,7 @@ def detect_format(record: dict, where: str) -> str:
         return "sharegpt"
     if isinstance(record.get("chosen"), list):
         return "chat"
-    for name, keys in SIGNATURES:
-        if keys <= record.keys():
-            return name
-    expected = "; ".join(f"{name}: {', '.join(sorted(keys))}" for name, keys in SIGNATURES)
-    raise ConversionError(f"{where}: cannot detect the format from keys {sorted(record)} (expected {expected}); "
-                          f"pass --format")
+    return format_from_keys(record, SIGNATURES, where)
 
 
 def read_pairs(path: str, fmt: str = "auto", skip_bad_lines: bool = False, stats: Optional[ConversionStats] = None,
@@ -373,8 +368,7 @@ def encode_pairs(pairs: Iterator[PreferencePair], tokenizer: Tokenizer, seq_leng
 def check_arguments(src_file: str, dst_file: str, seq_length: int, padding_side: str, fmt: str) -> None:
     """Raise :class:`ConversionError` for an argument that cannot work, before anything is read or written."""
     check_seq_length(seq_length)
-    if padding_side not in PADDING_SIDES:
-        raise ConversionError(f"--padding_side must be one of {', '.join(PADDING_SIDES)}, got {padding_side!r}")
+    check_choice("--padding_side", padding_side, PADDING_SIDES)
     check_format(fmt, FORMATS)
     check_paths("--src_file", src_file, "--dst_file", dst_file)
 

@@ -54,8 +54,9 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from mindrlhf.data.contract import tokenize_prompt, tokenize_response
-from mindrlhf.data.records import (TOKENIZER_HELP, WRITE_CHUNK, atomic_mindrecord, check_paths, ConversionError,
-                                   converter_tokenizer, parsed_records, run_converter, text_field, write_in_chunks)
+from mindrlhf.data.records import (TOKENIZER_HELP, WRITE_CHUNK, atomic_mindrecord, check_choice, check_paths,
+                                   ConversionError, converter_tokenizer, parsed_records, run_converter, text_field,
+                                   write_in_chunks)
 from mindrlhf.data.schemas import PROMPT_ANSWER_SCHEMA, PROMPT_SCHEMA  # noqa: F401 (PROMPT_SCHEMA re-exported)
 from mindrlhf.data.templates import TEMPLATE_NAMES, apply_template
 from mindrlhf.data.tokenizer import Tokenizer
@@ -198,8 +199,7 @@ def check_arguments(file_path: str, output_path: str, max_prompt_length: int, se
     if max_prompt_length < 1 or seq_length < 2:
         raise ConversionError(f"--max_prompt_length must be >= 1 and --seq_length >= 2, got {max_prompt_length} "
                               f"and {seq_length}")
-    if template not in TEMPLATES:
-        raise ConversionError(f"--template must be one of {', '.join(TEMPLATES)}, got {template!r}")
+    check_choice("--template", template, TEMPLATES)
     check_paths("--file_path", file_path, "--output_path", output_path)
 
 

@@ -60,10 +60,11 @@ import numpy as np
 
 from mindrlhf.data.contract import tokenize_prompt, tokenize_response
 from mindrlhf.data.convert_preference import HISTORY_TURN
-from mindrlhf.data.records import (TOKENIZER_HELP, WRITE_CHUNK, add_file_arguments, atomic_mindrecord, check_format,
-                                   check_paths, check_seq_length, ConversionError, converter_tokenizer, expect_object,
-                                   history_field, instruction_text, length_summary, parsed_records, run_converter,
-                                   stats_table, string_value, text_field, write_in_chunks)
+from mindrlhf.data.records import (TOKENIZER_HELP, WRITE_CHUNK, add_file_arguments, atomic_mindrecord, check_choice,
+                                   check_format, check_paths, check_seq_length, ConversionError, converter_tokenizer,
+                                   expect_object, format_from_keys, history_field, instruction_text, length_summary,
+                                   parsed_records, run_converter, stats_table, string_value, text_field,
+                                   write_in_chunks)
 from mindrlhf.data.schemas import SFT_SCHEMA
 from mindrlhf.data.templates import format_prompt
 from mindrlhf.data.tokenizer import Tokenizer
@@ -168,12 +169,7 @@ SIGNATURES = (("sharegpt", {"conversations"}), ("sharegpt", {"messages"}), ("alp
 
 def detect_format(record: dict, where: str) -> str:
     """The format whose keys the record has; :class:`ConversionError` when none matches."""
-    for name, keys in SIGNATURES:
-        if keys <= record.keys():
-            return name
-    expected = "; ".join(f"{name}: {', '.join(sorted(keys))}" for name, keys in SIGNATURES)
-    raise ConversionError(f"{where}: cannot detect the format from keys {sorted(record)} (expected {expected}); "
-                          f"pass --format")
+    return format_from_keys(record, SIGNATURES, where)
 
 
 def read_examples(path: str, fmt: str = "auto", skip_bad_lines: bool = False, stats: Optional[SFTStats] = None,
@@ -285,8 +281,7 @@ def check_arguments(src_file: str, dst_file: str, seq_length: int, fmt: str, tem
     """Raise :class:`ConversionError` for an argument that cannot work, before anything is read or written."""
     check_seq_length(seq_length)
     check_format(fmt, FORMATS)
-    if template not in TEMPLATES:
-        raise ConversionError(f"--template must be one of {', '.join(TEMPLATES)}, got {template!r}")
+    check_choice("--template", template, TEMPLATES)
     check_paths("--src_file", src_file, "--dst_file", dst_file)
 
 

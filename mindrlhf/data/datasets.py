@@ -201,23 +201,20 @@ def _pair_layout(chosen_ids, chosen_mask, rejected_ids, rejected_mask, position_
             row_ends(attention_mask))
 
 
-def reward_model_dataset(path: str, batch_size: int, *, epoch: int = 0, seed: int = 0, shuffle: bool = True,
-                         rank_id: int = 0, rank_size: int = 1, skip_batches: int = 0, drop_remainder: bool = True,
-                         num_samples: Optional[int] = None, num_parallel_workers: int = 1):
+def reward_model_dataset(path: str, batch_size: int, *, drop_remainder: bool = True, num_parallel_workers: int = 1,
+                         **order):
     """One epoch of reward-model batches from a preference MindRecord; columns :data:`REWARD_COLUMNS`.
 
     Args:
         path: the ``.mindrecord`` file (its ``.db`` beside it).
         batch_size: pairs per batch ``B`` (the batch holds ``2B`` sequences).
-        epoch, seed, shuffle, rank_id, rank_size, skip_batches, num_samples: select and order the records, see
-            :func:`epoch_indices`.
         drop_remainder: drop a last batch with fewer than ``B`` pairs.
         num_parallel_workers: reader / map threads (the order does not depend on it).
+        order: which records and in what order: the keyword arguments of :func:`epoch_indices` (``epoch``,
+            ``seed``, ``shuffle``, ``rank_id``, ``rank_size``, ``skip_batches``, ``num_samples``).
     Returns:
         A ``mindspore.dataset`` pipeline; iterate it with ``create_dict_iterator(num_epochs=1)``.
     """
-    order = dict(epoch=epoch, seed=seed, shuffle=shuffle, rank_id=rank_id, rank_size=rank_size,
-                 skip_batches=skip_batches, num_samples=num_samples)
     return _epoch_batches(path, record_count(path), PREFERENCE_COLUMNS, batch_size, order, drop_remainder,
                           num_parallel_workers, _pair_layout, REWARD_COLUMNS)
 
@@ -252,36 +249,18 @@ def dpo_batches(path: str, indices: np.ndarray, batch_size: int, drop_remainder:
                               _dpo_layout, DPO_COLUMNS)
 
 
-def dpo_dataset(path: str, batch_size: int, *, epoch: int = 0, seed: int = 0, shuffle: bool = True, rank_id: int = 0,
-                rank_size: int = 1, skip_batches: int = 0, drop_remainder: bool = True,
-                num_samples: Optional[int] = None, num_parallel_workers: int = 1):
+def dpo_dataset(path: str, batch_size: int, *, drop_remainder: bool = True, num_parallel_workers: int = 1, **order):
     """One epoch of DPO batches from a preference MindRecord with the response masks: per batch of ``B`` pairs
     ``input_ids``, ``attention_mask`` ``(2B, S)`` int32 and ``response_mask (2B, S)`` float32 (1 on each
     sequence's response tokens, eos included), the B chosen rows first. Records and order as
     :func:`reward_model_dataset` (:func:`epoch_indices`)."""
-    order = dict(epoch=epoch, seed=seed, shuffle=shuffle, rank_id=rank_id, rank_size=rank_size,
-                 skip_batches=skip_batches, num_samples=num_samples)
     return _epoch_batches(path, check_dpo_file(path), DPO_STORED, batch_size, order, drop_remainder,
                           num_parallel_workers, _dpo_layout, DPO_COLUMNS)
 
 
-def sft_dataset(path: str, batch_size: int, *, epoch: int = 0, seed: int = 0, shuffle: bool = True, rank_id: int = 0,
-                rank_size: int = 1, skip_batches: int = 0, drop_remainder: bool = True,
-                num_samples: Optional[int] = None, num_parallel_workers: int = 1):
+def sft_dataset(path: str, batch_size: int, *, drop_remainder: bool = True, num_parallel_workers: int = 1, **order):
     """One epoch of SFT batches from an SFT MindRecord; columns :data:`SFT_COLUMNS`, each ``(B, S) int32``.
-
-    Args:
-        path: the ``.mindrecord`` file (its ``.db`` beside it).
-        batch_size: sequences per batch ``B``.
-        epoch, seed, shuffle, rank_id, rank_size, skip_batches, num_samples: select and order the records, see
-            :func:`epoch_indices`.
-        drop_remainder: drop a last batch with fewer than ``B`` sequences.
-        num_parallel_workers: reader / batch threads (the order does not depend on it).
-    Returns:
-        A ``mindspore.dataset`` pipeline; iterate it with ``create_dict_iterator(num_epochs=1)``.
-    """
-    order = dict(epoch=epoch, seed=seed, shuffle=shuffle, rank_id=rank_id, rank_size=rank_size,
-                 skip_batches=skip_batches, num_samples=num_samples)
+    Arguments as :func:`reward_model_dataset`, with ``B`` sequences (not pairs) per batch."""
     return _epoch_batches(path, record_count(path, SFT_COLUMNS), SFT_COLUMNS, batch_size, order, drop_remainder,
                           num_parallel_workers)
 

@@ -25,7 +25,7 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import AbstractSet, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -200,6 +200,23 @@ def check_format(fmt: str, formats: Sequence[str]) -> None:
     """``--format`` must be ``auto`` or one of ``formats``."""
     if fmt != "auto" and fmt not in formats:
         raise ConversionError(f"--format must be auto or one of {', '.join(formats)}, got {fmt!r}")
+
+
+def check_choice(flag: str, value: str, choices: Sequence[str]) -> None:
+    """``value`` (given as ``flag``) must be one of ``choices``."""
+    if value not in choices:
+        raise ConversionError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def format_from_keys(record: dict, signatures: Sequence[Tuple[str, AbstractSet[str]]], where: str) -> str:
+    """The first format of ``signatures`` (``(name, keys)`` pairs, most specific first) whose keys ``record`` has;
+    :class:`ConversionError` listing every signature when none matches."""
+    for name, keys in signatures:
+        if keys <= record.keys():
+            return name
+    expected = "; ".join(f"{name}: {', '.join(sorted(keys))}" for name, keys in signatures)
+    raise ConversionError(f"{where}: cannot detect the format from keys {sorted(record)} (expected {expected}); "
+                          f"pass --format")
 
 
 def default_pad(tokenizer: Tokenizer) -> int:

@@ -10,8 +10,8 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from mindrlhf.config import ConfigError, ModelConfig
-from mindrlhf.models.layers import (Attention, Backbone, Embedding, GeluTanh, LayerNorm, Linear, attention_inputs,
-                                    dropout, mlp_projections, ms_dtype)
+from mindrlhf.models.layers import (Attention, Backbone, Embedding, GeluTanh, Linear, attention_inputs,
+                                    dropout, hidden_norm, TwoLayerMLP, ms_dtype)
 from mindrlhf.models.registry import (CheckpointError, HFLayout, ModelFamily, hf_field, hf_special_ids,
                                       register_family)
 
@@ -58,19 +58,15 @@ class BloomAttention(nn.Cell):
         return self.dense(self.attn(q, k, v, bias, k_cache, v_cache, cache_index))
 
 
-class BloomMLP(nn.Cell):
+class BloomMLP(TwoLayerMLP):
     """``dense_4h_to_h(gelu(dense_h_to_4h(x)))`` (BLOOM's GELU is the tanh approximation, fixed: Hugging Face's
-    ``BloomConfig`` has no activation field, so ``hidden_act`` can only be gelu)."""
+    ``BloomConfig`` has no activation field, so ``hidden_act`` can only be gelu); no dropout inside (the block's
+    dropout follows it)."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
         if cfg.hidden_act not in (None, "gelu"):
             raise ConfigError(f"model_config.hidden_act: BLOOM's MLP is the tanh GELU (gelu), got {cfg.hidden_act!r}")
-        self.dense_h_to_4h, self.dense_4h_to_h = mlp_projections(cfg, 4 * cfg.hidden_size)
-        self.act = GeluTanh()
-
-    def construct(self, x):
-        return self.dense_4h_to_h(self.act(self.dense_h_to_4h(x)))
+        super().__init__(cfg, 4 * cfg.hidden_size, ("dense_h_to_4h", "dense_4h_to_h"), GeluTanh())
 
 
 class BloomBlock(nn.Cell):
@@ -78,11 +74,9 @@ class BloomBlock(nn.Cell):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        norm = dict(eps=cfg.layernorm_epsilon, param_dtype=ms_dtype(cfg.param_init_type),
-                    compute_dtype=ms_dtype(cfg.layernorm_compute_type))
-        self.input_layernorm = LayerNorm(cfg.hidden_size, **norm)
+        self.input_layernorm = hidden_norm(cfg)
         self.self_attention = BloomAttention(cfg)
-        self.post_attention_layernorm = LayerNorm(cfg.hidden_size, **norm)
+        self.post_attention_layernorm = hidden_norm(cfg)
         self.mlp = BloomMLP(cfg)
         self.dropout = dropout(cfg.hidden_dropout_rate)
 
@@ -95,27 +89,20 @@ class BloomModel(Backbone):
     """BLOOM transformer without the LM head; same call contract as :class:`mindrlhf.models.gpt2.GPT2Model`
     (``position_ids`` are accepted and unused: ALiBi reads positions from the mask)."""
 
+    embedding_name, blocks_name = "word_embeddings", "h"
+
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, cfg.num_heads)
         if cfg.intermediate_size not in (None, 4 * cfg.hidden_size):
             raise ConfigError(f"model_config.intermediate_size: BLOOM's MLP width is 4 * hidden_size "
                               f"({4 * cfg.hidden_size}), got {cfg.intermediate_size}")
         dtype = ms_dtype(cfg.param_init_type)
-        norm = dict(eps=cfg.layernorm_epsilon, param_dtype=dtype, compute_dtype=ms_dtype(cfg.layernorm_compute_type))
         self.word_embeddings = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.initializer_range, dtype)
-        self.word_embeddings_layernorm = LayerNorm(cfg.hidden_size, **norm)
+        self.word_embeddings_layernorm = hidden_norm(cfg)
         self.drop = dropout(cfg.hidden_dropout_rate)
         self.h = nn.CellList([BloomBlock(cfg) for _ in range(cfg.num_layers)])
-        self.ln_f = LayerNorm(cfg.hidden_size, **norm)
+        self.ln_f = hidden_norm(cfg)
         self.slopes = Tensor(alibi_slopes(cfg.num_heads).reshape(1, -1, 1, 1), ms.float32)
-
-    def input_embedding_table(self):
-        """The ``(V, H)`` token table (the tied LM head multiplies with it)."""
-        return self.word_embeddings.weight
-
-    def blocks(self):
-        """The transformer blocks (for recompute)."""
-        return self.h
 
     def construct(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, cache_index=None):
         if attention_mask is None:

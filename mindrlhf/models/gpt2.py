@@ -7,8 +7,8 @@ import numpy as np
 from mindspore import nn, ops
 
 from mindrlhf.config import ModelConfig
-from mindrlhf.models.layers import (Attention, Backbone, Embedding, LayerNorm, Linear, activation, attention_inputs,
-                                    dropout, mlp_projections, ms_dtype, split_heads)
+from mindrlhf.models.layers import (Attention, Backbone, Embedding, Linear, activation, attention_inputs,
+                                    dropout, hidden_norm, TwoLayerMLP, ms_dtype, split_heads)
 from mindrlhf.models.registry import (HF_ACTIVATION_NAMES, HFLayout, MindformersLayout, ModelFamily, hf_activation,
                                       hf_field, hf_special_ids, register_family)
 
@@ -24,7 +24,7 @@ class GPT2Attention(nn.Cell):
         self.attn = Attention(cfg.num_heads, cfg.num_heads, cfg.head_dim, cfg.attention_dropout_rate,
                               ms_dtype(cfg.softmax_compute_type), ms_dtype(cfg.compute_dtype))
         self.heads, self.head_dim = cfg.num_heads, cfg.head_dim
-        self.resid_dropout = nn.Dropout(p=cfg.hidden_dropout_rate) if cfg.hidden_dropout_rate > 0 else nn.Identity()
+        self.resid_dropout = dropout(cfg.hidden_dropout_rate)
 
     def construct(self, x, bias, k_cache=None, v_cache=None, cache_index=None):
         q, k, v = ops.split(self.c_attn(x), x.shape[-1], -1)
@@ -33,17 +33,12 @@ class GPT2Attention(nn.Cell):
         return self.resid_dropout(self.c_proj(out))
 
 
-class GPT2MLP(nn.Cell):
+class GPT2MLP(TwoLayerMLP):
     """``c_proj(act(c_fc(x)))``, ``act`` = ``hidden_act`` (default: the tanh GELU GPT-2 was trained with)."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.c_fc, self.c_proj = mlp_projections(cfg, cfg.intermediate_size or cfg.expand_ratio * cfg.hidden_size)
-        self.dropout = dropout(cfg.hidden_dropout_rate)
-        self.act = activation(cfg.hidden_act or "gelu")
-
-    def construct(self, x):
-        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+        super().__init__(cfg, cfg.intermediate_size or cfg.expand_ratio * cfg.hidden_size, ("c_fc", "c_proj"),
+                         activation(cfg.hidden_act or "gelu"), cfg.hidden_dropout_rate)
 
 
 class GPT2Block(nn.Cell):
@@ -51,11 +46,9 @@ class GPT2Block(nn.Cell):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        norm = dict(eps=cfg.layernorm_epsilon, param_dtype=ms_dtype(cfg.param_init_type),
-                    compute_dtype=ms_dtype(cfg.layernorm_compute_type))
-        self.ln_1 = LayerNorm(cfg.hidden_size, **norm)
+        self.ln_1 = hidden_norm(cfg)
         self.attn = GPT2Attention(cfg)
-        self.ln_2 = LayerNorm(cfg.hidden_size, **norm)
+        self.ln_2 = hidden_norm(cfg)
         self.mlp = GPT2MLP(cfg)
 
     def construct(self, x, bias, k_cache=None, v_cache=None, cache_index=None):
@@ -73,22 +66,16 @@ class GPT2Model(Backbone):
     and ``position_ids`` must be given.
     """
 
+    embedding_name, blocks_name = "wte", "h"
+
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, cfg.num_heads)
         dtype = ms_dtype(cfg.param_init_type)
         self.wte = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.initializer_range, dtype)
         self.wpe = Embedding(cfg.seq_length, cfg.hidden_size, cfg.initializer_range / 2, dtype)
-        self.drop = nn.Dropout(p=cfg.hidden_dropout_rate) if cfg.hidden_dropout_rate > 0 else nn.Identity()
+        self.drop = dropout(cfg.hidden_dropout_rate)
         self.h = nn.CellList([GPT2Block(cfg) for _ in range(cfg.num_layers)])
-        self.ln_f = LayerNorm(cfg.hidden_size, cfg.layernorm_epsilon, dtype, ms_dtype(cfg.layernorm_compute_type))
-
-    def input_embedding_table(self):
-        """The ``(V, H)`` token table (the tied LM head multiplies with it)."""
-        return self.wte.weight
-
-    def blocks(self):
-        """The transformer blocks (for recompute)."""
-        return self.h
+        self.ln_f = hidden_norm(cfg)
 
     def construct(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, cache_index=None):
         position_ids, bias, cache_index = attention_inputs(input_ids, attention_mask, position_ids, cache_index,

@@ -11,8 +11,8 @@ from mindspore import Tensor, nn, ops
 
 from mindrlhf.config import ConfigError, ModelConfig
 from mindrlhf.models.gpt2 import gpt2_config_from_hf, gpt2_config_to_hf
-from mindrlhf.models.layers import (Attention, Backbone, Embedding, LayerNorm, Linear, attention_inputs,
-                                    activation, dropout, mlp_projections, ms_dtype, split_heads)
+from mindrlhf.models.layers import (Attention, Backbone, Embedding, Linear, attention_inputs,
+                                    activation, dropout, hidden_norm, TwoLayerMLP, ms_dtype, split_heads)
 from mindrlhf.models.registry import HFLayout, ModelFamily, register_family
 
 
@@ -83,17 +83,12 @@ class GPTJAttention(nn.Cell):
         return self.out_proj(self.attn(q, k, v, bias, k_cache, v_cache, cache_index))
 
 
-class GPTJMLP(nn.Cell):
+class GPTJMLP(TwoLayerMLP):
     """``fc_out(act(fc_in(x)))`` with biases; ``act`` = ``hidden_act`` (default: the tanh GELU)."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.fc_in, self.fc_out = mlp_projections(cfg, cfg.intermediate_size or 4 * cfg.hidden_size)
-        self.dropout = dropout(cfg.hidden_dropout_rate)
-        self.act = activation(cfg.hidden_act or "gelu")
-
-    def construct(self, x):
-        return self.dropout(self.fc_out(self.act(self.fc_in(x))))
+        super().__init__(cfg, cfg.intermediate_size or 4 * cfg.hidden_size, ("fc_in", "fc_out"),
+                         activation(cfg.hidden_act or "gelu"), cfg.hidden_dropout_rate)
 
 
 class GPTJBlock(nn.Cell):
@@ -101,8 +96,7 @@ class GPTJBlock(nn.Cell):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.ln_1 = LayerNorm(cfg.hidden_size, cfg.layernorm_epsilon, ms_dtype(cfg.param_init_type),
-                              ms_dtype(cfg.layernorm_compute_type))
+        self.ln_1 = hidden_norm(cfg)
         self.attn = GPTJAttention(cfg)
         self.mlp = GPTJMLP(cfg)
         self.dropout = dropout(cfg.hidden_dropout_rate)
@@ -115,6 +109,8 @@ class GPTJBlock(nn.Cell):
 class GPTJModel(Backbone):
     """GPT-J transformer without the LM head; same call contract as :class:`mindrlhf.models.gpt2.GPT2Model`."""
 
+    embedding_name, blocks_name = "wte", "h"
+
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, cfg.num_heads)
         rotary_dim = cfg.rotary_dim or cfg.head_dim
@@ -124,17 +120,8 @@ class GPTJModel(Backbone):
         self.wte = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.initializer_range, ms_dtype(cfg.param_init_type))
         self.drop = dropout(cfg.hidden_dropout_rate)
         self.h = nn.CellList([GPTJBlock(cfg) for _ in range(cfg.num_layers)])
-        self.ln_f = LayerNorm(cfg.hidden_size, cfg.layernorm_epsilon, ms_dtype(cfg.param_init_type),
-                              ms_dtype(cfg.layernorm_compute_type))
+        self.ln_f = hidden_norm(cfg)
         self.rotary = InterleavedRotary(rotary_dim, cfg.rope_theta)
-
-    def input_embedding_table(self):
-        """The ``(V, H)`` token table."""
-        return self.wte.weight
-
-    def blocks(self):
-        """The transformer blocks (for recompute)."""
-        return self.h
 
     def construct(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, cache_index=None):
         position_ids, bias, cache_index = attention_inputs(input_ids, attention_mask, position_ids, cache_index,

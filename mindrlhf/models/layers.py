@@ -68,6 +68,27 @@ def dropout(rate: float) -> nn.Cell:
     return nn.Dropout(p=rate) if rate > 0 else nn.Identity()
 
 
+class TwoLayerMLP(nn.Cell):
+    """``dropout(down(act(up(x))))``, ``(..., H) -> (..., H)``, width ``width`` inside (:func:`mlp_projections`).
+
+    The two projections are stored under the family's own attribute names, ``names = (up, down)`` (e.g. GPT-2's
+    ``("c_fc", "c_proj")``), so the parameter names checkpoints and the Hugging Face converters use stay as they
+    are; ``construct`` looks them up by name, so a projection replaced under its name (LoRA) is the one called.
+    """
+
+    def __init__(self, cfg, width: int, names: tuple, act, dropout_rate: float = 0.0):
+        super().__init__()
+        self.names = tuple(names)
+        for name, projection in zip(self.names, mlp_projections(cfg, width)):
+            setattr(self, name, projection)
+        self.act = act
+        self.dropout = dropout(dropout_rate)
+
+    def construct(self, x):
+        up, down = getattr(self, self.names[0]), getattr(self, self.names[1])
+        return self.dropout(down(self.act(up(x))))
+
+
 class Embedding(nn.Cell):
     """Token (or position) lookup table ``weight (num, dim)``."""
 
@@ -115,6 +136,15 @@ class LayerNorm(nn.Cell):
         y = centered * ops.rsqrt(row_mean(centered * centered, self.mean_column) + self.eps)
         y = y * cast(self.weight, self.compute_dtype) + cast(self.bias, self.compute_dtype)
         return cast(ops.reshape(y, shape), out_dtype)
+
+
+def hidden_norm(cfg, rms: bool = False) -> nn.Cell:
+    """A norm over ``hidden_size`` in the config's dtypes (``param_init_type``, ``layernorm_compute_type``):
+    :class:`LayerNorm` with ``layernorm_epsilon``, or with ``rms`` :class:`RMSNorm` with ``rms_norm_eps``."""
+    dtypes = (ms_dtype(cfg.param_init_type), ms_dtype(cfg.layernorm_compute_type))
+    if rms:
+        return RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, *dtypes)
+    return LayerNorm(cfg.hidden_size, cfg.layernorm_epsilon, *dtypes)
 
 
 class RMSNorm(nn.Cell):
@@ -309,15 +339,26 @@ def split_heads(x, heads: int, head_dim: int):
 class Backbone(nn.Cell):
     """What every family's backbone shares: the numbers its ``construct`` needs and the loop over its blocks.
 
-    Subclasses define ``input_embedding_table()`` (the ``(V, H)`` token table) and ``blocks()`` (the block
-    CellList, for recompute), and call :meth:`run_blocks` from ``construct``.
+    Subclasses name their token :class:`Embedding` (``embedding_name``) and their block CellList (``blocks_name``),
+    the attribute names their checkpoints use, and call :meth:`run_blocks` from ``construct``.
     """
+
+    embedding_name = ""  # attribute holding the token Embedding, e.g. GPT-2's "wte"
+    blocks_name = ""  # attribute holding the block CellList, e.g. GPT-2's "h"
 
     def __init__(self, cfg, cache_heads: int):
         super().__init__()
         self.num_layers = cfg.num_layers
         self.compute_dtype = ms_dtype(cfg.compute_dtype)
         self.cache_heads = cache_heads  # key/value heads of the KV cache
+
+    def input_embedding_table(self):
+        """The ``(V, H)`` token table (a tied LM head multiplies with it)."""
+        return getattr(self, self.embedding_name).weight
+
+    def blocks(self):
+        """The transformer blocks (for recompute)."""
+        return getattr(self, self.blocks_name)
 
     def run_blocks(self, blocks, x, bias, extra, kv_cache, cache_index):
         """``x = block(x, bias, *extra[, k_cache, v_cache, cache_index])`` for each block; ``kv_cache`` is the

@@ -7,8 +7,8 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from mindrlhf.config import ModelConfig
-from mindrlhf.models.layers import (Attention, Backbone, Embedding, Linear, RMSNorm, activation, attention_inputs,
-                                    ms_dtype, split_heads)
+from mindrlhf.models.layers import (Attention, Backbone, Embedding, Linear, activation, attention_inputs, dropout,
+                                    hidden_norm, ms_dtype, split_heads)
 from mindrlhf.models.registry import (HF_ACTIVATION_NAMES, CheckpointError, HFLayout, MindformersLayout, ModelFamily,
                                       hf_activation, hf_field, hf_rope_theta, hf_special_ids, register_family,
                                       rename_by_pairs)
@@ -93,13 +93,11 @@ class LlamaDecoderLayer(nn.Cell):
 
     def __init__(self, cfg: ModelConfig, qkv_bias: bool = False):
         super().__init__()
-        norm = dict(eps=cfg.rms_norm_eps, param_dtype=ms_dtype(cfg.param_init_type),
-                    compute_dtype=ms_dtype(cfg.layernorm_compute_type))
-        self.input_layernorm = RMSNorm(cfg.hidden_size, **norm)
+        self.input_layernorm = hidden_norm(cfg, rms=True)
         self.self_attn = LlamaAttention(cfg, qkv_bias)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, **norm)
+        self.post_attention_layernorm = hidden_norm(cfg, rms=True)
         self.mlp = LlamaMLP(cfg)
-        self.dropout = nn.Dropout(p=cfg.hidden_dropout_rate) if cfg.hidden_dropout_rate > 0 else nn.Identity()
+        self.dropout = dropout(cfg.hidden_dropout_rate)
 
     def construct(self, x, bias, cos, sin, k_cache=None, v_cache=None, cache_index=None):
         x = x + self.dropout(self.self_attn(self.input_layernorm(x), bias, cos, sin, k_cache, v_cache, cache_index))
@@ -111,23 +109,15 @@ class LlamaModel(Backbone):
     Subclasses set ``qkv_bias`` (Qwen2)."""
 
     qkv_bias = False
+    embedding_name, blocks_name = "embed_tokens", "layers"
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, cfg.num_kv_heads)
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.initializer_range,
                                       ms_dtype(cfg.param_init_type))
         self.layers = nn.CellList([LlamaDecoderLayer(cfg, self.qkv_bias) for _ in range(cfg.num_layers)])
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ms_dtype(cfg.param_init_type),
-                            ms_dtype(cfg.layernorm_compute_type))
+        self.norm = hidden_norm(cfg, rms=True)
         self.rotary = Rotary(cfg.head_dim, cfg.rope_theta)
-
-    def input_embedding_table(self):
-        """The ``(V, H)`` token table."""
-        return self.embed_tokens.weight
-
-    def blocks(self):
-        """The transformer blocks (for recompute)."""
-        return self.layers
 
     def construct(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, cache_index=None):
         position_ids, bias, cache_index = attention_inputs(input_ids, attention_mask, position_ids, cache_index,

@@ -194,6 +194,16 @@ def load_base_for_resume(model: nn.Cell, path: str) -> None:
         load_recorded_base(model, record)
 
 
+def initial_weights(model: nn.Cell, load_checkpoint: Optional[str], rank_id: int) -> Optional[str]:
+    """The weights to start ``model`` from: ``load_checkpoint`` when it names weights (a .ckpt or Hugging Face
+    folder), None when it is empty or a checkpoint root with ``rank_<id>``. Such a root is a resume, restored by the
+    trainer; a LoRA run's checkpoint there holds its adapters alone, so the base it records is loaded here."""
+    resume = resume_checkpoint(load_checkpoint, rank_id) if load_checkpoint else None
+    if resume:
+        load_base_for_resume(model, resume)
+    return None if resume else load_checkpoint or None
+
+
 def restore(train_step: nn.Cell, path: str) -> TrainState:
     """Load every parameter of ``train_step`` from ``path`` (all must be present) and return the saved state."""
     entries = read_ckpt(path)

@@ -25,8 +25,7 @@ from mindrlhf.models import RewardModel
 from mindrlhf.models.convert import CheckpointError, is_hf_folder, load_ckpt, load_weights
 from mindrlhf.models.lora import prepare_lora
 from mindrlhf.models.heads import gather_rows
-from mindrlhf.train.checkpoint import (latest_checkpoint, list_checkpoints, load_base_for_resume, rank_dir,
-                                       resume_checkpoint)
+from mindrlhf.train.checkpoint import initial_weights, latest_checkpoint, list_checkpoints, rank_dir
 from mindrlhf.train.trainer import FitResult, Trainer, mindrecord_source
 
 logger = logging.getLogger(__name__)
@@ -73,14 +72,10 @@ def init_weights(model: RewardModel, cfg: RunConfig, rank_id: int) -> None:
     """Start from ``load_checkpoint`` when it names weights (a .ckpt or Hugging Face folder, e.g. the SFT model);
     a checkpoint root with ``rank_<id>`` is a resume and is handled by the trainer (with LoRA, the base its
     checkpoint records is loaded here)."""
-    path = cfg.load_checkpoint
-    resume = resume_checkpoint(path, rank_id) if path else None
-    if resume:
-        load_base_for_resume(model, resume)  # a LoRA run's checkpoint holds its adapters alone
-    if not path or resume:
-        return
-    kept = load_weights(model, path, model.config, new_heads=True)
-    logger.info("reward model initialised from %s (fresh: %s)", path, ", ".join(kept) or "none")
+    path = initial_weights(model, cfg.load_checkpoint, rank_id)
+    if path:
+        kept = load_weights(model, path, model.config, new_heads=True)
+        logger.info("reward model initialised from %s (fresh: %s)", path, ", ".join(kept) or "none")
 
 
 def train_reward_model(cfg: RunConfig, train_path: Optional[str] = None, rank_id: int = 0, rank_size: int = 1,

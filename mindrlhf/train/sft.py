@@ -17,7 +17,7 @@ from mindrlhf.losses import causal_lm_loss
 from mindrlhf.models.convert import load_weights
 from mindrlhf.models.lora import prepare_lora
 from mindrlhf.models.policy import CausalLM
-from mindrlhf.train.checkpoint import load_base_for_resume, resume_checkpoint
+from mindrlhf.train.checkpoint import initial_weights
 from mindrlhf.train.trainer import FitResult, Trainer, mindrecord_source
 
 logger = logging.getLogger(__name__)
@@ -47,14 +47,10 @@ def init_weights(model: CausalLM, cfg: RunConfig, rank_id: int) -> None:
     """Start from ``load_checkpoint`` when it names weights (a .ckpt or Hugging Face folder, e.g. a pretrained
     model); a checkpoint root with ``rank_<id>`` is a resume and is handled by the trainer (with LoRA, the base its
     checkpoint records is loaded here)."""
-    path = cfg.load_checkpoint
-    resume = resume_checkpoint(path, rank_id) if path else None
-    if resume:
-        load_base_for_resume(model, resume)  # a LoRA run's checkpoint holds its adapters alone
-    if not path or resume:
-        return
-    load_weights(model, path, model.config)
-    logger.info("SFT model initialised from %s", path)
+    path = initial_weights(model, cfg.load_checkpoint, rank_id)
+    if path:
+        load_weights(model, path, model.config)
+        logger.info("SFT model initialised from %s", path)
 
 
 def train_sft(cfg: RunConfig, train_path: Optional[str] = None, rank_id: int = 0, rank_size: int = 1,
