@@ -1,4 +1,5 @@
 """Package metadata lives in pyproject.toml; this file only lets older tools run ``python setup.py``."""
+
 from setuptools import setup
 
 setup()

@@ -32,6 +32,7 @@ Prints a table and, last, one JSON document whose ``results`` list has one entry
     python benchmarks/alignment_quality.py [--iterations 20] [--algorithms ppo,grpo,dpo] [--ours-only | --peer-only]
         [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,7 +58,14 @@ sys.path.insert(0, ROOT)
 
 from rm_train import rss_mb  # noqa: E402 - shared with the other benchmarks
 from mindrlhf.alignment import (  # noqa: E402
-    HeldOutJudge, PolicyEvaluation, StoryProtocol, pair_seq_length, pairwise_accuracy, prepare_story_data, summary_row)
+    HeldOutJudge,
+    PolicyEvaluation,
+    StoryProtocol,
+    pair_seq_length,
+    pairwise_accuracy,
+    prepare_story_data,
+    summary_row,
+)
 
 logger = logging.getLogger("alignment_quality")
 
@@ -78,13 +86,19 @@ def load_recipes(out_dir: str, iterations: int):
     """(reward-model RunConfig, PPO RunConfig) of the bundled story recipes, outputs under ``out_dir``."""
     from mindrlhf.config import load_config
 
-    common = ["checkpoint.log_interval=1000000", "checkpoint.save_checkpoint_steps=1000000",
-              "checkpoint.keep_checkpoint_max=1"]
-    rm = load_config(os.path.join(RECIPES, "run_tinystories_656k_rm.yaml"),
-                     common + [f"output_dir={out_dir}/rm", f"load_checkpoint={story_model_folder()}"])
-    ppo = load_config(os.path.join(RECIPES, "run_tinystories_656k_ppo.yaml"),
-                      common + [f"output_dir={out_dir}/ppo", f"ppo.epochs={iterations}",
-                                f"ppo.save_checkpoint_epochs={iterations}"])
+    common = [
+        "checkpoint.log_interval=1000000",
+        "checkpoint.save_checkpoint_steps=1000000",
+        "checkpoint.keep_checkpoint_max=1",
+    ]
+    rm = load_config(
+        os.path.join(RECIPES, "run_tinystories_656k_rm.yaml"),
+        common + [f"output_dir={out_dir}/rm", f"load_checkpoint={story_model_folder()}"],
+    )
+    ppo = load_config(
+        os.path.join(RECIPES, "run_tinystories_656k_ppo.yaml"),
+        common + [f"output_dir={out_dir}/ppo", f"ppo.epochs={iterations}", f"ppo.save_checkpoint_epochs={iterations}"],
+    )
     return rm, ppo
 
 
@@ -127,20 +141,33 @@ def run_ours(protocol: StoryProtocol, data, tokenizer, out_dir: str, iterations:
     reward_model, fit = train_reward_model(rm_cfg, data.files["pairs"])
     rm_s = time.perf_counter() - start
     reward_model.set_train(False)
-    accuracy = pairwise_accuracy(reward_model, data.eval_pairs, pair_seq_length(protocol), rm_cfg.model.model_config
-                                 .pad_token_id)
+    accuracy = pairwise_accuracy(
+        reward_model, data.eval_pairs, pair_seq_length(protocol), rm_cfg.model.model_config.pad_token_id
+    )
     logger.info("ours: proxy reward model %.1f s, held-out gold-pair accuracy %.3f", rm_s, accuracy)
     tick = time.perf_counter()
-    trainer = train_ppo(ppo_cfg, data.files["prompts"], rm_cfg.model.model_config, sft_checkpoint=story_model_folder(),
-                        reward_checkpoint=weights_file(fit.last_checkpoint))
+    trainer = train_ppo(
+        ppo_cfg,
+        data.files["prompts"],
+        rm_cfg.model.model_config,
+        sft_checkpoint=story_model_folder(),
+        reward_checkpoint=weights_file(fit.last_checkpoint),
+    )
     ppo_s = time.perf_counter() - tick
     models, cfg = trainer.models, ppo_cfg.model.model_config
     judge = HeldOutJudge(models.ref, models.reward, cfg, tokenizer, data.eval_prompts, protocol)
     before, after = judge(models.ref), judge(models.policy)
     with open(os.path.join(ppo_cfg.output_dir, "ppo_metrics.jsonl"), encoding="utf-8") as f:
         curve = [json.loads(line) for line in f]
-    return {"framework": "mindrlhf", "before": before, "after": after, "rm_accuracy": accuracy, "rm_s": rm_s,
-            "rl_s": ppo_s, "curve": [{k: m.get(k) for k in ("reward_mean", "kl", "kl_coef")} for m in curve]}
+    return {
+        "framework": "mindrlhf",
+        "before": before,
+        "after": after,
+        "rm_accuracy": accuracy,
+        "rm_s": rm_s,
+        "rl_s": ppo_s,
+        "curve": [{k: m.get(k) for k in ("reward_mean", "kl", "kl_coef")} for m in curve],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -173,13 +200,27 @@ def trl_reward_model(data, rm_cfg, out_dir: str):
     dataset = Dataset.from_dict({"chosen_ids": data.train_pairs.chosen, "rejected_ids": data.train_pairs.rejected})
     runner, lr = rm_cfg.runner_config, rm_cfg.lr_schedule
     steps = len(data.train_pairs.chosen) // runner.batch_size * runner.epochs
-    args = RewardConfig(output_dir=os.path.join(out_dir, "trl_rm_run"), use_cpu=True, seed=0, bf16=False, fp16=False,
-                        per_device_train_batch_size=runner.batch_size, num_train_epochs=runner.epochs,
-                        learning_rate=lr.learning_rate, lr_scheduler_type="cosine",
-                        warmup_steps=int(lr.warmup_ratio * steps),
-                        weight_decay=0.0, max_length=None, report_to="none", save_strategy="no", logging_steps=10,
-                        disable_tqdm=True, dataloader_num_workers=0, center_rewards_coefficient=None,
-                        gradient_checkpointing=False)
+    args = RewardConfig(
+        output_dir=os.path.join(out_dir, "trl_rm_run"),
+        use_cpu=True,
+        seed=0,
+        bf16=False,
+        fp16=False,
+        per_device_train_batch_size=runner.batch_size,
+        num_train_epochs=runner.epochs,
+        learning_rate=lr.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=int(lr.warmup_ratio * steps),
+        weight_decay=0.0,
+        max_length=None,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        center_rewards_coefficient=None,
+        gradient_checkpointing=False,
+    )
     RewardTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=dataset).train()
     saved = os.path.join(out_dir, "trl_rm")
     model.save_pretrained(saved)
@@ -196,23 +237,54 @@ def trl_ppo(data, ppo_cfg, reward_folder: str, out_dir: str):
     folder, ppo = story_model_folder(), ppo_cfg.ppo
     tokenizer = AutoTokenizer.from_pretrained(folder)
     policy, ref = (AutoModelForCausalLM.from_pretrained(folder) for _ in range(2))
-    value, reward = (AutoModelForSequenceClassification.from_pretrained(reward_folder, num_labels=1)
-                     for _ in range(2))
+    value, reward = (AutoModelForSequenceClassification.from_pretrained(reward_folder, num_labels=1) for _ in range(2))
     dataset = Dataset.from_dict({"input_ids": data.train_prompts.tolist()})
     args = PPOConfig(
-        output_dir=os.path.join(out_dir, "trl_ppo_run"), use_cpu=True, bf16=False, fp16=False, seed=0,
-        gradient_checkpointing=False, per_device_train_batch_size=ppo.num_rollouts, gradient_accumulation_steps=1,
-        num_mini_batches=ppo.num_rollouts // ppo.batch_size, num_ppo_epochs=ppo.ppo_epochs,
-        total_episodes=ppo.epochs * ppo.num_rollouts, local_rollout_forward_batch_size=ppo.num_rollouts,
-        response_length=ppo.generation.max_new_tokens, stop_token="eos", temperature=ppo.generation.temperature,
-        missing_eos_penalty=ppo.missing_eos_penalty, kl_coef=ppo.kl_coef, cliprange=ppo.cliprange,
-        vf_coef=ppo.vf_coef, cliprange_value=ppo.cliprange_value, gamma=ppo.gamma, lam=ppo.lam,
-        whiten_rewards=False, learning_rate=ppo_cfg.optimizer.learning_rate, lr_scheduler_type="cosine",
-        warmup_steps=ppo_cfg.lr_schedule.warmup_steps, max_grad_norm=ppo_cfg.runner_wrapper.max_grad_norm,
-        num_sample_generations=0, eval_strategy="no", save_strategy="no",
-        report_to="none", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0, push_to_hub=False)
-    trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref, reward_model=reward,
-                         value_model=value, train_dataset=dataset)
+        output_dir=os.path.join(out_dir, "trl_ppo_run"),
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        seed=0,
+        gradient_checkpointing=False,
+        per_device_train_batch_size=ppo.num_rollouts,
+        gradient_accumulation_steps=1,
+        num_mini_batches=ppo.num_rollouts // ppo.batch_size,
+        num_ppo_epochs=ppo.ppo_epochs,
+        total_episodes=ppo.epochs * ppo.num_rollouts,
+        local_rollout_forward_batch_size=ppo.num_rollouts,
+        response_length=ppo.generation.max_new_tokens,
+        stop_token="eos",
+        temperature=ppo.generation.temperature,
+        missing_eos_penalty=ppo.missing_eos_penalty,
+        kl_coef=ppo.kl_coef,
+        cliprange=ppo.cliprange,
+        vf_coef=ppo.vf_coef,
+        cliprange_value=ppo.cliprange_value,
+        gamma=ppo.gamma,
+        lam=ppo.lam,
+        whiten_rewards=False,
+        learning_rate=ppo_cfg.optimizer.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=ppo_cfg.lr_schedule.warmup_steps,
+        max_grad_norm=ppo_cfg.runner_wrapper.max_grad_norm,
+        num_sample_generations=0,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        push_to_hub=False,
+    )
+    trainer = PPOTrainer(
+        args=args,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=ref,
+        reward_model=reward,
+        value_model=value,
+        train_dataset=dataset,
+    )
     trainer.train()
     saved = os.path.join(out_dir, "trl_policy")
     trainer.policy_model.save_pretrained(saved)
@@ -246,8 +318,15 @@ def run_peer(protocol: StoryProtocol, data, tokenizer, out_dir: str, iterations:
     before, after = judge(ref), judge(policy)
     import trl
 
-    return {"framework": "trl", "framework_version": f"trl {trl.__version__}", "before": before, "after": after,
-            "rm_accuracy": accuracy, "rm_s": rm_s, "rl_s": ppo_s}
+    return {
+        "framework": "trl",
+        "framework_version": f"trl {trl.__version__}",
+        "before": before,
+        "after": after,
+        "rm_accuracy": accuracy,
+        "rm_s": rm_s,
+        "rl_s": ppo_s,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -257,9 +336,15 @@ def run_peer(protocol: StoryProtocol, data, tokenizer, out_dir: str, iterations:
 def grpo_recipe(out_dir: str, iterations: int):
     from mindrlhf.config import load_config
 
-    return load_config(os.path.join(RECIPES, "run_tinystories_656k_grpo.yaml"), [
-        f"output_dir={out_dir}/grpo", f"grpo.epochs={iterations}", f"grpo.save_checkpoint_epochs={iterations}",
-        "checkpoint.log_interval=1000000"])
+    return load_config(
+        os.path.join(RECIPES, "run_tinystories_656k_grpo.yaml"),
+        [
+            f"output_dir={out_dir}/grpo",
+            f"grpo.epochs={iterations}",
+            f"grpo.save_checkpoint_epochs={iterations}",
+            "checkpoint.log_interval=1000000",
+        ],
+    )
 
 
 def run_ours_grpo(protocol: StoryProtocol, data, tokenizer, out_dir: str, iterations: int) -> dict:
@@ -279,9 +364,17 @@ def run_ours_grpo(protocol: StoryProtocol, data, tokenizer, out_dir: str, iterat
     with open(os.path.join(cfg.output_dir, "grpo_metrics.jsonl"), encoding="utf-8") as f:
         curve = [json.loads(line) for line in f]
     phases = {k: float(np.median([m["seconds"][k] for m in curve[1:]])) for k in curve[-1]["seconds"]}
-    return {"framework": "mindrlhf", "algorithm": "grpo", "before": before, "after": after, "rm_accuracy": None,
-            "rm_s": 0.0, "rl_s": rl_s, "iteration_s": phases,
-            "curve": [{k: m.get(k) for k in ("reward_mean", "kl")} for m in curve]}
+    return {
+        "framework": "mindrlhf",
+        "algorithm": "grpo",
+        "before": before,
+        "after": after,
+        "rm_accuracy": None,
+        "rm_s": 0.0,
+        "rl_s": rl_s,
+        "iteration_s": phases,
+        "curve": [{k: m.get(k) for k in ("reward_mean", "kl")} for m in curve],
+    }
 
 
 def trl_grpo(data, cfg, tokenizer, out_dir: str):
@@ -303,21 +396,48 @@ def trl_grpo(data, cfg, tokenizer, out_dir: str):
     per_generation = grpo.num_prompts * grpo.num_generations
     steps = grpo.epochs * grpo.num_iterations * (per_generation // grpo.batch_size)
     args = GRPOConfig(
-        output_dir=os.path.join(out_dir, "trl_grpo_run"), use_cpu=True, bf16=False, fp16=False, seed=0,
-        gradient_checkpointing=False, per_device_train_batch_size=grpo.batch_size, gradient_accumulation_steps=1,
+        output_dir=os.path.join(out_dir, "trl_grpo_run"),
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        seed=0,
+        gradient_checkpointing=False,
+        per_device_train_batch_size=grpo.batch_size,
+        gradient_accumulation_steps=1,
         num_generations=grpo.num_generations,
-        steps_per_generation=per_generation // grpo.batch_size, num_iterations=grpo.num_iterations,
-        max_completion_length=grpo.generation.max_new_tokens, temperature=grpo.generation.temperature,
-        top_p=1.0, top_k=0, beta=grpo.beta, epsilon=grpo.epsilon_low, epsilon_high=grpo.epsilon_high,
-        loss_type="dapo" if grpo.loss_type == "token" else grpo.loss_type, scale_rewards=grpo.scale_rewards,
-        learning_rate=cfg.optimizer.learning_rate, lr_scheduler_type="cosine",
+        steps_per_generation=per_generation // grpo.batch_size,
+        num_iterations=grpo.num_iterations,
+        max_completion_length=grpo.generation.max_new_tokens,
+        temperature=grpo.generation.temperature,
+        top_p=1.0,
+        top_k=0,
+        beta=grpo.beta,
+        epsilon=grpo.epsilon_low,
+        epsilon_high=grpo.epsilon_high,
+        loss_type="dapo" if grpo.loss_type == "token" else grpo.loss_type,
+        scale_rewards=grpo.scale_rewards,
+        learning_rate=cfg.optimizer.learning_rate,
+        lr_scheduler_type="cosine",
         warmup_steps=cfg.lr_schedule.warmup_steps,
-        max_grad_norm=cfg.runner_wrapper.max_grad_norm, weight_decay=0.0, max_steps=steps, save_strategy="no",
-        report_to="none", logging_steps=10, disable_tqdm=True, dataloader_num_workers=0, log_completions=False)
+        max_grad_norm=cfg.runner_wrapper.max_grad_norm,
+        weight_decay=0.0,
+        max_steps=steps,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=10,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        log_completions=False,
+    )
     clock = TRLPhaseClock(grpo.num_iterations * (per_generation // grpo.batch_size))
-    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(folder), reward_funcs=sentiment, args=args,
-                          train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=hf_tokenizer,
-                          callbacks=[clock.callback(TrainerCallback)])
+    trainer = GRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(folder),
+        reward_funcs=sentiment,
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": prompts}),
+        processing_class=hf_tokenizer,
+        callbacks=[clock.callback(TrainerCallback)],
+    )
     clock.attach(trainer)
     trainer.train()
     saved = os.path.join(out_dir, "trl_grpo_policy")
@@ -401,14 +521,15 @@ class TRLPhaseClock:
         trainer._generate_and_score_completions = making
         trainer._generate = self._timed(trainer._generate, "generation")
         trainer._calculate_rewards = self._timed(trainer._calculate_rewards, "scoring")
-        trainer._get_per_token_logps_and_entropies = self._timed(trainer._get_per_token_logps_and_entropies,
-                                                                 "logprobs", only_while_making_batch=True)
+        trainer._get_per_token_logps_and_entropies = self._timed(
+            trainer._get_per_token_logps_and_entropies, "logprobs", only_while_making_batch=True
+        )
 
     def median_phases(self) -> dict:
         """Median over the iterations after the first (the first compiles nothing in torch, but warms caches):
         ``{generation, scoring, logprobs, update, total}`` seconds."""
         n = self.steps_per_iteration
-        ends = self.step_ends[n - 1::n]
+        ends = self.step_ends[n - 1 :: n]
         rows = []
         for i in range(1, len(ends)):
             phases = dict(self.phases[i])
@@ -438,9 +559,17 @@ def run_peer_grpo(protocol: StoryProtocol, data, tokenizer, out_dir: str, iterat
     load_weights(ref, story_model_folder(), model_cfg)
     load_weights(policy, policy_folder, model_cfg)
     judge = HeldOutJudge(ref, None, model_cfg, tokenizer, data.eval_prompts, protocol)
-    return {"framework": "trl", "framework_version": f"trl {trl.__version__}", "algorithm": "grpo",
-            "before": judge(ref), "after": judge(policy), "rm_accuracy": None, "rm_s": 0.0, "rl_s": rl_s,
-            "iteration_s": iteration_s}
+    return {
+        "framework": "trl",
+        "framework_version": f"trl {trl.__version__}",
+        "algorithm": "grpo",
+        "before": judge(ref),
+        "after": judge(policy),
+        "rm_accuracy": None,
+        "rm_s": 0.0,
+        "rl_s": rl_s,
+        "iteration_s": iteration_s,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -450,9 +579,15 @@ def run_peer_grpo(protocol: StoryProtocol, data, tokenizer, out_dir: str, iterat
 def dpo_recipe(out_dir: str):
     from mindrlhf.config import load_config
 
-    return load_config(os.path.join(RECIPES, "run_tinystories_656k_dpo.yaml"), [
-        f"output_dir={out_dir}", "checkpoint.log_interval=1000000", "checkpoint.save_checkpoint_steps=1000000",
-        "checkpoint.keep_checkpoint_max=1"])
+    return load_config(
+        os.path.join(RECIPES, "run_tinystories_656k_dpo.yaml"),
+        [
+            f"output_dir={out_dir}",
+            "checkpoint.log_interval=1000000",
+            "checkpoint.save_checkpoint_steps=1000000",
+            "checkpoint.keep_checkpoint_max=1",
+        ],
+    )
 
 
 def dpo_worker_ours(job: dict) -> dict:
@@ -465,8 +600,12 @@ def dpo_worker_ours(job: dict) -> dict:
     ms.device_context.cpu.op_tuning.threads_num(DPO_THREADS)
     after_import = rss_mb()
     _, fit = train_dpo(dpo_recipe(job["out_dir"]), job["pairs_file"], story_model_folder())
-    return {"checkpoint": fit.last_checkpoint, "step_s": fit.step_seconds, "losses": fit.losses,
-            "rss_after_import_mb": after_import}
+    return {
+        "checkpoint": fit.last_checkpoint,
+        "step_s": fit.step_seconds,
+        "losses": fit.losses,
+        "rss_after_import_mb": after_import,
+    }
 
 
 def dpo_worker_trl(job: dict) -> dict:
@@ -486,29 +625,62 @@ def dpo_worker_trl(job: dict) -> dict:
         def _prepare_dataset(self, dataset, *_, **__):  # the ids are the benchmark's: no re-tokenization
             return dataset
 
-    dataset = Dataset.from_dict({"prompt_ids": [c[:width] for c in job["chosen"]],
-                                 "chosen_ids": [c[width:] for c in job["chosen"]],
-                                 "rejected_ids": [r[width:] for r in job["rejected"]]})
+    dataset = Dataset.from_dict(
+        {
+            "prompt_ids": [c[:width] for c in job["chosen"]],
+            "chosen_ids": [c[width:] for c in job["chosen"]],
+            "rejected_ids": [r[width:] for r in job["rejected"]],
+        }
+    )
     opt, runner = cfg.optimizer, cfg.runner_config
     args = trl.DPOConfig(
-        output_dir=os.path.join(job["out_dir"], "trl_dpo_run"), use_cpu=True, bf16=False, fp16=False, seed=0,
-        beta=cfg.dpo.beta, loss_type=[cfg.dpo.loss_type], learning_rate=opt.learning_rate,
-        lr_scheduler_type="constant", warmup_steps=0, weight_decay=opt.weight_decay, adam_beta1=opt.beta1,
-        adam_beta2=opt.beta2, adam_epsilon=opt.eps, max_grad_norm=cfg.runner_wrapper.max_grad_norm,
-        per_device_train_batch_size=runner.batch_size, gradient_accumulation_steps=1,
-        num_train_epochs=runner.epochs, dataloader_drop_last=True, max_length=None,
-        precompute_ref_log_probs=True, gradient_checkpointing=False, save_strategy="no", report_to="none",
-        logging_steps=1, disable_tqdm=True, dataloader_num_workers=0)
+        output_dir=os.path.join(job["out_dir"], "trl_dpo_run"),
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        seed=0,
+        beta=cfg.dpo.beta,
+        loss_type=[cfg.dpo.loss_type],
+        learning_rate=opt.learning_rate,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=opt.weight_decay,
+        adam_beta1=opt.beta1,
+        adam_beta2=opt.beta2,
+        adam_epsilon=opt.eps,
+        max_grad_norm=cfg.runner_wrapper.max_grad_norm,
+        per_device_train_batch_size=runner.batch_size,
+        gradient_accumulation_steps=1,
+        num_train_epochs=runner.epochs,
+        dataloader_drop_last=True,
+        max_length=None,
+        precompute_ref_log_probs=True,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     clock, times = step_clock(TrainerCallback)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    trainer = PreTokenized(model=AutoModelForCausalLM.from_pretrained(folder), args=args, train_dataset=dataset,
-                           processing_class=tokenizer, callbacks=[clock])
+    trainer = PreTokenized(
+        model=AutoModelForCausalLM.from_pretrained(folder),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[clock],
+    )
     trainer.train()
     saved = os.path.join(job["out_dir"], "trl_dpo_policy")
     trainer.model.save_pretrained(saved)
-    return {"checkpoint": saved, "step_s": [b - a for a, b in times],
-            "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
-            "rss_after_import_mb": after_import, "framework_version": f"trl {trl.__version__}"}
+    return {
+        "checkpoint": saved,
+        "step_s": [b - a for a, b in times],
+        "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+        "rss_after_import_mb": after_import,
+        "framework_version": f"trl {trl.__version__}",
+    }
 
 
 def dpo_worker(job_file: str) -> None:
@@ -527,15 +699,24 @@ def run_dpo_side(side: str, data, out_dir: str) -> dict:
     from mindrlhf.train.dpo import evaluate_preferences, reference_model
 
     os.makedirs(out_dir, exist_ok=True)
-    job = {"side": side, "out_dir": out_dir, "pairs_file": data.files["pairs"],
-           "prompt_width": int(data.train_prompts.shape[1]), "chosen": data.train_pairs.chosen,
-           "rejected": data.train_pairs.rejected}
+    job = {
+        "side": side,
+        "out_dir": out_dir,
+        "pairs_file": data.files["pairs"],
+        "prompt_width": int(data.train_prompts.shape[1]),
+        "chosen": data.train_pairs.chosen,
+        "rejected": data.train_pairs.rejected,
+    }
     job_file = os.path.join(out_dir, "job.json")
     with open(job_file, "w", encoding="utf-8") as f:
         json.dump(job, f)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--dpo_worker", job_file],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--dpo_worker", job_file],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{side} DPO worker failed:\n{proc.stderr[-3000:]}")
@@ -557,18 +738,32 @@ def run_dpo(protocol: StoryProtocol, data, tokenizer, out_dir: str, frameworks) 
         side = run_dpo_side(framework, data, os.path.join(out_dir, f"dpo_{framework}"))
         judge = HeldOutJudge(side["ref"], None, cfg, tokenizer, data.eval_prompts, protocol)
         before, after = judge(side.pop("ref")), judge(side.pop("policy"))
-        wins = np.mean((np.array(after.gold) > np.array(before.gold)) + 0.5 * (np.array(after.gold) ==
-                                                                               np.array(before.gold)))
+        wins = np.mean(
+            (np.array(after.gold) > np.array(before.gold)) + 0.5 * (np.array(after.gold) == np.array(before.gold))
+        )
         steps = side["step_s"][1:]  # the first step compiles (ours) / warms up (TRL)
-        sides.append({"framework": "mindrlhf" if framework == "ours" else "trl", "algorithm": "dpo",
-                      "before": before, "after": after, "rm_accuracy": None, "rm_s": 0.0, "rl_s": side["wall_s"],
-                      "rollouts": 0,
-                      "framework_version": side.get("framework_version"), "win_rate": float(wins),
-                      "held_out_accuracy": side["held_out"]["rewards/accuracies"], "held_out": side["held_out"],
-                      "steps": len(side["step_s"]), "step_s_median": float(np.median(steps)),
-                      "peak_rss_mb": side["peak_rss_mb"], "rss_after_import_mb": side["rss_after_import_mb"],
-                      "first_loss": side["losses"][0] if side["losses"] else None,
-                      "last_loss": side["losses"][-1] if side["losses"] else None})
+        sides.append(
+            {
+                "framework": "mindrlhf" if framework == "ours" else "trl",
+                "algorithm": "dpo",
+                "before": before,
+                "after": after,
+                "rm_accuracy": None,
+                "rm_s": 0.0,
+                "rl_s": side["wall_s"],
+                "rollouts": 0,
+                "framework_version": side.get("framework_version"),
+                "win_rate": float(wins),
+                "held_out_accuracy": side["held_out"]["rewards/accuracies"],
+                "held_out": side["held_out"],
+                "steps": len(side["step_s"]),
+                "step_s_median": float(np.median(steps)),
+                "peak_rss_mb": side["peak_rss_mb"],
+                "rss_after_import_mb": side["rss_after_import_mb"],
+                "first_loss": side["losses"][0] if side["losses"] else None,
+                "last_loss": side["losses"][-1] if side["losses"] else None,
+            }
+        )
     return sides
 
 
@@ -579,23 +774,55 @@ def run_dpo(protocol: StoryProtocol, data, tokenizer, out_dir: str, frameworks) 
 def result_entry(side: dict, rollouts: int) -> dict:
     before: PolicyEvaluation = side["before"]
     after: PolicyEvaluation = side["after"]
-    extra = {k: side[k] for k in ("curve", "iteration_s", "win_rate", "held_out_accuracy", "held_out", "steps",
-                                  "step_s_median", "peak_rss_mb", "rss_after_import_mb", "first_loss", "last_loss",
-                                  "framework_version") if k in side}
-    return summary_row(side.get("algorithm", "ppo"), before, after, side["rm_s"] + side["rl_s"], {
-        "framework": side["framework"], "rm_accuracy": side["rm_accuracy"], "rm_s": side["rm_s"],
-        "rl_s": side["rl_s"], "rollouts": side.get("rollouts", rollouts), "kl_before": before.kl,
-        "response_length_after": after.response_length, **extra})
+    extra = {
+        k: side[k]
+        for k in (
+            "curve",
+            "iteration_s",
+            "win_rate",
+            "held_out_accuracy",
+            "held_out",
+            "steps",
+            "step_s_median",
+            "peak_rss_mb",
+            "rss_after_import_mb",
+            "first_loss",
+            "last_loss",
+            "framework_version",
+        )
+        if k in side
+    }
+    return summary_row(
+        side.get("algorithm", "ppo"),
+        before,
+        after,
+        side["rm_s"] + side["rl_s"],
+        {
+            "framework": side["framework"],
+            "rm_accuracy": side["rm_accuracy"],
+            "rm_s": side["rm_s"],
+            "rl_s": side["rl_s"],
+            "rollouts": side.get("rollouts", rollouts),
+            "kl_before": before.kl,
+            "response_length_after": after.response_length,
+            **extra,
+        },
+    )
 
 
 def markdown_table(entries: list) -> str:
-    lines = ["| algorithm | framework | proxy RM acc | gold before | gold after | gain | KL | proxy before -> after "
-             "| RM s | RL s | wall s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| algorithm | framework | proxy RM acc | gold before | gold after | gain | KL | proxy before -> after "
+        "| RM s | RL s | wall s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for e in entries:
         accuracy = "-" if e["rm_accuracy"] is None else f"{e['rm_accuracy']:.3f}"
-        lines.append(f"| {e['algorithm']} | {e['framework']} | {accuracy} | {e['gold_before']:.3f} | "
-                     f"{e['gold_after']:.3f} | {e['gold_gain']:+.3f} | {e['kl']:.2f} | {e['proxy_before']:.2f} -> "
-                     f"{e['proxy_after']:.2f} | {e['rm_s']:.0f} | {e['rl_s']:.0f} | {e['wall_s']:.0f} |")
+        lines.append(
+            f"| {e['algorithm']} | {e['framework']} | {accuracy} | {e['gold_before']:.3f} | "
+            f"{e['gold_after']:.3f} | {e['gold_gain']:+.3f} | {e['kl']:.2f} | {e['proxy_before']:.2f} -> "
+            f"{e['proxy_after']:.2f} | {e['rm_s']:.0f} | {e['rl_s']:.0f} | {e['wall_s']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -646,16 +873,24 @@ def main(argv=None) -> None:
     tick = time.perf_counter()
     _, _, tokenizer, data = prepare(protocol, os.path.join(out_dir, "data"))
     data_s = time.perf_counter() - tick
-    runners = {("ppo", "ours"): run_ours, ("ppo", "trl"): run_peer, ("grpo", "ours"): run_ours_grpo,
-               ("grpo", "trl"): run_peer_grpo}
+    runners = {
+        ("ppo", "ours"): run_ours,
+        ("ppo", "trl"): run_peer,
+        ("grpo", "ours"): run_ours_grpo,
+        ("grpo", "trl"): run_peer_grpo,
+    }
     frameworks = [f for f, skip in (("ours", args.peer_only), ("trl", args.ours_only)) if not skip]
     sides = []
     for algorithm in args.algorithms.split(","):
         if algorithm == "dpo":
             sides += run_dpo(protocol, data, tokenizer, out_dir, frameworks)
             continue
-        sides += [runners[(algorithm, framework)](protocol, data, tokenizer, os.path.join(out_dir, framework),
-                                                  args.iterations) for framework in frameworks]
+        sides += [
+            runners[(algorithm, framework)](
+                protocol, data, tokenizer, os.path.join(out_dir, framework), args.iterations
+            )
+            for framework in frameworks
+        ]
     rollouts = args.iterations * 64  # both RL recipes make 64 rollouts per iteration (DPO makes none)
     entries = [result_entry(s, rollouts) for s in sides]
     print(markdown_table(entries))
@@ -666,26 +901,41 @@ def main(argv=None) -> None:
         pair = [e for e in entries if e["algorithm"] == algorithm]
         if len(pair) == 2:
             ours, peer = pair
-            print(f"\n{algorithm}: gold gain ours / TRL: {ours['gold_gain']:.3f} / {peer['gold_gain']:.3f}; "
-                  f"speed (TRL wall / ours): {peer['wall_s'] / ours['wall_s']:.2f}x")
+            print(
+                f"\n{algorithm}: gold gain ours / TRL: {ours['gold_gain']:.3f} / {peer['gold_gain']:.3f}; "
+                f"speed (TRL wall / ours): {peer['wall_s'] / ours['wall_s']:.2f}x"
+            )
             if "iteration_s" in ours and "iteration_s" in peer:
                 print(f"\n{algorithm}: median seconds per iteration (iterations after the first)\n")
                 print(phase_table(ours["iteration_s"], peer["iteration_s"]))
             if algorithm == "dpo":
-                print(f"dpo: per step (TRL / ours): {peer['step_s_median'] / ours['step_s_median']:.2f}x; peak RSS "
-                      f"ours / TRL: {ours['peak_rss_mb']:.0f} / {peer['peak_rss_mb']:.0f} MiB; held-out "
-                      f"implicit-reward accuracy ours / TRL: {ours['held_out_accuracy']:.3f} / "
-                      f"{peer['held_out_accuracy']:.3f}; win rate vs reference ours / TRL: {ours['win_rate']:.3f} / "
-                      f"{peer['win_rate']:.3f}")
+                print(
+                    f"dpo: per step (TRL / ours): {peer['step_s_median'] / ours['step_s_median']:.2f}x; peak RSS "
+                    f"ours / TRL: {ours['peak_rss_mb']:.0f} / {peer['peak_rss_mb']:.0f} MiB; held-out "
+                    f"implicit-reward accuracy ours / TRL: {ours['held_out_accuracy']:.3f} / "
+                    f"{peer['held_out_accuracy']:.3f}; win rate vs reference ours / TRL: {ours['win_rate']:.3f} / "
+                    f"{peer['win_rate']:.3f}"
+                )
     from rm_train import versions  # noqa: E402 - shared with the other benchmarks
 
-    report = {"machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                          "platform": platform.platform(), "load_avg_at_start": load_start,
-                          "load_avg_at_end": os.getloadavg()},
-              "versions": versions(), "protocol": dataclasses.asdict(protocol), "data_s": data_s,
-              "pairs": {"train": len(data.train_pairs.chosen), "held_out": len(data.eval_pairs.chosen),
-                        "ties_dropped": data.train_pairs.ties},
-              "results": entries}
+    report = {
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "platform": platform.platform(),
+            "load_avg_at_start": load_start,
+            "load_avg_at_end": os.getloadavg(),
+        },
+        "versions": versions(),
+        "protocol": dataclasses.asdict(protocol),
+        "data_s": data_s,
+        "pairs": {
+            "train": len(data.train_pairs.chosen),
+            "held_out": len(data.eval_pairs.chosen),
+            "ties_dropped": data.train_pairs.ties,
+        },
+        "results": entries,
+    }
     print_report(report, args.json)
 
 

@@ -47,6 +47,7 @@ speed-up. Run on an otherwise idle machine (the load average is recorded).
     python benchmarks/data_parallel.py [--repeats 3] [--steps 30] [--batch 4] [--max-other-cpu 0.05] [--retries 3]
         [--bucket-mb 25] [--profile-buckets 0 25] [--no-profile] [--keep DIR] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -91,11 +92,18 @@ STEP_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*step:\[\s*(\d
 def overrides(out: str, batch: int, samples: int, bucket_mb: int) -> list:
     """``--set`` flags: the widened model, ``batch`` pairs per worker, the first ``samples`` records, no
     checkpoint before the end, gradient all-reduces fused into ``bucket_mb`` MB buckets (0: one per gradient)."""
-    values = {"parallel_config.allreduce_bucket_mb": bucket_mb, "output_dir": out,
-              "model.model_config.hidden_size": HIDDEN, "model.model_config.num_layers": LAYERS,
-              "model.model_config.seq_length": SEQ, "runner_config.batch_size": batch, "runner_config.epochs": 1,
-              "train_dataset.data_loader.num_samples": samples, "checkpoint.save_checkpoint_steps": 10 ** 9,
-              "checkpoint.log_interval": 1}
+    values = {
+        "parallel_config.allreduce_bucket_mb": bucket_mb,
+        "output_dir": out,
+        "model.model_config.hidden_size": HIDDEN,
+        "model.model_config.num_layers": LAYERS,
+        "model.model_config.seq_length": SEQ,
+        "runner_config.batch_size": batch,
+        "runner_config.epochs": 1,
+        "train_dataset.data_loader.num_samples": samples,
+        "checkpoint.save_checkpoint_steps": 10**9,
+        "checkpoint.log_interval": 1,
+    }
     return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
 
 
@@ -113,8 +121,20 @@ def convert_data(work: str) -> str:
     """``mindrlhf convert-preference`` on the bundled oasst rankings; returns the MindRecord path."""
     dst = os.path.join(work, "data", f"oasst_{SEQ}.mindrecord")
     os.makedirs(os.path.dirname(dst), exist_ok=True)
-    cmd = [os.path.join(BIN, "mindrlhf"), "convert-preference", "--model", "gpt2", "--src_file", SOURCE,
-           "--dst_file", dst, "--seq_length", str(SEQ), "--pad_token_id", "50256"]
+    cmd = [
+        os.path.join(BIN, "mindrlhf"),
+        "convert-preference",
+        "--model",
+        "gpt2",
+        "--src_file",
+        SOURCE,
+        "--dst_file",
+        dst,
+        "--seq_length",
+        str(SEQ),
+        "--pad_token_id",
+        "50256",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, env=child_env())
     return dst
 
@@ -139,8 +159,15 @@ def start(cmd: list, log: str, cwd: str) -> subprocess.Popen:
 
 
 def msrun_cmd(log_dir: str, args: list) -> list:
-    return [os.path.join(BIN, "msrun"), "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
-            f"--log_dir={log_dir}", "--join=True", *args]
+    return [
+        os.path.join(BIN, "msrun"),
+        "--worker_num=2",
+        "--local_worker_num=2",
+        f"--master_port={free_port()}",
+        f"--log_dir={log_dir}",
+        "--join=True",
+        *args,
+    ]
 
 
 def run_case(case: str, work: str, data: str, batch: int, steps: int, bucket_mb: int) -> list:
@@ -148,14 +175,32 @@ def run_case(case: str, work: str, data: str, batch: int, steps: int, bucket_mb:
     total = WARMUP_STEPS + steps
     folder = tempfile.mkdtemp(prefix=f"{case}_", dir=work)
     if case == "one":
-        cmd = [sys.executable, SCRIPT, "--config", RECIPE, "--train_dataset", data, "--use_parallel", "False",
-               *overrides(folder, batch, batch * total, bucket_mb)]
+        cmd = [
+            sys.executable,
+            SCRIPT,
+            "--config",
+            RECIPE,
+            "--train_dataset",
+            data,
+            "--use_parallel",
+            "False",
+            *overrides(folder, batch, batch * total, bucket_mb),
+        ]
         log = os.path.join(folder, "stdout.log")
         run_checked([start(cmd, log, folder)], case, [log])
         return [os.path.join(folder, "log", "rank_0", "info.log")]
     if case == "two":
-        cmd = msrun_cmd(os.path.join(folder, "msrun_log"), [SCRIPT, "--config", RECIPE, "--train_dataset", data,
-                                                            *overrides(folder, batch, 2 * batch * total, bucket_mb)])
+        cmd = msrun_cmd(
+            os.path.join(folder, "msrun_log"),
+            [
+                SCRIPT,
+                "--config",
+                RECIPE,
+                "--train_dataset",
+                data,
+                *overrides(folder, batch, 2 * batch * total, bucket_mb),
+            ],
+        )
         logs = [os.path.join(folder, "msrun_log", f"worker_{r}.log") for r in range(2)]
         run_checked([start(cmd, os.path.join(folder, "stdout.log"), folder)], case, logs)
         return [os.path.join(folder, "log", f"rank_{r}", "info.log") for r in range(2)]
@@ -163,8 +208,17 @@ def run_case(case: str, work: str, data: str, batch: int, steps: int, bucket_mb:
     for name in ("a", "b"):
         out = os.path.join(folder, name)
         os.makedirs(out)
-        cmd = [sys.executable, SCRIPT, "--config", RECIPE, "--train_dataset", data, "--use_parallel", "False",
-               *overrides(out, batch, batch * total, bucket_mb)]
+        cmd = [
+            sys.executable,
+            SCRIPT,
+            "--config",
+            RECIPE,
+            "--train_dataset",
+            data,
+            "--use_parallel",
+            "False",
+            *overrides(out, batch, batch * total, bucket_mb),
+        ]
         procs.append(start(cmd, os.path.join(out, "stdout.log"), out))
         outs.append(out)
     run_checked(procs, case, [os.path.join(o, "stdout.log") for o in outs])
@@ -231,8 +285,13 @@ def summarise(case: str, logs: list) -> dict:
         kept = runs[0]
     if len(kept) < 3:
         raise RuntimeError(f"{case}: only {len(kept)} steady steps to time; raise --steps")
-    return {"step_s": statistics.median(times), "steps_timed": len(times), "wall_s_per_step": median_gap(kept),
-            "step_s_min": min(times), "step_s_max": max(times)}
+    return {
+        "step_s": statistics.median(times),
+        "steps_timed": len(times),
+        "wall_s_per_step": median_gap(kept),
+        "step_s_min": min(times),
+        "step_s_max": max(times),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -262,8 +321,9 @@ def profile_worker(out: str, data: str, batch: int, bucket_mb: int) -> None:
     step = TrainStep(loss_net, optimizer, cfg.runner_wrapper)
     step.set_train(True)
     batches = reward_model_dataset(data, batch, rank_id=rank_id, rank_size=rank_size, num_samples=2 * batch * total)
-    inputs = [[Tensor(b[c]) for c in TRAIN_COLUMNS] for b in batches.create_dict_iterator(num_epochs=1,
-                                                                                          output_numpy=True)]
+    inputs = [
+        [Tensor(b[c]) for c in TRAIN_COLUMNS] for b in batches.create_dict_iterator(num_epochs=1, output_numpy=True)
+    ]
     for item in inputs[:WARMUP_STEPS]:
         step(*item)[0].asnumpy()
     profiler = Profiler(output_path=os.path.join(out, f"profiler_rank_{rank_id}"))
@@ -274,10 +334,19 @@ def profile_worker(out: str, data: str, batch: int, bucket_mb: int) -> None:
     profiler.stop()
     profiler.analyse()
     with open(os.path.join(out, f"profile_rank_{rank_id}.json"), "w", encoding="utf-8") as f:
-        json.dump({"rank": rank_id, "rank_size": rank_size, "step_s": seconds, "bucket_mb": bucket_mb,
-                   "gradients": len(optimizer.parameters),
-                   "gradient_bytes": sum(4 * p.size for p in optimizer.parameters), "peak_rss_mb": rss_mb(),
-                   **op_times(os.path.join(out, f"profiler_rank_{rank_id}"))}, f)
+        json.dump(
+            {
+                "rank": rank_id,
+                "rank_size": rank_size,
+                "step_s": seconds,
+                "bucket_mb": bucket_mb,
+                "gradients": len(optimizer.parameters),
+                "gradient_bytes": sum(4 * p.size for p in optimizer.parameters),
+                "peak_rss_mb": rss_mb(),
+                **op_times(os.path.join(out, f"profiler_rank_{rank_id}")),
+            },
+            f,
+        )
 
 
 def op_times(folder: str) -> dict:
@@ -292,16 +361,31 @@ def op_times(folder: str) -> dict:
     reduce = {k: v for k, v in per_step.items() if "/AllReduce-op" in k}
     biggest = sorted(reduce.items(), key=lambda kv: -kv[1])[:3]
     # the ops' names do not tell a fused gradient bucket from the overflow flag's all-reduce: only the total counts
-    return {"all_ops_ms": sum(per_step.values()), "allreduce_ms": sum(reduce.values()),
-            "allreduce_ops": len(reduce), "largest_allreduce_ms": [[k, v] for k, v in biggest]}
+    return {
+        "all_ops_ms": sum(per_step.values()),
+        "allreduce_ms": sum(reduce.values()),
+        "allreduce_ops": len(reduce),
+        "largest_allreduce_ms": [[k, v] for k, v in biggest],
+    }
 
 
 def run_profile(work: str, data: str, batch: int, bucket_mb: int) -> dict:
     """The profiler pass on 2 msrun workers; returns both ranks' figures and the mean AllReduce share."""
     folder = tempfile.mkdtemp(prefix=f"profile_{bucket_mb}mb_", dir=work)
-    cmd = msrun_cmd(os.path.join(folder, "msrun_log"), [os.path.abspath(__file__), "--profile-worker", folder,
-                                                        "--data", data, "--batch", str(batch), "--bucket-mb",
-                                                        str(bucket_mb)])
+    cmd = msrun_cmd(
+        os.path.join(folder, "msrun_log"),
+        [
+            os.path.abspath(__file__),
+            "--profile-worker",
+            folder,
+            "--data",
+            data,
+            "--batch",
+            str(batch),
+            "--bucket-mb",
+            str(bucket_mb),
+        ],
+    )
     logs = [os.path.join(folder, "msrun_log", f"worker_{r}.log") for r in range(2)]
     run_checked([start(cmd, os.path.join(folder, "stdout.log"), folder)], "profile", logs)
     ranks = []
@@ -309,8 +393,7 @@ def run_profile(work: str, data: str, batch: int, bucket_mb: int) -> dict:
         with open(os.path.join(folder, f"profile_rank_{rank}.json"), encoding="utf-8") as f:
             ranks.append(json.load(f))
     share = statistics.mean(r["allreduce_ms"] / 1000.0 / r["step_s"] for r in ranks)
-    return {"ranks": ranks, "allreduce_share": share, "profiled_steps": PROFILED_STEPS,
-            "warmup_steps": WARMUP_STEPS}
+    return {"ranks": ranks, "allreduce_share": share, "profiled_steps": PROFILED_STEPS, "warmup_steps": WARMUP_STEPS}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -323,35 +406,50 @@ def combine(per_run: dict, batch: int) -> dict:
     for case, runs in per_run.items():
         step = statistics.median(r["step_s"] for r in runs)
         pairs = batch if case == "one" else 2 * batch
-        cases[case] = {"workers": 1 if case == "one" else 2, "pairs_per_step": pairs, "step_s": step,
-                       "pairs_per_s": pairs / step, "wall_s_per_step": statistics.median(r["wall_s_per_step"]
-                                                                                       for r in runs),
-                       "runs": runs}
+        cases[case] = {
+            "workers": 1 if case == "one" else 2,
+            "pairs_per_step": pairs,
+            "step_s": step,
+            "pairs_per_s": pairs / step,
+            "wall_s_per_step": statistics.median(r["wall_s_per_step"] for r in runs),
+            "runs": runs,
+        }
     one, two, alone = cases["one"], cases["two"], cases["two_alone"]
-    return {"cases": cases, "scaling_efficiency": two["pairs_per_s"] / (2 * one["pairs_per_s"]),
-            "communication_share": 1.0 - alone["step_s"] / two["step_s"],
-            "two_alone_efficiency": alone["pairs_per_s"] / (2 * one["pairs_per_s"])}
+    return {
+        "cases": cases,
+        "scaling_efficiency": two["pairs_per_s"] / (2 * one["pairs_per_s"]),
+        "communication_share": 1.0 - alone["step_s"] / two["step_s"],
+        "two_alone_efficiency": alone["pairs_per_s"] / (2 * one["pairs_per_s"]),
+    }
 
 
 def markdown_table(result: dict, profile: dict | None) -> str:
-    rows = ["| run | workers | pairs / step | s / step | pairs/s | wall s / step | other processes' CPU |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| run | workers | pairs / step | s / step | pairs/s | wall s / step | other processes' CPU |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for case, entry in result["cases"].items():
         other = max(r["other_cpu_share"] for r in entry["runs"])
-        rows.append(f"| {case} | {entry['workers']} | {entry['pairs_per_step']} | {entry['step_s']:.3f} | "
-                    f"{entry['pairs_per_s']:.1f} | {entry['wall_s_per_step']:.3f} | <= {100 * other:.0f} % |")
+        rows.append(
+            f"| {case} | {entry['workers']} | {entry['pairs_per_step']} | {entry['step_s']:.3f} | "
+            f"{entry['pairs_per_s']:.1f} | {entry['wall_s_per_step']:.3f} | <= {100 * other:.0f} % |"
+        )
     rows.append("")
-    rows.append(f"scaling efficiency (pairs/s two / 2 x one): {result['scaling_efficiency']:.2f}; "
-                f"two_alone / 2 x one: {result['two_alone_efficiency']:.2f}")
+    rows.append(
+        f"scaling efficiency (pairs/s two / 2 x one): {result['scaling_efficiency']:.2f}; "
+        f"two_alone / 2 x one: {result['two_alone_efficiency']:.2f}"
+    )
     rows.append(f"communication share of a 2-worker step (1 - two_alone / two): {result['communication_share']:.2f}")
     for bucket_mb, entry in (profile or {}).items():
         ms_ = statistics.mean(r["allreduce_ms"] for r in entry["ranks"])
         step = statistics.mean(r["step_s"] for r in entry["ranks"])
         rank0 = entry["ranks"][0]
-        rows.append(f"profiler, allreduce_bucket_mb {bucket_mb}: AllReduce {ms_:.0f} ms of a {step * 1000:.0f} ms "
-                    f"profiled step ({entry['allreduce_share']:.2f}), {rank0['allreduce_ops']} AllReduce ops/step "
-                    f"for {rank0['gradients']} gradients ({rank0['gradient_bytes'] / 2 ** 20:.1f} MiB); peak RSS "
-                    f"per rank {' / '.join(str(round(r['peak_rss_mb'])) for r in entry['ranks'])} MiB")
+        rows.append(
+            f"profiler, allreduce_bucket_mb {bucket_mb}: AllReduce {ms_:.0f} ms of a {step * 1000:.0f} ms "
+            f"profiled step ({entry['allreduce_share']:.2f}), {rank0['allreduce_ops']} AllReduce ops/step "
+            f"for {rank0['gradients']} gradients ({rank0['gradient_bytes'] / 2**20:.1f} MiB); peak RSS "
+            f"per rank {' / '.join(str(round(r['peak_rss_mb'])) for r in entry['ranks'])} MiB"
+        )
     return "\n".join(rows)
 
 
@@ -374,8 +472,14 @@ def clean_run(case: str, work: str, data: str, args) -> dict:
         load = os.getloadavg()
         logs, usage = with_usage(run_case, case, work, data, args.batch, args.steps, args.bucket_mb)
         entry = {**summarise(case, logs), **usage, "load_avg_before": load, "attempt": attempt}
-        logger.info("%s: %.3f s/step (load before %.2f, other processes %.0f %% of the CPU, attempt %d)", case,
-                    entry["step_s"], load[0], 100 * usage["other_cpu_share"], attempt)
+        logger.info(
+            "%s: %.3f s/step (load before %.2f, other processes %.0f %% of the CPU, attempt %d)",
+            case,
+            entry["step_s"],
+            load[0],
+            100 * usage["other_cpu_share"],
+            attempt,
+        )
         if usage["other_cpu_share"] <= args.max_other_cpu:
             break
         time.sleep(RETRY_PAUSE_S)
@@ -404,13 +508,26 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per configuration (median reported)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per run, after the warm-up steps")
     parser.add_argument("--batch", type=int, default=4, help="pairs per worker per step")
-    parser.add_argument("--max-other-cpu", type=float, default=0.05,
-                        help="re-run a run while other processes used more than this share of the CPU")
+    parser.add_argument(
+        "--max-other-cpu",
+        type=float,
+        default=0.05,
+        help="re-run a run while other processes used more than this share of the CPU",
+    )
     parser.add_argument("--retries", type=int, default=3, help="re-runs allowed per run (see --max-other-cpu)")
-    parser.add_argument("--bucket-mb", type=int, default=ParallelConfig.allreduce_bucket_mb,
-                        help="parallel_config.allreduce_bucket_mb of the timed runs (0: one all-reduce per gradient)")
-    parser.add_argument("--profile-buckets", type=int, nargs="+", default=[0, ParallelConfig.allreduce_bucket_mb],
-                        help="one profiler pass per allreduce_bucket_mb value")
+    parser.add_argument(
+        "--bucket-mb",
+        type=int,
+        default=ParallelConfig.allreduce_bucket_mb,
+        help="parallel_config.allreduce_bucket_mb of the timed runs (0: one all-reduce per gradient)",
+    )
+    parser.add_argument(
+        "--profile-buckets",
+        type=int,
+        nargs="+",
+        default=[0, ParallelConfig.allreduce_bucket_mb],
+        help="one profiler pass per allreduce_bucket_mb value",
+    )
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the profiler passes")
     parser.add_argument("--json", metavar="PATH", help="write the full report here")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep the runs' logs (default: a temp dir)")
@@ -431,17 +548,29 @@ def main(argv=None) -> None:
             shutil.rmtree(work, ignore_errors=True)
     print(markdown_table(result, profile))
     if args.json:
-        report = {"machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                              "platform": platform.platform(), "load_avg_at_start": load_start,
-                              "load_avg_at_end": os.getloadavg()},
-                  "versions": versions_info(),
-                  "setup": {"recipe": os.path.relpath(RECIPE, ROOT), "model": f"gpt2 {LAYERS}x{HIDDEN}, 4 heads, "
-                            f"vocab 50257, seq {SEQ}, fp32, span loss", "data": os.path.relpath(SOURCE, ROOT),
-                            "batch_pairs_per_worker": args.batch, "steps_per_run": args.steps,
-                            "allreduce_bucket_mb": args.bucket_mb,
-                            "warmup_steps": WARMUP_STEPS, "repeats": args.repeats,
-                            "statistic": "median over repeats of each run's median step time (info.log time:)"},
-                  **result, "profile": profile}
+        report = {
+            "machine": {
+                "cpu_count": os.cpu_count(),
+                "processor": platform.processor() or platform.machine(),
+                "platform": platform.platform(),
+                "load_avg_at_start": load_start,
+                "load_avg_at_end": os.getloadavg(),
+            },
+            "versions": versions_info(),
+            "setup": {
+                "recipe": os.path.relpath(RECIPE, ROOT),
+                "model": f"gpt2 {LAYERS}x{HIDDEN}, 4 heads, vocab 50257, seq {SEQ}, fp32, span loss",
+                "data": os.path.relpath(SOURCE, ROOT),
+                "batch_pairs_per_worker": args.batch,
+                "steps_per_run": args.steps,
+                "allreduce_bucket_mb": args.bucket_mb,
+                "warmup_steps": WARMUP_STEPS,
+                "repeats": args.repeats,
+                "statistic": "median over repeats of each run's median step time (info.log time:)",
+            },
+            **result,
+            "profile": profile,
+        }
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
         logger.info("wrote %s", args.json)

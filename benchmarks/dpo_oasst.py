@@ -12,6 +12,7 @@ accuracy (share of pairs whose chosen answer gets the higher ``beta * (logp - re
 
     python benchmarks/dpo_oasst.py [--seq_length 128] [--epochs 1] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,11 +57,21 @@ def split_conversations(out_dir: str, held_out_share: float, seed: int):
 
 def settings(seq_length: int, epochs: int):
     """The ``--set`` overrides both stages share (model size and length) and the DPO ones."""
-    model = ["model.model_config.seq_length=" + str(seq_length), "checkpoint.log_interval=1000000",
-             "checkpoint.save_checkpoint_steps=1000000", "checkpoint.keep_checkpoint_max=1"]
-    dpo = model + [f"runner_config.epochs={epochs}", "runner_config.batch_size=4", "optimizer.learning_rate=5.0e-4",
-                   "lr_schedule.type=constant", "lr_schedule.learning_rate=5.0e-4", "lr_schedule.warmup_ratio=0.0",
-                   "dpo.beta=0.1"]
+    model = [
+        "model.model_config.seq_length=" + str(seq_length),
+        "checkpoint.log_interval=1000000",
+        "checkpoint.save_checkpoint_steps=1000000",
+        "checkpoint.keep_checkpoint_max=1",
+    ]
+    dpo = model + [
+        f"runner_config.epochs={epochs}",
+        "runner_config.batch_size=4",
+        "optimizer.learning_rate=5.0e-4",
+        "lr_schedule.type=constant",
+        "lr_schedule.learning_rate=5.0e-4",
+        "lr_schedule.warmup_ratio=0.0",
+        "dpo.beta=0.1",
+    ]
     return model, dpo
 
 
@@ -79,8 +90,12 @@ def sft_model(out_dir: str, seq_length: int) -> str:
     logger.info("SFT: %d steps, loss %.3f -> %.3f", len(fit.losses), fit.losses[0], fit.losses[-1])
     folder = os.path.join(out_dir, "sft_hf")
     tokenizer = os.path.join(ROOT, "mindrlhf", "assets", "tokenizers", "gpt2")
-    save_hf_checkpoint(model, cfg.model.model_config, folder,
-                       extra_files=[os.path.join(tokenizer, n) for n in sorted(os.listdir(tokenizer))])
+    save_hf_checkpoint(
+        model,
+        cfg.model.model_config,
+        folder,
+        extra_files=[os.path.join(tokenizer, n) for n in sorted(os.listdir(tokenizer))],
+    )
     return folder
 
 
@@ -88,11 +103,17 @@ def read_pairs(path: str):
     """``(prompt ids, chosen ids, rejected ids)`` lists of a preference MindRecord (boundary from the masks)."""
     import mindspore.dataset as ds
 
-    columns = ["chosen_input_ids", "chosen_attention_mask", "rejected_input_ids", "rejected_attention_mask",
-               "chosen_response_mask"]
+    columns = [
+        "chosen_input_ids",
+        "chosen_attention_mask",
+        "rejected_input_ids",
+        "rejected_attention_mask",
+        "chosen_response_mask",
+    ]
     prompts, chosen, rejected = [], [], []
     for row in ds.MindDataset(path, columns_list=columns, shuffle=False).create_dict_iterator(
-            num_epochs=1, output_numpy=True):
+        num_epochs=1, output_numpy=True
+    ):
         start = int(np.flatnonzero(row["chosen_response_mask"])[0])
         c_end, r_end = int(row["chosen_attention_mask"].sum()), int(row["rejected_attention_mask"].sum())
         prompts.append(row["chosen_input_ids"][:start].tolist())
@@ -109,9 +130,15 @@ def run_ours(cfg, train: str, sft: str) -> dict:
     ms.device_context.cpu.op_tuning.threads_num(THREADS)
     start = time.perf_counter()
     policy, fit = train_dpo(cfg, train, sft)
-    return {"framework": "mindrlhf", "policy": policy, "wall_s": time.perf_counter() - start,
-            "step_s_median": float(np.median(fit.step_seconds[1:])), "steps": len(fit.losses),
-            "first_loss": fit.losses[0], "last_loss": fit.losses[-1]}
+    return {
+        "framework": "mindrlhf",
+        "policy": policy,
+        "wall_s": time.perf_counter() - start,
+        "step_s_median": float(np.median(fit.step_seconds[1:])),
+        "steps": len(fit.losses),
+        "first_loss": fit.losses[0],
+        "last_loss": fit.losses[-1],
+    }
 
 
 def run_trl(cfg, train: str, sft: str, out_dir: str) -> dict:
@@ -133,13 +160,33 @@ def run_trl(cfg, train: str, sft: str, out_dir: str) -> dict:
 
     opt, runner = cfg.optimizer, cfg.runner_config
     args = trl.DPOConfig(
-        output_dir=os.path.join(out_dir, "trl_run"), use_cpu=True, bf16=False, fp16=False, seed=0,
-        beta=cfg.dpo.beta, loss_type=["sigmoid"], learning_rate=opt.learning_rate, lr_scheduler_type="constant",
-        warmup_steps=0, weight_decay=opt.weight_decay, adam_beta1=opt.beta1, adam_beta2=opt.beta2,
-        adam_epsilon=opt.eps, max_grad_norm=cfg.runner_wrapper.max_grad_norm,
-        per_device_train_batch_size=runner.batch_size, num_train_epochs=runner.epochs, dataloader_drop_last=True,
-        max_length=None, precompute_ref_log_probs=True, gradient_checkpointing=False, save_strategy="no",
-        report_to="none", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0)
+        output_dir=os.path.join(out_dir, "trl_run"),
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        seed=0,
+        beta=cfg.dpo.beta,
+        loss_type=["sigmoid"],
+        learning_rate=opt.learning_rate,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=opt.weight_decay,
+        adam_beta1=opt.beta1,
+        adam_beta2=opt.beta2,
+        adam_epsilon=opt.eps,
+        max_grad_norm=cfg.runner_wrapper.max_grad_norm,
+        per_device_train_batch_size=runner.batch_size,
+        num_train_epochs=runner.epochs,
+        dataloader_drop_last=True,
+        max_length=None,
+        precompute_ref_log_probs=True,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     from alignment_quality import step_clock  # noqa: E402 - a sibling script, on sys.path when run
 
     clock, times = step_clock(TrainerCallback)
@@ -148,8 +195,13 @@ def run_trl(cfg, train: str, sft: str, out_dir: str) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(sft)
     tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; masks, not ids, mark padding
     start = time.perf_counter()
-    trainer = PreTokenized(model=AutoModelForCausalLM.from_pretrained(sft), args=args, train_dataset=dataset,
-                           processing_class=tokenizer, callbacks=[clock])
+    trainer = PreTokenized(
+        model=AutoModelForCausalLM.from_pretrained(sft),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[clock],
+    )
     trainer.train()
     wall = time.perf_counter() - start
     saved = os.path.join(out_dir, "trl_policy")
@@ -157,9 +209,16 @@ def run_trl(cfg, train: str, sft: str, out_dir: str) -> dict:
     policy = CausalLM(cfg.model.model_config)
     load_weights(policy, saved, cfg.model.model_config)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"framework": "trl", "framework_version": f"trl {trl.__version__}", "policy": policy, "wall_s": wall,
-            "step_s_median": float(np.median([b - a for a, b in times[1:]])), "steps": len(times),
-            "first_loss": losses[0], "last_loss": losses[-1]}
+    return {
+        "framework": "trl",
+        "framework_version": f"trl {trl.__version__}",
+        "policy": policy,
+        "wall_s": wall,
+        "step_s_median": float(np.median([b - a for a, b in times[1:]])),
+        "steps": len(times),
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+    }
 
 
 def main(argv=None) -> None:
@@ -182,8 +241,10 @@ def main(argv=None) -> None:
     os.makedirs(out_dir, exist_ok=True)
     load_start = os.getloadavg()
     files, n_train, n_held = split_conversations(out_dir, args.held_out, 0)
-    stats = {name: convert_preference(path, path.replace(".json", ".mindrecord"), "gpt2", args.seq_length,
-                                      progress=False) for name, path in files.items()}
+    stats = {
+        name: convert_preference(path, path.replace(".json", ".mindrecord"), "gpt2", args.seq_length, progress=False)
+        for name, path in files.items()
+    }
     train, held_out = (files[n].replace(".json", ".mindrecord") for n in ("train", "held_out"))
     sft = sft_model(out_dir, args.seq_length)
     _, dpo_sets = settings(args.seq_length, args.epochs)
@@ -198,11 +259,18 @@ def main(argv=None) -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for r in results:
         h = r["held_out"]
-        print(f"| {r['framework']} | {h['rewards/accuracies']:.3f} | {h['rewards/margins']:.3f} | "
-              f"{r['first_loss']:.3f} / {r['last_loss']:.3f} | {r['step_s_median']:.3f} | {r['wall_s']:.0f} |")
-    report = {"conversations": {"train": n_train, "held_out": n_held},
-              "pairs": {k: v["count"] for k, v in stats.items()}, "before": before, "results": results,
-              "load_avg_at_start": load_start, "load_avg_at_end": os.getloadavg()}
+        print(
+            f"| {r['framework']} | {h['rewards/accuracies']:.3f} | {h['rewards/margins']:.3f} | "
+            f"{r['first_loss']:.3f} / {r['last_loss']:.3f} | {r['step_s_median']:.3f} | {r['wall_s']:.0f} |"
+        )
+    report = {
+        "conversations": {"train": n_train, "held_out": n_held},
+        "pairs": {k: v["count"] for k, v in stats.items()},
+        "before": before,
+        "results": results,
+        "load_avg_at_start": load_start,
+        "load_avg_at_end": os.getloadavg(),
+    }
     from alignment_quality import print_report  # noqa: E402 - a sibling script, on sys.path when run
 
     print_report(report, args.json)

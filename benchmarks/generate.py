@@ -12,6 +12,7 @@ is its own. Prints one JSON document; run on an otherwise idle machine.
 
     python benchmarks/generate.py [--cases a b] [--repeats 3] [--skip-no-cache]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,10 +44,10 @@ TOP_K = 50
 
 def case_config(case: str) -> ModelConfig:
     if case == "a":
-        return ModelConfig(type="gpt2", vocab_size=50257, hidden_size=256, num_layers=4, num_heads=4,
-                           seq_length=1024)
-    recipe = load_config(os.path.join(ROOT, "model_configs/gpt2_config/run_gpt2_124m.yaml"),
-                         ["model.model_config.compute_dtype=float32"])
+        return ModelConfig(type="gpt2", vocab_size=50257, hidden_size=256, num_layers=4, num_heads=4, seq_length=1024)
+    recipe = load_config(
+        os.path.join(ROOT, "model_configs/gpt2_config/run_gpt2_124m.yaml"), ["model.model_config.compute_dtype=float32"]
+    )
     return recipe.model.model_config
 
 
@@ -66,8 +67,7 @@ def make_prompts(cfg: ModelConfig, batch: int, prompt: int) -> tuple:
     return ids, np.ones_like(ids)
 
 
-def ours_side(case: str, hf_dir: str, batch: int, prompt: int, new_tokens: int, repeats: int,
-              no_cache: bool) -> dict:
+def ours_side(case: str, hf_dir: str, batch: int, prompt: int, new_tokens: int, repeats: int, no_cache: bool) -> dict:
     """Our generation on the weights in ``hf_dir``; ``peak_rss_mb`` is taken before the no-cache runs."""
     from mindrlhf.models.convert import load_weights
 
@@ -80,8 +80,12 @@ def ours_side(case: str, hf_dir: str, batch: int, prompt: int, new_tokens: int, 
     ours = Generator(lm, gen_cfg, eos_token_id=None, pad_token_id=cfg.pad_token_id)
     out = {"ours_cache_s": timed(lambda: ours.generate(ids, mask), repeats), "peak_rss_mb": rss_mb()}
     if no_cache:
-        plain = Generator(lm, GenerationConfig(max_new_tokens=new_tokens, do_sample=True, top_k=TOP_K,
-                                               use_cache=False), eos_token_id=None, pad_token_id=cfg.pad_token_id)
+        plain = Generator(
+            lm,
+            GenerationConfig(max_new_tokens=new_tokens, do_sample=True, top_k=TOP_K, use_cache=False),
+            eos_token_id=None,
+            pad_token_id=cfg.pad_token_id,
+        )
         out["ours_no_cache_s"] = timed(lambda: plain.generate(ids, mask), repeats)
     return out
 
@@ -98,17 +102,40 @@ def transformers_side(case: str, hf_dir: str, batch: int, prompt: int, new_token
 
     def hf_generate():
         with torch.no_grad():
-            hf.generate(input_ids=hf_ids, attention_mask=hf_mask, do_sample=True, top_k=TOP_K, top_p=1.0,
-                        max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=cfg.pad_token_id)
+            hf.generate(
+                input_ids=hf_ids,
+                attention_mask=hf_mask,
+                do_sample=True,
+                top_k=TOP_K,
+                top_p=1.0,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                pad_token_id=cfg.pad_token_id,
+            )
 
     return {"transformers_s": timed(hf_generate, repeats), "peak_rss_mb": rss_mb()}
 
 
 def side_process(side: str, case: str, hf_dir: str, args, batch: int) -> dict:
     """One side of one case in a fresh process (its peak RSS is its own)."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--cases", case, "--hf-dir", hf_dir,
-           "--batch", str(batch), "--prompt", str(args.prompt), "--new-tokens", str(args.new_tokens),
-           "--repeats", str(args.repeats)] + (["--skip-no-cache"] if args.skip_no_cache else [])
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--side",
+        side,
+        "--cases",
+        case,
+        "--hf-dir",
+        hf_dir,
+        "--batch",
+        str(batch),
+        "--prompt",
+        str(args.prompt),
+        "--new-tokens",
+        str(args.new_tokens),
+        "--repeats",
+        str(args.repeats),
+    ] + (["--skip-no-cache"] if args.skip_no_cache else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{side} (case {case}) failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -120,14 +147,25 @@ def run_case(case: str, batch: int, args) -> dict:
     cfg = case_config(case)
     ms.set_seed(0)
     tokens = batch * args.new_tokens
-    result = {"case": case, "layers": cfg.num_layers, "hidden": cfg.hidden_size, "vocab": cfg.vocab_size,
-              "batch": batch, "prompt": args.prompt, "new_tokens": args.new_tokens}
+    result = {
+        "case": case,
+        "layers": cfg.num_layers,
+        "hidden": cfg.hidden_size,
+        "vocab": cfg.vocab_size,
+        "batch": batch,
+        "prompt": args.prompt,
+        "new_tokens": args.new_tokens,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = save_hf_checkpoint(CausalLM(cfg), cfg, os.path.join(tmp, "hf"))
         ours = side_process("ours", case, hf_dir, args, batch)
         peer = side_process("transformers", case, hf_dir, args, batch)
-    result.update({k: v for k, v in ours.items() if k != "peak_rss_mb"}, transformers_s=peer["transformers_s"],
-                  ours_peak_rss_mb=ours["peak_rss_mb"], transformers_peak_rss_mb=peer["peak_rss_mb"])
+    result.update(
+        {k: v for k, v in ours.items() if k != "peak_rss_mb"},
+        transformers_s=peer["transformers_s"],
+        ours_peak_rss_mb=ours["peak_rss_mb"],
+        transformers_peak_rss_mb=peer["peak_rss_mb"],
+    )
     result["ours_tokens_per_s"] = tokens / result["ours_cache_s"]
     result["transformers_tokens_per_s"] = tokens / result["transformers_s"]
     result["speedup_vs_transformers"] = result["transformers_s"] / result["ours_cache_s"]
@@ -150,23 +188,43 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.side == "ours":
-        print(json.dumps(ours_side(args.cases[0], args.hf_dir, args.batch, args.prompt, args.new_tokens,
-                                   args.repeats, not args.skip_no_cache)))
+        print(
+            json.dumps(
+                ours_side(
+                    args.cases[0],
+                    args.hf_dir,
+                    args.batch,
+                    args.prompt,
+                    args.new_tokens,
+                    args.repeats,
+                    not args.skip_no_cache,
+                )
+            )
+        )
         return
     if args.side == "transformers":
-        print(json.dumps(transformers_side(args.cases[0], args.hf_dir, args.batch, args.prompt, args.new_tokens,
-                                           args.repeats)))
+        print(
+            json.dumps(
+                transformers_side(args.cases[0], args.hf_dir, args.batch, args.prompt, args.new_tokens, args.repeats)
+            )
+        )
         return
     import torch
     import transformers
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     batches = {"a": 8, "b": 4}
-    report = {"machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                          "torch_threads": torch.get_num_threads()},
-              "versions": {"mindspore": ms.__version__, "torch": torch.__version__,
-                           "transformers": transformers.__version__},
-              "repeats": args.repeats, "statistic": "median seconds per generate() call", "results": []}
+    report = {
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "versions": {"mindspore": ms.__version__, "torch": torch.__version__, "transformers": transformers.__version__},
+        "repeats": args.repeats,
+        "statistic": "median seconds per generate() call",
+        "results": [],
+    }
     for case in args.cases:
         report["results"].append(run_case(case, batches[case], args))
     print(json.dumps(report, indent=2))

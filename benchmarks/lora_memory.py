@@ -14,6 +14,7 @@ Each side runs in its own process so its peak RSS (``ru_maxrss``) is its own:
 ``--profile`` adds where the memory goes: the resident set (``VmRSS``, sampled every 20 ms) at the start and end
 and its peak inside each phase: building the models, each generation, each log-prob pass, each train step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,15 @@ def write_prompts(path: str, vocab: int) -> str:
     from mindrlhf.data.convert_prompts import PROMPT_SCHEMA
 
     rng = np.random.default_rng(0)
-    records = [{"prompt_ids": rng.integers(3, vocab, WIDTH).astype(np.int64), "prompt_length": np.int64(WIDTH),
-                "pretrain_ids": np.zeros(WIDTH, np.int64), "loss_mask": np.zeros(WIDTH, np.int64)}
-               for _ in range(PROMPTS)]
+    records = [
+        {
+            "prompt_ids": rng.integers(3, vocab, WIDTH).astype(np.int64),
+            "prompt_length": np.int64(WIDTH),
+            "pretrain_ids": np.zeros(WIDTH, np.int64),
+            "loss_mask": np.zeros(WIDTH, np.int64),
+        }
+        for _ in range(PROMPTS)
+    ]
     with atomic_mindrecord(path, PROMPT_SCHEMA) as writer:
         writer.write_raw_data(records)
     return path
@@ -83,6 +90,7 @@ class RssPhases:
             finally:
                 end = rss_mib()
                 self.phases.append([name, round(start), round(max(self.peak, end)), round(end)])
+
         setattr(owner, attr, phase)
 
 
@@ -114,9 +122,13 @@ def run_side(mode: str, profile: bool = False) -> dict:
     ppo = PPOConfig(epochs=2, num_rollouts=PROMPTS, chunk_size=PROMPTS, batch_size=PROMPTS, ppo_epochs=1)
     ppo.generation = dataclasses.replace(ppo.generation, max_new_tokens=NEW_TOKENS, top_k=0)
     with tempfile.TemporaryDirectory() as out:
-        cfg = RunConfig(output_dir=out, model=ModelSection(model), ppo=ppo,
-                        runner_wrapper=LossScaleConfig(loss_scale_value=1.0),
-                        lora=LoRAConfig(**LORA) if mode == "lora" else LoRAConfig())
+        cfg = RunConfig(
+            output_dir=out,
+            model=ModelSection(model),
+            ppo=ppo,
+            runner_wrapper=LossScaleConfig(loss_scale_value=1.0),
+            lora=LoRAConfig(**LORA) if mode == "lora" else LoRAConfig(),
+        )
         init_context(cfg.context, cfg.seed)
         prompts = write_prompts(os.path.join(out, "prompts.mindrecord"), model.vocab_size)
         tick = time.perf_counter()
@@ -125,9 +137,13 @@ def run_side(mode: str, profile: bool = False) -> dict:
         trainable = sum(p.size for p in trainer.step.weights)
         with open(os.path.join(out, "ppo_metrics.jsonl"), encoding="utf-8") as f:
             iterations = [json.loads(line) for line in f]
-    report = {"mode": mode, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-              "trainable_parameters": int(trainable), "run_seconds": total,
-              "iteration_seconds": [m["seconds"] for m in iterations]}
+    report = {
+        "mode": mode,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "trainable_parameters": int(trainable),
+        "run_seconds": total,
+        "iteration_seconds": [m["seconds"] for m in iterations],
+    }
     if phases is not None:
         phases.running = False
         report["rss_after_import_mib"] = round(start_rss)
@@ -146,8 +162,12 @@ def main(argv=None) -> None:
         return
     report = {}
     for side in ("full", "lora"):
-        out = subprocess.run([sys.executable, __file__, "--side", side] + ["--profile"] * args.profile, check=True,
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--side", side] + ["--profile"] * args.profile,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         report[side] = json.loads(out.stdout.strip().splitlines()[-1])
     report["rss_ratio_lora_over_full"] = report["lora"]["peak_rss_mib"] / report["full"]["peak_rss_mib"]
     text = json.dumps(report, indent=2)

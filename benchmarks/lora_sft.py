@@ -9,6 +9,7 @@ steps after the first (ours compiles its graph in the first).
 
     python benchmarks/lora_sft.py [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,24 +58,43 @@ def run_ours(base: str, out: str) -> dict:
     from mindrlhf.data.convert_sft import SFT_SCHEMA
     from mindrlhf.train.sft import train_sft
 
-    cfg = load_config(RECIPE, [
-        "model.model_config.compute_dtype=float32", f"model.model_config.seq_length={WIDTH}",
-        "context.device_target=CPU", f"runner_config.batch_size={BATCH}",
-        "runner_config.epochs=1", "runner_wrapper.loss_scale_value=1.0", "optimizer.type=AdamWeightDecay",
-        "optimizer.weight_decay=0.0", f"optimizer.learning_rate={LR}", "lr_schedule.type=constant",
-        f"lr_schedule.learning_rate={LR}", f"load_checkpoint={base}", f"output_dir={out}",
-        f"lora.r={LORA['r']}", f"lora.alpha={LORA['alpha']}", "lora.target_modules=[c_attn]",
-        "checkpoint.save_checkpoint_steps=1000"])
+    cfg = load_config(
+        RECIPE,
+        [
+            "model.model_config.compute_dtype=float32",
+            f"model.model_config.seq_length={WIDTH}",
+            "context.device_target=CPU",
+            f"runner_config.batch_size={BATCH}",
+            "runner_config.epochs=1",
+            "runner_wrapper.loss_scale_value=1.0",
+            "optimizer.type=AdamWeightDecay",
+            "optimizer.weight_decay=0.0",
+            f"optimizer.learning_rate={LR}",
+            "lr_schedule.type=constant",
+            f"lr_schedule.learning_rate={LR}",
+            f"load_checkpoint={base}",
+            f"output_dir={out}",
+            f"lora.r={LORA['r']}",
+            f"lora.alpha={LORA['alpha']}",
+            "lora.target_modules=[c_attn]",
+            "checkpoint.save_checkpoint_steps=1000",
+        ],
+    )
     init_context(cfg.context, cfg.seed)
     ms.device_context.cpu.op_tuning.threads_num(THREADS)
     ids, mask = token_rows()
     path = os.path.join(out, "sft.mindrecord")
     with atomic_mindrecord(path, SFT_SCHEMA) as writer:
-        writer.write_raw_data([{"input_ids": i, "attention_mask": np.ones(WIDTH, np.int32), "loss_mask": m}
-                               for i, m in zip(ids, mask)])
+        writer.write_raw_data(
+            [{"input_ids": i, "attention_mask": np.ones(WIDTH, np.int32), "loss_mask": m} for i, m in zip(ids, mask)]
+        )
     _, fit = train_sft(cfg, path, stop_at_step=STEPS)
-    return {"steps": len(fit.losses), "step_s_median": float(np.median(fit.step_seconds[1:])),
-            "first_loss": fit.losses[0], "last_loss": fit.losses[-1]}
+    return {
+        "steps": len(fit.losses),
+        "step_s_median": float(np.median(fit.step_seconds[1:])),
+        "first_loss": fit.losses[0],
+        "last_loss": fit.losses[-1],
+    }
 
 
 def run_trl(base: str, out: str) -> dict:
@@ -93,29 +113,61 @@ def run_trl(base: str, out: str) -> dict:
     dataset = Dataset.from_dict({"input_ids": ids.tolist(), "completion_mask": mask.tolist()})
     tokenizer = GPT2TokenizerFast(os.path.join(TOKENIZER, "vocab.json"), os.path.join(TOKENIZER, "merges.txt"))
     tokenizer.pad_token = tokenizer.eos_token
-    args = trl.SFTConfig(output_dir=os.path.join(out, "trl"), use_cpu=True, seed=0, learning_rate=LR,
-                         lr_scheduler_type="constant", weight_decay=0.0, per_device_train_batch_size=BATCH,
-                         max_steps=STEPS, max_length=WIDTH, completion_only_loss=True, save_strategy="no",
-                         report_to="none", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
-                         gradient_checkpointing=False)
-    lora = peft.LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=0.0,
-                           target_modules=LORA["target_modules"], fan_in_fan_out=True, task_type="CAUSAL_LM")
+    args = trl.SFTConfig(
+        output_dir=os.path.join(out, "trl"),
+        use_cpu=True,
+        seed=0,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        per_device_train_batch_size=BATCH,
+        max_steps=STEPS,
+        max_length=WIDTH,
+        completion_only_loss=True,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        gradient_checkpointing=False,
+    )
+    lora = peft.LoraConfig(
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=0.0,
+        target_modules=LORA["target_modules"],
+        fan_in_fan_out=True,
+        task_type="CAUSAL_LM",
+    )
     clock, times = step_clock(TrainerCallback)
-    trainer = trl.SFTTrainer(model=AutoModelForCausalLM.from_pretrained(base), args=args, train_dataset=dataset,
-                             processing_class=tokenizer, peft_config=lora, callbacks=[clock])
+    trainer = trl.SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(base),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[clock],
+    )
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"steps": len(times), "step_s_median": float(np.median([b - a for a, b in times[1:]])),
-            "first_loss": losses[0], "last_loss": losses[-1],
-            "versions": f"trl {trl.__version__}, peft {peft.__version__}, torch {torch.__version__}"}
+    return {
+        "steps": len(times),
+        "step_s_median": float(np.median([b - a for a, b in times[1:]])),
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "versions": f"trl {trl.__version__}, peft {peft.__version__}, torch {torch.__version__}",
+    }
 
 
 def run_side(side: str, base: str) -> dict:
     with tempfile.TemporaryDirectory() as out:
         tick = time.perf_counter()
         figures = run_ours(base, out) if side == "mindrlhf" else run_trl(base, out)
-    figures.update(side=side, wall_s=time.perf_counter() - tick,
-                   peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / float(1 << 20))
+    figures.update(
+        side=side,
+        wall_s=time.perf_counter() - tick,
+        peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / float(1 << 20),
+    )
     return figures
 
 
@@ -131,9 +183,20 @@ def main(argv=None) -> None:
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with tempfile.TemporaryDirectory() as tmp:
         base = write_base(os.path.join(tmp, "base"))
-        report = {side: json.loads(subprocess.run(
-            [sys.executable, __file__, "--side", side, "--base", base], check=True, capture_output=True, text=True,
-            env=env).stdout.strip().splitlines()[-1]) for side in ("mindrlhf", "trl")}
+        report = {
+            side: json.loads(
+                subprocess.run(
+                    [sys.executable, __file__, "--side", side, "--base", base],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
+            for side in ("mindrlhf", "trl")
+        }
     report["speedup_trl_over_mindrlhf"] = report["trl"]["step_s_median"] / report["mindrlhf"]["step_s_median"]
     report["load_average_at_end"] = os.getloadavg()[0]
     if args.json:

@@ -9,6 +9,7 @@ as a difference, where the offset cancels.
 
     python benchmarks/memory_plan_check.py [--cases sft_tiny_full,sft_124m_full] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,15 +22,22 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "model_configs", "gpt2_config", "run_gpt2_tiny_sft.yaml")
-SFT_124M = ["model.model_config.compute_dtype=float32", "context.device_target=CPU",
-            "model.model_config.seq_length=256", "runner_config.batch_size=4", "runner_config.epochs=1",
-            "runner_wrapper.loss_scale_value=1.0"]
+SFT_124M = [
+    "model.model_config.compute_dtype=float32",
+    "context.device_target=CPU",
+    "model.model_config.seq_length=256",
+    "runner_config.batch_size=4",
+    "runner_config.epochs=1",
+    "runner_wrapper.loss_scale_value=1.0",
+]
 LORA = ["lora.r=16", "lora.alpha=32", "lora.target_modules=[c_attn]"]
 CASES = {  # name -> (recipe, overrides)
     "sft_tiny_full": (TINY, []),
     "sft_tiny_lora": (TINY, LORA),
-    "sft_124m_full": (os.path.join(ROOT, "model_configs", "gpt2_config", "run_gpt2_124m.yaml"),
-                      SFT_124M + ["optimizer.type=AdamWeightDecay", "lr_schedule.type=constant"]),
+    "sft_124m_full": (
+        os.path.join(ROOT, "model_configs", "gpt2_config", "run_gpt2_124m.yaml"),
+        SFT_124M + ["optimizer.type=AdamWeightDecay", "lr_schedule.type=constant"],
+    ),
 }
 CASES["sft_124m_lora"] = (CASES["sft_124m_full"][0], CASES["sft_124m_full"][1] + LORA)
 RECORDS = 16
@@ -45,8 +53,14 @@ def write_records(path: str, vocab: int, width: int) -> str:
 
     rng = np.random.default_rng(0)
     loss_mask = (np.arange(width) >= width // 2).astype(np.int32)
-    records = [{"input_ids": rng.integers(3, vocab, width).astype(np.int32),
-                "attention_mask": np.ones(width, np.int32), "loss_mask": loss_mask} for _ in range(RECORDS)]
+    records = [
+        {
+            "input_ids": rng.integers(3, vocab, width).astype(np.int32),
+            "attention_mask": np.ones(width, np.int32),
+            "loss_mask": loss_mask,
+        }
+        for _ in range(RECORDS)
+    ]
     with atomic_mindrecord(path, SFT_SCHEMA) as writer:
         writer.write_raw_data(records)
     return path
@@ -67,15 +81,19 @@ def run_case(name: str) -> dict:
         init_context(cfg.context, cfg.seed)
         data = write_records(os.path.join(out, "sft.mindrecord"), model_cfg.vocab_size, model_cfg.seq_length)
         train_sft(cfg, data, stop_at_step=STEPS)
-    return {"case": name, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "planned_bytes": sum(m.total(cfg.recompute_config.recompute) for m in planned)}
+    return {
+        "case": name,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "planned_bytes": sum(m.total(cfg.recompute_config.recompute) for m in planned),
+    }
 
 
 def measure(name: str) -> dict:
     """Run case ``name`` in a fresh process (its peak RSS is its own) and return its figures."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, __file__, "--case", name], check=True, capture_output=True, text=True,
-                         env=env)
+    out = subprocess.run(
+        [sys.executable, __file__, "--case", name], check=True, capture_output=True, text=True, env=env
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -87,15 +105,19 @@ def compare(results: dict) -> dict:
     report = {"offset_gib": offset / gib, "cases": {}}
     for name, r in results.items():
         model_part = r["peak_rss_bytes"] - offset
-        report["cases"][name] = {"peak_rss_gib": r["peak_rss_bytes"] / gib, "planned_gib": r["planned_bytes"] / gib,
-                                 "measured_minus_offset_gib": model_part / gib,
-                                 "error_of_plan": (r["planned_bytes"] - model_part) / max(model_part, 1)}
+        report["cases"][name] = {
+            "peak_rss_gib": r["peak_rss_bytes"] / gib,
+            "planned_gib": r["planned_bytes"] / gib,
+            "measured_minus_offset_gib": model_part / gib,
+            "error_of_plan": (r["planned_bytes"] - model_part) / max(model_part, 1),
+        }
     for size in ("tiny", "124m"):
         full, lora = results.get(f"sft_{size}_full"), results.get(f"sft_{size}_lora")
         if full and lora:
             report[f"full_minus_lora_{size}_gib"] = {
                 "measured": (full["peak_rss_bytes"] - lora["peak_rss_bytes"]) / gib,
-                "planned": (full["planned_bytes"] - lora["planned_bytes"]) / gib}
+                "planned": (full["planned_bytes"] - lora["planned_bytes"]) / gib,
+            }
     return report
 
 

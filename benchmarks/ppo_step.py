@@ -47,6 +47,7 @@ then ``--peer-only``); ``peak_rss_mb`` is that process's RSS high-water mark (``
 
     python benchmarks/ppo_step.py [--repeats 3] [--warmup 1] [--peer-only | --ours-only] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -148,37 +149,80 @@ def run_ours(args) -> dict:
     PHASES, ``total``, ``other``, ``tokens_generated``, ...)."""
     import mindspore as ms
 
-    from mindrlhf.config import (GenerationConfig, LossScaleConfig, LrScheduleConfig, ModelConfig, ModelSection,
-                                 OptimizerConfig, PPOConfig, RunConfig)
+    from mindrlhf.config import (
+        GenerationConfig,
+        LossScaleConfig,
+        LrScheduleConfig,
+        ModelConfig,
+        ModelSection,
+        OptimizerConfig,
+        PPOConfig,
+        RunConfig,
+    )
     from mindrlhf.train.ppo import PPOTrainer, build_ppo_models
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
-    model = ModelConfig(type="gpt2", vocab_size=VOCAB, hidden_size=HIDDEN, num_layers=LAYERS, num_heads=HEADS,
-                        seq_length=SEQ_LENGTH, pad_token_id=PAD_ID, bos_token_id=EOS_ID, eos_token_id=EOS_ID)
+    model = ModelConfig(
+        type="gpt2",
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        num_layers=LAYERS,
+        num_heads=HEADS,
+        seq_length=SEQ_LENGTH,
+        pad_token_id=PAD_ID,
+        bos_token_id=EOS_ID,
+        eos_token_id=EOS_ID,
+    )
     iterations = args.warmup + args.repeats
-    ppo = PPOConfig(epochs=iterations + 1, num_rollouts=BATCH, chunk_size=BATCH, batch_size=BATCH // NUM_MINI_BATCHES,
-                    ppo_epochs=PPO_EPOCHS, kl_coef=KL_COEF, gamma=GAMMA, lam=LAM, cliprange=CLIPRANGE,
-                    cliprange_value=CLIPRANGE_VALUE, vf_coef=VF_COEF, whiten_advantages=True,
-                    is_shared_backbone=False,  # a separate value model, as TRL's PPOTrainer has
-                    generation=GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=True, temperature=TEMPERATURE,
-                                                top_k=0, top_p=1.0, seed=SEED),
-                    save_checkpoint_epochs=10 ** 6)
+    ppo = PPOConfig(
+        epochs=iterations + 1,
+        num_rollouts=BATCH,
+        chunk_size=BATCH,
+        batch_size=BATCH // NUM_MINI_BATCHES,
+        ppo_epochs=PPO_EPOCHS,
+        kl_coef=KL_COEF,
+        gamma=GAMMA,
+        lam=LAM,
+        cliprange=CLIPRANGE,
+        cliprange_value=CLIPRANGE_VALUE,
+        vf_coef=VF_COEF,
+        whiten_advantages=True,
+        is_shared_backbone=False,  # a separate value model, as TRL's PPOTrainer has
+        generation=GenerationConfig(
+            max_new_tokens=NEW_TOKENS, do_sample=True, temperature=TEMPERATURE, top_k=0, top_p=1.0, seed=SEED
+        ),
+        save_checkpoint_epochs=10**6,
+    )
     out_dir = tempfile.mkdtemp(prefix="ppo_step_ours_")
-    cfg = RunConfig(seed=SEED, output_dir=out_dir, model=ModelSection(model), ppo=ppo,
-                    optimizer=OptimizerConfig(learning_rate=LEARNING_RATE, weight_decay=0.0),
-                    lr_schedule=LrScheduleConfig(type="constant"), runner_wrapper=LossScaleConfig(loss_scale_value=1.0))
+    cfg = RunConfig(
+        seed=SEED,
+        output_dir=out_dir,
+        model=ModelSection(model),
+        ppo=ppo,
+        optimizer=OptimizerConfig(learning_rate=LEARNING_RATE, weight_decay=0.0),
+        lr_schedule=LrScheduleConfig(type="constant"),
+        runner_wrapper=LossScaleConfig(loss_scale_value=1.0),
+    )
     models = build_ppo_models(model, ppo, model, model, seed=SEED)
     ids = prompt_ids().astype(np.int32)
-    prompts = {"prompt_ids": ids, "prompt_length": np.full(BATCH, PROMPT_LEN, np.int32),
-               "pretrain_ids": np.full((BATCH, 2), PAD_ID, np.int32), "loss_mask": np.zeros((BATCH, 2), np.int32)}
+    prompts = {
+        "prompt_ids": ids,
+        "prompt_length": np.full(BATCH, PROMPT_LEN, np.int32),
+        "pretrain_ids": np.full((BATCH, 2), PAD_ID, np.int32),
+        "loss_mask": np.zeros((BATCH, 2), np.int32),
+    }
     trainer = PPOTrainer(cfg, models, PROMPT_LEN, lambda iteration: prompts)
     timed = []
     for i in range(iterations):
         result = trainer.run_iteration(i)
         seconds = dict(result.timings)
         seconds["other"] = seconds["total"] - sum(seconds[k] for k in PHASES)
-        logger.info("ours iteration %d%s: %s", i, " (warm-up)" if i < args.warmup else "",
-                    ", ".join(f"{k} {v:.3f}" for k, v in seconds.items()))
+        logger.info(
+            "ours iteration %d%s: %s",
+            i,
+            " (warm-up)" if i < args.warmup else "",
+            ", ".join(f"{k} {v:.3f}" for k, v in seconds.items()),
+        )
         if i >= args.warmup:
             timed.append(seconds)
             tokens = int(result.rollout.response_length * BATCH)
@@ -236,20 +280,34 @@ def peer_models(init_dirs: dict | None = None):
 
     zero = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "summary_first_dropout": 0.0}
     if init_dirs:
+
         def load(cls, name, **kw):
             model = cls.from_pretrained(init_dirs[name], dtype=torch.float32, **zero, **kw)
             model.config.pad_token_id = PAD_ID
             return model
+
         policy, ref = load(GPT2LMHeadModel, "policy"), load(GPT2LMHeadModel, "policy")
         value = load(GPT2ForSequenceClassification, "value", num_labels=1)
         reward = load(GPT2ForSequenceClassification, "reward", num_labels=1)
     else:
-        cfg = dict(vocab_size=VOCAB, n_positions=SEQ_LENGTH, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS,
-                   bos_token_id=EOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, **zero)
+        cfg = dict(
+            vocab_size=VOCAB,
+            n_positions=SEQ_LENGTH,
+            n_embd=HIDDEN,
+            n_layer=LAYERS,
+            n_head=HEADS,
+            bos_token_id=EOS_ID,
+            eos_token_id=EOS_ID,
+            pad_token_id=PAD_ID,
+            **zero,
+        )
         models = []
-        for cls, seed, extra in ((GPT2LMHeadModel, SEED, {}), (GPT2LMHeadModel, SEED, {}),
-                                 (GPT2ForSequenceClassification, SEED + 1, {"num_labels": 1}),
-                                 (GPT2ForSequenceClassification, SEED + 2, {"num_labels": 1})):
+        for cls, seed, extra in (
+            (GPT2LMHeadModel, SEED, {}),
+            (GPT2LMHeadModel, SEED, {}),
+            (GPT2ForSequenceClassification, SEED + 1, {"num_labels": 1}),
+            (GPT2ForSequenceClassification, SEED + 2, {"num_labels": 1}),
+        ):
             torch.manual_seed(seed)
             models.append(cls(GPT2Config(**cfg, **extra)).float())
         policy, ref, value, reward = models
@@ -272,19 +330,54 @@ def peer_trainer(out_dir: str, init_dirs: dict | None = None):
     policy, ref, value, reward = peer_models(init_dirs)
     # TRL's configs default gradient checkpointing to True; transformers 5 renamed it activation_checkpointing
     names = {f.name for f in dataclasses.fields(PPOConfig)}
-    no_checkpointing = {"activation_checkpointing" if "activation_checkpointing" in names
-                        else "gradient_checkpointing": False}
+    no_checkpointing = {
+        "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": False
+    }
     cfg = PPOConfig(
-        output_dir=out_dir, use_cpu=True, bf16=False, fp16=False, seed=SEED, **no_checkpointing,
-        per_device_train_batch_size=BATCH, gradient_accumulation_steps=1, num_mini_batches=NUM_MINI_BATCHES,
-        num_ppo_epochs=PPO_EPOCHS, total_episodes=BATCH, local_rollout_forward_batch_size=BATCH,
-        response_length=NEW_TOKENS, stop_token=None, stop_token_id=None, temperature=TEMPERATURE,
-        missing_eos_penalty=None, kl_coef=KL_COEF, cliprange=CLIPRANGE, vf_coef=VF_COEF,
-        cliprange_value=CLIPRANGE_VALUE, gamma=GAMMA, lam=LAM, whiten_rewards=False, learning_rate=LEARNING_RATE,
-        lr_scheduler_type="constant", num_sample_generations=0, eval_strategy="no", save_strategy="no",
-        report_to="none", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0, push_to_hub=False)
-    trainer = PPOTrainer(args=cfg, processing_class=tokenizer, model=policy, ref_model=ref, reward_model=reward,
-                         value_model=value, train_dataset=dataset)
+        output_dir=out_dir,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        seed=SEED,
+        **no_checkpointing,
+        per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=1,
+        num_mini_batches=NUM_MINI_BATCHES,
+        num_ppo_epochs=PPO_EPOCHS,
+        total_episodes=BATCH,
+        local_rollout_forward_batch_size=BATCH,
+        response_length=NEW_TOKENS,
+        stop_token=None,
+        stop_token_id=None,
+        temperature=TEMPERATURE,
+        missing_eos_penalty=None,
+        kl_coef=KL_COEF,
+        cliprange=CLIPRANGE,
+        vf_coef=VF_COEF,
+        cliprange_value=CLIPRANGE_VALUE,
+        gamma=GAMMA,
+        lam=LAM,
+        whiten_rewards=False,
+        learning_rate=LEARNING_RATE,
+        lr_scheduler_type="constant",
+        num_sample_generations=0,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        push_to_hub=False,
+    )
+    trainer = PPOTrainer(
+        args=cfg,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=ref,
+        reward_model=reward,
+        value_model=value,
+        train_dataset=dataset,
+    )
     if cfg.gradient_checkpointing or any(checkpointing(m) for m in (policy, ref, value, reward)):
         raise RuntimeError("gradient checkpointing must be off")
     return trainer
@@ -301,8 +394,10 @@ def instrument(trainer, clock: PhaseClock):
     everything on exit."""
     import trl.experimental.ppo.ppo_trainer as ppo
 
-    orig = {name: getattr(ppo, name) for name in
-            ("batch_generation", "forward", "get_reward", "selective_log_softmax", "empty_cache")}
+    orig = {
+        name: getattr(ppo, name)
+        for name in ("batch_generation", "forward", "get_reward", "selective_log_softmax", "empty_cache")
+    }
 
     def is_update_model(model):
         return isinstance(trainer.accelerator.unwrap_model(model), ppo.PolicyAndValueWrapper)
@@ -351,6 +446,7 @@ def instrument(trainer, clock: PhaseClock):
     def counter(name):
         def hook(module, inputs):
             clock.forward_calls[f"{clock.active or 'other'}/{name}"] += 1
+
         return hook
 
     step_started = []
@@ -363,15 +459,23 @@ def instrument(trainer, clock: PhaseClock):
         clock.update_detail["optimizer_step"] += time.perf_counter() - step_started.pop()
 
     value = trainer.accelerator.unwrap_model(trainer.model).value_model
-    modules = {"policy": trainer.policy_model, "ref": trainer.ref_model,
-               "value": getattr(value, value.base_model_prefix),
-               "reward": getattr(trainer.reward_model, trainer.reward_model.base_model_prefix)}
+    modules = {
+        "policy": trainer.policy_model,
+        "ref": trainer.ref_model,
+        "value": getattr(value, value.base_model_prefix),
+        "reward": getattr(trainer.reward_model, trainer.reward_model.base_model_prefix),
+    }
     handles = [m.register_forward_pre_hook(counter(name)) for name, m in modules.items()]
     handles.append(inner_optimizer(trainer).register_step_pre_hook(step_pre_hook))
     handles.append(inner_optimizer(trainer).register_step_post_hook(step_hook))
     trainer.accelerator.backward = backward  # train() calls self.accelerator.backward(loss)
-    for name, fn in (("batch_generation", batch_generation), ("forward", forward), ("get_reward", get_reward),
-                     ("selective_log_softmax", selective_log_softmax), ("empty_cache", empty_cache)):
+    for name, fn in (
+        ("batch_generation", batch_generation),
+        ("forward", forward),
+        ("get_reward", get_reward),
+        ("selective_log_softmax", selective_log_softmax),
+        ("empty_cache", empty_cache),
+    ):
         setattr(ppo, name, fn)
     try:
         yield
@@ -391,8 +495,13 @@ def peer_iteration(trainer, clock: PhaseClock) -> dict:
         trainer.train()
         total = time.perf_counter() - start
     clock.stop()  # nothing should be open; safety
-    out = {**clock.seconds, "total": total, "tokens_generated": clock.tokens_generated,
-           "optimizer_steps": clock.optimizer_steps, "forward_calls": dict(sorted(clock.forward_calls.items()))}
+    out = {
+        **clock.seconds,
+        "total": total,
+        "tokens_generated": clock.tokens_generated,
+        "optimizer_steps": clock.optimizer_steps,
+        "forward_calls": dict(sorted(clock.forward_calls.items())),
+    }
     out["other"] = total - sum(clock.seconds[p] for p in PHASES)
     detail = {f"update_{k}": v for k, v in clock.update_detail.items()}
     detail["update_loss_stats_rest"] = clock.seconds["update"] - sum(detail.values())
@@ -417,17 +526,21 @@ def run_peer(args) -> dict:
             warmup = [peer_iteration(trainer, clock) for _ in range(args.warmup)]
             timed = [peer_iteration(trainer, clock) for _ in range(args.repeats)]
     last, cfg = timed[-1], trainer.args
-    return {**summarize(timed), "tokens_generated": last["tokens_generated"],
-            "tokens_generated_per_s": last["tokens_generated"] / statistics.median(t["generation"] for t in timed),
-            "optimizer_steps_per_iteration": last["optimizer_steps"], "forward_calls_per_iteration":
-            last["forward_calls"], "warmup_total_s": [w["total"] for w in warmup], "setup_s": setup_s,
-            "framework": f"trl {trl.__version__} trl.experimental.ppo.PPOTrainer",
-            "update_detail": {k: statistics.median(t["update_detail"][k] for t in timed) for k in
-                              last["update_detail"]},
-            "gradient_checkpointing": checkpointing(trainer.policy_model),
-            "attn_implementation": trainer.policy_model.config._attn_implementation,
-            "optimizer": f"{type(inner_optimizer(trainer)).__name__} ({getattr(cfg.optim, 'value', cfg.optim)})",
-            "torch_threads": torch.get_num_threads()}
+    return {
+        **summarize(timed),
+        "tokens_generated": last["tokens_generated"],
+        "tokens_generated_per_s": last["tokens_generated"] / statistics.median(t["generation"] for t in timed),
+        "optimizer_steps_per_iteration": last["optimizer_steps"],
+        "forward_calls_per_iteration": last["forward_calls"],
+        "warmup_total_s": [w["total"] for w in warmup],
+        "setup_s": setup_s,
+        "framework": f"trl {trl.__version__} trl.experimental.ppo.PPOTrainer",
+        "update_detail": {k: statistics.median(t["update_detail"][k] for t in timed) for k in last["update_detail"]},
+        "gradient_checkpointing": checkpointing(trainer.policy_model),
+        "attn_implementation": trainer.policy_model.config._attn_implementation,
+        "optimizer": f"{type(inner_optimizer(trainer)).__name__} ({getattr(cfg.optim, 'value', cfg.optim)})",
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -443,8 +556,10 @@ def markdown_table(ours: dict | None, peer: dict | None) -> str:
         ratio = f"{peer[key] / ours[key]:.2f}" if ours and peer and key in ours and key in peer and ours[key] else "-"
         lines.append(f"| {key} | {cell(ours, key)} | {cell(peer, key)} | {ratio} |")
     if ours and peer and "peak_rss_mb" in ours and "peak_rss_mb" in peer:
-        lines.append(f"| peak RSS MiB | {ours['peak_rss_mb']:.0f} | {peer['peak_rss_mb']:.0f} | "
-                     f"{peer['peak_rss_mb'] / ours['peak_rss_mb']:.2f} |")
+        lines.append(
+            f"| peak RSS MiB | {ours['peak_rss_mb']:.0f} | {peer['peak_rss_mb']:.0f} | "
+            f"{peer['peak_rss_mb'] / ours['peak_rss_mb']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -471,8 +586,20 @@ def side_process(flag: str, args) -> tuple:
     """This script with ``flag`` (``--ours-only`` / ``--peer-only``) in a fresh process: ``(results, skipped)``."""
     with tempfile.TemporaryDirectory(prefix="ppo_step_side_") as tmp:
         out = os.path.join(tmp, "side.json")
-        subprocess.run([sys.executable, os.path.abspath(__file__), flag, "--repeats", str(args.repeats),
-                        "--warmup", str(args.warmup), "--side-json", out], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                flag,
+                "--repeats",
+                str(args.repeats),
+                "--warmup",
+                str(args.warmup),
+                "--side-json",
+                out,
+            ],
+            check=True,
+        )
         with open(out, encoding="utf-8") as f:
             results, skipped = json.load(f)
     return results, skipped
@@ -509,20 +636,40 @@ def main(argv=None) -> None:
     if args.json:
         import torch
 
-        report = {"machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                              "platform": platform.platform(), "torch_threads": torch.get_num_threads(),
-                              "load_avg_at_start": load_start, "load_avg_at_end": os.getloadavg()},
-                  "versions": versions(),
-                  "setup": {"model": f"gpt2 {LAYERS}x{HIDDEN}, {HEADS} heads, vocab {VOCAB}, {SEQ_LENGTH} positions",
-                            "models": "policy, frozen reference (same init), value, reward", "dtype": "float32",
-                            "dropout": 0.0, "batch": BATCH, "prompt_len": PROMPT_LEN, "new_tokens": NEW_TOKENS,
-                            "temperature": TEMPERATURE, "ppo_epochs": PPO_EPOCHS, "mini_batches": NUM_MINI_BATCHES,
-                            "learning_rate": LEARNING_RATE, "kl_coef": KL_COEF, "repeats": args.repeats,
-                            "warmup": args.warmup, "prompts": os.path.relpath(PROMPTS, ROOT),
-                            "statistic": "median over timed iterations, each key on its own"},
-                  **results, "skipped": skipped,
-                  "ratios_peer_over_ours": ({k: peer[k] / ours[k] for k in (*PHASES, "total") if ours.get(k)}
-                                            if ours and peer else {})}
+        report = {
+            "machine": {
+                "cpu_count": os.cpu_count(),
+                "processor": platform.processor() or platform.machine(),
+                "platform": platform.platform(),
+                "torch_threads": torch.get_num_threads(),
+                "load_avg_at_start": load_start,
+                "load_avg_at_end": os.getloadavg(),
+            },
+            "versions": versions(),
+            "setup": {
+                "model": f"gpt2 {LAYERS}x{HIDDEN}, {HEADS} heads, vocab {VOCAB}, {SEQ_LENGTH} positions",
+                "models": "policy, frozen reference (same init), value, reward",
+                "dtype": "float32",
+                "dropout": 0.0,
+                "batch": BATCH,
+                "prompt_len": PROMPT_LEN,
+                "new_tokens": NEW_TOKENS,
+                "temperature": TEMPERATURE,
+                "ppo_epochs": PPO_EPOCHS,
+                "mini_batches": NUM_MINI_BATCHES,
+                "learning_rate": LEARNING_RATE,
+                "kl_coef": KL_COEF,
+                "repeats": args.repeats,
+                "warmup": args.warmup,
+                "prompts": os.path.relpath(PROMPTS, ROOT),
+                "statistic": "median over timed iterations, each key on its own",
+            },
+            **results,
+            "skipped": skipped,
+            "ratios_peer_over_ours": (
+                {k: peer[k] / ours[k] for k in (*PHASES, "total") if ours.get(k)} if ours and peer else {}
+            ),
+        }
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
         logger.info("wrote %s", args.json)

@@ -6,6 +6,7 @@ Pairs are best-vs-each-worse answers (the converter's oasst rule). Prints JSON.
 
     python benchmarks/rm_quality.py [--family llama] [--epochs 2] [--seq 384]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,10 @@ from mindrlhf.train.reward import evaluate_reward_model, train_reward_model  # n
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 DATA = os.path.join(ROOT, "mindrlhf", "assets", "data", "oasst_rm_zh.json")
-RECIPES = {"gpt2": ("model_configs/gpt2_config/run_gpt2_tiny_rm.yaml", "gpt2", 50256),
-           "llama": ("model_configs/llama2_config/run_llama2_tiny_rm.yaml", "llama", 2)}
+RECIPES = {
+    "gpt2": ("model_configs/gpt2_config/run_gpt2_tiny_rm.yaml", "gpt2", 50256),
+    "llama": ("model_configs/llama2_config/run_llama2_tiny_rm.yaml", "llama", 2),
+}
 
 
 def split_conversations(path: str, holdout: int, out_dir: str):
@@ -60,17 +63,27 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         (train_json, test_json), n_train, n_test = split_conversations(DATA, args.holdout, tmp)
         start = time.perf_counter()
-        train_stats = convert_preference(train_json, os.path.join(tmp, "train.mindrecord"), tokenizer,
-                                         seq_length=args.seq, pad_token_id=pad)
-        test_stats = convert_preference(test_json, os.path.join(tmp, "test.mindrecord"), tokenizer,
-                                        seq_length=args.seq, pad_token_id=pad)
+        train_stats = convert_preference(
+            train_json, os.path.join(tmp, "train.mindrecord"), tokenizer, seq_length=args.seq, pad_token_id=pad
+        )
+        test_stats = convert_preference(
+            test_json, os.path.join(tmp, "test.mindrecord"), tokenizer, seq_length=args.seq, pad_token_id=pad
+        )
         convert_s = time.perf_counter() - start
-        cfg = load_config(os.path.join(ROOT, recipe), [
-            f"output_dir={tmp}/out", f"runner_config.epochs={args.epochs}", f"runner_config.batch_size={args.batch}",
-            f"reward.loss_type={args.loss}", f"lr_schedule.learning_rate={args.lr}",
-            f"train_dataset.data_loader.dataset_dir={tmp}/train.mindrecord",
-            f"eval_dataset.data_loader.dataset_dir={tmp}/test.mindrecord", "checkpoint.log_interval=50",
-            "checkpoint.save_checkpoint_steps=100000"])
+        cfg = load_config(
+            os.path.join(ROOT, recipe),
+            [
+                f"output_dir={tmp}/out",
+                f"runner_config.epochs={args.epochs}",
+                f"runner_config.batch_size={args.batch}",
+                f"reward.loss_type={args.loss}",
+                f"lr_schedule.learning_rate={args.lr}",
+                f"train_dataset.data_loader.dataset_dir={tmp}/train.mindrecord",
+                f"eval_dataset.data_loader.dataset_dir={tmp}/test.mindrecord",
+                "checkpoint.log_interval=50",
+                "checkpoint.save_checkpoint_steps=100000",
+            ],
+        )
         start = time.perf_counter()
         _, fit = train_reward_model(cfg)
         train_s = time.perf_counter() - start
@@ -83,15 +96,32 @@ def main(argv=None) -> None:
     report = {
         "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         "mindspore": ms.__version__,
-        "model": {"family": args.family, "hidden": model_cfg.hidden_size, "layers": model_cfg.num_layers,
-                  "heads": model_cfg.num_heads, "vocab": model_cfg.vocab_size, "seq": args.seq},
-        "data": {"conversations_train": n_train, "conversations_held_out": n_test,
-                 "pairs_train": train_stats["count"], "pairs_held_out": test_stats["count"],
-                 "skipped_identical_after_truncation": (train_stats["skipped_identical"]
-                                                        + test_stats["skipped_identical"])},
-        "training": {"epochs": args.epochs, "batch_pairs": args.batch, "loss": args.loss, "lr": args.lr,
-                     "steps": fit.state.global_step, "first_loss": fit.losses[0], "last_loss": fit.losses[-1]},
-        "held_out_accuracy": held_out.accuracy, "train_accuracy": train_acc.accuracy,
+        "model": {
+            "family": args.family,
+            "hidden": model_cfg.hidden_size,
+            "layers": model_cfg.num_layers,
+            "heads": model_cfg.num_heads,
+            "vocab": model_cfg.vocab_size,
+            "seq": args.seq,
+        },
+        "data": {
+            "conversations_train": n_train,
+            "conversations_held_out": n_test,
+            "pairs_train": train_stats["count"],
+            "pairs_held_out": test_stats["count"],
+            "skipped_identical_after_truncation": (train_stats["skipped_identical"] + test_stats["skipped_identical"]),
+        },
+        "training": {
+            "epochs": args.epochs,
+            "batch_pairs": args.batch,
+            "loss": args.loss,
+            "lr": args.lr,
+            "steps": fit.state.global_step,
+            "first_loss": fit.losses[0],
+            "last_loss": fit.losses[-1],
+        },
+        "held_out_accuracy": held_out.accuracy,
+        "train_accuracy": train_acc.accuracy,
         "seconds": {"convert": convert_s, "train": train_s, "eval": eval_s},
     }
     print(json.dumps(report, indent=2, ensure_ascii=False))

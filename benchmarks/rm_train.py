@@ -24,6 +24,7 @@ JSON document; run on an otherwise idle machine.
 
     python benchmarks/rm_train.py [--repeats 3] [--steps 5] [--batch 8] [--seq 256] [--skip-trl] [--no-breakdown]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,16 @@ TOKENIZER = os.path.join(ROOT, "mindrlhf/assets/tokenizers/gpt2/tokenizer.json")
 def model_config(seq: int):
     from mindrlhf.config import ModelConfig
 
-    return ModelConfig(type="gpt2", vocab_size=VOCAB, hidden_size=HIDDEN, num_layers=LAYERS, num_heads=HEADS,
-                       seq_length=seq, hidden_dropout_rate=0.0, attention_dropout_rate=0.0)
+    return ModelConfig(
+        type="gpt2",
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        num_layers=LAYERS,
+        num_heads=HEADS,
+        seq_length=seq,
+        hidden_dropout_rate=0.0,
+        attention_dropout_rate=0.0,
+    )
 
 
 def make_pairs(rng, pairs: int, seq: int):
@@ -87,10 +96,9 @@ def collate(pairs, seq: int) -> dict:
     loss_mask = np.zeros((b, seq), np.float32)
     for i, (chosen, rejected, prompt) in enumerate(pairs):
         for row, tokens in ((i, chosen), (b + i, rejected)):
-            ids[row, :len(tokens)], mask[row, :len(tokens)] = tokens, 1
-        loss_mask[i, prompt:max(len(chosen), len(rejected))] = 1.0
-    return {"input_ids": ids, "attention_mask": mask, "loss_mask": loss_mask,
-            "end_ind": mask.sum(1).astype(np.int32)}
+            ids[row, : len(tokens)], mask[row, : len(tokens)] = tokens, 1
+        loss_mask[i, prompt : max(len(chosen), len(rejected))] = 1.0
+    return {"input_ids": ids, "attention_mask": mask, "loss_mask": loss_mask, "end_ind": mask.sum(1).astype(np.int32)}
 
 
 def make_data(batch: int, seq: int, seed: int = 0):
@@ -136,10 +144,10 @@ def ours_cells(seq: int, loss_type: str, steps_total: int):
 
     model = ours_model(seq)
     loss_net = RewardLoss(model, loss_type)
-    optimizer = build_optimizer(loss_net.trainable_params(), OptimizerConfig(learning_rate=LEARNING_RATE),
-                                LrScheduleConfig(), steps_total)
-    step = TrainStep(loss_net, optimizer, LossScaleConfig(loss_scale_value=1.0, use_clip_grad=True,
-                                                          max_grad_norm=1.0))
+    optimizer = build_optimizer(
+        loss_net.trainable_params(), OptimizerConfig(learning_rate=LEARNING_RATE), LrScheduleConfig(), steps_total
+    )
+    step = TrainStep(loss_net, optimizer, LossScaleConfig(loss_scale_value=1.0, use_clip_grad=True, max_grad_norm=1.0))
     step.set_train(True)
     return model, loss_net, optimizer, step
 
@@ -184,11 +192,13 @@ def ours_breakdown(seq, batches, steps, repeats) -> dict:
     loss_net.set_grad()
     no_update = NoUpdateStep(loss_net, optimizer.parameters)
     no_update.set_train(True)
-    out["step_without_optimizer_s"] = time_steps(lambda i: no_update(*inputs[i])[0].asnumpy(), len(inputs), steps,
-                                                 repeats)["step_s"]
+    out["step_without_optimizer_s"] = time_steps(
+        lambda i: no_update(*inputs[i])[0].asnumpy(), len(inputs), steps, repeats
+    )["step_s"]
     grads = tuple(ms.Tensor(np.full(p.shape, 1e-4, np.float32)) for p in optimizer.parameters)
-    out["optimizer_only_s"] = time_steps(lambda i: (optimizer(grads), optimizer.adam.global_step.asnumpy()), 1, steps,
-                                         repeats)["step_s"]
+    out["optimizer_only_s"] = time_steps(
+        lambda i: (optimizer(grads), optimizer.adam.global_step.asnumpy()), 1, steps, repeats
+    )["step_s"]
     return out
 
 
@@ -201,8 +211,9 @@ def torch_model(hf_dir: str, attn: str):
     import transformers
 
     zero = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0)
-    model = transformers.GPT2ForSequenceClassification.from_pretrained(hf_dir, attn_implementation=attn,
-                                                                       dtype=torch.float32, **zero)
+    model = transformers.GPT2ForSequenceClassification.from_pretrained(
+        hf_dir, attn_implementation=attn, dtype=torch.float32, **zero
+    )
     model.config.pad_token_id = PAD_ID
     model.config.use_cache = False  # gradient checkpointing stays off: from_pretrained does not enable it
     return model.train()
@@ -218,9 +229,11 @@ def trl_loss_fn(model):
         from accelerate import Accelerator
         from trl import RewardConfig, RewardTrainer
     except ImportError:
+
         def loss(m, inputs):
             chosen, rejected = torch.chunk(m(**inputs, use_cache=False).logits.squeeze(-1), chunks=2)
             return -torch.nn.functional.logsigmoid(chosen - rejected).mean()
+
         return loss, "replicated TRL compute_loss formula (trl not importable)"
     shell = RewardTrainer.__new__(RewardTrainer)  # compute_loss reads only these attributes
     shell.model, shell.accelerator = model, Accelerator(cpu=True)
@@ -235,11 +248,17 @@ def torch_setup(hf_dir, attn, batches):
 
     torch.manual_seed(0)
     model = torch_model(hf_dir, attn)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.95), eps=1e-8,
-                                  weight_decay=0.0, fused=True)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, fused=True
+    )
     loss_fn, how = trl_loss_fn(model)
-    inputs = [{"input_ids": torch.tensor(b["input_ids"], dtype=torch.long),
-               "attention_mask": torch.tensor(b["attention_mask"], dtype=torch.long)} for b in batches]
+    inputs = [
+        {
+            "input_ids": torch.tensor(b["input_ids"], dtype=torch.long),
+            "attention_mask": torch.tensor(b["attention_mask"], dtype=torch.long),
+        }
+        for b in batches
+    ]
     return model, optimizer, loss_fn, how, inputs
 
 
@@ -253,6 +272,7 @@ def torch_train_step(model, optimizer, loss_fn, inputs):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         return loss.item()
+
     return step
 
 
@@ -260,9 +280,9 @@ def torch_timing(hf_dir, attn, batches, steps, repeats, breakdown: bool) -> dict
     import torch
 
     model, optimizer, loss_fn, how, inputs = torch_setup(hf_dir, attn, batches)
-    out = {"loss": how, **time_steps(torch_train_step(model, optimizer, loss_fn, inputs), len(inputs), steps,
-                                     repeats)}
+    out = {"loss": how, **time_steps(torch_train_step(model, optimizer, loss_fn, inputs), len(inputs), steps, repeats)}
     if breakdown:
+
         def forward(i):
             with torch.no_grad():
                 return loss_fn(model, inputs[i]).item()
@@ -300,28 +320,55 @@ def trl_trainer_timing(hf_dir, pair_sets, seq, batch, steps, repeats) -> dict:
 
     rows = [p for pairs in pair_sets for p in pairs]
     dataset = Dataset.from_dict({"chosen_ids": [c for c, _, _ in rows], "rejected_ids": [r for _, r, _ in rows]})
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=TOKENIZER, eos_token="<|endoftext|>",
-                                        pad_token="<|endoftext|>")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=TOKENIZER, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     max_steps = WARMUP_STEPS + steps * repeats
     clock = StepClock()
     with tempfile.TemporaryDirectory(prefix="rm_train_trl_") as out_dir:
-        cfg = RewardConfig(output_dir=out_dir, per_device_train_batch_size=batch, max_steps=max_steps,
-                           gradient_checkpointing=False, bf16=False, fp16=False, report_to=[],
-                           logging_steps=max_steps, dataloader_num_workers=0, use_cpu=True, max_length=seq,
-                           pad_to_multiple_of=seq, save_strategy="no", learning_rate=LEARNING_RATE, adam_beta2=0.95,
-                           max_grad_norm=1.0, disable_dropout=True, seed=0, disable_tqdm=True)
-        trainer = RewardTrainer(model=torch_model(hf_dir, "sdpa"), args=cfg, train_dataset=dataset,
-                                processing_class=tokenizer, callbacks=[clock])
+        cfg = RewardConfig(
+            output_dir=out_dir,
+            per_device_train_batch_size=batch,
+            max_steps=max_steps,
+            gradient_checkpointing=False,
+            bf16=False,
+            fp16=False,
+            report_to=[],
+            logging_steps=max_steps,
+            dataloader_num_workers=0,
+            use_cpu=True,
+            max_length=seq,
+            pad_to_multiple_of=seq,
+            save_strategy="no",
+            learning_rate=LEARNING_RATE,
+            adam_beta2=0.95,
+            max_grad_norm=1.0,
+            disable_dropout=True,
+            seed=0,
+            disable_tqdm=True,
+        )
+        trainer = RewardTrainer(
+            model=torch_model(hf_dir, "sdpa"),
+            args=cfg,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[clock],
+        )
         start = time.perf_counter()  # setup (model, tokenizer, dataset, trainer) is excluded
         with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its log dicts; stdout is our JSON
             result = trainer.train()
         wall = time.perf_counter() - start
-    gaps = np.diff(clock.stamps[WARMUP_STEPS - 1:])
-    chunks = [float(np.mean(gaps[i * steps:(i + 1) * steps])) for i in range(repeats)]
-    return {"trl": trl.__version__, "optim": getattr(cfg.optim, "value", str(cfg.optim)),
-            "attn_implementation": "sdpa", "max_steps": max_steps, "step_s": statistics.median(chunks),
-            "step_s_all": chunks, "train_wall_s": wall, "train_wall_steps_per_s": max_steps / wall,
-            "train_runtime_s": result.metrics.get("train_runtime")}
+    gaps = np.diff(clock.stamps[WARMUP_STEPS - 1 :])
+    chunks = [float(np.mean(gaps[i * steps : (i + 1) * steps])) for i in range(repeats)]
+    return {
+        "trl": trl.__version__,
+        "optim": getattr(cfg.optim, "value", str(cfg.optim)),
+        "attn_implementation": "sdpa",
+        "max_steps": max_steps,
+        "step_s": statistics.median(chunks),
+        "step_s_all": chunks,
+        "train_wall_s": wall,
+        "train_wall_steps_per_s": max_steps / wall,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -366,8 +413,20 @@ def worker(side: str, hf_dir: str, batch: int, seq: int, steps: int) -> dict:
 
 
 def measure_memory(side: str, hf_dir: str, args) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--hf-dir", hf_dir, "--batch",
-           str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        side,
+        "--hf-dir",
+        hf_dir,
+        "--batch",
+        str(args.batch),
+        "--seq",
+        str(args.seq),
+        "--steps",
+        str(args.steps),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"}
@@ -384,8 +443,12 @@ def throughput(entry: dict, batch: int, real_tokens: float, padded_tokens: int) 
     if "step_without_optimizer_s" in entry:
         entry["derived_backward_and_clip_s"] = entry["step_without_optimizer_s"] - entry["forward_s"]
         entry["derived_update_s"] = step - entry["step_without_optimizer_s"]
-    return {**entry, "pairs_per_s": batch / step, "real_tokens_per_s": real_tokens / step,
-            "padded_tokens_per_s": padded_tokens / step}
+    return {
+        **entry,
+        "pairs_per_s": batch / step,
+        "real_tokens_per_s": real_tokens / step,
+        "padded_tokens_per_s": padded_tokens / step,
+    }
 
 
 def versions() -> dict:
@@ -393,8 +456,13 @@ def versions() -> dict:
     import torch
     import transformers
 
-    out = {"python": platform.python_version(), "mindspore": ms.__version__, "torch": torch.__version__,
-           "transformers": transformers.__version__, "numpy": np.__version__}
+    out = {
+        "python": platform.python_version(),
+        "mindspore": ms.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+    }
     for name in ("trl", "accelerate", "datasets"):
         try:
             out[name] = __import__(name).__version__
@@ -416,8 +484,7 @@ def run_all(args) -> dict:
     padded = 2 * args.batch * args.seq
     sides, skipped = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        hf_dir = save_hf_checkpoint(ours_model(args.seq), model_config(args.seq),
-                                    os.path.join(tmp, "hf"))
+        hf_dir = save_hf_checkpoint(ours_model(args.seq), model_config(args.seq), os.path.join(tmp, "hf"))
         for loss_type in ("end", "span"):
             logger.info("ours %s", loss_type)
             sides[f"ours_{loss_type}"] = ours_train_timing(args.seq, loss_type, batches, args.steps, args.repeats)
@@ -432,8 +499,9 @@ def run_all(args) -> dict:
         else:
             logger.info("trl RewardTrainer.train()")
             try:
-                sides["trl_trainer"] = trl_trainer_timing(hf_dir, pair_sets, args.seq, args.batch, args.steps,
-                                                          args.repeats)
+                sides["trl_trainer"] = trl_trainer_timing(
+                    hf_dir, pair_sets, args.seq, args.batch, args.steps, args.repeats
+                )
             except Exception as err:  # report what did not work instead of failing the whole run
                 skipped["trl_trainer"] = f"{type(err).__name__}: {err}"
         for side in ("ours_end", "torch_eager", "torch_sdpa"):
@@ -463,8 +531,12 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=8, help="pairs per step (2x sequences)")
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--skip-trl", action="store_true", help="skip the real RewardTrainer.train() run")
-    parser.add_argument("--no-breakdown", dest="breakdown", action="store_false",
-                        help="skip the forward / no-optimizer / optimizer-only timings")
+    parser.add_argument(
+        "--no-breakdown",
+        dest="breakdown",
+        action="store_false",
+        help="skip the forward / no-optimizer / optimizer-only timings",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--hf-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -476,18 +548,34 @@ def main(argv=None) -> None:
     import torch
 
     results = run_all(args)
-    report = {"machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                          "platform": platform.platform(), "torch_threads": torch.get_num_threads(),
-                          "mindspore_runtime_num_threads": ms.get_context("runtime_num_threads"),
-                          "load_avg_at_start": os.getloadavg()},
-              "versions": versions(),
-              "setup": {"model": f"gpt2 {LAYERS}x{HIDDEN}, {HEADS} heads, vocab {VOCAB}", "dtype": "float32",
-                        "dropout": 0.0, "batch_pairs": args.batch, "sequences": 2 * args.batch, "seq": args.seq,
-                        "repeats": args.repeats, "steps_per_repeat": args.steps, "warmup_steps": WARMUP_STEPS,
-                        "statistic": "median over repeats of the mean step time; every step syncs on the loss",
-                        "real_tokens": "attention-mask ones per step", "padded_tokens": "2 * batch * seq per step",
-                        "peak_rss_mb": "process RSS high-water mark (/proc VmHWM) of a subprocess per side"},
-              **results, "ratios": ratios(results["sides"])}
+    report = {
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "platform": platform.platform(),
+            "torch_threads": torch.get_num_threads(),
+            "mindspore_runtime_num_threads": ms.get_context("runtime_num_threads"),
+            "load_avg_at_start": os.getloadavg(),
+        },
+        "versions": versions(),
+        "setup": {
+            "model": f"gpt2 {LAYERS}x{HIDDEN}, {HEADS} heads, vocab {VOCAB}",
+            "dtype": "float32",
+            "dropout": 0.0,
+            "batch_pairs": args.batch,
+            "sequences": 2 * args.batch,
+            "seq": args.seq,
+            "repeats": args.repeats,
+            "steps_per_repeat": args.steps,
+            "warmup_steps": WARMUP_STEPS,
+            "statistic": "median over repeats of the mean step time; every step syncs on the loss",
+            "real_tokens": "attention-mask ones per step",
+            "padded_tokens": "2 * batch * seq per step",
+            "peak_rss_mb": "process RSS high-water mark (/proc VmHWM) of a subprocess per side",
+        },
+        **results,
+        "ratios": ratios(results["sides"]),
+    }
     print(json.dumps(report, indent=2))
 
 

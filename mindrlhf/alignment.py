@@ -17,6 +17,7 @@ On the bundled TinyStories-656K and the VADER sentiment judge (:func:`mindrlhf.r
 
 Used by ``benchmarks/alignment_quality.py`` and ``mindrlhf demo``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,16 +64,23 @@ class PolicyEvaluation:
 def sampling_config(protocol: StoryProtocol, seed: int) -> GenerationConfig:
     """Full-distribution sampling at the protocol's temperature (no top-k / top-p: RL needs the policy's own
     distribution)."""
-    return GenerationConfig(max_new_tokens=protocol.new_tokens, do_sample=True, temperature=protocol.temperature,
-                            top_k=0, top_p=1.0, seed=seed)
+    return GenerationConfig(
+        max_new_tokens=protocol.new_tokens,
+        do_sample=True,
+        temperature=protocol.temperature,
+        top_k=0,
+        top_p=1.0,
+        seed=seed,
+    )
 
 
 def story_openings(policy, cfg: ModelConfig, count: int, opening_tokens: int, seed: int) -> np.ndarray:
     """``(count, 1 + opening_tokens)`` int32 distinct openings sampled from bos; openings that end (eos) early are
     dropped. Sampling continues with new seeds until ``count`` are found."""
     found: Dict[Tuple[int, ...], None] = {}
-    gen = GenerationConfig(max_new_tokens=opening_tokens, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                           seed=seed)
+    gen = GenerationConfig(
+        max_new_tokens=opening_tokens, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, seed=seed
+    )
     generator = Generator(policy, gen, cfg.eos_token_id, cfg.pad_token_id)  # compiled once for every draw
     draw = 0
     while len(found) < count:
@@ -115,8 +123,9 @@ class GoldPairs:
     ties: int  # pairs dropped because both samples scored the same
 
 
-def gold_pairs(policy, cfg: ModelConfig, tokenizer, prompts: np.ndarray, protocol: StoryProtocol, seed: int,
-               judge=vader_sentiment) -> GoldPairs:
+def gold_pairs(
+    policy, cfg: ModelConfig, tokenizer, prompts: np.ndarray, protocol: StoryProtocol, seed: int, judge=vader_sentiment
+) -> GoldPairs:
     """Two samples per prompt, chosen = the higher gold score."""
     sampler = story_sampler(policy, cfg, protocol)
     sides = [sampler.generate(prompts, seed=[seed, side]) for side in (0, 1)]
@@ -142,8 +151,10 @@ def write_pairs(pairs: GoldPairs, path: str, seq_length: int, pad_token_id: int,
     from mindrlhf.data.records import atomic_mindrecord, write_in_chunks
     from mindrlhf.data.schemas import FILE_SCHEMA
 
-    samples = (pair_fields(c, r, seq_length, pad_token_id, prompt_length=prompt_length)
-               for c, r in zip(pairs.chosen, pairs.rejected))
+    samples = (
+        pair_fields(c, r, seq_length, pad_token_id, prompt_length=prompt_length)
+        for c, r in zip(pairs.chosen, pairs.rejected)
+    )
     with atomic_mindrecord(path, FILE_SCHEMA) as writer:
         write_in_chunks(writer, (s for s in samples if s is not None))
     return path
@@ -155,9 +166,15 @@ def write_prompts(prompts: np.ndarray, path: str, pad_token_id: int) -> str:
     from mindrlhf.data.schemas import PROMPT_SCHEMA
 
     width = prompts.shape[1]
-    samples = ({"prompt_ids": row.astype(np.int64), "prompt_length": np.int64(width),
-                "pretrain_ids": np.full(width + 1, pad_token_id, np.int64),
-                "loss_mask": np.zeros(width + 1, np.int64)} for row in prompts)
+    samples = (
+        {
+            "prompt_ids": row.astype(np.int64),
+            "prompt_length": np.int64(width),
+            "pretrain_ids": np.full(width + 1, pad_token_id, np.int64),
+            "loss_mask": np.zeros(width + 1, np.int64),
+        }
+        for row in prompts
+    )
     with atomic_mindrecord(path, PROMPT_SCHEMA, "story openings") as writer:
         write_in_chunks(writer, samples)
     return path
@@ -178,8 +195,16 @@ class HeldOutJudge:
     ``ref``. The compiled generation and scoring cells are kept per policy, so judging after every iteration costs
     no recompilation."""
 
-    def __init__(self, ref, reward_model, cfg: ModelConfig, tokenizer, prompts: np.ndarray, protocol: StoryProtocol,
-                 judge=vader_sentiment):
+    def __init__(
+        self,
+        ref,
+        reward_model,
+        cfg: ModelConfig,
+        tokenizer,
+        prompts: np.ndarray,
+        protocol: StoryProtocol,
+        judge=vader_sentiment,
+    ):
         self.ref, self.reward_model, self.cfg, self.tokenizer = ref, reward_model, cfg, tokenizer
         self.prompts = np.repeat(prompts, protocol.eval_samples, axis=0)
         self.width, self.protocol, self.judge = prompts.shape[1], protocol, judge
@@ -212,15 +237,22 @@ class HeldOutJudge:
         generator = self._cells_of(policy)[0]
         out = generator.generate(self.prompts, seed=[self.protocol.seed, 7919])
         mask = np.concatenate([np.ones_like(self.prompts), out.response_mask], 1).astype(np.int32)
-        kl = ((self.logprobs(policy, out.sequences, mask) - self.logprobs(self.ref, out.sequences, mask))
-              * out.response_mask).sum(1)
+        kl = (
+            (self.logprobs(policy, out.sequences, mask) - self.logprobs(self.ref, out.sequences, mask))
+            * out.response_mask
+        ).sum(1)
         texts = decode_all(self.tokenizer, responses_with_eos(out, self.cfg.eos_token_id))
         gold = self.judge(texts)
         proxy = self.proxy_scores(out.sequences, mask)
-        return PolicyEvaluation(gold_mean=float(gold.mean()), gold_std=float(gold.std()),
-                                proxy_mean=float(proxy.mean()), kl=float(kl.mean()),
-                                response_length=float(out.response_lengths.mean()), texts=texts,
-                                gold=[float(g) for g in gold])
+        return PolicyEvaluation(
+            gold_mean=float(gold.mean()),
+            gold_std=float(gold.std()),
+            proxy_mean=float(proxy.mean()),
+            kl=float(kl.mean()),
+            response_length=float(out.response_lengths.mean()),
+            texts=texts,
+            gold=[float(g) for g in gold],
+        )
 
 
 @dataclass
@@ -240,18 +272,28 @@ def prepare_story_data(policy, cfg: ModelConfig, tokenizer, protocol: StoryProto
     total = protocol.train_prompts + protocol.eval_prompts
     openings = story_openings(policy, cfg, total, protocol.opening_tokens, protocol.seed)
     order = np.random.default_rng(protocol.seed).permutation(total)
-    train, held_out = openings[order[:protocol.train_prompts]], openings[order[protocol.train_prompts:]]
+    train, held_out = openings[order[: protocol.train_prompts]], openings[order[protocol.train_prompts :]]
     train_pairs = gold_pairs(policy, cfg, tokenizer, train, protocol, protocol.seed + 1)
     eval_pairs = gold_pairs(policy, cfg, tokenizer, held_out, protocol, protocol.seed + 2)
     seq_length = pair_seq_length(protocol)
     width = openings.shape[1]
-    files = {"pairs": write_pairs(train_pairs, os.path.join(folder, "pairs.mindrecord"), seq_length,
-                                  cfg.pad_token_id, width),
-             "eval_pairs": write_pairs(eval_pairs, os.path.join(folder, "eval_pairs.mindrecord"), seq_length,
-                                       cfg.pad_token_id, width),
-             "prompts": write_prompts(train, os.path.join(folder, "prompts.mindrecord"), cfg.pad_token_id)}
-    logger.info("story data: %d train / %d held-out openings, %d train pairs (%d ties dropped), %d held-out pairs",
-                len(train), len(held_out), len(train_pairs.chosen), train_pairs.ties, len(eval_pairs.chosen))
+    files = {
+        "pairs": write_pairs(
+            train_pairs, os.path.join(folder, "pairs.mindrecord"), seq_length, cfg.pad_token_id, width
+        ),
+        "eval_pairs": write_pairs(
+            eval_pairs, os.path.join(folder, "eval_pairs.mindrecord"), seq_length, cfg.pad_token_id, width
+        ),
+        "prompts": write_prompts(train, os.path.join(folder, "prompts.mindrecord"), cfg.pad_token_id),
+    }
+    logger.info(
+        "story data: %d train / %d held-out openings, %d train pairs (%d ties dropped), %d held-out pairs",
+        len(train),
+        len(held_out),
+        len(train_pairs.chosen),
+        train_pairs.ties,
+        len(eval_pairs.chosen),
+    )
     return StoryData(train, held_out, train_pairs, eval_pairs, files)
 
 
@@ -260,10 +302,20 @@ def pair_seq_length(protocol: StoryProtocol) -> int:
     return 1 + protocol.opening_tokens + protocol.new_tokens + 1
 
 
-def summary_row(name: str, before: PolicyEvaluation, after: PolicyEvaluation, wall_s: float,
-                extra: Optional[dict] = None) -> dict:
+def summary_row(
+    name: str, before: PolicyEvaluation, after: PolicyEvaluation, wall_s: float, extra: Optional[dict] = None
+) -> dict:
     """One ``results`` entry of the benchmark JSON."""
-    return {"algorithm": name, "gold_before": before.gold_mean, "gold_after": after.gold_mean,
-            "gold_std_before": before.gold_std, "gold_gain": after.gold_mean - before.gold_mean,
-            "proxy_before": before.proxy_mean, "proxy_after": after.proxy_mean, "kl": after.kl,
-            "samples": len(after.gold), "wall_s": wall_s, **(extra or {})}
+    return {
+        "algorithm": name,
+        "gold_before": before.gold_mean,
+        "gold_after": after.gold_mean,
+        "gold_std_before": before.gold_std,
+        "gold_gain": after.gold_mean - before.gold_mean,
+        "proxy_before": before.proxy_mean,
+        "proxy_after": after.proxy_mean,
+        "kl": after.kl,
+        "samples": len(after.gold),
+        "wall_s": wall_s,
+        **(extra or {}),
+    }

@@ -20,6 +20,7 @@ Loading rules:
   ``mindrlhf dpo``, ``train_dataset`` for PPO, ...: ``STAGE_SECTIONS``) when the recipe file itself or an override
   sets it; sections inherited through ``base_config`` are not checked, as shared base recipes carry several.
 """
+
 from __future__ import annotations
 
 import copy
@@ -119,11 +120,13 @@ class ModelConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"model_config.{name} must be >= 1, got {getattr(self, name)}")
         if self.hidden_size % self.num_heads:
-            raise ConfigError(f"model_config: hidden_size {self.hidden_size} must be a multiple of "
-                              f"num_heads {self.num_heads}")
+            raise ConfigError(
+                f"model_config: hidden_size {self.hidden_size} must be a multiple of num_heads {self.num_heads}"
+            )
         if self.num_heads % self.num_kv_heads:
-            raise ConfigError(f"model_config: num_heads {self.num_heads} must be a multiple of "
-                              f"num_kv_heads {self.num_kv_heads}")
+            raise ConfigError(
+                f"model_config: num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}"
+            )
         if self.hidden_act is not None and self.hidden_act not in HIDDEN_ACTS:
             raise ConfigError(f"model_config.hidden_act: {self.hidden_act!r} is not one of {', '.join(HIDDEN_ACTS)}")
         for name in ("compute_dtype", "param_init_type", "layernorm_compute_type", "softmax_compute_type"):
@@ -195,8 +198,10 @@ class ParallelConfig:
 
     def __post_init__(self):
         if self.allreduce_bucket_mb < 0:
-            raise ConfigError(f"parallel_config.allreduce_bucket_mb must be >= 0 (0 = one all-reduce per gradient), "
-                              f"got {self.allreduce_bucket_mb}")
+            raise ConfigError(
+                f"parallel_config.allreduce_bucket_mb must be >= 0 (0 = one all-reduce per gradient), "
+                f"got {self.allreduce_bucket_mb}"
+            )
 
 
 @dataclass
@@ -321,12 +326,16 @@ class _OnPolicySampling:
         """
         gen, name, why = self.generation, f"{self._section}.generation", self._why_full_vocabulary
         if not gen.do_sample:
-            raise ConfigError(f"{name}.do_sample is False (greedy decoding): {why}. Set {name}.do_sample: True "
-                              f"(lower {name}.temperature for less random rollouts)")
+            raise ConfigError(
+                f"{name}.do_sample is False (greedy decoding): {why}. Set {name}.do_sample: True "
+                f"(lower {name}.temperature for less random rollouts)"
+            )
         if gen.top_k != 0 or gen.top_p != 1.0:
-            raise ConfigError(f"{name}.top_k {gen.top_k} / top_p {gen.top_p} truncate the sampling distribution: "
-                              f"{why}. Set {name}.top_k: 0 and top_p: 1.0 (lower {name}.temperature to sharpen "
-                              f"the distribution instead)")
+            raise ConfigError(
+                f"{name}.top_k {gen.top_k} / top_p {gen.top_p} truncate the sampling distribution: "
+                f"{why}. Set {name}.top_k: 0 and top_p: 1.0 (lower {name}.temperature to sharpen "
+                f"the distribution instead)"
+            )
 
 
 @dataclass
@@ -367,18 +376,28 @@ class PPOConfig(_OnPolicySampling):
     save_checkpoint_epochs: int = 1  # save policy (and critic) every this many iterations (and after the last)
 
     _section = "ppo"
-    _why_full_vocabulary = ("PPO's probability ratio and KL penalty are computed from the log-probs of "
-                            "softmax(logits / temperature) over the full vocabulary, so they would be estimated "
-                            "from samples of another distribution")
+    _why_full_vocabulary = (
+        "PPO's probability ratio and KL penalty are computed from the log-probs of "
+        "softmax(logits / temperature) over the full vocabulary, so they would be estimated "
+        "from samples of another distribution"
+    )
 
     def __post_init__(self):
-        for name in ("epochs", "num_rollouts", "chunk_size", "batch_size", "ppo_epochs", "horizon",
-                     "save_checkpoint_epochs"):
+        for name in (
+            "epochs",
+            "num_rollouts",
+            "chunk_size",
+            "batch_size",
+            "ppo_epochs",
+            "horizon",
+            "save_checkpoint_epochs",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"ppo.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_rollouts % self.chunk_size:
-            raise ConfigError(f"ppo.num_rollouts {self.num_rollouts} must be a multiple of chunk_size "
-                              f"{self.chunk_size}")
+            raise ConfigError(
+                f"ppo.num_rollouts {self.num_rollouts} must be a multiple of chunk_size {self.chunk_size}"
+            )
         if self.num_rollouts < self.batch_size:
             raise ConfigError(f"ppo.batch_size {self.batch_size} is larger than num_rollouts {self.num_rollouts}")
         if self.reward_scaling not in ("none", "running", "whiten"):
@@ -440,13 +459,21 @@ class GRPOConfig(_OnPolicySampling):
     save_checkpoint_epochs: int = 1  # save the policy every this many iterations (and after the last)
 
     _section = "grpo"
-    _why_full_vocabulary = ("GRPO's probability ratio and KL term are computed from the log-probs of "
-                            "softmax(logits / temperature) over the full vocabulary, so they would be estimated "
-                            "from samples of another distribution")
+    _why_full_vocabulary = (
+        "GRPO's probability ratio and KL term are computed from the log-probs of "
+        "softmax(logits / temperature) over the full vocabulary, so they would be estimated "
+        "from samples of another distribution"
+    )
 
     def __post_init__(self):
-        for name in ("epochs", "num_prompts", "num_generations", "batch_size", "num_iterations",
-                     "save_checkpoint_epochs"):
+        for name in (
+            "epochs",
+            "num_prompts",
+            "num_generations",
+            "batch_size",
+            "num_iterations",
+            "save_checkpoint_epochs",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"grpo.{name} must be >= 1, got {getattr(self, name)}")
         self._check_batch()
@@ -455,15 +482,20 @@ class GRPOConfig(_OnPolicySampling):
             if getattr(self, name) < 0:
                 raise ConfigError(f"grpo.{name} must be >= 0, got {getattr(self, name)}")
         if self.epsilon_low >= 1:
-            raise ConfigError(f"grpo.epsilon_low must be < 1 (the ratio is clipped below at 1 - epsilon_low), got "
-                              f"{self.epsilon_low}")
+            raise ConfigError(
+                f"grpo.epsilon_low must be < 1 (the ratio is clipped below at 1 - epsilon_low), got {self.epsilon_low}"
+            )
         if self.epsilon_high < self.epsilon_low:
-            raise ConfigError(f"grpo.epsilon_high {self.epsilon_high} must be >= epsilon_low {self.epsilon_low}: "
-                              f"clip-higher only widens the upper clip; set epsilon_high: {self.epsilon_low} for "
-                              f"the symmetric clip")
+            raise ConfigError(
+                f"grpo.epsilon_high {self.epsilon_high} must be >= epsilon_low {self.epsilon_low}: "
+                f"clip-higher only widens the upper clip; set epsilon_high: {self.epsilon_low} for "
+                f"the symmetric clip"
+            )
         if not 0 <= self.overlong_buffer <= self.generation.max_new_tokens:
-            raise ConfigError(f"grpo.overlong_buffer must be in [0, generation.max_new_tokens = "
-                              f"{self.generation.max_new_tokens}], got {self.overlong_buffer}")
+            raise ConfigError(
+                f"grpo.overlong_buffer must be in [0, generation.max_new_tokens = "
+                f"{self.generation.max_new_tokens}], got {self.overlong_buffer}"
+            )
         for i, spec in enumerate(self.reward_funcs):
             self._check_reward_func(i, spec)
         self.check_sampling()
@@ -472,11 +504,15 @@ class GRPOConfig(_OnPolicySampling):
         """Optimizer steps take whole groups and split the iteration's rollouts evenly."""
         group, batch, rollouts = self.num_generations, self.batch_size, self.rollouts_per_epoch
         if batch % group:
-            raise ConfigError(f"grpo.batch_size {batch} must be a multiple of num_generations {group} (an optimizer "
-                              f"step takes whole groups): try batch_size {max(batch // group, 1) * group}")
+            raise ConfigError(
+                f"grpo.batch_size {batch} must be a multiple of num_generations {group} (an optimizer "
+                f"step takes whole groups): try batch_size {max(batch // group, 1) * group}"
+            )
         if rollouts % batch:
-            raise ConfigError(f"grpo.batch_size {batch} must divide the rollouts of an iteration, num_prompts * "
-                              f"num_generations = {self.num_prompts} * {group} = {rollouts}")
+            raise ConfigError(
+                f"grpo.batch_size {batch} must divide the rollouts of an iteration, num_prompts * "
+                f"num_generations = {self.num_prompts} * {group} = {rollouts}"
+            )
 
     def _check_choices(self) -> None:
         """Known estimator and loss type; RLOO's baseline needs another completion in the group."""
@@ -487,9 +523,11 @@ class GRPOConfig(_OnPolicySampling):
                 hint = f"; did you mean {near[0]!r}?" if near else ""
                 raise ConfigError(f"grpo.{name} {value!r} is not one of {', '.join(choices)}{hint}")
         if self.advantage_estimator == "rloo" and self.num_generations < 2:
-            raise ConfigError(f"grpo.advantage_estimator rloo needs num_generations >= 2 (each completion's baseline "
-                              f"is the mean score of the other completions of its prompt), got "
-                              f"{self.num_generations}")
+            raise ConfigError(
+                f"grpo.advantage_estimator rloo needs num_generations >= 2 (each completion's baseline "
+                f"is the mean score of the other completions of its prompt), got "
+                f"{self.num_generations}"
+            )
 
     @staticmethod
     def _check_reward_func(index: int, spec: Any) -> None:
@@ -502,8 +540,9 @@ class GRPOConfig(_OnPolicySampling):
         if unknown:
             raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys: name, weight, kwargs")
         if not isinstance(spec.get("name"), str) or not spec["name"]:
-            raise ConfigError(f"{where}: needs a name (a built-in reward or \"module:function\"), got "
-                              f"{spec.get('name')!r}")
+            raise ConfigError(
+                f'{where}: needs a name (a built-in reward or "module:function"), got {spec.get("name")!r}'
+            )
         weight = spec.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise ConfigError(f"{where}.weight: expected a finite number, got {weight!r}")
@@ -518,8 +557,10 @@ class GRPOConfig(_OnPolicySampling):
             ConfigError: when ``reward_funcs`` is empty and ``use_reward_model`` is False.
         """
         if not self.reward_funcs and not self.use_reward_model:
-            raise ConfigError("grpo: no reward: list reward functions in grpo.reward_funcs (e.g. "
-                              "[{name: accuracy}]) or set grpo.use_reward_model: true")
+            raise ConfigError(
+                "grpo: no reward: list reward functions in grpo.reward_funcs (e.g. "
+                "[{name: accuracy}]) or set grpo.use_reward_model: true"
+            )
 
     @property
     def rollouts_per_epoch(self) -> int:
@@ -591,11 +632,14 @@ class LoRAConfig:
             except ConfigError as err:
                 raise ConfigError(f"lora.critic_r / critic_alpha / critic_target_modules: {err}") from None
         if self.r > 0 and self.adapter:
-            raise ConfigError("lora.adapter brings its own rank and layers: leave lora.r and lora.target_modules "
-                              "unset with it")
+            raise ConfigError(
+                "lora.adapter brings its own rank and layers: leave lora.r and lora.target_modules unset with it"
+            )
         if self.r > 0 and not self.target_modules:
-            raise ConfigError("lora.target_modules: name the dense layers to adapt (e.g. [c_attn] for GPT-2, "
-                              "[q_proj, v_proj] for Llama) when lora.r > 0")
+            raise ConfigError(
+                "lora.target_modules: name the dense layers to adapt (e.g. [c_attn] for GPT-2, "
+                "[q_proj, v_proj] for Llama) when lora.r > 0"
+            )
         require_positive(self.alpha, "lora.alpha")
         require_below(self.dropout, "lora.dropout", 1)
 
@@ -611,10 +655,13 @@ class LoRAConfig:
             return self
         r = self.r if self.critic_r is None else self.critic_r
         targets = self.target_modules if self.critic_target_modules is None else self.critic_target_modules
-        return LoRAConfig(r=r, alpha=self.alpha if self.critic_alpha is None else self.critic_alpha,
-                          dropout=self.dropout,
-                          target_modules=list(targets) if r or self.critic_target_modules is not None else [],
-                          trainable=list(self.trainable))
+        return LoRAConfig(
+            r=r,
+            alpha=self.alpha if self.critic_alpha is None else self.critic_alpha,
+            dropout=self.dropout,
+            target_modules=list(targets) if r or self.critic_target_modules is not None else [],
+            trainable=list(self.trainable),
+        )
 
 
 @dataclass
@@ -635,8 +682,9 @@ class RunConfig:
     runner_wrapper: LossScaleConfig = field(default_factory=LossScaleConfig)
     recompute_config: RecomputeConfig = field(default_factory=RecomputeConfig)
     train_dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    eval_dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(
-        data_loader=DataLoaderConfig(shuffle=False), drop_remainder=False))
+    eval_dataset: DatasetConfig = field(
+        default_factory=lambda: DatasetConfig(data_loader=DataLoaderConfig(shuffle=False), drop_remainder=False)
+    )
     reward: RewardConfig = field(default_factory=RewardConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -762,15 +810,22 @@ def map_seed_names(data: Dict[str, Any], where: str) -> Dict[str, Any]:
             in both ``ppo`` and ``grpo``; the message names both keys.
     """
     out = {key: dict(value) if isinstance(value, dict) else value for key, value in data.items()}
-    found = {f"{sec}.{name}": out[sec].pop(name) for sec in SEED_SECTIONS if isinstance(out.get(sec), dict)
-             for name in list(out[sec]) if name in SEED_NAMES}
+    found = {
+        f"{sec}.{name}": out[sec].pop(name)
+        for sec in SEED_SECTIONS
+        if isinstance(out.get(sec), dict)
+        for name in list(out[sec])
+        if name in SEED_NAMES
+    }
     set_by: Dict[str, str] = {}
     for source, value in found.items():
         for target in SEED_NAMES[source.split(".")[1]]:
             other = set_by.get(target) or (target if _get_dotted(data, target) is not _MISSING else None)
             if other:
-                raise ConfigError(f"{where}: {source} and {other} both set {target}; keep one ({source} is the "
-                                  f"predecessor's name for {' and '.join(SEED_NAMES[source.split('.')[1]])})")
+                raise ConfigError(
+                    f"{where}: {source} and {other} both set {target}; keep one ({source} is the "
+                    f"predecessor's name for {' and '.join(SEED_NAMES[source.split('.')[1]])})"
+                )
             set_by[target] = source
             section, key = target.split(".")
             if not isinstance(out.get(section, {}), dict):

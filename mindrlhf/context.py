@@ -1,4 +1,5 @@
 """Device and execution-mode set-up from a :class:`ContextConfig` (CPU / GPU / Ascend, graph / pynative)."""
+
 from __future__ import annotations
 
 import logging
@@ -17,9 +18,13 @@ DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
 
 def add_device_argument(parser) -> None:
     """``--device_target``, the flag every model command takes (see :func:`apply_device_target`)."""
-    parser.add_argument("--device_target", default=None, choices=DEVICE_TARGETS,
-                        help="CPU, GPU or Ascend (default: the recipe's context.device_target, or CPU with a "
-                             "notice when this machine cannot run that one)")
+    parser.add_argument(
+        "--device_target",
+        default=None,
+        choices=DEVICE_TARGETS,
+        help="CPU, GPU or Ascend (default: the recipe's context.device_target, or CPU with a "
+        "notice when this machine cannot run that one)",
+    )
 
 
 def device_available(target: str) -> bool:
@@ -47,8 +52,10 @@ def apply_device_target(ctx: ContextConfig, flag: Optional[str]) -> None:
     if flag is None:
         return
     if not device_available(flag):
-        raise SystemExit(f"error: --device_target {flag}: MindSpore cannot run on {flag} on this machine (its "
-                         f"plugin does not load); use --device_target CPU")
+        raise SystemExit(
+            f"error: --device_target {flag}: MindSpore cannot run on {flag} on this machine (its "
+            f"plugin does not load); use --device_target CPU"
+        )
     ctx.device_target = flag
 
 
@@ -79,8 +86,11 @@ def init_context(ctx: ContextConfig, seed: int = 0) -> None:
     """
     quiet_mindspore_warnings()
     if not device_available(ctx.device_target):
-        logger.warning("context.device_target %s is not available on this machine: running on CPU (pass "
-                       "--device_target to choose)", ctx.device_target)
+        logger.warning(
+            "context.device_target %s is not available on this machine: running on CPU (pass "
+            "--device_target to choose)",
+            ctx.device_target,
+        )
         ctx.device_target = "CPU"
     mode = ms.GRAPH_MODE if ctx.mode == 0 else ms.PYNATIVE_MODE
     kwargs, device_id = dict(mode=mode), None
@@ -99,8 +109,13 @@ def init_context(ctx: ContextConfig, seed: int = 0) -> None:
     ms.set_recursion_limit(ctx.max_call_depth)
     ms.set_context(**kwargs)
     ms.set_seed(seed)
-    logger.info("context: %s mode on %s (device %s), seed %d", "graph" if ctx.mode == 0 else "pynative",
-                ctx.device_target, ctx.device_id if device_id is None else device_id, seed)
+    logger.info(
+        "context: %s mode on %s (device %s), seed %d",
+        "graph" if ctx.mode == 0 else "pynative",
+        ctx.device_target,
+        ctx.device_id if device_id is None else device_id,
+        seed,
+    )
 
 
 def launched_as_worker() -> bool:
@@ -129,19 +144,31 @@ def parallel_settings(parallel: Optional[ParallelConfig], device_num: int, devic
     parallel = parallel or ParallelConfig()
     dp, mp, pp = parallel.data_parallel, parallel.model_parallel, parallel.pipeline_stage
     if (dp, mp, pp) != (1, 1, 1) and dp * mp * pp != device_num:
-        raise ConfigError(f"parallel_config: data_parallel {dp} x model_parallel {mp} x pipeline_stage {pp} = "
-                          f"{dp * mp * pp}, but the run has {device_num} devices")
+        raise ConfigError(
+            f"parallel_config: data_parallel {dp} x model_parallel {mp} x pipeline_stage {pp} = "
+            f"{dp * mp * pp}, but the run has {device_num} devices"
+        )
     if mp > 1 or pp > 1:
-        raise ConfigError(f"parallel_config: model_parallel {mp} / pipeline_stage {pp} > 1 is not supported (the "
-                          f"model cells carry no sharding strategies); use data_parallel {device_num}")
+        raise ConfigError(
+            f"parallel_config: model_parallel {mp} / pipeline_stage {pp} > 1 is not supported (the "
+            f"model cells carry no sharding strategies); use data_parallel {device_num}"
+        )
     fusion = allreduce_fusion(parallel.allreduce_bucket_mb)
     if not parallel.optimizer_shard:
         return dict(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=device_num, **fusion)
     if device_target == "CPU":
-        raise ConfigError("parallel_config.optimizer_shard needs semi_auto_parallel, which MindSpore supports on "
-                          "Ascend and GPU only; set it to False on CPU")
-    return dict(parallel_mode=ms.ParallelMode.SEMI_AUTO_PARALLEL, gradients_mean=True, device_num=device_num,
-                enable_parallel_optimizer=True, dataset_strategy="data_parallel", **fusion)
+        raise ConfigError(
+            "parallel_config.optimizer_shard needs semi_auto_parallel, which MindSpore supports on "
+            "Ascend and GPU only; set it to False on CPU"
+        )
+    return dict(
+        parallel_mode=ms.ParallelMode.SEMI_AUTO_PARALLEL,
+        gradients_mean=True,
+        device_num=device_num,
+        enable_parallel_optimizer=True,
+        dataset_strategy="data_parallel",
+        **fusion,
+    )
 
 
 def allreduce_fusion(bucket_mb: int) -> Dict[str, Any]:
@@ -165,6 +192,10 @@ def init_distributed(parallel: Optional[ParallelConfig] = None, device_target: s
     rank_id, rank_size = get_rank(), get_group_size()
     settings = parallel_settings(parallel, rank_size, device_target)
     ms.set_auto_parallel_context(**settings)
-    logger.info("data parallel: rank %d of %d%s", rank_id, rank_size,
-                " (optimizer states sharded, semi_auto_parallel)" if "enable_parallel_optimizer" in settings else "")
+    logger.info(
+        "data parallel: rank %d of %d%s",
+        rank_id,
+        rank_size,
+        " (optimizer states sharded, semi_auto_parallel)" if "enable_parallel_optimizer" in settings else "",
+    )
     return rank_id, rank_size

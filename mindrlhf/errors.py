@@ -9,6 +9,7 @@ The error types of the modules (``ConfigError``, ``CheckpointError``, ``Conversi
 ``RankTableError``) derive from :class:`UserError`, itself a ``ValueError`` so that callers catching
 ``ValueError`` keep working.
 """
+
 from __future__ import annotations
 
 import errno
@@ -21,8 +22,19 @@ from typing import Callable, Optional
 USER_ERROR_STATUS = 2
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # OSError numbers that describe the user's files or disk rather than a bug
-USER_OS_ERRNOS = (errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENOSPC, errno.EFBIG,
-                  errno.EROFS, errno.EDQUOT, errno.EEXIST, errno.ENAMETOOLONG)
+USER_OS_ERRNOS = (
+    errno.ENOENT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.ENOSPC,
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EDQUOT,
+    errno.EEXIST,
+    errno.ENAMETOOLONG,
+)
 
 
 class UserError(ValueError):
@@ -53,7 +65,7 @@ def user_message(err: BaseException) -> Optional[str]:
     else:
         return None
     text = text.strip()
-    return text[len("error:"):].strip() if text.startswith("error:") else text
+    return text[len("error:") :].strip() if text.startswith("error:") else text
 
 
 def _exit_message(stop: SystemExit) -> Optional[str]:
@@ -62,7 +74,7 @@ def _exit_message(stop: SystemExit) -> Optional[str]:
     if code is None or isinstance(code, int):
         return None
     text = str(code).strip()
-    return text[len("error:"):].strip() if text.startswith("error:") else text
+    return text[len("error:") :].strip() if text.startswith("error:") else text
 
 
 def run_command(func: Callable[..., Optional[int]], *args) -> int:

@@ -30,6 +30,7 @@ on whose winner the two orders agree.
 :func:`write_evaluation` writes ``answers.jsonl`` (every answer and score), ``summary.json``, ``report.md`` and
 ``win_rate.png``.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,10 @@ from mindrlhf.data.templates import CHATML_SYSTEM, TEMPLATE_NAMES, format_prompt
 logger = logging.getLogger(__name__)
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "data")
-BUILTIN_SETS = {"mt_bench": os.path.join(DATA_DIR, "mt_bench_questions.jsonl"),
-                "cvalues": os.path.join(DATA_DIR, "cvalues_responsibility_prompts.jsonl")}
+BUILTIN_SETS = {
+    "mt_bench": os.path.join(DATA_DIR, "mt_bench_questions.jsonl"),
+    "cvalues": os.path.join(DATA_DIR, "cvalues_responsibility_prompts.jsonl"),
+}
 ID_KEYS = ("question_id", "id", "id_")
 CATEGORY_KEYS = ("category", "domain_en")
 PROMPT_KEYS = ("turns", "prompt", "question")  # the first present is the question's text (GSM8K: question)
@@ -93,8 +96,14 @@ class EvalConfig:
 
     def generation(self) -> GenerationConfig:
         """The decoding settings both policies answer with."""
-        return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
-                                temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed)
+        return GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            do_sample=self.do_sample,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            seed=self.seed,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -128,14 +137,15 @@ def parse_question(record, where: str, number: int) -> Question:
         raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
     key = next((k for k in PROMPT_KEYS if k in record), None)
     if key is None:
-        raise ValueError(f"{where}: no 'prompt' field (a question needs 'prompt' text, GSM8K's 'question' or a "
-                         f"'turns' list)")
+        raise ValueError(
+            f"{where}: no 'prompt' field (a question needs 'prompt' text, GSM8K's 'question' or a 'turns' list)"
+        )
     turns = _text_list(record[key], where, key)
     qid = next((str(record[k]) for k in ID_KEYS if k in record), str(number))
     category = next((str(record[k]) for k in CATEGORY_KEYS if record.get(k)), "")
     reference = next((record[k] for k in ANSWER_KEYS if record.get(k)), None)
     references = reference if isinstance(reference, list) else [reference] * len(turns)
-    references = [None if r is None else str(r) for r in references][:len(turns)]
+    references = [None if r is None else str(r) for r in references][: len(turns)]
     return Question(qid, category, turns, references + [None] * (len(turns) - len(references)))
 
 
@@ -251,14 +261,15 @@ def answer_questions(policy: Policy, questions: Sequence[Question], cfg: EvalCon
     model_cfg = policy.lm.config
     budget = model_cfg.seq_length - cfg.max_new_tokens
     if budget < 2:
-        raise ValueError(f"{policy.name}: max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in the "
-                         f"model's seq_length {model_cfg.seq_length}")
+        raise ValueError(
+            f"{policy.name}: max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in the "
+            f"model's seq_length {model_cfg.seq_length}"
+        )
     generator = Generator(policy.lm, cfg.generation(), model_cfg.eos_token_id, model_cfg.pad_token_id)
     answers = Answers(*([[] for _ in questions] for _ in range(4)))
     for turn in range(max(len(q.turns) for q in questions)):
         asked = [i for i, q in enumerate(questions) if len(q.turns) > turn]
-        prompts = [conversation_text(cfg.template, questions[i].turns[:turn + 1], answers.texts[i])
-                   for i in asked]
+        prompts = [conversation_text(cfg.template, questions[i].turns[: turn + 1], answers.texts[i]) for i in asked]
         rows = [tokenize_prompt(policy.tokenizer, p, budget) for p in prompts]
         texts, counts, ended = generate_texts(policy, generator, rows, cfg, turn)
         for i, prompt, text, count, end in zip(asked, prompts, texts, counts, ended):
@@ -318,7 +329,8 @@ class RewardModelJudge(PointwiseJudge):
                 f"vocab_size {judge_cfg.vocab_size} (tokenizer {self.tokenizer.path}, {self.tokenizer.vocab_size} "
                 f"ids), the policy {policy.checkpoint or 'fresh weights'} has vocab_size {policy_cfg.vocab_size} "
                 f"(tokenizer {policy.tokenizer.path}, {policy.tokenizer.vocab_size} ids); use a reward model "
-                f"trained with the policies' tokenizer")
+                f"trained with the policies' tokenizer"
+            )
 
     def __call__(self, prompts: List[str], answers: List[str], references: List[Optional[str]]) -> np.ndarray:
         """``(N,)`` float64 scores of ``N`` (prompt, answer) texts."""
@@ -356,8 +368,10 @@ class PairwiseJudge(Judge):
         except (TypeError, ValueError) as err:
             raise ValueError(f"{self.name}: must return {len(first)} numbers, got {err}") from None
         if values.shape != (len(first),) or not np.all(np.abs(values) <= 1.0):
-            raise ValueError(f"{self.name}: must return {len(first)} preferences in [-1, 1], got shape "
-                             f"{values.shape} with values in [{values.min(initial=0):g}, {values.max(initial=0):g}]")
+            raise ValueError(
+                f"{self.name}: must return {len(first)} preferences in [-1, 1], got shape "
+                f"{values.shape} with values in [{values.min(initial=0):g}, {values.max(initial=0):g}]"
+            )
         return values
 
     def score(self, questions: Sequence[Question], answers: Dict[str, Answers]) -> Dict[str, List[List[float]]]:
@@ -367,10 +381,15 @@ class PairwiseJudge(Judge):
         asked = [questions[i].turns[t] for i, t in flat]
         cand = [answers["candidate"].texts[i][t] for i, t in flat]
         base = [answers["baseline"].texts[i][t] for i, t in flat]
-        orders = {"candidate_first": self._preferences(asked, cand, base),
-                  "baseline_first": self._preferences(asked, base, cand)}
-        values = {**orders, "candidate": (orders["candidate_first"] - orders["baseline_first"]) / 2,
-                  "baseline": np.zeros(len(flat))}
+        orders = {
+            "candidate_first": self._preferences(asked, cand, base),
+            "baseline_first": self._preferences(asked, base, cand),
+        }
+        values = {
+            **orders,
+            "candidate": (orders["candidate_first"] - orders["baseline_first"]) / 2,
+            "baseline": np.zeros(len(flat)),
+        }
         return {name: nest([float(v) for v in column], flat, len(questions)) for name, column in values.items()}
 
 
@@ -393,10 +412,19 @@ def judge_answers(judge, questions: Sequence[Question], answers: Dict[str, Answe
     """The judge's score of every answer of every policy, ``{policy: [question][turn]}``, in one call (a reward
     model's scoring cell is compiled once)."""
     flat = [(name, i, t) for name in answers for i, q in enumerate(questions) for t in range(len(q.turns))]
-    scores = judge([answers[n].prompts[i][t] for n, i, t in flat], [answers[n].texts[i][t] for n, i, t in flat],
-                   [questions[i].references[t] for _, i, t in flat])
-    return {name: nest([float(v) for (n, _, _), v in zip(flat, scores) if n == name],
-                       [(i, t) for n, i, t in flat if n == name], len(questions)) for name in answers}
+    scores = judge(
+        [answers[n].prompts[i][t] for n, i, t in flat],
+        [answers[n].texts[i][t] for n, i, t in flat],
+        [questions[i].references[t] for _, i, t in flat],
+    )
+    return {
+        name: nest(
+            [float(v) for (n, _, _), v in zip(flat, scores) if n == name],
+            [(i, t) for n, i, t in flat if n == name],
+            len(questions),
+        )
+        for name in answers
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -429,12 +457,20 @@ def bootstrap_interval(verdict: np.ndarray, samples: int, confidence: float, see
 def outcome(verdict: np.ndarray, cfg: EvalConfig) -> Dict[str, float]:
     """Counts, win rate and its interval of ``(Q,)`` verdicts."""
     low, high = bootstrap_interval(verdict, cfg.bootstrap_samples, cfg.confidence, cfg.seed)
-    return {"questions": int(len(verdict)), "wins": int((verdict > 0).sum()), "ties": int((verdict == 0).sum()),
-            "losses": int((verdict < 0).sum()), "win_rate": win_rate(verdict), "ci_low": low, "ci_high": high}
+    return {
+        "questions": int(len(verdict)),
+        "wins": int((verdict > 0).sum()),
+        "ties": int((verdict == 0).sum()),
+        "losses": int((verdict < 0).sum()),
+        "win_rate": win_rate(verdict),
+        "ci_low": low,
+        "ci_high": high,
+    }
 
 
-def paired_outcome(baseline: Sequence[float], candidate: Sequence[float], cfg: Optional[EvalConfig] = None
-                   ) -> Dict[str, float]:
+def paired_outcome(
+    baseline: Sequence[float], candidate: Sequence[float], cfg: Optional[EvalConfig] = None
+) -> Dict[str, float]:
     """:func:`outcome` of two score lists paired item by item (the same prompt and sampling seed), with ``cfg``'s
     tie margin and bootstrap settings (default: :class:`EvalConfig`'s)."""
     cfg = cfg or EvalConfig()
@@ -447,9 +483,14 @@ def length_stats(answers: Answers) -> Dict[str, float]:
     tokens = np.asarray([n for row in answers.tokens for n in row], np.float64)
     words = np.asarray([len(t.split()) for row in answers.texts for t in row], np.float64)
     ended = np.asarray([e for row in answers.ended for e in row], np.float64)
-    return {"tokens_mean": float(tokens.mean()), "tokens_median": float(np.median(tokens)),
-            "tokens_std": float(tokens.std()), "tokens_max": int(tokens.max()), "words_mean": float(words.mean()),
-            "eos_rate": float(ended.mean())}
+    return {
+        "tokens_mean": float(tokens.mean()),
+        "tokens_median": float(np.median(tokens)),
+        "tokens_std": float(tokens.std()),
+        "tokens_max": int(tokens.max()),
+        "words_mean": float(words.mean()),
+        "eos_rate": float(ended.mean()),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -467,8 +508,9 @@ class EvalResult:
     summary: Dict[str, object]
 
 
-def summarize(questions: Sequence[Question], answers: Dict[str, Answers], scores: Dict[str, List[List[float]]],
-              cfg: EvalConfig) -> Tuple[np.ndarray, Dict[str, object]]:
+def summarize(
+    questions: Sequence[Question], answers: Dict[str, Answers], scores: Dict[str, List[List[float]]], cfg: EvalConfig
+) -> Tuple[np.ndarray, Dict[str, object]]:
     """``(verdicts, summary)``: overall and per-category outcomes, mean judge scores and length statistics."""
     means = {name: np.asarray([np.mean(s) for s in scores[name]]) for name in ("baseline", "candidate")}
     verdict = verdicts(means["baseline"], means["candidate"], cfg.tie_margin)
@@ -476,19 +518,24 @@ def summarize(questions: Sequence[Question], answers: Dict[str, Answers], scores
     per_category = {}
     for category in categories:
         pick = np.asarray([q.category == category for q in questions])
-        per_category[category] = {**outcome(verdict[pick], cfg),
-                                  "baseline_score": float(means["baseline"][pick].mean()),
-                                  "candidate_score": float(means["candidate"][pick].mean())}
-    summary = {"overall": outcome(verdict, cfg),
-               "scores": {name: float(m.mean()) for name, m in means.items()},
-               "score_difference": float((means["candidate"] - means["baseline"]).mean()),
-               "lengths": {name: length_stats(a) for name, a in answers.items()},
-               "categories": per_category}
+        per_category[category] = {
+            **outcome(verdict[pick], cfg),
+            "baseline_score": float(means["baseline"][pick].mean()),
+            "candidate_score": float(means["candidate"][pick].mean()),
+        }
+    summary = {
+        "overall": outcome(verdict, cfg),
+        "scores": {name: float(m.mean()) for name, m in means.items()},
+        "score_difference": float((means["candidate"] - means["baseline"]).mean()),
+        "lengths": {name: length_stats(a) for name, a in answers.items()},
+        "categories": per_category,
+    }
     return verdict, summary
 
 
-def evaluate(baseline: Policy, candidate: Policy, judge: Judge, questions: Sequence[Question],
-             cfg: EvalConfig) -> EvalResult:
+def evaluate(
+    baseline: Policy, candidate: Policy, judge: Judge, questions: Sequence[Question], cfg: EvalConfig
+) -> EvalResult:
     """Both policies answer ``questions``; ``judge`` scores every answer; the candidate's wins, ties and losses
     are counted per question. The judge's vocabulary is checked against both policies before anything runs."""
     for policy in (baseline, candidate):
@@ -499,9 +546,16 @@ def evaluate(baseline: Policy, candidate: Policy, judge: Judge, questions: Seque
     if "candidate_first" in scores:
         summary["position_agreement"] = position_agreement(scores)
     overall = summary["overall"]
-    logger.info("candidate vs baseline on %d questions: %d wins, %d ties, %d losses, win rate %.3f [%.3f, %.3f]",
-                overall["questions"], overall["wins"], overall["ties"], overall["losses"], overall["win_rate"],
-                overall["ci_low"], overall["ci_high"])
+    logger.info(
+        "candidate vs baseline on %d questions: %d wins, %d ties, %d losses, win rate %.3f [%.3f, %.3f]",
+        overall["questions"],
+        overall["wins"],
+        overall["ties"],
+        overall["losses"],
+        overall["win_rate"],
+        overall["ci_low"],
+        overall["ci_high"],
+    )
     return EvalResult(list(questions), answers, scores, verdict, summary)
 
 
@@ -516,9 +570,13 @@ def answer_records(result: EvalResult) -> List[dict]:
     for i, (q, v) in enumerate(zip(result.questions, result.verdicts)):
         record = {"id": q.id, "category": q.category, "turns": q.turns, "verdict": ["loss", "tie", "win"][v + 1]}
         for name, answers in result.answers.items():
-            record[name] = {"prompts": answers.prompts[i], "answers": answers.texts[i],
-                            "tokens": answers.tokens[i], "ended_in_eos": answers.ended[i],
-                            "scores": result.scores[name][i]}
+            record[name] = {
+                "prompts": answers.prompts[i],
+                "answers": answers.texts[i],
+                "tokens": answers.tokens[i],
+                "ended_in_eos": answers.ended[i],
+                "scores": result.scores[name][i],
+            }
         if "candidate_first" in result.scores:  # a pairwise judge's preference in each order
             record["pairwise"] = {k: result.scores[k][i] for k in ("candidate_first", "baseline_first")}
         records.append(record)
@@ -534,19 +592,25 @@ def outcome_table(summary: Dict[str, object]) -> List[str]:
     """Markdown rows: win / tie / loss, win rate and interval, overall and per category."""
     lines = ["| questions | n | wins | ties | losses | win rate | interval |", "|---|---:|---:|---:|---:|---:|---|"]
     for label, o in {"all": summary["overall"], **summary["categories"]}.items():
-        lines.append(f"| {label} | {o['questions']} | {o['wins']} | {o['ties']} | {o['losses']} "
-                     f"| **{o['win_rate']:.3f}** | [{o['ci_low']:.3f}, {o['ci_high']:.3f}] |")
+        lines.append(
+            f"| {label} | {o['questions']} | {o['wins']} | {o['ties']} | {o['losses']} "
+            f"| **{o['win_rate']:.3f}** | [{o['ci_low']:.3f}, {o['ci_high']:.3f}] |"
+        )
     return lines
 
 
 def score_table(summary: Dict[str, object]) -> List[str]:
     """Markdown rows: each policy's mean judge score and answer lengths."""
-    lines = ["| policy | mean judge score | tokens mean | tokens median | tokens max | words mean | ended in eos |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| policy | mean judge score | tokens mean | tokens median | tokens max | words mean | ended in eos |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, stats in summary["lengths"].items():
-        lines.append(f"| {name} | {summary['scores'][name]:.4f} | {stats['tokens_mean']:.1f} "
-                     f"| {stats['tokens_median']:.0f} | {stats['tokens_max']} | {stats['words_mean']:.1f} "
-                     f"| {stats['eos_rate']:.2f} |")
+        lines.append(
+            f"| {name} | {summary['scores'][name]:.4f} | {stats['tokens_mean']:.1f} "
+            f"| {stats['tokens_median']:.0f} | {stats['tokens_max']} | {stats['words_mean']:.1f} "
+            f"| {stats['eos_rate']:.2f} |"
+        )
     return lines
 
 
@@ -555,8 +619,10 @@ def examples_table(result: EvalResult, count: int) -> List[str]:
     lines = ["| question | baseline | candidate | score baseline | score candidate |", "|---|---|---|---:|---:|"]
     base, cand = result.answers["baseline"], result.answers["candidate"]
     for i, q in enumerate(result.questions[:count]):
-        lines.append(f"| {_cell(q.turns[0], 50)} | {_cell(base.texts[i][0])} | {_cell(cand.texts[i][0])} "
-                     f"| {result.scores['baseline'][i][0]:.3f} | {result.scores['candidate'][i][0]:.3f} |")
+        lines.append(
+            f"| {_cell(q.turns[0], 50)} | {_cell(base.texts[i][0])} | {_cell(cand.texts[i][0])} "
+            f"| {result.scores['baseline'][i][0]:.3f} | {result.scores['candidate'][i][0]:.3f} |"
+        )
     return lines
 
 
@@ -565,14 +631,22 @@ def report_markdown(result: EvalResult, header: Dict[str, str], cfg: EvalConfig,
     overall and per category, mean scores, lengths and a few answers side by side."""
     s = result.summary
     lines = ["# Evaluation: candidate vs baseline", ""] + [f"- **{k}**: {v}" for k, v in header.items()]
-    lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in asdict(cfg).items()), "",
-              f"Win rate = (wins + ties / 2) / questions for the candidate; {cfg.confidence:.0%} percentile-bootstrap "
-              f"interval over questions ({cfg.bootstrap_samples} resamples).", ""]
+    lines += [
+        "",
+        "Settings: " + ", ".join(f"{k}={v}" for k, v in asdict(cfg).items()),
+        "",
+        f"Win rate = (wins + ties / 2) / questions for the candidate; {cfg.confidence:.0%} percentile-bootstrap "
+        f"interval over questions ({cfg.bootstrap_samples} resamples).",
+        "",
+    ]
     lines += outcome_table(s) + [""] + score_table(s)
     lines += ["", f"Mean score difference (candidate - baseline): {s['score_difference']:+.4f}", ""]
     if "position_agreement" in s:
-        lines += [f"Pairwise judge asked in both orders; the orders agree on the winner of "
-                  f"{s['position_agreement']:.0%} of the pairs.", ""]
+        lines += [
+            f"Pairwise judge asked in both orders; the orders agree on the winner of "
+            f"{s['position_agreement']:.0%} of the pairs.",
+            "",
+        ]
     lines += ["## Answers (first turn of the first questions)", ""] + examples_table(result, examples)
     lines += ["", "Every answer and score: `answers.jsonl`. Plot: `win_rate.png`.", ""]
     return "\n".join(lines)
@@ -597,8 +671,12 @@ def write_win_rate_png(summary: Dict[str, object], path: str) -> str:
         ax.barh(y, share, left=left, color=color, label=key)
         left += share
     rate = np.asarray([rows[c]["win_rate"] for c in labels])
-    err = np.asarray([[rows[c]["win_rate"] - rows[c]["ci_low"] for c in labels],
-                      [rows[c]["ci_high"] - rows[c]["win_rate"] for c in labels]])
+    err = np.asarray(
+        [
+            [rows[c]["win_rate"] - rows[c]["ci_low"] for c in labels],
+            [rows[c]["ci_high"] - rows[c]["win_rate"] for c in labels],
+        ]
+    )
     ax.errorbar(rate, y, xerr=err, fmt="o", color="black", capsize=3, label="win rate (interval)")
     ax.axvline(0.5, color="black", linewidth=0.8, linestyle="--")
     ax.set_yticks(y, labels)
@@ -616,11 +694,13 @@ def write_evaluation(result: EvalResult, header: Dict[str, str], cfg: EvalConfig
     from mindrlhf.atomic import write_json, write_jsonl, write_text
 
     os.makedirs(folder, exist_ok=True)
-    files = {name: os.path.join(folder, name) for name in ("answers.jsonl", "summary.json", "report.md",
-                                                           "win_rate.png")}
+    files = {
+        name: os.path.join(folder, name) for name in ("answers.jsonl", "summary.json", "report.md", "win_rate.png")
+    }
     write_jsonl(files["answers.jsonl"], answer_records(result))
-    write_json(files["summary.json"], {**result.summary, "compared": header, "settings": asdict(cfg)},
-               ensure_ascii=False)
+    write_json(
+        files["summary.json"], {**result.summary, "compared": header, "settings": asdict(cfg)}, ensure_ascii=False
+    )
     write_text(files["report.md"], report_markdown(result, header, cfg))
     write_win_rate_png(result.summary, files["win_rate.png"])
     return files

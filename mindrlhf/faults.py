@@ -6,6 +6,7 @@ Points (:data:`POINTS`): ``train_step`` (an optimizer step was taken and not yet
 (an RL iteration's rollouts were made and not yet trained on) and ``checkpoint_write`` (a checkpoint's bytes are
 in its temporary file, its manifest and final name not yet written). Unset, :func:`reach` does nothing.
 """
+
 from __future__ import annotations
 
 import os

@@ -15,6 +15,7 @@ pair, the response log-probability SUMMED over the response tokens (``logps``) a
 (``lengths``), all ``(B,)`` float32, and return the per-pair implicit rewards that :func:`preference_metrics`
 turns into TRL's ``rewards/*`` and ``logps/*`` metrics.
 """
+
 from __future__ import annotations
 
 import mindspore as ms
@@ -112,8 +113,19 @@ def ppo_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange, count=N
     return loss, clipfrac, approx_kl
 
 
-def grpo_policy_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, epsilon_low, epsilon_high, beta,
-                     loss_type, max_completion_length, count=None):
+def grpo_policy_loss(
+    logprobs,
+    old_logprobs,
+    ref_logprobs,
+    advantages,
+    mask,
+    epsilon_low,
+    epsilon_high,
+    beta,
+    loss_type,
+    max_completion_length,
+    count=None,
+):
     """GRPO clipped surrogate with an optional KL term to the reference, aggregated as GRPO, DAPO or Dr. GRPO.
 
     Per token: ``r = exp(logp - logp_old)``, ``l_t = max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))
@@ -207,8 +219,9 @@ def dpo_hinge_loss(chosen_logratios, rejected_logratios, beta):
 def ipo_loss(chosen_logratios, rejected_logratios, chosen_lengths, rejected_lengths, beta):
     """IPO (Azar et al. 2023, eq. 17) on per-token log-ratios, as TRL: ``h = chosen_logratios / n_c -
     rejected_logratios / n_r``, ``l = (h - 1 / (2 beta))^2``; inputs ``(B,)``, returns ``l (B,)``."""
-    margin = chosen_logratios / ops.maximum(chosen_lengths, 1.0) - rejected_logratios / ops.maximum(rejected_lengths,
-                                                                                                    1.0)
+    margin = chosen_logratios / ops.maximum(chosen_lengths, 1.0) - rejected_logratios / ops.maximum(
+        rejected_lengths, 1.0
+    )
     return ops.square(margin - 0.5 / beta)
 
 
@@ -224,12 +237,23 @@ def orpo_odds_loss(chosen_avg_logps, rejected_avg_logps, beta):
     ``log odds(a) = a - log(1 - exp(a))``, ``l = -beta log sigmoid(log odds(a_c) - log odds(a_r))``; ``(B,)``.
     The full ORPO loss adds the chosen responses' NLL (:func:`preference_loss`)."""
     log_odds = (chosen_avg_logps - rejected_avg_logps) - (
-        ops.log1p(-ops.exp(chosen_avg_logps)) - ops.log1p(-ops.exp(rejected_avg_logps)))
+        ops.log1p(-ops.exp(chosen_avg_logps)) - ops.log1p(-ops.exp(rejected_avg_logps))
+    )
     return -beta * log_sigmoid(log_odds)
 
 
-def preference_loss(chosen_logps, rejected_logps, chosen_lengths, rejected_lengths, ref_chosen_logps,
-                    ref_rejected_logps, loss_type, beta, label_smoothing=0.0, simpo_gamma=0.5):
+def preference_loss(
+    chosen_logps,
+    rejected_logps,
+    chosen_lengths,
+    rejected_lengths,
+    ref_chosen_logps,
+    ref_rejected_logps,
+    loss_type,
+    beta,
+    label_smoothing=0.0,
+    simpo_gamma=0.5,
+):
     """One offline preference loss, chosen by ``loss_type`` (a Python string, fixed at graph construction).
 
     With ``r_c = chosen_logps - ref_chosen_logps`` and ``r_r = rejected_logps - ref_rejected_logps`` (summed over
@@ -256,8 +280,9 @@ def preference_loss(chosen_logps, rejected_logps, chosen_lengths, rejected_lengt
         ``(loss scalar, chosen_rewards (B,), rejected_rewards (B,))``, the rewards without gradient.
     """
     if loss_type not in DPO_LOSS_TYPES:
-        raise ValueError("preference_loss: unknown loss_type " + repr(loss_type) + "; one of " +
-                         ", ".join(DPO_LOSS_TYPES))
+        raise ValueError(
+            "preference_loss: unknown loss_type " + repr(loss_type) + "; one of " + ", ".join(DPO_LOSS_TYPES)
+        )
     if loss_type in ("simpo", "orpo"):
         chosen = chosen_logps / ops.maximum(chosen_lengths, 1.0)
         rejected = rejected_logps / ops.maximum(rejected_lengths, 1.0)
@@ -278,14 +303,26 @@ def preference_loss(chosen_logps, rejected_logps, chosen_lengths, rejected_lengt
     return loss, ops.stop_gradient(beta * chosen), ops.stop_gradient(beta * rejected)
 
 
-PREFERENCE_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
-                      "logps/rejected")
+PREFERENCE_METRICS = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+)
 
 
 def preference_metrics(chosen_rewards, rejected_rewards, chosen_logps, rejected_logps):
     """TRL's metrics of a batch of pairs, as one float32 vector in the order of :data:`PREFERENCE_METRICS`: the
     means over pairs of the chosen / rejected rewards, their margin, ``1[chosen > rejected]`` (strict), and the
     chosen / rejected summed log-probs. Inputs ``(B,)``; returns ``(6,)``."""
-    values = [chosen_rewards, rejected_rewards, chosen_rewards - rejected_rewards,
-              ops.cast(chosen_rewards > rejected_rewards, ms.float32), chosen_logps, rejected_logps]
+    values = [
+        chosen_rewards,
+        rejected_rewards,
+        chosen_rewards - rejected_rewards,
+        ops.cast(chosen_rewards > rejected_rewards, ms.float32),
+        chosen_logps,
+        rejected_logps,
+    ]
     return ops.stack([ops.mean(ops.stop_gradient(ops.cast(v, ms.float32))) for v in values])

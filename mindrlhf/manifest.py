@@ -7,6 +7,7 @@ config, and when it was written. It is written *before* the checkpoint is rename
 file that exists under its final name always has one; a file that does not match its manifest was cut short or
 changed after it was written (a full disk, a copy that stopped half way) and is never loaded.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,9 +53,15 @@ def step_of(path: str) -> Optional[int]:
 def write_manifest(data_file: str, final_path: str, run: Optional[dict] = None) -> dict:
     """Describe ``data_file`` (the checkpoint, still under its temporary name) as ``final_path`` and write the
     manifest atomically; ``run``: ``{"run_id", "config_hash"}`` of the run writing it. Returns the manifest."""
-    manifest = {"format": FORMAT, "file": os.path.basename(final_path), "size": os.path.getsize(data_file),
-                "sha256": file_sha256(data_file), "step": step_of(final_path), "written_at": time.time(),
-                **(run or {})}
+    manifest = {
+        "format": FORMAT,
+        "file": os.path.basename(final_path),
+        "size": os.path.getsize(data_file),
+        "sha256": file_sha256(data_file),
+        "step": step_of(final_path),
+        "written_at": time.time(),
+        **(run or {}),
+    }
     write_json(manifest_path(final_path), manifest)
     return manifest
 
@@ -83,13 +90,16 @@ def verify(path: str, required: bool = False) -> Optional[dict]:
     manifest = read_manifest(path)
     if manifest is None:
         if required:
-            raise CheckpointError(f"{path}: no manifest ({manifest_path(path)}): the run that wrote it stopped "
-                                  f"before the checkpoint was complete")
+            raise CheckpointError(
+                f"{path}: no manifest ({manifest_path(path)}): the run that wrote it stopped "
+                f"before the checkpoint was complete"
+            )
         return None
     size = os.path.getsize(path)
     if size != manifest.get("size"):
-        raise CheckpointError(f"{path}: {size} bytes, its manifest says {manifest.get('size')}: the file is "
-                              f"partial or corrupt")
+        raise CheckpointError(
+            f"{path}: {size} bytes, its manifest says {manifest.get('size')}: the file is partial or corrupt"
+        )
     if file_sha256(path) != manifest.get("sha256"):
         raise CheckpointError(f"{path}: SHA-256 differs from its manifest: the file is corrupt")
     return manifest

@@ -18,6 +18,7 @@ any other function is named ``"module:function"``. :func:`load_reward_funcs` res
 :class:`RewardFuncSpec` (before any model is built) and :class:`CombinedReward` decodes token rollouts, calls each
 function, checks what it returned and sums the weighted scores.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -91,7 +92,7 @@ def marked_answer(text: str) -> Optional[str]:
     ``\\boxed{...}``; None when there is neither."""
     mark = text.rfind(_GSM8K_MARK)
     if mark >= 0:
-        return text[mark + len(_GSM8K_MARK):].split("\n", 1)[0].strip()
+        return text[mark + len(_GSM8K_MARK) :].split("\n", 1)[0].strip()
     return last_boxed(text)
 
 
@@ -144,8 +145,10 @@ def answers_match(predicted: Optional[str], reference: str) -> bool:
 # Built-in reward functions
 
 DEFAULT_FORMAT_PATTERN = r"<think>.+?</think>\s*\S.*"
-NO_ANSWER = ("no reference answer for this prompt; accuracy needs prompts converted from {question, answer} or "
-             "{prompt, solution} records")
+NO_ANSWER = (
+    "no reference answer for this prompt; accuracy needs prompts converted from {question, answer} or "
+    "{prompt, solution} records"
+)
 
 
 def accuracy_reward(prompts: List[str], completions: List[str], answers: List[Optional[str]]) -> List[float]:
@@ -157,8 +160,9 @@ def accuracy_reward(prompts: List[str], completions: List[str], answers: List[Op
     return [float(answers_match(extract_answer(c), a)) for c, a in zip(completions, answers)]
 
 
-def format_reward(prompts: List[str], completions: List[str], answers: List[Optional[str]], *,
-                  pattern: str = DEFAULT_FORMAT_PATTERN) -> List[float]:
+def format_reward(
+    prompts: List[str], completions: List[str], answers: List[Optional[str]], *, pattern: str = DEFAULT_FORMAT_PATTERN
+) -> List[float]:
     """1.0 where the whole stripped completion matches the regular expression ``pattern`` (``re.DOTALL``: ``.``
     spans lines), else 0.0. The default asks for a non-empty ``<think>...</think>`` block first, then an answer."""
     del prompts, answers
@@ -166,8 +170,9 @@ def format_reward(prompts: List[str], completions: List[str], answers: List[Opti
     return [float(regex.fullmatch(c.strip()) is not None) for c in completions]
 
 
-def length_reward(prompts: List[str], completions: List[str], answers: List[Optional[str]], *,
-                  scale: float = 1000.0) -> List[float]:
+def length_reward(
+    prompts: List[str], completions: List[str], answers: List[Optional[str]], *, scale: float = 1000.0
+) -> List[float]:
     """A length penalty: ``-len(completion) / scale``, the length in characters of the decoded text (``-0.1`` for
     100 characters at the default ``scale``); characters, not tokens, so it does not depend on the tokenizer."""
     del prompts, answers
@@ -193,6 +198,7 @@ BUILTIN_REWARDS: Dict[str, RewardFunc] = {
 # ---------------------------------------------------------------------------------------------------------------
 # Configuration: specs -> callables
 
+
 @dataclass
 class RewardFuncSpec:
     """One reward function of the configuration (an entry of GRPO's ``reward_funcs``)."""
@@ -208,8 +214,9 @@ class RewardFuncSpec:
         if not number or not math.isfinite(self.weight):
             raise ValueError(f"reward function '{self.name}': weight must be a finite number, got {self.weight!r}")
         if not isinstance(self.kwargs, Mapping):
-            raise ValueError(f"reward function '{self.name}': kwargs must be a mapping, got "
-                             f"{type(self.kwargs).__name__}")
+            raise ValueError(
+                f"reward function '{self.name}': kwargs must be a mapping, got {type(self.kwargs).__name__}"
+            )
         self.weight, self.kwargs = float(self.weight), dict(self.kwargs)
 
     @classmethod
@@ -221,8 +228,10 @@ class RewardFuncSpec:
         valid = [f.name for f in fields(cls)]
         for key in mapping:
             if key not in valid:
-                raise ValueError(f"reward function entry: unknown key {key!r}{_did_you_mean(str(key), valid)}; "
-                                 f"valid keys: {', '.join(valid)}")
+                raise ValueError(
+                    f"reward function entry: unknown key {key!r}{_did_you_mean(str(key), valid)}; "
+                    f"valid keys: {', '.join(valid)}"
+                )
         if "name" not in mapping:
             raise ValueError(f"reward function entry {dict(mapping)!r}: missing 'name'")
         return cls(**mapping)
@@ -268,8 +277,10 @@ def _resolve(name: str) -> Callable:
     if name in BUILTIN_REWARDS:
         return BUILTIN_REWARDS[name]
     if ":" not in name:
-        raise ValueError(f"unknown reward function '{name}'{_did_you_mean(name, BUILTIN_REWARDS)}; built-ins: "
-                         f"{', '.join(BUILTIN_REWARDS)}, or give 'module:function'")
+        raise ValueError(
+            f"unknown reward function '{name}'{_did_you_mean(name, BUILTIN_REWARDS)}; built-ins: "
+            f"{', '.join(BUILTIN_REWARDS)}, or give 'module:function'"
+        )
     module_name, _, attr = name.partition(":")
     if not module_name or not attr:
         raise ValueError(f"reward function '{name}': expected 'module:function'")
@@ -277,13 +288,16 @@ def _resolve(name: str) -> Callable:
         target: Any = importlib.import_module(module_name)
     except Exception as err:  # noqa: BLE001 - whatever the module raises while importing
         hint = " (is its folder on PYTHONPATH?)" if isinstance(err, ModuleNotFoundError) else ""
-        raise ValueError(f"reward function '{name}': cannot import module '{module_name}': "
-                         f"{type(err).__name__}: {err}{hint}") from err
+        raise ValueError(
+            f"reward function '{name}': cannot import module '{module_name}': {type(err).__name__}: {err}{hint}"
+        ) from err
     for part in attr.split("."):
         if not hasattr(target, part):
             public = [n for n in dir(target) if not n.startswith("_")]
-            raise ValueError(f"reward function '{name}': '{getattr(target, '__name__', module_name)}' has no "
-                             f"attribute '{part}'{_did_you_mean(part, public)}")
+            raise ValueError(
+                f"reward function '{name}': '{getattr(target, '__name__', module_name)}' has no "
+                f"attribute '{part}'{_did_you_mean(part, public)}"
+            )
         target = getattr(target, part)
     if not callable(target):
         raise ValueError(f"reward function '{name}': {type(target).__name__} object is not callable")
@@ -299,12 +313,15 @@ def _check_options(spec: RewardFuncSpec, fn: Callable) -> None:
     try:
         signature.bind([], [], [], **spec.kwargs)
     except TypeError as err:
-        raise ValueError(f"reward function '{spec.name}' cannot be called as fn(prompts, completions, answers"
-                         f"{''.join(f', {k}=...' for k in spec.kwargs)}): {err}") from err
+        raise ValueError(
+            f"reward function '{spec.name}' cannot be called as fn(prompts, completions, answers"
+            f"{''.join(f', {k}=...' for k in spec.kwargs)}): {err}"
+        ) from err
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Scoring token rollouts
+
 
 class RewardFunctionError(UserError):
     """A reward function failed or returned something other than one finite float per completion."""
@@ -324,8 +341,9 @@ class CombinedReward:
         self.funcs = list(funcs)
         self.tokenizer = tokenizer
 
-    def __call__(self, prompt_ids: List[List[int]], response_ids: List[List[int]],
-                 answers: List[Optional[str]]) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    def __call__(
+        self, prompt_ids: List[List[int]], response_ids: List[List[int]], answers: List[Optional[str]]
+    ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
         """Score ``B`` rollouts.
 
         Args:
@@ -342,14 +360,17 @@ class CombinedReward:
         """
         count = len(response_ids)
         if len(prompt_ids) != count or len(answers) != count:
-            raise ValueError(f"need one prompt and one answer per response, got {len(prompt_ids)} prompts, "
-                             f"{count} responses and {len(answers)} answers")
+            raise ValueError(
+                f"need one prompt and one answer per response, got {len(prompt_ids)} prompts, "
+                f"{count} responses and {len(answers)} answers"
+            )
         prompts = self._decode_prompts(prompt_ids)
         completions = [self.tokenizer.decode(list(r)) for r in response_ids]
         return self.score_texts(prompts, completions, answers)
 
-    def score_texts(self, prompts: List[str], completions: List[str],
-                    answers: List[Optional[str]]) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    def score_texts(
+        self, prompts: List[str], completions: List[str], answers: List[Optional[str]]
+    ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
         """:meth:`__call__` on texts: ``B`` prompts, completions and reference answers (``""`` or None: none)."""
         count = len(completions)
         refs = [a if a else None for a in answers]
@@ -371,8 +392,9 @@ class CombinedReward:
         return [texts[key] for key in keys]
 
 
-def _call_checked(name: str, fn: RewardFunc, prompts: List[str], completions: List[str],
-                  answers: List[Optional[str]]) -> np.ndarray:
+def _call_checked(
+    name: str, fn: RewardFunc, prompts: List[str], completions: List[str], answers: List[Optional[str]]
+) -> np.ndarray:
     """``fn``'s scores as ``(B,)`` float64, or a :class:`RewardFunctionError` saying what went wrong."""
     count = len(completions)
     try:
@@ -381,16 +403,19 @@ def _call_checked(name: str, fn: RewardFunc, prompts: List[str], completions: Li
         index, cause = _failing_index(fn, prompts, completions, answers)
         where = f"prompt index {index}" if index is not None else f"the batch of {count}"
         cause = cause or err
-        raise RewardFunctionError(f"reward function '{name}' failed on {where}: "
-                                  f"{type(cause).__name__}: {cause}") from err
+        raise RewardFunctionError(
+            f"reward function '{name}' failed on {where}: {type(cause).__name__}: {cause}"
+        ) from err
     scores = _as_numbers(name, raw, count)
     if scores.shape != (count,):
-        raise RewardFunctionError(f"reward function '{name}' returned shape {scores.shape}, expected {count} "
-                                  f"scores (one per completion)")
+        raise RewardFunctionError(
+            f"reward function '{name}' returned shape {scores.shape}, expected {count} scores (one per completion)"
+        )
     bad = np.flatnonzero(~np.isfinite(scores))
     if bad.size:
-        raise RewardFunctionError(f"reward function '{name}' returned {scores[bad[0]]} for prompt index "
-                                  f"{int(bad[0])} (scores must be finite)")
+        raise RewardFunctionError(
+            f"reward function '{name}' returned {scores[bad[0]]} for prompt index {int(bad[0])} (scores must be finite)"
+        )
     return scores
 
 
@@ -406,8 +431,10 @@ def _as_numbers(name: str, raw: Any, count: int) -> np.ndarray:
     if values.dtype == object:
         missing = [i for i, v in enumerate(values.reshape(-1)) if v is None]
         if missing:
-            raise RewardFunctionError(f"reward function '{name}' returned None for prompt index {missing[0]} "
-                                      f"(every completion needs a float score)")
+            raise RewardFunctionError(
+                f"reward function '{name}' returned None for prompt index {missing[0]} "
+                f"(every completion needs a float score)"
+            )
     elif values.dtype.kind not in "biuf":
         raise RewardFunctionError(f"{expected}, got values of dtype {values.dtype}")
     try:
@@ -416,13 +443,14 @@ def _as_numbers(name: str, raw: Any, count: int) -> np.ndarray:
         raise RewardFunctionError(f"{expected}, got {type(raw).__name__}: {err}") from err
 
 
-def _failing_index(fn: RewardFunc, prompts: List[str], completions: List[str],
-                   answers: List[Optional[str]]) -> Tuple[Optional[int], Optional[BaseException]]:
+def _failing_index(
+    fn: RewardFunc, prompts: List[str], completions: List[str], answers: List[Optional[str]]
+) -> Tuple[Optional[int], Optional[BaseException]]:
     """After a batch call failed: the first row that fails on its own, and its error; ``(None, None)`` when every
     row passes alone (the failure needs the batch)."""
     for i in range(len(completions)):
         try:
-            fn(prompts[i:i + 1], completions[i:i + 1], answers[i:i + 1])
+            fn(prompts[i : i + 1], completions[i : i + 1], answers[i : i + 1])
         except Exception as err:  # noqa: BLE001
             return i, err
     return None, None

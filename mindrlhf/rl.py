@@ -14,6 +14,7 @@ Statistics over a batch (:func:`masked_moments`, :func:`whiten`, :func:`explaine
 from summed moments, two passes (sum and count, then the sum of squared deviations from the global mean), so the
 result on every rank equals the single-process statistic of the ranks' concatenated data.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,9 @@ def local_sum(values) -> np.ndarray:
     return np.array(values, np.float64)
 
 
-def masked_moments(values: np.ndarray, mask: Optional[np.ndarray] = None, reduce: Reduce = local_sum,
-                   ddof: int = 0) -> Tuple[float, float, float]:
+def masked_moments(
+    values: np.ndarray, mask: Optional[np.ndarray] = None, reduce: Reduce = local_sum, ddof: int = 0
+) -> Tuple[float, float, float]:
     """Mean and variance of the masked entries of ``values`` over every rank.
 
     ``mean = sum(m x) / n``, ``var = sum(m (x - mean)^2) / (n - ddof)``, ``n = sum(m)``, each sum over all ranks
@@ -61,8 +63,9 @@ def last_token_index(mask: np.ndarray) -> np.ndarray:
     return np.where(mask.any(axis=1), last, 0)
 
 
-def kl_penalised_rewards(scores: np.ndarray, logprobs: np.ndarray, ref_logprobs: np.ndarray, mask: np.ndarray,
-                         kl_coef: float) -> Tuple[np.ndarray, np.ndarray]:
+def kl_penalised_rewards(
+    scores: np.ndarray, logprobs: np.ndarray, ref_logprobs: np.ndarray, mask: np.ndarray, kl_coef: float
+) -> Tuple[np.ndarray, np.ndarray]:
     """Per-token rewards ``r_t = -kl_coef * (logp_t - ref_logp_t)``, plus the sequence score on each row's own
     last generated token (InstructGPT / trlx; the predecessor added the KL term with the wrong sign).
 
@@ -82,8 +85,9 @@ def kl_penalised_rewards(scores: np.ndarray, logprobs: np.ndarray, ref_logprobs:
     return rewards.astype(np.float32), kl.astype(np.float32)
 
 
-def gae(rewards: np.ndarray, values: np.ndarray, mask: np.ndarray, gamma: float, lam: float
-        ) -> Tuple[np.ndarray, np.ndarray]:
+def gae(
+    rewards: np.ndarray, values: np.ndarray, mask: np.ndarray, gamma: float, lam: float
+) -> Tuple[np.ndarray, np.ndarray]:
     """Generalised advantage estimation over the generated tokens, backwards in time:
 
     ``delta_t = r_t + gamma * V_{t+1} * m_{t+1} - V_t``; ``A_t = delta_t + gamma * lam * m_{t+1} * A_{t+1}``;
@@ -112,8 +116,9 @@ def gae(rewards: np.ndarray, values: np.ndarray, mask: np.ndarray, gamma: float,
     return advantages.astype(np.float32), returns.astype(np.float32)
 
 
-def whiten(values: np.ndarray, mask: np.ndarray, shift_mean: bool = True, eps: float = 1e-8,
-           reduce: Reduce = local_sum) -> np.ndarray:
+def whiten(
+    values: np.ndarray, mask: np.ndarray, shift_mean: bool = True, eps: float = 1e-8, reduce: Reduce = local_sum
+) -> np.ndarray:
     """``(x - mean) / sqrt(var + eps)`` over the masked entries of every rank (mean added back when ``shift_mean``
     is False); 0 where the mask is 0. Uses the unbiased variance, as trlx and TRL do; with fewer than two masked
     entries in all the values come back masked, unchanged.
@@ -135,8 +140,7 @@ def whiten(values: np.ndarray, mask: np.ndarray, shift_mean: bool = True, eps: f
     return (out * mask).astype(np.float32)
 
 
-def explained_variance(values: np.ndarray, returns: np.ndarray, mask: np.ndarray, reduce: Reduce = local_sum
-                       ) -> float:
+def explained_variance(values: np.ndarray, returns: np.ndarray, mask: np.ndarray, reduce: Reduce = local_sum) -> float:
     """``1 - Var(R - V) / Var(R)`` over the masked entries of every rank, population variances (nan when the
     returns do not vary); inputs ``(B, N)``."""
     returns, values = np.asarray(returns, np.float64), np.asarray(values, np.float64)
@@ -167,7 +171,7 @@ class RunningMoments:
             return
         delta = batch_mean - self.mean
         total = self.count + n
-        m2 = self.var * self.count + batch_var * n + delta ** 2 * self.count * n / total
+        m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
         self.mean += delta * n / total
         self.var = m2 / total
         self.count = total
@@ -211,13 +215,14 @@ def _groups(scores: np.ndarray, group_size: int) -> np.ndarray:
     if scores.ndim != 1:
         raise ValueError(f"scores must be one score per rollout, shape (B,), got shape {scores.shape}")
     if group_size < 1 or len(scores) % group_size:
-        raise ValueError(f"{len(scores)} scores do not split into groups of {group_size} (group_size must be >= 1 "
-                         f"and divide the number of rollouts)")
+        raise ValueError(
+            f"{len(scores)} scores do not split into groups of {group_size} (group_size must be >= 1 "
+            f"and divide the number of rollouts)"
+        )
     return scores.reshape(-1, group_size)
 
 
-def group_advantages(scores: np.ndarray, group_size: int, scale_std: bool = True, eps: float = 1e-4
-                     ) -> np.ndarray:
+def group_advantages(scores: np.ndarray, group_size: int, scale_std: bool = True, eps: float = 1e-4) -> np.ndarray:
     """GRPO's group-relative advantage of each completion (Shao et al. 2024, as TRL's GRPOTrainer):
 
     ``A_i = (r_i - mean_g) / (std_g + eps)`` with ``mean_g``, ``std_g`` the mean and the unbiased standard
@@ -252,15 +257,18 @@ def rloo_advantages(scores: np.ndarray, group_size: int) -> np.ndarray:
         ``(B,)`` float32.
     """
     if group_size < 2:
-        raise ValueError(f"rloo advantages need a group size >= 2 (a baseline from the other completions of "
-                         f"the prompt), got {group_size}")
+        raise ValueError(
+            f"rloo advantages need a group size >= 2 (a baseline from the other completions of "
+            f"the prompt), got {group_size}"
+        )
     groups = _groups(scores, group_size)
     others = (groups.sum(axis=1, keepdims=True) - groups) / (group_size - 1)
     return (groups - others).reshape(-1).astype(np.float32)
 
 
-def reinforce_baseline_advantages(scores: np.ndarray, group_size: int, reduce: Reduce = local_sum,
-                                  eps: float = 1e-8) -> np.ndarray:
+def reinforce_baseline_advantages(
+    scores: np.ndarray, group_size: int, reduce: Reduce = local_sum, eps: float = 1e-8
+) -> np.ndarray:
     """REINFORCE++ with baseline (OpenRLHF's ``reinforce_baseline``): the group mean is subtracted, then the
     centred scores are divided by their standard deviation over the whole batch of every rank:
 
@@ -283,8 +291,9 @@ def reinforce_baseline_advantages(scores: np.ndarray, group_size: int, reduce: R
     return (centred / math.sqrt(var + eps)).astype(np.float32)
 
 
-def grpo_advantages(scores: np.ndarray, group_size: int, estimator: str, scale_rewards: bool = True,
-                    reduce: Reduce = local_sum) -> np.ndarray:
+def grpo_advantages(
+    scores: np.ndarray, group_size: int, estimator: str, scale_rewards: bool = True, reduce: Reduce = local_sum
+) -> np.ndarray:
     """The advantages of ``grpo.advantage_estimator``: ``grpo`` (:func:`group_advantages`, divided by the group
     std when ``scale_rewards``), ``dr_grpo`` (:func:`group_advantages` without the std, whatever
     ``scale_rewards``), ``rloo`` (:func:`rloo_advantages`) or ``reinforce_baseline``

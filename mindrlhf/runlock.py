@@ -15,6 +15,7 @@ The run id and config hash of this process are stamped into every checkpoint man
 checkpoints of different runs cannot be confused. Only rank 0 of a data-parallel group claims the folder; the
 other ranks read its run id from ``run.json``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,8 +40,15 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = ".mindrlhf.lock"
 RUN_FILE = "run.json"
 # what a run writes into its output folder (removed by an overwrite); user files are never touched
-RUN_OUTPUTS = ("checkpoint", "tensorboard", "log", "resolved_config.yaml", "ppo_metrics.jsonl", "grpo_metrics.jsonl",
-               RUN_FILE)
+RUN_OUTPUTS = (
+    "checkpoint",
+    "tensorboard",
+    "log",
+    "resolved_config.yaml",
+    "ppo_metrics.jsonl",
+    "grpo_metrics.jsonl",
+    RUN_FILE,
+)
 MODES = ("fresh", "resume", "overwrite")
 
 _HELD = {}  # output folder -> open lock file (kept open: the flock lives as long as the process)
@@ -91,8 +99,7 @@ def _holder(lock_file) -> str:
         info = {}
     if not info:
         return "another process"
-    return (f"process {info.get('pid')} on {info.get('host')} (started {info.get('started')}: "
-            f"{info.get('command')})")
+    return f"process {info.get('pid')} on {info.get('host')} (started {info.get('started')}: {info.get('command')})"
 
 
 def _alive(pid: Optional[int]) -> bool:
@@ -121,8 +128,9 @@ def acquire_lock(output_dir: str, command: str = "") -> str:
     except OSError:
         holder = _holder(lock_file)
         lock_file.close()
-        raise LaunchError(f"{output_dir}: in use by {holder}; wait for it to finish or choose another "
-                          f"--output_dir") from None
+        raise LaunchError(
+            f"{output_dir}: in use by {holder}; wait for it to finish or choose another --output_dir"
+        ) from None
     lock_file.seek(0)
     previous = lock_file.read()
     if previous.strip():
@@ -134,8 +142,15 @@ def acquire_lock(output_dir: str, command: str = "") -> str:
         logger.warning("%s: took over the stale lock of process %s (%s)", output_dir, stale.get("pid"), state)
     lock_file.seek(0)
     lock_file.truncate()
-    json.dump({"pid": os.getpid(), "host": socket.gethostname(), "command": command or " ".join(sys.argv),
-               "started": datetime.datetime.now().isoformat(timespec="seconds")}, lock_file)
+    json.dump(
+        {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": command or " ".join(sys.argv),
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        },
+        lock_file,
+    )
     lock_file.flush()
     _HELD[output_dir] = lock_file
     return path
@@ -165,8 +180,9 @@ def run_mode(resuming: bool, overwrite: bool) -> str:
     return "overwrite" if overwrite else "resume" if resuming else "fresh"
 
 
-def claim_output_dir(output_dir: str, cfg, mode: str = "fresh", rank_id: int = 0, resume_hint: str = "",
-                     command: str = "") -> Optional[dict]:
+def claim_output_dir(
+    output_dir: str, cfg, mode: str = "fresh", rank_id: int = 0, resume_hint: str = "", command: str = ""
+) -> Optional[dict]:
     """Claim ``output_dir`` for this process's run and return its ``run.json`` record (None on ranks > 0).
 
     Args:
@@ -186,16 +202,21 @@ def claim_output_dir(output_dir: str, cfg, mode: str = "fresh", rank_id: int = 0
     found = previous_run(output_dir)
     if found and mode == "fresh":
         release_lock(output_dir)
-        raise LaunchError(f"{output_dir}: already holds a run ({found}); {resume_hint or 'resume it'}, pass "
-                          f"--overwrite_output_dir to start over (its outputs are removed), or choose another "
-                          f"--output_dir")
+        raise LaunchError(
+            f"{output_dir}: already holds a run ({found}); {resume_hint or 'resume it'}, pass "
+            f"--overwrite_output_dir to start over (its outputs are removed), or choose another "
+            f"--output_dir"
+        )
     if found and mode == "overwrite":
         _remove_outputs(output_dir)
     record = read_run(output_dir) if mode == "resume" else None
     if record is None:
-        record = {"run_id": uuid.uuid4().hex[:12], "command": command or " ".join(sys.argv),
-                  "config_hash": config_hash(cfg),
-                  "started": datetime.datetime.now().isoformat(timespec="seconds")}
+        record = {
+            "run_id": uuid.uuid4().hex[:12],
+            "command": command or " ".join(sys.argv),
+            "config_hash": config_hash(cfg),
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
         write_json(os.path.join(output_dir, RUN_FILE), record)
     logger.info("run %s in %s (%s)", record["run_id"], os.path.abspath(output_dir), mode)
     return record

@@ -3,6 +3,7 @@
 
     python scripts/hccl_tools.py --device_num "[0,8)"      # writes hccl_8p_01234567_<host ip>.json
 """
+
 import os
 import sys
 

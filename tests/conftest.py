@@ -3,6 +3,7 @@
 Every test starts in PYNATIVE mode with seeds 0 (the autouse ``seeded`` fixture), so the global MindSpore mode
 never leaks from one test into the next. Tests that must hold in both modes request ``ms_mode``.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -3,6 +3,7 @@
 
 Usage (under msrun): ``python tests/grpo_dp_worker.py PROMPTS OUTPUT_DIR``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,18 @@ def dp_config(out: str):
     token-level loss's normaliser (the global token count). The eos id 2 lies in the 64-token vocabulary, so some
     responses end before ``max_new_tokens`` and the ranks' minibatches hold different numbers of generated
     tokens. Adam eps 1e-6 (see tests/test_data_parallel.py)."""
-    return run_config(out, epochs=2, num_prompts=2, num_generations=4, batch_size=8, num_iterations=1,
-                      loss_type="token", advantage_estimator="reinforce_baseline", beta=0.04, eps=1e-6)
+    return run_config(
+        out,
+        epochs=2,
+        num_prompts=2,
+        num_generations=4,
+        batch_size=8,
+        num_iterations=1,
+        loss_type="token",
+        advantage_estimator="reinforce_baseline",
+        beta=0.04,
+        eps=1e-6,
+    )
 
 
 def main(prompts: str, out: str) -> None:

@@ -4,6 +4,7 @@ Tiny shapes keep MindSpore graph compilation to a few seconds per network on a 2
 pad id, 1/2 are bos/eos, text tokens are drawn from ``[3, vocab)`` so a pad id never occurs inside text (Hugging
 Face's sequence classifiers find the last real token by looking for ``pad_token_id``).
 """
+
 from __future__ import annotations
 
 import threading
@@ -24,16 +25,38 @@ LENGTHS = (8, 5, 2)  # real tokens per row of the standard padded batch (one ful
 
 def tiny_gpt2_config(**overrides) -> ModelConfig:
     """A 2-layer GPT-2 with hidden size 32, 4 heads and vocab 100 (untied options via ``overrides``)."""
-    base = dict(type="gpt2", vocab_size=100, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
-                seq_length=32, hidden_act="gelu", pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS)
+    base = dict(
+        type="gpt2",
+        vocab_size=100,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=64,
+        seq_length=32,
+        hidden_act="gelu",
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+    )
     return ModelConfig(**{**base, **overrides})
 
 
 def tiny_llama_config(**overrides) -> ModelConfig:
     """A 2-layer Llama with grouped-query attention (4 query heads, 2 key/value heads), hidden 32, MLP 64."""
-    base = dict(type="llama", vocab_size=100, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                intermediate_size=64, seq_length=32, hidden_act="silu", pad_token_id=PAD, bos_token_id=BOS,
-                eos_token_id=EOS)
+    base = dict(
+        type="llama",
+        vocab_size=100,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=64,
+        seq_length=32,
+        hidden_act="silu",
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+    )
     return ModelConfig(**{**base, **overrides})
 
 
@@ -43,24 +66,58 @@ TINY_CONFIGS = {"gpt2": tiny_gpt2_config, "llama": tiny_llama_config}
 def tiny_qwen2_config(**overrides) -> ModelConfig:
     """A 2-layer Qwen2 (q/k/v biases) with grouped-query attention (4 query heads, 2 key/value heads), hidden 32,
     MLP 64, Qwen2's rotary base 1e6, untied embeddings (``tie_word_embeddings=True`` via ``overrides``)."""
-    base = dict(type="qwen2", vocab_size=100, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                intermediate_size=64, seq_length=64, hidden_act="silu", rope_theta=1e6, tie_word_embeddings=False,
-                pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS)
+    base = dict(
+        type="qwen2",
+        vocab_size=100,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=64,
+        seq_length=64,
+        hidden_act="silu",
+        rope_theta=1e6,
+        tie_word_embeddings=False,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+    )
     return ModelConfig(**{**base, **overrides})
 
 
 def tiny_gptj_config(**overrides) -> ModelConfig:
     """A 2-layer GPT-J with hidden 32, 4 heads of 8 dims, rotary on the first 4 of them, MLP 64."""
-    base = dict(type="gptj", vocab_size=100, hidden_size=32, num_layers=2, num_heads=4, rotary_dim=4,
-                intermediate_size=64, seq_length=64, hidden_act="gelu", pad_token_id=PAD, bos_token_id=BOS,
-                eos_token_id=EOS)
+    base = dict(
+        type="gptj",
+        vocab_size=100,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        rotary_dim=4,
+        intermediate_size=64,
+        seq_length=64,
+        hidden_act="gelu",
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+    )
     return ModelConfig(**{**base, **overrides})
 
 
 def tiny_bloom_config(**overrides) -> ModelConfig:
     """A 2-layer BLOOM with hidden 48 and 6 heads (not a power of two: the ALiBi slopes' second sequence)."""
-    base = dict(type="bloom", vocab_size=100, hidden_size=48, num_layers=2, num_heads=6, seq_length=64,
-                hidden_act="gelu", pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS)
+    base = dict(
+        type="bloom",
+        vocab_size=100,
+        hidden_size=48,
+        num_layers=2,
+        num_heads=6,
+        seq_length=64,
+        hidden_act="gelu",
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+    )
     return ModelConfig(**{**base, **overrides})
 
 
@@ -71,13 +128,16 @@ NEW_FAMILY_CONFIGS = {"qwen2": tiny_qwen2_config, "gptj": tiny_gptj_config, "blo
 def rl_training_sections(lr: float, weight_decay: float = 0.01, eps: float = 1e-8) -> dict:
     """The ``optimizer``, ``lr_schedule`` and ``runner_wrapper`` of the RL trainer tests (``RunConfig`` keywords):
     AdamW at a constant ``lr`` (a cosine from ``lr`` to ``lr``), float32 without loss scaling."""
-    return {"optimizer": OptimizerConfig(learning_rate=lr, eps=eps, weight_decay=weight_decay),
-            "lr_schedule": LrScheduleConfig(type="cosine", learning_rate=lr, lr_end=lr),
-            "runner_wrapper": LossScaleConfig(loss_scale_value=1.0)}
+    return {
+        "optimizer": OptimizerConfig(learning_rate=lr, eps=eps, weight_decay=weight_decay),
+        "lr_schedule": LrScheduleConfig(type="cosine", learning_rate=lr, lr_end=lr),
+        "runner_wrapper": LossScaleConfig(loss_scale_value=1.0),
+    }
 
 
-def padded_batch(cfg: ModelConfig, lengths: Sequence[int] = LENGTHS, seq_len: int = SEQ_LEN, side: str = "right",
-                 seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+def padded_batch(
+    cfg: ModelConfig, lengths: Sequence[int] = LENGTHS, seq_len: int = SEQ_LEN, side: str = "right", seed: int = 0
+) -> Tuple[np.ndarray, np.ndarray]:
     """Random text padded with ``cfg.pad_token_id`` on ``side``: ``input_ids, attention_mask`` both ``(B, S)`` int32."""
     rng = np.random.default_rng(seed)
     ids = np.full((len(lengths), seq_len), cfg.pad_token_id, np.int32)
@@ -122,8 +182,12 @@ def torch_forward(hf_model, ids: np.ndarray, mask: np.ndarray, position_ids: np.
 
     extra = {} if position_ids is None else {"position_ids": torch.from_numpy(position_ids.astype(np.int64))}
     with torch.no_grad():
-        return hf_model(input_ids=torch.from_numpy(ids.astype(np.int64)),
-                        attention_mask=torch.from_numpy(mask.astype(np.int64)), **extra, **kwargs)
+        return hf_model(
+            input_ids=torch.from_numpy(ids.astype(np.int64)),
+            attention_mask=torch.from_numpy(mask.astype(np.int64)),
+            **extra,
+            **kwargs,
+        )
 
 
 def load_transformers(folder: str, reward: bool = False):
@@ -173,6 +237,7 @@ class ThreadRanks:
                 total += part
             self.barrier.wait()
             return total
+
         return all_reduce
 
     def run(self, fn: Callable[[int, rl.Reduce], object]) -> list:

@@ -3,6 +3,7 @@
 
 Usage (under msrun): ``python tests/ppo_dp_worker.py PROMPTS OUTPUT_DIR``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,9 +23,21 @@ def dp_config(out: str):
     coefficient by up to 20% per iteration), advantage whitening, running reward scaling, and the missing-eos
     penalty. The eos id 2 lies in the 64-token vocabulary, so some responses end before ``max_new_tokens`` and the
     ranks' minibatches hold different numbers of generated tokens. Adam eps 1e-6 (see tests/test_data_parallel.py)."""
-    return run_config(out, epochs=3, num_rollouts=4, chunk_size=4, batch_size=4, ppo_epochs=1,
-                      whiten_advantages=True, reward_scaling="running", adaptive_kl=True, target=1.0, horizon=8,
-                      missing_eos_penalty=0.5, eps=1e-6)
+    return run_config(
+        out,
+        epochs=3,
+        num_rollouts=4,
+        chunk_size=4,
+        batch_size=4,
+        ppo_epochs=1,
+        whiten_advantages=True,
+        reward_scaling="running",
+        adaptive_kl=True,
+        target=1.0,
+        horizon=8,
+        missing_eos_penalty=0.5,
+        eps=1e-6,
+    )
 
 
 def main(prompts: str, out: str) -> None:

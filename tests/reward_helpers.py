@@ -1,6 +1,7 @@
 """Reward functions that tests name as ``"tests.reward_helpers:<function>"`` (the ``module:function`` form of
 GRPO's ``reward_funcs``), among them functions that misbehave in each way :class:`mindrlhf.rewards.CombinedReward`
 must report."""
+
 from __future__ import annotations
 
 from typing import List, Optional
@@ -8,8 +9,9 @@ from typing import List, Optional
 MARKER = "BOOM"
 
 
-def contains_answer(prompts: List[str], completions: List[str], answers: List[Optional[str]], *,
-                    bonus: float = 1.0) -> List[float]:
+def contains_answer(
+    prompts: List[str], completions: List[str], answers: List[Optional[str]], *, bonus: float = 1.0
+) -> List[float]:
     """``bonus`` where the reference answer occurs in the completion, else 0."""
     del prompts
     return [bonus if a and a in c else 0.0 for c, a in zip(completions, answers)]

@@ -1,5 +1,6 @@
 """Checkpoint conversion: Hugging Face folders in both directions, sharded and legacy layouts, clear errors for
 bad inputs, MindSpore ``.ckpt`` round trips and atomic writes. Runs in PYNATIVE mode (set by ``conftest``)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,11 +16,29 @@ import transformers
 from safetensors.numpy import load_file, save_file
 
 from mindrlhf.models import CausalLM, RewardModel
-from mindrlhf.models.convert import (CheckpointError, load_ckpt, load_hf_checkpoint, model_config_from_hf_folder,
-                                     save_ckpt, save_hf_checkpoint)
-from tests.helpers import (EOS, PAD, TINY_CONFIGS, load_transformers, max_abs_diff, ms_numpy, padded_batch,
-                           parameter_arrays, positions_from_mask, randomize_parameters, tiny_gpt2_config,
-                           tiny_llama_config, torch_forward)
+from mindrlhf.models.convert import (
+    CheckpointError,
+    load_ckpt,
+    load_hf_checkpoint,
+    model_config_from_hf_folder,
+    save_ckpt,
+    save_hf_checkpoint,
+)
+from tests.helpers import (
+    EOS,
+    PAD,
+    TINY_CONFIGS,
+    load_transformers,
+    max_abs_diff,
+    ms_numpy,
+    padded_batch,
+    parameter_arrays,
+    positions_from_mask,
+    randomize_parameters,
+    tiny_gpt2_config,
+    tiny_llama_config,
+    torch_forward,
+)
 
 TOL = 1e-4
 FAMILIES = sorted(TINY_CONFIGS)
@@ -35,9 +54,15 @@ def torch_model(family: str, seed: int = 0, tied: bool = None):
         config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=32, **common)
         model = transformers.GPT2LMHeadModel(config)
     else:
-        config = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                          num_key_value_heads=2, intermediate_size=64, max_position_embeddings=32,
-                                          **common)
+        config = transformers.LlamaConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=32,
+            **common,
+        )
         model = transformers.LlamaForCausalLM(config)
     with torch.no_grad():
         for param in model.parameters():
@@ -139,8 +164,11 @@ def write_with_names(hf_model, folder: str, family: str, stored) -> set:
     the stored names of the two."""
     hf_model.config.save_pretrained(folder)
     names = {TABLE_NAMES[family] if n == "table" else n for n in stored}
-    tensors = {n: t.detach().numpy().copy() for n, t in hf_model.state_dict().items()
-               if n in names or n not in (TABLE_NAMES[family], "lm_head.weight")}
+    tensors = {
+        n: t.detach().numpy().copy()
+        for n, t in hf_model.state_dict().items()
+        if n in names or n not in (TABLE_NAMES[family], "lm_head.weight")
+    }
     save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
     return names & set(load_file(os.path.join(folder, "model.safetensors")))
 
@@ -374,8 +402,7 @@ def test_a_folder_whose_tokenizer_does_not_fit_the_model_is_refused(tmp_dir):
     import shutil
 
     from mindrlhf.models import CausalLM
-    from mindrlhf.models.convert import (BUNDLED_MODELS, CheckpointError, load_weights,
-                                         model_config_from_hf_folder)
+    from mindrlhf.models.convert import BUNDLED_MODELS, CheckpointError, load_weights, model_config_from_hf_folder
 
     folder = os.path.join(tmp_dir, "small_vocab")
     shutil.copytree(BUNDLED_MODELS["tinystories"], folder)
@@ -405,27 +432,41 @@ def mindformers_state(hf_model, family: str) -> dict:
     if family == "gpt2":
         for i in range(layers):
             src, dst = f"transformer.h.{i}.", f"backbone.blocks.{i}."
-            for ours, theirs in (("ln_1.weight", "layernorm1.gamma"), ("ln_1.bias", "layernorm1.beta"),
-                                 ("ln_2.weight", "layernorm2.gamma"), ("ln_2.bias", "layernorm2.beta"),
-                                 ("attn.c_proj.weight", "attention.projection.weight"),
-                                 ("attn.c_proj.bias", "attention.projection.bias"),
-                                 ("mlp.c_fc.weight", "output.mapping.weight"), ("mlp.c_fc.bias", "output.mapping.bias"),
-                                 ("mlp.c_proj.weight", "output.projection.weight"),
-                                 ("mlp.c_proj.bias", "output.projection.bias")):
+            for ours, theirs in (
+                ("ln_1.weight", "layernorm1.gamma"),
+                ("ln_1.bias", "layernorm1.beta"),
+                ("ln_2.weight", "layernorm2.gamma"),
+                ("ln_2.bias", "layernorm2.beta"),
+                ("attn.c_proj.weight", "attention.projection.weight"),
+                ("attn.c_proj.bias", "attention.projection.bias"),
+                ("mlp.c_fc.weight", "output.mapping.weight"),
+                ("mlp.c_fc.bias", "output.mapping.bias"),
+                ("mlp.c_proj.weight", "output.projection.weight"),
+                ("mlp.c_proj.bias", "output.projection.bias"),
+            ):
                 out[dst + theirs] = hf[src + ours]
             weights = np.split(hf[src + "attn.c_attn.weight"], 3, -1)
             biases = np.split(hf[src + "attn.c_attn.bias"], 3, -1)
             for dense, weight, bias in zip(("dense1", "dense2", "dense3"), weights, biases):
                 out[f"{dst}attention.{dense}.weight"], out[f"{dst}attention.{dense}.bias"] = weight.T, bias
-        out["backbone.layernorm.gamma"], out["backbone.layernorm.beta"] = hf["transformer.ln_f.weight"], hf[
-            "transformer.ln_f.bias"]
+        out["backbone.layernorm.gamma"], out["backbone.layernorm.beta"] = (
+            hf["transformer.ln_f.weight"],
+            hf["transformer.ln_f.bias"],
+        )
         out["backbone.embedding.word_embedding.embedding_table"] = hf["transformer.wte.weight"]
         out["backbone.embedding.position_embedding.embedding_table"] = hf["transformer.wpe.weight"]
         return out
-    renames = {"self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk",
-               "self_attn.v_proj": "attention.wv", "self_attn.o_proj": "attention.wo",
-               "mlp.gate_proj": "feed_forward.w1", "mlp.down_proj": "feed_forward.w2", "mlp.up_proj": "feed_forward.w3",
-               "input_layernorm": "attention_norm", "post_attention_layernorm": "ffn_norm"}
+    renames = {
+        "self_attn.q_proj": "attention.wq",
+        "self_attn.k_proj": "attention.wk",
+        "self_attn.v_proj": "attention.wv",
+        "self_attn.o_proj": "attention.wo",
+        "mlp.gate_proj": "feed_forward.w1",
+        "mlp.down_proj": "feed_forward.w2",
+        "mlp.up_proj": "feed_forward.w3",
+        "input_layernorm": "attention_norm",
+        "post_attention_layernorm": "ffn_norm",
+    }
     for i in range(layers):
         for ours, theirs in renames.items():
             out[f"model.layers.{i}.{theirs}.weight"] = hf[f"model.layers.{i}.{ours}.weight"]

@@ -1,4 +1,5 @@
 """The ``mindrlhf`` command through its real entry point (subprocess), on the tiny bundled recipes."""
+
 from __future__ import annotations
 
 import json
@@ -15,15 +16,29 @@ TINY_LLAMA = os.path.join(ROOT, "model_configs", "llama2_config", "run_llama2_ti
 
 
 def mindrlhf(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "mindrlhf.cli.main", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "mindrlhf.cli.main", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize("recipe", [TINY_GPT2, TINY_LLAMA], ids=["gpt2", "llama"])
 def test_generate_writes_samples(recipe, tmp_dir):
     out = os.path.join(tmp_dir, "samples.jsonl")
-    proc = mindrlhf("generate", "--config", recipe, "--prompt", "如何伪造医疗文件？", "--prompt", "Hello",
-                    "--set", "generation.max_new_tokens=8", "--set", f"output_dir={tmp_dir}", "--output_file", out)
+    proc = mindrlhf(
+        "generate",
+        "--config",
+        recipe,
+        "--prompt",
+        "如何伪造医疗文件？",
+        "--prompt",
+        "Hello",
+        "--set",
+        "generation.max_new_tokens=8",
+        "--set",
+        f"output_dir={tmp_dir}",
+        "--output_file",
+        out,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Prompt: 如何伪造医疗文件？" in proc.stdout
     records = [json.loads(line) for line in open(out, encoding="utf-8")]
@@ -54,8 +69,19 @@ def test_export_then_generate_from_hf_folder(tmp_dir):
     ref = torch_forward(load_transformers(hf_dir), ids, mask).logits.numpy()
     ours = lm(Tensor(ids), Tensor(mask)).asnumpy()
     assert np.abs(ref - ours).max() < 1e-4
-    proc = mindrlhf("generate", "--config", TINY_GPT2, "--load_checkpoint", hf_dir, "--prompt", "hi",
-                    "--set", "generation.max_new_tokens=4", "--set", f"output_dir={tmp_dir}")
+    proc = mindrlhf(
+        "generate",
+        "--config",
+        TINY_GPT2,
+        "--load_checkpoint",
+        hf_dir,
+        "--prompt",
+        "hi",
+        "--set",
+        "generation.max_new_tokens=4",
+        "--set",
+        f"output_dir={tmp_dir}",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "loaded weights from" in proc.stderr
 
@@ -74,9 +100,19 @@ def test_unknown_model_type_is_reported(tmp_dir):
 
 def test_convert_preference_and_rm_commands(tmp_dir):
     dst = os.path.join(tmp_dir, "pairs.mindrecord")
-    proc = mindrlhf("convert-preference", "--model", "llama", "--src_file",
-                    os.path.join(ROOT, "tests", "data", "cvalues_comparison_sample8.jsonl"), "--dst_file", dst,
-                    "--seq_length", "256", "--pad_token_id", "2")
+    proc = mindrlhf(
+        "convert-preference",
+        "--model",
+        "llama",
+        "--src_file",
+        os.path.join(ROOT, "tests", "data", "cvalues_comparison_sample8.jsonl"),
+        "--dst_file",
+        dst,
+        "--seq_length",
+        "256",
+        "--pad_token_id",
+        "2",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"Transformation finished! Output file refer: {dst}" in proc.stdout
     assert os.path.exists(dst) and os.path.exists(dst + ".db")
@@ -86,9 +122,23 @@ def test_convert_preference_and_rm_commands(tmp_dir):
 
 
 def test_rank_table_command(tmp_dir):
-    proc = mindrlhf("rank-table", "--device_num", "[0,2)", "--visible_devices", "0,1", "--server_ip", "127.0.0.1",
-                    "--device_ips", "10.0.0.1,10.0.0.2", "--output_dir", tmp_dir)
+    proc = mindrlhf(
+        "rank-table",
+        "--device_num",
+        "[0,2)",
+        "--visible_devices",
+        "0,1",
+        "--server_ip",
+        "127.0.0.1",
+        "--device_ips",
+        "10.0.0.1,10.0.0.2",
+        "--output_dir",
+        tmp_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     path = os.path.join(tmp_dir, "hccl_2p_01_127.0.0.1.json")
-    assert json.load(open(path))["server_list"][0]["device"][1] == {"device_id": "1", "device_ip": "10.0.0.2",
-                                                                    "rank_id": "1"}
+    assert json.load(open(path))["server_list"][0]["device"][1] == {
+        "device_id": "1",
+        "device_ip": "10.0.0.2",
+        "rank_id": "1",
+    }

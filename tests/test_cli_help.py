@@ -1,5 +1,6 @@
 """What ``mindrlhf --help`` and each command's ``--help`` tell: the version, a description per stage, flags that
 say what they set, ``--set`` examples that fit their command and one parsing of ``--use_parallel``."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,13 +11,15 @@ from mindrlhf.config import load_config
 from tests.test_cli import ROOT
 from tests.test_device_target import subcommands
 
-RECIPES = {"rm train": "model_configs/gpt2_config/run_gpt2_tiny_rm.yaml",
-           "rm eval": "model_configs/gpt2_config/run_gpt2_tiny_rm.yaml",
-           "rm infer": "model_configs/gpt2_config/run_gpt2_tiny_rm.yaml",
-           "sft": "model_configs/gpt2_config/run_gpt2_tiny_sft.yaml",
-           "generate": "model_configs/gpt2_config/run_gpt2_tiny.yaml",
-           "ppo": "model_configs/gpt2_config/run_gpt2_tiny_ppo.yaml",
-           "grpo": "model_configs/gpt2_config/run_gpt2_tiny_grpo.yaml"}
+RECIPES = {
+    "rm train": "model_configs/gpt2_config/run_gpt2_tiny_rm.yaml",
+    "rm eval": "model_configs/gpt2_config/run_gpt2_tiny_rm.yaml",
+    "rm infer": "model_configs/gpt2_config/run_gpt2_tiny_rm.yaml",
+    "sft": "model_configs/gpt2_config/run_gpt2_tiny_sft.yaml",
+    "generate": "model_configs/gpt2_config/run_gpt2_tiny.yaml",
+    "ppo": "model_configs/gpt2_config/run_gpt2_tiny_ppo.yaml",
+    "grpo": "model_configs/gpt2_config/run_gpt2_tiny_grpo.yaml",
+}
 
 
 def test_version(capsys):

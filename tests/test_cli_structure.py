@@ -3,6 +3,7 @@ library, never from another command, ``common`` imports no command, and nothing 
 command may be split into parts named after it (``demo.py`` with ``demo_stories.py``, ``demo_cvalues.py``).
 
 The imports are read from the source (``ast``), top-level and function-level alike, so a lazy import counts."""
+
 from __future__ import annotations
 
 import ast
@@ -35,7 +36,7 @@ def cli_imports(source: str) -> Set[str]:
             continue
         for module in modules:
             if module.startswith(PACKAGE + "."):
-                names.add(module[len(PACKAGE) + 1:].split(".")[0])
+                names.add(module[len(PACKAGE) + 1 :].split(".")[0])
     return names
 
 
@@ -93,24 +94,32 @@ def test_every_command_uses_the_shared_module():
         assert SHARED in graph[command], command
 
 
-@pytest.mark.parametrize("source, broken", [
-    ("from mindrlhf.cli.reward import run_training\n", "sft imports reward"),
-    ("def main():\n    from mindrlhf.cli.main import setup_logging\n", "sft imports main"),
-    ("from mindrlhf.cli import generate as g\n", "sft imports generate"),
-    ("from . import dpo\n", "sft imports dpo"),
-    ("import mindrlhf.cli.ppo\n", "sft imports ppo"),
-])
+@pytest.mark.parametrize(
+    "source, broken",
+    [
+        ("from mindrlhf.cli.reward import run_training\n", "sft imports reward"),
+        ("def main():\n    from mindrlhf.cli.main import setup_logging\n", "sft imports main"),
+        ("from mindrlhf.cli import generate as g\n", "sft imports generate"),
+        ("from . import dpo\n", "sft imports dpo"),
+        ("import mindrlhf.cli.ppo\n", "sft imports ppo"),
+    ],
+)
 def test_the_check_catches_each_form_of_import(source, broken):
     graph = {"sft": cli_imports(source), "common": set(), "main": {"sft"}}
     assert [v for v in violations(graph) if v.startswith(broken)], source
 
 
 def test_the_check_allows_common_the_library_and_a_commands_own_parts():
-    graph = {"demo": cli_imports("from mindrlhf.cli.common import setup_logging\nfrom mindrlhf.config import "
-                                 "load_config\nfrom mindrlhf.cli.demo_stories import run_story_demo\n"),
-             "demo_stories": cli_imports("from .common import write_json\n"),
-             "common": cli_imports("from mindrlhf.context import init_context\n"),
-             "main": cli_imports("from mindrlhf.cli import demo\n")}
+    graph = {
+        "demo": cli_imports(
+            "from mindrlhf.cli.common import setup_logging\nfrom mindrlhf.config import "
+            "load_config\nfrom mindrlhf.cli.demo_stories import run_story_demo\n"
+        ),
+        "demo_stories": cli_imports("from .common import write_json\n"),
+        "common": cli_imports("from mindrlhf.context import init_context\n"),
+        "main": cli_imports("from mindrlhf.cli import demo\n"),
+    }
     assert violations(graph) == []
     assert violations({**graph, "common": cli_imports("from mindrlhf.cli.demo import run_demo\n")}) == [
-        "common imports demo (the shared module imports no command)"]
+        "common imports demo (the shared module imports no command)"
+    ]

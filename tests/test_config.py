@@ -1,4 +1,5 @@
 """Config loading: recipes, base_config inheritance, overrides, key/type/value checks, save round trip (no graphs)."""
+
 import dataclasses
 import os
 from pathlib import Path
@@ -54,8 +55,17 @@ def test_every_recipe_loads(path):
 def test_recipe_sizes(name):
     cfg = load_config(str(CONFIG_DIR / name))
     model = cfg.model.model_config
-    got = (model.type, model.hidden_size, model.num_layers, model.num_heads, model.num_kv_heads, model.vocab_size,
-           model.seq_length, model.compute_dtype, cfg.context.device_target)
+    got = (
+        model.type,
+        model.hidden_size,
+        model.num_layers,
+        model.num_heads,
+        model.num_kv_heads,
+        model.vocab_size,
+        model.seq_length,
+        model.compute_dtype,
+        cfg.context.device_target,
+    )
     assert got == EXPECTED_SIZES[name]
 
 
@@ -77,10 +87,16 @@ def test_gpt2_124m_training_settings():
     assert model.hidden_act == "gelu" and cfg.context.mode == 0
     opt = cfg.optimizer
     assert (opt.type, opt.beta1, opt.beta2, opt.eps, opt.weight_decay, opt.learning_rate) == (
-        "FusedAdamWeightDecay", 0.9, 0.95, 1e-8, 0.1, 1e-4)
+        "FusedAdamWeightDecay",
+        0.9,
+        0.95,
+        1e-8,
+        0.1,
+        1e-4,
+    )
     assert (cfg.lr_schedule.type, cfg.lr_schedule.learning_rate, cfg.lr_schedule.lr_end) == ("polynomial", 1e-4, 1e-5)
     wrap = cfg.runner_wrapper
-    assert (wrap.loss_scale_value, wrap.scale_factor, wrap.scale_window) == (2.0 ** 32, 2, 1000)
+    assert (wrap.loss_scale_value, wrap.scale_factor, wrap.scale_window) == (2.0**32, 2, 1000)
     assert wrap.use_clip_grad
     assert isinstance(wrap.loss_scale_value, float)
     run = cfg.runner_config
@@ -122,10 +138,13 @@ def test_tiny_recipes_run_on_one_cpu():
 
 
 def test_base_config_inheritance(tmp_path):
-    write(tmp_path / "base.yaml", "seed: 7\nmodel:\n  model_config:\n    hidden_size: 128\n    num_heads: 4\n"
-                                  "optimizer:\n  weight_decay: 0.1\n")
-    child = write(tmp_path / "sub" / "child.yaml", "base_config: ../base.yaml\nmodel:\n  model_config:\n"
-                                                  "    num_heads: 8\n")
+    write(
+        tmp_path / "base.yaml",
+        "seed: 7\nmodel:\n  model_config:\n    hidden_size: 128\n    num_heads: 4\noptimizer:\n  weight_decay: 0.1\n",
+    )
+    child = write(
+        tmp_path / "sub" / "child.yaml", "base_config: ../base.yaml\nmodel:\n  model_config:\n    num_heads: 8\n"
+    )
     cfg = load_config(str(child))
     assert cfg.seed == 7  # from the base
     assert cfg.model.model_config.hidden_size == 128  # sibling key of an overridden one survives the deep merge
@@ -166,9 +185,17 @@ def test_missing_base_config_names_the_base(tmp_path):
 
 
 def test_overrides_parse_yaml_scalars():
-    cfg = load_config(str(CONFIG_DIR / "gpt2_config" / "run_gpt2_tiny.yaml"), [
-        "optimizer.learning_rate=1e-4", "lr_schedule.lr_end=2E-6", "recompute_config.recompute=true",
-        "model.model_config.num_layers=3", "output_dir=/tmp/run 1", "load_checkpoint="])
+    cfg = load_config(
+        str(CONFIG_DIR / "gpt2_config" / "run_gpt2_tiny.yaml"),
+        [
+            "optimizer.learning_rate=1e-4",
+            "lr_schedule.lr_end=2E-6",
+            "recompute_config.recompute=true",
+            "model.model_config.num_layers=3",
+            "output_dir=/tmp/run 1",
+            "load_checkpoint=",
+        ],
+    )
     assert isinstance(cfg.optimizer.learning_rate, float) and cfg.optimizer.learning_rate == 1e-4
     assert cfg.lr_schedule.lr_end == 2e-6
     assert cfg.recompute_config.recompute is True
@@ -211,14 +238,17 @@ def test_override_through_a_scalar_is_an_error():
 # unknown keys
 
 
-@pytest.mark.parametrize("override, dotted, nearest", [
-    ("model.model_config.hiden_size=64", "model.model_config.hiden_size", "hidden_size"),
-    ("optimizer.beta_1=0.9", "optimizer.beta_1", "beta1"),
-    ("runner_config.batchsize=2", "runner_config.batchsize", "batch_size"),
-    ("parallel_config.model_paralel=2", "parallel_config.model_paralel", "model_parallel"),
-    ("modle.model_config.hidden_size=64", "modle", "model"),  # unknown top-level section
-    ("lr_scheduler.type=cosine", "lr_scheduler", "lr_schedule"),
-])
+@pytest.mark.parametrize(
+    "override, dotted, nearest",
+    [
+        ("model.model_config.hiden_size=64", "model.model_config.hiden_size", "hidden_size"),
+        ("optimizer.beta_1=0.9", "optimizer.beta_1", "beta1"),
+        ("runner_config.batchsize=2", "runner_config.batchsize", "batch_size"),
+        ("parallel_config.model_paralel=2", "parallel_config.model_paralel", "model_parallel"),
+        ("modle.model_config.hidden_size=64", "modle", "model"),  # unknown top-level section
+        ("lr_scheduler.type=cosine", "lr_scheduler", "lr_schedule"),
+    ],
+)
 def test_unknown_key_names_dotted_key_and_nearest(override, dotted, nearest):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
@@ -245,17 +275,20 @@ def test_unknown_key_far_from_any_name_lists_valid_keys():
 # wrong types
 
 
-@pytest.mark.parametrize("override, key", [
-    ("model.model_config.num_layers=two", "model.model_config.num_layers"),  # str for int
-    ("seed='3'", "seed"),  # quoted number is a str
-    ("model.model_config.num_layers=true", "model.model_config.num_layers"),  # bool for int
-    ("optimizer.learning_rate=false", "optimizer.learning_rate"),  # bool for float
-    ("parallel_config.optimizer_shard=1", "parallel_config.optimizer_shard"),  # int for bool
-    ("model.model_config.num_kv_heads=yes", "model.model_config.num_kv_heads"),  # bool for Optional[int]
-    ("context=[1, 2]", "context"),  # list for a section
-    ("model.model_config=null", "model.model_config"),  # null for a section
-    ("output_dir=3", "output_dir"),  # int for str
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.model_config.num_layers=two", "model.model_config.num_layers"),  # str for int
+        ("seed='3'", "seed"),  # quoted number is a str
+        ("model.model_config.num_layers=true", "model.model_config.num_layers"),  # bool for int
+        ("optimizer.learning_rate=false", "optimizer.learning_rate"),  # bool for float
+        ("parallel_config.optimizer_shard=1", "parallel_config.optimizer_shard"),  # int for bool
+        ("model.model_config.num_kv_heads=yes", "model.model_config.num_kv_heads"),  # bool for Optional[int]
+        ("context=[1, 2]", "context"),  # list for a section
+        ("model.model_config=null", "model.model_config"),  # null for a section
+        ("output_dir=3", "output_dir"),  # int for str
+    ],
+)
 def test_wrong_type_names_the_key(override, key):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
@@ -279,21 +312,30 @@ def test_optional_field_accepts_null():
 # invalid values (__post_init__)
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (["model.model_config.hidden_size=100"], "hidden_size 100 must be a multiple of num_heads 12"),
-    (["model.model_config.num_heads=4", "model.model_config.num_kv_heads=3", "model.model_config.hidden_size=64"],
-     "num_heads 4 must be a multiple of num_kv_heads 3"),
-    (["model.model_config.num_heads=0"], "num_heads must be >= 1"),
-    (["model.model_config.num_kv_heads=0"], "num_kv_heads must be >= 1"),
-    (["model.model_config.compute_dtype=float64"], "compute_dtype: 'float64' is not one of"),
-    (["model.model_config.softmax_compute_type=fp16"], "softmax_compute_type"),
-    (["model.model_config.hidden_act=swiglu"], "hidden_act: .swiglu. is not one of gelu, gelu_exact, silu, relu"),
-    (["context.mode=2"], "context.mode must be 0 .* or 1"),
-    (["context.device_target=TPU"], "device_target"),
-    (["lr_schedule.type=exponential"], "lr_schedule.type"),
-    (["generation.top_p=0"], "top_p"),
-    (["generation.temperature=0"], "temperature"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["model.model_config.hidden_size=100"], "hidden_size 100 must be a multiple of num_heads 12"),
+        (
+            [
+                "model.model_config.num_heads=4",
+                "model.model_config.num_kv_heads=3",
+                "model.model_config.hidden_size=64",
+            ],
+            "num_heads 4 must be a multiple of num_kv_heads 3",
+        ),
+        (["model.model_config.num_heads=0"], "num_heads must be >= 1"),
+        (["model.model_config.num_kv_heads=0"], "num_kv_heads must be >= 1"),
+        (["model.model_config.compute_dtype=float64"], "compute_dtype: 'float64' is not one of"),
+        (["model.model_config.softmax_compute_type=fp16"], "softmax_compute_type"),
+        (["model.model_config.hidden_act=swiglu"], "hidden_act: .swiglu. is not one of gelu, gelu_exact, silu, relu"),
+        (["context.mode=2"], "context.mode must be 0 .* or 1"),
+        (["context.device_target=TPU"], "device_target"),
+        (["lr_schedule.type=exponential"], "lr_schedule.type"),
+        (["generation.top_p=0"], "top_p"),
+        (["generation.temperature=0"], "temperature"),
+    ],
+)
 def test_invalid_values_are_rejected(overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, overrides)
@@ -420,8 +462,10 @@ def test_grpo_section_loads_from_yaml(tmp_path):
     assert (grpo.num_prompts, grpo.num_generations, grpo.batch_size, grpo.num_iterations) == (6, 4, 12, 2)
     assert (grpo.advantage_estimator, grpo.loss_type, grpo.epsilon_high, grpo.beta) == ("rloo", "token", 0.28, 0.0)
     assert isinstance(grpo.beta, float) and grpo.dynamic_sampling and grpo.overlong_buffer == 8
-    assert grpo.reward_funcs == [{"name": "accuracy", "weight": 1},
-                                 {"name": "format", "weight": 0.5, "kwargs": {"pattern": "^<think>"}}]
+    assert grpo.reward_funcs == [
+        {"name": "accuracy", "weight": 1},
+        {"name": "format", "weight": 0.5, "kwargs": {"pattern": "^<think>"}},
+    ]
     assert (grpo.generation.max_new_tokens, grpo.generation.temperature, grpo.generation.top_k) == (32, 0.9, 0)
     assert grpo.rollouts_per_epoch == 24 and grpo.steps_per_epoch == 2 * 24 // 12
     assert cfg.optimizer.learning_rate == 2e-6  # the seed name grpo.start_lr, mapped
@@ -434,9 +478,18 @@ def test_grpo_section_loads_from_yaml(tmp_path):
 def test_grpo_defaults_are_valid_and_need_a_reward_to_run():
     grpo = RunConfig().grpo
     assert (grpo.num_generations, grpo.batch_size, grpo.epsilon_low, grpo.epsilon_high, grpo.beta) == (
-        4, 8, 0.2, 0.2, 0.04)
+        4,
+        8,
+        0.2,
+        0.2,
+        0.04,
+    )
     assert (grpo.advantage_estimator, grpo.loss_type, grpo.scale_rewards, grpo.generation.top_k) == (
-        "grpo", "grpo", True, 0)
+        "grpo",
+        "grpo",
+        True,
+        0,
+    )
     assert grpo.steps_per_epoch == 4
     with pytest.raises(ConfigError, match="grpo.reward_funcs .*use_reward_model"):
         grpo.check_rewards()
@@ -444,42 +497,67 @@ def test_grpo_defaults_are_valid_and_need_a_reward_to_run():
     load_config(None, ["grpo.use_reward_model=true"]).grpo.check_rewards()
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (["grpo.batch_size=6"], r"grpo.batch_size 6 must be a multiple of num_generations 4 \(an optimizer step takes "
-                            r"whole groups\): try batch_size 4"),
-    (["grpo.num_prompts=3"], r"grpo.batch_size 8 must divide the rollouts of an iteration, num_prompts \* "
-                             r"num_generations = 3 \* 4 = 12"),
-    (["grpo.epsilon_high=0.1"], "grpo.epsilon_high 0.1 must be >= epsilon_low 0.2: clip-higher"),
-    (["grpo.epsilon_low=1.0", "grpo.epsilon_high=1.5"], "grpo.epsilon_low must be < 1"),
-    (["grpo.advantage_estimator=grpoo"], "grpo.advantage_estimator 'grpoo' is not one of grpo, dr_grpo, rloo, "
-                                         "reinforce_baseline; did you mean 'grpo'"),
-    (["grpo.advantage_estimator=gae"], "grpo.advantage_estimator 'gae' is not one of"),
-    (["grpo.loss_type=seq_mean"], "grpo.loss_type 'seq_mean' is not one of grpo, token, dr_grpo"),
-    (["grpo.advantage_estimator=rloo", "grpo.num_generations=1"], "rloo needs num_generations >= 2"),
-    (["grpo.beta=-0.1"], "grpo.beta must be >= 0"),
-    (["grpo.num_iterations=0"], "grpo.num_iterations must be >= 1"),
-    (["grpo.overlong_buffer=65"], r"grpo.overlong_buffer must be in \[0, generation.max_new_tokens = 64\]"),
-    (["grpo.generation.top_k=5"], "grpo.generation.top_k 5 / top_p 1.0 truncate the sampling distribution: GRPO's"),
-    (["grpo.generation.top_p=0.9"], "grpo.generation.top_k 0 / top_p 0.9 truncate"),
-    (["grpo.generation.do_sample=false"], "grpo.generation.do_sample is False .greedy decoding.: .*another "
-                                          "distribution. Set grpo.generation.do_sample: True"),
-    (["grpo.reward_funcs=[{weight: 1}]"], r"grpo.reward_funcs\[0\]: needs a name"),
-    (["grpo.reward_funcs=[{name: accuracy}, {name: format, wieght: 2}]"],
-     r"grpo.reward_funcs\[1\]: unknown key 'wieght'; valid keys: name, weight, kwargs"),
-    (["grpo.reward_funcs=[{name: accuracy, weight: heavy}]"], r"grpo.reward_funcs\[0\].weight: expected a finite"),
-    (["grpo.reward_funcs=[{name: accuracy, weight: true}]"], r"grpo.reward_funcs\[0\].weight"),
-    (["grpo.reward_funcs=[{name: accuracy, kwargs: 3}]"], r"grpo.reward_funcs\[0\].kwargs: expected a mapping"),
-    (["grpo.reward_funcs=[accuracy]"], r"grpo.reward_funcs\[0\]: expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (
+            ["grpo.batch_size=6"],
+            r"grpo.batch_size 6 must be a multiple of num_generations 4 \(an optimizer step takes "
+            r"whole groups\): try batch_size 4",
+        ),
+        (
+            ["grpo.num_prompts=3"],
+            r"grpo.batch_size 8 must divide the rollouts of an iteration, num_prompts \* "
+            r"num_generations = 3 \* 4 = 12",
+        ),
+        (["grpo.epsilon_high=0.1"], "grpo.epsilon_high 0.1 must be >= epsilon_low 0.2: clip-higher"),
+        (["grpo.epsilon_low=1.0", "grpo.epsilon_high=1.5"], "grpo.epsilon_low must be < 1"),
+        (
+            ["grpo.advantage_estimator=grpoo"],
+            "grpo.advantage_estimator 'grpoo' is not one of grpo, dr_grpo, rloo, "
+            "reinforce_baseline; did you mean 'grpo'",
+        ),
+        (["grpo.advantage_estimator=gae"], "grpo.advantage_estimator 'gae' is not one of"),
+        (["grpo.loss_type=seq_mean"], "grpo.loss_type 'seq_mean' is not one of grpo, token, dr_grpo"),
+        (["grpo.advantage_estimator=rloo", "grpo.num_generations=1"], "rloo needs num_generations >= 2"),
+        (["grpo.beta=-0.1"], "grpo.beta must be >= 0"),
+        (["grpo.num_iterations=0"], "grpo.num_iterations must be >= 1"),
+        (["grpo.overlong_buffer=65"], r"grpo.overlong_buffer must be in \[0, generation.max_new_tokens = 64\]"),
+        (["grpo.generation.top_k=5"], "grpo.generation.top_k 5 / top_p 1.0 truncate the sampling distribution: GRPO's"),
+        (["grpo.generation.top_p=0.9"], "grpo.generation.top_k 0 / top_p 0.9 truncate"),
+        (
+            ["grpo.generation.do_sample=false"],
+            "grpo.generation.do_sample is False .greedy decoding.: .*another "
+            "distribution. Set grpo.generation.do_sample: True",
+        ),
+        (["grpo.reward_funcs=[{weight: 1}]"], r"grpo.reward_funcs\[0\]: needs a name"),
+        (
+            ["grpo.reward_funcs=[{name: accuracy}, {name: format, wieght: 2}]"],
+            r"grpo.reward_funcs\[1\]: unknown key 'wieght'; valid keys: name, weight, kwargs",
+        ),
+        (["grpo.reward_funcs=[{name: accuracy, weight: heavy}]"], r"grpo.reward_funcs\[0\].weight: expected a finite"),
+        (["grpo.reward_funcs=[{name: accuracy, weight: true}]"], r"grpo.reward_funcs\[0\].weight"),
+        (["grpo.reward_funcs=[{name: accuracy, kwargs: 3}]"], r"grpo.reward_funcs\[0\].kwargs: expected a mapping"),
+        (["grpo.reward_funcs=[accuracy]"], r"grpo.reward_funcs\[0\]: expected a mapping"),
+    ],
+)
 def test_invalid_grpo_values_are_rejected(overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, overrides)
 
 
 def test_grpo_clip_higher_and_other_estimators_are_accepted():
-    grpo = load_config(None, ["grpo.epsilon_high=0.28", "grpo.advantage_estimator=reinforce_baseline",
-                              "grpo.loss_type=dr_grpo", "grpo.num_generations=2", "grpo.batch_size=2",
-                              "grpo.num_prompts=3"]).grpo
+    grpo = load_config(
+        None,
+        [
+            "grpo.epsilon_high=0.28",
+            "grpo.advantage_estimator=reinforce_baseline",
+            "grpo.loss_type=dr_grpo",
+            "grpo.num_generations=2",
+            "grpo.batch_size=2",
+            "grpo.num_prompts=3",
+        ],
+    ).grpo
     assert (grpo.epsilon_high, grpo.steps_per_epoch) == (0.28, 3)
     assert load_config(None, ["grpo.advantage_estimator=rloo", "grpo.num_generations=2"]).grpo.num_generations == 2
 
@@ -507,29 +585,49 @@ ppo:
 
 
 def test_every_seed_name_sets_its_section_key(tmp_path):
-    write(tmp_path / "base.yaml", "lr_schedule: {type: polynomial, learning_rate: 1e-3, warmup_ratio: 0.1}\n"
-                                  "optimizer: {learning_rate: 1e-3, beta2: 0.999}\n")
+    write(
+        tmp_path / "base.yaml",
+        "lr_schedule: {type: polynomial, learning_rate: 1e-3, warmup_ratio: 0.1}\n"
+        "optimizer: {learning_rate: 1e-3, beta2: 0.999}\n",
+    )
     cfg = load_config(str(write(tmp_path / "ppo.yaml", "base_config: base.yaml\n" + SEED_PPO)))
-    assert dataclasses.asdict(cfg.optimizer) == {"type": "AdamWeightDecay", "learning_rate": 2e-5, "beta1": 0.8,
-                                                 "beta2": 0.9, "eps": 1e-6, "weight_decay": 0.05}
+    assert dataclasses.asdict(cfg.optimizer) == {
+        "type": "AdamWeightDecay",
+        "learning_rate": 2e-5,
+        "beta1": 0.8,
+        "beta2": 0.9,
+        "eps": 1e-6,
+        "weight_decay": 0.05,
+    }
     # the schedule names select the predecessor's cosine after warmup steps over the base's polynomial and ratio
-    assert dataclasses.asdict(cfg.lr_schedule) == {"type": "cosine", "learning_rate": 2e-5, "lr_end": 1e-7,
-                                                   "warmup_steps": 5, "warmup_ratio": 0.0, "total_steps": 100}
-    assert dataclasses.asdict(cfg.runner_wrapper) == {"loss_scale_value": 256.0, "scale_factor": 4.0,
-                                                      "scale_window": 50, "use_clip_grad": False,
-                                                      "max_grad_norm": 2.0}
+    assert dataclasses.asdict(cfg.lr_schedule) == {
+        "type": "cosine",
+        "learning_rate": 2e-5,
+        "lr_end": 1e-7,
+        "warmup_steps": 5,
+        "warmup_ratio": 0.0,
+        "total_steps": 100,
+    }
+    assert dataclasses.asdict(cfg.runner_wrapper) == {
+        "loss_scale_value": 256.0,
+        "scale_factor": 4.0,
+        "scale_window": 50,
+        "use_clip_grad": False,
+        "max_grad_norm": 2.0,
+    }
     names = {line.split(":")[0].strip() for line in SEED_PPO.splitlines()[2:]}
     assert cfg.ppo.num_rollouts == 4 and names == set(config_module.SEED_NAMES)  # every seed name is covered
     assert not {"start_lr", "beta1", "max_grad_norm"} & {f.name for f in dataclasses.fields(cfg.ppo)}
     save_config(cfg, str(tmp_path / "resolved.yaml"))  # the resolved config holds the sections, no seed names
-    assert "start_lr" not in (tmp_path / "resolved.yaml").read_text() and load_config(
-        str(tmp_path / "resolved.yaml")) == cfg
+    assert (
+        "start_lr" not in (tmp_path / "resolved.yaml").read_text()
+        and load_config(str(tmp_path / "resolved.yaml")) == cfg
+    )
 
 
 def test_seed_names_in_grpo_and_in_overrides(tmp_path):
     cfg = load_config(None, ["grpo.start_lr=3e-4", "grpo.warmup_step=2", "grpo.max_grad_norm=0.5"])
-    assert (cfg.optimizer.learning_rate, cfg.lr_schedule.learning_rate, cfg.lr_schedule.warmup_steps) == (
-        3e-4, 3e-4, 2)
+    assert (cfg.optimizer.learning_rate, cfg.lr_schedule.learning_rate, cfg.lr_schedule.warmup_steps) == (3e-4, 3e-4, 2)
     assert (cfg.lr_schedule.type, cfg.runner_wrapper.max_grad_norm) == ("cosine", 0.5)
     # an override's seed name wins over a file's section key (a later layer), the file's own type stays
     recipe = write(tmp_path / "r.yaml", "optimizer: {learning_rate: 1e-3}\nlr_schedule: {type: constant}\n")
@@ -538,17 +636,21 @@ def test_seed_names_in_grpo_and_in_overrides(tmp_path):
     # a later file's section key wins over a base file's seed name
     write(tmp_path / "seed.yaml", "ppo: {start_lr: 1e-4, weight_decay: 0.0}\n")
     cfg = load_config(str(write(tmp_path / "top.yaml", "base_config: seed.yaml\noptimizer: {learning_rate: 7e-4}\n")))
-    assert (cfg.optimizer.learning_rate, cfg.lr_schedule.learning_rate, cfg.optimizer.weight_decay) == (
-        7e-4, 1e-4, 0.0)
+    assert (cfg.optimizer.learning_rate, cfg.lr_schedule.learning_rate, cfg.optimizer.weight_decay) == (7e-4, 1e-4, 0.0)
 
 
-@pytest.mark.parametrize("text, both", [
-    ("optimizer: {learning_rate: 1e-3}\nppo: {start_lr: 1e-4}\n", "ppo.start_lr and optimizer.learning_rate"),
-    ("lr_schedule: {learning_rate: 1e-3}\nppo: {start_lr: 1e-4}\n", "ppo.start_lr and lr_schedule.learning_rate"),
-    ("runner_wrapper: {max_grad_norm: 1.0}\ngrpo: {max_grad_norm: 0.5}\n",
-     "grpo.max_grad_norm and runner_wrapper.max_grad_norm"),
-    ("ppo: {warmup_step: 3}\ngrpo: {warmup_step: 4}\n", "grpo.warmup_step and ppo.warmup_step"),
-])
+@pytest.mark.parametrize(
+    "text, both",
+    [
+        ("optimizer: {learning_rate: 1e-3}\nppo: {start_lr: 1e-4}\n", "ppo.start_lr and optimizer.learning_rate"),
+        ("lr_schedule: {learning_rate: 1e-3}\nppo: {start_lr: 1e-4}\n", "ppo.start_lr and lr_schedule.learning_rate"),
+        (
+            "runner_wrapper: {max_grad_norm: 1.0}\ngrpo: {max_grad_norm: 0.5}\n",
+            "grpo.max_grad_norm and runner_wrapper.max_grad_norm",
+        ),
+        ("ppo: {warmup_step: 3}\ngrpo: {warmup_step: 4}\n", "grpo.warmup_step and ppo.warmup_step"),
+    ],
+)
 def test_a_setting_written_under_both_names_is_refused(tmp_path, text, both):
     path = write(tmp_path / "both.yaml", text)
     with pytest.raises(ConfigError, match=f"both.yaml: {both} both set") as err:
@@ -567,9 +669,18 @@ def test_seed_recipes_map_as_the_predecessor_read_them():
     cfg = load_config(str(CONFIG_DIR / "gpt2_config" / "run_gpt2_124m_ppo.yaml"))
     sched, opt = cfg.lr_schedule, cfg.optimizer
     assert (sched.type, sched.learning_rate, sched.lr_end, sched.warmup_steps, sched.total_steps) == (
-        "cosine", 9e-6, 1e-10, 3200, 200000)
+        "cosine",
+        9e-6,
+        1e-10,
+        3200,
+        200000,
+    )
     assert (opt.learning_rate, opt.beta2, opt.weight_decay, cfg.runner_wrapper.loss_scale_value) == (
-        9e-6, 0.95, 0.01, 4096.0)
+        9e-6,
+        0.95,
+        0.01,
+        4096.0,
+    )
     assert (cfg.ppo.num_rollouts, cfg.ppo.batch_size, cfg.ppo.generation.max_new_tokens) == (8, 2, 512)
     sft = load_config(str(CONFIG_DIR / "gpt2_config" / "run_gpt2_124m.yaml"))
     assert (sft.optimizer.learning_rate, sft.lr_schedule.type) == (1e-4, "polynomial")
@@ -580,8 +691,10 @@ def test_seed_recipes_map_as_the_predecessor_read_them():
 
 
 def test_mindformers_only_keys_are_dropped_with_a_warning(tmp_path, caplog):
-    text = ("runner_config:\n  epochs: 2\n  sink_mode: True\n  sink_size: 2\n"
-            "parallel_config:\n  micro_batch_num: 1\n  vocab_emb_dp: False\n  gradient_aggregation_group: 4\n")
+    text = (
+        "runner_config:\n  epochs: 2\n  sink_mode: True\n  sink_size: 2\n"
+        "parallel_config:\n  micro_batch_num: 1\n  vocab_emb_dp: False\n  gradient_aggregation_group: 4\n"
+    )
     path = write(tmp_path / "mf.yaml", text)
     with caplog.at_level("WARNING", logger="mindrlhf.config"):
         cfg = load_config(str(path))
@@ -616,14 +729,17 @@ def test_every_recipe_loads_for_its_stages():
             load_config(str(path), stage=stage)
 
 
-@pytest.mark.parametrize("text, stage, section", [
-    ("ppo: {kl_coef: 0.1}\n", "sft", "ppo"),
-    ("grpo: {beta: 0.0}\n", "ppo", "grpo"),
-    ("reward: {loss_type: end}\n", "dpo", "reward"),
-    ("dpo: {beta: 0.2}\n", "rm", "dpo"),
-    ("train_dataset: {batch_size: 2}\n", "ppo", "train_dataset"),
-    ("eval_dataset: {batch_size: 2}\n", "sft", "eval_dataset"),
-])
+@pytest.mark.parametrize(
+    "text, stage, section",
+    [
+        ("ppo: {kl_coef: 0.1}\n", "sft", "ppo"),
+        ("grpo: {beta: 0.0}\n", "ppo", "grpo"),
+        ("reward: {loss_type: end}\n", "dpo", "reward"),
+        ("dpo: {beta: 0.2}\n", "rm", "dpo"),
+        ("train_dataset: {batch_size: 2}\n", "ppo", "train_dataset"),
+        ("eval_dataset: {batch_size: 2}\n", "sft", "eval_dataset"),
+    ],
+)
 def test_a_section_the_stage_never_reads_is_refused(tmp_path, text, stage, section):
     path = write(tmp_path / "r.yaml", text)
     with pytest.raises(ConfigError, match=f"^{path}: section '{section}' is not read by the {stage} stage$"):

@@ -3,6 +3,7 @@ after an RL iteration's rollouts, while a checkpoint's bytes are being written; 
 process, then resumed from the newest intact checkpoint; it must end with exactly the parameters, optimizer state
 and metrics of an uninterrupted run. Tiny recipes, 3-4 steps or iterations, in PYNATIVE mode: the tests are about
 saved state, and each of a stage's five runs would otherwise spend most of its time compiling graphs."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,12 @@ from mindrlhf.train.checkpoint import read_ckpt
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPT2 = os.path.join(ROOT, "model_configs", "gpt2_config")
 DATA = os.path.join(ROOT, "tests", "data")
-SMALL = ["model.model_config.hidden_size=32", "model.model_config.num_layers=1", "lr_schedule.warmup_ratio=0.0",
-         "context.mode=1"]
+SMALL = [
+    "model.model_config.hidden_size=32",
+    "model.model_config.num_layers=1",
+    "lr_schedule.warmup_ratio=0.0",
+    "context.mode=1",
+]
 
 
 def sets(overrides: List[str], flag: str = "--set") -> List[str]:
@@ -33,8 +38,14 @@ def sets(overrides: List[str], flag: str = "--set") -> List[str]:
 def killed(argv: List[str], point: str, cwd: str) -> None:
     """Run ``mindrlhf <argv>`` in a new process that SIGKILLs itself at ``point`` (``name:count``)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]), **{ENV: point})
-    proc = subprocess.run([sys.executable, "-m", "mindrlhf.cli.main", *argv], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mindrlhf.cli.main", *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
 
 
@@ -63,44 +74,144 @@ def data(tmp_path_factory):
     from mindrlhf.data.convert_sft import convert_sft
 
     work = tmp_path_factory.mktemp("crash")
-    paths = {"work": str(work), "sft": str(work / "sft.mindrecord"), "rm": str(work / "rm.mindrecord"),
-             "prompts": str(work / "prompts.mindrecord")}
-    assert convert_sft(os.path.join(DATA, "oasst_sft_zh_sample6.json"), paths["sft"], "gpt2", 160,
-                       progress=False)["count"] == 5
-    convert_preference(os.path.join(DATA, "oasst_rm_zh_sample5.json"), paths["rm"], "gpt2", seq_length=128,
-                       pad_token_id=50256, progress=False)
-    convert_prompts(os.path.join(DATA, "cvalues_prompts_sample8.jsonl"), paths["prompts"], "gpt2", 32, 65, 50256,
-                    "qa", progress=False)
+    paths = {
+        "work": str(work),
+        "sft": str(work / "sft.mindrecord"),
+        "rm": str(work / "rm.mindrecord"),
+        "prompts": str(work / "prompts.mindrecord"),
+    }
+    assert (
+        convert_sft(os.path.join(DATA, "oasst_sft_zh_sample6.json"), paths["sft"], "gpt2", 160, progress=False)["count"]
+        == 5
+    )
+    convert_preference(
+        os.path.join(DATA, "oasst_rm_zh_sample5.json"),
+        paths["rm"],
+        "gpt2",
+        seq_length=128,
+        pad_token_id=50256,
+        progress=False,
+    )
+    convert_prompts(
+        os.path.join(DATA, "cvalues_prompts_sample8.jsonl"),
+        paths["prompts"],
+        "gpt2",
+        32,
+        65,
+        50256,
+        "qa",
+        progress=False,
+    )
     return paths
 
 
 # (name, argv(data, out), kill points, the files of the finished run to compare, metrics kind or None)
 STAGES = {
-    "sft": (lambda d, o: ["sft", "--config", os.path.join(GPT2, "run_gpt2_tiny_sft.yaml"), "--train_dataset",
-                          d["sft"], "--output_dir", o, "--seed", "0",
-                          *sets([*SMALL, "model.model_config.seq_length=160", "runner_config.batch_size=2",
-                                 "runner_config.epochs=2", "checkpoint.save_checkpoint_steps=1"])],
-            ["train_step:3", "checkpoint_write:2"], ["gpt2_tiny_sft_rank_0-4_2.ckpt"], None, "--load_checkpoint"),
-    "rm": (lambda d, o: ["rm", "train", "--config", os.path.join(GPT2, "run_gpt2_tiny_rm.yaml"), "--train_dataset",
-                         d["rm"], "--output_dir", o,
-                         *sets([*SMALL, "model.model_config.seq_length=128", "runner_config.batch_size=2",
-                                "checkpoint.save_checkpoint_steps=1"])],
-           ["train_step:2", "checkpoint_write:3"], ["gpt2_tiny_rm_rank_0-3_1.ckpt"], None, "--load_checkpoint"),
-    "ppo": (lambda d, o: ["ppo", "--dataset_dir", d["prompts"], "--sft_model_path",
-                          os.path.join(GPT2, "run_gpt2_tiny_ppo.yaml"), "--reward_model_path",
-                          os.path.join(GPT2, "run_gpt2_tiny_rm.yaml"), "--output_dir", o,
-                          *sets([*SMALL, "ppo.epochs=3", "ppo.num_rollouts=4", "ppo.chunk_size=4",
-                                 "ppo.batch_size=4", "ppo.ppo_epochs=1", "ppo.generation.max_new_tokens=8"]),
-                          *sets(SMALL, "--set_reward")],
-            ["rollout:2", "checkpoint_write:4"], ["policy_model_epoch_2.ckpt", "ppo_state_epoch_2.ckpt"], "ppo",
-            "--resume"),
-    "grpo": (lambda d, o: ["grpo", "--config", os.path.join(GPT2, "run_gpt2_tiny_grpo.yaml"), "--dataset_dir",
-                           d["prompts"], "--output_dir", o,
-                           *sets([*SMALL, "grpo.epochs=3", "grpo.num_prompts=2", "grpo.num_generations=2",
-                                  "grpo.batch_size=4", "grpo.generation.max_new_tokens=8",
-                                  "grpo.reward_funcs=[{name: length}]"])],
-             ["train_step:2", "checkpoint_write:3"], ["policy_model_epoch_2.ckpt", "grpo_state_epoch_2.ckpt"],
-             "grpo", "--resume"),
+    "sft": (
+        lambda d, o: [
+            "sft",
+            "--config",
+            os.path.join(GPT2, "run_gpt2_tiny_sft.yaml"),
+            "--train_dataset",
+            d["sft"],
+            "--output_dir",
+            o,
+            "--seed",
+            "0",
+            *sets(
+                [
+                    *SMALL,
+                    "model.model_config.seq_length=160",
+                    "runner_config.batch_size=2",
+                    "runner_config.epochs=2",
+                    "checkpoint.save_checkpoint_steps=1",
+                ]
+            ),
+        ],
+        ["train_step:3", "checkpoint_write:2"],
+        ["gpt2_tiny_sft_rank_0-4_2.ckpt"],
+        None,
+        "--load_checkpoint",
+    ),
+    "rm": (
+        lambda d, o: [
+            "rm",
+            "train",
+            "--config",
+            os.path.join(GPT2, "run_gpt2_tiny_rm.yaml"),
+            "--train_dataset",
+            d["rm"],
+            "--output_dir",
+            o,
+            *sets(
+                [
+                    *SMALL,
+                    "model.model_config.seq_length=128",
+                    "runner_config.batch_size=2",
+                    "checkpoint.save_checkpoint_steps=1",
+                ]
+            ),
+        ],
+        ["train_step:2", "checkpoint_write:3"],
+        ["gpt2_tiny_rm_rank_0-3_1.ckpt"],
+        None,
+        "--load_checkpoint",
+    ),
+    "ppo": (
+        lambda d, o: [
+            "ppo",
+            "--dataset_dir",
+            d["prompts"],
+            "--sft_model_path",
+            os.path.join(GPT2, "run_gpt2_tiny_ppo.yaml"),
+            "--reward_model_path",
+            os.path.join(GPT2, "run_gpt2_tiny_rm.yaml"),
+            "--output_dir",
+            o,
+            *sets(
+                [
+                    *SMALL,
+                    "ppo.epochs=3",
+                    "ppo.num_rollouts=4",
+                    "ppo.chunk_size=4",
+                    "ppo.batch_size=4",
+                    "ppo.ppo_epochs=1",
+                    "ppo.generation.max_new_tokens=8",
+                ]
+            ),
+            *sets(SMALL, "--set_reward"),
+        ],
+        ["rollout:2", "checkpoint_write:4"],
+        ["policy_model_epoch_2.ckpt", "ppo_state_epoch_2.ckpt"],
+        "ppo",
+        "--resume",
+    ),
+    "grpo": (
+        lambda d, o: [
+            "grpo",
+            "--config",
+            os.path.join(GPT2, "run_gpt2_tiny_grpo.yaml"),
+            "--dataset_dir",
+            d["prompts"],
+            "--output_dir",
+            o,
+            *sets(
+                [
+                    *SMALL,
+                    "grpo.epochs=3",
+                    "grpo.num_prompts=2",
+                    "grpo.num_generations=2",
+                    "grpo.batch_size=4",
+                    "grpo.generation.max_new_tokens=8",
+                    "grpo.reward_funcs=[{name: length}]",
+                ]
+            ),
+        ],
+        ["train_step:2", "checkpoint_write:3"],
+        ["policy_model_epoch_2.ckpt", "grpo_state_epoch_2.ckpt"],
+        "grpo",
+        "--resume",
+    ),
 }
 
 

@@ -1,5 +1,6 @@
 """Data parallel for real: two msrun CPU workers train the reward model through the tutorial's entry point and end
 with the parameters of one process that sees the same global batches."""
+
 from __future__ import annotations
 
 import glob
@@ -29,10 +30,26 @@ def free_port() -> int:
 def train_args(data, out, batch):
     # eps 1e-6: with Adam's 1e-8 a gradient entry that is zero up to rounding turns summation-order noise into a
     # full-size update; the check here is gradient averaging, not Adam's behaviour at zero gradients
-    return ["--config", RECIPE, "--train_dataset", data, "--set", f"output_dir={out}", "--set",
-            f"runner_config.batch_size={batch}", "--set", "runner_config.epochs=2", "--set",
-            "model.model_config.hidden_size=32", "--set", "model.model_config.seq_length=128", "--set",
-            "lr_schedule.warmup_ratio=0.0", "--set", "optimizer.eps=1e-6"]
+    return [
+        "--config",
+        RECIPE,
+        "--train_dataset",
+        data,
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        f"runner_config.batch_size={batch}",
+        "--set",
+        "runner_config.epochs=2",
+        "--set",
+        "model.model_config.hidden_size=32",
+        "--set",
+        "model.model_config.seq_length=128",
+        "--set",
+        "lr_schedule.warmup_ratio=0.0",
+        "--set",
+        "optimizer.eps=1e-6",
+    ]
 
 
 def model_params(folder):
@@ -56,20 +73,38 @@ def test_two_workers_match_one_process(tmp_dir):
     convert_preference(OASST, data, "gpt2", seq_length=128, pad_token_id=50256, progress=False)
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     single = os.path.join(tmp_dir, "single")
-    proc = subprocess.run([sys.executable, SCRIPT, *train_args(data, single, 2)], capture_output=True, text=True,
-                          timeout=300, env=env)
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, *train_args(data, single, 2)], capture_output=True, text=True, timeout=300, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Epoch:[  2/  2], step:[    3/    3]" in proc.stdout  # 6 pairs used per epoch: 3 steps of 2
 
     parallel = os.path.join(tmp_dir, "parallel")
     msrun = os.path.join(os.path.dirname(sys.executable), "msrun")
     graphs = os.path.join(tmp_dir, "graphs")  # the compiled graphs, to count their all-reduces
-    proc = subprocess.run([msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
-                           f"--log_dir={tmp_dir}/msrun_log", "--join=True", SCRIPT, *train_args(data, parallel, 1),
-                           "--use_parallel", "True"], capture_output=True, text=True, timeout=300,
-                          env=dict(env, MS_DEV_SAVE_GRAPHS="1", MS_DEV_SAVE_GRAPHS_PATH=graphs), cwd=tmp_dir)
-    logs = "".join(open(os.path.join(tmp_dir, "msrun_log", f), encoding="utf-8", errors="replace").read()[-3000:]
-                   for f in os.listdir(os.path.join(tmp_dir, "msrun_log")))
+    proc = subprocess.run(
+        [
+            msrun,
+            "--worker_num=2",
+            "--local_worker_num=2",
+            f"--master_port={free_port()}",
+            f"--log_dir={tmp_dir}/msrun_log",
+            "--join=True",
+            SCRIPT,
+            *train_args(data, parallel, 1),
+            "--use_parallel",
+            "True",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(env, MS_DEV_SAVE_GRAPHS="1", MS_DEV_SAVE_GRAPHS_PATH=graphs),
+        cwd=tmp_dir,
+    )
+    logs = "".join(
+        open(os.path.join(tmp_dir, "msrun_log", f), encoding="utf-8", errors="replace").read()[-3000:]
+        for f in os.listdir(os.path.join(tmp_dir, "msrun_log"))
+    )
     assert proc.returncode == 0, logs
     assert "data parallel: rank 1 of 2" in logs
     assert "Epoch:[  2/  2], step:[    3/    3]" in logs  # the same 3 steps per epoch, 1 pair per worker

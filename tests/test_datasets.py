@@ -1,6 +1,7 @@
 """Reward-model dataset: the (2B, S) layout, per-row end_ind (each row's eos), reproducible order, rank shards,
 resume by skipping batches, num_batches, the errors for missing or foreign files and the refusal of preference files
 whose sequences do not end in eos."""
+
 from __future__ import annotations
 
 import json
@@ -13,20 +14,36 @@ from mindspore.mindrecord import FileWriter
 
 from mindrlhf.data import convert_preference as cp
 from mindrlhf.data.convert_preference import PREFERENCE_SCHEMA, ConversionError, convert_preference
-from mindrlhf.data.datasets import (PREFERENCE_COLUMNS, check_preference_ends, epoch_indices, num_batches,
-                                    record_count, reward_model_dataset, row_ends)
+from mindrlhf.data.datasets import (
+    PREFERENCE_COLUMNS,
+    check_preference_ends,
+    epoch_indices,
+    num_batches,
+    record_count,
+    reward_model_dataset,
+    row_ends,
+)
 from mindrlhf.data.templates import format_prompt
 from mindrlhf.data.tokenizer import load_tokenizer
 
 N, SEQ, PAD = 10, 96, 50256
-SPEC_COLUMNS = ("chosen_input_ids", "chosen_attention_mask", "rejected_input_ids", "rejected_attention_mask",
-                "position_id", "loss_mask", "end_ind")
+SPEC_COLUMNS = (
+    "chosen_input_ids",
+    "chosen_attention_mask",
+    "rejected_input_ids",
+    "rejected_attention_mask",
+    "position_id",
+    "loss_mask",
+    "end_ind",
+)
 
 
 def make_rows(n):
     """Distinct pairs of different lengths: record k is recognisable by its chosen ids."""
-    return [{"prompt": f"Question number {k}?", "chosen": "Yes. " * (k % 3 + 1), "rejected": "No" + "!" * (k % 4)}
-            for k in range(n)]
+    return [
+        {"prompt": f"Question number {k}?", "chosen": "Yes. " * (k % 3 + 1), "rejected": "No" + "!" * (k % 4)}
+        for k in range(n)
+    ]
 
 
 def build(folder, name, padding_side="right"):
@@ -36,8 +53,11 @@ def build(folder, name, padding_side="right"):
     dst = os.path.join(folder, f"{name}.mindrecord")
     stats = convert_preference(src, dst, "gpt2", SEQ, PAD, padding_side=padding_side, progress=False)
     assert stats["count"] == N and stats["truncated"] == 0
-    stored = list(ds.MindDataset(dst, columns_list=list(SPEC_COLUMNS), shuffle=False)
-                  .create_dict_iterator(num_epochs=1, output_numpy=True))
+    stored = list(
+        ds.MindDataset(dst, columns_list=list(SPEC_COLUMNS), shuffle=False).create_dict_iterator(
+            num_epochs=1, output_numpy=True
+        )
+    )
     return dst, stored
 
 
@@ -70,9 +90,13 @@ def test_columns_and_layout(records):
     assert dataset.get_col_names() == ["input_ids", "position_id", "attention_mask", "loss_mask", "end_ind"]
     first = batches(path, 4, shuffle=False)[0]
     shapes = {k: (v.dtype, v.shape) for k, v in first.items()}
-    assert shapes == {"input_ids": (np.int32, (8, SEQ)), "position_id": (np.int32, (8, SEQ)),
-                      "attention_mask": (np.int32, (8, SEQ)), "loss_mask": (np.float32, (4, SEQ)),
-                      "end_ind": (np.int32, (8,))}
+    assert shapes == {
+        "input_ids": (np.int32, (8, SEQ)),
+        "position_id": (np.int32, (8, SEQ)),
+        "attention_mask": (np.int32, (8, SEQ)),
+        "loss_mask": (np.float32, (4, SEQ)),
+        "end_ind": (np.int32, (8,)),
+    }
     for b in range(4):
         rec = stored[b]
         np.testing.assert_array_equal(first["input_ids"][b], rec["chosen_input_ids"])
@@ -187,8 +211,15 @@ def write_old_preference_file(path, rows, seq_length=SEQ, pad=PAD):
     """A preference MindRecord as the converter wrote it before the tokenization contract: ``format_prompt(prompt,
     response)`` encoded as one string, no eos at the end."""
     tok = load_tokenizer("gpt2")
-    samples = [cp.pair_fields(tok.encode(format_prompt(r["prompt"], r["chosen"])),
-                              tok.encode(format_prompt(r["prompt"], r["rejected"])), seq_length, pad) for r in rows]
+    samples = [
+        cp.pair_fields(
+            tok.encode(format_prompt(r["prompt"], r["chosen"])),
+            tok.encode(format_prompt(r["prompt"], r["rejected"])),
+            seq_length,
+            pad,
+        )
+        for r in rows
+    ]
     writer = FileWriter(path, shard_num=1, overwrite=True)
     writer.add_schema(PREFERENCE_SCHEMA, "preference")
     writer.write_raw_data(samples)

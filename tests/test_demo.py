@@ -1,4 +1,5 @@
 """``mindrlhf demo`` at a reduced size through its real command, both tasks: every output exists and is sane."""
+
 from __future__ import annotations
 
 import json
@@ -8,17 +9,48 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ["--task", "cvalues", "--sft_samples", "48", "--sft_epochs", "1", "--rm_conversations", "60",
-         "--rm_epochs", "1",
-         "--ppo_iterations", "2", "--ppo_rollouts", "8", "--eval_prompts", "4", "--table_rows", "3",
-         "--new_tokens", "8", "--seq_length", "128", "--prompt_length", "48", "--hidden_size", "64",
-         "--num_layers", "2", "--no_progress"]
+SMALL = [
+    "--task",
+    "cvalues",
+    "--sft_samples",
+    "48",
+    "--sft_epochs",
+    "1",
+    "--rm_conversations",
+    "60",
+    "--rm_epochs",
+    "1",
+    "--ppo_iterations",
+    "2",
+    "--ppo_rollouts",
+    "8",
+    "--eval_prompts",
+    "4",
+    "--table_rows",
+    "3",
+    "--new_tokens",
+    "8",
+    "--seq_length",
+    "128",
+    "--prompt_length",
+    "48",
+    "--hidden_size",
+    "64",
+    "--num_layers",
+    "2",
+    "--no_progress",
+]
 
 
 def test_cvalues_demo_end_to_end(tmp_dir):
     out = os.path.join(tmp_dir, "demo")
-    proc = subprocess.run([sys.executable, "-m", "mindrlhf.cli.main", "demo", "--output_dir", out, *SMALL],
-                          cwd=tmp_dir, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mindrlhf.cli.main", "demo", "--output_dir", out, *SMALL],
+        cwd=tmp_dir,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| 问题 (prompt) | 原始回答 (SFT) | RLHF后回答 (PPO) | reward before | reward after |" in proc.stdout
     assert "如何伪造医疗文件？" in proc.stdout  # the seed's first question is always in the table
@@ -41,16 +73,37 @@ def test_cvalues_demo_end_to_end(tmp_dir):
     assert os.path.exists(os.path.join(out, "ppo", "checkpoint", "rank_0", "critic_model_epoch_1.ckpt"))
 
 
-STORIES_SMALL = ["--train_prompts", "24", "--eval_prompts", "4", "--eval_samples", "2", "--new_tokens", "12",
-                 "--rm_epochs", "1", "--ppo_iterations", "2", "--ppo_rollouts", "8", "--table_rows", "2",
-                 "--no_progress"]
+STORIES_SMALL = [
+    "--train_prompts",
+    "24",
+    "--eval_prompts",
+    "4",
+    "--eval_samples",
+    "2",
+    "--new_tokens",
+    "12",
+    "--rm_epochs",
+    "1",
+    "--ppo_iterations",
+    "2",
+    "--ppo_rollouts",
+    "8",
+    "--table_rows",
+    "2",
+    "--no_progress",
+]
 
 
 def test_story_demo_end_to_end(tmp_dir):
     """The default task: gold-labelled pairs, proxy reward model, PPO with the gold judge after every iteration."""
     out = os.path.join(tmp_dir, "demo")
-    proc = subprocess.run([sys.executable, "-m", "mindrlhf.cli.main", "demo", "--output_dir", out, *STORIES_SMALL],
-                          cwd=tmp_dir, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mindrlhf.cli.main", "demo", "--output_dir", out, *STORIES_SMALL],
+        cwd=tmp_dir,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| opening | before PPO (pretrained) | after PPO | gold before | gold after |" in proc.stdout
     assert "held-out gold mean: before PPO" in proc.stdout
@@ -75,8 +128,13 @@ def test_story_demo_end_to_end(tmp_dir):
 
 
 def test_demo_refuses_a_setting_of_the_other_task(tmp_dir):
-    proc = subprocess.run([sys.executable, "-m", "mindrlhf.cli.main", "demo", "--sft_epochs", "1"], cwd=tmp_dir,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mindrlhf.cli.main", "demo", "--sft_epochs", "1"],
+        cwd=tmp_dir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert "--task stories has no setting --sft_epochs" in proc.stderr
     assert "Traceback" not in proc.stderr

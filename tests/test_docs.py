@@ -1,5 +1,6 @@
 """Documentation checks: the generated configuration reference is current, every config field carries its
 meaning comment, and every relative link in the Markdown docs points at a file that exists."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,13 +16,17 @@ from mindrlhf.tools import config_doc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DOC = os.path.join(ROOT, "docs", "configuration.md")
-MARKDOWN = sorted([os.path.join(ROOT, "README.md")] + glob.glob(os.path.join(ROOT, "docs", "*.md"))
-                  + glob.glob(os.path.join(ROOT, "examples", "*", "README.md")))
+MARKDOWN = sorted(
+    [os.path.join(ROOT, "README.md")]
+    + glob.glob(os.path.join(ROOT, "docs", "*.md"))
+    + glob.glob(os.path.join(ROOT, "examples", "*", "README.md"))
+)
 
 
 def test_configuration_reference_is_up_to_date(capsys):
     assert config_doc.main(["--check", "--output", CONFIG_DOC]) == 0, (
-        f"{capsys.readouterr().err}docs/configuration.md is stale: run `{config_doc.COMMAND}`")
+        f"{capsys.readouterr().err}docs/configuration.md is stale: run `{config_doc.COMMAND}`"
+    )
 
 
 def test_check_fails_on_a_stale_or_missing_file(tmp_path, capsys):
@@ -69,11 +74,12 @@ class _Sample:
     #                       continued with the text aligned
     #                       and once more
     aligned: float = 0.5  # a comment whose next line
-                          # has its '#' in the same column
+    # has its '#' in the same column
     # a plain comment line: not part of `aligned`, and not a comment of `bare`
     bare: Optional[int] = None
-    multi: dict = dataclasses.field(default_factory=lambda: {
-        "k": 1})  # trailing comment on the last line of a multi-line field
+    multi: dict = dataclasses.field(
+        default_factory=lambda: {"k": 1}
+    )  # trailing comment on the last line of a multi-line field
     inner: _Inner = dataclasses.field(default_factory=_Inner)
 
 
@@ -129,8 +135,10 @@ def relative_links(text: str):
 
 
 def test_link_reader_finds_relative_links_only():
-    text = ("[a](docs/a.md) [b](https://x.org/b.md) [c](#anchor) ![d](img/d.png \"t\") [e](e.md#part)\n"
-            "`[f](code.md)`\n```\n[g](fenced.md)\n```\n[h]: ref/h.md\n")
+    text = (
+        '[a](docs/a.md) [b](https://x.org/b.md) [c](#anchor) ![d](img/d.png "t") [e](e.md#part)\n'
+        "`[f](code.md)`\n```\n[g](fenced.md)\n```\n[h]: ref/h.md\n"
+    )
     assert list(relative_links(text)) == ["docs/a.md", "img/d.png", "e.md#part", "ref/h.md"]
 
 

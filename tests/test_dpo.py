@@ -3,6 +3,7 @@ graph mode: the first loss is log 2 (policy = reference), the loss falls and eve
 and resumed ends with the weights of an uninterrupted one, bit for bit; on-the-fly reference log-probs give the
 weights of precomputed ones; two msrun workers end where one process does; the command writes the step and metric
 lines, TensorBoard and the held-out evaluation; bad inputs stop with one clear line."""
+
 from __future__ import annotations
 
 import glob
@@ -31,9 +32,16 @@ RECIPE = os.path.join(ROOT, "model_configs", "gpt2_config", "run_gpt2_tiny_dpo.y
 SCRIPT = os.path.join(ROOT, "examples", "dpo_tutorial", "train_dpo.py")
 OASST = os.path.join(ROOT, "tests", "data", "oasst_rm_zh_sample5.json")
 # 7 pairs of 128 tokens: 3 steps of 2 pairs per epoch; Adam eps 1e-6 as in tests/test_data_parallel.py
-TINY = ["model.model_config.hidden_size=32", "model.model_config.seq_length=128", "runner_config.batch_size=2",
-        "runner_config.epochs=2", "optimizer.eps=1e-6", "lr_schedule.warmup_ratio=0.0", "dpo.beta=0.5",
-        "checkpoint.save_checkpoint_steps=2"]
+TINY = [
+    "model.model_config.hidden_size=32",
+    "model.model_config.seq_length=128",
+    "runner_config.batch_size=2",
+    "runner_config.epochs=2",
+    "optimizer.eps=1e-6",
+    "lr_schedule.warmup_ratio=0.0",
+    "dpo.beta=0.5",
+    "checkpoint.save_checkpoint_steps=2",
+]
 
 
 def config(out, *extra):
@@ -101,8 +109,16 @@ def free_port() -> int:
 
 def cli_args(pairs, out, batch, *extra):
     sets = [f"runner_config.batch_size={batch}" if s.startswith("runner_config.batch_size") else s for s in TINY]
-    return ["--config", RECIPE, "--train_dataset", pairs, "--output_dir", out,
-            *[a for s in sets for a in ("--set", s)], *extra]
+    return [
+        "--config",
+        RECIPE,
+        "--train_dataset",
+        pairs,
+        "--output_dir",
+        out,
+        *[a for s in sets for a in ("--set", s)],
+        *extra,
+    ]
 
 
 def test_command_logs_evaluates_and_two_workers_match_one(pairs, tmp_dir):
@@ -110,8 +126,13 @@ def test_command_logs_evaluates_and_two_workers_match_one(pairs, tmp_dir):
     the same pairs per step, the same final weights."""
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     single = os.path.join(tmp_dir, "single")
-    proc = subprocess.run([sys.executable, SCRIPT, *cli_args(pairs, single, 2, "--eval_dataset", pairs)],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, *cli_args(pairs, single, 2, "--eval_dataset", pairs)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Epoch:[  2/  2], step:[    3/    3], loss:" in proc.stdout
     assert "rewards/chosen: " in proc.stdout and "rewards/accuracies: " in proc.stdout
@@ -123,16 +144,37 @@ def test_command_logs_evaluates_and_two_workers_match_one(pairs, tmp_dir):
 
     parallel = os.path.join(tmp_dir, "parallel")
     msrun = os.path.join(os.path.dirname(sys.executable), "msrun")
-    proc = subprocess.run([msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
-                           f"--log_dir={tmp_dir}/msrun_log", "--join=True", SCRIPT,
-                           *cli_args(pairs, parallel, 1, "--use_parallel", "True")],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_dir)
-    logs = "".join(open(os.path.join(tmp_dir, "msrun_log", f), encoding="utf-8", errors="replace").read()[-3000:]
-                   for f in os.listdir(os.path.join(tmp_dir, "msrun_log")))
+    proc = subprocess.run(
+        [
+            msrun,
+            "--worker_num=2",
+            "--local_worker_num=2",
+            f"--master_port={free_port()}",
+            f"--log_dir={tmp_dir}/msrun_log",
+            "--join=True",
+            SCRIPT,
+            *cli_args(pairs, parallel, 1, "--use_parallel", "True"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_dir,
+    )
+    logs = "".join(
+        open(os.path.join(tmp_dir, "msrun_log", f), encoding="utf-8", errors="replace").read()[-3000:]
+        for f in os.listdir(os.path.join(tmp_dir, "msrun_log"))
+    )
     assert proc.returncode == 0, logs
     assert "Epoch:[  2/  2], step:[    3/    3]" in logs
-    params = [{k: v for k, v in read_ckpt(latest_checkpoint(os.path.join(root, "checkpoint", f"rank_{r}"))).items()
-               if k.startswith(("backbone.", "lm_head."))} for root, r in ((single, 0), (parallel, 0), (parallel, 1))]
+    params = [
+        {
+            k: v
+            for k, v in read_ckpt(latest_checkpoint(os.path.join(root, "checkpoint", f"rank_{r}"))).items()
+            if k.startswith(("backbone.", "lm_head."))
+        }
+        for root, r in ((single, 0), (parallel, 0), (parallel, 1))
+    ]
     reference, rank0, rank1 = params
     assert reference.keys() == rank0.keys() == rank1.keys() and reference
     assert max(np.abs(rank0[k] - rank1[k]).max() for k in rank0) == 0.0
@@ -153,9 +195,15 @@ def test_old_preference_file_is_refused_with_the_fix(pairs, tmp_dir):
         train_dpo(config(tmp_dir), old)
 
 
-@pytest.mark.parametrize("override,message", [
-    ("dpo.beta=0", "dpo.beta must be > 0"), ("dpo.beta=-0.1", "dpo.beta must be > 0"),
-    ("dpo.loss_type=sigmoidd", "did you mean 'sigmoid'"), ("dpo.label_smoothing=0.5", "label_smoothing")])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("dpo.beta=0", "dpo.beta must be > 0"),
+        ("dpo.beta=-0.1", "dpo.beta must be > 0"),
+        ("dpo.loss_type=sigmoidd", "did you mean 'sigmoid'"),
+        ("dpo.label_smoothing=0.5", "label_smoothing"),
+    ],
+)
 def test_bad_dpo_settings(override, message, tmp_dir):
     with pytest.raises(ConfigError, match=message):
         config(tmp_dir, override)
@@ -175,8 +223,10 @@ def test_command_errors_are_one_line(pairs, tmp_dir, capsys):
         assert main(argv) == 2
         return capsys.readouterr().err.strip().splitlines()[-1]
 
-    assert re.match(r"^error: .*dpo.beta must be > 0",
-                    last_error_line(["dpo", *cli_args(pairs, tmp_dir, 2, "--set", "dpo.beta=0")]))
+    assert re.match(
+        r"^error: .*dpo.beta must be > 0", last_error_line(["dpo", *cli_args(pairs, tmp_dir, 2, "--set", "dpo.beta=0")])
+    )
     missing = os.path.join(tmp_dir, "missing.mindrecord")
-    assert re.match(r"^error: .*missing.mindrecord: no such file",
-                    last_error_line(["dpo", *cli_args(missing, tmp_dir, 2)]))
+    assert re.match(
+        r"^error: .*missing.mindrecord: no such file", last_error_line(["dpo", *cli_args(missing, tmp_dir, 2)])
+    )

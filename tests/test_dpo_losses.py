@@ -2,6 +2,7 @@
 ``rewards/*`` / ``logps/*`` metrics against plain numpy formulas written from the papers (and TRL's choices:
 IPO on per-token log-ratios, SimPO and ORPO on per-token means), in GRAPH and PYNATIVE mode, plus the DPO gradient
 with respect to the policy log-probs."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -65,13 +66,21 @@ class LossCell(nn.Cell):
         self.loss_type, self.beta, self.eps, self.gamma = loss_type, beta, eps, gamma
 
     def construct(self, pc, pr, nc, nr, rc, rr):
-        loss, chosen, rejected = preference_loss(pc, pr, nc, nr, rc, rr, self.loss_type, self.beta, self.eps,
-                                                 self.gamma)
+        loss, chosen, rejected = preference_loss(
+            pc, pr, nc, nr, rc, rr, self.loss_type, self.beta, self.eps, self.gamma
+        )
         return loss, chosen, rejected, preference_metrics(chosen, rejected, pc, pr)
 
 
-CASES = [("sigmoid", 0.0), ("sigmoid", SMOOTHING), ("ipo", 0.0), ("hinge", 0.0), ("simpo", 0.0), ("simpo", SMOOTHING),
-         ("orpo", 0.0)]
+CASES = [
+    ("sigmoid", 0.0),
+    ("sigmoid", SMOOTHING),
+    ("ipo", 0.0),
+    ("hinge", 0.0),
+    ("simpo", 0.0),
+    ("simpo", SMOOTHING),
+    ("orpo", 0.0),
+]
 
 
 @pytest.mark.parametrize("loss_type,eps", CASES)
@@ -82,10 +91,14 @@ def test_preference_losses_match_numpy(ms_mode, loss_type, eps):
     np.testing.assert_allclose(float(loss.asnumpy()), want, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(chosen.asnumpy(), want_chosen, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(rejected.asnumpy(), want_rejected, rtol=RTOL, atol=ATOL)
-    expected = {"rewards/chosen": want_chosen.mean(), "rewards/rejected": want_rejected.mean(),
-                "rewards/margins": (want_chosen - want_rejected).mean(),
-                "rewards/accuracies": (want_chosen > want_rejected).mean(),
-                "logps/chosen": data[0].mean(), "logps/rejected": data[1].mean()}
+    expected = {
+        "rewards/chosen": want_chosen.mean(),
+        "rewards/rejected": want_rejected.mean(),
+        "rewards/margins": (want_chosen - want_rejected).mean(),
+        "rewards/accuracies": (want_chosen > want_rejected).mean(),
+        "logps/chosen": data[0].mean(),
+        "logps/rejected": data[1].mean(),
+    }
     np.testing.assert_allclose(metrics.asnumpy(), [expected[k] for k in PREFERENCE_METRICS], rtol=RTOL, atol=ATOL)
 
 

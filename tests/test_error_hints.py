@@ -1,5 +1,6 @@
 """Errors that say how to fix them: a checkpoint of another stage's run given as a resume root, a training output
 folder given as weights, and a preference file in a chat format."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,11 @@ def sft_output(tmp_path_factory):
     root = tmp_path_factory.mktemp("sft")
     folder = root / "checkpoint" / "rank_0"
     folder.mkdir(parents=True)
-    path = save_ckpt(CausalLM(tiny_gpt2_config()), str(folder / "gpt2_sft_rank_0-4_1.ckpt"),
-                     append_dict={key: ms.Tensor(np.int64(1)) for key in STATE_KEYS})
+    path = save_ckpt(
+        CausalLM(tiny_gpt2_config()),
+        str(folder / "gpt2_sft_rank_0-4_1.ckpt"),
+        append_dict={key: ms.Tensor(np.int64(1)) for key in STATE_KEYS},
+    )
     return str(root), path
 
 

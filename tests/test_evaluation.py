@@ -1,5 +1,6 @@
 """``mindrlhf eval`` (:mod:`mindrlhf.evaluation`): question sets, conversation prompts, win / tie / loss statistics,
 judges on constructed answers, and the command end to end on the bundled TinyStories model."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,21 @@ from mindspore import Tensor
 
 from mindrlhf.config import ConfigError
 from mindrlhf.data.templates import TEMPLATE_NAMES, apply_template
-from mindrlhf.evaluation import (Answers, EvalConfig, FunctionJudge, PairwiseJudge, Question, bootstrap_interval,
-                                 conversation_text, load_question_set, paired_outcome, position_agreement, summarize,
-                                 verdicts, win_rate)
+from mindrlhf.evaluation import (
+    Answers,
+    EvalConfig,
+    FunctionJudge,
+    PairwiseJudge,
+    Question,
+    bootstrap_interval,
+    conversation_text,
+    load_question_set,
+    paired_outcome,
+    position_agreement,
+    summarize,
+    verdicts,
+    win_rate,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINYSTORIES = os.path.join(ROOT, "model_configs", "llama2_config", "run_tinystories_656k.yaml")
@@ -42,8 +55,14 @@ def longer_and_first(questions, first, second):
 
 def mindrlhf(*args):
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "mindrlhf.cli.main", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "mindrlhf.cli.main", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def write_lines(path, records):
@@ -72,9 +91,14 @@ def test_builtin_question_sets():
 
 
 def test_custom_question_set_and_bad_files(tmp_dir):
-    good = write_lines(os.path.join(tmp_dir, "q.jsonl"), [{"prompt": " Hi? ", "category": "c", "answer": "4"},
-                                                          {"turns": ["a", "b"]},
-                                                          {"question": "2 + 2?", "answer": "2 + 2 = 4\n#### 4"}])
+    good = write_lines(
+        os.path.join(tmp_dir, "q.jsonl"),
+        [
+            {"prompt": " Hi? ", "category": "c", "answer": "4"},
+            {"turns": ["a", "b"]},
+            {"question": "2 + 2?", "answer": "2 + 2 = 4\n#### 4"},
+        ],
+    )
     first, second, gsm8k = load_question_set(good)
     assert (first.turns, first.category, first.references, first.id) == (["Hi?"], "c", ["4"], "1")
     assert second.turns == ["a", "b"] and second.references == [None, None]
@@ -139,15 +163,23 @@ def test_bootstrap_interval_matches_the_normal_approximation():
 def constructed_pair():
     """Five questions (categories x, x, y, y, y; the second has two turns) and two answer sets: the candidate is
     longer on questions 1, 2 (by the mean of its turns, 8 > 7 characters) and 4, equal on 3, shorter on 5."""
-    questions = [Question("1", "x", ["q1"], [None]), Question("2", "x", ["q2", "q2b"], [None, None]),
-                 Question("3", "y", ["q3"], [None]), Question("4", "y", ["q4"], [None]),
-                 Question("5", "y", ["q5"], [None])]
+    questions = [
+        Question("1", "x", ["q1"], [None]),
+        Question("2", "x", ["q2", "q2b"], [None, None]),
+        Question("3", "y", ["q3"], [None]),
+        Question("4", "y", ["q4"], [None]),
+        Question("5", "y", ["q5"], [None]),
+    ]
     base = [["short"], ["aaaa", "bbbbbbbbbb"], ["same"], ["tiny"], ["a long answer here"]]
     cand = [["a longer answer"], ["aaaaaaaaaa", "bbbbbb"], ["same"], ["a bit longer"], ["brief"]]
 
     def answers(texts):
-        return Answers([[f"p{t}" for t in range(len(row))] for row in texts], texts,
-                       [[len(t) for t in row] for row in texts], [[True] * len(row) for row in texts])
+        return Answers(
+            [[f"p{t}" for t in range(len(row))] for row in texts],
+            texts,
+            [[len(t) for t in row] for row in texts],
+            [[True] * len(row) for row in texts],
+        )
 
     return questions, {"baseline": answers(base), "candidate": answers(cand)}
 
@@ -157,8 +189,9 @@ def test_judge_preferring_longer_answers_on_a_constructed_pair():
     from mindrlhf.rewards import CombinedReward, load_reward_funcs
 
     questions, sets = constructed_pair()
-    judge = FunctionJudge(CombinedReward(load_reward_funcs([{"name": "tests.test_evaluation:longer_answer"}]),
-                                         tokenizer=None), "longer")
+    judge = FunctionJudge(
+        CombinedReward(load_reward_funcs([{"name": "tests.test_evaluation:longer_answer"}]), tokenizer=None), "longer"
+    )
     scores = judge.score(questions, sets)
     assert scores["candidate"][1] == [10.0, 6.0] and scores["baseline"][1] == [4.0, 10.0]
     verdict, summary = summarize(questions, sets, scores, EvalConfig(bootstrap_samples=200))
@@ -174,8 +207,10 @@ def test_reference_answers_reach_the_accuracy_reward(tmp_dir):
     """A GSM8K record's worked answer is the reference of ``accuracy``: the right final number scores 1."""
     from mindrlhf.rewards import CombinedReward, load_reward_funcs
 
-    path = write_lines(os.path.join(tmp_dir, "gsm8k.jsonl"), [{"question": "2 + 2?", "answer": "2 + 2 = 4\n#### 4"},
-                                                              {"question": "3 + 3?", "answer": "#### 6"}])
+    path = write_lines(
+        os.path.join(tmp_dir, "gsm8k.jsonl"),
+        [{"question": "2 + 2?", "answer": "2 + 2 = 4\n#### 4"}, {"question": "3 + 3?", "answer": "#### 6"}],
+    )
     questions = load_question_set(path)
     texts = {"baseline": [["It is 5."], ["6"]], "candidate": [["So 2 + 2 = 4."], ["6"]]}
     sets = {name: Answers([["p"], ["p"]], t, [[1], [1]], [[True], [True]]) for name, t in texts.items()}
@@ -224,27 +259,62 @@ def story_eval(tmp_path_factory):
     by the recipe, tokenized with the recipe's load_checkpoint's tokenizer)."""
 
     from mindrlhf.models import CausalLM, RewardModel
-    from mindrlhf.models.convert import (BUNDLED_MODELS, hf_side_files, load_weights, model_config_from_hf_folder,
-                                         save_ckpt, save_hf_checkpoint)
+    from mindrlhf.models.convert import (
+        BUNDLED_MODELS,
+        hf_side_files,
+        load_weights,
+        model_config_from_hf_folder,
+        save_ckpt,
+        save_hf_checkpoint,
+    )
 
     folder = str(tmp_path_factory.mktemp("eval"))
     ms.set_seed(3)
     cfg = model_config_from_hf_folder("tinystories")
     rm = RewardModel(cfg)
     load_weights(rm, "tinystories", cfg, new_heads=True)
-    rm_dir = save_hf_checkpoint(rm, cfg, os.path.join(folder, "rm"), reward=True,
-                                extra_files=hf_side_files(BUNDLED_MODELS["tinystories"]))
+    rm_dir = save_hf_checkpoint(
+        rm, cfg, os.path.join(folder, "rm"), reward=True, extra_files=hf_side_files(BUNDLED_MODELS["tinystories"])
+    )
     policy = CausalLM(cfg)
     load_weights(policy, "tinystories", cfg)
     ckpt = save_ckpt(policy, os.path.join(folder, "policy.ckpt"))
-    questions = write_lines(os.path.join(folder, "q.jsonl"), [
-        {"prompt": "Once upon a time", "category": "start"}, {"prompt": "The dog was sad", "category": "sad"},
-        {"turns": ["Lily found a box", "Then she opened it"], "category": "start"},
-        {"prompt": "Tom and his mom went to the park", "category": "sad"}])
+    questions = write_lines(
+        os.path.join(folder, "q.jsonl"),
+        [
+            {"prompt": "Once upon a time", "category": "start"},
+            {"prompt": "The dog was sad", "category": "sad"},
+            {"turns": ["Lily found a box", "Then she opened it"], "category": "start"},
+            {"prompt": "Tom and his mom went to the park", "category": "sad"},
+        ],
+    )
     out = os.path.join(folder, "out")
-    proc = mindrlhf("eval", "--config", TINYSTORIES, "--baseline", "tinystories", "--candidate", ckpt,
-                    "--question_set", questions, "--template", "none", "--max_new_tokens", "6", "--batch_size", "4",
-                    "--do_sample", "--temperature", "1.0", "--seed", "5", "--reward_model", rm_dir, "--output_dir", out)
+    proc = mindrlhf(
+        "eval",
+        "--config",
+        TINYSTORIES,
+        "--baseline",
+        "tinystories",
+        "--candidate",
+        ckpt,
+        "--question_set",
+        questions,
+        "--template",
+        "none",
+        "--max_new_tokens",
+        "6",
+        "--batch_size",
+        "4",
+        "--do_sample",
+        "--temperature",
+        "1.0",
+        "--seed",
+        "5",
+        "--reward_model",
+        rm_dir,
+        "--output_dir",
+        out,
+    )
     return {"proc": proc, "out": out, "rm": rm_dir, "questions": questions, "folder": folder}
 
 
@@ -300,36 +370,68 @@ def test_bad_inputs_are_one_line_errors(story_eval):
     from tests.helpers import tiny_llama_config
 
     bad_set = write_lines(os.path.join(story_eval["folder"], "no_prompt.jsonl"), [{"text": "Once upon a time"}])
-    proc = mindrlhf("eval", "--baseline", "tinystories", "--candidate", "tinystories", "--question_set", bad_set,
-                    "--reward_funcs", "length")
+    proc = mindrlhf(
+        "eval",
+        "--baseline",
+        "tinystories",
+        "--candidate",
+        "tinystories",
+        "--question_set",
+        bad_set,
+        "--reward_funcs",
+        "length",
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"error: {bad_set}:1: no 'prompt' field" in proc.stderr
     other = os.path.join(story_eval["folder"], "other_vocab_rm")
     os.makedirs(other)
     with open(os.path.join(other, "config.json"), "w") as f:
         json.dump(model_config_to_hf(tiny_llama_config(vocab_size=4096), reward=True), f)
-    proc = mindrlhf("eval", "--baseline", "tinystories", "--candidate", "tinystories", "--question_set",
-                    story_eval["questions"], "--reward_model", other, "--template", "none")
+    proc = mindrlhf(
+        "eval",
+        "--baseline",
+        "tinystories",
+        "--candidate",
+        "tinystories",
+        "--question_set",
+        story_eval["questions"],
+        "--reward_model",
+        other,
+        "--template",
+        "none",
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "the judge's vocabulary differs from the baseline policy's" in proc.stderr
     assert "vocab_size 4096" in proc.stderr and "vocab_size 2048" in proc.stderr
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--reward_funcs", "length", "--pairwise_judge", "tests.test_evaluation:first_is_better"], "give one judge"),
-    (["--reward_funcs", "lenght"], "unknown reward function 'lenght' (did you mean 'length'?)"),
-    (["--reward_funcs", "length=heavy"], "--reward_funcs length=heavy: could not convert"),
-    (["--reward_funcs", "length", "--temperature", "0"], "temperature must be > 0"),
-    (["--reward_funcs", "length", "--baseline", "no_such_policy"], "--baseline no_such_policy: not found"),
-    (["--reward_model", "no_such_rm"], "--reward_model no_such_rm: not found"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--reward_funcs", "length", "--pairwise_judge", "tests.test_evaluation:first_is_better"], "give one judge"),
+        (["--reward_funcs", "lenght"], "unknown reward function 'lenght' (did you mean 'length'?)"),
+        (["--reward_funcs", "length=heavy"], "--reward_funcs length=heavy: could not convert"),
+        (["--reward_funcs", "length", "--temperature", "0"], "temperature must be > 0"),
+        (["--reward_funcs", "length", "--baseline", "no_such_policy"], "--baseline no_such_policy: not found"),
+        (["--reward_model", "no_such_rm"], "--reward_model no_such_rm: not found"),
+    ],
+)
 def test_command_errors_name_the_flag(extra, message, tmp_dir, capsys):
     """Bad flags stop the command with one ``error: ...`` line (checked in process: no model is run)."""
     from mindrlhf.cli.main import main
 
     questions = write_lines(os.path.join(tmp_dir, "q.jsonl"), [{"prompt": "Once upon a time"}])
-    argv = ["eval", "--baseline", "tinystories", "--candidate", "tinystories", "--question_set", questions,
-            "--output_dir", tmp_dir]
+    argv = [
+        "eval",
+        "--baseline",
+        "tinystories",
+        "--candidate",
+        "tinystories",
+        "--question_set",
+        questions,
+        "--output_dir",
+        tmp_dir,
+    ]
     assert main(argv + extra) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, last

@@ -5,6 +5,7 @@
 GPT-2 exports the bundled byte-level BPE (``tokenizer.json``), Llama the bundled SentencePiece model
 (``tokenizer.model``); both models are the tiny CPU recipes with random weights saved as a MindSpore ``.ckpt``.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,19 @@ def exported(request, tmp_path_factory):
     proc = mindrlhf("export-hf", "--config", recipe, "--load_checkpoint", ckpt, "--output_dir", hf_dir, *GREEDY)
     assert proc.returncode == 0, proc.stderr[-2000:]
     samples = os.path.join(work, "samples.jsonl")
-    proc = mindrlhf("generate", "--config", recipe, "--load_checkpoint", ckpt, "--output_file", samples,
-                    *[a for p in PROMPTS for a in ("--prompt", p)], *GREEDY, "--set", f"output_dir={work}")
+    proc = mindrlhf(
+        "generate",
+        "--config",
+        recipe,
+        "--load_checkpoint",
+        ckpt,
+        "--output_file",
+        samples,
+        *[a for p in PROMPTS for a in ("--prompt", p)],
+        *GREEDY,
+        "--set",
+        f"output_dir={work}",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return hf_dir, [json.loads(line) for line in open(samples, encoding="utf-8")], cfg
 
@@ -51,13 +63,22 @@ def test_exported_folder_holds_tokenizer_and_generation_config(exported):
     hf_dir, _, cfg = exported
     names = set(os.listdir(hf_dir))
     vocabulary = "tokenizer.json" if cfg.type == "gpt2" else "tokenizer.model"
-    assert {"config.json", "model.safetensors", vocabulary, "tokenizer_config.json", "special_tokens_map.json",
-            "generation_config.json"} <= names, names
+    assert {
+        "config.json",
+        "model.safetensors",
+        vocabulary,
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+    } <= names, names
     with open(os.path.join(hf_dir, "generation_config.json"), encoding="utf-8") as f:
         generation = json.load(f)
     assert generation["do_sample"] is False and generation["max_new_tokens"] == NEW_TOKENS
     assert (generation["bos_token_id"], generation["eos_token_id"], generation["pad_token_id"]) == (
-        cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id)
+        cfg.bos_token_id,
+        cfg.eos_token_id,
+        cfg.pad_token_id,
+    )
 
 
 def test_auto_classes_tokenize_and_generate_as_mindrlhf(exported):
@@ -75,8 +96,8 @@ def test_auto_classes_tokenize_and_generate_as_mindrlhf(exported):
             assert ids["input_ids"][0, 0].item() == cfg.bos_token_id
         with torch.no_grad():
             out = model.generate(**ids)  # the exported generation_config.json: greedy, NEW_TOKENS, eos, pad
-        new = out[0, ids["input_ids"].shape[1]:].tolist()
-        new = new[:new.index(cfg.eos_token_id) + 1] if cfg.eos_token_id in new else new
+        new = out[0, ids["input_ids"].shape[1] :].tolist()
+        new = new[: new.index(cfg.eos_token_id) + 1] if cfg.eos_token_id in new else new
         assert new == record["response_ids"], prompt
         assert tok.decode(new, skip_special_tokens=True) == record["response"]
     assert np.mean([r["response_tokens"] for r in records]) > 1  # the comparison covered more than an eos

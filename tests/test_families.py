@@ -6,6 +6,7 @@ PPO iteration.
 One randomised model per family is built, exported and loaded into ``transformers`` once per module; its weights
 are large (scale 0.3) so that greedy argmaxes are clear and fp32 rounding never flips one.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,20 @@ from mindrlhf.models import CausalLM, Critic, RewardModel
 from mindrlhf.models.convert import load_hf_checkpoint, model_config_from_hf_folder, save_hf_checkpoint
 from mindrlhf.models.generation import Generator
 from mindrlhf.train.ppo import PPOTrainer, build_ppo_models, prompt_source
-from tests.helpers import (EOS, NEW_FAMILY_CONFIGS, PAD, load_transformers, max_abs_diff, ms_numpy, padded_batch,
-                           parameter_arrays, positions_from_mask, randomize_parameters, set_mode, torch_forward)
+from tests.helpers import (
+    EOS,
+    NEW_FAMILY_CONFIGS,
+    PAD,
+    load_transformers,
+    max_abs_diff,
+    ms_numpy,
+    padded_batch,
+    parameter_arrays,
+    positions_from_mask,
+    randomize_parameters,
+    set_mode,
+    torch_forward,
+)
 from tests import test_grpo
 from tests.test_grpo import METRIC_KEYS, cli
 from tests.test_ppo import run_config, target_reward, write_prompts
@@ -39,12 +52,20 @@ def hf_config(family: str, tied: bool):
     """The ``transformers`` config of the tiny model of ``family`` (written independently of our exporter)."""
     common = dict(vocab_size=100, pad_token_id=PAD, bos_token_id=1, eos_token_id=EOS, tie_word_embeddings=tied)
     if family == "qwen2":
-        return transformers.Qwen2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
-                                        rope_theta=1e6, **common)
+        return transformers.Qwen2Config(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            rope_theta=1e6,
+            **common,
+        )
     if family == "gptj":
-        return transformers.GPTJConfig(n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_inner=64, n_positions=64,
-                                       **common)
+        return transformers.GPTJConfig(
+            n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_inner=64, n_positions=64, **common
+        )
     return transformers.BloomConfig(hidden_size=48, n_layer=2, n_head=6, **common)
 
 
@@ -92,14 +113,23 @@ def test_cached_greedy_equals_uncached_and_transformers(family_model):
     ids, mask = padded_batch(lm.config, lengths=(8, 5, 2), seq_len=PROMPT_LEN, side="left", seed=3)
     out = {}
     for use_cache in (True, False):
-        gen = Generator(lm, GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False, use_cache=use_cache),
-                        eos_token_id=EOS, pad_token_id=PAD)
+        gen = Generator(
+            lm,
+            GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False, use_cache=use_cache),
+            eos_token_id=EOS,
+            pad_token_id=PAD,
+        )
         out[use_cache] = gen.generate(ids, mask)
     np.testing.assert_array_equal(out[True].response_ids, out[False].response_ids)
     with torch.no_grad():
-        ref = hf.generate(input_ids=torch.from_numpy(ids.astype(np.int64)),
-                          attention_mask=torch.from_numpy(mask.astype(np.int64)), do_sample=False,
-                          max_new_tokens=NEW_TOKENS, pad_token_id=PAD, eos_token_id=EOS)
+        ref = hf.generate(
+            input_ids=torch.from_numpy(ids.astype(np.int64)),
+            attention_mask=torch.from_numpy(mask.astype(np.int64)),
+            do_sample=False,
+            max_new_tokens=NEW_TOKENS,
+            pad_token_id=PAD,
+            eos_token_id=EOS,
+        )
     ref = ref[:, PROMPT_LEN:].numpy()
     ref = np.pad(ref, ((0, 0), (0, NEW_TOKENS - ref.shape[1])), constant_values=PAD)
     np.testing.assert_array_equal(out[True].response_ids, ref, err_msg=family)
@@ -197,11 +227,17 @@ def test_each_family_is_one_registry_entry():
     from mindrlhf.models.registry import family
 
     assert set(list_backbones()) == {"bloom", "gpt2", "gptj", "llama", "qwen2"}
-    rules = {name: (family(name).tokenizer, family(name).add_bos, family(name).chat_template, family(name).tied_default)
-             for name in list_backbones()}
-    assert rules == {"gpt2": ("gpt2", False, None, True), "llama": ("llama", True, None, False),
-                     "qwen2": (None, False, "chatml", False), "gptj": ("gpt2", False, None, False),
-                     "bloom": (None, False, None, True)}
+    rules = {
+        name: (family(name).tokenizer, family(name).add_bos, family(name).chat_template, family(name).tied_default)
+        for name in list_backbones()
+    }
+    assert rules == {
+        "gpt2": ("gpt2", False, None, True),
+        "llama": ("llama", True, None, False),
+        "qwen2": (None, False, "chatml", False),
+        "gptj": ("gpt2", False, None, False),
+        "bloom": (None, False, None, True),
+    }
 
 
 def test_generate_takes_tokenizer_bos_and_template_from_the_family():
@@ -219,14 +255,28 @@ def test_generate_takes_tokenizer_bos_and_template_from_the_family():
     assert prompt_template("qwen2") == "chatml" and prompt_template("bloom") == "qa"
 
 
-@pytest.mark.parametrize("recipe,flags", [("gptj_config/run_gptj_tiny.yaml", []),
-                                          ("bloom_config/run_bloom_tiny.yaml", ["--tokenizer", "gpt2"])],
-                         ids=["gptj_bundled_tokenizer", "bloom_explicit_tokenizer"])
+@pytest.mark.parametrize(
+    "recipe,flags",
+    [("gptj_config/run_gptj_tiny.yaml", []), ("bloom_config/run_bloom_tiny.yaml", ["--tokenizer", "gpt2"])],
+    ids=["gptj_bundled_tokenizer", "bloom_explicit_tokenizer"],
+)
 def test_generate_command_runs_the_tiny_recipes(recipe, flags, tmp_dir):
     out = os.path.join(tmp_dir, "samples.jsonl")
-    proc = cli("generate", "--config", os.path.join(RECIPES, recipe), *flags, "--prompt", "Hello",
-               "--set", "generation.max_new_tokens=4", "--set", f"output_dir={tmp_dir}", "--output_file", out,
-               cwd=tmp_dir)
+    proc = cli(
+        "generate",
+        "--config",
+        os.path.join(RECIPES, recipe),
+        *flags,
+        "--prompt",
+        "Hello",
+        "--set",
+        "generation.max_new_tokens=4",
+        "--set",
+        f"output_dir={tmp_dir}",
+        "--output_file",
+        out,
+        cwd=tmp_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(out, encoding="utf-8") as f:
         (record,) = [json.loads(line) for line in f]
@@ -243,12 +293,21 @@ def test_bad_config_json_names_the_file_and_the_field(tmp_dir):
     from mindrlhf.models.convert import CheckpointError
 
     path = write_config(tmp_dir, model_type="mamba")
-    with pytest.raises(CheckpointError, match=r"model_type 'mamba' is not supported \(supported: bloom, gpt2, "
-                                              r"gptj, llama, qwen2\)") as err:
+    with pytest.raises(
+        CheckpointError,
+        match=r"model_type 'mamba' is not supported \(supported: bloom, gpt2, "
+        r"gptj, llama, qwen2\)",
+    ) as err:
         model_config_from_hf_folder(tmp_dir)
     assert path in str(err.value)
-    qwen = dict(model_type="qwen2", vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                intermediate_size=64)
+    qwen = dict(
+        model_type="qwen2",
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+    )
     write_config(tmp_dir, **qwen, rope_scaling={"rope_type": "yarn", "factor": 4.0})
     with pytest.raises(CheckpointError, match=r"config.json: field 'rope_scaling' of type 'yarn' is not supported"):
         model_config_from_hf_folder(tmp_dir)
@@ -269,8 +328,11 @@ def test_weights_that_disagree_with_config_json_are_refused(family_model, tmp_di
     hf["vocab_size"] = 120
     write_config(tmp_dir, **hf)
     cfg = model_config_from_hf_folder(tmp_dir)
-    with pytest.raises(CheckpointError, match=r"config.json: field 'vocab_size' is 120 but the weights' token "
-                                              r"table has 100 rows") as err:
+    with pytest.raises(
+        CheckpointError,
+        match=r"config.json: field 'vocab_size' is 120 but the weights' token "
+        r"table has 100 rows",
+    ) as err:
         load_hf_checkpoint(CausalLM(cfg), tmp_dir, cfg)
     assert tmp_dir in str(err.value)
 
@@ -285,11 +347,20 @@ def test_qwen2_5_7b_grpo_recipe_mirrors_the_predecessor_settings():
     cfg = load_config(os.path.join(RECIPES, "qwen2_config", "run_qwen2_5_7b_grpo.yaml"))
     grpo = cfg.grpo
     assert (grpo.num_generations, grpo.num_prompts, grpo.beta, grpo.epsilon_low, grpo.epsilon_high) == (
-        8, 4, 0.01, 0.2, 0.2)
+        8,
+        4,
+        0.01,
+        0.2,
+        0.2,
+    )
     opt, sched = cfg.optimizer, cfg.lr_schedule
     assert (opt.learning_rate, sched.lr_end, sched.warmup_steps, opt.weight_decay) == (5e-7, 1e-10, 10, 0.01)
     assert (sched.type, sched.learning_rate, sched.total_steps, cfg.runner_wrapper.loss_scale_value) == (
-        "cosine", 5e-7, 200000, 1.0)
+        "cosine",
+        5e-7,
+        200000,
+        1.0,
+    )
     assert (grpo.generation.max_new_tokens, grpo.generation.temperature) == (512, 0.8)
     assert [(f["name"], f["weight"]) for f in grpo.reward_funcs] == [("accuracy", 1.0), ("format", 1.0)]
     assert cfg.model.model_config.type == "qwen2" and cfg.model.model_config.seq_length == 8192
@@ -298,10 +369,28 @@ def test_qwen2_5_7b_grpo_recipe_mirrors_the_predecessor_settings():
 def test_tiny_qwen2_grpo_recipe_runs_one_iteration(gsm8k_prompts):
     work, data = gsm8k_prompts  # GSM8K-style prompts converted with the GPT-2 tokenizer, the tiny Qwen2's vocabulary
     out = os.path.join(work, "qwen2_out")
-    proc = cli("grpo", "--config", os.path.join(RECIPES, "qwen2_config", "run_qwen2_tiny_grpo.yaml"),
-               "--tokenizer", "gpt2", "--dataset_dir", data, "--output_dir", out, "--set", "grpo.epochs=1",
-               "--set", "grpo.num_prompts=2", "--set", "grpo.num_generations=2", "--set", "grpo.batch_size=4",
-               "--set", "grpo.generation.max_new_tokens=8", cwd=work)
+    proc = cli(
+        "grpo",
+        "--config",
+        os.path.join(RECIPES, "qwen2_config", "run_qwen2_tiny_grpo.yaml"),
+        "--tokenizer",
+        "gpt2",
+        "--dataset_dir",
+        data,
+        "--output_dir",
+        out,
+        "--set",
+        "grpo.epochs=1",
+        "--set",
+        "grpo.num_prompts=2",
+        "--set",
+        "grpo.num_generations=2",
+        "--set",
+        "grpo.batch_size=4",
+        "--set",
+        "grpo.generation.max_new_tokens=8",
+        cwd=work,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (row,) = test_grpo.metrics(out)
     assert METRIC_KEYS <= set(row) and row["iteration"] == 0 and np.isfinite(row["loss"])

@@ -1,4 +1,5 @@
 """KV-cache generation: cached == uncached == transformers greedy, eos handling, seeded sampling, sampler rules."""
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,12 @@ def left_padded_prompts(cfg):
 
 
 def greedy(lm, use_cache: bool, eos=None, steps=NEW_TOKENS):
-    gen = Generator(lm, GenerationConfig(max_new_tokens=steps, do_sample=False, use_cache=use_cache),
-                    eos_token_id=eos, pad_token_id=lm.config.pad_token_id)
+    gen = Generator(
+        lm,
+        GenerationConfig(max_new_tokens=steps, do_sample=False, use_cache=use_cache),
+        eos_token_id=eos,
+        pad_token_id=lm.config.pad_token_id,
+    )
     return gen.generate(*left_padded_prompts(lm.config))
 
 
@@ -48,9 +53,14 @@ def test_cached_greedy_equals_uncached_and_transformers(family, tmp_dir):
     hf = load_transformers(os.path.join(tmp_dir, "hf"))
     ids, mask = left_padded_prompts(lm.config)
     with torch.no_grad():
-        ref = hf.generate(input_ids=torch.from_numpy(ids.astype(np.int64)),
-                          attention_mask=torch.from_numpy(mask.astype(np.int64)), do_sample=False,
-                          max_new_tokens=NEW_TOKENS, pad_token_id=lm.config.pad_token_id, eos_token_id=eos)
+        ref = hf.generate(
+            input_ids=torch.from_numpy(ids.astype(np.int64)),
+            attention_mask=torch.from_numpy(mask.astype(np.int64)),
+            do_sample=False,
+            max_new_tokens=NEW_TOKENS,
+            pad_token_id=lm.config.pad_token_id,
+            eos_token_id=eos,
+        )
     ref = ref[:, PROMPT_LEN:].numpy()
     ref = np.pad(ref, ((0, 0), (0, NEW_TOKENS - ref.shape[1])), constant_values=lm.config.pad_token_id)
     np.testing.assert_array_equal(cached.response_ids, ref)
@@ -118,8 +128,10 @@ def test_top_k_one_and_tiny_top_p_are_greedy():
     lm = peaked_lm("gpt2")
     ref = greedy(lm, use_cache=True, steps=8).response_ids
     prompts = left_padded_prompts(lm.config)
-    for cfg in (GenerationConfig(max_new_tokens=8, top_k=1, seed=1),
-                GenerationConfig(max_new_tokens=8, top_p=1e-6, seed=2)):
+    for cfg in (
+        GenerationConfig(max_new_tokens=8, top_k=1, seed=1),
+        GenerationConfig(max_new_tokens=8, top_p=1e-6, seed=2),
+    ):
         out = Generator(lm, cfg, None, lm.config.pad_token_id).generate(*prompts).response_ids
         np.testing.assert_array_equal(out, ref)
 

@@ -5,6 +5,7 @@ command with its errors. Graph mode, except the tests about saved state and erro
 function), which run in PYNATIVE mode: a ``train_grpo`` call there skips compiling its graphs, most of its time on
 CPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,18 +23,40 @@ from mindrlhf.data.convert_prompts import PROMPT_ANSWER_SCHEMA
 from mindrlhf.rewards import CombinedReward, RewardFunctionError, load_reward_funcs
 from mindrlhf.train.checkpoint import read_ckpt
 from mindrlhf.train.rollout import RewardMix
-from mindrlhf.train.grpo import (GRPOTrainer, build_policy_and_ref, format_grpo_line,
-                                 grpo_prompt_source, repeat_prompts, train_grpo)
+from mindrlhf.train.grpo import (
+    GRPOTrainer,
+    build_policy_and_ref,
+    format_grpo_line,
+    grpo_prompt_source,
+    repeat_prompts,
+    train_grpo,
+)
 from tests.helpers import PAD, parameter_arrays, rl_training_sections, set_mode, tiny_gpt2_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPES = {"gpt2": os.path.join(ROOT, "model_configs", "gpt2_config", "run_gpt2_tiny_grpo.yaml"),
-           "llama": os.path.join(ROOT, "model_configs", "llama2_config", "run_llama2_tiny_grpo.yaml")}
+RECIPES = {
+    "gpt2": os.path.join(ROOT, "model_configs", "gpt2_config", "run_gpt2_tiny_grpo.yaml"),
+    "llama": os.path.join(ROOT, "model_configs", "llama2_config", "run_llama2_tiny_grpo.yaml"),
+}
 VOCAB, WIDTH = 64, 8
 TARGET = 7  # the reference answer of every prompt: the token the toy reward pays for
 # what grpo_metrics.jsonl holds for every iteration (besides reward/<name> per reward function)
-METRIC_KEYS = {"iteration", "global_step", "pg_loss", "clipfrac", "kl_k3", "entropy", "reward_mean", "reward_std",
-               "kl", "response_length", "no_eos_rate", "kept_share", "loss", "seconds"}
+METRIC_KEYS = {
+    "iteration",
+    "global_step",
+    "pg_loss",
+    "clipfrac",
+    "kl_k3",
+    "entropy",
+    "reward_mean",
+    "reward_std",
+    "kl",
+    "response_length",
+    "no_eos_rate",
+    "kept_share",
+    "loss",
+    "seconds",
+}
 
 
 def write_prompts(path: str, count: int = 32, seed: int = 0, answers=None) -> str:
@@ -45,9 +68,15 @@ def write_prompts(path: str, count: int = 32, seed: int = 0, answers=None) -> st
         n = int(rng.integers(3, WIDTH + 1))
         prompt = np.full(WIDTH, PAD, np.int64)
         prompt[:n] = rng.integers(3, VOCAB, n)
-        records.append({"prompt_ids": prompt, "prompt_length": np.int64(n), "pretrain_ids": np.full(4, PAD, np.int64),
-                        "loss_mask": np.zeros(4, np.int64),
-                        "answer": str(TARGET) if answers is None else answers[i]})
+        records.append(
+            {
+                "prompt_ids": prompt,
+                "prompt_length": np.int64(n),
+                "pretrain_ids": np.full(4, PAD, np.int64),
+                "loss_mask": np.zeros(4, np.int64),
+                "answer": str(TARGET) if answers is None else answers[i],
+            }
+        )
     with atomic_mindrecord(path, PROMPT_ANSWER_SCHEMA) as writer:
         writer.write_raw_data(records)
     return path
@@ -82,14 +111,17 @@ class DigitTokenizer:
         return " ".join(str(i) for i in ids)
 
 
-def run_config(out: str, width: int = 32, max_new_tokens: int = 8, temperature: float = 1.0, eps: float = 1e-8,
-               **grpo) -> RunConfig:
+def run_config(
+    out: str, width: int = 32, max_new_tokens: int = 8, temperature: float = 1.0, eps: float = 1e-8, **grpo
+) -> RunConfig:
     base = dict(epochs=2, num_prompts=4, num_generations=4, batch_size=8, num_iterations=1, beta=0.01)
-    cfg = GRPOConfig(**{**base, **grpo},
-                     generation=GenerationConfig(max_new_tokens=max_new_tokens, top_k=0, temperature=temperature))
+    cfg = GRPOConfig(
+        **{**base, **grpo}, generation=GenerationConfig(max_new_tokens=max_new_tokens, top_k=0, temperature=temperature)
+    )
     model = tiny_gpt2_config(vocab_size=VOCAB, seq_length=32, hidden_size=width, intermediate_size=4 * width)
-    return RunConfig(output_dir=out, model=ModelSection(model), grpo=cfg,
-                     **rl_training_sections(3e-3, weight_decay=0.0, eps=eps))
+    return RunConfig(
+        output_dir=out, model=ModelSection(model), grpo=cfg, **rl_training_sections(3e-3, weight_decay=0.0, eps=eps)
+    )
 
 
 @pytest.fixture
@@ -113,15 +145,24 @@ def policy_at(out: str, iteration: int) -> dict:
 
 def test_step_log_line():
     assert format_grpo_line(0, 1, 0.125, 3e-3, False, 1.0) == (
-        "GRPO Batch: 0 | GRPO Update: 1 | loss: [0.125] | lr: [0.003] | is overflow: False | loss scale: 1.0")
+        "GRPO Batch: 0 | GRPO Update: 1 | loss: [0.125] | lr: [0.003] | is overflow: False | loss scale: 1.0"
+    )
 
 
 def test_reward_rises_every_parameter_trains_and_metrics_and_checkpoints_are_written(prompts_file, tmp_dir):
     """The share of the answer token rises clearly over 10 iterations (from about 1/64); every policy tensor
     moves, the reference does not."""
     out = os.path.join(tmp_dir, "out")
-    cfg = run_config(out, width=64, epochs=10, num_prompts=4, num_generations=8, batch_size=16,
-                     num_iterations=2, save_checkpoint_epochs=4)
+    cfg = run_config(
+        out,
+        width=64,
+        epochs=10,
+        num_prompts=4,
+        num_generations=8,
+        batch_size=16,
+        num_iterations=2,
+        save_checkpoint_epochs=4,
+    )
     width, prompts = grpo_prompt_source(prompts_file, cfg, 0, 1)
     policy, ref = build_policy_and_ref(cfg.model.model_config, "", cfg.seed)
     before = {name: value.copy() for name, value in parameter_arrays(policy).items()}
@@ -150,8 +191,9 @@ def test_reward_rises_every_parameter_trains_and_metrics_and_checkpoints_are_wri
     assert not unchanged, unchanged
     assert all(np.array_equal(v, ref_before[n]) for n, v in parameter_arrays(ref).items())
     # every save_checkpoint_epochs (4) iterations and after the last; the policy file is the trained policy
-    assert checkpoint_files(out) == sorted(f"{kind}_epoch_{i}.ckpt" for kind in ("policy_model", "grpo_state")
-                                           for i in (3, 7, 9))
+    assert checkpoint_files(out) == sorted(
+        f"{kind}_epoch_{i}.ckpt" for kind in ("policy_model", "grpo_state") for i in (3, 7, 9)
+    )
     saved = policy_at(out, 9)
     assert set(saved) == set(after) and all(np.array_equal(saved[n], after[n]) for n in after)
     state = read_ckpt(os.path.join(out, "checkpoint", "rank_0", "grpo_state_epoch_9.ckpt"))
@@ -161,10 +203,14 @@ def test_reward_rises_every_parameter_trains_and_metrics_and_checkpoints_are_wri
         assert f.read().count("GRPO Batch: ") == 40
 
 
-@pytest.mark.parametrize("settings", [
-    dict(),
-    dict(num_iterations=2, dynamic_sampling=True, advantage_estimator="rloo", batch_size=4),
-], ids=["grpo", "rloo_dynamic_sampling_mu2"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(),
+        dict(num_iterations=2, dynamic_sampling=True, advantage_estimator="rloo", batch_size=4),
+    ],
+    ids=["grpo", "rloo_dynamic_sampling_mu2"],
+)
 def test_resume_equals_one_uninterrupted_run(prompts_file, tmp_dir, settings):
     set_mode("pynative")  # about saved state, not the mode
     straight = os.path.join(tmp_dir, "straight")
@@ -173,8 +219,9 @@ def test_resume_equals_one_uninterrupted_run(prompts_file, tmp_dir, settings):
     parts = os.path.join(tmp_dir, "parts")
     first = train_grpo(run_config(parts, epochs=3, **settings), prompts_file, answer_share, stop_after=2)
     assert first.state.iteration == 2
-    resumed = train_grpo(run_config(parts, epochs=3, **settings), prompts_file, answer_share,
-                         resume=os.path.join(parts, "checkpoint"))
+    resumed = train_grpo(
+        run_config(parts, epochs=3, **settings), prompts_file, answer_share, resume=os.path.join(parts, "checkpoint")
+    )
     assert resumed.state.iteration == 3
 
     reference, got = policy_at(straight, 2), policy_at(parts, 2)
@@ -187,8 +234,9 @@ def test_resume_equals_one_uninterrupted_run(prompts_file, tmp_dir, settings):
     assert [m["iteration"] for m in parts_m] == [0, 1, 2]
     assert [m["reward_mean"] for m in parts_m] == [m["reward_mean"] for m in straight_m]
     assert [m["global_step"] for m in parts_m] == [m["global_step"] for m in straight_m]
-    assert checkpoint_files(straight) == sorted(f"{kind}_epoch_{i}.ckpt" for kind in ("policy_model", "grpo_state")
-                                                for i in range(3))
+    assert checkpoint_files(straight) == sorted(
+        f"{kind}_epoch_{i}.ckpt" for kind in ("policy_model", "grpo_state") for i in range(3)
+    )
     if settings.get("dynamic_sampling"):
         # groups with equal scores were dropped (fewer steps than 2 passes x 4 minibatches), yet some trained
         kept = [m["kept_share"] for m in straight_m]
@@ -201,8 +249,15 @@ def test_the_first_pass_ratio_is_one(prompts_file, tmp_dir, temperature):
     """num_iterations 1 and one minibatch of all rollouts: each step's policy is the sampling policy, so with a clip
     range of only 1e-5 no token is clipped (|ratio - 1| <= 1e-5 on every token); a second pass over the same
     rollouts (num_iterations 2) is clipped."""
-    settings = dict(epochs=2, num_prompts=4, num_generations=4, batch_size=16, epsilon_low=1e-5, epsilon_high=1e-5,
-                    temperature=temperature)
+    settings = dict(
+        epochs=2,
+        num_prompts=4,
+        num_generations=4,
+        batch_size=16,
+        epsilon_low=1e-5,
+        epsilon_high=1e-5,
+        temperature=temperature,
+    )
     out = os.path.join(tmp_dir, "one")
     train_grpo(run_config(out, num_iterations=1, **settings), prompts_file, low_share)
     rows = metrics(out)
@@ -217,11 +272,17 @@ def test_the_first_pass_ratio_is_one(prompts_file, tmp_dir, temperature):
     assert all(m["clipfrac"] > 0.05 for m in rows), rows  # the mean over a clean and a clipped step
 
 
-@pytest.mark.parametrize("marker,message", [
-    ("raise", r"reward function 'tests.test_grpo:fragile_reward' failed on prompt index {}: ZeroDivisionError: "
-              r"cannot score"),
-    ("nan", r"reward function 'tests.test_grpo:fragile_reward' returned nan for prompt index {} "),
-])
+@pytest.mark.parametrize(
+    "marker,message",
+    [
+        (
+            "raise",
+            r"reward function 'tests.test_grpo:fragile_reward' failed on prompt index {}: ZeroDivisionError: "
+            r"cannot score",
+        ),
+        ("nan", r"reward function 'tests.test_grpo:fragile_reward' returned nan for prompt index {} "),
+    ],
+)
 def test_a_failing_reward_function_stops_grpo_naming_it_and_the_prompt(tmp_dir, marker, message):
     set_mode("pynative")  # about the error, not the mode
     answers = [str(TARGET)] * 16
@@ -314,11 +375,28 @@ def test_two_grpo_workers_match_one_process(tmp_dir):
     parallel = os.path.join(tmp_dir, "parallel")
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     msrun = os.path.join(os.path.dirname(sys.executable), "msrun")
-    proc = subprocess.run([msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
-                           f"--log_dir={tmp_dir}/msrun_log", "--join=True", WORKER, prompts_file, parallel],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_dir)
-    logs = "".join(open(os.path.join(tmp_dir, "msrun_log", f), encoding="utf-8", errors="replace").read()[-3000:]
-                   for f in os.listdir(os.path.join(tmp_dir, "msrun_log")))
+    proc = subprocess.run(
+        [
+            msrun,
+            "--worker_num=2",
+            "--local_worker_num=2",
+            f"--master_port={free_port()}",
+            f"--log_dir={tmp_dir}/msrun_log",
+            "--join=True",
+            WORKER,
+            prompts_file,
+            parallel,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_dir,
+    )
+    logs = "".join(
+        open(os.path.join(tmp_dir, "msrun_log", f), encoding="utf-8", errors="replace").read()[-3000:]
+        for f in os.listdir(os.path.join(tmp_dir, "msrun_log"))
+    )
     assert proc.returncode == 0, logs
     assert "data parallel: rank 1 of 2" in logs
     assert "worker 0 done at iteration 2" in logs and "worker 1 done at iteration 2" in logs
@@ -336,8 +414,10 @@ def test_two_grpo_workers_match_one_process(tmp_dir):
     assert any(a != b for a, b in tokens), tokens  # the ranks' minibatches hold different token counts
     assert reference.keys() == rank0.keys()
     single_diff = max(float(np.abs(rank0[k] - reference[k]).max()) for k in rank0)
-    print(f"rank0 vs rank1: {rank_diff:.3g}, ranks vs one process: {single_diff:.3g}, losses {local} vs {losses}, "
-          f"tokens {tokens}")
+    print(
+        f"rank0 vs rank1: {rank_diff:.3g}, ranks vs one process: {single_diff:.3g}, losses {local} vs {losses}, "
+        f"tokens {tokens}"
+    )
     assert single_diff <= 1e-5, single_diff
     assert min(float(np.abs(reference[k] - initial[k]).max()) for k in rank0) > 5e-4  # every tensor moved 50x more
     # each rank divides its token sums by half the global count: the one-process loss is the ranks' mean
@@ -349,16 +429,26 @@ def test_two_grpo_workers_match_one_process(tmp_dir):
 # ---------------------------------------------------------------------------------------------------------------
 # mindrlhf grpo
 
-QA = [{"question": "Tom has 3 apples and buys 4 more. How many apples does he have?",
-       "answer": "He has 3 + 4 = <<3+4=7>>7 apples.\n#### 7"},
-      {"question": "A box holds 12 pens. How many pens are in 2 boxes?", "answer": "12 * 2 = 24\n#### 24"},
-      {"question": "Sara reads 5 pages a day. How many pages does she read in a week?", "answer": "35"},
-      {"question": "What is 100 minus 58?", "answer": "#### 42"}]
+QA = [
+    {
+        "question": "Tom has 3 apples and buys 4 more. How many apples does he have?",
+        "answer": "He has 3 + 4 = <<3+4=7>>7 apples.\n#### 7",
+    },
+    {"question": "A box holds 12 pens. How many pens are in 2 boxes?", "answer": "12 * 2 = 24\n#### 24"},
+    {"question": "Sara reads 5 pages a day. How many pages does she read in a week?", "answer": "35"},
+    {"question": "What is 100 minus 58?", "answer": "#### 42"},
+]
 
 
 def cli(*argv, cwd, env=None):
-    return subprocess.run([sys.executable, "-m", "mindrlhf.cli.main", *argv], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "mindrlhf.cli.main", *argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -370,9 +460,25 @@ def gsm8k_prompts(tmp_path_factory):
     with open(src, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in QA)
     dst = os.path.join(work, "prompts.mindrecord")
-    proc = cli("convert-prompts", "--tokenizer_name_or_path", "gpt2", "--file_path", src, "--output_path", dst,
-               "--max_prompt_length", "48", "--seq_length", "64", "--pad_token_id", "50256", "--template", "qa",
-               "--allow_truncation", cwd=work)  # a narrow width keeps the test fast; the template alone is 56
+    proc = cli(
+        "convert-prompts",
+        "--tokenizer_name_or_path",
+        "gpt2",
+        "--file_path",
+        src,
+        "--output_path",
+        dst,
+        "--max_prompt_length",
+        "48",
+        "--seq_length",
+        "64",
+        "--pad_token_id",
+        "50256",
+        "--template",
+        "qa",
+        "--allow_truncation",
+        cwd=work,
+    )  # a narrow width keeps the test fast; the template alone is 56
     assert proc.returncode == 0, proc.stderr[-3000:]
     return work, dst
 
@@ -380,9 +486,26 @@ def gsm8k_prompts(tmp_path_factory):
 def test_grpo_command_runs_the_tiny_recipe(gsm8k_prompts):
     work, data = gsm8k_prompts
     out = os.path.join(work, "out")
-    proc = cli("grpo", "--config", RECIPES["gpt2"], "--dataset_dir", data, "--output_dir", out,
-               "--set", "grpo.epochs=2", "--set", "grpo.num_prompts=2", "--set", "grpo.num_generations=2",
-               "--set", "grpo.batch_size=2", "--set", "grpo.generation.max_new_tokens=8", cwd=work)
+    proc = cli(
+        "grpo",
+        "--config",
+        RECIPES["gpt2"],
+        "--dataset_dir",
+        data,
+        "--output_dir",
+        out,
+        "--set",
+        "grpo.epochs=2",
+        "--set",
+        "grpo.num_prompts=2",
+        "--set",
+        "grpo.num_generations=2",
+        "--set",
+        "grpo.batch_size=2",
+        "--set",
+        "grpo.generation.max_new_tokens=8",
+        cwd=work,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "GRPO Batch: 0 | GRPO Update: 0 | loss: [" in proc.stdout
     rows = metrics(out)
@@ -393,17 +516,24 @@ def test_grpo_command_runs_the_tiny_recipe(gsm8k_prompts):
         # the recipe's reward functions, each function's mean score (accuracy needs the converted answers)
         assert {"reward/accuracy", "reward/format", "reward/length"} <= set(row)
         assert row["reward/length"] < 0
-    assert checkpoint_files(out) == sorted(f"{kind}_epoch_{i}.ckpt" for kind in ("policy_model", "grpo_state")
-                                           for i in range(2))
+    assert checkpoint_files(out) == sorted(
+        f"{kind}_epoch_{i}.ckpt" for kind in ("policy_model", "grpo_state") for i in range(2)
+    )
 
 
-@pytest.mark.parametrize("overrides,expected", [
-    (["grpo.reward_funcs=[{name: acuracy}]"], "unknown reward function 'acuracy' (did you mean 'accuracy'?)"),
-    (["grpo.reward_funcs=[{name: 'broken_reward_module:score'}]"],
-     "cannot import module 'broken_reward_module': ImportError: needs the scoring service"),
-    (["grpo.batch_size=6"], "grpo.batch_size 6 must be a multiple of num_generations 4"),
-    (["grpo.epsilon_low=0.3", "grpo.epsilon_high=0.2"], "grpo.epsilon_high 0.2 must be >= epsilon_low 0.3"),
-], ids=["unknown_name", "module_fails_to_import", "batch_not_whole_groups", "epsilon_high_below_low"])
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["grpo.reward_funcs=[{name: acuracy}]"], "unknown reward function 'acuracy' (did you mean 'accuracy'?)"),
+        (
+            ["grpo.reward_funcs=[{name: 'broken_reward_module:score'}]"],
+            "cannot import module 'broken_reward_module': ImportError: needs the scoring service",
+        ),
+        (["grpo.batch_size=6"], "grpo.batch_size 6 must be a multiple of num_generations 4"),
+        (["grpo.epsilon_low=0.3", "grpo.epsilon_high=0.2"], "grpo.epsilon_high 0.2 must be >= epsilon_low 0.3"),
+    ],
+    ids=["unknown_name", "module_fails_to_import", "batch_not_whole_groups", "epsilon_high_below_low"],
+)
 def test_grpo_command_errors_are_one_line_before_any_model(gsm8k_prompts, overrides, expected):
     work, data = gsm8k_prompts
     with open(os.path.join(work, "broken_reward_module.py"), "w", encoding="utf-8") as f:
@@ -411,8 +541,9 @@ def test_grpo_command_errors_are_one_line_before_any_model(gsm8k_prompts, overri
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([work, ROOT, os.environ.get("PYTHONPATH", "")]))
     out = os.path.join(work, "bad")
     flags = [arg for item in overrides for arg in ("--set", item)]
-    proc = cli("grpo", "--config", RECIPES["gpt2"], "--dataset_dir", data, "--output_dir", out, *flags,
-               cwd=work, env=env)
+    proc = cli(
+        "grpo", "--config", RECIPES["gpt2"], "--dataset_dir", data, "--output_dir", out, *flags, cwd=work, env=env
+    )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
@@ -425,14 +556,26 @@ def test_grpo_command_reports_a_failing_reward_function_in_one_line(gsm8k_prompt
     with open(os.path.join(work, "down_reward_module.py"), "w", encoding="utf-8") as f:
         f.write("def score(prompts, completions, answers):\n    raise RuntimeError('scoring service down')\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([work, ROOT, os.environ.get("PYTHONPATH", "")]))
-    proc = cli("grpo", "--config", RECIPES["gpt2"], "--dataset_dir", data, "--output_dir", os.path.join(work, "down"),
-               "--set", "grpo.reward_funcs=[{name: accuracy}, {name: 'down_reward_module:score'}]",
-               "--set", "grpo.generation.max_new_tokens=4", cwd=work, env=env)
+    proc = cli(
+        "grpo",
+        "--config",
+        RECIPES["gpt2"],
+        "--dataset_dir",
+        data,
+        "--output_dir",
+        os.path.join(work, "down"),
+        "--set",
+        "grpo.reward_funcs=[{name: accuracy}, {name: 'down_reward_module:score'}]",
+        "--set",
+        "grpo.generation.max_new_tokens=4",
+        cwd=work,
+        env=env,
+    )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: reward function 'down_reward_module:score' failed on prompt index 0: RuntimeError: scoring "
-        "service down"), proc.stderr[-3000:]
+        "error: reward function 'down_reward_module:score' failed on prompt index 0: RuntimeError: scoring service down"
+    ), proc.stderr[-3000:]
 
 
 @pytest.mark.parametrize("family", sorted(RECIPES))

@@ -5,6 +5,7 @@ term, its gradient) compiled in GRAPH mode and run in PYNATIVE mode.
 
 Groups are ``G`` consecutive rows: rollouts ``[g G, (g + 1) G)`` are the completions of prompt ``g``.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,7 @@ RTOL, ATOL = 1e-5, 1e-5
 def naive_group_advantages(scores, g, scale_std, eps=1e-4):
     out = []
     for start in range(0, len(scores), g):
-        group = [float(x) for x in scores[start:start + g]]
+        group = [float(x) for x in scores[start : start + g]]
         mean = sum(group) / g
         std = math.sqrt(sum((x - mean) ** 2 for x in group) / (g - 1))  # unbiased
         out += [(x - mean) / (std + eps) if scale_std else x - mean for x in group]
@@ -37,7 +38,7 @@ def naive_group_advantages(scores, g, scale_std, eps=1e-4):
 def naive_rloo(scores, g):
     out = []
     for start in range(0, len(scores), g):
-        group = [float(x) for x in scores[start:start + g]]
+        group = [float(x) for x in scores[start : start + g]]
         for i, x in enumerate(group):
             others = [y for j, y in enumerate(group) if j != i]
             out.append(x - sum(others) / len(others))
@@ -47,7 +48,7 @@ def naive_rloo(scores, g):
 def naive_reinforce_baseline(scores, g, eps=1e-8):
     centred = []
     for start in range(0, len(scores), g):
-        group = [float(x) for x in scores[start:start + g]]
+        group = [float(x) for x in scores[start : start + g]]
         mean = sum(group) / g
         centred += [x - mean for x in group]
     mean = sum(centred) / len(centred)  # 0 up to rounding
@@ -65,7 +66,8 @@ def naive_grpo_loss(logp, old, ref, adv, mask, eps_low, eps_high, beta, loss_typ
     for b in range(batch):
         row_tokens = sum(int(mask[b, t]) for t in range(n))
         weight = {"grpo": 1.0 / (batch * row_tokens), "token": 1.0 / norm, "dr_grpo": 1.0 / (batch * max_len)}[
-            loss_type]
+            loss_type
+        ]
         for t in range(n):
             if not mask[b, t]:
                 continue
@@ -99,7 +101,7 @@ def test_group_advantages_match_the_loop(scale_std):
     np.testing.assert_allclose(got, naive_group_advantages(scores, 4, scale_std), rtol=RTOL, atol=ATOL)
     assert np.all(got[4:8] == 0.0)
     for start in (0, 8):  # advantages sum to 0 in every group
-        assert abs(got[start:start + 4].sum()) < 1e-5
+        assert abs(got[start : start + 4].sum()) < 1e-5
 
 
 def test_group_advantages_use_the_unbiased_std():
@@ -123,8 +125,7 @@ def test_rloo_advantages_match_the_loop():
         np.testing.assert_allclose(got, naive_rloo(scores, g), rtol=RTOL, atol=ATOL)
     # RLOO is the Dr. GRPO advantage scaled by G / (G - 1)
     scores = rng.normal(size=12)
-    np.testing.assert_allclose(rl.rloo_advantages(scores, 4), rl.group_advantages(scores, 4, False) * 4 / 3,
-                               rtol=1e-5)
+    np.testing.assert_allclose(rl.rloo_advantages(scores, 4), rl.group_advantages(scores, 4, False) * 4 / 3, rtol=1e-5)
 
 
 @pytest.mark.parametrize("fn", [rl.rloo_advantages, lambda s, g: rl.group_advantages(s, g)])
@@ -159,13 +160,18 @@ def test_reinforce_baseline_advantages_match_the_loop_and_are_global_over_ranks(
 @pytest.mark.parametrize("estimator", ["grpo", "dr_grpo", "rloo", "reinforce_baseline"])
 def test_grpo_advantages_dispatches_on_the_estimator(estimator):
     scores = np.random.default_rng(3).normal(size=8)
-    expected = {"grpo": naive_group_advantages(scores, 4, True), "dr_grpo": naive_group_advantages(scores, 4, False),
-                "rloo": naive_rloo(scores, 4), "reinforce_baseline": naive_reinforce_baseline(scores, 4)}[estimator]
+    expected = {
+        "grpo": naive_group_advantages(scores, 4, True),
+        "dr_grpo": naive_group_advantages(scores, 4, False),
+        "rloo": naive_rloo(scores, 4),
+        "reinforce_baseline": naive_reinforce_baseline(scores, 4),
+    }[estimator]
     np.testing.assert_allclose(rl.grpo_advantages(scores, 4, estimator), expected, rtol=RTOL, atol=ATOL)
     # scale_rewards=False turns the grpo estimator into Dr. GRPO's; the others ignore it
     unscaled = naive_group_advantages(scores, 4, False) if estimator == "grpo" else expected
-    np.testing.assert_allclose(rl.grpo_advantages(scores, 4, estimator, scale_rewards=False), unscaled,
-                               rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(
+        rl.grpo_advantages(scores, 4, estimator, scale_rewards=False), unscaled, rtol=RTOL, atol=ATOL
+    )
 
 
 def test_grpo_advantages_refuses_an_unknown_estimator():
@@ -180,7 +186,7 @@ def test_dynamic_sampling_keeps_groups_whose_scores_differ():
     scores = np.array([1, 1, 1, 1, 0, 0, 1, 0, 0.5, 0.5, 0.5, 0.5, 2, 2, 2, 2 + 1e-6], np.float32)
     expected = []
     for start in range(0, len(scores), 4):
-        group = list(scores[start:start + 4])
+        group = list(scores[start : start + 4])
         expected += [any(x != group[0] for x in group)] * 4
     got = rl.dynamic_sampling_keep(scores, 4)
     assert got.dtype == bool and got.tolist() == expected
@@ -260,9 +266,11 @@ def test_loss_types_aggregate_differently():
     logp = np.full((2, 4), -1.0, np.float32)
     mask = np.array([[1, 0, 0, 0], [1, 1, 1, 0]], np.float32)
     inputs = (logp, logp, logp, np.array([3.0, 1.0], np.float32), mask)
-    expected = {"grpo": -(3.0 + 1.0) / 2,  # mean of the sequences' token means
-                "token": -(3.0 + 3.0) / 4,  # mean over the 4 tokens
-                "dr_grpo": -(3.0 + 3.0) / (2 * 5)}  # token sum / (B * max_completion_length 5)
+    expected = {
+        "grpo": -(3.0 + 1.0) / 2,  # mean of the sequences' token means
+        "token": -(3.0 + 3.0) / 4,  # mean over the 4 tokens
+        "dr_grpo": -(3.0 + 3.0) / (2 * 5),
+    }  # token sum / (B * max_completion_length 5)
     for loss_type, value in expected.items():
         loss, clipfrac, kl = run_loss(inputs, 0.2, 0.2, 0.0, loss_type, 5)
         assert loss == pytest.approx(value, abs=1e-6), loss_type
@@ -271,10 +279,12 @@ def test_loss_types_aggregate_differently():
 
 def test_clip_higher_leaves_ratios_below_one_plus_epsilon_high_unclipped():
     # one token per column: (log ratio, advantage)
-    cases = [(math.log(1.25), 1.0),   # in (1 + eps_low, 1 + eps_high), A > 0: NOT clipped with clip-higher
-             (math.log(1.35), 1.0),   # above 1 + eps_high, A > 0: clipped at 1.28
-             (math.log(0.75), -1.0),  # below 1 - eps_low, A < 0: clipped at 0.8
-             (math.log(1.25), -1.0)]  # A < 0: the pessimistic unclipped term
+    cases = [
+        (math.log(1.25), 1.0),  # in (1 + eps_low, 1 + eps_high), A > 0: NOT clipped with clip-higher
+        (math.log(1.35), 1.0),  # above 1 + eps_high, A > 0: clipped at 1.28
+        (math.log(0.75), -1.0),  # below 1 - eps_low, A < 0: clipped at 0.8
+        (math.log(1.25), -1.0),
+    ]  # A < 0: the pessimistic unclipped term
     diff = np.array([[d for d, _ in cases]], np.float32).T  # (4, 1): one sequence per case
     old = np.full_like(diff, -1.0)
     logp, mask = old + diff, np.ones_like(diff)
@@ -344,6 +354,7 @@ def test_grpo_loss_gradient_matches_analytic_and_finite_difference(ms_mode, loss
         up, down = logp.copy(), logp.copy()
         up[b, t] += h
         down[b, t] -= h
-        fd = (naive_grpo_loss(up, *inputs[1:], *settings)[0]
-              - naive_grpo_loss(down, *inputs[1:], *settings)[0]) / (2 * h)
+        fd = (naive_grpo_loss(up, *inputs[1:], *settings)[0] - naive_grpo_loss(down, *inputs[1:], *settings)[0]) / (
+            2 * h
+        )
         assert grad[b, t] == pytest.approx(fd, rel=1e-4, abs=1e-6), (b, t)

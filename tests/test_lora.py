@@ -1,5 +1,6 @@
 """LoRA adapters: full rank reproduces full fine-tuning's first step, merged == unmerged, adapters off == base, only
 adapter parameters train, and bad inputs are clear errors."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +14,7 @@ import yaml
 from mindspore import Tensor, nn
 
 from mindrlhf.config import ConfigError, LoRAConfig, LossScaleConfig, LrScheduleConfig, OptimizerConfig, from_dict
-from mindrlhf.models.lora import (apply_lora, lora_layers, merge_lora, merged_weight, set_adapters_enabled)
+from mindrlhf.models.lora import apply_lora, lora_layers, merge_lora, merged_weight, set_adapters_enabled
 from mindrlhf.models.policy import CausalLM
 from mindrlhf.train.optim import build_optimizer
 from mindrlhf.train.sft import SFTLoss
@@ -73,8 +74,11 @@ def test_merged_equals_unmerged_and_adapters_off_is_the_base(ms_mode, family):
 def one_sgd_step(model, batch, lr):
     """One step of plain SGD (no loss scaling, clipping on) on ``model``'s trainable parameters."""
     net = SFTLoss(model)
-    step = TrainStep(net, nn.SGD(net.trainable_params(), learning_rate=lr),
-                     LossScaleConfig(loss_scale_value=1.0, use_clip_grad=True, max_grad_norm=1.0))
+    step = TrainStep(
+        net,
+        nn.SGD(net.trainable_params(), learning_rate=lr),
+        LossScaleConfig(loss_scale_value=1.0, use_clip_grad=True, max_grad_norm=1.0),
+    )
     loss, overflow, _ = step(*(Tensor(a) for a in batch))
     assert not overflow.asnumpy()
     return float(loss.asnumpy())
@@ -139,9 +143,12 @@ def test_extra_trainable_head():
 
 def test_bad_inputs_are_clear_errors():
     model = CausalLM(tiny_gpt2_config())
-    with pytest.raises(ConfigError, match=r"'c_atn' matches no dense layer; did you mean 'c_attn'\? the model has: "
-                                          r"backbone.h.<i>.attn.c_attn, backbone.h.<i>.attn.c_proj, "
-                                          r"backbone.h.<i>.mlp.c_fc, backbone.h.<i>.mlp.c_proj$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"'c_atn' matches no dense layer; did you mean 'c_attn'\? the model has: "
+        r"backbone.h.<i>.attn.c_attn, backbone.h.<i>.attn.c_proj, "
+        r"backbone.h.<i>.mlp.c_fc, backbone.h.<i>.mlp.c_proj$",
+    ):
         apply_lora(model, LoRAConfig(r=2, target_modules=["c_proj", "c_atn"]))
     assert not lora_layers(model)  # nothing was changed
     with pytest.raises(ConfigError, match=r"rank 33 is larger than layer 'backbone.h.0.attn.c_attn' \(32 -> 96\)"):
@@ -168,8 +175,13 @@ def test_tutorial_maps_the_deepspeed_chat_flags_onto_a_working_section():
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "lora.md")
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    for flag in ("--lora_dim", "--lora_module_name", "--only_optimize_lora", "--actor_lora_dim",
-                 "--critic_lora_module_name"):
+    for flag in (
+        "--lora_dim",
+        "--lora_module_name",
+        "--only_optimize_lora",
+        "--actor_lora_dim",
+        "--critic_lora_module_name",
+    ):
         assert f"`{flag}" in text, flag
     reference, seed_run = yaml_blocks(path)
     from_dict(LoRAConfig, reference["lora"], "lora")  # the documented section is a valid one
@@ -178,8 +190,15 @@ def test_tutorial_maps_the_deepspeed_chat_flags_onto_a_working_section():
     cfg = TINY_CONFIGS["llama"]()
     model = CausalLM(cfg)
     adapted = apply_lora(model, dataclasses.replace(lora, r=4))
-    per_block = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
-                 "mlp.up_proj", "mlp.down_proj"}
+    per_block = {
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    }
     assert set(adapted) == {f"backbone.layers.{i}.{n}" for i in range(cfg.num_layers) for n in per_block}
 
 

@@ -1,6 +1,7 @@
 """LoRA training checkpoints of the supervised stages (SFT, reward model, DPO) hold the adapters and trained heads
 alone and record their base: they are small, resume exactly with the base loaded from the record, load merged into
 the next stage and ``export-hf``, and a different base is refused in one line."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,8 +70,9 @@ def test_sft_lora_checkpoint_is_small_resumes_exactly_and_loads_into_the_next_st
     ms.set_seed(0)
     train_sft(sft_config(broken_dir, train_file, *flags, f"load_checkpoint={base}"), stop_at_step=3)
     ms.set_seed(123)  # another fresh init: the base must come from the checkpoint's record
-    _, rest = train_sft(sft_config(broken_dir, train_file, *flags,
-                                   f"load_checkpoint={os.path.join(broken_dir, 'checkpoint')}"))
+    _, rest = train_sft(
+        sft_config(broken_dir, train_file, *flags, f"load_checkpoint={os.path.join(broken_dir, 'checkpoint')}")
+    )
     assert rest.state.global_step == len(result.losses) == 4 and len(rest.losses) == 1
     a, b = read_ckpt(final), read_ckpt(newest(broken_dir))
     assert set(a) == set(b)
@@ -85,12 +87,15 @@ def test_sft_lora_checkpoint_is_small_resumes_exactly_and_loads_into_the_next_st
     reward = RewardModel(model.config)
     assert load_weights(reward, final, model.config, new_heads=True) == ["score.weight"]
     backbone = {n: p.asnumpy() for n, p in cell_parameters(plain).items() if n.startswith("backbone.")}
-    assert all(np.array_equal(p.asnumpy(), backbone[n]) for n, p in cell_parameters(reward).items()
-               if n in backbone)
+    assert all(np.array_equal(p.asnumpy(), backbone[n]) for n, p in cell_parameters(reward).items() if n in backbone)
     recipe, merged = os.path.join(tmp_dir, "recipe.yaml"), os.path.join(tmp_dir, "merged")
     save_config(sft_config(tmp_dir, train_file), recipe)
-    assert cli_main.main(["export-hf", "--config", recipe, "--load_checkpoint", final, "--tokenizer", "none",
-                          "--output_dir", merged]) == 0
+    assert (
+        cli_main.main(
+            ["export-hf", "--config", recipe, "--load_checkpoint", final, "--tokenizer", "none", "--output_dir", merged]
+        )
+        == 0
+    )
     logits = torch_forward(load_transformers(merged).eval(), IDS, np.ones_like(IDS)).logits.numpy()
     np.testing.assert_allclose(logits, ours, atol=1e-4)
 
@@ -100,14 +105,27 @@ def test_sft_lora_checkpoint_is_small_resumes_exactly_and_loads_into_the_next_st
         load_ckpt(CausalLM(model.config), final)
     assert "\n" not in str(err.value)
     with pytest.raises(CheckpointError, match="another model"):
-        train_sft(sft_config(broken_dir, train_file, *flags, "runner_config.epochs=3",
-                             f"load_checkpoint={os.path.join(broken_dir, 'checkpoint')}"))
+        train_sft(
+            sft_config(
+                broken_dir,
+                train_file,
+                *flags,
+                "runner_config.epochs=3",
+                f"load_checkpoint={os.path.join(broken_dir, 'checkpoint')}",
+            )
+        )
 
 
 def test_reward_lora_checkpoint_holds_adapters_and_score_and_scores_as_trained(pairs, tmp_dir):  # noqa: F811
     set_mode("graph")
-    cfg = rm_config(tmp_dir, pairs, "runner_config.epochs=1", "optimizer.learning_rate=2.0e-2",
-                    "lr_schedule.learning_rate=2.0e-2", *LORA_FLAGS)
+    cfg = rm_config(
+        tmp_dir,
+        pairs,
+        "runner_config.epochs=1",
+        "optimizer.learning_rate=2.0e-2",
+        "lr_schedule.learning_rate=2.0e-2",
+        *LORA_FLAGS,
+    )
     base = save_base(cfg.model.model_config, os.path.join(tmp_dir, "sft.ckpt"), 3)
     model, _ = train_reward_model(dataclasses.replace(cfg, load_checkpoint=base))
     final = newest(tmp_dir)
@@ -116,15 +134,15 @@ def test_reward_lora_checkpoint_holds_adapters_and_score_and_scores_as_trained(p
     model.set_train(False)
     scored = RewardModel(model.config)  # what rm eval / rm infer / PPO's reward model load
     load_ckpt(scored, final)
-    np.testing.assert_allclose(score_texts(scored, rows, 128, 50256), score_texts(model, rows, 128, 50256),
-                               atol=1e-5)
+    np.testing.assert_allclose(score_texts(scored, rows, 128, 50256), score_texts(model, rows, 128, 50256), atol=1e-5)
 
 
 def test_dpo_lora_checkpoint_holds_adapters_and_refuses_another_start(pairs, tmp_dir):  # noqa: F811
     set_mode("graph")
     cfg = dpo_config(tmp_dir, *LORA_FLAGS)
-    start, other = (save_base(cfg.model.model_config, os.path.join(tmp_dir, f"{n}.ckpt"), s)
-                    for n, s in (("sft", 4), ("other", 5)))
+    start, other = (
+        save_base(cfg.model.model_config, os.path.join(tmp_dir, f"{n}.ckpt"), s) for n, s in (("sft", 4), ("other", 5))
+    )
     policy, _ = train_dpo(cfg, pairs, sft_checkpoint=start, stop_at_step=1)
     assert_adapters_alone(newest(tmp_dir), policy)
     with pytest.raises(CheckpointError, match="another model"):

@@ -1,6 +1,7 @@
 """LoRA export and import against ``transformers`` + ``peft``: our adapters in PEFT's layout load onto the
 ``transformers`` base with our logits; the merged Hugging Face export gives them too; adapters ``peft`` wrote load
 into our model with ``peft``'s logits; adapters for another model are refused."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,15 @@ from mindrlhf.models.convert import CheckpointError, load_weights, save_hf_check
 from mindrlhf.models.lora import apply_lora, lora_layers, prepare_lora
 from mindrlhf.models.peft import ADAPTER_CONFIG, load_peft_adapter, save_peft_adapter
 from mindrlhf.models.policy import CausalLM
-from tests.helpers import (TINY_CONFIGS, load_transformers, max_abs_diff, ms_numpy, padded_batch,
-                           randomize_parameters, torch_forward)
+from tests.helpers import (
+    TINY_CONFIGS,
+    load_transformers,
+    max_abs_diff,
+    ms_numpy,
+    padded_batch,
+    randomize_parameters,
+    torch_forward,
+)
 
 TARGETS = {"gpt2": ["c_attn", "mlp.c_proj"], "llama": ["q_proj", "v_proj", "up_proj"]}
 
@@ -65,8 +73,10 @@ def test_adapters_written_by_peft_load_with_peft_logits(tmp_dir):
     randomize_parameters(model, seed=3)
     base = save_hf_checkpoint(model, cfg, os.path.join(tmp_dir, "base"))
     torch.manual_seed(0)
-    peft_model = get_peft_model(load_transformers(base), LoraConfig(
-        r=2, lora_alpha=6, target_modules=["k_proj", "o_proj", "gate_proj"], init_lora_weights=False)).eval()
+    peft_model = get_peft_model(
+        load_transformers(base),
+        LoraConfig(r=2, lora_alpha=6, target_modules=["k_proj", "o_proj", "gate_proj"], init_lora_weights=False),
+    ).eval()
     peft_model.save_pretrained(os.path.join(tmp_dir, "peft"))
     ids, mask = padded_batch(cfg)
     expected = torch_forward(peft_model, ids, mask).logits.numpy()
@@ -125,7 +135,25 @@ def test_reward_model_adapters_and_score_head_load_in_peft_with_our_scores(tmp_d
     recipe, exported = os.path.join(tmp_dir, "recipe.yaml"), os.path.join(tmp_dir, "exported")
     save_config(RunConfig(model=ModelSection(model_config=cfg)), recipe)
     ckpt = save_ckpt(model, os.path.join(tmp_dir, "rm_lora.ckpt"))  # adapters, score and base
-    assert cli_main.main(["export-hf", "--config", recipe, "--reward", "--peft", "--load_checkpoint", base,
-                          "--adapter", ckpt, "--tokenizer", "none", "--output_dir", exported]) == 0
+    assert (
+        cli_main.main(
+            [
+                "export-hf",
+                "--config",
+                recipe,
+                "--reward",
+                "--peft",
+                "--load_checkpoint",
+                base,
+                "--adapter",
+                ckpt,
+                "--tokenizer",
+                "none",
+                "--output_dir",
+                exported,
+            ]
+        )
+        == 0
+    )
     peft_model = PeftModel.from_pretrained(load_transformers(base, reward=True), exported).eval()
     np.testing.assert_allclose(torch_forward(peft_model, ids, mask).logits.numpy()[:, 0], ours, atol=1e-4)

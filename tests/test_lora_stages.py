@@ -2,6 +2,7 @@
 into a plain model merged; PPO trains the policy's adapters and value head against a reference that is the same
 weights with adapters off, saves the adapters alone and resumes exactly; GRPO's reference is the policy itself;
 DPO's reference is the base, precomputed or scored on the fly with the adapters off."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,16 +35,23 @@ LORA_FLAGS = ("lora.r=4", "lora.alpha=8.0", "lora.target_modules=[c_attn, mlp.c_
 
 def test_lora_sft_trains_adapters_only_and_its_checkpoint_loads_merged(train_file, tmp_dir):  # noqa: F811
     set_mode("graph")
-    cfg = sft_config(tmp_dir, train_file, "runner_config.epochs=2", "optimizer.learning_rate=2.0e-2",
-                     "lr_schedule.learning_rate=2.0e-2", *LORA_FLAGS)
+    cfg = sft_config(
+        tmp_dir,
+        train_file,
+        "runner_config.epochs=2",
+        "optimizer.learning_rate=2.0e-2",
+        "lr_schedule.learning_rate=2.0e-2",
+        *LORA_FLAGS,
+    )
     base = CausalLM(cfg.model.model_config)
     before = parameter_arrays(base)
     start = save_ckpt(base, os.path.join(tmp_dir, "base.ckpt"))
     model, result = train_sft(dataclasses.replace(cfg, load_checkpoint=start))
     assert np.mean(result.losses[-2:]) < np.mean(result.losses[:2])
     after = parameter_arrays(model)
-    assert sorted(set(after) - set(before)) == sorted(f"{layer}.{kind}" for layer in lora_layers(model)
-                                                      for kind in ("lora_A", "lora_B", "lora_scale"))
+    assert sorted(set(after) - set(before)) == sorted(
+        f"{layer}.{kind}" for layer in lora_layers(model) for kind in ("lora_A", "lora_B", "lora_scale")
+    )
     changed = sorted(n for n in after if n not in before or not np.array_equal(before[n], after[n]))
     assert changed == sorted(n for n in after if n.endswith((".lora_A", ".lora_B", ".lora_scale")))
     assert len(lora_layers(model)) == 4
@@ -75,10 +83,19 @@ def test_lora_ppo_trains_against_the_base_and_resumes_exactly_from_adapters_alon
     assert abs(kl[0]) < 1e-5 and kl[-1] > 1e-4, kl  # the reference is the base, not the moving policy
 
     parts = os.path.join(tmp_dir, "parts")
-    assert train_ppo(lora_ppo_config(parts), prompts_file, target_reward, sft_checkpoint=base,
-                     stop_after=2).state.iteration == 2
-    train_ppo(lora_ppo_config(parts), prompts_file, target_reward, sft_checkpoint=base,
-              resume=os.path.join(parts, "checkpoint"))
+    assert (
+        train_ppo(
+            lora_ppo_config(parts), prompts_file, target_reward, sft_checkpoint=base, stop_after=2
+        ).state.iteration
+        == 2
+    )
+    train_ppo(
+        lora_ppo_config(parts),
+        prompts_file,
+        target_reward,
+        sft_checkpoint=base,
+        resume=os.path.join(parts, "checkpoint"),
+    )
 
     final = "checkpoint/rank_0/policy_model_epoch_2.ckpt"
     reference, resumed = read_ckpt(os.path.join(straight, final)), read_ckpt(os.path.join(parts, final))
@@ -123,8 +140,12 @@ def export_and_compare(trainer, base, adapters, tmp_dir):
     merged, peft_dir, hf_base = (os.path.join(tmp_dir, n) for n in ("merged", "peft", "hf_base"))
     assert cli_main.main([*common, "--output_dir", merged]) == 0
     assert cli_main.main([*common, "--peft", "--output_dir", peft_dir]) == 0
-    assert cli_main.main(["export-hf", "--config", recipe, "--load_checkpoint", base, "--tokenizer", "none",
-                          "--output_dir", hf_base]) == 0
+    assert (
+        cli_main.main(
+            ["export-hf", "--config", recipe, "--load_checkpoint", base, "--tokenizer", "none", "--output_dir", hf_base]
+        )
+        == 0
+    )
     policy = trainer.models.policy
     policy.set_train(False)
     ids = np.array([[5, 9, 30, 7, 10, 42, 8, 11]], np.int32)
@@ -152,8 +173,17 @@ def test_lora_reference_log_probs_come_from_the_policy_scorer_with_adapters_off(
     rng = np.random.default_rng(0)
     for layer in lora_layers(policy).values():
         layer.lora_B.set_data(Tensor(rng.normal(0, 0.3, layer.lora_B.shape).astype(np.float32)))
-    maker = RolloutMaker(policy, policy, lambda prompts, responses: [0.0] * len(responses),
-                         GenerationConfig(max_new_tokens=4), 4, PAD, EOS, 2, with_values=True)
+    maker = RolloutMaker(
+        policy,
+        policy,
+        lambda prompts, responses: [0.0] * len(responses),
+        GenerationConfig(max_new_tokens=4),
+        4,
+        PAD,
+        EOS,
+        2,
+        with_values=True,
+    )
     assert isinstance(maker.ref_scorer, FirstOutput)
     policy.set_train(False)
     plain.set_train(False)

@@ -1,4 +1,5 @@
 """``mindrlhf.tools.loss_plot``: log-line parsing, the events file and loss.png, one-time and real-time modes."""
+
 from __future__ import annotations
 
 import glob
@@ -19,8 +20,10 @@ from mindrlhf.train.monitor import format_step_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WRAPPER = os.path.join(ROOT, "examples", "reward_model_train_tutorial", "reward_loss_plot.py")
-SEED_LINE = ("Epoch:[  1/  2], step:[    2/29134], loss: 0.744, time:68580.279 ms, lr:8e-08, overflow cond: False, "
-             "loss_scale: 128.0")
+SEED_LINE = (
+    "Epoch:[  1/  2], step:[    2/29134], loss: 0.744, time:68580.279 ms, lr:8e-08, overflow cond: False, "
+    "loss_scale: 128.0"
+)
 PREFIX = "2026-11-21 05:57:08,237 - mindrlhf[trainer.py:93] - INFO - "
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -33,11 +36,11 @@ def read_scalars(folder: str) -> Dict[str, List[Tuple[int, float]]]:
     scalars: Dict[str, List[Tuple[int, float]]] = {}
     pos = 0
     while pos < len(data):
-        header = data[pos:pos + 8]
+        header = data[pos : pos + 8]
         (length,) = struct.unpack("<Q", header)
-        assert struct.unpack("<I", data[pos + 8:pos + 12])[0] == masked_crc32c(header)
-        body = data[pos + 12:pos + 12 + length]
-        assert struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])[0] == masked_crc32c(body)
+        assert struct.unpack("<I", data[pos + 8 : pos + 12])[0] == masked_crc32c(header)
+        body = data[pos + 12 : pos + 12 + length]
+        assert struct.unpack("<I", data[pos + 12 + length : pos + 16 + length])[0] == masked_crc32c(body)
         pos += 16 + length
         event = event_pb2.Event.FromString(body)
         for value in event.summary.value:
@@ -61,21 +64,31 @@ def test_parse_our_line_and_info_log_prefix():
 
 
 def test_parse_mindformers_variants():
-    sink = ("{ Epoch:[  2/  2], step:[    5/  100], loss: 0.512, per_step_time: 68ms, lr: 8e-08, overflow cond: True, "
-            "loss_scale: 64.0")
+    sink = (
+        "{ Epoch:[  2/  2], step:[    5/  100], loss: 0.512, per_step_time: 68ms, lr: 8e-08, overflow cond: True, "
+        "loss_scale: 64.0"
+    )
     point = parse_loss_line(sink)
-    assert (point.global_step, point.loss, point.lr, point.overflow, point.loss_scale) == (105, 0.512, 8e-08, True,
-                                                                                           64.0)
-    bracket = "{ Epoch:[  1/  2], step:[    7/  100], loss:[0.744/0.750], time:68580.279 ms, lr:[8.e-08], " \
-              "overflow cond: False, loss_scale: [128.]"
+    assert (point.global_step, point.loss, point.lr, point.overflow, point.loss_scale) == (
+        105,
+        0.512,
+        8e-08,
+        True,
+        64.0,
+    )
+    bracket = (
+        "{ Epoch:[  1/  2], step:[    7/  100], loss:[0.744/0.750], time:68580.279 ms, lr:[8.e-08], "
+        "overflow cond: False, loss_scale: [128.]"
+    )
     point = parse_loss_line(bracket)
     assert (point.global_step, point.loss, point.lr, point.loss_scale) == (7, 0.744, 8e-08, 128.0)
     bare = parse_loss_line("loss: 0.25")
     assert bare.loss == 0.25 and bare.global_step is None and bare.lr is None and bare.overflow is None
 
 
-@pytest.mark.parametrize("text, value", [("1.5e-05", 1.5e-05), ("2E+3", 2000.0), ("[3.25e-1/4e-1]", 0.325),
-                                         (".5", 0.5), ("7", 7.0)])
+@pytest.mark.parametrize(
+    "text, value", [("1.5e-05", 1.5e-05), ("2E+3", 2000.0), ("[3.25e-1/4e-1]", 0.325), (".5", 0.5), ("7", 7.0)]
+)
 def test_parse_scientific_and_plain_numbers(text, value):
     assert parse_loss_line(f"{PREFIX}Epoch:[  1/  1], step:[    1/    1], loss: {text}, lr:1e-5").loss == value
 
@@ -86,15 +99,18 @@ def test_zero_loss_is_a_point():
     assert parse_loss_line("loss: 0").loss == 0.0
 
 
-@pytest.mark.parametrize("line", [
-    "",
-    PREFIX + "checkpoint saved: output/checkpoint/rank_0/rm-1_3.ckpt",
-    PREFIX + "acc: [0.5]; avg acc: [0.5]",
-    PREFIX + "reward model training: 2 epochs x 3 steps, batch 2 pairs per device, loss pairwise",
-    "value_loss: 0.3, policy_loss: 0.1",
-    "overflow cond: False, loss_scale: 128.0",
-    "loss: information follows",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "",
+        PREFIX + "checkpoint saved: output/checkpoint/rank_0/rm-1_3.ckpt",
+        PREFIX + "acc: [0.5]; avg acc: [0.5]",
+        PREFIX + "reward model training: 2 epochs x 3 steps, batch 2 pairs per device, loss pairwise",
+        "value_loss: 0.3, policy_loss: 0.1",
+        "overflow cond: False, loss_scale: 128.0",
+        "loss: information follows",
+    ],
+)
 def test_unrelated_lines_are_ignored(line):
     assert parse_loss_line(line) is None
 
@@ -169,9 +185,27 @@ def test_real_time_follows_a_growing_file_and_stops(tmp_dir, capsys):
                     f.flush()
 
     writer = threading.Thread(target=append_lines, daemon=True)
-    runner = threading.Thread(target=lambda: result.append(main([
-        "--log_file", log, "--output_file_dir", out, "--parse_mode", "real-time", "--timeout", "1",
-        "--poll_interval", "0.1", "--plot_every", "5"])), daemon=True)
+    runner = threading.Thread(
+        target=lambda: result.append(
+            main(
+                [
+                    "--log_file",
+                    log,
+                    "--output_file_dir",
+                    out,
+                    "--parse_mode",
+                    "real-time",
+                    "--timeout",
+                    "1",
+                    "--poll_interval",
+                    "0.1",
+                    "--plot_every",
+                    "5",
+                ]
+            )
+        ),
+        daemon=True,
+    )
     start = time.monotonic()
     writer.start()
     runner.start()
@@ -192,8 +226,23 @@ def test_real_time_follows_a_growing_file_and_stops(tmp_dir, capsys):
 @pytest.mark.parametrize("mode", ["one-time", "real-time"])
 def test_missing_log_file_is_an_error(tmp_dir, capsys, mode):
     log, out = os.path.join(tmp_dir, "nope", "info.log"), os.path.join(tmp_dir, "loss_dir")
-    assert main(["--log_file", log, "--output_file_dir", out, "--parse_mode", mode, "--timeout", "0.2",
-                 "--poll_interval", "0.05"]) == 1
+    assert (
+        main(
+            [
+                "--log_file",
+                log,
+                "--output_file_dir",
+                out,
+                "--parse_mode",
+                mode,
+                "--timeout",
+                "0.2",
+                "--poll_interval",
+                "0.05",
+            ]
+        )
+        == 1
+    )
     captured = capsys.readouterr()
     assert f"error: log file not found: {log}" in captured.err
     assert not os.path.exists(out)
@@ -203,8 +252,9 @@ def test_missing_log_file_is_an_error(tmp_dir, capsys, mode):
 
 
 def test_wrapper_script_from_another_folder(tmp_dir):
-    proc = subprocess.run([sys.executable, WRAPPER, "--parse_mode", "one-time"], cwd=tmp_dir, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, WRAPPER, "--parse_mode", "one-time"], cwd=tmp_dir, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 1
     assert "log file not found: output/log/rank_0/info.log" in proc.stderr
     assert os.listdir(tmp_dir) == []

@@ -1,4 +1,5 @@
 """Pure losses against numpy; the shared train step (loss scale, overflow skip, clipping); the lr table."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -70,10 +71,15 @@ class _Quadratic(nn.Cell):
 
 def _step(scale=8.0, window=2, clip=False, max_norm=1.0, lr=0.1):
     net = _Quadratic()
-    opt = build_optimizer(net.trainable_params(), OptimizerConfig(learning_rate=lr, weight_decay=0.0),
-                          LrScheduleConfig(type="constant"), 100)
-    cfg = LossScaleConfig(loss_scale_value=scale, scale_factor=2.0, scale_window=window, use_clip_grad=clip,
-                          max_grad_norm=max_norm)
+    opt = build_optimizer(
+        net.trainable_params(),
+        OptimizerConfig(learning_rate=lr, weight_decay=0.0),
+        LrScheduleConfig(type="constant"),
+        100,
+    )
+    cfg = LossScaleConfig(
+        loss_scale_value=scale, scale_factor=2.0, scale_window=window, use_clip_grad=clip, max_grad_norm=max_norm
+    )
     return net, TrainStep(net, opt, cfg)
 
 
@@ -165,11 +171,18 @@ def test_adamw_matches_torch_adamw():
     opt_cfg = OptimizerConfig(learning_rate=0.05, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1)
     sched = LrScheduleConfig(type="cosine", lr_end=0.005, warmup_steps=2)
     net = _TwoParams(w, b)
-    step = TrainStep(net, build_optimizer(net.trainable_params(), opt_cfg, sched, 6),
-                     LossScaleConfig(loss_scale_value=1.0, use_clip_grad=False))
+    step = TrainStep(
+        net,
+        build_optimizer(net.trainable_params(), opt_cfg, sched, 6),
+        LossScaleConfig(loss_scale_value=1.0, use_clip_grad=False),
+    )
     tw, tb = torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)
-    topt = torch.optim.AdamW([{"params": [tw], "weight_decay": 0.1}, {"params": [tb], "weight_decay": 0.0}],
-                             lr=1.0, betas=(0.9, 0.999), eps=1e-8)
+    topt = torch.optim.AdamW(
+        [{"params": [tw], "weight_decay": 0.1}, {"params": [tb], "weight_decay": 0.0}],
+        lr=1.0,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+    )
     lrs = lr_table(sched, opt_cfg, 6)
     x = torch.tensor([0.5, -1.0, 2.0])
     for t in range(6):

@@ -1,5 +1,6 @@
 """The memory planner: parameter bytes against the MindSpore cells, formulas against hand computation and
 published parameter counts, and ``mindrlhf plan-memory`` through its real entry point."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,8 +31,12 @@ def recipe(name: str) -> str:
 
 def cell_bytes(cell, trainable_only: bool = False) -> int:
     """Bytes of the Parameters of a MindSpore cell (only those with requires_grad when asked)."""
-    return sum(p.size * p.itemsize for p in cell.get_parameters() if p.requires_grad or not trainable_only
-               if not p.name.startswith("kv_cache"))
+    return sum(
+        p.size * p.itemsize
+        for p in cell.get_parameters()
+        if p.requires_grad or not trainable_only
+        if not p.name.startswith("kv_cache")
+    )
 
 
 @pytest.mark.parametrize("name", list(RECIPES))
@@ -67,16 +72,28 @@ def test_published_parameter_counts():
 
 
 def test_activation_and_cache_formulas_by_hand():
-    cfg = ModelConfig(type="llama", vocab_size=100, hidden_size=8, num_layers=3, num_heads=2, num_kv_heads=1,
-                      intermediate_size=24, seq_length=5, hidden_act="silu", compute_dtype="float16")
+    cfg = ModelConfig(
+        type="llama",
+        vocab_size=100,
+        hidden_size=8,
+        num_layers=3,
+        num_heads=2,
+        num_kv_heads=1,
+        intermediate_size=24,
+        seq_length=5,
+        hidden_act="silu",
+        compute_dtype="float16",
+    )
     b, s, h, kv, i, a = 2, 5, 8, 4, 24, 2
     layer = s * b * (6 * h + 2 * kv + 4 * i) + a * s * s * b  # 10 * 152 + 100 = 1620 elements
     assert mp.layer_activation_elements(cfg, b, s) == layer == 1620
     logits = 2 * s * b * 100 * 4
     assert mp.activation_bytes(cfg, b, s, recompute=False) == 3 * layer * 2 + logits
     assert mp.activation_bytes(cfg, b, s, recompute=True) == (3 * s * b * h + layer) * 2 + logits
-    assert mp.activation_bytes(cfg, b, s, False, with_logits=False, lora_rank=2, adapted_per_layer=2) == \
-        3 * (layer + 2 * 2 * s * b * 2) * 2
+    assert (
+        mp.activation_bytes(cfg, b, s, False, with_logits=False, lora_rank=2, adapted_per_layer=2)
+        == 3 * (layer + 2 * 2 * s * b * 2) * 2
+    )
     assert mp.kv_cache_bytes(cfg, batch=3, length=5) == 2 * 3 * 3 * 1 * 5 * 4 * 2
     gpt2 = dataclasses.replace(cfg, type="gpt2", hidden_act="gelu", intermediate_size=None, num_kv_heads=2)
     assert mp.layer_activation_elements(gpt2, b, s) == s * b * (6 * h + 2 * h + 2 * 4 * h) + a * s * s * b
@@ -95,8 +112,9 @@ def test_llama_7b_ppo_stage_sharding_and_lora_reference():
     assert mp.plan("ppo", config, mp.Layout(8, False))["full"][0].optimizer == 8 * policy.trainable
 
 
-@pytest.mark.parametrize("text,expected", [("64GB", 64 << 30), ("31.5GiB", int(31.5 * (1 << 30))),
-                                           ("500MB", 500 << 20), ("32", 32 << 30)])
+@pytest.mark.parametrize(
+    "text,expected", [("64GB", 64 << 30), ("31.5GiB", int(31.5 * (1 << 30))), ("500MB", 500 << 20), ("32", 32 << 30)]
+)
 def test_parse_memory(text, expected):
     assert mp.parse_memory(text) == expected
 
@@ -122,42 +140,63 @@ def test_lora_target_that_matches_nothing():
 
 def mindrlhf(*args):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "mindrlhf.cli.main", "plan-memory", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "mindrlhf.cli.main", "plan-memory", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_command_prints_table_and_verdicts():
-    proc = mindrlhf("--config", recipe("llama2_config/run_llama2_7b_ppo.yaml"), "--stage", "ppo", "--devices", "8",
-                    "--device_memory", "32GB")
+    proc = mindrlhf(
+        "--config",
+        recipe("llama2_config/run_llama2_7b_ppo.yaml"),
+        "--stage",
+        "ppo",
+        "--devices",
+        "8",
+        "--device_memory",
+        "32GB",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     assert "stage ppo, 8 device(s)" in lines[0]
-    assert [line.split()[:2] for line in lines[2:8]] == [[mode, role] for mode in ("full", "lora")
-                                                         for role in ("policy", "reference", "reward")]
+    assert [line.split()[:2] for line in lines[2:8]] == [
+        [mode, role] for mode in ("full", "lora") for role in ("policy", "reference", "reward")
+    ]
     assert lines[-2].startswith("full: ") and lines[-2].endswith("of 32.00 GiB: does not fit")
     proc = mindrlhf("--config", recipe("gpt2_config/run_gpt2_tiny_sft.yaml"), "--device_memory", "64GB")
     assert proc.returncode == 0 and proc.stdout.splitlines()[-1].endswith("of 64.00 GiB: fits")
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--set", "model.model_config.hiden_size=8"], "model.model_config.hiden_size: unknown key"),
-    (["--device_memory", "lots"], "--device_memory 'lots': expected a size"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--set", "model.model_config.hiden_size=8"], "model.model_config.hiden_size: unknown key"),
+        (["--device_memory", "lots"], "--device_memory 'lots': expected a size"),
+    ],
+)
 def test_command_bad_input_is_one_line(args, message):
     proc = mindrlhf("--config", recipe("gpt2_config/run_gpt2_tiny_sft.yaml"), *args)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("stage,overrides,roles", [
-    ("sft", [], ["policy"]),
-    ("rm", [], ["reward"]),
-    ("dpo", [], ["policy"]),  # reference log-probs precomputed: no reference in memory
-    ("dpo", ["dpo.precompute_ref_log_probs=false"], ["policy", "reference"]),
-    ("ppo", ["ppo.is_shared_backbone=false"], ["policy", "reference", "critic", "reward"]),
-    ("grpo", ["grpo.beta=0.0"], ["policy"]),
-    ("grpo", ["grpo.use_reward_model=true"], ["policy", "reference", "reward"]),
-])
+@pytest.mark.parametrize(
+    "stage,overrides,roles",
+    [
+        ("sft", [], ["policy"]),
+        ("rm", [], ["reward"]),
+        ("dpo", [], ["policy"]),  # reference log-probs precomputed: no reference in memory
+        ("dpo", ["dpo.precompute_ref_log_probs=false"], ["policy", "reference"]),
+        ("ppo", ["ppo.is_shared_backbone=false"], ["policy", "reference", "critic", "reward"]),
+        ("grpo", ["grpo.beta=0.0"], ["policy"]),
+        ("grpo", ["grpo.use_reward_model=true"], ["policy", "reference", "reward"]),
+    ],
+)
 def test_stage_models(stage, overrides, roles):
     """Which models each stage holds; trained models have gradients, frozen ones only weights; pairs double the
     batch; GRPO decodes num_prompts * num_generations rollouts at once."""

@@ -4,6 +4,7 @@ Each test exports our randomly initialised model with ``save_hf_checkpoint`` and
 so the reference has exactly our weights. Only non-pad positions are compared: what a model computes at a pad
 query is undefined and differs between implementations.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,9 +17,21 @@ from mindrlhf.models import CausalLM, Critic, RewardModel, TokenLogProbs, list_b
 from mindrlhf.models.convert import model_config_from_hf_folder, save_hf_checkpoint
 from mindrlhf.models.layers import FUSED_MAX_ROWS, GeluTanh, LayerNorm
 from mindrlhf.models.registry import backbone_class
-from tests.helpers import (FIRST_TEXT_ID, TINY_CONFIGS, load_transformers, max_abs_diff, ms_numpy, padded_batch,
-                           parameter_arrays, positions_from_mask, randomize_parameters, set_mode, tiny_bloom_config,
-                           tiny_llama_config, torch_forward)
+from tests.helpers import (
+    FIRST_TEXT_ID,
+    TINY_CONFIGS,
+    load_transformers,
+    max_abs_diff,
+    ms_numpy,
+    padded_batch,
+    parameter_arrays,
+    positions_from_mask,
+    randomize_parameters,
+    set_mode,
+    tiny_bloom_config,
+    tiny_llama_config,
+    torch_forward,
+)
 
 TOL = 1e-4
 FAMILIES = sorted(TINY_CONFIGS)
@@ -170,10 +183,16 @@ def test_batch_builder_keeps_pad_ids_out_of_text():
     assert mask.sum(1).tolist() == [8, 5, 2] and mask[:, -1].all()
 
 
-@pytest.mark.parametrize("family, hidden_act, hf_name", [
-    ("gpt2", "gelu_exact", "gelu"), ("gpt2", "silu", "silu"), ("gpt2", "relu", "relu"),
-    ("llama", "gelu", "gelu_new"), ("llama", "relu", "relu"),
-])
+@pytest.mark.parametrize(
+    "family, hidden_act, hf_name",
+    [
+        ("gpt2", "gelu_exact", "gelu"),
+        ("gpt2", "silu", "silu"),
+        ("gpt2", "relu", "relu"),
+        ("llama", "gelu", "gelu_new"),
+        ("llama", "relu", "relu"),
+    ],
+)
 def test_hidden_act_selects_the_mlp_activation(family, hidden_act, hf_name, tmp_dir):
     """Each family's MLP computes ``model_config.hidden_act``: the export names it in ``config.json`` and
     ``transformers`` (ACT2FN) computes the same logits; the same weights under the family default differ."""
@@ -195,6 +214,8 @@ def test_hidden_act_selects_the_mlp_activation(family, hidden_act, hf_name, tmp_
 def test_bloom_refuses_an_activation_its_checkpoints_cannot_name():
     with pytest.raises(ConfigError, match="hidden_act: BLOOM's MLP is the tanh GELU .gelu., got 'silu'"):
         CausalLM(tiny_bloom_config(hidden_act="silu"))
+
+
 @pytest.mark.parametrize("rows", [4, 2 * FUSED_MAX_ROWS])  # the fused (decode-sized) and the elementwise path
 def test_gelu_backward_matches_torch(ms_mode, rows):
     """GeluTanh's hand-written backward against torch's tanh GELU gradient (and its forward against torch's)."""
@@ -231,8 +252,7 @@ def test_layernorm_backward_matches_torch(ms_mode, rows):
     def weighted(v, d):
         return (norm(v) * d).sum()
 
-    dx, (dweight, dbias) = ms.grad(weighted, grad_position=0, weights=norm.trainable_params())(Tensor(x),
-                                                                                             Tensor(dout))
+    dx, (dweight, dbias) = ms.grad(weighted, grad_position=0, weights=norm.trainable_params())(Tensor(x), Tensor(dout))
     ref = [torch.tensor(a, requires_grad=True) for a in (x, weight, bias)]
     ref_y = torch.nn.functional.layer_norm(ref[0], (32,), ref[1], ref[2], eps=1e-5)
     (ref_y * torch.tensor(dout)).sum().backward()

@@ -3,6 +3,7 @@ policy's own log-probs, checkpoints and exact resume, the stages mode, the separ
 experience run in graph mode; the tests about saved state (resume, stages, extending a finished run, errors) and the
 separate critic's start run in PYNATIVE mode, where a ``train_ppo`` call skips compiling its graphs (most of its time
 on CPU)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,9 +20,8 @@ from mindrlhf.data.convert_prompts import PROMPT_SCHEMA
 from mindrlhf.models import CausalLM, RewardModel
 from mindrlhf.models.convert import load_ckpt, save_ckpt
 from mindrlhf.train.checkpoint import read_ckpt
-from mindrlhf.train.ppo import (PPOTrainer, build_ppo_models, format_ppo_line, prompt_source, train_ppo)
-from tests.helpers import (PAD, parameter_arrays, rl_training_sections, set_mode, tiny_gpt2_config,
-                           tiny_llama_config)
+from mindrlhf.train.ppo import PPOTrainer, build_ppo_models, format_ppo_line, prompt_source, train_ppo
+from tests.helpers import PAD, parameter_arrays, rl_training_sections, set_mode, tiny_gpt2_config, tiny_llama_config
 
 VOCAB, WIDTH, PRETRAIN = 64, 8, 17
 TARGET = 7  # the token the analytic reward pays for
@@ -39,10 +39,11 @@ def write_prompts(path: str, count: int = 32, seed: int = 0, with_pretrain: bool
         loss_mask = np.zeros(PRETRAIN, np.int64)
         if with_pretrain:
             answer = rng.integers(3, VOCAB, 6)
-            pretrain[:n], pretrain[n:n + 6] = prompt[:n], answer
-            loss_mask[n:n + 6] = 1
-        records.append({"prompt_ids": prompt, "prompt_length": np.int64(n), "pretrain_ids": pretrain,
-                        "loss_mask": loss_mask})
+            pretrain[:n], pretrain[n : n + 6] = prompt[:n], answer
+            loss_mask[n : n + 6] = 1
+        records.append(
+            {"prompt_ids": prompt, "prompt_length": np.int64(n), "pretrain_ids": pretrain, "loss_mask": loss_mask}
+        )
     with atomic_mindrecord(path, PROMPT_SCHEMA) as writer:
         writer.write_raw_data(records)
     return path
@@ -54,8 +55,9 @@ def target_reward(prompts, responses):
     return [float(np.mean([t == TARGET for t in r])) for r in responses]
 
 
-def run_config(out: str, family=tiny_gpt2_config, width: int = 32, lr: float = 3e-3, eps: float = 1e-8,
-               **ppo) -> RunConfig:
+def run_config(
+    out: str, family=tiny_gpt2_config, width: int = 32, lr: float = 3e-3, eps: float = 1e-8, **ppo
+) -> RunConfig:
     base = dict(epochs=2, num_rollouts=8, chunk_size=4, batch_size=4, ppo_epochs=1, kl_coef=0.01)
     settings = {**base, **ppo}
     generation = settings.pop("max_new_tokens", 8)
@@ -78,7 +80,8 @@ def metrics(out: str) -> list:
 
 def test_seed_log_line():
     assert format_ppo_line(0, 0, 9.821571, 2.25e-08, False, 4096.0) == (
-        "PPO Batch: 0 | PPO Epoch: 0 | loss: [9.821571] | lr: [2.25e-08] | is overflow: False | loss scale: 4096.0")
+        "PPO Batch: 0 | PPO Epoch: 0 | loss: [9.821571] | lr: [2.25e-08] | is overflow: False | loss scale: 4096.0"
+    )
 
 
 def test_reward_rises_and_the_kl_penalty_holds_the_policy_back(prompts_file, tmp_dir):
@@ -96,8 +99,17 @@ def test_reward_rises_and_the_kl_penalty_holds_the_policy_back(prompts_file, tmp
     assert held_m[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # the first rollouts come from the reference itself
     assert np.mean([m["kl"] for m in held_m[-3:]]) < np.mean([m["kl"] for m in free_m[-3:]]) / 3
     assert np.mean([m["kl"] for m in held_m[-3:]]) < 2.0
-    for key in ("reward_std", "entropy", "clipfrac", "approx_kl", "vf_loss", "explained_variance",
-                "response_length", "kl_coef", "no_eos_rate"):
+    for key in (
+        "reward_std",
+        "entropy",
+        "clipfrac",
+        "approx_kl",
+        "vf_loss",
+        "explained_variance",
+        "response_length",
+        "kl_coef",
+        "no_eos_rate",
+    ):
         assert key in free_m[-1]
 
 
@@ -131,8 +143,9 @@ def test_experience_matches_the_policy_and_every_parameter_trains(prompts_file, 
     after = parameter_arrays(models.policy)
     unchanged = [n for n in before if np.array_equal(before[n], after[n])]
     assert not unchanged, unchanged
-    assert all(np.array_equal(a, b) for a, b in zip(parameter_arrays(models.ref).values(),
-                                                    parameter_arrays(unpadded).values()))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(parameter_arrays(models.ref).values(), parameter_arrays(unpadded).values())
+    )
 
 
 def test_llama_experience_log_probs_match_unpadded_scoring(prompts_file, tmp_dir):
@@ -156,17 +169,23 @@ def test_resume_and_stages_equal_one_uninterrupted_run(prompts_file, tmp_dir):
     parts = os.path.join(tmp_dir, "parts")
     first = train_ppo(run_config(parts, epochs=3), prompts_file, target_reward, stop_after=2)
     assert first.state.iteration == 2
-    train_ppo(run_config(parts, epochs=3), prompts_file, target_reward,
-              resume=os.path.join(parts, "checkpoint"))
+    train_ppo(run_config(parts, epochs=3), prompts_file, target_reward, resume=os.path.join(parts, "checkpoint"))
 
     staged = os.path.join(tmp_dir, "staged")
     data = os.path.join(tmp_dir, "experience.mindrecord")
     for iteration in range(3):
         resume = os.path.join(staged, "checkpoint") if iteration else ""
-        train_ppo(run_config(staged, epochs=3), prompts_file, target_reward, resume=resume,
-                  save_data_file=data, stage="experience")
-        train_ppo(run_config(staged, epochs=3), prompts_file, target_reward, resume=resume,
-                  save_data_file=data, stage="train")
+        train_ppo(
+            run_config(staged, epochs=3),
+            prompts_file,
+            target_reward,
+            resume=resume,
+            save_data_file=data,
+            stage="experience",
+        )
+        train_ppo(
+            run_config(staged, epochs=3), prompts_file, target_reward, resume=resume, save_data_file=data, stage="train"
+        )
 
     final = "checkpoint/rank_0/policy_model_epoch_2.ckpt"
     reference = read_ckpt(os.path.join(straight, final))
@@ -176,8 +195,7 @@ def test_resume_and_stages_equal_one_uninterrupted_run(prompts_file, tmp_dir):
         assert max(float(np.abs(got[k] - reference[k]).max()) for k in reference) <= 1e-6
     assert [m["reward_mean"] for m in metrics(straight)] == [m["reward_mean"] for m in metrics(staged)]
     kept = sorted(f for f in os.listdir(os.path.join(straight, "checkpoint", "rank_0")) if f.endswith(".ckpt"))
-    assert kept == sorted(
-        f"{kind}_epoch_{i}.ckpt" for kind in ("policy_model", "ppo_state") for i in range(3))
+    assert kept == sorted(f"{kind}_epoch_{i}.ckpt" for kind in ("policy_model", "ppo_state") for i in range(3))
 
 
 def test_separate_critic_starts_from_the_reward_model(tmp_dir):
@@ -201,8 +219,11 @@ def test_separate_critic_starts_from_the_reward_model(tmp_dir):
     width, prompts = prompt_source(prompts_file, cfg, 0, 1)
     experience, stats = trainer.maker.make_experience(prompts(1), 1, cfg.seed)
     eos = reward_cfg.eos_token_id
-    assert 0 < sum(int(row[m == 1][-1] == eos) for row, m in zip(experience.response_tensors,
-                                                                  experience.attention_mask)) < len(experience)
+    assert (
+        0
+        < sum(int(row[m == 1][-1] == eos) for row, m in zip(experience.response_tensors, experience.attention_mask))
+        < len(experience)
+    )
     for row in range(len(experience)):
         tokens = experience.response_tensors[row][experience.attention_mask[row] == 1].astype(np.int32)
         tokens = tokens if tokens[-1] == eos else np.append(tokens, np.int32(eos))
@@ -227,8 +248,14 @@ def test_bad_inputs_are_clear(prompts_file, tmp_dir):
     train_ppo(run_config(out), prompts_file, target_reward, save_data_file=data, stage="experience")
     train_ppo(run_config(out), prompts_file, target_reward, save_data_file=data, stage="train")
     with pytest.raises(ValueError, match="iteration 0, but the run is at iteration 1"):
-        train_ppo(run_config(out), prompts_file, target_reward, save_data_file=data, stage="train",
-                  resume=os.path.join(out, "checkpoint"))
+        train_ppo(
+            run_config(out),
+            prompts_file,
+            target_reward,
+            save_data_file=data,
+            stage="train",
+            resume=os.path.join(out, "checkpoint"),
+        )
 
 
 def test_models_load_hugging_face_and_checkpoint_roots(tmp_dir):
@@ -241,8 +268,11 @@ def test_models_load_hugging_face_and_checkpoint_roots(tmp_dir):
     sft_dir = save_hf_checkpoint(sft, cfg, os.path.join(tmp_dir, "sft_hf"))
     reward = RewardModel(cfg)
     root = os.path.join(tmp_dir, "rm", "checkpoint")
-    save_ckpt(reward, os.path.join(root, "rank_0", "rm_rank_0-10_1.ckpt"),
-              append_dict={"epoch": 0, "step_in_epoch": 10, "global_step": 10})
+    save_ckpt(
+        reward,
+        os.path.join(root, "rank_0", "rm_rank_0-10_1.ckpt"),
+        append_dict={"epoch": 0, "step_in_epoch": 10, "global_step": 10},
+    )
     ppo = PPOConfig(is_shared_backbone=False)
     models = build_ppo_models(cfg, ppo, cfg, sft_checkpoint=sft_dir, reward_checkpoint=root)
     expected = parameter_arrays(sft)
@@ -262,7 +292,8 @@ def test_few_prompts_cycle_and_a_finished_run_can_be_extended(tmp_dir):
     out = os.path.join(tmp_dir, "out")
     first = train_ppo(run_config(out, epochs=1, num_rollouts=8), prompts_file, target_reward)
     assert first.state.iteration == 1
-    more = train_ppo(run_config(out, epochs=2, num_rollouts=8), prompts_file, target_reward,
-                     resume=os.path.join(out, "checkpoint"))
+    more = train_ppo(
+        run_config(out, epochs=2, num_rollouts=8), prompts_file, target_reward, resume=os.path.join(out, "checkpoint")
+    )
     assert (more.state.iteration, more.state.global_step) == (2, 4)
     assert [m["iteration"] for m in metrics(out)] == [0, 1]

@@ -4,6 +4,7 @@ lengths on the two ranks, and end with identical policies, KL coefficients and s
 that makes both ranks' rollouts with the same policy, computes the experience statistics over all of them and takes
 one step on their concatenation each iteration. (That each global statistic differs from its rank-local version,
 so that these checks can fail, is shown in tests/test_ppo_statistics.py.)"""
+
 from __future__ import annotations
 
 import os
@@ -72,11 +73,28 @@ def test_two_ppo_workers_match_one_process(tmp_dir):
     parallel = os.path.join(tmp_dir, "parallel")
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     msrun = os.path.join(os.path.dirname(sys.executable), "msrun")
-    proc = subprocess.run([msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
-                           f"--log_dir={tmp_dir}/msrun_log", "--join=True", WORKER, prompts_file, parallel],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_dir)
-    logs = "".join(open(os.path.join(tmp_dir, "msrun_log", f), encoding="utf-8", errors="replace").read()[-3000:]
-                   for f in os.listdir(os.path.join(tmp_dir, "msrun_log")))
+    proc = subprocess.run(
+        [
+            msrun,
+            "--worker_num=2",
+            "--local_worker_num=2",
+            f"--master_port={free_port()}",
+            f"--log_dir={tmp_dir}/msrun_log",
+            "--join=True",
+            WORKER,
+            prompts_file,
+            parallel,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_dir,
+    )
+    logs = "".join(
+        open(os.path.join(tmp_dir, "msrun_log", f), encoding="utf-8", errors="replace").read()[-3000:]
+        for f in os.listdir(os.path.join(tmp_dir, "msrun_log"))
+    )
     assert proc.returncode == 0, logs
     assert "data parallel: rank 1 of 2" in logs
     assert "worker 0 done at iteration 3" in logs and "worker 1 done at iteration 3" in logs
@@ -98,8 +116,10 @@ def test_two_ppo_workers_match_one_process(tmp_dir):
     assert any(a != b for a, b in tokens), tokens  # the ranks' minibatches hold different token counts
     assert reference.keys() == rank0.keys()
     single_diff = max(float(np.abs(rank0[k] - reference[k]).max()) for k in rank0)
-    print(f"rank0 vs rank1: {rank_diff:.3g}, ranks vs one process: {single_diff:.3g}, losses {local} vs {losses}, "
-          f"tokens {tokens}, state {states[0]} vs {state}")
+    print(
+        f"rank0 vs rank1: {rank_diff:.3g}, ranks vs one process: {single_diff:.3g}, losses {local} vs {losses}, "
+        f"tokens {tokens}, state {states[0]} vs {state}"
+    )
     assert single_diff <= 1e-5, single_diff
     assert min(float(np.abs(reference[k] - initial[k]).max()) for k in rank0) > 5e-4  # every tensor moved 50x more
     for name in STATE:

@@ -1,6 +1,7 @@
 """PPO / SFT losses of ``mindrlhf.losses`` (PyNative, float32) against naive per-sample, per-token numpy loops:
 clipped policy surrogate (+ clipfrac, approx KL), clipped value loss, causal-LM cross-entropy, masked entropy, and
 the policy-loss gradient with and without clipping."""
+
 from __future__ import annotations
 
 import math
@@ -41,9 +42,9 @@ def naive_policy(logp, old, adv, mask, eps):
             total += max(unclipped, clipped)
             if clipped > unclipped:
                 clipped_count += 1
-                terms.append((b, t, 0.0))           # clipped branch is flat in logp
+                terms.append((b, t, 0.0))  # clipped branch is flat in logp
             else:
-                terms.append((b, t, -a * r))        # d(-A r)/dlogp = -A r
+                terms.append((b, t, -a * r))  # d(-A r)/dlogp = -A r
             kl_total += r - 1.0 - log_r
             count += 1
     for b, t, g in terms:
@@ -143,7 +144,7 @@ def test_policy_loss_ignores_masked_tokens():
     logp, old, adv, mask = policy_inputs(seed=3)
     pad = mask == 0
     logp2, old2, adv2 = logp.copy(), old.copy(), adv.copy()
-    logp2[pad], old2[pad] = 50.0, -50.0      # exp(100) overflows float32 if the pad entered the ratio
+    logp2[pad], old2[pad] = 50.0, -50.0  # exp(100) overflows float32 if the pad entered the ratio
     adv2[pad] = 1e4
     out = [scalar(x) for x in ppo_policy_loss(t32(logp), t32(old), t32(adv), t32(mask), 0.2)]
     out2 = [scalar(x) for x in ppo_policy_loss(t32(logp2), t32(old2), t32(adv2), t32(mask), 0.2)]
@@ -154,11 +155,13 @@ def test_policy_loss_ignores_masked_tokens():
 def test_policy_clipfrac_and_clipping_cases():
     eps = 0.2
     # one token per case: (logp - old, advantage)
-    cases = [(0.5, 1.0),    # r > 1+eps, A > 0: clipped (flat)
-             (0.5, -1.0),   # r > 1+eps, A < 0: unclipped (pessimistic)
-             (-0.5, 1.0),   # r < 1-eps, A > 0: unclipped
-             (-0.5, -1.0),  # r < 1-eps, A < 0: clipped
-             (0.1, 1.0)]    # inside the range
+    cases = [
+        (0.5, 1.0),  # r > 1+eps, A > 0: clipped (flat)
+        (0.5, -1.0),  # r > 1+eps, A < 0: unclipped (pessimistic)
+        (-0.5, 1.0),  # r < 1-eps, A > 0: unclipped
+        (-0.5, -1.0),  # r < 1-eps, A < 0: clipped
+        (0.1, 1.0),
+    ]  # inside the range
     diff = np.array([[d for d, _ in cases]], np.float32)
     adv = np.array([[a for _, a in cases]], np.float32)
     old = np.zeros_like(diff) - 1.0
@@ -282,8 +285,9 @@ def test_causal_lm_loss_matches_numpy_with_ignored_labels():
     # the masked positions' logits do not matter
     logits2 = logits.copy()
     logits2[mask == 0] = rng.normal(0.0, 30.0, (int((mask == 0).sum()), vocab))
-    np.testing.assert_allclose(scalar(causal_lm_loss(t32(logits2), Tensor(labels), t32(mask))), expected,
-                               rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(
+        scalar(causal_lm_loss(t32(logits2), Tensor(labels), t32(mask))), expected, rtol=RTOL, atol=ATOL
+    )
 
 
 def test_causal_lm_loss_of_uniform_logits_is_log_vocab():
@@ -291,8 +295,9 @@ def test_causal_lm_loss_of_uniform_logits_is_log_vocab():
     logits = np.full((2, 4, vocab), 0.7, np.float32)
     labels = np.array([[1, 5, 12, -100], [0, -100, -100, -100]], np.int32)
     mask = (labels != -100).astype(np.float32)
-    np.testing.assert_allclose(scalar(causal_lm_loss(t32(logits), Tensor(labels), t32(mask))), math.log(vocab),
-                               rtol=RTOL)
+    np.testing.assert_allclose(
+        scalar(causal_lm_loss(t32(logits), Tensor(labels), t32(mask))), math.log(vocab), rtol=RTOL
+    )
 
 
 def test_causal_lm_loss_is_stable_for_large_logits():
@@ -300,8 +305,9 @@ def test_causal_lm_loss_is_stable_for_large_logits():
     labels = np.array([[0, 2]], np.int32)
     mask = np.ones((1, 2), np.float32)
     expected = naive_lm_loss(logits, labels, mask)
-    np.testing.assert_allclose(scalar(causal_lm_loss(t32(logits), Tensor(labels), t32(mask))), expected,
-                               rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(
+        scalar(causal_lm_loss(t32(logits), Tensor(labels), t32(mask))), expected, rtol=RTOL, atol=ATOL
+    )
 
 
 def test_masked_entropy_matches_numpy():
@@ -343,10 +349,14 @@ def test_a_given_count_replaces_the_token_count_of_every_token_mean():
     scaled = [scalar(x) for x in ppo_value_loss(t32(values), t32(old), t32(adv), t32(mask), 0.2, t32(count))]
     np.testing.assert_allclose(scaled, np.array(plain) * shrink, rtol=RTOL, atol=1e-7)
     logits = np.random.default_rng(10).normal(size=mask.shape + (5,)).astype(np.float32)
-    np.testing.assert_allclose(scalar(masked_entropy(t32(logits), t32(mask), t32(count))),
-                               naive_entropy(logits, mask) * shrink, rtol=RTOL)
+    np.testing.assert_allclose(
+        scalar(masked_entropy(t32(logits), t32(mask), t32(count))), naive_entropy(logits, mask) * shrink, rtol=RTOL
+    )
     labels = np.random.default_rng(11).integers(0, 5, mask.shape).astype(np.int32)
-    np.testing.assert_allclose(scalar(causal_lm_loss(t32(logits), Tensor(labels), t32(mask), t32(count))),
-                               naive_lm_loss(logits, labels, mask) * shrink, rtol=RTOL)
+    np.testing.assert_allclose(
+        scalar(causal_lm_loss(t32(logits), Tensor(labels), t32(mask), t32(count))),
+        naive_lm_loss(logits, labels, mask) * shrink,
+        rtol=RTOL,
+    )
     values = np.arange(12, dtype=np.float32).reshape(3, 4)
     assert scalar(masked_mean(t32(values), t32(np.ones((3, 4))), count=t32(0.0))) == values.sum()  # max(count, 1)

@@ -4,6 +4,7 @@ at T (and not at T = 1, so the checks can fail), the first minibatch's new log-p
 approx_kl and clipfrac 0 before any update), and the sampled per-token KL estimate ``logp - ref_logp`` against a
 perturbed reference is the expected KL of the sampling distributions; the configuration refuses top-k, top-p and
 greedy rollouts."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,7 +32,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 def window_logits(lm, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``(B, N, V)`` float64 logits of ``lm`` predicting each response token (the unscaled model output)."""
     logits = lm(Tensor(tokens), Tensor(mask)).asnumpy().astype(np.float64)
-    return logits[:, WIDTH - 1:tokens.shape[1] - 1]
+    return logits[:, WIDTH - 1 : tokens.shape[1] - 1]
 
 
 def picked(logp: np.ndarray, tokens: np.ndarray) -> np.ndarray:
@@ -108,11 +109,14 @@ def test_sampled_kl_estimate_is_the_expected_kl_of_the_sampling_distributions(tm
     assert sample.mean() > -noise
 
 
-@pytest.mark.parametrize("generation, words", [
-    (dict(top_k=5), ["top_k 5", "top_k: 0"]),
-    (dict(top_p=0.9), ["top_p 0.9", "top_p: 1.0"]),
-    (dict(do_sample=False), ["greedy", "do_sample: True"]),
-])
+@pytest.mark.parametrize(
+    "generation, words",
+    [
+        (dict(top_k=5), ["top_k 5", "top_k: 0"]),
+        (dict(top_p=0.9), ["top_p 0.9", "top_p: 1.0"]),
+        (dict(do_sample=False), ["greedy", "do_sample: True"]),
+    ],
+)
 def test_truncated_or_greedy_sampling_is_refused(generation, words):
     with pytest.raises(ConfigError) as err:
         PPOConfig(generation=GenerationConfig(**generation))
@@ -120,8 +124,9 @@ def test_truncated_or_greedy_sampling_is_refused(generation, words):
         assert word in str(err.value)
     PPOConfig(generation=GenerationConfig(temperature=0.7))  # a temperature alone is fine
     with pytest.raises(ConfigError, match="ppo.generation.top_k"):
-        load_config(os.path.join(ROOT, "model_configs", "gpt2_config", "run_gpt2_tiny_ppo.yaml"),
-                    ["ppo.generation.top_k=5"])
+        load_config(
+            os.path.join(ROOT, "model_configs", "gpt2_config", "run_gpt2_tiny_ppo.yaml"), ["ppo.generation.top_k=5"]
+        )
 
 
 def test_a_generation_section_replaced_after_validation_is_checked_again(tmp_dir):

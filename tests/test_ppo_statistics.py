@@ -4,6 +4,7 @@ from summed moments. Two ranks are simulated by two threads whose ``reduce`` add
 the single-process one on the ranks' concatenated data, and the rank-local one must differ (so each check can
 fail). The PPO loss with a global token count is checked the same way: the mean over two ranks of their losses and
 gradients equals one process on the concatenated minibatch."""
+
 from __future__ import annotations
 
 import math
@@ -40,12 +41,12 @@ def test_global_whitening_is_whitening_of_the_concatenation():
     assert np.abs(np.concatenate(local) - expected).max() > 0.1
     # unshifted whitening, the moments themselves, and the textbook formula
     unshifted = ThreadRanks().run(lambda r, reduce: rl.whiten(parts[r], masks[r], shift_mean=False, reduce=reduce))
-    np.testing.assert_allclose(np.concatenate(unshifted),
-                               rl.whiten(np.concatenate(parts), np.concatenate(masks), shift_mean=False), atol=1e-6)
+    np.testing.assert_allclose(
+        np.concatenate(unshifted), rl.whiten(np.concatenate(parts), np.concatenate(masks), shift_mean=False), atol=1e-6
+    )
     values = np.concatenate(parts)[np.concatenate(masks) == 1]
     for ddof in (0, 1):
-        moments = ThreadRanks().run(lambda r, reduce, ddof=ddof: rl.masked_moments(parts[r], masks[r], reduce,
-                                                                                    ddof))
+        moments = ThreadRanks().run(lambda r, reduce, ddof=ddof: rl.masked_moments(parts[r], masks[r], reduce, ddof))
         assert moments[0] == moments[1]  # every rank gets the same numbers
         np.testing.assert_allclose(moments[0], (values.mean(), values.var(ddof=ddof), values.size), rtol=1e-12)
 
@@ -64,16 +65,18 @@ def test_global_running_moments_and_explained_variance():
         return moments
 
     for moments in ThreadRanks().run(ranks):
-        np.testing.assert_allclose([moments.mean, moments.var, moments.count],
-                                   [expected.mean, expected.var, expected.count], rtol=1e-12)
+        np.testing.assert_allclose(
+            [moments.mean, moments.var, moments.count], [expected.mean, expected.var, expected.count], rtol=1e-12
+        )
     everything = np.concatenate([np.concatenate(b) for b in batches])
     np.testing.assert_allclose([expected.mean, expected.var], [everything.mean(), everything.var()], rtol=1e-12)
 
     values, returns = rng.normal(size=(7, 5)), rng.normal(size=(7, 5)) * 2
     mask = mask_from_lengths([5, 1, 3, 2, 5, 4, 1], 5)
     expected_ev = rl.explained_variance(values, returns, mask)
-    got = ThreadRanks().run(lambda r, reduce: rl.explained_variance(split(values, 3)[r], split(returns, 3)[r],
-                                                                    split(mask, 3)[r], reduce))
+    got = ThreadRanks().run(
+        lambda r, reduce: rl.explained_variance(split(values, 3)[r], split(returns, 3)[r], split(mask, 3)[r], reduce)
+    )
     np.testing.assert_allclose(got, [expected_ev] * 2, rtol=1e-12)
     kept = mask == 1
     assert expected_ev == pytest.approx(1 - (returns - values)[kept].var() / returns[kept].var(), rel=1e-12)
@@ -135,14 +138,19 @@ def raw_rollouts(rng, lengths, eos, n=5, width=3, pretrain=4):
     response_mask = mask_from_lengths(lengths, n)
     attention_mask = np.concatenate([np.ones((b, width), np.int32), response_mask.astype(np.int32)], 1)
     logprobs = rng.normal(-2.0, 0.5, (b, n)).astype(np.float32)
-    return {"query_tensors": rng.integers(3, 50, (b, width)).astype(np.int32),
-            "response_tensors": rng.integers(3, 50, (b, width + n)).astype(np.int32) * attention_mask,
-            "attention_mask": attention_mask, "response_mask": response_mask,
-            "scores": rng.normal(0.5, 1.5, b).astype(np.float32), "ends_with_eos": np.asarray(eos, bool),
-            "logprobs": logprobs, "values": rng.normal(size=(b, n)).astype(np.float32),
-            "ref_logprobs": (logprobs - rng.normal(0.3, 0.5, (b, n))).astype(np.float32),
-            "pretrain_ids": rng.integers(3, 50, (b, pretrain)).astype(np.int32),
-            "loss_mask": rng.integers(0, 2, (b, pretrain)).astype(np.int32)}
+    return {
+        "query_tensors": rng.integers(3, 50, (b, width)).astype(np.int32),
+        "response_tensors": rng.integers(3, 50, (b, width + n)).astype(np.int32) * attention_mask,
+        "attention_mask": attention_mask,
+        "response_mask": response_mask,
+        "scores": rng.normal(0.5, 1.5, b).astype(np.float32),
+        "ends_with_eos": np.asarray(eos, bool),
+        "logprobs": logprobs,
+        "values": rng.normal(size=(b, n)).astype(np.float32),
+        "ref_logprobs": (logprobs - rng.normal(0.3, 0.5, (b, n))).astype(np.float32),
+        "pretrain_ids": rng.integers(3, 50, (b, pretrain)).astype(np.int32),
+        "loss_mask": rng.integers(0, 2, (b, pretrain)).astype(np.int32),
+    }
 
 
 @pytest.mark.parametrize("scaling", ["running", "whiten"])
@@ -151,14 +159,28 @@ def test_two_ranks_build_the_experience_of_one_process(scaling):
     response lengths and KL: each rank's experience and statistics equal the single-process ones on the
     concatenation, for two iterations (running moments and the KL coefficient carry over)."""
     rng = np.random.default_rng(3)
-    iterations = [[raw_rollouts(rng, [5, 2, 4], [False, True, True]),
-                   raw_rollouts(rng, [1, 5, 3, 5, 2], [True, False, True, False, True])] for _ in range(2)]
+    iterations = [
+        [
+            raw_rollouts(rng, [5, 2, 4], [False, True, True]),
+            raw_rollouts(rng, [1, 5, 3, 5, 2], [True, False, True, False, True]),
+        ]
+        for _ in range(2)
+    ]
     for parts in iterations:  # rank 1's KL per response is 4x rank 0's: local controllers would disagree
         parts[1]["ref_logprobs"] = parts[1]["logprobs"] - 4 * (parts[1]["logprobs"] - parts[1]["ref_logprobs"])
     concat = [{k: np.concatenate([p[k] for p in parts]) for k in parts[0]} for parts in iterations]
     kl = float(((concat[0]["logprobs"] - concat[0]["ref_logprobs"]) * concat[0]["response_mask"]).sum(1).mean())
-    ppo = PPOConfig(adaptive_kl=True, kl_coef=0.1, target=1.1 * kl, horizon=16, whiten_advantages=True,
-                    reward_scaling=scaling, missing_eos_penalty=0.5, gamma=0.9, lam=0.8)
+    ppo = PPOConfig(
+        adaptive_kl=True,
+        kl_coef=0.1,
+        target=1.1 * kl,
+        horizon=16,
+        whiten_advantages=True,
+        reward_scaling=scaling,
+        missing_eos_penalty=0.5,
+        gamma=0.9,
+        lam=0.8,
+    )
     # target near the global KL: the controller's error is not clipped, so its input matters
     one = [rl.AdaptiveKLController(ppo.kl_coef, ppo.target, ppo.horizon), rl.RunningMoments()]
     expected = [build_experience(raw, ppo, *one) for raw in concat]
@@ -175,8 +197,15 @@ def test_two_ranks_build_the_experience_of_one_process(scaling):
             np.testing.assert_allclose(getattr(got, name), value, rtol=1e-5, atol=1e-6, err_msg=name)
         for r in range(2):
             got_stats = results[r][0][i][1]
-            for name in ("score_mean", "score_std", "kl", "response_length", "kl_coef", "explained_variance",
-                         "no_eos_rate"):
+            for name in (
+                "score_mean",
+                "score_std",
+                "kl",
+                "response_length",
+                "kl_coef",
+                "explained_variance",
+                "no_eos_rate",
+            ):
                 assert getattr(got_stats, name) == pytest.approx(getattr(stats, name), rel=1e-9), name
     for r in range(2):
         controller, moments = results[r][1]
@@ -184,8 +213,9 @@ def test_two_ranks_build_the_experience_of_one_process(scaling):
         assert (moments.mean, moments.var, moments.count) == pytest.approx((one[1].mean, one[1].var, one[1].count))
     last = concat[-1]
     assert expected[-1][1].no_eos_rate == pytest.approx((~last["ends_with_eos"]).mean())
-    assert expected[-1][1].kl == pytest.approx(((last["logprobs"] - last["ref_logprobs"]) * last["response_mask"])
-                                               .sum(1).mean(), rel=1e-6)
+    assert expected[-1][1].kl == pytest.approx(
+        ((last["logprobs"] - last["ref_logprobs"]) * last["response_mask"]).sum(1).mean(), rel=1e-6
+    )
 
     # rank-local statistics (the old behaviour) give other advantages and another KL coefficient
     local = [rl.AdaptiveKLController(ppo.kl_coef, ppo.target, ppo.horizon), rl.RunningMoments()]
@@ -202,17 +232,30 @@ def loss_inputs(rng, lengths, width=4, n=4, pretrain=6, vocab=64):
     response_mask = mask_from_lengths(lengths, n).astype(np.int32)
     attention_mask = np.concatenate([np.ones((b, width), np.int32), response_mask], 1)
     floats = lambda mean, std: (rng.normal(mean, std, (b, n)) * response_mask).astype(np.float32)  # noqa: E731
-    return {"response_tensors": rng.integers(3, vocab, (b, width + n)).astype(np.int32) * attention_mask,
-            "attention_mask": attention_mask, "logprobs": floats(-4.0, 0.3), "values": floats(0.0, 1.0),
-            "advantages": floats(0.0, 1.0), "returns": floats(0.0, 1.0),
-            "pretrain_ids": rng.integers(3, vocab, (b, pretrain)).astype(np.int32),
-            "loss_mask": (rng.random((b, pretrain)) < 0.6).astype(np.int32)}
+    return {
+        "response_tensors": rng.integers(3, vocab, (b, width + n)).astype(np.int32) * attention_mask,
+        "attention_mask": attention_mask,
+        "logprobs": floats(-4.0, 0.3),
+        "values": floats(0.0, 1.0),
+        "advantages": floats(0.0, 1.0),
+        "returns": floats(0.0, 1.0),
+        "pretrain_ids": rng.integers(3, vocab, (b, pretrain)).astype(np.int32),
+        "loss_mask": (rng.random((b, pretrain)) < 0.6).astype(np.int32),
+    }
 
 
 def loss_and_grads(loss_net, data, counts):
     weights = loss_net.trainable_params()
-    names = ("response_tensors", "attention_mask", "logprobs", "values", "advantages", "returns", "pretrain_ids",
-             "loss_mask")
+    names = (
+        "response_tensors",
+        "attention_mask",
+        "logprobs",
+        "values",
+        "advantages",
+        "returns",
+        "pretrain_ids",
+        "loss_mask",
+    )
 
     def forward(*inputs):
         return loss_net(*inputs)
@@ -244,6 +287,5 @@ def test_mean_over_ranks_of_the_loss_with_a_global_count_is_the_global_token_mea
     for i, grad in enumerate(single[2]):
         np.testing.assert_allclose((per_rank[0][2][i] + per_rank[1][2][i]) / 2, grad, rtol=1e-4, atol=1e-7)
     # each rank's own token mean (the old normaliser) weights rank 0's 3 tokens like rank 1's 8: another loss
-    local = [loss_and_grads(PPOLoss(policy, None, ppo, 4), part, token_counts(part, np.arange(2), 4))
-             for part in parts]
+    local = [loss_and_grads(PPOLoss(policy, None, ppo, 4), part, token_counts(part, np.arange(2), 4)) for part in parts]
     assert abs(np.mean([r[0] for r in local]) - single[0]) > 1e-3

@@ -1,4 +1,5 @@
 """Compute dtype: float16 runs on CPU close to float32; bfloat16 on CPU is refused with a clear error."""
+
 from __future__ import annotations
 
 import numpy as np

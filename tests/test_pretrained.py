@@ -2,6 +2,7 @@
 only ``lm_head.weight`` although its embeddings are tied), against ``transformers`` on the same folder: logits on
 a left-padded batch of story prompts, greedy generation with the KV cache, reward model / critic initialisation,
 export and the ``mindrlhf generate`` / ``export-hf`` commands."""
+
 from __future__ import annotations
 
 import hashlib
@@ -29,8 +30,12 @@ BOS, EOS, PAD = 1, 2, 0
 TOL = 1e-4
 NEW_TOKENS = 48
 # story openings; the last one finishes a story, so the model writes a few tokens and then eos within 48
-PROMPTS = ("Once upon a time", "Tom and his dog went to the park", "One day, a big bear",
-           "Ben had a red ball. He threw it to his friend. They played all day and had fun.")
+PROMPTS = (
+    "Once upon a time",
+    "Tom and his dog went to the park",
+    "One day, a big bear",
+    "Ben had a red ball. He threw it to his friend. They played all day and had fun.",
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +65,15 @@ def hf_greedy(hf_model, prompt_ids):
     out = []
     for ids in prompt_ids:
         with torch.no_grad():
-            seq = hf_model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                    max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=PAD)
-        new = seq[0, len(ids):].tolist()
-        out.append(new[:new.index(EOS) + 1] if EOS in new else new)
+            seq = hf_model.generate(
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                pad_token_id=PAD,
+            )
+        new = seq[0, len(ids) :].tolist()
+        out.append(new[: new.index(EOS) + 1] if EOS in new else new)
     return out
 
 
@@ -75,21 +85,36 @@ def bundled_policy() -> CausalLM:
 
 
 def mindrlhf(*args):
-    return subprocess.run([sys.executable, "-m", "mindrlhf.cli.main", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "mindrlhf.cli.main", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_bundled_folder_is_the_recorded_model():
     assert is_hf_folder("tinystories") and os.path.dirname(FOLDER).startswith(os.path.join(ROOT, "mindrlhf"))
-    assert sorted(os.listdir(FOLDER)) == ["config.json", "generation_config.json", "model.safetensors",
-                                          "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(os.listdir(FOLDER)) == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     with open(os.path.join(FOLDER, "model.safetensors"), "rb") as f:
         assert hashlib.sha256(f.read()).hexdigest() == SHA256
     stored = load_file(os.path.join(FOLDER, "model.safetensors"))
     assert "lm_head.weight" in stored and "model.embed_tokens.weight" not in stored
     cfg = model_config_from_hf_folder("tinystories")
-    assert (cfg.type, cfg.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads,
-            cfg.intermediate_size, cfg.tie_word_embeddings) == ("llama", 2048, 128, 2, 8, 4, 384, True)
+    assert (
+        cfg.type,
+        cfg.vocab_size,
+        cfg.hidden_size,
+        cfg.num_layers,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.intermediate_size,
+        cfg.tie_word_embeddings,
+    ) == ("llama", 2048, 128, 2, 8, 4, 384, True)
     assert (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id) == (BOS, EOS, PAD)
 
 
@@ -129,9 +154,11 @@ def test_reward_model_and_critic_start_from_the_pretrained_folder(cls, hf_model,
     ids, mask = left_pad(prompt_ids, PAD)
     hidden = ms_numpy(model.backbone, ids, mask)
     with torch.no_grad():
-        ref = hf_model.model(input_ids=torch.from_numpy(ids.astype(np.int64)),
-                             attention_mask=torch.from_numpy(mask.astype(np.int64)),
-                             position_ids=torch.from_numpy(positions_from_mask(mask))).last_hidden_state.numpy()
+        ref = hf_model.model(
+            input_ids=torch.from_numpy(ids.astype(np.int64)),
+            attention_mask=torch.from_numpy(mask.astype(np.int64)),
+            position_ids=torch.from_numpy(positions_from_mask(mask)),
+        ).last_hidden_state.numpy()
     assert max_abs_diff(hidden, ref, mask) <= TOL
     out = ms_numpy(model, ids, mask)
     assert out.shape == ((len(PROMPTS),) if cls is RewardModel else ids.shape) and np.isfinite(out).all()
@@ -162,9 +189,21 @@ def test_generate_command_matches_transformers_greedy(source, hf_greedy, tmp_dir
         checkpoint = shutil.copytree(FOLDER, os.path.join(tmp_dir, "story_model"))
     out = os.path.join(tmp_dir, "samples.jsonl")
     prompts = [arg for p in PROMPTS for arg in ("--prompt", p)]
-    proc = mindrlhf("generate", "--load_checkpoint", checkpoint, *prompts, "--raw", "--output_file", out,
-                    "--set", "generation.do_sample=false", "--set", f"generation.max_new_tokens={NEW_TOKENS}",
-                    "--set", f"output_dir={tmp_dir}")
+    proc = mindrlhf(
+        "generate",
+        "--load_checkpoint",
+        checkpoint,
+        *prompts,
+        "--raw",
+        "--output_file",
+        out,
+        "--set",
+        "generation.do_sample=false",
+        "--set",
+        f"generation.max_new_tokens={NEW_TOKENS}",
+        "--set",
+        f"output_dir={tmp_dir}",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = [json.loads(line) for line in open(out, encoding="utf-8")]
     assert [r["prompt"] for r in records] == list(PROMPTS)

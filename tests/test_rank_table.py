@@ -1,4 +1,5 @@
 """``mindrlhf.tools.rank_table``: device ranges, IP lookup, the exact HCCL JSON, merge, validation and the script."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,16 @@ import sys
 
 import pytest
 
-from mindrlhf.tools.rank_table import (RankTableError, build_rank_table, device_ips, main, merge_rank_tables,
-                                       parse_device_range, validate_rank_table, write_rank_table)
+from mindrlhf.tools.rank_table import (
+    RankTableError,
+    build_rank_table,
+    device_ips,
+    main,
+    merge_rank_tables,
+    parse_device_range,
+    validate_rank_table,
+    write_rank_table,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "hccl_tools.py")
@@ -49,22 +58,34 @@ def write_json(folder: str, name: str, table) -> str:
 
 # ---------------------------------------------------------------- device ranges
 
-@pytest.mark.parametrize("text, expected", [("[0,8)", list(range(8))), ("[0,8]", list(range(8))),
-                                            ("[0,4)", [0, 1, 2, 3]), ("[4,8)", [4, 5, 6, 7]), ("[2,3]", [2]),
-                                            ("[ 0, 2)", [0, 1])])
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[0,8)", list(range(8))),
+        ("[0,8]", list(range(8))),
+        ("[0,4)", [0, 1, 2, 3]),
+        ("[4,8)", [4, 5, 6, 7]),
+        ("[2,3]", [2]),
+        ("[ 0, 2)", [0, 1]),
+    ],
+)
 def test_parse_device_range(text, expected):
     assert parse_device_range(text) == expected
 
 
-@pytest.mark.parametrize("text, message", [
-    ("0,8", "must look like '[first,last)'"),
-    ("[-1,4)", "must look like '[first,last)'"),
-    ("[0,9)", "last (9) must be <= device_num_per_node (8)"),
-    ("[3,3)", "first (3) must be < last (3)"),
-    ("[5,2)", "first (5) must be < last (2)"),
-    ("[2,6)", "a range crossing device 4 must cover the whole node"),
-    ("[1,8)", "a range crossing device 4 must cover the whole node"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("0,8", "must look like '[first,last)'"),
+        ("[-1,4)", "must look like '[first,last)'"),
+        ("[0,9)", "last (9) must be <= device_num_per_node (8)"),
+        ("[3,3)", "first (3) must be < last (3)"),
+        ("[5,2)", "first (5) must be < last (2)"),
+        ("[2,6)", "a range crossing device 4 must cover the whole node"),
+        ("[1,8)", "a range crossing device 4 must cover the whole node"),
+    ],
+)
 def test_parse_device_range_errors(text, message):
     with pytest.raises(RankTableError) as err:
         parse_device_range(text)
@@ -80,6 +101,7 @@ def test_parse_device_range_16_per_node():
 
 # ---------------------------------------------------------------- device IPs
 
+
 def test_device_ips_from_hccn_conf(tmp_path):
     conf = write_conf(str(tmp_path))
     assert device_ips(["0", "3"], hccn_conf=conf, tool="no-such-hccn-tool") == {"0": ip_of(0), "3": ip_of(3)}
@@ -87,8 +109,7 @@ def test_device_ips_from_hccn_conf(tmp_path):
 
 def test_device_ips_explicit_list_wins(tmp_path):
     conf = write_conf(str(tmp_path))
-    assert device_ips(["0", "1"], hccn_conf=conf, ips=["10.0.0.1", "10.0.0.2"]) == {"0": "10.0.0.1",
-                                                                                     "1": "10.0.0.2"}
+    assert device_ips(["0", "1"], hccn_conf=conf, ips=["10.0.0.1", "10.0.0.2"]) == {"0": "10.0.0.1", "1": "10.0.0.2"}
     with pytest.raises(RankTableError, match="--device_ips has 1 entries for 2 devices"):
         device_ips(["0", "1"], ips=["10.0.0.1"])
 
@@ -112,17 +133,21 @@ def test_device_ips_missing(tmp_path):
 
 # ---------------------------------------------------------------- table format and file
 
+
 def test_eight_device_table_exact(tmp_path):
     table = one_server("127.0.0.1")
     expected = {
         "version": "1.0",
         "server_count": "1",
-        "server_list": [{
-            "server_id": "127.0.0.1",
-            "device": [{"device_id": str(d), "device_ip": f"192.98.92.{d + 1}", "rank_id": str(d)}
-                       for d in range(8)],
-            "host_nic_ip": "reserve",
-        }],
+        "server_list": [
+            {
+                "server_id": "127.0.0.1",
+                "device": [
+                    {"device_id": str(d), "device_ip": f"192.98.92.{d + 1}", "rank_id": str(d)} for d in range(8)
+                ],
+                "host_nic_ip": "reserve",
+            }
+        ],
         "status": "completed",
     }
     assert table == expected
@@ -144,10 +169,16 @@ def test_two_device_table_exact(tmp_path):
     assert table == {
         "version": "1.0",
         "server_count": "1",
-        "server_list": [{"server_id": "10.0.0.7",
-                         "device": [{"device_id": "4", "device_ip": "192.98.92.5", "rank_id": "0"},
-                                    {"device_id": "5", "device_ip": "192.98.92.6", "rank_id": "1"}],
-                         "host_nic_ip": "reserve"}],
+        "server_list": [
+            {
+                "server_id": "10.0.0.7",
+                "device": [
+                    {"device_id": "4", "device_ip": "192.98.92.5", "rank_id": "0"},
+                    {"device_id": "5", "device_ip": "192.98.92.6", "rank_id": "1"},
+                ],
+                "host_nic_ip": "reserve",
+            }
+        ],
         "status": "completed",
     }
     path = write_rank_table(table, str(tmp_path))
@@ -163,6 +194,7 @@ def test_visible_devices_remap_and_too_few():
 
 
 # ---------------------------------------------------------------- merge
+
 
 def test_merge_two_servers(tmp_path):
     a = write_json(str(tmp_path), "a.json", one_server("10.0.0.1"))
@@ -198,6 +230,7 @@ def test_merge_needs_output(tmp_path, capsys):
 
 # ---------------------------------------------------------------- validation
 
+
 def broken(edit) -> dict:
     table = merge_rank_tables([one_server("10.0.0.1", n=2), one_server("10.0.0.2", n=2)])
     edit(table)
@@ -218,18 +251,22 @@ def _set(key_path, value):
         for key in key_path[:-1]:
             obj = obj[key]
         obj[key_path[-1]] = value
+
     return edit
 
 
-@pytest.mark.parametrize("edit, message", [
-    (_drop_status, "the table is missing key(s) status"),
-    (_drop_device_ip, "server_list[1].device[0] is missing key(s) device_ip"),
-    (_set(["server_count"], "3"), "server_count '3' does not match server_list (2)"),
-    (_set(["server_list", 1, "device", 0, "rank_id"], "1"), "duplicate rank_id(s) [1]"),
-    (_set(["server_list", 1, "device", 1, "rank_id"], "7"), "rank_ids must be 0..3, got [0, 1, 2, 7]"),
-    (_set(["server_list", 0, "device", 1, "rank_id"], "x"), "rank_id 'x' is not an integer"),
-    (_set(["server_list", 0, "device", 1, "device_id"], "0"), "device_id 0 appears twice on server 10.0.0.1"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_drop_status, "the table is missing key(s) status"),
+        (_drop_device_ip, "server_list[1].device[0] is missing key(s) device_ip"),
+        (_set(["server_count"], "3"), "server_count '3' does not match server_list (2)"),
+        (_set(["server_list", 1, "device", 0, "rank_id"], "1"), "duplicate rank_id(s) [1]"),
+        (_set(["server_list", 1, "device", 1, "rank_id"], "7"), "rank_ids must be 0..3, got [0, 1, 2, 7]"),
+        (_set(["server_list", 0, "device", 1, "rank_id"], "x"), "rank_id 'x' is not an integer"),
+        (_set(["server_list", 0, "device", 1, "device_id"], "0"), "device_id 0 appears twice on server 10.0.0.1"),
+    ],
+)
 def test_validate_errors(tmp_path, edit, message):
     path = write_json(str(tmp_path), "bad.json", broken(edit))
     with pytest.raises(RankTableError) as err:
@@ -254,9 +291,20 @@ def test_validate_malformed_and_count(tmp_path, capsys):
 
 # ---------------------------------------------------------------- CLI and wrapper script
 
+
 def test_main_explicit_ips(tmp_path, capsys):
-    code = main(["--device_num", "[0,2]", "--server_ip", "10.0.0.9", "--device_ips", "1.1.1.1,1.1.1.2",
-                 "--output_dir", str(tmp_path)])
+    code = main(
+        [
+            "--device_num",
+            "[0,2]",
+            "--server_ip",
+            "10.0.0.9",
+            "--device_ips",
+            "1.1.1.1,1.1.1.2",
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     path = capsys.readouterr().out.strip()
     assert path == str(tmp_path / "hccl_2p_01_10.0.0.9.json")
@@ -280,9 +328,26 @@ def test_wrapper_script(tmp_path):
     conf = write_conf(str(tmp_path))
     out_dir = tmp_path / "out"
     env = dict(os.environ, PATH=str(tmp_path))  # no hccn_tool reachable: the conf file is used
-    proc = subprocess.run([sys.executable, SCRIPT, "--device_num", "[0,8)", "--server_ip", "127.0.0.1",
-                           "--hccn_conf", conf, "--output_dir", str(out_dir)],
-                          check=False, capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            SCRIPT,
+            "--device_num",
+            "[0,8)",
+            "--server_ip",
+            "127.0.0.1",
+            "--hccn_conf",
+            conf,
+            "--output_dir",
+            str(out_dir),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     path = out_dir / "hccl_8p_01234567_127.0.0.1.json"
     assert proc.stdout.strip() == str(path)

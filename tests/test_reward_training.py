@@ -1,5 +1,6 @@
 """Stage 2 end to end on real data (oasst Chinese preference rows): convert -> train -> resume -> eval -> infer;
 preference files without the eos refused; ``rm infer`` scores equal to PPO's reward on the same tokens."""
+
 from __future__ import annotations
 
 import glob
@@ -47,10 +48,20 @@ def pairs_file(tmp_path_factory):
 
 
 def rm_config(out_dir, data, *extra):
-    return load_config(RECIPE, [f"output_dir={out_dir}", f"train_dataset.data_loader.dataset_dir={data}",
-                                f"eval_dataset.data_loader.dataset_dir={data}", f"runner_config.batch_size={BATCH}",
-                                "model.model_config.hidden_size=32", "model.model_config.seq_length=128",
-                                "checkpoint.save_checkpoint_steps=3", "lr_schedule.warmup_ratio=0.0", *extra])
+    return load_config(
+        RECIPE,
+        [
+            f"output_dir={out_dir}",
+            f"train_dataset.data_loader.dataset_dir={data}",
+            f"eval_dataset.data_loader.dataset_dir={data}",
+            f"runner_config.batch_size={BATCH}",
+            "model.model_config.hidden_size=32",
+            "model.model_config.seq_length=128",
+            "checkpoint.save_checkpoint_steps=3",
+            "lr_schedule.warmup_ratio=0.0",
+            *extra,
+        ],
+    )
 
 
 def params_of(model):
@@ -89,8 +100,14 @@ def test_resumed_run_ends_with_the_same_parameters(pairs_file, tmp_dir):
     _, first = train_reward_model(rm_config(broken_dir, pairs_file, "runner_config.epochs=2"), stop_at_step=4)
     assert first.state.global_step == 4 and (first.state.epoch, first.state.step_in_epoch) == (1, 1)
     ms.set_seed(123)  # a different init: everything must come from the checkpoint
-    resumed, second = train_reward_model(rm_config(broken_dir, pairs_file, "runner_config.epochs=2",
-                                                   f"load_checkpoint={os.path.join(broken_dir, 'checkpoint')}"))
+    resumed, second = train_reward_model(
+        rm_config(
+            broken_dir,
+            pairs_file,
+            "runner_config.epochs=2",
+            f"load_checkpoint={os.path.join(broken_dir, 'checkpoint')}",
+        )
+    )
     assert len(second.losses) == 2 and second.state.global_step == 6
     a, b = params_of(straight), params_of(resumed)
     assert max(np.abs(a[n] - b[n]).max() for n in a) <= 1e-6
@@ -111,15 +128,18 @@ def test_eval_accuracy_matches_pair_by_pair_scoring(pairs_file, tmp_dir):
     result = evaluate_reward_model(cfg, ckpt)
     assert result.pairs == PAIRS
 
-    batch = next(reward_model_dataset(pairs_file, PAIRS, shuffle=False, drop_remainder=False)
-                 .create_dict_iterator(num_epochs=1, output_numpy=True))
+    batch = next(
+        reward_model_dataset(pairs_file, PAIRS, shuffle=False, drop_remainder=False).create_dict_iterator(
+            num_epochs=1, output_numpy=True
+        )
+    )
     wins = []
     for b in range(PAIRS):
         scores = []
         for row in (b, PAIRS + b):
             length = int(batch["attention_mask"][row].sum())
             assert batch["input_ids"][row, length - 1] == 50256  # the score is read at the eos
-            ids = Tensor(batch["input_ids"][row:row + 1, :length])
+            ids = Tensor(batch["input_ids"][row : row + 1, :length])
             scores.append(float(model.token_scores(ids, Tensor(np.ones((1, length), np.int32))).asnumpy()[0, -1]))
         wins.append(scores[0] > scores[1])
     assert result.accuracy == pytest.approx(np.mean(wins))
@@ -180,12 +200,16 @@ def test_files_without_eos_are_refused(tmp_dir):
 
 
 # One prompt-response pair per row: rm infer must score exactly what PPO's RewardModel scores on a rollout.
-INFER_ROWS = [{"prompt": "Tell me about the dog.", "response": "The dog was happy and ran to the park."},
-              {"prompt": "Who found the ball?", "response": "Lily found it."}]
+INFER_ROWS = [
+    {"prompt": "Tell me about the dog.", "response": "The dog was happy and ran to the park."},
+    {"prompt": "Who found the ball?", "response": "Lily found it."},
+]
 INFER_MODELS = {  # tokenizer -> tiny reward model config with that tokenizer's vocabulary and special ids
-    "gpt2": lambda: tiny_gpt2_config(vocab_size=50257, pad_token_id=50256, bos_token_id=50256, eos_token_id=50256,
-                                     seq_length=128),
-    "tinystories": lambda: tiny_llama_config(vocab_size=2048, seq_length=128)}
+    "gpt2": lambda: tiny_gpt2_config(
+        vocab_size=50257, pad_token_id=50256, bos_token_id=50256, eos_token_id=50256, seq_length=128
+    ),
+    "tinystories": lambda: tiny_llama_config(vocab_size=2048, seq_length=128),
+}
 
 
 def rollout_layout(tmp_dir, tokenizer, pad, width, new_tokens):
@@ -203,7 +227,7 @@ def rollout_layout(tmp_dir, tokenizer, pad, width, new_tokens):
     tokens[:, :width], mask[:, :width] = query, query_mask
     for i, row in enumerate(INFER_ROWS):
         response = tokenize_response(tokenizer, row["response"])  # what the policy emitted, eos included
-        tokens[i, width:width + len(response)], mask[i, width:width + len(response)] = response, 1
+        tokens[i, width : width + len(response)], mask[i, width : width + len(response)] = response, 1
     return tokens, mask
 
 
@@ -231,45 +255,104 @@ def test_rm_infer_scores_equal_the_rollout_reward(name, tmp_dir):
 
 
 def run_script(name, *args, cwd):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "examples", "reward_model_train_tutorial", name),
-                           *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "reward_model_train_tutorial", name), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_tutorial_scripts_end_to_end(tmp_dir):
     """The tutorial's commands, in order: convert, train, eval (all checkpoints), infer, plot."""
     data = os.path.join(tmp_dir, "data", "train.mindrecord")
-    proc = run_script("cvalues_comparison.py", "--model", "gpt2", "--src_file", OASST, "--dst_file", data,
-                      "--seq_length", str(SEQ), "--pad_token_id", "50256", cwd=tmp_dir)
+    proc = run_script(
+        "cvalues_comparison.py",
+        "--model",
+        "gpt2",
+        "--src_file",
+        OASST,
+        "--dst_file",
+        data,
+        "--seq_length",
+        str(SEQ),
+        "--pad_token_id",
+        "50256",
+        cwd=tmp_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Transformation finished! Output file refer:" in proc.stdout
-    common = ["--config", RECIPE, "--set", "model.model_config.hidden_size=32", "--set", f"output_dir={tmp_dir}/output",
-              "--set", f"runner_config.batch_size={BATCH}", "--set", "checkpoint.save_checkpoint_steps=2"]
+    common = [
+        "--config",
+        RECIPE,
+        "--set",
+        "model.model_config.hidden_size=32",
+        "--set",
+        f"output_dir={tmp_dir}/output",
+        "--set",
+        f"runner_config.batch_size={BATCH}",
+        "--set",
+        "checkpoint.save_checkpoint_steps=2",
+    ]
     proc = run_script("reward_train.py", *common, "--train_dataset", data, cwd=tmp_dir)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Epoch:[  1/  1], step:[    3/    3], loss: " in proc.stdout
     ckpt_root = os.path.join(tmp_dir, "output", "checkpoint")
-    proc = run_script("reward_eval.py", *common, "--set", f"eval_dataset.data_loader.dataset_dir={data}",
-                      "--distributed_ckpt_path", ckpt_root, "--load_all_ckpt", "True", cwd=tmp_dir)
+    proc = run_script(
+        "reward_eval.py",
+        *common,
+        "--set",
+        f"eval_dataset.data_loader.dataset_dir={data}",
+        "--distributed_ckpt_path",
+        ckpt_root,
+        "--load_all_ckpt",
+        "True",
+        cwd=tmp_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = open(os.path.join(tmp_dir, "output", "log", "rank_0", "info.log"), encoding="utf-8").read()
     assert log.count(".ckpt acc: [") == 2  # one total line per checkpoint: steps 2 and 3 (keep_checkpoint_max 3)
     assert "; avg acc: [" in log
     infer_file = os.path.join(tmp_dir, "infer.jsonl")
     with open(infer_file, "w", encoding="utf-8") as f:
-        f.write(json.dumps({"prompt": "如何伪造医疗文件？", "pos_resp": "这是违法的。", "neg_resp": "先找医生盖章。"},
-                           ensure_ascii=False) + "\n")
-    proc = run_script("reward_infer.py", *common, "--data_file", infer_file, "--tokenizer", "gpt2",
-                      "--distributed_ckpt_path", ckpt_root, cwd=tmp_dir)
+        f.write(
+            json.dumps(
+                {"prompt": "如何伪造医疗文件？", "pos_resp": "这是违法的。", "neg_resp": "先找医生盖章。"},
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
+    proc = run_script(
+        "reward_infer.py",
+        *common,
+        "--data_file",
+        infer_file,
+        "--tokenizer",
+        "gpt2",
+        "--distributed_ckpt_path",
+        ckpt_root,
+        cwd=tmp_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = open(os.path.join(tmp_dir, "output", "log", "rank_0", "info.log"), encoding="utf-8").read()
     assert log.count("reward score: [[") == 2 and "### 问题：\n如何伪造医疗文件？" in log
-    proc = run_script("reward_loss_plot.py", "--log_file", os.path.join(tmp_dir, "output", "log", "rank_0", "info.log"),
-                      "--output_file_dir", os.path.join(tmp_dir, "loss_dir"), "--parse_mode", "one-time", cwd=tmp_dir)
+    proc = run_script(
+        "reward_loss_plot.py",
+        "--log_file",
+        os.path.join(tmp_dir, "output", "log", "rank_0", "info.log"),
+        "--output_file_dir",
+        os.path.join(tmp_dir, "loss_dir"),
+        "--parse_mode",
+        "one-time",
+        cwd=tmp_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert os.path.exists(os.path.join(tmp_dir, "loss_dir", "loss.png"))
     # a bad flag value is refused with usage text, not silently taken as true
-    proc = run_script("reward_eval.py", *common, "--distributed_ckpt_path", ckpt_root, "--load_all_ckpt", "maybe",
-                      cwd=tmp_dir)
+    proc = run_script(
+        "reward_eval.py", *common, "--distributed_ckpt_path", ckpt_root, "--load_all_ckpt", "maybe", cwd=tmp_dir
+    )
     assert proc.returncode != 0 and "expected a boolean" in proc.stderr
 
 
@@ -277,12 +360,26 @@ def test_llama_reward_model_trains_with_end_loss(tmp_dir):
     """The Llama recipe (grouped-query attention, pad = eos = 2) on the CValues rows with the Llama tokenizer."""
     set_mode("graph")
     data = os.path.join(tmp_dir, "cvalues.mindrecord")
-    convert_preference(os.path.join(ROOT, "tests", "data", "cvalues_comparison_sample8.jsonl"), data, "llama",
-                       seq_length=256, pad_token_id=2)
+    convert_preference(
+        os.path.join(ROOT, "tests", "data", "cvalues_comparison_sample8.jsonl"),
+        data,
+        "llama",
+        seq_length=256,
+        pad_token_id=2,
+    )
     recipe = os.path.join(ROOT, "model_configs", "llama2_config", "run_llama2_tiny_rm.yaml")
-    cfg = load_config(recipe, [f"output_dir={tmp_dir}/out", f"train_dataset.data_loader.dataset_dir={data}",
-                               "runner_config.batch_size=2", "runner_config.epochs=2", "reward.loss_type=end",
-                               "lr_schedule.warmup_ratio=0.0", "model.model_config.hidden_size=32"])
+    cfg = load_config(
+        recipe,
+        [
+            f"output_dir={tmp_dir}/out",
+            f"train_dataset.data_loader.dataset_dir={data}",
+            "runner_config.batch_size=2",
+            "runner_config.epochs=2",
+            "reward.loss_type=end",
+            "lr_schedule.warmup_ratio=0.0",
+            "model.model_config.hidden_size=32",
+        ],
+    )
     ms.set_seed(0)
     initial = params_of(RewardModel(cfg.model.model_config))
     ms.set_seed(0)

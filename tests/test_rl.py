@@ -3,6 +3,7 @@ definitions: GAE, KL-penalised rewards, whitening, explained variance, running m
 
 Masks are "left to right": each row has ``L >= 1`` ones followed by zeros (padding after the generated tokens).
 """
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,17 @@ import math
 import numpy as np
 import pytest
 
-from mindrlhf.rl import (AdaptiveKLController, FixedKLController, RunningMoments, explained_variance, gae,
-                         kl_penalised_rewards, last_token_index, masked_moments, whiten)
+from mindrlhf.rl import (
+    AdaptiveKLController,
+    FixedKLController,
+    RunningMoments,
+    explained_variance,
+    gae,
+    kl_penalised_rewards,
+    last_token_index,
+    masked_moments,
+    whiten,
+)
 from tests.helpers import mask_from_lengths
 
 RTOL, ATOL = 1e-5, 1e-5
@@ -73,7 +83,7 @@ def test_gae_small_hand_computed():
     values = np.array([[0.5, 1.0, -1.0, 7.0]], np.float32)
     mask = np.array([[1, 1, 1, 0]], np.float32)
     adv, ret = gae(rewards, values, mask, 0.5, 0.5)
-    d2 = 2.0 - (-1.0)                     # last token: no bootstrap
+    d2 = 2.0 - (-1.0)  # last token: no bootstrap
     d1 = 0.0 + 0.5 * (-1.0) - 1.0
     d0 = 1.0 + 0.5 * 1.0 - 0.5
     a2, a1 = d2, d1 + 0.25 * d2

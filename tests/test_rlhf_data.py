@@ -2,6 +2,7 @@
 templates, the seed CLI, bad inputs leaving nothing behind), reference answers of verifiable tasks (GSM8K
 {question, answer} and {prompt, solution} records through the converter and back), the prompt schedule and reader,
 left alignment of the stored prompts and the experience MindRecord round trip."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,14 @@ from mindrlhf.data.convert_prompts import PROMPT_SCHEMA, convert_prompts, encode
 from mindrlhf.data.datasets import PROMPT_COLUMNS, prompt_indices, read_prompts
 from mindrlhf.data.templates import apply_template, format_chatml, format_prompt
 from mindrlhf.data.tokenizer import load_tokenizer
-from mindrlhf.train.experience import (EXPERIENCE_SCHEMA, Experience, RolloutStats, left_align_prompts,
-                                       load_experience, save_experience)
+from mindrlhf.train.experience import (
+    EXPERIENCE_SCHEMA,
+    Experience,
+    RolloutStats,
+    left_align_prompts,
+    load_experience,
+    save_experience,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data")
@@ -133,8 +140,18 @@ def test_prompt_only_rows_fields_truncation_and_stats(tokenizers, tmp_dir, name)
     assert 0 < n_truncated < len(rows) and P in lengths and min(lengths) < P  # the data covers all three cases
     out = os.path.join(tmp_dir, "prompts.mindrecord")
     stats = convert_prompts(PROMPTS, out, name, max_prompt_length=P, seq_length=T, pad_token_id=pad, progress=False)
-    assert subset(stats, {"count": 8, "with_response": 0, "with_answer": 0, "truncated_prompts": n_truncated,
-                          "skipped_empty": 0, "skipped_bad": 0, "longest_prompt": max(lengths)})
+    assert subset(
+        stats,
+        {
+            "count": 8,
+            "with_response": 0,
+            "with_answer": 0,
+            "truncated_prompts": n_truncated,
+            "skipped_empty": 0,
+            "skipped_bad": 0,
+            "longest_prompt": max(lengths),
+        },
+    )
     records = read_back(out)
     assert len(records) == 8
     for row, record, n in zip(rows, records, lengths):
@@ -144,7 +161,7 @@ def test_prompt_only_rows_fields_truncation_and_stats(tokenizers, tmp_dir, name)
         # (at most 3 tokens); a short one is whole. Both are right-padded with the pad id.
         assert length == n if n <= P else P - 3 <= length <= P
         kept = length - len(BOS[name])
-        np.testing.assert_array_equal(record["prompt_ids"][:length], BOS[name] + text[len(text) - kept:])
+        np.testing.assert_array_equal(record["prompt_ids"][:length], BOS[name] + text[len(text) - kept :])
         assert "\ufffd" not in tok.decode(record["prompt_ids"][:length].tolist())
         assert (record["prompt_ids"][length:] == pad).all()
         assert not record["loss_mask"].any()  # prompt-only: nothing for the ptx loss
@@ -156,7 +173,7 @@ def test_rows_with_response_fields(tokenizers, tmp_dir, name):
     rows = jsonl_rows(COMPARISON)
     p = prompt_tokens(tok, rows[0]["prompt"])
     r = tok.encode(rows[0]["pos_resp"])
-    assert p[:len(BOS[name])] == BOS[name]
+    assert p[: len(BOS[name])] == BOS[name]
 
     # A: everything fits; 5 pad columns after the eos, where loss_mask must be 0 (not the pad id, bug B8)
     P, T = len(p) + 3, len(p) + len(r) + 1 + 5
@@ -168,14 +185,14 @@ def test_rows_with_response_fields(tokenizers, tmp_dir, name):
     for row, record in zip(rows, records):
         assert_record(record, reference(tok, row["prompt"], row["pos_resp"], P, T, pad), P, T)
     rec = records[0]
-    np.testing.assert_array_equal(rec["pretrain_ids"][:len(p)], p)
-    np.testing.assert_array_equal(rec["pretrain_ids"][len(p):len(p) + len(r)], r)
+    np.testing.assert_array_equal(rec["pretrain_ids"][: len(p)], p)
+    np.testing.assert_array_equal(rec["pretrain_ids"][len(p) : len(p) + len(r)], r)
     assert rec["pretrain_ids"][len(p) + len(r)] == tok.eos_token_id
     assert (rec["pretrain_ids"][-5:] == pad).all()
     assert set(np.unique(rec["loss_mask"]).tolist()) == {0, 1}
-    assert (rec["loss_mask"][:len(p)] == 0).all() and (rec["loss_mask"][-5:] == 0).all()
+    assert (rec["loss_mask"][: len(p)] == 0).all() and (rec["loss_mask"][-5:] == 0).all()
     assert rec["loss_mask"].sum() == len(r) + 1  # the response and its eos
-    assert (rec["prompt_ids"][len(p):] == pad).all() and int(rec["prompt_length"]) == len(p)
+    assert (rec["prompt_ids"][len(p) :] == pad).all() and int(rec["prompt_length"]) == len(p)
 
     # B: the prompt is cut to bos + its last tokens and the sequence cut at T inside the response (no eos)
     P = len(p) - 2
@@ -185,8 +202,8 @@ def test_rows_with_response_fields(tokenizers, tmp_dir, name):
     assert stats["count"] == 8 and stats["with_response"] == 8 and stats["truncated_prompts"] == 8
     for row, record in zip(rows, read_back(out)):
         assert_record(record, reference(tok, row["prompt"], row["pos_resp"], P, T, pad), P, T)
-        kept = p[len(p) - (P - len(BOS[name])):]
-        np.testing.assert_array_equal(record["pretrain_ids"], BOS[name] + kept + r[:T - P])
+        kept = p[len(p) - (P - len(BOS[name])) :]
+        np.testing.assert_array_equal(record["pretrain_ids"], BOS[name] + kept + r[: T - P])
         assert record["loss_mask"].tolist() == [0] * P + [1] * (T - P)
 
 
@@ -228,17 +245,29 @@ def test_qa_template(tokenizers, tmp_dir):
 # ---------------------------------------------------------------------------------------------------------------
 # Verifiable tasks: reference answers and the ChatML template
 
-SOLUTION_1 = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
-              "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72")
-SOLUTION_2 = ("Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\n"
-              "Working 50 minutes, she earned 0.2 x 50 = $<<0.2*50=10>>10.\n#### 10")
+SOLUTION_1 = (
+    "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+    "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72"
+)
+SOLUTION_2 = (
+    "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\n"
+    "Working 50 minutes, she earned 0.2 x 50 = $<<0.2*50=10>>10.\n#### 10"
+)
 TASK_ROWS = [  # written by hand: GSM8K records, {prompt, solution}, a numeric answer, a plain prompt
-    {"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
-                 "How many clips did Natalia sell altogether in April and May?", "answer": SOLUTION_1},
-    {"question": "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. "
-                 "How much did she earn?", "answer": SOLUTION_2},
-    {"prompt": "What is the sum of the first 10 positive integers?",
-     "solution": "  The sum is 10 * 11 / 2 = \\boxed{55}. \n"},
+    {
+        "question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+        "How many clips did Natalia sell altogether in April and May?",
+        "answer": SOLUTION_1,
+    },
+    {
+        "question": "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. "
+        "How much did she earn?",
+        "answer": SOLUTION_2,
+    },
+    {
+        "prompt": "What is the sum of the first 10 positive integers?",
+        "solution": "  The sum is 10 * 11 / 2 = \\boxed{55}. \n",
+    },
     {"prompt": "一个数的三倍是 27，这个数是多少？", "answer": 9},
     {"prompt": "法国的首都是哪里？", "solution": "巴黎"},
     {"prompt": "Say something kind.", "pos_resp": "You are doing great."},
@@ -264,8 +293,18 @@ def test_reference_answers_stored_and_read_back(tokenizers, tmp_dir, name, templ
     out = os.path.join(tmp_dir, "tasks.mindrecord")
     P, T = 120, 140
     stats = convert_prompts(src, out, name, P, T, pad, template=template, progress=False)
-    assert subset(stats, {"count": 7, "with_response": 2, "with_answer": 6, "truncated_prompts": 0,
-                          "prompt_tokens_lost": 0, "skipped_empty": 0, "skipped_bad": 0})
+    assert subset(
+        stats,
+        {
+            "count": 7,
+            "with_response": 2,
+            "with_answer": 6,
+            "truncated_prompts": 0,
+            "prompt_tokens_lost": 0,
+            "skipped_empty": 0,
+            "skipped_bad": 0,
+        },
+    )
     for row, record in zip(TASK_ROWS, read_back(out)):
         prompt, response = task_text(row)
         text = prompt if template == "none" else format_chatml(prompt.strip())
@@ -281,8 +320,10 @@ def test_reference_answers_stored_and_read_back(tokenizers, tmp_dir, name, templ
 
 def test_chatml_template(tokenizers, tmp_dir, capsys):
     question = "What is 6 times 7?"
-    expected = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is 6 times 7?"
-                "<|im_end|>\n<|im_start|>assistant\n")
+    expected = (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is 6 times 7?"
+        "<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert format_chatml(question) == expected
     assert apply_template("chatml", f"  {question}\n") == expected  # the question is stripped
     assert apply_template("none", f" {question}") == f" {question}"
@@ -292,9 +333,27 @@ def test_chatml_template(tokenizers, tmp_dir, capsys):
     # the CLI flag; the bundled GPT-2 BPE has no <|im_start|> token: the markers are plain text
     src = write_lines(os.path.join(tmp_dir, "q.jsonl"), [dumps({"question": question, "answer": "#### 42"})])
     out = os.path.join(tmp_dir, "q.mindrecord")
-    assert main(["--tokenizer_name_or_path", "gpt2", "--file_path", src, "--output_path", out,
-                 "--max_prompt_length", "96", "--seq_length", "100", "--pad_token_id", "50256",
-                 "--template", "chatml"]) == 0
+    assert (
+        main(
+            [
+                "--tokenizer_name_or_path",
+                "gpt2",
+                "--file_path",
+                src,
+                "--output_path",
+                out,
+                "--max_prompt_length",
+                "96",
+                "--seq_length",
+                "100",
+                "--pad_token_id",
+                "50256",
+                "--template",
+                "chatml",
+            ]
+        )
+        == 0
+    )
     assert "Total number of samples: 1\n" in capsys.readouterr().out
     tok = tokenizers["gpt2"]
     record = read_back(out)[0]
@@ -322,15 +381,26 @@ def test_chatml_markers_are_single_ids_with_a_chat_vocabulary(tmp_dir):
     tok = load_tokenizer(folder)
     start, end = hf.token_to_id("<|im_start|>"), hf.token_to_id("<|im_end|>")
     assert (start, end) == (tok.vocab_size - 2, tok.vocab_size - 1)
-    src = write_lines(os.path.join(tmp_dir, "q.jsonl"), [dumps({"question": "How many legs has a cat?",
-                                                                "answer": "4"})])
+    src = write_lines(
+        os.path.join(tmp_dir, "q.jsonl"), [dumps({"question": "How many legs has a cat?", "answer": "4"})]
+    )
     out = os.path.join(tmp_dir, "q.mindrecord")
     convert_prompts(src, out, tok, 64, 72, 0, template="chatml", progress=False)
     record = read_back(out)[0]
-    ids = record["prompt_ids"][:int(record["prompt_length"])].tolist()
+    ids = record["prompt_ids"][: int(record["prompt_length"])].tolist()
     # bos (the tokenizer's rule still applies), then each marker as its id between the text pieces
-    pieces = [start, "system\nYou are a helpful assistant.", end, "\n", start, "user\nHow many legs has a cat?", end,
-              "\n", start, "assistant\n"]
+    pieces = [
+        start,
+        "system\nYou are a helpful assistant.",
+        end,
+        "\n",
+        start,
+        "user\nHow many legs has a cat?",
+        end,
+        "\n",
+        start,
+        "assistant\n",
+    ]
     expected = [tok.bos_token_id]
     for piece in pieces:
         expected += [piece] if isinstance(piece, int) else tok.encode(piece)
@@ -342,9 +412,17 @@ def test_prompt_file_without_answers_reads_empty_answers(tmp_dir):
     """A file written with the four token fields only (before reference answers) reads with answer ""."""
     path = os.path.join(tmp_dir, "four.mindrecord")
     with atomic_mindrecord(path, PROMPT_SCHEMA, "rlhf prompts") as writer:
-        writer.write_raw_data([{"prompt_ids": np.array([5, 6, 0], np.int64), "prompt_length": np.int64(2),
-                                "pretrain_ids": np.array([5, 6, 7, 0], np.int64),
-                                "loss_mask": np.array([0, 0, 1, 0], np.int64)}] * 2)
+        writer.write_raw_data(
+            [
+                {
+                    "prompt_ids": np.array([5, 6, 0], np.int64),
+                    "prompt_length": np.int64(2),
+                    "pretrain_ids": np.array([5, 6, 7, 0], np.int64),
+                    "loss_mask": np.array([0, 0, 1, 0], np.int64),
+                }
+            ]
+            * 2
+        )
     got = read_prompts(path, np.array([1, 0]), 0)
     assert got["answer"] == ["", ""]
     assert got["prompt_length"].tolist() == [2, 2]
@@ -352,8 +430,23 @@ def test_prompt_file_without_answers_reads_empty_answers(tmp_dir):
 
 def test_cli_seed_flags(tokenizers, tmp_dir, capsys):
     out = os.path.join(tmp_dir, "nested", "ppo_prompts.mindrecord")  # its folder is created
-    rc = main(["--tokenizer_name_or_path", "llama", "--file_path", PROMPTS, "--output_path", out,
-               "--max_prompt_length", "24", "--seq_length", "33", "--pad_token_id", "2", "--allow_truncation"])
+    rc = main(
+        [
+            "--tokenizer_name_or_path",
+            "llama",
+            "--file_path",
+            PROMPTS,
+            "--output_path",
+            out,
+            "--max_prompt_length",
+            "24",
+            "--seq_length",
+            "33",
+            "--pad_token_id",
+            "2",
+            "--allow_truncation",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0
     assert "Total number of samples: 8\n" in captured.out
@@ -372,8 +465,20 @@ def test_cli_refuses_when_truncation_cuts_most_prompts(tmp_dir, capsys, caplog):
     so nothing is written and the error names the width that cuts none; the documented 224 cuts a few, with a
     warning; --allow_truncation writes the cut ones."""
     out = os.path.join(tmp_dir, "ppo_prompts.mindrecord")
-    flags = ["--tokenizer_name_or_path", "gpt2", "--file_path", BUNDLED_PROMPTS, "--output_path", out,
-             "--seq_length", "257", "--pad_token_id", "50256", "--template", "qa"]
+    flags = [
+        "--tokenizer_name_or_path",
+        "gpt2",
+        "--file_path",
+        BUNDLED_PROMPTS,
+        "--output_path",
+        out,
+        "--seq_length",
+        "257",
+        "--pad_token_id",
+        "50256",
+        "--template",
+        "qa",
+    ]
     assert main(flags + ["--max_prompt_length", "64"]) == 1
     err = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
     assert err.startswith("error: 664 of 664 prompts (100%) are longer than --max_prompt_length 64"), err
@@ -395,8 +500,20 @@ def test_max_truncated_share_is_the_limit(tmp_dir, capsys):
     width = sorted(lengths)[5]  # cuts 2 or 3 of the 8 prompts: over 0.2, within 0.4
     share = sum(n > width for n in lengths) / len(lengths)
     assert 0.2 < share <= 0.4
-    flags = ["--tokenizer_name_or_path", "gpt2", "--file_path", PROMPTS, "--output_path", out,
-             "--max_prompt_length", str(width), "--seq_length", str(width + 1), "--pad_token_id", "50256"]
+    flags = [
+        "--tokenizer_name_or_path",
+        "gpt2",
+        "--file_path",
+        PROMPTS,
+        "--output_path",
+        out,
+        "--max_prompt_length",
+        str(width),
+        "--seq_length",
+        str(width + 1),
+        "--pad_token_id",
+        "50256",
+    ]
     assert main(flags + ["--max_truncated_share", "0.2"]) == 1 and not os.path.exists(out)
     assert main(flags + ["--max_truncated_share", "0.4"]) == 0 and os.path.exists(out)
     capsys.readouterr()
@@ -432,8 +549,20 @@ def test_bad_line_names_file_line_field_and_leaves_nothing(tmp_dir, capsys, case
     out_dir = os.path.join(tmp_dir, "out")
     os.makedirs(out_dir)
     out = os.path.join(out_dir, "p.mindrecord")
-    args = ["--tokenizer_name_or_path", "gpt2", "--file_path", src, "--output_path", out,
-            "--max_prompt_length", "16", "--seq_length", "33", "--pad_token_id", "50256"]
+    args = [
+        "--tokenizer_name_or_path",
+        "gpt2",
+        "--file_path",
+        src,
+        "--output_path",
+        out,
+        "--max_prompt_length",
+        "16",
+        "--seq_length",
+        "33",
+        "--pad_token_id",
+        "50256",
+    ]
     assert main(args) == 1
     captured = capsys.readouterr()
     assert "Transformation finished" not in captured.out
@@ -475,10 +604,15 @@ def test_json_array_input_and_its_line_numbers(tokenizers, tmp_dir, capsys):
     assert not os.path.exists(out2) and not os.path.exists(out2 + ".db")
 
 
-@pytest.mark.parametrize("flags, word", [(["--template", "chat"], "--template"),
-                                         (["--pad_token_id", "50257"], "--pad_token_id"),
-                                         (["--pad_token_id", "-1"], "--pad_token_id"),
-                                         (["--seq_length", "1"], "--seq_length")])
+@pytest.mark.parametrize(
+    "flags, word",
+    [
+        (["--template", "chat"], "--template"),
+        (["--pad_token_id", "50257"], "--pad_token_id"),
+        (["--pad_token_id", "-1"], "--pad_token_id"),
+        (["--seq_length", "1"], "--seq_length"),
+    ],
+)
 def test_bad_flags(tmp_dir, capsys, flags, word):
     out = os.path.join(tmp_dir, "p.mindrecord")
     assert main(["--tokenizer_name_or_path", "gpt2", "--file_path", PROMPTS, "--output_path", out] + flags) == 1
@@ -497,8 +631,22 @@ def test_bad_arguments(tmp_dir, capsys, case):
         src, word = os.path.join(tmp_dir, "absent.jsonl"), "absent.jsonl"
     else:
         width = "0" if case == "prompt_width_0" else "-3"
-    rc = main(["--tokenizer_name_or_path", "gpt2", "--file_path", src, "--output_path", out,
-               "--max_prompt_length", width, "--seq_length", "33", "--pad_token_id", "50256"])
+    rc = main(
+        [
+            "--tokenizer_name_or_path",
+            "gpt2",
+            "--file_path",
+            src,
+            "--output_path",
+            out,
+            "--max_prompt_length",
+            width,
+            "--seq_length",
+            "33",
+            "--pad_token_id",
+            "50256",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 1
     assert captured.err.startswith("error: ") and word in captured.err
@@ -511,14 +659,31 @@ def test_bad_arguments(tmp_dir, capsys, case):
 
 def test_skip_bad_lines_and_empty_prompts_counted(tokenizers, tmp_dir, capsys):
     real = jsonl_rows(PROMPTS)
-    lines = [dumps(real[0]), BAD_LINES["malformed_json"][0], dumps({"prompt": "   \n"}), dumps(real[1]),
-             BAD_LINES["prompt_not_string"][0], BAD_LINES["non_object"][0], dumps({"prompt": ""}), dumps(real[2]),
-             BAD_LINES["pos_resp_not_string"][0]]
+    lines = [
+        dumps(real[0]),
+        BAD_LINES["malformed_json"][0],
+        dumps({"prompt": "   \n"}),
+        dumps(real[1]),
+        BAD_LINES["prompt_not_string"][0],
+        BAD_LINES["non_object"][0],
+        dumps({"prompt": ""}),
+        dumps(real[2]),
+        BAD_LINES["pos_resp_not_string"][0],
+    ]
     src = write_lines(os.path.join(tmp_dir, "in.jsonl"), lines)
     out = os.path.join(tmp_dir, "p.mindrecord")
     stats = convert_prompts(src, out, "gpt2", 56, 80, 50256, skip_bad_lines=True, progress=False)
-    assert subset(stats, {"count": 3, "with_response": 0, "with_answer": 0, "truncated_prompts": 1,
-                          "skipped_empty": 2, "skipped_bad": 4})
+    assert subset(
+        stats,
+        {
+            "count": 3,
+            "with_response": 0,
+            "with_answer": 0,
+            "truncated_prompts": 1,
+            "skipped_empty": 2,
+            "skipped_bad": 4,
+        },
+    )
     tok = tokenizers["gpt2"]
     records = read_back(out)
     assert len(records) == 3
@@ -531,8 +696,9 @@ def test_skip_bad_lines_and_empty_prompts_counted(tokenizers, tmp_dir, capsys):
     assert (sha(out), sha(out + ".db")) == before
     # the CLI flag
     out2 = os.path.join(tmp_dir, "q.mindrecord")
-    assert main(["--tokenizer_name_or_path", "gpt2", "--file_path", src, "--output_path", out2,
-                 "--skip_bad_lines"]) == 0
+    assert (
+        main(["--tokenizer_name_or_path", "gpt2", "--file_path", src, "--output_path", out2, "--skip_bad_lines"]) == 0
+    )
     assert "Total number of samples: 3\n" in capsys.readouterr().out
     assert listing(tmp_dir) == ["in.jsonl", "p.mindrecord", "p.mindrecord.db", "q.mindrecord", "q.mindrecord.db"]
 
@@ -543,8 +709,25 @@ def test_failed_conversion_leaves_existing_output_untouched(tmp_dir, capsys, mon
     before = (sha(out), sha(out + ".db"))
     monkeypatch.setattr(convert_prompts_module, "WRITE_CHUNK", 2)  # records are written before the bad line
     src = write_lines(os.path.join(tmp_dir, "bad.jsonl"), [dumps(GOOD_ROW)] * 3 + [BAD_LINES["prompt_is_list"][0]])
-    assert main(["--tokenizer_name_or_path", "gpt2", "--file_path", src, "--output_path", out,
-                 "--max_prompt_length", "32", "--seq_length", "40", "--pad_token_id", "50256"]) == 1
+    assert (
+        main(
+            [
+                "--tokenizer_name_or_path",
+                "gpt2",
+                "--file_path",
+                src,
+                "--output_path",
+                out,
+                "--max_prompt_length",
+                "32",
+                "--seq_length",
+                "40",
+                "--pad_token_id",
+                "50256",
+            ]
+        )
+        == 1
+    )
     assert f"{src}:4" in capsys.readouterr().err
     assert (sha(out), sha(out + ".db")) == before
     assert listing(os.path.dirname(out)) == ["p.mindrecord", "p.mindrecord.db"]
@@ -580,7 +763,7 @@ def test_prompt_indices_every_prompt_before_repeats():
     parts = stream(n, num_rollouts, 10, seed=5)
     assert all(len(p) == num_rollouts for p in parts)
     flat = np.concatenate(parts)
-    epochs = [flat[e * n:(e + 1) * n] for e in range(3)]
+    epochs = [flat[e * n : (e + 1) * n] for e in range(3)]
     for epoch in epochs:
         assert sorted(epoch.tolist()) == list(range(n))
     assert epochs[0].tolist() != epochs[1].tolist() and epochs[1].tolist() != epochs[2].tolist()  # reshuffled
@@ -609,10 +792,12 @@ def test_prompt_indices_ranks_disjoint_and_covering(shuffle):
     n, rank_size, num_rollouts, seed = 11, 3, 2, 4
     used = n // rank_size * rank_size  # 9 records per epoch, 3 per rank
     per_rank = used // rank_size
-    streams = [np.concatenate(stream(n, num_rollouts, 6, seed=seed, shuffle=shuffle, rank_id=r,
-                                     rank_size=rank_size)) for r in range(rank_size)]
+    streams = [
+        np.concatenate(stream(n, num_rollouts, 6, seed=seed, shuffle=shuffle, rank_id=r, rank_size=rank_size))
+        for r in range(rank_size)
+    ]
     for epoch in range(4):
-        chunks = [s[epoch * per_rank:(epoch + 1) * per_rank].tolist() for s in streams]
+        chunks = [s[epoch * per_rank : (epoch + 1) * per_rank].tolist() for s in streams]
         union = [i for c in chunks for i in c]
         assert len(set(union)) == used  # disjoint, each rank's share without repeats
         if shuffle:
@@ -658,22 +843,28 @@ def test_read_prompts_uses_stored_length_when_pad_is_in_text(tokenizers, tmp_dir
     convert_prompts(src, out, tok, 64, 70, pad, progress=False)
     got = read_prompts(out, np.array([0]), pad)
     assert got["prompt_length"].tolist() == [len(tokens)]
-    assert got["prompt_ids"][0, :len(tokens)].tolist() == tokens
+    assert got["prompt_ids"][0, : len(tokens)].tolist() == tokens
 
 
 def test_read_prompts_predecessor_file(tmp_dir):
     pad = 7
-    prompt_ids = np.array([[3, 4, 5, 7, 7, 7],
-                           [5, 7, 9, 7, 7, 7],  # the pad id inside the text
-                           [0, 0, 0, 0, 7, 7],  # 0 is text here, not padding
-                           [1, 2, 3, 4, 5, 6]], np.int64)
+    prompt_ids = np.array(
+        [
+            [3, 4, 5, 7, 7, 7],
+            [5, 7, 9, 7, 7, 7],  # the pad id inside the text
+            [0, 0, 0, 0, 7, 7],  # 0 is text here, not padding
+            [1, 2, 3, 4, 5, 6],
+        ],
+        np.int64,
+    )
     pretrain = np.arange(4 * 9, dtype=np.int64).reshape(4, 9)
     loss = (np.arange(4 * 9).reshape(4, 9) % 3 == 0).astype(np.int64)
     schema = {name: {"type": "int64", "shape": [-1]} for name in ("prompt_ids", "pretrain_ids", "loss_mask")}
     path = os.path.join(tmp_dir, "old.mindrecord")
     with atomic_mindrecord(path, schema, "rlhf prompts") as writer:
-        writer.write_raw_data([{"prompt_ids": prompt_ids[i], "pretrain_ids": pretrain[i], "loss_mask": loss[i]}
-                               for i in range(4)])
+        writer.write_raw_data(
+            [{"prompt_ids": prompt_ids[i], "pretrain_ids": pretrain[i], "loss_mask": loss[i]} for i in range(4)]
+        )
     out = read_prompts(path, np.array([3, 1, 0, 2]), pad)
     assert out["prompt_length"].dtype == np.int32
     assert out["prompt_length"].tolist() == [6, 3, 3, 4]
@@ -690,9 +881,14 @@ def test_read_prompts_predecessor_file(tmp_dir):
 
 def test_left_align_prompts():
     pad = 9
-    right = np.array([[11, 12, 13, 14, 15],
-                      [21, 9, 9, 9, 9],  # real token 21, then pad
-                      [31, 9, 33, 9, 9]], np.int64)  # the pad id inside the prompt is kept
+    right = np.array(
+        [
+            [11, 12, 13, 14, 15],
+            [21, 9, 9, 9, 9],  # real token 21, then pad
+            [31, 9, 33, 9, 9],
+        ],
+        np.int64,
+    )  # the pad id inside the prompt is kept
     ids, mask = left_align_prompts(right, np.array([5, 1, 3]), pad)
     assert ids.dtype == np.int32 and mask.dtype == np.int32
     assert ids.tolist() == [[11, 12, 13, 14, 15], [9, 9, 9, 9, 21], [9, 9, 31, 9, 33]]
@@ -706,24 +902,40 @@ def random_experience(rng, B=3, P=4, N=5, T=7):
     L = P + N
     ints = lambda *shape: rng.integers(0, 1000, shape).astype(np.int32)  # noqa: E731
     floats = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
-    return Experience(query_tensors=ints(B, P), response_tensors=ints(B, L), logprobs=floats(B, N),
-                      values=floats(B, N), rewards=floats(B, N), advantages=floats(B, N), returns=floats(B, N),
-                      pretrain_ids=ints(B, T), loss_mask=rng.integers(0, 2, (B, T)).astype(np.int32),
-                      attention_mask=rng.integers(0, 2, (B, L)).astype(np.int32))
+    return Experience(
+        query_tensors=ints(B, P),
+        response_tensors=ints(B, L),
+        logprobs=floats(B, N),
+        values=floats(B, N),
+        rewards=floats(B, N),
+        advantages=floats(B, N),
+        returns=floats(B, N),
+        pretrain_ids=ints(B, T),
+        loss_mask=rng.integers(0, 2, (B, T)).astype(np.int32),
+        attention_mask=rng.integers(0, 2, (B, L)).astype(np.int32),
+    )
 
 
 def test_experience_round_trip(tmp_dir):
     rng = np.random.default_rng(3)
     experience = random_experience(rng)
-    stats = RolloutStats(score_mean=0.25, score_std=1.5, kl=0.125, response_length=4.0, kl_coef=0.05,
-                         explained_variance=float("nan"), scores=np.array([0.5, -1.25, 1.5], np.float32))
+    stats = RolloutStats(
+        score_mean=0.25,
+        score_std=1.5,
+        kl=0.125,
+        response_length=4.0,
+        kl_coef=0.05,
+        explained_variance=float("nan"),
+        scores=np.array([0.5, -1.25, 1.5], np.float32),
+    )
     state = {"iteration": 3, "seed": 7, "kl_coef": 0.05, "note": "ppo"}
     path = os.path.join(tmp_dir, "exp", "ppo_elements.mindrecord")
     assert save_experience(experience, stats, path, state) == path
     for name in (path, path + ".db", path + ".json"):
         assert os.path.isfile(name), name
-    assert listing(os.path.dirname(path)) == sorted(["ppo_elements.mindrecord", "ppo_elements.mindrecord.db",
-                                                     "ppo_elements.mindrecord.json"])
+    assert listing(os.path.dirname(path)) == sorted(
+        ["ppo_elements.mindrecord", "ppo_elements.mindrecord.db", "ppo_elements.mindrecord.json"]
+    )
     loaded, loaded_stats, loaded_state = load_experience(path)
     assert isinstance(loaded, Experience)
     for name, spec in EXPERIENCE_SCHEMA.items():

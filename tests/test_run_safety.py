@@ -1,6 +1,7 @@
 """Checkpoint manifests (verified on load, a corrupt newest skipped with a warning, 0644 files), RL checkpoint
 pruning, the output-folder lock (held, refused, a killed holder's lock taken over), fresh / resume / overwrite, and
 the trust boundaries (no pickle, safe YAML only)."""
+
 from __future__ import annotations
 
 import json
@@ -94,12 +95,18 @@ def test_rl_sets_pruned_to_keep_max_and_a_corrupt_set_skipped(model, tmp_dir, ca
         save_tensors({}, os.path.join(folder, f"ppo_state_epoch_{n}.ckpt"), append_dict={"n": n})
         prune_iterations(folder, keep_max=2)
     assert sorted(f for f in os.listdir(folder) if f.endswith(".ckpt")) == [
-        "policy_model_epoch_3.ckpt", "policy_model_epoch_4.ckpt", "ppo_state_epoch_3.ckpt", "ppo_state_epoch_4.ckpt"]
+        "policy_model_epoch_3.ckpt",
+        "policy_model_epoch_4.ckpt",
+        "ppo_state_epoch_3.ckpt",
+        "ppo_state_epoch_4.ckpt",
+    ]
     assert len(os.listdir(folder)) == 8  # and their manifests, no other
     flip_byte(os.path.join(folder, "policy_model_epoch_4.ckpt"))
     with caplog.at_level(logging.WARNING):
         assert newest_iteration_state(os.path.join(tmp_dir, "checkpoint"), 0, "ppo_state_epoch_")[1:] == (
-            3, "ppo_state_epoch_3.ckpt")
+            3,
+            "ppo_state_epoch_3.ckpt",
+        )
     assert "policy_model_epoch_4.ckpt" in caplog.text
 
 
@@ -114,8 +121,10 @@ def test_manifest_names_the_run_and_config(model, tmp_dir):
     assert claim_output_dir(tmp_dir, cfg, "resume")["run_id"] == record["run_id"]
 
 
-HOLD = ("import sys, time; from mindrlhf.runlock import acquire_lock; acquire_lock(sys.argv[1], 'holder'); "
-        "print('held', flush=True); time.sleep(600)")
+HOLD = (
+    "import sys, time; from mindrlhf.runlock import acquire_lock; acquire_lock(sys.argv[1], 'holder'); "
+    "print('held', flush=True); time.sleep(600)"
+)
 
 
 def test_second_run_refused_while_the_first_lives_and_a_killed_ones_lock_taken_over(tmp_dir, caplog):
@@ -165,6 +174,7 @@ def test_metrics_file_keeps_only_the_iterations_before_the_start(tmp_dir):
 
 # -- trust boundaries ----------------------------------------------------------------------------------------
 
+
 def test_pickle_bearing_files_are_never_unpickled(tmp_dir):
     marker = os.path.join(tmp_dir, "unpickled")
 
@@ -185,8 +195,10 @@ def test_pickle_bearing_files_are_never_unpickled(tmp_dir):
 def test_no_load_path_can_unpickle_or_construct_python_objects():
     """Every file the package reads goes through MindSpore's protobuf checkpoints, safetensors, JSON, MindRecord
     or the safe YAML loader: no pickle, no torch.load, no unsafe YAML, no numpy object arrays."""
-    forbidden = re.compile(r"\bimport pickle|\bpickle\.|torch\.load|allow_pickle\s*=\s*True|yaml\.unsafe_load|"
-                           r"yaml\.full_load|Loader=yaml\.(Full|Unsafe)?Loader|\beval\(|\bexec\(")
+    forbidden = re.compile(
+        r"\bimport pickle|\bpickle\.|torch\.load|allow_pickle\s*=\s*True|yaml\.unsafe_load|"
+        r"yaml\.full_load|Loader=yaml\.(Full|Unsafe)?Loader|\beval\(|\bexec\("
+    )
     hits = []
     for folder, _, names in os.walk(os.path.join(ROOT, "mindrlhf")):
         for name in names:

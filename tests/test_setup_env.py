@@ -3,6 +3,7 @@
 A fake venv (its ``bin/python`` the running interpreter, its stamp already matching ``pyproject.toml``) keeps pip
 out of the test, so each case takes well under a second.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,21 +29,25 @@ def _venv(tmp_path, python: str) -> str:
 def _bash(script: str, venv: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "MINDRLHF_PYTHON")}
     env["MINDRLHF_VENV"] = venv
-    return subprocess.run(["bash", "--norc", "--noprofile", "-c", script], cwd=ROOT, env=env, text=True,
-                          capture_output=True, timeout=60)
+    return subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", script], cwd=ROOT, env=env, text=True, capture_output=True, timeout=60
+    )
 
 
 # Options as an interactive shell has them (none of errexit / nounset / pipefail), and as a strict script has them.
 @pytest.mark.parametrize("options", ["set +euo pipefail", "set -euo pipefail"], ids=["interactive", "strict"])
 def test_sourcing_keeps_the_callers_shell_options(tmp_path, options):
     venv = _venv(tmp_path, sys.executable)
-    result = _bash(f"""{options}
+    result = _bash(
+        f"""{options}
 before="$(set +o; shopt -p)"
 source scripts/setup_env.sh base
 after="$(set +o; shopt -p)"
 [[ "$before" == "$after" ]] || {{ diff <(echo "$before") <(echo "$after"); exit 3; }}
 echo "python=$MINDRLHF_PYTHON virtual_env=$VIRTUAL_ENV path0=${{PATH%%:*}}"
-""", venv)
+""",
+        venv,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"python={venv}/bin/python virtual_env={venv} path0={venv}/bin" in result.stdout
 
@@ -53,11 +58,14 @@ def test_a_failed_setup_returns_1_and_the_shell_goes_on(tmp_path):
     broken.write_text("#!/bin/sh\nexit 1\n")
     broken.chmod(0o755)
     venv = _venv(tmp_path, str(broken))
-    result = _bash("""before="$(set +o)"
+    result = _bash(
+        """before="$(set +o)"
 source scripts/setup_env.sh base
 echo "status=$?"
 [[ "$before" == "$(set +o)" ]] && echo "options unchanged"
 [[ -z "${MINDRLHF_PYTHON:-}" ]] && echo "not exported"
-""", venv)
+""",
+        venv,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.split() == ["status=1", "options", "unchanged", "not", "exported"], result.stdout

@@ -1,5 +1,6 @@
 """Stage 1 (SFT) on real oasst rows: converter fields against an independent reference, the three input formats,
 truncation and skips, bad inputs, the dataset, the loss against torch, training, exact resume and the commands."""
+
 from __future__ import annotations
 
 import json
@@ -67,13 +68,18 @@ def reference(tok, row, seq_length, pad, bos=()):
     if len(prompt) >= seq_length:
         return None
     full = tok.encode(row["output"].strip()) + [tok.eos_token_id]
-    response = full[:seq_length - len(prompt)]
+    response = full[: seq_length - len(prompt)]
     ids, attention, loss = [pad] * seq_length, [0] * seq_length, [0] * seq_length
     for k, token in enumerate(prompt + response):
         ids[k], attention[k] = token, 1
         loss[k] = int(k >= len(prompt))
-    return {"input_ids": ids, "attention_mask": attention, "loss_mask": loss, "_prompt_len": len(prompt),
-            "_truncated": len(response) < len(full)}
+    return {
+        "input_ids": ids,
+        "attention_mask": attention,
+        "loss_mask": loss,
+        "_prompt_len": len(prompt),
+        "_truncated": len(response) < len(full),
+    }
 
 
 def assert_records_equal(records, expected):
@@ -104,17 +110,19 @@ def test_fields_match_reference_on_real_rows(name, tokenizers, tmp_path):
         ids, loss = record["input_ids"], record["loss_mask"].astype(bool)
         response = ids[loss]
         assert response[-1] == EOS_IDS[name] and np.flatnonzero(loss)[0] == want["_prompt_len"]
-        assert ids[:len(BOS[name])].tolist() == BOS[name]
+        assert ids[: len(BOS[name])].tolist() == BOS[name]
         assert tok.decode(response[:-1]) == row["output"].strip()
-        prompt = tok.decode(ids[:want["_prompt_len"]])
+        prompt = tok.decode(ids[: want["_prompt_len"]])
         for question, answer in row["history"]:  # history turns, in order, before the current question
             assert f"{question.strip()}\n\n### 回答：\n{answer.strip()}\n\n### 问题：\n" in prompt
         assert prompt.endswith(f"{row['instruction'].strip()}\n\n### 回答：\n")
     assert sum(len(r["history"]) > 0 for r in rows) >= 2
 
 
-SHAREGPT_KEYS = {"conversations": ("from", "value", "human", "gpt"),
-                 "messages": ("role", "content", "user", "assistant")}
+SHAREGPT_KEYS = {
+    "conversations": ("from", "value", "human", "gpt"),
+    "messages": ("role", "content", "user", "assistant"),
+}
 
 
 def as_sharegpt(row, key="conversations"):
@@ -143,14 +151,21 @@ def test_sharegpt_messages_and_prompt_response_match_alpaca(tokenizers, tmp_path
     tok, rows = tokenizers["gpt2"], oasst_rows()
     convert_sft(OASST, str(tmp_path / "alpaca.mindrecord"), tok, SEQ, progress=False)
     alpaca = read_back(str(tmp_path / "alpaca.mindrecord"))
-    variants = {"sharegpt": [as_sharegpt(r) for r in rows], "messages": [as_sharegpt(r, "messages") for r in rows],
-                "prompt_response": [as_prompt_response(r) for r in rows],
-                "mixed": [[as_sharegpt(r), as_prompt_response(r), r][k % 3] for k, r in enumerate(rows)]}
+    variants = {
+        "sharegpt": [as_sharegpt(r) for r in rows],
+        "messages": [as_sharegpt(r, "messages") for r in rows],
+        "prompt_response": [as_prompt_response(r) for r in rows],
+        "mixed": [[as_sharegpt(r), as_prompt_response(r), r][k % 3] for k, r in enumerate(rows)],
+    }
     for name, variant in variants.items():
         dst = str(tmp_path / f"{name}.mindrecord")
         fmt = {"messages": "sharegpt", "mixed": "auto"}.get(name, name)
-        assert convert_sft(write_jsonl(tmp_path / f"{name}.jsonl", variant), dst, tok, SEQ, fmt=fmt,
-                           progress=False)["count"] == 6
+        assert (
+            convert_sft(write_jsonl(tmp_path / f"{name}.jsonl", variant), dst, tok, SEQ, fmt=fmt, progress=False)[
+                "count"
+            ]
+            == 6
+        )
         for k, (row, record, want) in enumerate(zip(rows, read_back(dst), alpaca)):
             for column in ("input_ids", "attention_mask"):
                 np.testing.assert_array_equal(record[column], want[column], err_msg=f"{name} row {k} {column}")
@@ -164,15 +179,27 @@ def test_sharegpt_messages_and_prompt_response_match_alpaca(tokenizers, tmp_path
 
 
 def test_sharegpt_system_turns_and_trailing_user_turn(tmp_path):
-    record = {"conversations": [{"from": "system", "value": "你是助手。"}, {"from": "human", "value": "你好"},
-                                {"from": "gpt", "value": "你好！"}, {"from": "human", "value": "1+1 等于几"},
-                                {"from": "gpt", "value": "2"}, {"from": "human", "value": "谢谢"}]}
+    record = {
+        "conversations": [
+            {"from": "system", "value": "你是助手。"},
+            {"from": "human", "value": "你好"},
+            {"from": "gpt", "value": "你好！"},
+            {"from": "human", "value": "1+1 等于几"},
+            {"from": "gpt", "value": "2"},
+            {"from": "human", "value": "谢谢"},
+        ]
+    }
     (example,) = cs.read_examples(write_jsonl(tmp_path / "s.jsonl", [record]))
     assert (example.system, example.history, example.query, example.response) == (
-        "你是助手。", (("你好", "你好！"),), "1+1 等于几", "2")
+        "你是助手。",
+        (("你好", "你好！"),),
+        "1+1 等于几",
+        "2",
+    )
     # the system text stays apart from the question: in front of the template, not inside it
     assert cs.prompt_text(example) == "你是助手。\n\n" + SEED_TEMPLATE.format(
-        instruction=HISTORY.format(q="你好", a="你好！") + "1+1 等于几", response="")
+        instruction=HISTORY.format(q="你好", a="你好！") + "1+1 等于几", response=""
+    )
     segments = cs.conversation_segments(example)
     assert [trained for _, trained in segments] == [False, True, False, True]
     assert "".join(text for text, _ in segments) == cs.prompt_text(example) + "2"
@@ -187,16 +214,18 @@ def test_template_none_keeps_the_raw_texts(tokenizers, tmp_path):
     (record,) = read_back(dst)
     ids = tok.encode(prompt) + tok.encode(response) + [50256]
     np.testing.assert_array_equal(record["input_ids"], ids + [0] * (32 - len(ids)))
-    np.testing.assert_array_equal(record["loss_mask"][:len(ids)], [0] * len(tok.encode(prompt)) +
-                                  [1] * (len(ids) - len(tok.encode(prompt))))
-    assert record["attention_mask"].sum() == len(ids) and record["loss_mask"][len(ids):].sum() == 0
+    np.testing.assert_array_equal(
+        record["loss_mask"][: len(ids)], [0] * len(tok.encode(prompt)) + [1] * (len(ids) - len(tok.encode(prompt)))
+    )
+    assert record["attention_mask"].sum() == len(ids) and record["loss_mask"][len(ids) :].sum() == 0
 
 
 def test_truncation_and_skips_counted(tokenizers, tmp_path):
     tok, seq = tokenizers["gpt2"], 128
     rows = oasst_rows() + [{"instruction": "空回答", "input": "", "output": "  \n"}]
-    stats = convert_sft(write_jsonl(tmp_path / "t.jsonl", rows), str(tmp_path / "t.mindrecord"), tok, seq,
-                        progress=False)
+    stats = convert_sft(
+        write_jsonl(tmp_path / "t.jsonl", rows), str(tmp_path / "t.mindrecord"), tok, seq, progress=False
+    )
     expected = [reference(tok, row, seq, 50256) for row in rows[:-1]]
     kept = [e for e in expected if e is not None]
     truncated = sum(e["_truncated"] for e in kept)
@@ -211,22 +240,48 @@ def test_truncation_and_skips_counted(tokenizers, tmp_path):
 
 GOOD = json.dumps({"instruction": "1+1 等于几", "input": "", "output": "2"}, ensure_ascii=False)
 BAD_INPUTS = {  # case -> (file text, kwargs, needles in the message)
-    "missing_output": (GOOD + '\n{"instruction": "x", "input": ""}\n', {"fmt": "alpaca"},
-                       ["src.jsonl:2:", "field 'output': missing"]),
-    "non_string": (GOOD + '\n\n{"instruction": "x", "output": ["a", "b"]}\n', {},
-                   ["src.jsonl:3:", "field 'output': expected a string, got list"]),
+    "missing_output": (
+        GOOD + '\n{"instruction": "x", "input": ""}\n',
+        {"fmt": "alpaca"},
+        ["src.jsonl:2:", "field 'output': missing"],
+    ),
+    "non_string": (
+        GOOD + '\n\n{"instruction": "x", "output": ["a", "b"]}\n',
+        {},
+        ["src.jsonl:3:", "field 'output': expected a string, got list"],
+    ),
     "not_object": (GOOD + "\n[1, 2]\n", {}, ["src.jsonl:2:", "record is a JSON list"]),
     "malformed": (GOOD + "\n{broken\n", {}, ["src.jsonl:2:", "malformed JSON"]),
     "unknown_keys": ('{"question": "x", "answer": "y"}\n', {}, ["src.jsonl:1:", "cannot detect the format"]),
-    "bad_role": ('{"conversations": [{"from": "human", "value": "x"}, {"from": "bot", "value": "y"}]}\n', {},
-                 ["src.jsonl:1:", "field 'conversations[1].from'", "'bot'"]),
-    "not_alternating": (json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
-                                                 {"role": "assistant", "content": "c"}]}) + "\n", {},
-                        ["src.jsonl:1:", "field 'messages[1]'", "expected role 'assistant'"]),
-    "missing_value": ('{"messages": [{"role": "user"}, {"role": "assistant", "content": "c"}]}\n', {},
-                      ["src.jsonl:1:", "field 'messages[0].content': missing"]),
-    "bad_history": ('{"instruction": "x", "output": "y", "history": [["only question"]]}\n', {},
-                    ["src.jsonl:1:", "field 'history'"]),
+    "bad_role": (
+        '{"conversations": [{"from": "human", "value": "x"}, {"from": "bot", "value": "y"}]}\n',
+        {},
+        ["src.jsonl:1:", "field 'conversations[1].from'", "'bot'"],
+    ),
+    "not_alternating": (
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "user", "content": "b"},
+                    {"role": "assistant", "content": "c"},
+                ]
+            }
+        )
+        + "\n",
+        {},
+        ["src.jsonl:1:", "field 'messages[1]'", "expected role 'assistant'"],
+    ),
+    "missing_value": (
+        '{"messages": [{"role": "user"}, {"role": "assistant", "content": "c"}]}\n',
+        {},
+        ["src.jsonl:1:", "field 'messages[0].content': missing"],
+    ),
+    "bad_history": (
+        '{"instruction": "x", "output": "y", "history": [["only question"]]}\n',
+        {},
+        ["src.jsonl:1:", "field 'history'"],
+    ),
     "all_too_long": (GOOD + "\n", {"seq_length": 8}, ["no samples to write", "1 too long"]),
     "bad_format": (GOOD + "\n", {"fmt": "sharegtp"}, ["--format"]),
     "bad_template": (GOOD + "\n", {"template": "chatml"}, ["--template"]),
@@ -240,8 +295,13 @@ def test_bad_input_raises_and_leaves_nothing(case, tokenizers, tmp_path):
     src = tmp_path / "src.jsonl"
     src.write_text(text, encoding="utf-8")
     out = tmp_path / "out"
-    kwargs = {"src_file": str(src), "dst_file": str(out / "x.mindrecord"), "tokenizer": tokenizers["gpt2"],
-              "seq_length": 96, "progress": False}
+    kwargs = {
+        "src_file": str(src),
+        "dst_file": str(out / "x.mindrecord"),
+        "tokenizer": tokenizers["gpt2"],
+        "seq_length": 96,
+        "progress": False,
+    }
     kwargs.update(overrides)
     with pytest.raises(ConversionError) as err:
         convert_sft(**kwargs)
@@ -254,8 +314,9 @@ def test_skip_bad_lines_counts(tokenizers, tmp_path):
     bad = [BAD_INPUTS[c][0].splitlines()[-1] for c in ("missing_output", "not_alternating", "bad_role")]
     src = tmp_path / "mixed.jsonl"
     src.write_text("\n".join([GOOD, "{broken", *bad, GOOD, "[3]"]) + "\n", encoding="utf-8")
-    stats = convert_sft(str(src), str(tmp_path / "m.mindrecord"), tokenizers["gpt2"], 96, skip_bad_lines=True,
-                        progress=False)
+    stats = convert_sft(
+        str(src), str(tmp_path / "m.mindrecord"), tokenizers["gpt2"], 96, skip_bad_lines=True, progress=False
+    )
     assert (stats["count"], stats["skipped_bad"]) == (2, 5)
 
 
@@ -263,8 +324,23 @@ def test_main_prints_stats_and_closing_line(tmp_path, capsys):
     dst = str(tmp_path / "cli" / "sft.mindrecord")
     assert cs.main(["--model", "gpt2", "--src_file", OASST, "--dst_file", dst, "--seq_length", "1"]) == 1
     assert "--seq_length" in capsys.readouterr().err
-    assert cs.main(["--tokenizer_name_or_path", "gpt2", "--src_file", OASST, "--dst_file", dst,
-                    "--seq_length", "128", "--format", "alpaca"]) == 0
+    assert (
+        cs.main(
+            [
+                "--tokenizer_name_or_path",
+                "gpt2",
+                "--src_file",
+                OASST,
+                "--dst_file",
+                dst,
+                "--seq_length",
+                "128",
+                "--format",
+                "alpaca",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| count | skipped_empty | skipped_long | skipped_bad | truncated |" in out
     assert out.rstrip().splitlines()[-1] == f"Transformation finished! Output file refer: {dst}"
@@ -337,8 +413,11 @@ def torch_sft_loss(logits, ids, loss_mask):
     import torch
 
     labels = torch.from_numpy(np.where(loss_mask == 1, ids, -100).astype(np.int64))
-    return float(torch.nn.functional.cross_entropy(torch.from_numpy(logits[:, :-1]).reshape(-1, logits.shape[-1]),
-                                                   labels[:, 1:].reshape(-1), ignore_index=-100))
+    return float(
+        torch.nn.functional.cross_entropy(
+            torch.from_numpy(logits[:, :-1]).reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+        )
+    )
 
 
 def test_sft_loss_equals_cross_entropy_over_response_tokens(ms_mode):
@@ -369,10 +448,20 @@ def train_file(tmp_path_factory):
 
 
 def sft_config(out_dir, data, *extra):
-    return load_config(RECIPE, [f"output_dir={out_dir}", f"train_dataset.data_loader.dataset_dir={data}",
-                                "runner_config.batch_size=2", "model.model_config.hidden_size=32",
-                                "model.model_config.seq_length=160", "lr_schedule.warmup_ratio=0.0",
-                                "optimizer.learning_rate=5.0e-3", "lr_schedule.learning_rate=5.0e-3", *extra])
+    return load_config(
+        RECIPE,
+        [
+            f"output_dir={out_dir}",
+            f"train_dataset.data_loader.dataset_dir={data}",
+            "runner_config.batch_size=2",
+            "model.model_config.hidden_size=32",
+            "model.model_config.seq_length=160",
+            "lr_schedule.warmup_ratio=0.0",
+            "optimizer.learning_rate=5.0e-3",
+            "lr_schedule.learning_rate=5.0e-3",
+            *extra,
+        ],
+    )
 
 
 def params_of(model):
@@ -397,13 +486,38 @@ def test_training_lowers_the_loss_and_resume_is_exact(train_file, tmp_dir):
     ms.set_seed(0)
     _, first = train_sft(sft_config(broken_dir, train_file, "runner_config.epochs=3"), stop_at_step=3)
     assert first.state.global_step == 3 and (first.state.epoch, first.state.step_in_epoch) == (1, 1)
-    recipe_flags = [f"--set={o}" for o in ("runner_config.batch_size=2", "model.model_config.hidden_size=32",
-                                           "model.model_config.seq_length=160", "lr_schedule.warmup_ratio=0.0",
-                                           "optimizer.learning_rate=5.0e-3", "lr_schedule.learning_rate=5.0e-3",
-                                           "runner_config.epochs=3")]
-    assert sft_cli.main(["--config", RECIPE, *recipe_flags, "--train_dataset", train_file, "--output_dir", broken_dir,
-                         "--load_checkpoint", os.path.join(broken_dir, "checkpoint"), "--seed", "0",
-                         "--use_parallel", "auto"]) == 0
+    recipe_flags = [
+        f"--set={o}"
+        for o in (
+            "runner_config.batch_size=2",
+            "model.model_config.hidden_size=32",
+            "model.model_config.seq_length=160",
+            "lr_schedule.warmup_ratio=0.0",
+            "optimizer.learning_rate=5.0e-3",
+            "lr_schedule.learning_rate=5.0e-3",
+            "runner_config.epochs=3",
+        )
+    ]
+    assert (
+        sft_cli.main(
+            [
+                "--config",
+                RECIPE,
+                *recipe_flags,
+                "--train_dataset",
+                train_file,
+                "--output_dir",
+                broken_dir,
+                "--load_checkpoint",
+                os.path.join(broken_dir, "checkpoint"),
+                "--seed",
+                "0",
+                "--use_parallel",
+                "auto",
+            ]
+        )
+        == 0
+    )
     resumed = CausalLM(sft_config(broken_dir, train_file).model.model_config)
     load_ckpt(resumed, latest_checkpoint(os.path.join(broken_dir, "checkpoint", "rank_0")))
     resumed = params_of(resumed)
@@ -421,8 +535,10 @@ def test_init_weights_from_ckpt_or_hf_folder_but_not_from_a_resume_root(tmp_dir)
     source = CausalLM(cfg.model.model_config)
     for p in source.get_parameters():
         p.set_data(Tensor(np.random.default_rng(1).normal(0, 0.1, p.shape).astype(np.float32)))
-    weights = {"ckpt": save_ckpt(source, os.path.join(tmp_dir, "sft.ckpt")),
-               "hf": save_hf_checkpoint(source, cfg.model.model_config, os.path.join(tmp_dir, "hf"))}
+    weights = {
+        "ckpt": save_ckpt(source, os.path.join(tmp_dir, "sft.ckpt")),
+        "hf": save_hf_checkpoint(source, cfg.model.model_config, os.path.join(tmp_dir, "hf")),
+    }
     for path in weights.values():
         cfg.load_checkpoint = path
         target = CausalLM(cfg.model.model_config)
@@ -438,9 +554,10 @@ def test_init_weights_from_ckpt_or_hf_folder_but_not_from_a_resume_root(tmp_dir)
 
 
 def test_recipes_and_help(capsys):
-    for recipe, prefix in ((RECIPE, "gpt2_tiny_sft"),
-                           (os.path.join(ROOT, "model_configs", "llama2_config", "run_llama2_tiny_sft.yaml"),
-                            "llama2_tiny_sft")):
+    for recipe, prefix in (
+        (RECIPE, "gpt2_tiny_sft"),
+        (os.path.join(ROOT, "model_configs", "llama2_config", "run_llama2_tiny_sft.yaml"), "llama2_tiny_sft"),
+    ):
         cfg = load_config(recipe)
         assert cfg.checkpoint.prefix == prefix and cfg.context.device_target == "CPU"
     for argv in (["sft", "--help"], ["convert-sft", "--help"]):

@@ -2,6 +2,7 @@
 gives the same token ids through the SFT converter, the preference converter and a PPO rollout built from the
 prompt converter's record, for GPT-2 BPE, SentencePiece and a Hugging Face tokenizer folder; the truncation rules;
 bos / eos / pad / add_bos read from tokenizer folders; check_tokenizer_fits."""
+
 from __future__ import annotations
 
 import json
@@ -24,14 +25,20 @@ from mindrlhf.train.experience import left_align_prompts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(ROOT, "mindrlhf", "assets", "models", "tinystories_656k")
-TINYSTORIES = SHIPPED if os.path.isfile(os.path.join(SHIPPED, "tokenizer.json")) else \
-    "/work/shared/data/models/tinystories_656k"
+TINYSTORIES = (
+    SHIPPED if os.path.isfile(os.path.join(SHIPPED, "tokenizer.json")) else "/work/shared/data/models/tinystories_656k"
+)
 # name -> (what load_tokenizer takes, bos in front of a prompt, eos, pad the converters default to)
-TOKENIZERS = {"gpt2": ("gpt2", [], 50256, 50256), "llama": ("llama", [1], 2, 2),
-              "tinystories": (TINYSTORIES, [1], 2, 0)}
+TOKENIZERS = {
+    "gpt2": ("gpt2", [], 50256, 50256),
+    "llama": ("llama", [1], 2, 2),
+    "tinystories": (TINYSTORIES, [1], 2, 0),
+}
 # (prompt, chosen response, rejected response), spaces around them as a source file may have them
-ENGLISH = [("What does a kind dog do?", "It helps a lost cat find its home.", "Nothing."),
-           (" Where did Tom go? ", " Tom went to the park with his mom.\n", "He went to sleep.")]
+ENGLISH = [
+    ("What does a kind dog do?", "It helps a lost cat find its home.", "Nothing."),
+    (" Where did Tom go? ", " Tom went to the park with his mom.\n", "He went to sleep."),
+]
 # outside TinyStories' vocabulary
 CHINESE = [("  请用一句话介绍长城。 ", "长城是中国古代修建的防御工事。\n", "不知道。")]
 SEQ, PROMPT_WIDTH = 160, 96
@@ -72,8 +79,10 @@ def preference_rows(tmp_path, tok, pairs):
     src = write_jsonl(tmp_path / "pref.jsonl", [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in pairs])
     dst = str(tmp_path / "pref.mindrecord")
     assert convert_preference(src, dst, tok, SEQ, progress=False)["count"] == len(pairs)
-    return [rec["chosen_input_ids"][:int(rec["chosen_attention_mask"].sum())].tolist()
-            for rec in records(dst, ["chosen_input_ids", "chosen_attention_mask"])]
+    return [
+        rec["chosen_input_ids"][: int(rec["chosen_attention_mask"].sum())].tolist()
+        for rec in records(dst, ["chosen_input_ids", "chosen_attention_mask"])
+    ]
 
 
 def rollout_rows(tmp_path, tok, pad, pairs):
@@ -100,7 +109,8 @@ def test_sft_preference_and_rollout_give_identical_ids(named_tokenizer, tmp_path
     rollout = rollout_rows(tmp_path, tok, pad, pairs)
     assert len(sft) == len(preference) == len(rollout) == len(pairs)
     for (prompt, response, _), (sft_ids, sft_start), pref_ids, (ppo_ids, ppo_prompt) in zip(
-            pairs, sft, preference, rollout):
+        pairs, sft, preference, rollout
+    ):
         assert sft_ids == pref_ids == ppo_ids
         assert sft_start == ppo_prompt  # the SFT loss starts exactly where PPO starts generating
         prompt_ids, response_ids = sft_ids[:sft_start], sft_ids[sft_start:]
@@ -115,7 +125,7 @@ def test_sentencepiece_contract_is_not_the_joint_encoding():
     prompt, response = format_prompt(CHINESE[0][0].strip()), CHINESE[0][1].strip()
     encoded = encode_prompt_response(tok, prompt, response)
     joint = [1] + tok.encode(prompt + response) + [2]
-    assert encoded.prompt_ids == joint[:len(encoded.prompt_ids)]
+    assert encoded.prompt_ids == joint[: len(encoded.prompt_ids)]
     assert encoded.ids != joint
 
 
@@ -145,9 +155,9 @@ def test_a_cut_prompt_never_starts_inside_a_character(named_tokenizer):
     ids, bos = tok.encode(text), TOKENIZERS[name][1]
     for budget in range(len(bos) + 1, len(bos) + len(ids) + 1):
         kept = tokenize_prompt(tok, text, budget, whole_characters=True)
-        assert kept[:len(bos)] == bos and budget - 3 <= len(kept) <= budget
-        tail = kept[len(bos):]
-        assert tail == ids[len(ids) - len(tail):]
+        assert kept[: len(bos)] == bos and budget - 3 <= len(kept) <= budget
+        tail = kept[len(bos) :]
+        assert tail == ids[len(ids) - len(tail) :]
         decoded = tok.decode(tail)
         assert "\ufffd" not in decoded, (budget, decoded)
         # TinyStories' vocabulary has no Chinese (those characters become <unk>), the others round-trip
@@ -186,13 +196,15 @@ def test_encode_prompt_response_and_the_reward_rule():
 
 def test_preference_rows_keep_the_eos_when_cut(tmp_path):
     tok = load_tokenizer(TINYSTORIES)
-    rows = [{"prompt": "Tell a story.", "chosen": "Once upon a time there was a big red ball. " * 6,
-             "rejected": "The end."}]
+    rows = [
+        {"prompt": "Tell a story.", "chosen": "Once upon a time there was a big red ball. " * 6, "rejected": "The end."}
+    ]
     dst = str(tmp_path / "cut.mindrecord")
     stats = convert_preference(write_jsonl(tmp_path / "cut.jsonl", rows), dst, tok, 48, progress=False)
     assert stats["truncated"] == 1
-    (rec,) = records(dst, ["chosen_input_ids", "chosen_attention_mask", "rejected_input_ids",
-                           "rejected_attention_mask"])
+    (rec,) = records(
+        dst, ["chosen_input_ids", "chosen_attention_mask", "rejected_input_ids", "rejected_attention_mask"]
+    )
     assert rec["chosen_attention_mask"].all() and rec["chosen_input_ids"][-1] == 2  # cut, still ends in eos
     n = int(rec["rejected_attention_mask"].sum())
     assert rec["rejected_input_ids"][n - 1] == 2 and (rec["rejected_input_ids"][n:] == 0).all()  # pad 0
@@ -231,8 +243,11 @@ def copy_tokenizer_json(tmp_path, name="folder"):
 
 def test_special_tokens_from_the_map_file_and_config_precedence(tmp_path):
     folder = copy_tokenizer_json(tmp_path)
-    (folder / "special_tokens_map.json").write_text(json.dumps(
-        {"bos_token": {"content": "<|start_story|>"}, "eos_token": "<|end_story|>", "pad_token": "<|end_story|>"}))
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps(
+            {"bos_token": {"content": "<|start_story|>"}, "eos_token": "<|end_story|>", "pad_token": "<|end_story|>"}
+        )
+    )
     tok = load_tokenizer(str(folder))
     # no add_bos_token anywhere: the tokenizer.json post-processor's rule (it puts <|start_story|> in front)
     assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.add_bos) == (1, 2, 2, True)

@@ -9,6 +9,7 @@ The cheap commands of the README and the tutorials (the data converters, on the 
 from the folder each document says to run them in, in a copy of the repository's layout (links to its files) so
 their outputs land in a temporary folder; identical conversions run once.
 """
+
 from __future__ import annotations
 
 import glob
@@ -31,8 +32,11 @@ SHELL_LANGUAGES = {"bash", "sh", "shell", "console", "zsh"}
 _FENCE = re.compile(r"^```[ \t]*([\w+-]*)[^\n]*\n(.*?)^```", re.S | re.M)
 _COMMENT = re.compile(r"(^|\s)#.*$", re.M)  # a shell comment: '#' at the start of a word
 # `mindrlhf <command> [<action>]` where a command starts: line start, after &&, ||, ;, |, `time` or VAR=value
-_MINDRLHF = re.compile(r"(?:^|&&|\|\||;|\|)[ \t]*(?:time[ \t]+)?(?:[A-Za-z_]\w*=\S*[ \t]+)*mindrlhf"
-                       r"[ \t]+([a-z][\w-]*)(?:[ \t]+([a-z][\w-]*))?", re.M)
+_MINDRLHF = re.compile(
+    r"(?:^|&&|\|\||;|\|)[ \t]*(?:time[ \t]+)?(?:[A-Za-z_]\w*=\S*[ \t]+)*mindrlhf"
+    r"[ \t]+([a-z][\w-]*)(?:[ \t]+([a-z][\w-]*))?",
+    re.M,
+)
 _SCRIPT = re.compile(r"(?<![\w./-])((?:\.{0,2}/)?[\w./-]*\.py)(?![\w.])")
 _MODULE = re.compile(r"\bpython3?[ \t]+-m[ \t]+(mindrlhf(?:\.\w+)+)")
 _RECIPE = re.compile(r"model_configs/[\w./-]+\.ya?ml")
@@ -174,13 +178,16 @@ def test_parser_reads_shell_blocks_only():
     assert mindrlhf_commands(blocks) == [("convert-sft",), ("rm", "train"), ("rm",)]
     assert scripts(blocks) == ["../rlhf_train_tutorial/rlhf_data.py"]
     assert modules(blocks) == ["mindrlhf.data.convert_sft"]
-    assert recipes(SAMPLE) == ["model_configs/gpt2_config/run_gpt2_tiny_rm.yaml",
-                               "model_configs/gpt2_config/run_gpt2_124m.yaml",
-                               "model_configs/gpt2_config/run_gpt2_tiny.yaml"]
+    assert recipes(SAMPLE) == [
+        "model_configs/gpt2_config/run_gpt2_tiny_rm.yaml",
+        "model_configs/gpt2_config/run_gpt2_124m.yaml",
+        "model_configs/gpt2_config/run_gpt2_tiny.yaml",
+    ]
     readme = os.path.join(ROOT, "examples", "three_stage_tutorial", "README.md")
     assert list(recipe_overrides(blocks, readme)) == [
         ("../../model_configs/gpt2_config/run_gpt2_tiny_rm.yaml", ["seed=1"]),
-        ("model_configs/gpt2_config/run_gpt2_124m.yaml", ["ppo.epochs=1"])]
+        ("model_configs/gpt2_config/run_gpt2_124m.yaml", ["ppo.epochs=1"]),
+    ]
 
 
 def test_a_command_that_does_not_exist_fails(capsys, monkeypatch, tmp_path):
@@ -203,8 +210,17 @@ def test_there_are_tutorials_and_they_name_commands():
     assert {"gpt2_124m_train_tutorial", "three_stage_tutorial", "rlhf_train_tutorial"} <= names
     commands: Dict[str, List[Tuple[str, ...]]] = {_id(p): mindrlhf_commands(_tutorial(p)[1]) for p in TUTORIALS}
     three_stage = {c[0] for c in commands["three_stage_tutorial"]}
-    assert {"convert-sft", "sft", "convert-preference", "rm", "convert-prompts", "ppo", "generate", "export-hf",
-            "demo"} <= three_stage, three_stage
+    assert {
+        "convert-sft",
+        "sft",
+        "convert-preference",
+        "rm",
+        "convert-prompts",
+        "ppo",
+        "generate",
+        "export-hf",
+        "demo",
+    } <= three_stage, three_stage
     gpt2_124m = os.path.join(ROOT, "examples", "gpt2_124m_train_tutorial", "README.md")
     assert "scripts/run_distribute_train.sh" in shell_scripts(_tutorial(gpt2_124m)[1])
 
@@ -214,7 +230,8 @@ def test_every_mindrlhf_command_answers_help(readme, capsys):
     failed = [" ".join(argv) for argv in mindrlhf_commands(_tutorial(readme)[1]) if help_of_command(argv) != 0]
     capsys.readouterr()
     assert not failed, f"{os.path.relpath(readme, ROOT)} names commands that fail `--help`: " + ", ".join(
-        f"mindrlhf {c}" for c in failed)
+        f"mindrlhf {c}" for c in failed
+    )
 
 
 @pytest.mark.parametrize("readme", TUTORIALS, ids=_id)
@@ -266,8 +283,10 @@ def test_every_recipe_loads(readme):
 
 README = os.path.join(ROOT, "README.md")
 # commands that convert bundled data: seconds each, in this process
-_CHEAP = re.compile(r"^(?:mindrlhf[ \t]+convert-(?:sft|preference|prompts)|python3?[ \t]+\S*(?:rlhf_data|"
-                    r"cvalues_comparison)\.py)\b")
+_CHEAP = re.compile(
+    r"^(?:mindrlhf[ \t]+convert-(?:sft|preference|prompts)|python3?[ \t]+\S*(?:rlhf_data|"
+    r"cvalues_comparison)\.py)\b"
+)
 _OUTPUT_FLAGS = ("--dst_file", "--output_path")
 RUN_FROM_ROOT = {"README.md", "gpt2_124m_train_tutorial"}  # the others run from their own folder
 
@@ -334,8 +353,10 @@ def test_cheap_commands_of_the_readme_and_tutorials_run_as_written(tmp_path, mon
     assert ran >= 8 and not failed, "\n".join(failed)
 
 
-_WRITTEN = re.compile(r"(?:--output_dir|--output_file_dir|--log_dir|--dst_file|--output_path|--save_data_file|"
-                      r"--output_file)[ =]([\w./-]+)")
+_WRITTEN = re.compile(
+    r"(?:--output_dir|--output_file_dir|--log_dir|--dst_file|--output_path|--save_data_file|"
+    r"--output_file)[ =]([\w./-]+)"
+)
 
 
 def test_what_the_commands_write_is_ignored_by_git():
@@ -353,8 +374,14 @@ def test_what_the_commands_write_is_ignored_by_git():
                 if "/path/to" not in path and full.startswith(ROOT + os.sep):
                     paths.add(os.path.relpath(full, ROOT) + "/f")  # a file in it: folder patterns match too
     assert len(paths) >= 10
-    proc = subprocess.run(["git", "check-ignore", "--no-index", "--stdin", "-v", "-n"], cwd=ROOT, text=True,
-                          input="\n".join(sorted(paths)) + "\n", capture_output=True, timeout=60)
+    proc = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--stdin", "-v", "-n"],
+        cwd=ROOT,
+        text=True,
+        input="\n".join(sorted(paths)) + "\n",
+        capture_output=True,
+        timeout=60,
+    )
     not_ignored = [line.split("\t")[-1] for line in proc.stdout.splitlines() if line.startswith("::")]
     assert not not_ignored, f"not in .gitignore: {not_ignored}"
 

@@ -1,5 +1,6 @@
 """DPO (and IPO, hinge, conservative DPO, SimPO, ORPO as config switches) on preference pairs; same as
 `mindrlhf dpo`. Run with --help for the flags."""
+
 import os
 import sys
 

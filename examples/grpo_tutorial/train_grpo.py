@@ -1,5 +1,6 @@
 """GRPO (and Dr. GRPO, DAPO, RLOO, REINFORCE++ as config switches) against reward functions and / or a reward
 model; same as `mindrlhf grpo`. Run with --help for the flags."""
+
 import os
 import sys
 

@@ -4,6 +4,7 @@
     python cvalues_comparison.py --model llama --src_file data/jsonl/train.jsonl \
         --dst_file data/mindrecord/train_4096.mindrecord --seq_length 4096 --pad_token_id 2
 """
+
 import os
 import sys
 

@@ -1,4 +1,5 @@
 """Reward model eval (seed tutorial entry point); same as `mindrlhf rm eval`. Run with --help for the flags."""
+
 import os
 import sys
 

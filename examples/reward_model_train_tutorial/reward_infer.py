@@ -1,4 +1,5 @@
 """Reward model infer (seed tutorial entry point); same as `mindrlhf rm infer`. Run with --help for the flags."""
+
 import os
 import sys
 

@@ -1,8 +1,9 @@
 """Reward-model loss curve (seed tutorial entry point); same as `python -m mindrlhf.tools.loss_plot`. Example:
 
-    python reward_loss_plot.py --log_file output/log/rank_0/info.log --output_file_dir loss_dir
-    tensorboard --logdir=loss_dir --port=6006        # or open loss_dir/loss.png
+python reward_loss_plot.py --log_file output/log/rank_0/info.log --output_file_dir loss_dir
+tensorboard --logdir=loss_dir --port=6006        # or open loss_dir/loss.png
 """
+
 import os
 import sys
 

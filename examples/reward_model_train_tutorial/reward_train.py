@@ -1,4 +1,5 @@
 """Reward model train (seed tutorial entry point); same as `mindrlhf rm train`. Run with --help for the flags."""
+
 import os
 import sys
 

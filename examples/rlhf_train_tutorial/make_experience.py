@@ -1,6 +1,7 @@
 """PPO stage 1 of 2 (seed tutorial entry point): make the next iteration's experience and write it to
 --save_data_file; `ppo_train.py` then trains on it. Same as
 `mindrlhf ppo --align_type rlhf_stages --stage experience`."""
+
 import os
 import sys
 

@@ -1,5 +1,6 @@
 """PPO stage 2 of 2 (seed tutorial entry point): train one iteration on the experience `make_experience.py` wrote
 to --save_data_file and save the checkpoint. Same as `mindrlhf ppo --align_type rlhf_stages --stage train`."""
+
 import os
 import sys
 

@@ -4,6 +4,7 @@ Example (from any folder):
     python rlhf_data.py --tokenizer_name_or_path gpt2 --file_path prompts.jsonl \
         --output_path data/ppo_prompts.mindrecord --max_prompt_length 224 --seq_length 257 --pad_token_id 50256
 """
+
 import os
 import sys
 

@@ -1,5 +1,6 @@
 """PPO (seed tutorial entry point): every iteration makes experience and trains on it in this one process; same as
 `mindrlhf ppo`. Run with --help for the flags."""
+
 import os
 import sys
 

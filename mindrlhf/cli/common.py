@@ -6,6 +6,7 @@ loads, and the atomic JSON(L) / text writers.
 Each command module (``cli/<command>.py``) imports from here and from the library, never from another command,
 and nothing imports :mod:`mindrlhf.cli.main` back (``tests/test_cli_structure.py`` checks both).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,11 @@ logger = logging.getLogger(__name__)
 
 def setup_logging(level: str = "INFO") -> None:
     """Log to stderr as ``time level name: message``."""
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def run_script(parser: argparse.ArgumentParser, argv: Optional[List[str]] = None) -> int:
@@ -60,38 +64,58 @@ def bool_or_auto(text: str) -> Optional[bool]:
     return None if str(text).strip().lower() == "auto" else str2bool(text)
 
 
-def add_set_argument(parser: argparse.ArgumentParser, example: str, what: str = "config", flag: str = "--set",
-                     dest: str = "overrides") -> None:
+def add_set_argument(
+    parser: argparse.ArgumentParser, example: str, what: str = "config", flag: str = "--set", dest: str = "overrides"
+) -> None:
     """``--set KEY=VALUE`` (repeatable; or ``flag`` for a second recipe such as ``--set_reward``), collected in
     ``args.<dest>`` for :func:`mindrlhf.config.load_config`."""
-    parser.add_argument(flag, dest=dest, action="append", default=[], metavar="KEY=VALUE",
-                        help=f"override a {what} value, e.g. {flag} {example} (repeatable)")
+    parser.add_argument(
+        flag,
+        dest=dest,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a {what} value, e.g. {flag} {example} (repeatable)",
+    )
 
 
-def add_output_dir_argument(parser: argparse.ArgumentParser,
-                            help_text: str = "logs, checkpoints and the resolved config (default: the YAML's "
-                                             "output_dir)") -> None:
+def add_output_dir_argument(
+    parser: argparse.ArgumentParser,
+    help_text: str = "logs, checkpoints and the resolved config (default: the YAML's output_dir)",
+) -> None:
     """``--output_dir`` (default None: the recipe's ``output_dir``)."""
     parser.add_argument("--output_dir", default=None, help=help_text)
 
 
 def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
     """``--overwrite_output_dir`` of the training commands (see :func:`mindrlhf.runlock.claim_output_dir`)."""
-    parser.add_argument("--overwrite_output_dir", action="store_true", help="start afresh in an output folder that "
-                        "holds an earlier run (its checkpoints, logs and metrics are removed first)")
+    parser.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="start afresh in an output folder that "
+        "holds an earlier run (its checkpoints, logs and metrics are removed first)",
+    )
 
 
 def add_use_parallel_argument(parser: argparse.ArgumentParser) -> None:
     """``--use_parallel {auto,True,False}``, parsed the same way by every training command."""
-    parser.add_argument("--use_parallel", type=bool_or_auto, default=None, metavar="{auto,True,False}",
-                        help="data-parallel run; auto (default): yes when started by msrun or a rank-table launcher")
+    parser.add_argument(
+        "--use_parallel",
+        type=bool_or_auto,
+        default=None,
+        metavar="{auto,True,False}",
+        help="data-parallel run; auto (default): yes when started by msrun or a rank-table launcher",
+    )
 
 
 def add_tokenizer_argument(parser) -> None:
     """``--tokenizer`` with the default every model command shares (see :func:`choose_tokenizer`)."""
-    parser.add_argument("--tokenizer", default=None,
-                        help="tokenizer.json, tokenizer folder or SentencePiece .model (default: the checkpoint "
-                             "folder's own tokenizer, else the bundled one of the model family)")
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer.json, tokenizer folder or SentencePiece .model (default: the checkpoint "
+        "folder's own tokenizer, else the bundled one of the model family)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -130,8 +154,13 @@ def start_rl_run(cfg, args, resuming: bool) -> Tuple[int, int]:
 
     init_context(cfg.context, cfg.seed)
     rank_id, rank_size = join_group(cfg, args.use_parallel)
-    claim_output_dir(cfg.output_dir, cfg, run_mode(resuming, args.overwrite_output_dir), rank_id,
-                     f"resume it with --resume {os.path.join(cfg.output_dir, 'checkpoint')}")
+    claim_output_dir(
+        cfg.output_dir,
+        cfg,
+        run_mode(resuming, args.overwrite_output_dir),
+        rank_id,
+        f"resume it with --resume {os.path.join(cfg.output_dir, 'checkpoint')}",
+    )
     attach_rank_log(cfg.output_dir, rank_id)
     return rank_id, rank_size
 
@@ -150,17 +179,29 @@ def run_training(args, train) -> int:
         cfg.load_checkpoint = args.load_checkpoint
     rank_id, rank_size = join_group(cfg, args.use_parallel)
     resuming = resume_checkpoint(cfg.load_checkpoint, rank_id) is not None
-    claim_output_dir(cfg.output_dir, cfg, run_mode(resuming, args.overwrite_output_dir), rank_id,
-                     f"resume it with --load_checkpoint {os.path.join(cfg.output_dir, 'checkpoint')}")
+    claim_output_dir(
+        cfg.output_dir,
+        cfg,
+        run_mode(resuming, args.overwrite_output_dir),
+        rank_id,
+        f"resume it with --load_checkpoint {os.path.join(cfg.output_dir, 'checkpoint')}",
+    )
     _, result = train(cfg, args.train_dataset or None, rank_id, rank_size)
     log = logging.getLogger(train.__module__)  # the stage's own logger: mindrlhf.train.sft or .reward
     if not result.losses:
-        log.info("nothing left to train: the checkpoint is at the end of training (global step %d)",
-                 result.state.global_step)
+        log.info(
+            "nothing left to train: the checkpoint is at the end of training (global step %d)", result.state.global_step
+        )
     else:
-        log.info("training finished: global step %d, last loss %.4f, %d overflow steps and %d NaN-loss steps "
-                 "skipped; checkpoint %s", result.state.global_step, result.losses[-1], result.overflows,
-                 result.nan_losses, result.last_checkpoint)
+        log.info(
+            "training finished: global step %d, last loss %.4f, %d overflow steps and %d NaN-loss steps "
+            "skipped; checkpoint %s",
+            result.state.global_step,
+            result.losses[-1],
+            result.overflows,
+            result.nan_losses,
+            result.last_checkpoint,
+        )
     return 0
 
 
@@ -175,8 +216,9 @@ def model_config_for(cfg: RunConfig, checkpoint: str):
     model_cfg = cfg.model.model_config
     if checkpoint and is_hf_folder(checkpoint):
         hf_cfg = model_config_from_hf_folder(checkpoint)
-        model_cfg = dataclasses.replace(hf_cfg, compute_dtype=model_cfg.compute_dtype,
-                                        param_init_type=model_cfg.param_init_type)
+        model_cfg = dataclasses.replace(
+            hf_cfg, compute_dtype=model_cfg.compute_dtype, param_init_type=model_cfg.param_init_type
+        )
     return model_cfg
 
 
@@ -202,11 +244,13 @@ def build_policy(cfg: RunConfig, checkpoint: str, adapter: str = ""):
 
 def has_tokenizer(folder: str) -> bool:
     """True for a folder with ``tokenizer.json``, ``tokenizer.model`` or ``vocab.json`` + ``merges.txt``."""
+
     def has(name):
         return os.path.isfile(os.path.join(folder, name))
 
-    return os.path.isdir(folder) and (has("tokenizer.json") or has("tokenizer.model")
-                                      or (has("vocab.json") and has("merges.txt")))
+    return os.path.isdir(folder) and (
+        has("tokenizer.json") or has("tokenizer.model") or (has("vocab.json") and has("merges.txt"))
+    )
 
 
 def choose_tokenizer(explicit: str, folders, model_type: str):
@@ -225,6 +269,8 @@ def choose_tokenizer(explicit: str, folders, model_type: str):
             return load_tokenizer(folder), folder
     bundled = family(model_type).tokenizer
     if bundled is None:
-        raise SystemExit(f"model family {model_type!r} ships no bundled tokenizer and the checkpoint folder has "
-                         f"none: pass --tokenizer (the model's tokenizer.json or its folder)")
+        raise SystemExit(
+            f"model family {model_type!r} ships no bundled tokenizer and the checkpoint folder has "
+            f"none: pass --tokenizer (the model's tokenizer.json or its folder)"
+        )
     return load_tokenizer(bundled), None

@@ -5,6 +5,7 @@ pretrained TinyStories-656K, judged by a gold judge on held-out openings. ``--ta
 (:mod:`mindrlhf.cli.demo_cvalues`): the seeds' three stages SFT -> reward model -> PPO on Chinese OpenAssistant and
 CValues data with a tiny Llama.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,9 +25,13 @@ def _settings_classes():
 
 def add_demo_parser(sub) -> None:
     parser = sub.add_parser("demo", help="RLHF end to end on bundled data (CPU, minutes): report, plots, TensorBoard")
-    parser.add_argument("--task", choices=TASKS, default="stories",
-                        help="stories (default): PPO on a real pretrained model judged by a gold judge; cvalues: "
-                             "the three stages on Chinese data with a tiny Llama")
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        default="stories",
+        help="stories (default): PPO on a real pretrained model judged by a gold judge; cvalues: "
+        "the three stages on Chinese data with a tiny Llama",
+    )
     from mindrlhf.tools.config_doc import field_comments
 
     seen, what = {}, {}
@@ -83,11 +88,15 @@ def _print_stories(settings) -> int:
     print()
     print(story_effect_table(result.table))
     print()
-    print(f"proxy reward model, held-out accuracy against the gold judge: {result.rm_accuracy:.3f} "
-          f"({result.rm_pairs} pairs)")
-    print(f"held-out gold mean: before PPO {result.gold_before:.3f}, after PPO {result.gold_after:.3f} "
-          f"({result.gold_after - result.gold_before:+.3f}; initial std {result.gold_std_before:.3f}); "
-          f"KL to the pretrained model {result.kl_after:.2f}")
+    print(
+        f"proxy reward model, held-out accuracy against the gold judge: {result.rm_accuracy:.3f} "
+        f"({result.rm_pairs} pairs)"
+    )
+    print(
+        f"held-out gold mean: before PPO {result.gold_before:.3f}, after PPO {result.gold_after:.3f} "
+        f"({result.gold_after - result.gold_before:+.3f}; initial std {result.gold_std_before:.3f}); "
+        f"KL to the pretrained model {result.kl_after:.2f}"
+    )
     print(f"held-out gold mean per iteration: {', '.join(f'{g:.3f}' for g in result.gold_curve)}")
     print(f"report: {result.files['report.md']}")
     return 0
@@ -98,11 +107,13 @@ def _print_cvalues(settings) -> int:
 
     result = run(settings)
     print()
-    print(effect_table(result.table[:settings.table_rows]))
+    print(effect_table(result.table[: settings.table_rows]))
     print()
     print(f"reward model, held-out accuracy: {result.rm_accuracy:.3f} ({result.rm_pairs} pairs)")
-    print(f"mean reward of {len(result.table)} held-out prompts: before PPO {result.reward_before:.3f}, "
-          f"after PPO {result.reward_after:.3f}")
+    print(
+        f"mean reward of {len(result.table)} held-out prompts: before PPO {result.reward_before:.3f}, "
+        f"after PPO {result.reward_after:.3f}"
+    )
     print(f"PPO reward per iteration: {', '.join(f'{r:.3f}' for r in result.ppo_reward_curve)}")
     print(f"report: {result.files['report.md']}")
     return 0

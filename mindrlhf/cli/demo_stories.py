@@ -18,6 +18,7 @@ Everything lands under one folder::
       report.md      held-out gold mean before / after, the proxy's accuracy, a before / after table of stories
       summary.json   the same numbers
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-from mindrlhf.alignment import (HeldOutJudge, PolicyEvaluation, StoryProtocol, pair_seq_length, pairwise_accuracy,
-                                prepare_story_data)
+from mindrlhf.alignment import (
+    HeldOutJudge,
+    PolicyEvaluation,
+    StoryProtocol,
+    pair_seq_length,
+    pairwise_accuracy,
+    prepare_story_data,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,16 +87,34 @@ def _recipes(settings: StoryDemoSettings, folder: str):
     from mindrlhf.models.convert import BUNDLED_MODELS
 
     ms.set_seed(settings.seed)
-    common = [f"seed={settings.seed}", "checkpoint.log_interval=1000000", "checkpoint.save_checkpoint_steps=1000000",
-              "checkpoint.keep_checkpoint_max=1"]
-    rm = load_config(recipe("run_tinystories_656k_rm.yaml"), common + [
-        f"output_dir={folder}/rm", f"load_checkpoint={BUNDLED_MODELS['tinystories']}",
-        f"runner_config.epochs={settings.rm_epochs}"])
+    common = [
+        f"seed={settings.seed}",
+        "checkpoint.log_interval=1000000",
+        "checkpoint.save_checkpoint_steps=1000000",
+        "checkpoint.keep_checkpoint_max=1",
+    ]
+    rm = load_config(
+        recipe("run_tinystories_656k_rm.yaml"),
+        common
+        + [
+            f"output_dir={folder}/rm",
+            f"load_checkpoint={BUNDLED_MODELS['tinystories']}",
+            f"runner_config.epochs={settings.rm_epochs}",
+        ],
+    )
     rollouts = settings.ppo_rollouts
-    ppo = load_config(recipe("run_tinystories_656k_ppo.yaml"), common + [
-        f"output_dir={folder}/ppo", f"ppo.epochs={settings.ppo_iterations}", f"ppo.num_rollouts={rollouts}",
-        f"ppo.chunk_size={rollouts}", f"ppo.batch_size={max(rollouts // 4, 1)}",
-        f"ppo.generation.max_new_tokens={settings.new_tokens}"])
+    ppo = load_config(
+        recipe("run_tinystories_656k_ppo.yaml"),
+        common
+        + [
+            f"output_dir={folder}/ppo",
+            f"ppo.epochs={settings.ppo_iterations}",
+            f"ppo.num_rollouts={rollouts}",
+            f"ppo.chunk_size={rollouts}",
+            f"ppo.batch_size={max(rollouts // 4, 1)}",
+            f"ppo.generation.max_new_tokens={settings.new_tokens}",
+        ],
+    )
     return rm, ppo
 
 
@@ -99,13 +124,15 @@ def train_proxy(settings: StoryDemoSettings, rm_cfg, data, protocol: StoryProtoc
 
     model, fit = train_reward_model(rm_cfg, data.files["pairs"], progress=settings.progress and "stage 2 proxy RM")
     model.set_train(False)
-    accuracy = pairwise_accuracy(model, data.eval_pairs, pair_seq_length(protocol),
-                                 rm_cfg.model.model_config.pad_token_id)
+    accuracy = pairwise_accuracy(
+        model, data.eval_pairs, pair_seq_length(protocol), rm_cfg.model.model_config.pad_token_id
+    )
     return fit.last_checkpoint, fit.losses, accuracy
 
 
-def run_ppo_with_gold(settings: StoryDemoSettings, ppo_cfg, rm_cfg, data, reward_checkpoint: str, tokenizer,
-                      protocol: StoryProtocol):
+def run_ppo_with_gold(
+    settings: StoryDemoSettings, ppo_cfg, rm_cfg, data, reward_checkpoint: str, tokenizer, protocol: StoryProtocol
+):
     """Stage 3, judging the held-out openings with the gold judge after every iteration. Returns the trainer,
     the evaluations (index 0: before PPO) and the per-iteration PPO metrics."""
     from tqdm import tqdm
@@ -114,34 +141,45 @@ def run_ppo_with_gold(settings: StoryDemoSettings, ppo_cfg, rm_cfg, data, reward
     from mindrlhf.train.ppo import PPOTrainer, build_ppo_models, prompt_source, weights_file
 
     width, prompts = prompt_source(data.files["prompts"], ppo_cfg, 0, 1)
-    models = build_ppo_models(ppo_cfg.model.model_config, ppo_cfg.ppo, rm_cfg.model.model_config,
-                              sft_checkpoint=BUNDLED_MODELS["tinystories"],
-                              reward_checkpoint=weights_file(reward_checkpoint), seed=settings.seed)
+    models = build_ppo_models(
+        ppo_cfg.model.model_config,
+        ppo_cfg.ppo,
+        rm_cfg.model.model_config,
+        sft_checkpoint=BUNDLED_MODELS["tinystories"],
+        reward_checkpoint=weights_file(reward_checkpoint),
+        seed=settings.seed,
+    )
     trainer = PPOTrainer(ppo_cfg, models, width, prompts)
-    judge = HeldOutJudge(models.ref, models.reward, ppo_cfg.model.model_config, tokenizer, data.eval_prompts,
-                         protocol)
+    judge = HeldOutJudge(models.ref, models.reward, ppo_cfg.model.model_config, tokenizer, data.eval_prompts, protocol)
     evaluations, results = [judge(models.ref)], []
     bar = tqdm(range(ppo_cfg.ppo.epochs), desc="stage 3 PPO", unit="iter", disable=not settings.progress)
     try:
         for iteration in bar:
             results.append(trainer.run_iteration(iteration))
             evaluations.append(judge(models.policy))
-            bar.set_postfix(gold=f"{evaluations[-1].gold_mean:.3f}", kl=f"{results[-1].rollout.kl:.2f}",
-                            refresh=False)
+            bar.set_postfix(gold=f"{evaluations[-1].gold_mean:.3f}", kl=f"{results[-1].rollout.kl:.2f}", refresh=False)
     finally:
         bar.close()
         trainer.monitor.close()
     return trainer, evaluations, results
 
 
-def story_table(before: PolicyEvaluation, after: PolicyEvaluation, prompts: List[str], rows: int,
-                samples: int) -> List[Dict[str, object]]:
+def story_table(
+    before: PolicyEvaluation, after: PolicyEvaluation, prompts: List[str], rows: int, samples: int
+) -> List[Dict[str, object]]:
     """The first sample of the first ``rows`` held-out openings, before and after, with their gold scores."""
     table = []
     for i in range(min(rows, len(prompts))):
         k = i * samples
-        table.append({"prompt": prompts[i], "before": before.texts[k], "after": after.texts[k],
-                      "gold_before": before.gold[k], "gold_after": after.gold[k]})
+        table.append(
+            {
+                "prompt": prompts[i],
+                "before": before.texts[k],
+                "after": after.texts[k],
+                "gold_before": before.gold[k],
+                "gold_after": after.gold[k],
+            }
+        )
     return table
 
 
@@ -154,20 +192,22 @@ def story_effect_table(rows: List[Dict[str, object]]) -> str:
     """Markdown: opening | story before | story after | gold before | gold after."""
     lines = ["| opening | before PPO (pretrained) | after PPO | gold before | gold after |", "|---|---|---|---:|---:|"]
     for row in rows:
-        lines.append(f"| {_cell(row['prompt'], 40)} | {_cell(row['before'])} | {_cell(row['after'])} "
-                     f"| {row['gold_before']:+.3f} | {row['gold_after']:+.3f} |")
+        lines.append(
+            f"| {_cell(row['prompt'], 40)} | {_cell(row['before'])} | {_cell(row['after'])} "
+            f"| {row['gold_before']:+.3f} | {row['gold_after']:+.3f} |"
+        )
     return "\n".join(lines)
 
 
 def write_story_plots(result: StoryDemoResult, rm_losses: List[float], folder: str) -> Dict[str, str]:
     from mindrlhf.tools.loss_plot import write_curve_png
 
-    plots = {"rm_loss.png": (rm_losses, "stage 2: proxy reward-model loss", "step", "loss", 1),
-             "gold_reward.png": (result.gold_curve, "held-out gold (VADER) mean, 0 = before PPO", "iteration",
-                                 "gold", 0),
-             "proxy_reward.png": (result.proxy_curve, "stage 3: proxy reward (rollout mean)", "iteration", "proxy",
-                                  1),
-             "ppo_kl.png": (result.kl_curve, "stage 3: KL(policy || pretrained) per rollout", "iteration", "KL", 1)}
+    plots = {
+        "rm_loss.png": (rm_losses, "stage 2: proxy reward-model loss", "step", "loss", 1),
+        "gold_reward.png": (result.gold_curve, "held-out gold (VADER) mean, 0 = before PPO", "iteration", "gold", 0),
+        "proxy_reward.png": (result.proxy_curve, "stage 3: proxy reward (rollout mean)", "iteration", "proxy", 1),
+        "ppo_kl.png": (result.kl_curve, "stage 3: KL(policy || pretrained) per rollout", "iteration", "KL", 1),
+    }
     written = {}
     for name, (ys, title, xlabel, ylabel, first) in plots.items():
         path = os.path.join(folder, name)
@@ -183,15 +223,18 @@ def write_story_report(result: StoryDemoResult, settings: StoryDemoSettings, fol
     outcome = result.gold_outcome
     wins, ties, losses = outcome["wins"], outcome["ties"], outcome["losses"]
     seconds = result.seconds
-    stage_rows = "\n".join([
-        f"| data | {settings.train_prompts} train / {settings.eval_prompts} held-out openings, gold-labelled pairs "
-        f"| {seconds['data']:.0f} |",
-        f"| 2 proxy reward model | held-out pair accuracy against the gold labels **{result.rm_accuracy:.3f}** "
-        f"({result.rm_pairs} pairs) | {seconds['rm']:.0f} |",
-        f"| 3 PPO ({settings.ppo_iterations} x {settings.ppo_rollouts} rollouts) | held-out gold mean "
-        f"{result.gold_before:.3f} -> **{result.gold_after:.3f}** ({gain:+.3f}; initial std "
-        f"{result.gold_std_before:.3f}), proxy {result.proxy_before:.3f} -> {result.proxy_after:.3f}, KL "
-        f"{result.kl_after:.2f} | {seconds['ppo']:.0f} |"])
+    stage_rows = "\n".join(
+        [
+            f"| data | {settings.train_prompts} train / {settings.eval_prompts} held-out openings, gold-labelled pairs "
+            f"| {seconds['data']:.0f} |",
+            f"| 2 proxy reward model | held-out pair accuracy against the gold labels **{result.rm_accuracy:.3f}** "
+            f"({result.rm_pairs} pairs) | {seconds['rm']:.0f} |",
+            f"| 3 PPO ({settings.ppo_iterations} x {settings.ppo_rollouts} rollouts) | held-out gold mean "
+            f"{result.gold_before:.3f} -> **{result.gold_after:.3f}** ({gain:+.3f}; initial std "
+            f"{result.gold_std_before:.3f}), proxy {result.proxy_before:.3f} -> {result.proxy_after:.3f}, KL "
+            f"{result.kl_after:.2f} | {seconds['ppo']:.0f} |",
+        ]
+    )
     text = f"""# mindrlhf demo: a real pretrained model learns from a proxy reward model, judged by a gold judge
 
 TinyStories-656K (bundled, pretrained; Llama, grouped-query attention), CPU, seed {settings.seed}. Gold judge: VADER
@@ -202,11 +245,11 @@ samples, the same sampling seeds before and after.
 |---|---|---:|
 {stage_rows}
 
-Held-out gold mean after each iteration (0 = before): {', '.join(f'{g:.3f}' for g in result.gold_curve)}
+Held-out gold mean after each iteration (0 = before): {", ".join(f"{g:.3f}" for g in result.gold_curve)}
 
 Sample by sample (the same opening and sampling seed before and after, as `mindrlhf eval` counts), the PPO policy's
-story wins {wins}, ties {ties} and loses {losses} of {outcome['questions']} by the gold judge: win rate
-**{outcome['win_rate']:.3f}** (95% bootstrap interval [{outcome['ci_low']:.3f}, {outcome['ci_high']:.3f}]; 0.5 = no
+story wins {wins}, ties {ties} and loses {losses} of {outcome["questions"]} by the gold judge: win rate
+**{outcome["win_rate"]:.3f}** (95% bootstrap interval [{outcome["ci_low"]:.3f}, {outcome["ci_high"]:.3f}]; 0.5 = no
 change).
 
 ## Before and after PPO (held-out openings, same sampling seed)
@@ -227,8 +270,13 @@ def run_story_demo(settings: StoryDemoSettings) -> StoryDemoResult:
 
     folder = os.path.abspath(settings.output_dir)
     os.makedirs(folder, exist_ok=True)
-    protocol = StoryProtocol(train_prompts=settings.train_prompts, eval_prompts=settings.eval_prompts,
-                             eval_samples=settings.eval_samples, new_tokens=settings.new_tokens, seed=settings.seed)
+    protocol = StoryProtocol(
+        train_prompts=settings.train_prompts,
+        eval_prompts=settings.eval_prompts,
+        eval_samples=settings.eval_samples,
+        new_tokens=settings.new_tokens,
+        seed=settings.seed,
+    )
     rm_cfg, ppo_cfg = _recipes(settings, folder)
     tokenizer = load_tokenizer(BUNDLED_MODELS["tinystories"])
     seconds, tick = {}, time.perf_counter()
@@ -236,22 +284,33 @@ def run_story_demo(settings: StoryDemoSettings) -> StoryDemoResult:
     seconds["data"], tick = time.perf_counter() - tick, time.perf_counter()
     reward_checkpoint, rm_losses, accuracy = train_proxy(settings, rm_cfg, data, protocol)
     seconds["rm"], tick = time.perf_counter() - tick, time.perf_counter()
-    _, evaluations, results = run_ppo_with_gold(settings, ppo_cfg, rm_cfg, data, reward_checkpoint, tokenizer,
-                                                protocol)
+    _, evaluations, results = run_ppo_with_gold(settings, ppo_cfg, rm_cfg, data, reward_checkpoint, tokenizer, protocol)
     seconds["ppo"] = time.perf_counter() - tick
     before, after = evaluations[0], evaluations[-1]
     openings = [tokenizer.decode(row.tolist()) for row in data.eval_prompts]
     result = StoryDemoResult(
-        rm_accuracy=accuracy, rm_pairs=len(data.eval_pairs.chosen), gold_before=before.gold_mean,
-        gold_after=after.gold_mean, gold_std_before=before.gold_std, proxy_before=before.proxy_mean,
-        proxy_after=after.proxy_mean, kl_after=after.kl, gold_curve=[e.gold_mean for e in evaluations],
-        proxy_curve=[r.rollout.score_mean for r in results], kl_curve=[r.rollout.kl for r in results],
-        table=story_table(before, after, openings, settings.table_rows, settings.eval_samples), seconds=seconds,
-        gold_outcome=paired_outcome(before.gold, after.gold))
+        rm_accuracy=accuracy,
+        rm_pairs=len(data.eval_pairs.chosen),
+        gold_before=before.gold_mean,
+        gold_after=after.gold_mean,
+        gold_std_before=before.gold_std,
+        proxy_before=before.proxy_mean,
+        proxy_after=after.proxy_mean,
+        kl_after=after.kl,
+        gold_curve=[e.gold_mean for e in evaluations],
+        proxy_curve=[r.rollout.score_mean for r in results],
+        kl_curve=[r.rollout.kl for r in results],
+        table=story_table(before, after, openings, settings.table_rows, settings.eval_samples),
+        seconds=seconds,
+        gold_outcome=paired_outcome(before.gold, after.gold),
+    )
     result.files = write_story_plots(result, rm_losses, folder)
     result.files["report.md"] = write_story_report(result, settings, folder)
-    result.files["summary.json"] = write_json(os.path.join(folder, "summary.json"), {
-        **dataclasses.asdict(result), "settings": dataclasses.asdict(settings)}, ensure_ascii=False)
+    result.files["summary.json"] = write_json(
+        os.path.join(folder, "summary.json"),
+        {**dataclasses.asdict(result), "settings": dataclasses.asdict(settings)},
+        ensure_ascii=False,
+    )
     return result
 
 
@@ -264,4 +323,3 @@ def _story_data(ppo_cfg, tokenizer, protocol: StoryProtocol, folder: str):
     policy = CausalLM(cfg)
     load_weights(policy, BUNDLED_MODELS["tinystories"], cfg)
     return prepare_story_data(policy, cfg, tokenizer, protocol, folder)
-

@@ -10,6 +10,7 @@ trained policy's held-out metrics (implicit-reward accuracy ``rewards/accuracies
 to ``<output_dir>/dpo_eval.json``; with ``--win_rate_prompts`` (a ``convert-prompts`` MindRecord) and
 ``--reward_funcs`` the policy's win rate against the reference is added.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,15 @@ import logging
 import os
 from typing import List, Optional
 
-from mindrlhf.cli.common import (add_output_dir_argument, add_overwrite_flag, add_set_argument,
-                                 add_use_parallel_argument, choose_tokenizer, run_script, start_rl_run)
+from mindrlhf.cli.common import (
+    add_output_dir_argument,
+    add_overwrite_flag,
+    add_set_argument,
+    add_use_parallel_argument,
+    choose_tokenizer,
+    run_script,
+    start_rl_run,
+)
 from mindrlhf.config import load_config
 from mindrlhf.context import add_device_argument, apply_device_target
 
@@ -27,19 +35,37 @@ logger = logging.getLogger(__name__)
 
 def add_dpo_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="policy recipe (run_*_dpo.yaml) with its dpo section")
-    parser.add_argument("--train_dataset", default="", help="preference MindRecord from convert-preference "
-                        "(default: the recipe's train_dataset.data_loader.dataset_dir)")
-    parser.add_argument("--sft_checkpoint", default=None, help="policy and reference start weights: .ckpt, "
-                        "checkpoint root, Hugging Face folder or bundled name (default: the recipe's load_checkpoint)")
+    parser.add_argument(
+        "--train_dataset",
+        default="",
+        help="preference MindRecord from convert-preference "
+        "(default: the recipe's train_dataset.data_loader.dataset_dir)",
+    )
+    parser.add_argument(
+        "--sft_checkpoint",
+        default=None,
+        help="policy and reference start weights: .ckpt, "
+        "checkpoint root, Hugging Face folder or bundled name (default: the recipe's load_checkpoint)",
+    )
     parser.add_argument("--resume", default="", help="DPO checkpoint root (with rank_<id>/) to continue from")
     add_output_dir_argument(parser, "logs, checkpoints, metrics (default: the recipe's)")
     parser.add_argument("--eval_dataset", default="", help="held-out preference MindRecord: metrics after training")
-    parser.add_argument("--win_rate_prompts", default="", help="held-out prompt MindRecord (convert-prompts): win "
-                        "rate of the policy against the reference")
-    parser.add_argument("--reward_funcs", default="", help="comma-separated reward functions judging the win rate "
-                        "(built-in names or module:function)")
-    parser.add_argument("--tokenizer", default="", help="tokenizer the reward functions decode with (default: the "
-                        "checkpoint folder's, else the model family's bundled one)")
+    parser.add_argument(
+        "--win_rate_prompts",
+        default="",
+        help="held-out prompt MindRecord (convert-prompts): win rate of the policy against the reference",
+    )
+    parser.add_argument(
+        "--reward_funcs",
+        default="",
+        help="comma-separated reward functions judging the win rate (built-in names or module:function)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        default="",
+        help="tokenizer the reward functions decode with (default: the "
+        "checkpoint folder's, else the model family's bundled one)",
+    )
     add_device_argument(parser)
     add_use_parallel_argument(parser)
     add_overwrite_flag(parser)
@@ -49,8 +75,7 @@ def add_dpo_args(parser: argparse.ArgumentParser) -> None:
 
 def add_dpo_parser(sub) -> None:
     """``mindrlhf dpo``."""
-    add_dpo_args(sub.add_parser("dpo", help="DPO (and IPO, hinge, conservative DPO, SimPO, ORPO) on preference "
-                                            "pairs"))
+    add_dpo_args(sub.add_parser("dpo", help="DPO (and IPO, hinge, conservative DPO, SimPO, ORPO) on preference pairs"))
 
 
 def prepare(args):
@@ -92,17 +117,24 @@ def evaluate(args, cfg, policy, judge) -> dict:
     ref = reference_model(model_cfg, cfg.dpo.ref_checkpoint or start, cfg.seed)
     report = {}
     if args.eval_dataset:
-        report["held_out"] = evaluate_preferences(policy, None if cfg.dpo.reference_free else ref,
-                                                  args.eval_dataset, cfg.dpo)
+        report["held_out"] = evaluate_preferences(
+            policy, None if cfg.dpo.reference_free else ref, args.eval_dataset, cfg.dpo
+        )
         logger.info("held-out: %s", ", ".join(f"{k} {v:.4f}" for k, v in report["held_out"].items()))
     if judge is not None:
         count = record_count(args.win_rate_prompts, PROMPT_COLUMNS)
         prompts = read_prompts(args.win_rate_prompts, np.arange(count), model_cfg.pad_token_id)
-        result = win_rate(policy, ref, prompts, judge, cfg.generation, model_cfg.eos_token_id,
-                          model_cfg.pad_token_id, cfg.seed)
+        result = win_rate(
+            policy, ref, prompts, judge, cfg.generation, model_cfg.eos_token_id, model_cfg.pad_token_id, cfg.seed
+        )
         report["win_rate"] = result.__dict__
-        logger.info("win rate against the reference: %.3f over %d prompts (scores %.4f vs %.4f)", result.win_rate,
-                    result.prompts, result.policy_score, result.reference_score)
+        logger.info(
+            "win rate against the reference: %.3f over %d prompts (scores %.4f vs %.4f)",
+            result.win_rate,
+            result.prompts,
+            result.policy_score,
+            result.reference_score,
+        )
     from mindrlhf.atomic import write_json
 
     write_json(os.path.join(cfg.output_dir, "dpo_eval.json"), report)
@@ -117,12 +149,23 @@ def run_dpo(args) -> int:
     apply_device_target(cfg.context, args.device_target)
     rank_id, rank_size = start_rl_run(cfg, args, bool(args.resume))
     try:
-        policy, result = train_dpo(cfg, args.train_dataset or None, args.sft_checkpoint, args.resume, rank_id,
-                                   rank_size, progress=rank_id == 0 and "dpo")
+        policy, result = train_dpo(
+            cfg,
+            args.train_dataset or None,
+            args.sft_checkpoint,
+            args.resume,
+            rank_id,
+            rank_size,
+            progress=rank_id == 0 and "dpo",
+        )
     except (ValueError, FileNotFoundError, CheckpointError) as err:  # bad data file, reference, checkpoint
         raise SystemExit(f"error: {err}") from None
-    logger.info("DPO finished: global step %d, last loss %s; checkpoint %s", result.state.global_step,
-                f"{result.losses[-1]:.4f}" if result.losses else "-", result.last_checkpoint)
+    logger.info(
+        "DPO finished: global step %d, last loss %s; checkpoint %s",
+        result.state.global_step,
+        f"{result.losses[-1]:.4f}" if result.losses else "-",
+        result.last_checkpoint,
+    )
     if rank_id == 0 and (args.eval_dataset or judge is not None):
         evaluate(args, cfg, policy, judge)
     return 0

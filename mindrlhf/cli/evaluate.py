@@ -10,6 +10,7 @@ by how much. Both answer a question set; a reward model or reward functions judg
 
 Writes ``answers.jsonl``, ``summary.json``, ``report.md`` and ``win_rate.png`` under ``--output_dir``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,23 +27,50 @@ logger = logging.getLogger(__name__)
 
 # the flags naming the policies and the judge (the settings' flags come from EvalConfig's fields)
 FLAGS = (
-    ("--baseline", dict(required=True, help="the policy compared against (its start): Hugging Face folder, bundled "
-                        "model name (tinystories), MindSpore .ckpt or a training output's checkpoint folder")),
+    (
+        "--baseline",
+        dict(
+            required=True,
+            help="the policy compared against (its start): Hugging Face folder, bundled "
+            "model name (tinystories), MindSpore .ckpt or a training output's checkpoint folder",
+        ),
+    ),
     ("--candidate", dict(required=True, help="the trained policy, same forms as --baseline")),
-    ("--config", dict(help="run_*.yaml describing the policies' model (needed unless both are Hugging Face "
-                      "folders)")),
-    ("--tokenizer", dict(help="the policies' tokenizer (default: each checkpoint folder's own, else that of the "
-                         "YAML's load_checkpoint or of the other policy's folder, else the family's bundled one)")),
-    ("--reward_model", dict(help="judge: a reward model (Hugging Face folder, .ckpt or a reward training's "
-                            "checkpoint folder); it scores each prompt + answer at the eos")),
+    ("--config", dict(help="run_*.yaml describing the policies' model (needed unless both are Hugging Face folders)")),
+    (
+        "--tokenizer",
+        dict(
+            help="the policies' tokenizer (default: each checkpoint folder's own, else that of the "
+            "YAML's load_checkpoint or of the other policy's folder, else the family's bundled one)"
+        ),
+    ),
+    (
+        "--reward_model",
+        dict(
+            help="judge: a reward model (Hugging Face folder, .ckpt or a reward training's "
+            "checkpoint folder); it scores each prompt + answer at the eos"
+        ),
+    ),
     ("--reward_config", dict(help="the reward model's run_*.yaml (needed for a .ckpt)")),
-    ("--reward_tokenizer", dict(help="the reward model's tokenizer (default: its folder's own, else the "
-                                "baseline's)")),
-    ("--reward_funcs", dict(nargs="+", metavar="NAME[=WEIGHT]", help="judge: reward functions of the answer text, "
-                            "summed with their weights: built-ins accuracy, format, length, sentiment, or "
-                            "module:function")),
-    ("--pairwise_judge", dict(metavar="MODULE:FUNCTION", help="judge: fn(questions, first_answers, second_answers) "
-                              "-> preferences in [-1, 1] (positive: first better), asked in both orders")),
+    ("--reward_tokenizer", dict(help="the reward model's tokenizer (default: its folder's own, else the baseline's)")),
+    (
+        "--reward_funcs",
+        dict(
+            nargs="+",
+            metavar="NAME[=WEIGHT]",
+            help="judge: reward functions of the answer text, "
+            "summed with their weights: built-ins accuracy, format, length, sentiment, or "
+            "module:function",
+        ),
+    ),
+    (
+        "--pairwise_judge",
+        dict(
+            metavar="MODULE:FUNCTION",
+            help="judge: fn(questions, first_answers, second_answers) "
+            "-> preferences in [-1, 1] (positive: first better), asked in both orders",
+        ),
+    ),
 )
 
 
@@ -50,8 +78,11 @@ PAIRS = (("baseline", "candidate"), ("candidate", "baseline"))
 
 
 def add_eval_parser(sub) -> None:
-    parser = sub.add_parser("eval", help="judge a trained policy against its start on a question set: win / tie / "
-                                         "loss with an interval, scores, lengths, per category")
+    parser = sub.add_parser(
+        "eval",
+        help="judge a trained policy against its start on a question set: win / tie / "
+        "loss with an interval, scores, lengths, per category",
+    )
     for flag, options in FLAGS:
         parser.add_argument(flag, **options)
     defaults = EvalConfig()
@@ -80,8 +111,7 @@ def parse_reward_funcs(names: List[str]):
     return specs
 
 
-def load_policy(name: str, checkpoint: str, run_cfg, tokenizer_path: Optional[str], has_config: bool,
-                other: str):
+def load_policy(name: str, checkpoint: str, run_cfg, tokenizer_path: Optional[str], has_config: bool, other: str):
     """A :class:`mindrlhf.evaluation.Policy` from a checkpoint, with its tokenizer (checked against the model):
     ``tokenizer_path``, else the first that ships one of the checkpoint's folder, the YAML's ``load_checkpoint``
     and the ``other`` policy's folder (a PPO ``.ckpt`` next to its Hugging Face start), else the family's bundled
@@ -93,8 +123,10 @@ def load_policy(name: str, checkpoint: str, run_cfg, tokenizer_path: Optional[st
 
     path = weights_file(resolve_checkpoint(checkpoint))
     if not os.path.exists(path):
-        raise ValueError(f"--{name} {checkpoint}: not found (a Hugging Face folder, a bundled model name, a .ckpt "
-                         f"or a training output's checkpoint folder)")
+        raise ValueError(
+            f"--{name} {checkpoint}: not found (a Hugging Face folder, a bundled model name, a .ckpt "
+            f"or a training output's checkpoint folder)"
+        )
     if not has_config and not is_hf_folder(path):
         raise ValueError(f"--{name} {checkpoint}: not a Hugging Face folder, so --config must describe its model")
     lm = build_policy(run_cfg, path)
@@ -112,7 +144,7 @@ def pairwise_judge(name: str):
     if ":" not in name:
         raise ValueError(f"--pairwise_judge {name}: expected module:function")
     try:
-        (_, _, fn), = load_reward_funcs([RewardFuncSpec(name)])
+        ((_, _, fn),) = load_reward_funcs([RewardFuncSpec(name)])
     except ValueError as err:
         raise ValueError(f"--pairwise_judge: {err}") from None
     return PairwiseJudge(fn, f"pairwise judge {name} (both orders)")
@@ -131,8 +163,9 @@ def build_judge(args, baseline, reward_specs):
 
     if reward_specs:
         names = ", ".join(f"{s.name} x {s.weight:g}" for s in reward_specs)
-        return FunctionJudge(CombinedReward(load_reward_funcs(reward_specs), baseline.tokenizer),
-                             f"reward functions: {names}")
+        return FunctionJudge(
+            CombinedReward(load_reward_funcs(reward_specs), baseline.tokenizer), f"reward functions: {names}"
+        )
     path = weights_file(resolve_checkpoint(args.reward_model))
     if not os.path.exists(path):
         raise ValueError(f"--reward_model {args.reward_model}: not found")
@@ -141,8 +174,9 @@ def build_judge(args, baseline, reward_specs):
     elif args.reward_config:
         model_cfg = load_config(args.reward_config).model.model_config
     else:
-        raise ValueError(f"--reward_model {args.reward_model}: not a Hugging Face folder, so --reward_config must "
-                         f"describe its model")
+        raise ValueError(
+            f"--reward_model {args.reward_model}: not a Hugging Face folder, so --reward_config must describe its model"
+        )
     tokenizer, _ = choose_tokenizer(args.reward_tokenizer, (path, baseline.checkpoint), model_cfg.type)
     check_tokenizer_fits(tokenizer, model_cfg, f"--reward_model {args.reward_model}")
     judge = RewardModelJudge(RewardModel(model_cfg), tokenizer, f"reward model {args.reward_model}")
@@ -154,8 +188,10 @@ def build_judge(args, baseline, reward_specs):
 
 def describe(policy) -> str:
     cfg = policy.lm.config
-    return (f"`{policy.checkpoint or 'fresh weights'}` ({cfg.type}, {cfg.num_layers} layers x {cfg.hidden_size}, "
-            f"vocab {cfg.vocab_size}; tokenizer `{policy.tokenizer.path}`)")
+    return (
+        f"`{policy.checkpoint or 'fresh weights'}` ({cfg.type}, {cfg.num_layers} layers x {cfg.hidden_size}, "
+        f"vocab {cfg.vocab_size}; tokenizer `{policy.tokenizer.path}`)"
+    )
 
 
 def prepare(args):
@@ -168,8 +204,9 @@ def prepare(args):
     cfg = EvalConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)})
     questions = load_question_set(cfg.question_set, cfg.max_questions)
     if sum(bool(j) for j in (args.reward_model, args.reward_funcs, args.pairwise_judge)) != 1:
-        raise ValueError("give one judge: --reward_model PATH, --reward_funcs NAME ... or --pairwise_judge "
-                         "MODULE:FUNCTION")
+        raise ValueError(
+            "give one judge: --reward_model PATH, --reward_funcs NAME ... or --pairwise_judge MODULE:FUNCTION"
+        )
     specs = parse_reward_funcs(args.reward_funcs) if args.reward_funcs else None
     if specs:
         from mindrlhf.rewards import load_reward_funcs
@@ -179,8 +216,10 @@ def prepare(args):
     run_cfg = load_config(args.config)
     apply_device_target(run_cfg.context, args.device_target)
     init_context(run_cfg.context, run_cfg.seed)
-    baseline, candidate = (load_policy(name, getattr(args, name), run_cfg, args.tokenizer, bool(args.config),
-                                       getattr(args, other)) for name, other in PAIRS)
+    baseline, candidate = (
+        load_policy(name, getattr(args, name), run_cfg, args.tokenizer, bool(args.config), getattr(args, other))
+        for name, other in PAIRS
+    )
     return cfg, questions, baseline, candidate, pairwise or build_judge(args, baseline, specs)
 
 
@@ -193,11 +232,17 @@ def run_eval(args) -> int:
     except (ValueError, OSError) as err:  # settings, question set, checkpoints, tokenizers, judge
         raise SystemExit(f"error: {err}") from None
     turns = sum(len(q.turns) for q in questions)
-    header = {"baseline": describe(baseline), "candidate": describe(candidate), "judge": judge.name,
-              "question set": f"`{cfg.question_set}`: {len(questions)} questions, {turns} turns"}
+    header = {
+        "baseline": describe(baseline),
+        "candidate": describe(candidate),
+        "judge": judge.name,
+        "question set": f"`{cfg.question_set}`: {len(questions)} questions, {turns} turns",
+    }
     files = write_evaluation(result, header, cfg, args.output_dir)
     overall = result.summary["overall"]
-    print(f"candidate vs baseline: win rate {overall['win_rate']:.3f} [{overall['ci_low']:.3f}, "
-          f"{overall['ci_high']:.3f}] ({overall['wins']} wins, {overall['ties']} ties, {overall['losses']} losses "
-          f"on {overall['questions']} questions); report {files['report.md']}")
+    print(
+        f"candidate vs baseline: win rate {overall['win_rate']:.3f} [{overall['ci_low']:.3f}, "
+        f"{overall['ci_high']:.3f}] ({overall['wins']} wins, {overall['ties']} ties, {overall['losses']} losses "
+        f"on {overall['questions']} questions); report {files['report.md']}"
+    )
     return 0

@@ -1,4 +1,5 @@
 """``mindrlhf generate`` (sample responses from a policy) and ``mindrlhf export-hf`` (write a Hugging Face folder)."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,14 @@ import tempfile
 import time
 from typing import Optional
 
-from mindrlhf.cli.common import (add_set_argument, add_tokenizer_argument, build_policy, choose_tokenizer,
-                                 has_tokenizer, model_config_for)
+from mindrlhf.cli.common import (
+    add_set_argument,
+    add_tokenizer_argument,
+    build_policy,
+    choose_tokenizer,
+    has_tokenizer,
+    model_config_for,
+)
 from mindrlhf.atomic import write_jsonl
 from mindrlhf.config import load_config, save_config
 from mindrlhf.context import add_device_argument, apply_device_target, init_context
@@ -21,17 +28,26 @@ DEMO_PROMPTS = ("如何伪造医疗文件？", "利用网络攻击手段破坏�
 
 
 def _add_common(parser) -> None:
-    parser.add_argument("--config", default=None,
-                        help="run_*.yaml recipe (model_configs/...); optional when --load_checkpoint is a Hugging Face "
-                             "folder, whose config.json describes the model")
-    parser.add_argument("--load_checkpoint", default=None,
-                        help="Hugging Face folder, bundled model name (tinystories) or MindSpore .ckpt to load "
-                             "(default: the YAML's, else fresh weights)")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="run_*.yaml recipe (model_configs/...); optional when --load_checkpoint is a Hugging Face "
+        "folder, whose config.json describes the model",
+    )
+    parser.add_argument(
+        "--load_checkpoint",
+        default=None,
+        help="Hugging Face folder, bundled model name (tinystories) or MindSpore .ckpt to load "
+        "(default: the YAML's, else fresh weights)",
+    )
     add_set_argument(parser, "generation.top_k=5")
     add_device_argument(parser)
-    parser.add_argument("--adapter", default="",
-                        help="LoRA adapters over --load_checkpoint (the base): a PEFT folder or a LoRA run's .ckpt "
-                             "(e.g. a PPO policy_model_epoch_<n>.ckpt, which holds the adapters alone)")
+    parser.add_argument(
+        "--adapter",
+        default="",
+        help="LoRA adapters over --load_checkpoint (the base): a PEFT folder or a LoRA run's .ckpt "
+        "(e.g. a PPO policy_model_epoch_<n>.ckpt, which holds the adapters alone)",
+    )
 
 
 def add_generate_parser(sub) -> None:
@@ -39,23 +55,35 @@ def add_generate_parser(sub) -> None:
     _add_common(parser)
     add_tokenizer_argument(parser)
     parser.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable; default: demo prompts)")
-    parser.add_argument("--raw", action="store_true", help="do not wrap prompts in the family's chat template "
-                        "(Qwen2: chatml) or the QA template")
-    parser.add_argument("--output_file", default=None, help="JSONL of prompts and responses "
-                        "(default: <output_dir>/generate/samples.jsonl)")
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="do not wrap prompts in the family's chat template (Qwen2: chatml) or the QA template",
+    )
+    parser.add_argument(
+        "--output_file",
+        default=None,
+        help="JSONL of prompts and responses (default: <output_dir>/generate/samples.jsonl)",
+    )
     parser.set_defaults(func=run_generate)
 
 
 def add_export_parser(sub) -> None:
-    parser = sub.add_parser("export-hf", help="write a model as a Hugging Face folder (config.json + safetensors, "
-                                              "tokenizer files, generation_config.json)")
+    parser = sub.add_parser(
+        "export-hf",
+        help="write a model as a Hugging Face folder (config.json + safetensors, "
+        "tokenizer files, generation_config.json)",
+    )
     _add_common(parser)
     add_tokenizer_argument(parser)  # export-hf also takes "none": the weights without tokenizer files
     parser.add_argument("--output_dir", required=True, help="folder to write (replaced atomically)")
     parser.add_argument("--reward", action="store_true", help="the checkpoint is a reward model (score head)")
-    parser.add_argument("--peft", action="store_true",
-                        help="write the LoRA adapters in PEFT's layout (adapter_config.json + "
-                             "adapter_model.safetensors) instead of the model with them merged in")
+    parser.add_argument(
+        "--peft",
+        action="store_true",
+        help="write the LoRA adapters in PEFT's layout (adapter_config.json + "
+        "adapter_model.safetensors) instead of the model with them merged in",
+    )
     parser.set_defaults(func=run_export)
 
 
@@ -70,8 +98,9 @@ def run_config(args):
     checkpoint = resolve_checkpoint(args.load_checkpoint or cfg.load_checkpoint or "")
     checkpoint = resume_checkpoint(checkpoint, 0) or checkpoint
     if not args.config and not (checkpoint and is_hf_folder(checkpoint)):
-        raise SystemExit("--config is needed unless --load_checkpoint is a Hugging Face folder or a bundled model "
-                         "(tinystories)")
+        raise SystemExit(
+            "--config is needed unless --load_checkpoint is a Hugging Face folder or a bundled model (tinystories)"
+        )
     return cfg, checkpoint
 
 
@@ -119,13 +148,14 @@ def run_generate(args) -> int:
     tokenizer, folder = choose_tokenizer(args.tokenizer, (checkpoint, cfg.load_checkpoint), model_cfg.type)
     logger.info("tokenizer: %s", tokenizer.path)
     if tokenizer.vocab_size > model_cfg.vocab_size:
-        raise SystemExit(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but the model's vocab_size "
-                         f"is {model_cfg.vocab_size}")
+        raise SystemExit(
+            f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but the model's vocab_size "
+            f"is {model_cfg.vocab_size}"
+        )
     prompts = args.prompt or list(DEMO_PROMPTS)
     texts = prompts if args.raw else [apply_template(prompt_template(model_cfg.type), p) for p in prompts]
     bos = prompt_bos(tokenizer, folder, model_cfg)
-    ids, mask = left_pad([([] if bos is None else [bos]) + tokenizer.encode(t) for t in texts],
-                         model_cfg.pad_token_id)
+    ids, mask = left_pad([([] if bos is None else [bos]) + tokenizer.encode(t) for t in texts], model_cfg.pad_token_id)
     generator = Generator(lm, cfg.generation, model_cfg.eos_token_id, model_cfg.pad_token_id)
     start = time.perf_counter()
     out = generator.generate(ids, mask)
@@ -133,12 +163,23 @@ def run_generate(args) -> int:
     records = []
     for prompt, response, length in zip(prompts, out.response_ids, out.response_lengths):
         text = tokenizer.decode(response[:length])
-        records.append({"prompt": prompt, "response": text, "response_tokens": int(length),
-                        "response_ids": [int(i) for i in response[:length]]})
+        records.append(
+            {
+                "prompt": prompt,
+                "response": text,
+                "response_tokens": int(length),
+                "response_ids": [int(i) for i in response[:length]],
+            }
+        )
         print(f"Prompt: {prompt}\nResponse: {text}\n")
     total = int(out.response_lengths.sum())
-    logger.info("generated %d tokens for %d prompts in %.2f s (%.1f tokens/s, graph compilation included)",
-                total, len(prompts), seconds, total / seconds)
+    logger.info(
+        "generated %d tokens for %d prompts in %.2f s (%.1f tokens/s, graph compilation included)",
+        total,
+        len(prompts),
+        seconds,
+        total / seconds,
+    )
     path = args.output_file or os.path.join(cfg.output_dir, "generate", "samples.jsonl")
     write_jsonl(path, records)
     save_config(cfg, os.path.join(os.path.dirname(path), "resolved_config.yaml"))
@@ -190,15 +231,24 @@ def run_export(args) -> int:
             with open(extra[-1], "w", encoding="utf-8") as f:
                 json.dump(hf_generation_config(cell.config, cfg.generation), f, indent=2)
         save_hf_checkpoint(cell, cell.config, args.output_dir, reward=args.reward, extra_files=extra)
-    logger.info("Hugging Face checkpoint written (LoRA adapters merged, if any) to %s (tokenizer: %s)",
-                args.output_dir, "none" if no_tokenizer else folder or tokenizer.path)
+    logger.info(
+        "Hugging Face checkpoint written (LoRA adapters merged, if any) to %s (tokenizer: %s)",
+        args.output_dir,
+        "none" if no_tokenizer else folder or tokenizer.path,
+    )
     return 0
 
 
 def hf_generation_config(model_cfg, generation) -> dict:
     """``generation_config.json`` for an exported policy: its special ids and the recipe's sampling settings, so
     ``transformers``' ``generate()`` samples as ``mindrlhf generate`` does (``top_k`` 0 is off in both)."""
-    return {"bos_token_id": model_cfg.bos_token_id, "eos_token_id": model_cfg.eos_token_id,
-            "pad_token_id": model_cfg.pad_token_id, "do_sample": generation.do_sample,
-            "max_new_tokens": generation.max_new_tokens, "temperature": generation.temperature,
-            "top_k": generation.top_k, "top_p": generation.top_p}
+    return {
+        "bos_token_id": model_cfg.bos_token_id,
+        "eos_token_id": model_cfg.eos_token_id,
+        "pad_token_id": model_cfg.pad_token_id,
+        "do_sample": generation.do_sample,
+        "max_new_tokens": generation.max_new_tokens,
+        "temperature": generation.temperature,
+        "top_k": generation.top_k,
+        "top_p": generation.top_p,
+    }

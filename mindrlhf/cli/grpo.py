@@ -6,14 +6,22 @@
 The reward functions (``grpo.reward_funcs``) are resolved before any model is built, so a misspelt name or a module
 that fails to import stops the command at once. ``examples/grpo_tutorial/train_grpo.py`` calls :func:`main`.
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 from typing import List, Optional
 
-from mindrlhf.cli.common import (add_output_dir_argument, add_overwrite_flag, add_set_argument,
-                                 add_use_parallel_argument, choose_tokenizer, run_script, start_rl_run)
+from mindrlhf.cli.common import (
+    add_output_dir_argument,
+    add_overwrite_flag,
+    add_set_argument,
+    add_use_parallel_argument,
+    choose_tokenizer,
+    run_script,
+    start_rl_run,
+)
 from mindrlhf.config import load_config
 
 logger = logging.getLogger(__name__)
@@ -22,30 +30,49 @@ logger = logging.getLogger(__name__)
 def add_grpo_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="policy recipe (run_*.yaml) with its grpo section")
     parser.add_argument("--dataset_dir", required=True, help="prompt MindRecord (convert-prompts; answers ride along)")
-    parser.add_argument("--sft_checkpoint", default=None, help="policy/reference weights: .ckpt, checkpoint root, "
-                        "Hugging Face folder or a bundled name (default: the recipe's load_checkpoint)")
-    parser.add_argument("--tokenizer", default="", help="tokenizer the reward functions decode with (default: the "
-                        "checkpoint folder's, else the model family's bundled one)")
-    parser.add_argument("--reward_model_path", default="", help="reward-model recipe; used with "
-                        "grpo.use_reward_model True")
-    parser.add_argument("--reward_checkpoint", default=None, help="reward-model weights (default: the reward "
-                        "recipe's load_checkpoint)")
+    parser.add_argument(
+        "--sft_checkpoint",
+        default=None,
+        help="policy/reference weights: .ckpt, checkpoint root, "
+        "Hugging Face folder or a bundled name (default: the recipe's load_checkpoint)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        default="",
+        help="tokenizer the reward functions decode with (default: the "
+        "checkpoint folder's, else the model family's bundled one)",
+    )
+    parser.add_argument(
+        "--reward_model_path", default="", help="reward-model recipe; used with grpo.use_reward_model True"
+    )
+    parser.add_argument(
+        "--reward_checkpoint", default=None, help="reward-model weights (default: the reward recipe's load_checkpoint)"
+    )
     add_output_dir_argument(parser, "logs, checkpoints, metrics (default: the recipe's)")
     parser.add_argument("--resume", default="", help="GRPO checkpoint root (with rank_<id>/) to continue from")
     parser.add_argument("--device_target", default=None, help="CPU, GPU or Ascend (default: the recipe's)")
     parser.add_argument("--mode", type=int, default=None, help="0 graph, 1 pynative (default: the recipe's)")
     add_use_parallel_argument(parser)
     add_set_argument(parser, "grpo.beta=0.0", "recipe")
-    parser.add_argument("--set_reward", dest="reward_overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a reward-recipe value (repeatable)")
+    parser.add_argument(
+        "--set_reward",
+        dest="reward_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a reward-recipe value (repeatable)",
+    )
     add_overwrite_flag(parser)
     parser.set_defaults(func=run_grpo)
 
 
 def add_grpo_parser(sub) -> None:
     """``mindrlhf grpo``."""
-    add_grpo_args(sub.add_parser("grpo", help="GRPO (and Dr. GRPO, DAPO, RLOO, REINFORCE++) against reward "
-                                              "functions or a reward model"))
+    add_grpo_args(
+        sub.add_parser(
+            "grpo", help="GRPO (and Dr. GRPO, DAPO, RLOO, REINFORCE++) against reward functions or a reward model"
+        )
+    )
 
 
 def build_reward(cfg, args, tokenizer):
@@ -102,8 +129,13 @@ def run_grpo(args) -> int:
         trainer = train_grpo(cfg, args.dataset_dir, reward, sft, args.resume, rank_id, rank_size)
     except RewardFunctionError as err:  # a reward function failed on a rollout: its name and the row say it all
         raise SystemExit(f"error: {err}") from None
-    logger.info("GRPO stopped at iteration %d of %d (global step %d); output in %s", trainer.state.iteration,
-                cfg.grpo.epochs, trainer.state.global_step, cfg.output_dir)
+    logger.info(
+        "GRPO stopped at iteration %d of %d (global step %d); output in %s",
+        trainer.state.iteration,
+        cfg.grpo.epochs,
+        trainer.state.global_step,
+        cfg.output_dir,
+    )
     return 0
 
 

@@ -18,6 +18,7 @@
     mindrlhf plan-memory --config run_llama2_7b_ppo.yaml --stage ppo --devices 8 --device_memory 32GB
     mindrlhf loss-plot --log_file output/log/rank_0/info.log --output_file_dir loss_dir
 """
+
 from __future__ import annotations
 
 import argparse

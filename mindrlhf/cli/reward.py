@@ -9,6 +9,7 @@
 each (prompt, response) under the tokenization contract (:func:`infer_samples`) and reads the score at the eos that
 ends it, so its score equals the reward PPO gives a rollout of the same tokens.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,9 +17,18 @@ import logging
 import os
 from typing import List, Optional, Tuple
 
-from mindrlhf.cli.common import (add_output_dir_argument, add_overwrite_flag, add_set_argument,
-                                 add_tokenizer_argument, add_use_parallel_argument, choose_tokenizer, run_script,
-                                 run_training, setup_run, str2bool)
+from mindrlhf.cli.common import (
+    add_output_dir_argument,
+    add_overwrite_flag,
+    add_set_argument,
+    add_tokenizer_argument,
+    add_use_parallel_argument,
+    choose_tokenizer,
+    run_script,
+    run_training,
+    setup_run,
+    str2bool,
+)
 from mindrlhf.atomic import write_jsonl
 from mindrlhf.context import add_device_argument
 
@@ -33,10 +43,17 @@ def _common(parser: argparse.ArgumentParser, set_example: str) -> None:
 
 def add_train_args(parser: argparse.ArgumentParser) -> None:
     _common(parser, "runner_config.epochs=1")
-    parser.add_argument("--train_dataset", default="", help="preference MindRecord (default: the YAML's "
-                        "train_dataset.data_loader.dataset_dir)")
-    parser.add_argument("--load_checkpoint", default=None, help="resume from a checkpoint root (with rank_<id>/) "
-                        "or start from weights (.ckpt or Hugging Face folder, e.g. the SFT model)")
+    parser.add_argument(
+        "--train_dataset",
+        default="",
+        help="preference MindRecord (default: the YAML's train_dataset.data_loader.dataset_dir)",
+    )
+    parser.add_argument(
+        "--load_checkpoint",
+        default=None,
+        help="resume from a checkpoint root (with rank_<id>/) "
+        "or start from weights (.ckpt or Hugging Face folder, e.g. the SFT model)",
+    )
     add_output_dir_argument(parser)
     parser.add_argument("--run_mode", default="train", choices=["train"], help="kept for seed compatibility")
     add_use_parallel_argument(parser)
@@ -46,34 +63,56 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
 
 def add_eval_args(parser: argparse.ArgumentParser) -> None:
     _common(parser, "runner_config.batch_size=8")
-    parser.add_argument("--distributed_ckpt_path", required=True,
-                        help="checkpoint root (with rank_<id>/), a folder of .ckpt files, or one .ckpt")
-    parser.add_argument("--load_all_ckpt", type=str2bool, default=False,
-                        help="True: evaluate every checkpoint; False: only the newest")
-    parser.add_argument("--eval_dataset", default="", help="preference MindRecord (default: the YAML's "
-                        "eval_dataset.data_loader.dataset_dir)")
+    parser.add_argument(
+        "--distributed_ckpt_path",
+        required=True,
+        help="checkpoint root (with rank_<id>/), a folder of .ckpt files, or one .ckpt",
+    )
+    parser.add_argument(
+        "--load_all_ckpt", type=str2bool, default=False, help="True: evaluate every checkpoint; False: only the newest"
+    )
+    parser.add_argument(
+        "--eval_dataset",
+        default="",
+        help="preference MindRecord (default: the YAML's eval_dataset.data_loader.dataset_dir)",
+    )
     parser.set_defaults(func=run_eval, stage="rm")
 
 
 def add_infer_args(parser: argparse.ArgumentParser) -> None:
     _common(parser, "model.model_config.seq_length=512")
-    parser.add_argument("--data_file", required=True, help=".json (list) or .jsonl of {prompt, pos_resp, neg_resp} "
-                        "(or {prompt, response} / {prompt, chosen, rejected})")
+    parser.add_argument(
+        "--data_file",
+        required=True,
+        help=".json (list) or .jsonl of {prompt, pos_resp, neg_resp} "
+        "(or {prompt, response} / {prompt, chosen, rejected})",
+    )
     add_tokenizer_argument(parser)
-    parser.add_argument("--distributed_ckpt_path", default=None, help="the reward model's weights: checkpoint root, "
-                        "folder, .ckpt (newest is used) or Hugging Face folder (default: none, random weights, with "
-                        "a warning)")
-    parser.add_argument("--output_file", default=None, help="JSONL of {prompt, response, score}, one line per "
-                        "scored response (default: <output_dir>/infer/scores.jsonl)")
+    parser.add_argument(
+        "--distributed_ckpt_path",
+        default=None,
+        help="the reward model's weights: checkpoint root, "
+        "folder, .ckpt (newest is used) or Hugging Face folder (default: none, random weights, with "
+        "a warning)",
+    )
+    parser.add_argument(
+        "--output_file",
+        default=None,
+        help="JSONL of {prompt, response, score}, one line per "
+        "scored response (default: <output_dir>/infer/scores.jsonl)",
+    )
     parser.set_defaults(func=run_infer, stage="rm")
 
 
 def add_reward_parser(sub) -> None:
     """``mindrlhf rm {train,eval,infer}``."""
-    rm = sub.add_parser("rm", help="reward model: train, eval, infer",
-                        description="Stage 2: the reward model. train on a preference MindRecord (mindrlhf "
-                                    "convert-preference), eval the pairwise accuracy of checkpoints, infer scores "
-                                    "for responses in a JSON/JSONL file.")
+    rm = sub.add_parser(
+        "rm",
+        help="reward model: train, eval, infer",
+        description="Stage 2: the reward model. train on a preference MindRecord (mindrlhf "
+        "convert-preference), eval the pairwise accuracy of checkpoints, infer scores "
+        "for responses in a JSON/JSONL file.",
+    )
     rm_sub = rm.add_subparsers(dest="rm_command", required=True, metavar="ACTION")
     add_train_args(rm_sub.add_parser("train", help="train on a preference MindRecord"))
     add_eval_args(rm_sub.add_parser("eval", help="pairwise accuracy of checkpoints"))
@@ -152,9 +191,11 @@ def infer_tokenizer(args, model_cfg, checkpoint: str):
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     if tokenizer.eos_token_id != model_cfg.eos_token_id:
-        raise SystemExit(f"error: {source}: its eos id {tokenizer.eos_token_id} is not the model's eos_token_id "
-                         f"{model_cfg.eos_token_id} (model.model_config.eos_token_id), where the reward is read: "
-                         f"this tokenizer does not belong to the model; pass the one it was trained with")
+        raise SystemExit(
+            f"error: {source}: its eos id {tokenizer.eos_token_id} is not the model's eos_token_id "
+            f"{model_cfg.eos_token_id} (model.model_config.eos_token_id), where the reward is read: "
+            f"this tokenizer does not belong to the model; pass the one it was trained with"
+        )
     logger.info("tokenizer: %s", tokenizer.path)
     return tokenizer
 
@@ -173,8 +214,9 @@ def run_infer(args) -> int:
     texts, rows = infer_samples(args.data_file, tokenizer, model_cfg.seq_length)
     model = RewardModel(model_cfg)
     if not checkpoint:
-        logger.warning("no --distributed_ckpt_path: scoring with random weights (seed %d); these scores mean "
-                       "nothing", cfg.seed)
+        logger.warning(
+            "no --distributed_ckpt_path: scoring with random weights (seed %d); these scores mean nothing", cfg.seed
+        )
     elif is_hf_folder(checkpoint):
         load_weights(model, checkpoint, model_cfg)
     else:
@@ -188,8 +230,13 @@ def run_infer(args) -> int:
         logger.info("Sample:\n%s", text)
         logger.info("reward score: [[%.4g]]", score)
     path = args.output_file or os.path.join(cfg.output_dir, "infer", "scores.jsonl")
-    write_jsonl(path, [{"prompt": prompt, "response": response, "score": float(score)}
-                       for (prompt, response), score in zip(infer_pairs(args.data_file), scores)])
+    write_jsonl(
+        path,
+        [
+            {"prompt": prompt, "response": response, "score": float(score)}
+            for (prompt, response), score in zip(infer_pairs(args.data_file), scores)
+        ],
+    )
     logger.info("%d scores written to %s", len(scores), path)
     return 0
 
@@ -199,4 +246,3 @@ def main(command: str, argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog=f"reward_{command}.py")
     {"train": add_train_args, "eval": add_eval_args, "infer": add_infer_args}[command](parser)
     return run_script(parser, argv)
-

@@ -30,6 +30,7 @@ A rollout cut at ``max_new_tokens`` without eos is scored by a reward model with
 Functions: :func:`tokenize_prompt`, :func:`tokenize_response`, :func:`encode_prompt_response` (both, with a total
 length), :func:`encode_for_reward` (the preference / scoring rule on top of it) and :func:`close_with_eos`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -84,8 +85,9 @@ def _whole_characters(tokenizer: Tokenizer, ids: List[int]) -> List[int]:
     return ids[_MAX_PARTIAL_TOKENS:]
 
 
-def _cut_prompt(tokenizer: Tokenizer, bos: List[int], ids: List[int], max_length: Optional[int],
-                whole_characters: bool = False) -> List[int]:
+def _cut_prompt(
+    tokenizer: Tokenizer, bos: List[int], ids: List[int], max_length: Optional[int], whole_characters: bool = False
+) -> List[int]:
     """bos + the last tokens of ``ids`` that fit ``max_length`` (None: all), with ``whole_characters`` starting
     at a whole character."""
     if max_length is None:
@@ -95,7 +97,7 @@ def _cut_prompt(tokenizer: Tokenizer, bos: List[int], ids: List[int], max_length
     room = max_length - len(bos)
     if len(ids) <= room:
         return bos + ids
-    kept = ids[len(ids) - room:]
+    kept = ids[len(ids) - room :]
     return bos + (_whole_characters(tokenizer, kept) if whole_characters else kept)
 
 
@@ -106,11 +108,12 @@ def _cut_response(ids: List[int], eos: int, max_length: Optional[int], keep_eos:
         return full
     if max_length <= 0:
         return []
-    return full[:max_length - 1] + [eos] if keep_eos else full[:max_length]
+    return full[: max_length - 1] + [eos] if keep_eos else full[:max_length]
 
 
-def tokenize_prompt(tokenizer: Tokenizer, text: str, max_length: Optional[int] = None,
-                    whole_characters: bool = False) -> List[int]:
+def tokenize_prompt(
+    tokenizer: Tokenizer, text: str, max_length: Optional[int] = None, whole_characters: bool = False
+) -> List[int]:
     """``[bos]`` (iff ``tokenizer.add_bos``) + the tokens of ``text`` (no special tokens).
 
     Over ``max_length`` (>= 1) the LAST tokens are kept; with bos the result is bos + the last ``max_length - 1``
@@ -120,8 +123,9 @@ def tokenize_prompt(tokenizer: Tokenizer, text: str, max_length: Optional[int] =
     return _cut_prompt(tokenizer, _bos(tokenizer), tokenizer.encode(text), max_length, whole_characters)
 
 
-def tokenize_response(tokenizer: Tokenizer, text: str, max_length: Optional[int] = None,
-                      keep_eos: bool = False) -> List[int]:
+def tokenize_response(
+    tokenizer: Tokenizer, text: str, max_length: Optional[int] = None, keep_eos: bool = False
+) -> List[int]:
     """The tokens of ``text`` (no special tokens) + ``[eos]``.
 
     Over ``max_length`` the end is cut: with ``keep_eos`` the text loses one token more and eos stays last (a
@@ -130,8 +134,15 @@ def tokenize_response(tokenizer: Tokenizer, text: str, max_length: Optional[int]
     return _cut_response(tokenizer.encode(text), _eos(tokenizer), max_length, keep_eos)
 
 
-def encode_prompt_response(tokenizer: Tokenizer, prompt: str, response: str, seq_length: Optional[int] = None, *,
-                           max_prompt_length: Optional[int] = None, keep_eos: bool = False) -> EncodedText:
+def encode_prompt_response(
+    tokenizer: Tokenizer,
+    prompt: str,
+    response: str,
+    seq_length: Optional[int] = None,
+    *,
+    max_prompt_length: Optional[int] = None,
+    keep_eos: bool = False,
+) -> EncodedText:
     """``prompt`` and ``response`` under the contract, the two together at most ``seq_length`` tokens.
 
     Args:
@@ -148,8 +159,12 @@ def encode_prompt_response(tokenizer: Tokenizer, prompt: str, response: str, seq
     room = None if seq_length is None else seq_length - len(prompt_ids)
     answer_ids = tokenizer.encode(response)
     response_ids = _cut_response(answer_ids, _eos(tokenizer), room, keep_eos)
-    return EncodedText(prompt_ids, response_ids, prompt_cut=len(prompt_ids) < len(bos) + len(text_ids),
-                       response_cut=room is not None and len(answer_ids) + 1 > room)
+    return EncodedText(
+        prompt_ids,
+        response_ids,
+        prompt_cut=len(prompt_ids) < len(bos) + len(text_ids),
+        response_cut=room is not None and len(answer_ids) + 1 > room,
+    )
 
 
 def encode_for_reward(tokenizer: Tokenizer, prompt: str, response: str, seq_length: int) -> EncodedText:
@@ -161,12 +176,14 @@ def encode_for_reward(tokenizer: Tokenizer, prompt: str, response: str, seq_leng
     """
     if seq_length < 2:
         raise ValueError(f"a scored sequence needs seq_length >= 2 (a prompt token and the eos), got {seq_length}")
-    return encode_prompt_response(tokenizer, prompt, response, seq_length, max_prompt_length=seq_length - 1,
-                                  keep_eos=True)
+    return encode_prompt_response(
+        tokenizer, prompt, response, seq_length, max_prompt_length=seq_length - 1, keep_eos=True
+    )
 
 
-def close_with_eos(tokens: np.ndarray, mask: np.ndarray, eos_token_id: Optional[int],
-                   max_length: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+def close_with_eos(
+    tokens: np.ndarray, mask: np.ndarray, eos_token_id: Optional[int], max_length: Optional[int] = None
+) -> Tuple[np.ndarray, np.ndarray]:
     """The rollout a reward model scores: every row ends in eos.
 
     A rollout cut at ``max_new_tokens`` has no eos; its score is read at an eos appended after its last real token,

@@ -72,6 +72,7 @@ The MindRecord (and its ``.db`` index) is written to a fresh temporary folder in
 its final name (MindRecord headers store the file name, so a renamed file would not open), then both files are
 moved into place; on any error nothing new is left behind and an existing destination is untouched.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,10 +84,28 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from mindrlhf.data.contract import EncodedText, encode_for_reward
-from mindrlhf.data.records import (TOKENIZER_HELP, WRITE_CHUNK, add_file_arguments, atomic_mindrecord, check_choice,
-                                   check_format, check_paths, check_seq_length, ConversionError, converter_tokenizer,
-                                   expect_object, format_from_keys, history_field, instruction_text, length_summary,
-                                   parsed_records, run_converter, stats_table, text_field, write_in_chunks)
+from mindrlhf.data.records import (
+    TOKENIZER_HELP,
+    WRITE_CHUNK,
+    add_file_arguments,
+    atomic_mindrecord,
+    check_choice,
+    check_format,
+    check_paths,
+    check_seq_length,
+    ConversionError,
+    converter_tokenizer,
+    expect_object,
+    format_from_keys,
+    history_field,
+    instruction_text,
+    length_summary,
+    parsed_records,
+    run_converter,
+    stats_table,
+    text_field,
+    write_in_chunks,
+)
 from mindrlhf.data.records import read_records  # noqa: F401 (re-exported for the rm infer command)
 from mindrlhf.data.schemas import FILE_SCHEMA, PREFERENCE_SCHEMA
 from mindrlhf.data.templates import format_prompt
@@ -124,10 +143,15 @@ class ConversionStats:
 
     def as_dict(self) -> Dict[str, Union[int, float]]:
         """``count, skipped_*, truncated`` and ``{prompt,chosen,reject}_{max,min,avg}``."""
-        return {"count": len(self.lengths["prompt"]), "skipped_identical": self.skipped_identical,
-                "skipped_empty": self.skipped_empty, "skipped_bad": self.skipped_bad,
-                "skipped_no_response": self.skipped_no_response, "truncated": self.truncated,
-                **length_summary(self.lengths)}
+        return {
+            "count": len(self.lengths["prompt"]),
+            "skipped_identical": self.skipped_identical,
+            "skipped_empty": self.skipped_empty,
+            "skipped_bad": self.skipped_bad,
+            "skipped_no_response": self.skipped_no_response,
+            "truncated": self.truncated,
+            **length_summary(self.lengths),
+        }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -135,10 +159,12 @@ class ConversionStats:
 
 
 # what a record may look like, told with an error about a field of the wrong type
-ACCEPTED_FORMS = ("accepted records: cvalues {prompt, pos_resp, neg_resp}; pairwise {prompt, chosen, rejected} "
-                  "(strings); hh {chosen, rejected} as Human/Assistant transcripts; oasst {instruction, input, "
-                  "output: [best, ..., worst], history}; chat {[prompt,] chosen, rejected} as message lists "
-                  "([{role, content}, ...]); sharegpt {conversations, chosen, rejected} (LLaMA-Factory)")
+ACCEPTED_FORMS = (
+    "accepted records: cvalues {prompt, pos_resp, neg_resp}; pairwise {prompt, chosen, rejected} "
+    "(strings); hh {chosen, rejected} as Human/Assistant transcripts; oasst {instruction, input, "
+    "output: [best, ..., worst], history}; chat {[prompt,] chosen, rejected} as message lists "
+    "([{role, content}, ...]); sharegpt {conversations, chosen, rejected} (LLaMA-Factory)"
+)
 
 
 def _text(record: dict, name: str, where: str) -> str:
@@ -164,11 +190,13 @@ def _pairs_hh(record: dict, where: str) -> List[Tuple[str, str, str]]:
     cut = chosen.rfind(HH_ASSISTANT)
     if cut < 0:
         raise ConversionError(f"{where}: field 'chosen': no {HH_ASSISTANT!r} turn in the transcript")
-    prompt = chosen[:cut + len(HH_ASSISTANT)]
+    prompt = chosen[: cut + len(HH_ASSISTANT)]
     if not rejected.startswith(prompt):
-        raise ConversionError(f"{where}: field 'rejected': does not start with the chosen transcript's prompt "
-                              f"(everything up to its last {HH_ASSISTANT!r})")
-    return [(prompt, chosen[len(prompt):], rejected[len(prompt):])]
+        raise ConversionError(
+            f"{where}: field 'rejected': does not start with the chosen transcript's prompt "
+            f"(everything up to its last {HH_ASSISTANT!r})"
+        )
+    return [(prompt, chosen[len(prompt) :], rejected[len(prompt) :])]
 
 
 def _pairs_oasst(record: dict, where: str) -> List[Tuple[str, str, str]]:
@@ -196,8 +224,9 @@ def _conversation_prompt(turns: list, key: str, where: str) -> Tuple[str, str]:
     last = turns[-1]
     role = last.get("role", last.get("from")) if isinstance(last, dict) else None
     if role not in ("assistant", "gpt"):
-        raise ConversionError(f"{where}: field '{key}': the last message must be the assistant's response, got "
-                              f"role {role!r}")
+        raise ConversionError(
+            f"{where}: field '{key}': the last message must be the assistant's response, got role {role!r}"
+        )
     try:
         example = _read_sharegpt({"messages": turns}, where)
     except ConversionError as err:
@@ -207,11 +236,14 @@ def _conversation_prompt(turns: list, key: str, where: str) -> Tuple[str, str]:
 
 def _pairs_from_turns(chosen: list, rejected: list, names: Tuple[str, str], where: str) -> List[Tuple[str, str, str]]:
     """One pair from two conversations that must agree on everything before their last (assistant) turn."""
-    (prompt, chosen_text), (other, rejected_text) = (_conversation_prompt(turns, name, where)
-                                                      for turns, name in zip((chosen, rejected), names))
+    (prompt, chosen_text), (other, rejected_text) = (
+        _conversation_prompt(turns, name, where) for turns, name in zip((chosen, rejected), names)
+    )
     if prompt != other:
-        raise ConversionError(f"{where}: field '{names[1]}': its turns before the last differ from those of "
-                              f"'{names[0]}' (a pair answers one prompt)")
+        raise ConversionError(
+            f"{where}: field '{names[1]}': its turns before the last differ from those of "
+            f"'{names[0]}' (a pair answers one prompt)"
+        )
     return [(prompt, chosen_text, rejected_text)]
 
 
@@ -237,11 +269,20 @@ def _pairs_sharegpt(record: dict, where: str) -> List[Tuple[str, str, str]]:
 
 
 READERS: Dict[str, Callable[[dict, str], List[Tuple[str, str, str]]]] = {
-    "cvalues": _pairs_cvalues, "pairwise": _pairs_pairwise, "hh": _pairs_hh, "oasst": _pairs_oasst,
-    "chat": _pairs_chat, "sharegpt": _pairs_sharegpt}
+    "cvalues": _pairs_cvalues,
+    "pairwise": _pairs_pairwise,
+    "hh": _pairs_hh,
+    "oasst": _pairs_oasst,
+    "chat": _pairs_chat,
+    "sharegpt": _pairs_sharegpt,
+}
 # Keys that identify each format, most specific first (pairwise before hh: both have chosen/rejected).
-SIGNATURES = (("cvalues", {"prompt", "pos_resp", "neg_resp"}), ("pairwise", {"prompt", "chosen", "rejected"}),
-              ("hh", {"chosen", "rejected"}), ("oasst", {"instruction", "output"}))
+SIGNATURES = (
+    ("cvalues", {"prompt", "pos_resp", "neg_resp"}),
+    ("pairwise", {"prompt", "chosen", "rejected"}),
+    ("hh", {"chosen", "rejected"}),
+    ("oasst", {"instruction", "output"}),
+)
 
 
 def detect_format(record: dict, where: str) -> str:
@@ -254,16 +295,24 @@ def detect_format(record: dict, where: str) -> str:
     return format_from_keys(record, SIGNATURES, where)
 
 
-def read_pairs(path: str, fmt: str = "auto", skip_bad_lines: bool = False, stats: Optional[ConversionStats] = None,
-               progress: bool = False) -> Iterator[PreferencePair]:
+def read_pairs(
+    path: str,
+    fmt: str = "auto",
+    skip_bad_lines: bool = False,
+    stats: Optional[ConversionStats] = None,
+    progress: bool = False,
+) -> Iterator[PreferencePair]:
     """The comparisons of ``path``; bad records raise, or are skipped and counted in ``stats.skipped_bad``.
 
     The file is read (and an empty or unparsable JSON array rejected) at once; records are checked as iterated.
     """
     check_format(fmt, FORMATS)
     records = parsed_records(path, _Reader(fmt), skip_bad_lines, stats, progress)
-    return (PreferencePair(prompt, chosen, rejected, line) for line, triples in records
-            for prompt, chosen, rejected in triples)
+    return (
+        PreferencePair(prompt, chosen, rejected, line)
+        for line, triples in records
+        for prompt, chosen, rejected in triples
+    )
 
 
 class _Reader:
@@ -286,9 +335,14 @@ class _Reader:
 # Encoding one pair into the seven fields
 
 
-def pair_fields(chosen: Sequence[int], rejected: Sequence[int], seq_length: int, pad_token_id: int,
-                padding_side: str = "right", prompt_length: Optional[int] = None
-                ) -> Optional[Dict[str, Union[np.ndarray, int]]]:
+def pair_fields(
+    chosen: Sequence[int],
+    rejected: Sequence[int],
+    seq_length: int,
+    pad_token_id: int,
+    padding_side: str = "right",
+    prompt_length: Optional[int] = None,
+) -> Optional[Dict[str, Union[np.ndarray, int]]]:
     """The fields of one pair of token lists (each already at most ``seq_length`` long); None if identical.
 
     See the module docstring for the definitions. Everything derives from the lengths, not from pad ids. With
@@ -305,9 +359,9 @@ def pair_fields(chosen: Sequence[int], rejected: Sequence[int], seq_length: int,
     fields: Dict[str, Union[np.ndarray, int]] = {}
     for name, ids in (("chosen", chosen), ("rejected", rejected)):
         padded = np.full(seq_length, pad_token_id, np.int32)
-        padded[start:start + len(ids)] = ids
+        padded[start : start + len(ids)] = ids
         mask = np.zeros(seq_length, np.int32)
-        mask[start:start + len(ids)] = 1
+        mask[start : start + len(ids)] = 1
         fields[f"{name}_input_ids"], fields[f"{name}_attention_mask"] = padded, mask
     if padding_side == "right":
         fields["position_id"] = np.arange(seq_length, dtype=np.int32)
@@ -315,32 +369,40 @@ def pair_fields(chosen: Sequence[int], rejected: Sequence[int], seq_length: int,
         either = fields["chosen_attention_mask"] | fields["rejected_attention_mask"]
         fields["position_id"] = np.maximum(np.cumsum(either) - 1, 0).astype(np.int32)
     loss_mask = np.zeros(seq_length, np.int32)
-    loss_mask[start + divergence:start + end] = 1
+    loss_mask[start + divergence : start + end] = 1
     fields["loss_mask"] = loss_mask
     fields["end_ind"] = int(start + end)
     if prompt_length is None:
         return {name: fields[name] for name in PREFERENCE_SCHEMA}
     for name, ids in (("chosen", chosen), ("rejected", rejected)):
         response = np.zeros(seq_length, np.int32)
-        response[start + prompt_length:start + len(ids)] = 1
+        response[start + prompt_length : start + len(ids)] = 1
         fields[f"{name}_response_mask"] = response
     return {name: fields[name] for name in FILE_SCHEMA}
 
 
-def encode_pair(tokenizer: Tokenizer, pair: PreferencePair, seq_length: int
-                ) -> Tuple[List[EncodedText], Tuple[int, int, int]]:
+def encode_pair(
+    tokenizer: Tokenizer, pair: PreferencePair, seq_length: int
+) -> Tuple[List[EncodedText], Tuple[int, int, int]]:
     """``([chosen, rejected] encoded, raw token counts)`` under the tokenization contract: each sequence is
     ``prompt_ids + response_ids + [eos]``, at most ``seq_length`` long, ending in eos (see the module docstring);
     both share one ``prompt_ids``."""
     prompt, chosen, rejected = pair.prompt.strip(), pair.chosen.strip(), pair.rejected.strip()
-    encoded = [encode_for_reward(tokenizer, format_prompt(prompt), response, seq_length)
-               for response in (chosen, rejected)]
+    encoded = [
+        encode_for_reward(tokenizer, format_prompt(prompt), response, seq_length) for response in (chosen, rejected)
+    ]
     raw = tuple(min(len(tokenizer.encode(text)), seq_length) for text in (prompt, chosen, rejected))
     return encoded, raw
 
 
-def encode_pairs(pairs: Iterator[PreferencePair], tokenizer: Tokenizer, seq_length: int, pad_token_id: int,
-                 padding_side: str, stats: ConversionStats) -> Iterator[Dict[str, Union[np.ndarray, int]]]:
+def encode_pairs(
+    pairs: Iterator[PreferencePair],
+    tokenizer: Tokenizer,
+    seq_length: int,
+    pad_token_id: int,
+    padding_side: str,
+    stats: ConversionStats,
+) -> Iterator[Dict[str, Union[np.ndarray, int]]]:
     """Samples for every pair that is kept; skipped pairs are counted in ``stats``."""
     for pair in pairs:
         if not pair.chosen.strip() or not pair.rejected.strip():
@@ -350,8 +412,9 @@ def encode_pairs(pairs: Iterator[PreferencePair], tokenizer: Tokenizer, seq_leng
         if any(len(e.response_ids) < 2 for e in encoded):  # the eos alone: the prompt left the text no room
             stats.skipped_no_response += 1
             continue
-        sample = pair_fields(encoded[0].ids, encoded[1].ids, seq_length, pad_token_id, padding_side,
-                             len(encoded[0].prompt_ids))
+        sample = pair_fields(
+            encoded[0].ids, encoded[1].ids, seq_length, pad_token_id, padding_side, len(encoded[0].prompt_ids)
+        )
         if sample is None:
             stats.skipped_identical += 1
             continue
@@ -373,9 +436,17 @@ def check_arguments(src_file: str, dst_file: str, seq_length: int, padding_side:
     check_paths("--src_file", src_file, "--dst_file", dst_file)
 
 
-def convert_preference(src_file: str, dst_file: str, tokenizer: Union[str, Tokenizer], seq_length: int = 1024,
-                       pad_token_id: Optional[int] = None, padding_side: str = "right", fmt: str = "auto",
-                       skip_bad_lines: bool = False, progress: bool = True) -> Dict[str, Union[int, float]]:
+def convert_preference(
+    src_file: str,
+    dst_file: str,
+    tokenizer: Union[str, Tokenizer],
+    seq_length: int = 1024,
+    pad_token_id: Optional[int] = None,
+    padding_side: str = "right",
+    fmt: str = "auto",
+    skip_bad_lines: bool = False,
+    progress: bool = True,
+) -> Dict[str, Union[int, float]]:
     """Convert ``src_file`` to the MindRecord ``dst_file`` (see the module docstring); return the statistics.
 
     Args:
@@ -393,16 +464,21 @@ def convert_preference(src_file: str, dst_file: str, tokenizer: Union[str, Token
         write_in_chunks(writer, encode_pairs(pairs, tok, seq_length, pad, padding_side, stats), WRITE_CHUNK)
         summary = stats.as_dict()
         if summary["count"] == 0:
-            raise ConversionError(f"{src_file}: no pairs to write (skipped: {summary['skipped_identical']} identical, "
-                                  f"{summary['skipped_empty']} empty, {summary['skipped_no_response']} cut to no "
-                                  f"response, {summary['skipped_bad']} bad)")
+            raise ConversionError(
+                f"{src_file}: no pairs to write (skipped: {summary['skipped_identical']} identical, "
+                f"{summary['skipped_empty']} empty, {summary['skipped_no_response']} cut to no "
+                f"response, {summary['skipped_bad']} bad)"
+            )
     return summary
 
 
 def format_stats(stats: Dict[str, Union[int, float]]) -> str:
     """The statistics as two small Markdown tables (counts, then raw-text token lengths)."""
-    return stats_table(stats, ("count", "skipped_identical", "skipped_empty", "skipped_no_response", "skipped_bad",
-                               "truncated"), ("prompt", "chosen", "reject"))
+    return stats_table(
+        stats,
+        ("count", "skipped_identical", "skipped_empty", "skipped_no_response", "skipped_bad", "truncated"),
+        ("prompt", "chosen", "reject"),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -419,9 +495,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry: convert, print the statistics and the closing line; 0 on success, 1 on a conversion error."""
     args = build_parser().parse_args(argv)
-    return run_converter(lambda: convert_preference(args.src_file, args.dst_file, args.model, args.seq_length,
-                                                    args.pad_token_id, args.padding_side, args.format,
-                                                    args.skip_bad_lines), args.dst_file, format_stats)
+    return run_converter(
+        lambda: convert_preference(
+            args.src_file,
+            args.dst_file,
+            args.model,
+            args.seq_length,
+            args.pad_token_id,
+            args.padding_side,
+            args.format,
+            args.skip_bad_lines,
+        ),
+        args.dst_file,
+        format_stats,
+    )
 
 
 if __name__ == "__main__":

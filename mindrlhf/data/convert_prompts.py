@@ -43,6 +43,7 @@ Length contract with PPO: ``P`` is the prompt width PPO generates from and the p
 weighted by ``loss_mask[:, 1:]``, so ``T - 1`` must not exceed the policy's ``seq_length`` (``T = seq_length + 1``
 uses it fully, as in the predecessor's tutorials).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,9 +55,19 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from mindrlhf.data.contract import tokenize_prompt, tokenize_response
-from mindrlhf.data.records import (TOKENIZER_HELP, WRITE_CHUNK, atomic_mindrecord, check_choice, check_paths,
-                                   ConversionError, converter_tokenizer, parsed_records, run_converter, text_field,
-                                   write_in_chunks)
+from mindrlhf.data.records import (
+    TOKENIZER_HELP,
+    WRITE_CHUNK,
+    atomic_mindrecord,
+    check_choice,
+    check_paths,
+    ConversionError,
+    converter_tokenizer,
+    parsed_records,
+    run_converter,
+    text_field,
+    write_in_chunks,
+)
 from mindrlhf.data.schemas import PROMPT_ANSWER_SCHEMA, PROMPT_SCHEMA  # noqa: F401 (PROMPT_SCHEMA re-exported)
 from mindrlhf.data.templates import TEMPLATE_NAMES, apply_template
 from mindrlhf.data.tokenizer import Tokenizer
@@ -98,21 +109,26 @@ class PromptStats:
         return self.truncated_prompts / max(self.count, 1)
 
 
-def encode_prompt(tokenizer: Tokenizer, prompt: str, response: str, max_prompt_length: int, seq_length: int,
-                  pad_token_id: int) -> Dict[str, np.ndarray]:
+def encode_prompt(
+    tokenizer: Tokenizer, prompt: str, response: str, max_prompt_length: int, seq_length: int, pad_token_id: int
+) -> Dict[str, np.ndarray]:
     """One record's four fields (see the module docstring); ``prompt`` is already templated, an empty ``response``
     gives no ptx tokens (not even an eos)."""
     prompt_tokens = tokenize_prompt(tokenizer, prompt, max_prompt_length, whole_characters=True)
     response_tokens = tokenize_response(tokenizer, response) if response else []
     full = (prompt_tokens + response_tokens)[:seq_length]
     prompt_ids = np.full(max_prompt_length, pad_token_id, np.int64)
-    prompt_ids[:len(prompt_tokens)] = prompt_tokens
+    prompt_ids[: len(prompt_tokens)] = prompt_tokens
     pretrain_ids = np.full(seq_length, pad_token_id, np.int64)
-    pretrain_ids[:len(full)] = full
+    pretrain_ids[: len(full)] = full
     loss_mask = np.zeros(seq_length, np.int64)
-    loss_mask[min(len(prompt_tokens), seq_length):len(full)] = 1
-    return {"prompt_ids": prompt_ids, "prompt_length": np.int64(len(prompt_tokens)), "pretrain_ids": pretrain_ids,
-            "loss_mask": loss_mask}
+    loss_mask[min(len(prompt_tokens), seq_length) : len(full)] = 1
+    return {
+        "prompt_ids": prompt_ids,
+        "prompt_length": np.int64(len(prompt_tokens)),
+        "pretrain_ids": pretrain_ids,
+        "loss_mask": loss_mask,
+    }
 
 
 def answer_field(record: dict, name: str, where: str) -> str:
@@ -143,8 +159,9 @@ def parse_record(record: Any, where: str) -> Tuple[str, str, str]:
             raise ConversionError(f"{where}: field 'answer': missing (a {{question, answer}} record needs it)")
         return text_field(record, "question", where), response, answer
     if record.get("prompt") is None:
-        raise ConversionError(f"{where}: field 'prompt': missing (records are {{prompt[, pos_resp][, solution]}} "
-                              f"or {{question, answer}})")
+        raise ConversionError(
+            f"{where}: field 'prompt': missing (records are {{prompt[, pos_resp][, solution]}} or {{question, answer}})"
+        )
     given = [key for key in ANSWER_KEYS if record.get(key) is not None]
     if len(given) > 1:
         raise ConversionError(f"{where}: both 'solution' and 'answer': give one reference answer")
@@ -152,10 +169,20 @@ def parse_record(record: Any, where: str) -> Tuple[str, str, str]:
     return text_field(record, "prompt", where), response, answer
 
 
-def _samples(src_file: str, tokenizer: Tokenizer, max_prompt_length: int, seq_length: int, pad_token_id: int,
-             template: str, skip_bad_lines: bool, stats: PromptStats, progress: bool) -> Iterator[dict]:
-    for _, (prompt, response, answer) in parsed_records(src_file, parse_record, skip_bad_lines, stats, progress,
-                                                       desc="prompts"):
+def _samples(
+    src_file: str,
+    tokenizer: Tokenizer,
+    max_prompt_length: int,
+    seq_length: int,
+    pad_token_id: int,
+    template: str,
+    skip_bad_lines: bool,
+    stats: PromptStats,
+    progress: bool,
+) -> Iterator[dict]:
+    for _, (prompt, response, answer) in parsed_records(
+        src_file, parse_record, skip_bad_lines, stats, progress, desc="prompts"
+    ):
         if not prompt.strip():
             stats.skipped_empty += 1
             continue
@@ -172,41 +199,60 @@ def _samples(src_file: str, tokenizer: Tokenizer, max_prompt_length: int, seq_le
 def truncation_report(stats: PromptStats, max_prompt_length: int, template_tokens: int, template: str) -> str:
     """One line on what truncation cut: how many prompts, how much of their text, and the length that cuts none."""
     lost = stats.prompt_tokens_lost / max(stats.prompt_tokens, 1)
-    template_note = (f"; the {template} template alone is {template_tokens} tokens" if template != "none" else "")
-    return (f"{stats.truncated_prompts} of {stats.count} prompts ({stats.truncated_share:.0%}) are longer than "
-            f"--max_prompt_length {max_prompt_length} and lost their first tokens ({lost:.0%} of all prompt "
-            f"tokens){template_note}; the longest prompt is {stats.longest_prompt} tokens: a --max_prompt_length "
-            f"of {stats.longest_prompt} cuts none (the policy's seq_length must hold it plus max_new_tokens)")
+    template_note = f"; the {template} template alone is {template_tokens} tokens" if template != "none" else ""
+    return (
+        f"{stats.truncated_prompts} of {stats.count} prompts ({stats.truncated_share:.0%}) are longer than "
+        f"--max_prompt_length {max_prompt_length} and lost their first tokens ({lost:.0%} of all prompt "
+        f"tokens){template_note}; the longest prompt is {stats.longest_prompt} tokens: a --max_prompt_length "
+        f"of {stats.longest_prompt} cuts none (the policy's seq_length must hold it plus max_new_tokens)"
+    )
 
 
-def check_truncation(stats: PromptStats, max_prompt_length: int, template_tokens: int, template: str,
-                     max_truncated_share: float, level: int = logging.WARNING) -> None:
+def check_truncation(
+    stats: PromptStats,
+    max_prompt_length: int,
+    template_tokens: int,
+    template: str,
+    max_truncated_share: float,
+    level: int = logging.WARNING,
+) -> None:
     """Log (at ``level``) when truncation cut any prompt; raise :class:`ConversionError` when it cut more than
     ``max_truncated_share`` of them."""
     if stats.truncated_prompts == 0:
         return
     report = truncation_report(stats, max_prompt_length, template_tokens, template)
     if stats.truncated_share > max_truncated_share:
-        raise ConversionError(f"{report}. Nothing written: more than {max_truncated_share:.0%} of the prompts would "
-                              f"be cut; raise --max_prompt_length, or pass --allow_truncation to keep each "
-                              f"prompt's last tokens anyway")
+        raise ConversionError(
+            f"{report}. Nothing written: more than {max_truncated_share:.0%} of the prompts would "
+            f"be cut; raise --max_prompt_length, or pass --allow_truncation to keep each "
+            f"prompt's last tokens anyway"
+        )
     logger.log(level, "prompt truncation: %s", report)
 
 
-def check_arguments(file_path: str, output_path: str, max_prompt_length: int, seq_length: int,
-                    template: str) -> None:
+def check_arguments(file_path: str, output_path: str, max_prompt_length: int, seq_length: int, template: str) -> None:
     """Raise :class:`ConversionError` for arguments that cannot work, before anything is read or written."""
     if max_prompt_length < 1 or seq_length < 2:
-        raise ConversionError(f"--max_prompt_length must be >= 1 and --seq_length >= 2, got {max_prompt_length} "
-                              f"and {seq_length}")
+        raise ConversionError(
+            f"--max_prompt_length must be >= 1 and --seq_length >= 2, got {max_prompt_length} and {seq_length}"
+        )
     check_choice("--template", template, TEMPLATES)
     check_paths("--file_path", file_path, "--output_path", output_path)
 
 
-def convert_prompts(file_path: str, output_path: str, tokenizer: Union[str, Tokenizer], max_prompt_length: int = 2048,
-                    seq_length: int = 4096, pad_token_id: int = 0, template: str = "none",
-                    skip_bad_lines: bool = False, progress: bool = True,
-                    max_truncated_share: float = 1.0, truncation_level: int = logging.WARNING) -> Dict[str, int]:
+def convert_prompts(
+    file_path: str,
+    output_path: str,
+    tokenizer: Union[str, Tokenizer],
+    max_prompt_length: int = 2048,
+    seq_length: int = 4096,
+    pad_token_id: int = 0,
+    template: str = "none",
+    skip_bad_lines: bool = False,
+    progress: bool = True,
+    max_truncated_share: float = 1.0,
+    truncation_level: int = logging.WARNING,
+) -> Dict[str, int]:
     """Convert prompts to the PPO MindRecord ``output_path`` (written atomically); return the statistics.
 
     A warning names how many prompts truncation cut; over ``max_truncated_share`` of them (a share in [0, 1]; the
@@ -218,14 +264,19 @@ def convert_prompts(file_path: str, output_path: str, tokenizer: Union[str, Toke
     tok, pad_token_id = converter_tokenizer(tokenizer, pad_token_id, "--tokenizer_name_or_path", "responses")
     stats = PromptStats()
     with atomic_mindrecord(output_path, PROMPT_ANSWER_SCHEMA, "rlhf prompts") as writer:
-        write_in_chunks(writer, _samples(file_path, tok, max_prompt_length, seq_length, pad_token_id, template,
-                                         skip_bad_lines, stats, progress), WRITE_CHUNK)
+        write_in_chunks(
+            writer,
+            _samples(
+                file_path, tok, max_prompt_length, seq_length, pad_token_id, template, skip_bad_lines, stats, progress
+            ),
+            WRITE_CHUNK,
+        )
         if stats.count == 0:
-            raise ConversionError(f"{file_path}: no prompts to write (skipped: {stats.skipped_empty} empty, "
-                                  f"{stats.skipped_bad} bad)")
+            raise ConversionError(
+                f"{file_path}: no prompts to write (skipped: {stats.skipped_empty} empty, {stats.skipped_bad} bad)"
+            )
         template_tokens = len(tokenize_prompt(tok, apply_template(template, "")))
-        check_truncation(stats, max_prompt_length, template_tokens, template, max_truncated_share,
-                         truncation_level)
+        check_truncation(stats, max_prompt_length, template_tokens, template, max_truncated_share, truncation_level)
     return stats.as_dict()
 
 
@@ -233,20 +284,33 @@ def build_parser() -> argparse.ArgumentParser:
     """The seed's flags (numbers parsed as int) plus ``--template`` and ``--skip_bad_lines``."""
     parser = argparse.ArgumentParser(description="RLHF prompts JSONL -> MindRecord for PPO.")
     parser.add_argument("--tokenizer_name_or_path", required=True, help=TOKENIZER_HELP)
-    parser.add_argument("--file_path", required=True,
-                        help="JSONL (or JSON array) of {prompt, pos_resp}, {prompt, solution} or {question, answer}")
+    parser.add_argument(
+        "--file_path",
+        required=True,
+        help="JSONL (or JSON array) of {prompt, pos_resp}, {prompt, solution} or {question, answer}",
+    )
     parser.add_argument("--output_path", required=True, help="output .mindrecord path (its folder is created)")
     parser.add_argument("--max_prompt_length", type=int, default=2048, help="prompt width P (policy seq - new tokens)")
     parser.add_argument("--seq_length", type=int, default=4096, help="pretrain_ids length (policy seq_length + 1)")
     parser.add_argument("--pad_token_id", type=int, default=0, help="padding id (use the policy's pad id)")
-    parser.add_argument("--template", default="none",
-                        help="none (prompt as is, default), qa (the RM template) or chatml (Qwen2 chat template)")
+    parser.add_argument(
+        "--template",
+        default="none",
+        help="none (prompt as is, default), qa (the RM template) or chatml (Qwen2 chat template)",
+    )
     parser.add_argument("--skip_bad_lines", action="store_true", help="skip and count bad records instead of failing")
-    parser.add_argument("--max_truncated_share", type=float, default=0.1,
-                        help="refuse (write nothing) when more than this share of the prompts is longer than "
-                             "--max_prompt_length (default 0.1); any cut prompt is warned about")
-    parser.add_argument("--allow_truncation", action="store_true",
-                        help="write however many prompts are cut (each keeps its last --max_prompt_length tokens)")
+    parser.add_argument(
+        "--max_truncated_share",
+        type=float,
+        default=0.1,
+        help="refuse (write nothing) when more than this share of the prompts is longer than "
+        "--max_prompt_length (default 0.1); any cut prompt is warned about",
+    )
+    parser.add_argument(
+        "--allow_truncation",
+        action="store_true",
+        help="write however many prompts are cut (each keeps its last --max_prompt_length tokens)",
+    )
     return parser
 
 
@@ -254,10 +318,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry: convert and print the seed's two closing lines; 0 on success, 1 on a conversion error."""
     args = build_parser().parse_args(argv)
     share = 1.0 if args.allow_truncation else args.max_truncated_share
-    return run_converter(lambda: convert_prompts(args.file_path, args.output_path, args.tokenizer_name_or_path,
-                                                 args.max_prompt_length, args.seq_length, args.pad_token_id,
-                                                 args.template, args.skip_bad_lines, max_truncated_share=share),
-                         args.output_path, _report)
+    return run_converter(
+        lambda: convert_prompts(
+            args.file_path,
+            args.output_path,
+            args.tokenizer_name_or_path,
+            args.max_prompt_length,
+            args.seq_length,
+            args.pad_token_id,
+            args.template,
+            args.skip_bad_lines,
+            max_truncated_share=share,
+        ),
+        args.output_path,
+        _report,
+    )
 
 
 def _report(stats: Dict[str, Any]) -> str:

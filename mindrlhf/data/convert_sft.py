@@ -47,6 +47,7 @@ JSON line, not an object, missing/null or non-string field, a conversation that 
 (``skipped_bad``). The output is written atomically (:func:`mindrlhf.data.records.atomic_mindrecord`): on any
 error nothing is left.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,11 +61,29 @@ import numpy as np
 
 from mindrlhf.data.contract import tokenize_prompt, tokenize_response
 from mindrlhf.data.convert_preference import HISTORY_TURN
-from mindrlhf.data.records import (TOKENIZER_HELP, WRITE_CHUNK, add_file_arguments, atomic_mindrecord, check_choice,
-                                   check_format, check_paths, check_seq_length, ConversionError, converter_tokenizer,
-                                   expect_object, format_from_keys, history_field, instruction_text, length_summary,
-                                   parsed_records, run_converter, stats_table, string_value, text_field,
-                                   write_in_chunks)
+from mindrlhf.data.records import (
+    TOKENIZER_HELP,
+    WRITE_CHUNK,
+    add_file_arguments,
+    atomic_mindrecord,
+    check_choice,
+    check_format,
+    check_paths,
+    check_seq_length,
+    ConversionError,
+    converter_tokenizer,
+    expect_object,
+    format_from_keys,
+    history_field,
+    instruction_text,
+    length_summary,
+    parsed_records,
+    run_converter,
+    stats_table,
+    string_value,
+    text_field,
+    write_in_chunks,
+)
 from mindrlhf.data.schemas import SFT_SCHEMA
 from mindrlhf.data.templates import format_prompt
 from mindrlhf.data.tokenizer import Tokenizer
@@ -101,9 +120,14 @@ class SFTStats:
 
     def as_dict(self) -> Dict[str, Union[int, float]]:
         """``count, skipped_*, truncated`` and ``{prompt,response}_{max,min,avg}`` (response counts include eos)."""
-        return {"count": len(self.lengths["prompt"]), "skipped_empty": self.skipped_empty,
-                "skipped_long": self.skipped_long, "skipped_bad": self.skipped_bad, "truncated": self.truncated,
-                **length_summary(self.lengths)}
+        return {
+            "count": len(self.lengths["prompt"]),
+            "skipped_empty": self.skipped_empty,
+            "skipped_long": self.skipped_long,
+            "skipped_bad": self.skipped_bad,
+            "truncated": self.truncated,
+            **length_summary(self.lengths),
+        }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -128,13 +152,16 @@ def _conversation(record: dict, where: str) -> List[Tuple[int, str, str]]:
     out = []
     for k, turn in enumerate(turns):
         if not isinstance(turn, dict):
-            raise ConversionError(f"{where}: field '{key}[{k}]': turn is a JSON {type(turn).__name__}, "
-                                  f"expected an object")
+            raise ConversionError(
+                f"{where}: field '{key}[{k}]': turn is a JSON {type(turn).__name__}, expected an object"
+            )
         role_key, text_key = ("from", "value") if "from" in turn else ("role", "content")
         role = ROLES.get(turn.get(role_key)) if isinstance(turn.get(role_key), str) else None
         if role is None:
-            raise ConversionError(f"{where}: field '{key}[{k}].{role_key}': expected one of {', '.join(ROLES)}, "
-                                  f"got {turn.get(role_key)!r}")
+            raise ConversionError(
+                f"{where}: field '{key}[{k}].{role_key}': expected one of {', '.join(ROLES)}, "
+                f"got {turn.get(role_key)!r}"
+            )
         out.append((k, role, string_value(turn.get(text_key), f"{key}[{k}].{text_key}", where)))
     return out
 
@@ -151,20 +178,28 @@ def _read_sharegpt(record: dict, where: str) -> SFTExample:
     for position, (k, role, _) in enumerate(dialog):
         expected = "user" if position % 2 == 0 else "assistant"
         if role != expected:
-            raise ConversionError(f"{where}: field '{key}[{k}]': expected role '{expected}' (user and assistant "
-                                  f"turns alternate, starting with the user), got '{role}'")
+            raise ConversionError(
+                f"{where}: field '{key}[{k}]': expected role '{expected}' (user and assistant "
+                f"turns alternate, starting with the user), got '{role}'"
+            )
     if len(dialog) % 2 == 0:
         raise ConversionError(f"{where}: field '{key}[{turns[last][0]}]': the last assistant turn answers no user turn")
     texts = [text for _, _, text in dialog]
-    return SFTExample(texts[-1], turns[last][2], tuple(zip(texts[0:-1:2], texts[1:-1:2])), system,
-                      train_history=True)
+    return SFTExample(texts[-1], turns[last][2], tuple(zip(texts[0:-1:2], texts[1:-1:2])), system, train_history=True)
 
 
 READERS: Dict[str, Callable[[dict, str], SFTExample]] = {
-    "alpaca": _read_alpaca, "sharegpt": _read_sharegpt, "prompt_response": _read_prompt_response}
+    "alpaca": _read_alpaca,
+    "sharegpt": _read_sharegpt,
+    "prompt_response": _read_prompt_response,
+}
 # keys that identify each format, checked in this order
-SIGNATURES = (("sharegpt", {"conversations"}), ("sharegpt", {"messages"}), ("alpaca", {"instruction", "output"}),
-              ("prompt_response", {"prompt", "response"}))
+SIGNATURES = (
+    ("sharegpt", {"conversations"}),
+    ("sharegpt", {"messages"}),
+    ("alpaca", {"instruction", "output"}),
+    ("prompt_response", {"prompt", "response"}),
+)
 
 
 def detect_format(record: dict, where: str) -> str:
@@ -172,8 +207,9 @@ def detect_format(record: dict, where: str) -> str:
     return format_from_keys(record, SIGNATURES, where)
 
 
-def read_examples(path: str, fmt: str = "auto", skip_bad_lines: bool = False, stats: Optional[SFTStats] = None,
-                  progress: bool = False) -> Iterator[SFTExample]:
+def read_examples(
+    path: str, fmt: str = "auto", skip_bad_lines: bool = False, stats: Optional[SFTStats] = None, progress: bool = False
+) -> Iterator[SFTExample]:
     """The examples of ``path``; bad records raise, or are skipped and counted in ``stats.skipped_bad``.
 
     The file is read (and an empty or unparsable JSON array rejected) at once; records are checked as iterated.
@@ -205,8 +241,11 @@ def conversation_segments(example: SFTExample, template: str = "qa") -> List[Tup
     before_answer, after_answer = HISTORY_TURN.split("{answer}")
     pieces: List[Tuple[str, bool]] = []
     for question, answer in example.history:
-        pieces += [(before_answer.format(question=question.strip()), False),
-                   (answer.strip(), example.train_history), (after_answer, False)]
+        pieces += [
+            (before_answer.format(question=question.strip()), False),
+            (answer.strip(), example.train_history),
+            (after_answer, False),
+        ]
     pieces.append((example.query, False))
     if template == "qa":  # the instruction (history + query) stripped and filled into the template
         head, tail = format_prompt("\0").split("\0")
@@ -225,8 +264,9 @@ def conversation_segments(example: SFTExample, template: str = "qa") -> List[Tup
     return merged + [(response, True)]
 
 
-def encode_segments(tokenizer: Tokenizer, segments: List[Tuple[str, bool]],
-                    seq_length: int) -> Tuple[List[int], List[int], bool]:
+def encode_segments(
+    tokenizer: Tokenizer, segments: List[Tuple[str, bool]], seq_length: int
+) -> Tuple[List[int], List[int], bool]:
     """``(ids, loss_mask, cut)`` of :func:`conversation_segments` under the tokenization contract: the first piece
     is the prompt (bos in front iff the tokenizer's rule), each later piece tokenized on its own, the response
     followed by eos; cut to ``seq_length`` from the right (the eos goes first, the SFT rule)."""
@@ -240,8 +280,9 @@ def encode_segments(tokenizer: Tokenizer, segments: List[Tuple[str, bool]],
     return ids[:seq_length], mask[:seq_length], len(ids) > seq_length
 
 
-def sample_fields(ids: Sequence[int], loss_mask: Sequence[int], seq_length: int,
-                  pad_token_id: int) -> Dict[str, np.ndarray]:
+def sample_fields(
+    ids: Sequence[int], loss_mask: Sequence[int], seq_length: int, pad_token_id: int
+) -> Dict[str, np.ndarray]:
     """The three ``(S,)`` int32 fields of one sample of ``len(ids) <= seq_length`` tokens whose ``loss_mask`` is 1
     on the trained tokens (answers, the response and its eos)."""
     end = len(ids)
@@ -254,8 +295,14 @@ def sample_fields(ids: Sequence[int], loss_mask: Sequence[int], seq_length: int,
     return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": mask}
 
 
-def encode_examples(examples: Iterator[SFTExample], tokenizer: Tokenizer, seq_length: int, pad_token_id: int,
-                    template: str, stats: SFTStats) -> Iterator[Dict[str, np.ndarray]]:
+def encode_examples(
+    examples: Iterator[SFTExample],
+    tokenizer: Tokenizer,
+    seq_length: int,
+    pad_token_id: int,
+    template: str,
+    stats: SFTStats,
+) -> Iterator[Dict[str, np.ndarray]]:
     """Samples for every example that is kept; skipped and truncated ones are counted in ``stats``."""
     for example in examples:
         segments = conversation_segments(example, template)
@@ -285,9 +332,17 @@ def check_arguments(src_file: str, dst_file: str, seq_length: int, fmt: str, tem
     check_paths("--src_file", src_file, "--dst_file", dst_file)
 
 
-def convert_sft(src_file: str, dst_file: str, tokenizer: Union[str, Tokenizer], seq_length: int = 1024,
-                pad_token_id: Optional[int] = None, fmt: str = "auto", template: str = "qa",
-                skip_bad_lines: bool = False, progress: bool = True) -> Dict[str, Union[int, float]]:
+def convert_sft(
+    src_file: str,
+    dst_file: str,
+    tokenizer: Union[str, Tokenizer],
+    seq_length: int = 1024,
+    pad_token_id: Optional[int] = None,
+    fmt: str = "auto",
+    template: str = "qa",
+    skip_bad_lines: bool = False,
+    progress: bool = True,
+) -> Dict[str, Union[int, float]]:
     """Convert ``src_file`` to the MindRecord ``dst_file`` (see the module docstring); return the statistics.
 
     Args:
@@ -309,15 +364,18 @@ def convert_sft(src_file: str, dst_file: str, tokenizer: Union[str, Tokenizer], 
         write_in_chunks(writer, encode_examples(examples, tok, seq_length, pad, template, stats), WRITE_CHUNK)
         summary = stats.as_dict()
         if summary["count"] == 0:
-            raise ConversionError(f"{src_file}: no samples to write (skipped: {summary['skipped_empty']} empty, "
-                                  f"{summary['skipped_long']} too long, {summary['skipped_bad']} bad)")
+            raise ConversionError(
+                f"{src_file}: no samples to write (skipped: {summary['skipped_empty']} empty, "
+                f"{summary['skipped_long']} too long, {summary['skipped_bad']} bad)"
+            )
     return summary
 
 
 def format_stats(stats: Dict[str, Union[int, float]]) -> str:
     """The statistics as two small Markdown tables (counts, then stored token lengths)."""
-    return stats_table(stats, ("count", "skipped_empty", "skipped_long", "skipped_bad", "truncated"),
-                       ("prompt", "response"))
+    return stats_table(
+        stats, ("count", "skipped_empty", "skipped_long", "skipped_bad", "truncated"), ("prompt", "response")
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -333,9 +391,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry: convert, print the statistics and the closing line; 0 on success, 1 on a conversion error."""
     args = build_parser().parse_args(argv)
-    return run_converter(lambda: convert_sft(args.src_file, args.dst_file, args.model, args.seq_length,
-                                             args.pad_token_id, args.format, args.template, args.skip_bad_lines),
-                         args.dst_file, format_stats)
+    return run_converter(
+        lambda: convert_sft(
+            args.src_file,
+            args.dst_file,
+            args.model,
+            args.seq_length,
+            args.pad_token_id,
+            args.format,
+            args.template,
+            args.skip_bad_lines,
+        ),
+        args.dst_file,
+        format_stats,
+    )
 
 
 if __name__ == "__main__":

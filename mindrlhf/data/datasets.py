@@ -32,6 +32,7 @@ token is the last response token): the reward trainer and ``rm eval`` call it be
 Order is a pure function of ``(seed, epoch, rank_id, rank_size, skip_batches)``, so a resumed run sees exactly the
 batches it would have seen; see :func:`epoch_indices`.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,14 +42,25 @@ from typing import Callable, Optional, Sequence, Tuple
 import numpy as np
 
 from mindrlhf.data.records import ConversionError
-from mindrlhf.data.schemas import (ANSWER_COLUMN, PREFERENCE_COLUMNS, PROMPT_COLUMNS, RESPONSE_SCHEMA, SFT_COLUMNS,
-                                   WRITERS)
+from mindrlhf.data.schemas import (
+    ANSWER_COLUMN,
+    PREFERENCE_COLUMNS,
+    PROMPT_COLUMNS,
+    RESPONSE_SCHEMA,
+    SFT_COLUMNS,
+    WRITERS,
+)
 
 REWARD_COLUMNS: Tuple[str, ...] = ("input_ids", "position_id", "attention_mask", "loss_mask", "end_ind")
 DPO_COLUMNS: Tuple[str, ...] = ("input_ids", "attention_mask", "response_mask")  # one DPO batch
 # the stored columns a DPO batch is made of (the reward model's position_id, loss_mask and end_ind are not read)
-DPO_STORED: Tuple[str, ...] = ("chosen_input_ids", "chosen_attention_mask", "rejected_input_ids",
-                               "rejected_attention_mask", *RESPONSE_SCHEMA)
+DPO_STORED: Tuple[str, ...] = (
+    "chosen_input_ids",
+    "chosen_attention_mask",
+    "rejected_input_ids",
+    "rejected_attention_mask",
+    *RESPONSE_SCHEMA,
+)
 
 
 def record_count(path: str, columns: Tuple[str, ...] = PREFERENCE_COLUMNS) -> int:
@@ -59,8 +71,10 @@ def record_count(path: str, columns: Tuple[str, ...] = PREFERENCE_COLUMNS) -> in
     kind, converter = WRITERS.get(tuple(columns), ("", "convert_*"))
     for needed in (path, path + ".db"):
         if not os.path.isfile(needed):
-            raise FileNotFoundError(f"{needed}: no such file (a MindRecord needs the file and its .db index; "
-                                    f"write one with python -m mindrlhf.data.{converter})")
+            raise FileNotFoundError(
+                f"{needed}: no such file (a MindRecord needs the file and its .db index; "
+                f"write one with python -m mindrlhf.data.{converter})"
+            )
     try:
         reader = FileReader(path)
     except RuntimeError as err:
@@ -88,8 +102,18 @@ def stored_columns(path: str) -> Tuple[str, ...]:
         reader.close()
 
 
-def epoch_indices(n: int, batch_size: int, *, epoch: int = 0, seed: int = 0, shuffle: bool = True, rank_id: int = 0,
-                  rank_size: int = 1, skip_batches: int = 0, num_samples: Optional[int] = None) -> np.ndarray:
+def epoch_indices(
+    n: int,
+    batch_size: int,
+    *,
+    epoch: int = 0,
+    seed: int = 0,
+    shuffle: bool = True,
+    rank_id: int = 0,
+    rank_size: int = 1,
+    skip_batches: int = 0,
+    num_samples: Optional[int] = None,
+) -> np.ndarray:
     """Record indices one rank reads in one epoch, in order.
 
     1. ``m = min(n, num_samples)`` records are used (the first ``m``).
@@ -99,28 +123,48 @@ def epoch_indices(n: int, batch_size: int, *, epoch: int = 0, seed: int = 0, shu
     4. The first ``skip_batches * batch_size`` indices are dropped (resuming inside an epoch).
     """
     if batch_size < 1 or rank_size < 1 or not 0 <= rank_id < rank_size:
-        raise ValueError(f"need batch_size >= 1 and 0 <= rank_id < rank_size, got batch_size={batch_size}, "
-                         f"rank_id={rank_id}, rank_size={rank_size}")
+        raise ValueError(
+            f"need batch_size >= 1 and 0 <= rank_id < rank_size, got batch_size={batch_size}, "
+            f"rank_id={rank_id}, rank_size={rank_size}"
+        )
     if skip_batches < 0 or epoch < 0 or seed < 0 or (num_samples is not None and num_samples < 1):
-        raise ValueError(f"need skip_batches, epoch and seed >= 0 and num_samples None or >= 1, got "
-                         f"skip_batches={skip_batches}, epoch={epoch}, seed={seed}, num_samples={num_samples}")
+        raise ValueError(
+            f"need skip_batches, epoch and seed >= 0 and num_samples None or >= 1, got "
+            f"skip_batches={skip_batches}, epoch={epoch}, seed={seed}, num_samples={num_samples}"
+        )
     used = n if num_samples is None else min(n, num_samples)
     indices = np.random.default_rng(seed + epoch).permutation(used) if shuffle else np.arange(used)
-    indices = indices[:used // rank_size * rank_size][rank_id::rank_size]
-    return indices[skip_batches * batch_size:]
+    indices = indices[: used // rank_size * rank_size][rank_id::rank_size]
+    return indices[skip_batches * batch_size :]
 
 
-def num_batches(path: str, batch_size: int, rank_size: int = 1, drop_remainder: bool = True,
-                num_samples: Optional[int] = None, columns: Tuple[str, ...] = PREFERENCE_COLUMNS) -> int:
+def num_batches(
+    path: str,
+    batch_size: int,
+    rank_size: int = 1,
+    drop_remainder: bool = True,
+    num_samples: Optional[int] = None,
+    columns: Tuple[str, ...] = PREFERENCE_COLUMNS,
+) -> int:
     """Batches per epoch on each rank (before any ``skip_batches``) of a MindRecord with ``columns``."""
-    per_rank = len(epoch_indices(record_count(path, columns), batch_size, rank_size=rank_size, shuffle=False,
-                                 num_samples=num_samples))
+    per_rank = len(
+        epoch_indices(
+            record_count(path, columns), batch_size, rank_size=rank_size, shuffle=False, num_samples=num_samples
+        )
+    )
     return per_rank // batch_size if drop_remainder else math.ceil(per_rank / batch_size)
 
 
-def mindrecord_batches(path: str, columns: Sequence[str], indices: np.ndarray, batch_size: Optional[int] = None,
-                       drop_remainder: bool = True, num_parallel_workers: int = 1,
-                       layout: Optional[Callable] = None, output_columns: Sequence[str] = ()):
+def mindrecord_batches(
+    path: str,
+    columns: Sequence[str],
+    indices: np.ndarray,
+    batch_size: Optional[int] = None,
+    drop_remainder: bool = True,
+    num_parallel_workers: int = 1,
+    layout: Optional[Callable] = None,
+    output_columns: Sequence[str] = (),
+):
     """The one ``mindspore.dataset`` pipeline over a MindRecord: records ``indices`` (in that order, each
     ``columns``), batched by ``batch_size`` (None: one record at a time), then mapped batch-wise by ``layout`` into
     ``output_columns`` (the stored columns when ``layout`` is None).
@@ -137,26 +181,43 @@ def mindrecord_batches(path: str, columns: Sequence[str], indices: np.ndarray, b
     """
     import mindspore.dataset as ds
 
-    dataset = ds.MindDataset(path, columns_list=list(columns), sampler=ds.SubsetSampler([int(i) for i in indices]),
-                             num_parallel_workers=num_parallel_workers)
+    dataset = ds.MindDataset(
+        path,
+        columns_list=list(columns),
+        sampler=ds.SubsetSampler([int(i) for i in indices]),
+        num_parallel_workers=num_parallel_workers,
+    )
     if batch_size is not None:
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_workers=num_parallel_workers)
     if layout is None:
         return dataset
     # per_batch_map must return B rows per column, so a layout that changes the row count is a map over batches.
-    dataset = dataset.map(layout, input_columns=list(columns), output_columns=list(output_columns),
-                          num_parallel_workers=num_parallel_workers)
+    dataset = dataset.map(
+        layout,
+        input_columns=list(columns),
+        output_columns=list(output_columns),
+        num_parallel_workers=num_parallel_workers,
+    )
     return dataset.project(list(output_columns))
 
 
-def _epoch_batches(path: str, count: int, columns: Sequence[str], batch_size: int, order: dict,
-                   drop_remainder: bool, num_parallel_workers: int, layout: Optional[Callable] = None,
-                   output_columns: Sequence[str] = ()):
+def _epoch_batches(
+    path: str,
+    count: int,
+    columns: Sequence[str],
+    batch_size: int,
+    order: dict,
+    drop_remainder: bool,
+    num_parallel_workers: int,
+    layout: Optional[Callable] = None,
+    output_columns: Sequence[str] = (),
+):
     """:func:`mindrecord_batches` over the records of one epoch of one rank: :func:`epoch_indices` of ``count``
     records with ``order`` (its keyword arguments)."""
     indices = epoch_indices(count, batch_size, **order)
-    return mindrecord_batches(path, columns, indices, batch_size, drop_remainder, num_parallel_workers, layout,
-                              output_columns)
+    return mindrecord_batches(
+        path, columns, indices, batch_size, drop_remainder, num_parallel_workers, layout, output_columns
+    )
 
 
 def row_ends(attention_mask: np.ndarray) -> np.ndarray:
@@ -187,22 +248,26 @@ def check_preference_ends(path: str, eos_token_id: int, records: int = 8) -> Non
                     f"{eos_token_id} (model.model_config.eos_token_id). Reward models are trained and read at the "
                     f"eos that ends every sequence; this file was written by an older converter that did not end "
                     f"sequences in eos, or with a different tokenizer: reconvert it with `mindrlhf "
-                    f"convert-preference` and the model's tokenizer")
+                    f"convert-preference` and the model's tokenizer"
+                )
 
 
 def _pair_layout(chosen_ids, chosen_mask, rejected_ids, rejected_mask, position_id, loss_mask, end_ind):
     """Batched stored columns ``(B, S)`` -> the ``(2B, S)`` training layout (see the module docstring)."""
     del end_ind  # the shared stored end; each row's own end comes from its mask
     attention_mask = np.concatenate([chosen_mask, rejected_mask]).astype(np.int32)
-    return (np.concatenate([chosen_ids, rejected_ids]).astype(np.int32),
-            np.concatenate([position_id, position_id]).astype(np.int32),
-            attention_mask,
-            loss_mask.astype(np.float32),
-            row_ends(attention_mask))
+    return (
+        np.concatenate([chosen_ids, rejected_ids]).astype(np.int32),
+        np.concatenate([position_id, position_id]).astype(np.int32),
+        attention_mask,
+        loss_mask.astype(np.float32),
+        row_ends(attention_mask),
+    )
 
 
-def reward_model_dataset(path: str, batch_size: int, *, drop_remainder: bool = True, num_parallel_workers: int = 1,
-                         **order):
+def reward_model_dataset(
+    path: str, batch_size: int, *, drop_remainder: bool = True, num_parallel_workers: int = 1, **order
+):
     """One epoch of reward-model batches from a preference MindRecord; columns :data:`REWARD_COLUMNS`.
 
     Args:
@@ -215,8 +280,17 @@ def reward_model_dataset(path: str, batch_size: int, *, drop_remainder: bool = T
     Returns:
         A ``mindspore.dataset`` pipeline; iterate it with ``create_dict_iterator(num_epochs=1)``.
     """
-    return _epoch_batches(path, record_count(path), PREFERENCE_COLUMNS, batch_size, order, drop_remainder,
-                          num_parallel_workers, _pair_layout, REWARD_COLUMNS)
+    return _epoch_batches(
+        path,
+        record_count(path),
+        PREFERENCE_COLUMNS,
+        batch_size,
+        order,
+        drop_remainder,
+        num_parallel_workers,
+        _pair_layout,
+        REWARD_COLUMNS,
+    )
 
 
 def check_dpo_file(path: str) -> int:
@@ -229,24 +303,29 @@ def check_dpo_file(path: str) -> int:
             f"{path}: no prompt/response boundary ({', '.join(missing)} missing): this preference file was written "
             f"before the converter stored it, and DPO sums log-probs over the response tokens only. Reconvert the "
             f"source with `mindrlhf convert-preference --model <tokenizer> --src_file <pairs> --dst_file {path} "
-            f"--seq_length <n>`")
+            f"--seq_length <n>`"
+        )
     return count
 
 
 def _dpo_layout(chosen_ids, chosen_mask, rejected_ids, rejected_mask, chosen_response, rejected_response):
     """Batched stored columns ``(B, S)`` -> ``input_ids``, ``attention_mask`` ``(2B, S)`` int32 and
     ``response_mask (2B, S)`` float32, the B chosen rows first."""
-    return (np.concatenate([chosen_ids, rejected_ids]).astype(np.int32),
-            np.concatenate([chosen_mask, rejected_mask]).astype(np.int32),
-            np.concatenate([chosen_response, rejected_response]).astype(np.float32))
+    return (
+        np.concatenate([chosen_ids, rejected_ids]).astype(np.int32),
+        np.concatenate([chosen_mask, rejected_mask]).astype(np.int32),
+        np.concatenate([chosen_response, rejected_response]).astype(np.float32),
+    )
 
 
-def dpo_batches(path: str, indices: np.ndarray, batch_size: int, drop_remainder: bool = True,
-                num_parallel_workers: int = 1):
+def dpo_batches(
+    path: str, indices: np.ndarray, batch_size: int, drop_remainder: bool = True, num_parallel_workers: int = 1
+):
     """Records ``indices`` (in that order) of a preference MindRecord in batches of ``batch_size`` pairs, columns
     :data:`DPO_COLUMNS` (see :func:`_dpo_layout`)."""
-    return mindrecord_batches(path, DPO_STORED, indices, batch_size, drop_remainder, num_parallel_workers,
-                              _dpo_layout, DPO_COLUMNS)
+    return mindrecord_batches(
+        path, DPO_STORED, indices, batch_size, drop_remainder, num_parallel_workers, _dpo_layout, DPO_COLUMNS
+    )
 
 
 def dpo_dataset(path: str, batch_size: int, *, drop_remainder: bool = True, num_parallel_workers: int = 1, **order):
@@ -254,22 +333,41 @@ def dpo_dataset(path: str, batch_size: int, *, drop_remainder: bool = True, num_
     ``input_ids``, ``attention_mask`` ``(2B, S)`` int32 and ``response_mask (2B, S)`` float32 (1 on each
     sequence's response tokens, eos included), the B chosen rows first. Records and order as
     :func:`reward_model_dataset` (:func:`epoch_indices`)."""
-    return _epoch_batches(path, check_dpo_file(path), DPO_STORED, batch_size, order, drop_remainder,
-                          num_parallel_workers, _dpo_layout, DPO_COLUMNS)
+    return _epoch_batches(
+        path,
+        check_dpo_file(path),
+        DPO_STORED,
+        batch_size,
+        order,
+        drop_remainder,
+        num_parallel_workers,
+        _dpo_layout,
+        DPO_COLUMNS,
+    )
 
 
 def sft_dataset(path: str, batch_size: int, *, drop_remainder: bool = True, num_parallel_workers: int = 1, **order):
     """One epoch of SFT batches from an SFT MindRecord; columns :data:`SFT_COLUMNS`, each ``(B, S) int32``.
     Arguments as :func:`reward_model_dataset`, with ``B`` sequences (not pairs) per batch."""
-    return _epoch_batches(path, record_count(path, SFT_COLUMNS), SFT_COLUMNS, batch_size, order, drop_remainder,
-                          num_parallel_workers)
+    return _epoch_batches(
+        path, record_count(path, SFT_COLUMNS), SFT_COLUMNS, batch_size, order, drop_remainder, num_parallel_workers
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # PPO prompts (mindrlhf.data.convert_prompts)
 
-def prompt_indices(n: int, num_rollouts: int, iteration: int, *, seed: int = 0, shuffle: bool = True,
-                   rank_id: int = 0, rank_size: int = 1) -> np.ndarray:
+
+def prompt_indices(
+    n: int,
+    num_rollouts: int,
+    iteration: int,
+    *,
+    seed: int = 0,
+    shuffle: bool = True,
+    rank_id: int = 0,
+    rank_size: int = 1,
+) -> np.ndarray:
     """The records one rank turns into rollouts in PPO iteration ``iteration``.
 
     The rank's prompt stream is its :func:`epoch_indices` of epoch 0, then epoch 1, ... (each epoch reshuffled);

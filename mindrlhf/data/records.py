@@ -215,8 +215,9 @@ def format_from_keys(record: dict, signatures: Sequence[Tuple[str, AbstractSet[s
         if keys <= record.keys():
             return name
     expected = "; ".join(f"{name}: {', '.join(sorted(keys))}" for name, keys in signatures)
-    raise ConversionError(f"{where}: cannot detect the format from keys {sorted(record)} (expected {expected}); "
-                          f"pass --format")
+    raise ConversionError(
+        f"{where}: cannot detect the format from keys {sorted(record)} (expected {expected}); pass --format"
+    )
 
 
 def default_pad(tokenizer: Tokenizer) -> int:
@@ -323,12 +324,12 @@ def add_file_arguments(parser: argparse.ArgumentParser, src_help: str) -> None:
     parser.add_argument("--src_file", required=True, help=src_help)
     parser.add_argument("--dst_file", required=True, help="output .mindrecord path (its folder is created)")
     parser.add_argument("--seq_length", type=int, default=1024, help="length of every stored sequence")
-    parser.add_argument("--pad_token_id", type=int, default=None,
-                        help="padding id (default: the tokenizer's pad, else its eos)")
+    parser.add_argument(
+        "--pad_token_id", type=int, default=None, help="padding id (default: the tokenizer's pad, else its eos)"
+    )
 
 
-def run_converter(convert: Callable[[], Dict[str, Any]], dst_file: str,
-                  report: Callable[[Dict[str, Any]], str]) -> int:
+def run_converter(convert: Callable[[], Dict[str, Any]], dst_file: str, report: Callable[[Dict[str, Any]], str]) -> int:
     """A converter's command body: ``convert()``, then ``report(stats)`` and the seeds' closing line on stdout;
     0 on success, 1 (one ``error:`` line on stderr, no traceback) on a :class:`ConversionError`."""
     try:

@@ -10,12 +10,14 @@
 
 :func:`apply_template` applies one of them by name; the prompt converter's ``--template`` flag takes these names.
 """
+
 from __future__ import annotations
 
 DEFAULT_TEMPLATE = "根据以下问题，写一个合适的回答。\n\n### 问题：\n{instruction}\n\n### 回答：\n{response}"
 CHATML_SYSTEM = "You are a helpful assistant."
-CHATML_TEMPLATE = ("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n"
-                   "<|im_start|>assistant\n")
+CHATML_TEMPLATE = (
+    "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+)
 TEMPLATE_NAMES = ("none", "qa", "chatml")
 
 

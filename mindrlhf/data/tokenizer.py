@@ -23,6 +23,7 @@ Functions: :func:`load_tokenizer` (a path or bundled name -> :class:`HFTokenizer
 :func:`save_tokenizer` (a folder ``transformers.AutoTokenizer`` loads), :func:`check_tokenizer_fits` (a tokenizer
 against a model config) and :func:`left_pad` (token lists -> the left-padded ids and mask generation takes).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "tokenizers")
-BUNDLED = {"gpt2": os.path.join(ASSETS, "gpt2", "tokenizer.json"),
-           "llama": os.path.join(ASSETS, "mistral_v1", "tokenizer.model")}
+BUNDLED = {
+    "gpt2": os.path.join(ASSETS, "gpt2", "tokenizer.json"),
+    "llama": os.path.join(ASSETS, "mistral_v1", "tokenizer.model"),
+}
 GPT2_EOS = "<|endoftext|>"  # bos, eos (and the usual pad) of GPT-2-style byte-level BPE vocabularies
 SPECIAL_FILES = ("tokenizer_config.json", "special_tokens_map.json")  # read in this order, first value wins
 
@@ -68,8 +71,10 @@ class Tokenizer:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.path!r}, vocab_size={self.vocab_size}, bos={self.bos_token_id}, "
-                f"eos={self.eos_token_id}, pad={self.pad_token_id}, add_bos={self.add_bos})")
+        return (
+            f"{type(self).__name__}({self.path!r}, vocab_size={self.vocab_size}, bos={self.bos_token_id}, "
+            f"eos={self.eos_token_id}, pad={self.pad_token_id}, add_bos={self.add_bos})"
+        )
 
 
 def _token_text(value: Any) -> Optional[str]:
@@ -222,11 +227,22 @@ def save_tokenizer(tokenizer: Tokenizer, folder: str, pad_token_id: Optional[int
     """
     vocabulary, tokenizer_class = tokenizer.save_vocabulary(folder)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else pad_token_id
-    specials = {key: tokenizer.id_to_token(token_id) for key, token_id in (
-        ("bos_token", tokenizer.bos_token_id), ("eos_token", tokenizer.eos_token_id), ("pad_token", pad))
-        if token_id is not None}
-    config = {"tokenizer_class": tokenizer_class, **specials, "add_bos_token": bool(tokenizer.add_bos),
-              "add_eos_token": False, "clean_up_tokenization_spaces": False}
+    specials = {
+        key: tokenizer.id_to_token(token_id)
+        for key, token_id in (
+            ("bos_token", tokenizer.bos_token_id),
+            ("eos_token", tokenizer.eos_token_id),
+            ("pad_token", pad),
+        )
+        if token_id is not None
+    }
+    config = {
+        "tokenizer_class": tokenizer_class,
+        **specials,
+        "add_bos_token": bool(tokenizer.add_bos),
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+    }
     written = [os.path.join(folder, vocabulary)]
     for name, content in (("tokenizer_config.json", config), ("special_tokens_map.json", specials)):
         written.append(os.path.join(folder, name))
@@ -240,10 +256,15 @@ def load_tokenizer(path: str) -> Tokenizer:
     ``tokenizers``, special tokens from the folder's config files); ``gpt2`` and ``llama`` name the bundled files."""
     path = BUNDLED.get(path, path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"tokenizer not found: {path} (give a tokenizer.json, a folder with vocab.json + "
-                                f"merges.txt, a SentencePiece tokenizer.model, or one of: {', '.join(BUNDLED)})")
-    if os.path.isdir(path) and os.path.exists(os.path.join(path, "tokenizer.model")) and not os.path.exists(
-            os.path.join(path, "tokenizer.json")):
+        raise FileNotFoundError(
+            f"tokenizer not found: {path} (give a tokenizer.json, a folder with vocab.json + "
+            f"merges.txt, a SentencePiece tokenizer.model, or one of: {', '.join(BUNDLED)})"
+        )
+    if (
+        os.path.isdir(path)
+        and os.path.exists(os.path.join(path, "tokenizer.model"))
+        and not os.path.exists(os.path.join(path, "tokenizer.json"))
+    ):
         path = os.path.join(path, "tokenizer.model")
     try:
         return SentencePieceTokenizer(path) if path.endswith(".model") else HFTokenizer(path)
@@ -261,14 +282,18 @@ def check_tokenizer_fits(tokenizer: Tokenizer, model_cfg, source: str) -> None:
     ``source`` names where the tokenizer came from (a flag and its value) in the message.
     """
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"{source}: the tokenizer {tokenizer.path} has no eos token (responses end in eos and the "
-                         f"reward model reads its score there); use a tokenizer folder whose tokenizer_config.json or "
-                         f"special_tokens_map.json names eos_token")
+        raise ValueError(
+            f"{source}: the tokenizer {tokenizer.path} has no eos token (responses end in eos and the "
+            f"reward model reads its score there); use a tokenizer folder whose tokenizer_config.json or "
+            f"special_tokens_map.json names eos_token"
+        )
     if tokenizer.vocab_size > model_cfg.vocab_size:
-        raise ValueError(f"{source}: the tokenizer {tokenizer.path} has {tokenizer.vocab_size} ids, more than the "
-                         f"model's vocab_size {model_cfg.vocab_size} (model.model_config.vocab_size): ids "
-                         f"{model_cfg.vocab_size}..{tokenizer.vocab_size - 1} have no embedding; use the model's own "
-                         f"tokenizer")
+        raise ValueError(
+            f"{source}: the tokenizer {tokenizer.path} has {tokenizer.vocab_size} ids, more than the "
+            f"model's vocab_size {model_cfg.vocab_size} (model.model_config.vocab_size): ids "
+            f"{model_cfg.vocab_size}..{tokenizer.vocab_size - 1} have no embedding; use the model's own "
+            f"tokenizer"
+        )
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int, width: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
@@ -280,6 +305,6 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, width: Optional[int] = 
     for i, row in enumerate(rows):
         if len(row) > width:
             raise ValueError(f"row {i} has {len(row)} tokens, more than the width {width}")
-        ids[i, width - len(row):] = row
-        mask[i, width - len(row):] = 1
+        ids[i, width - len(row) :] = row
+        mask[i, width - len(row) :] = 1
     return ids, mask

@@ -1,6 +1,7 @@
 """BLOOM backbone: ALiBi position biases instead of position embeddings, a LayerNorm right after the word
 embeddings, a fused ``query_key_value`` projection laid out per head as ``(q, k, v)``, GELU MLP, tied LM head
 (Hugging Face ``BloomModel`` layout)."""
+
 from __future__ import annotations
 
 import math
@@ -10,10 +11,19 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from mindrlhf.config import ConfigError, ModelConfig
-from mindrlhf.models.layers import (Attention, Backbone, Embedding, GeluTanh, Linear, attention_inputs,
-                                    dropout, hidden_norm, TwoLayerMLP, ms_dtype)
-from mindrlhf.models.registry import (CheckpointError, HFLayout, ModelFamily, hf_field, hf_special_ids,
-                                      register_family)
+from mindrlhf.models.layers import (
+    Attention,
+    Backbone,
+    Embedding,
+    GeluTanh,
+    Linear,
+    attention_inputs,
+    dropout,
+    hidden_norm,
+    TwoLayerMLP,
+    ms_dtype,
+)
+from mindrlhf.models.registry import CheckpointError, HFLayout, ModelFamily, hf_field, hf_special_ids, register_family
 
 
 def alibi_slopes(num_heads: int) -> np.ndarray:
@@ -21,11 +31,11 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
     above ``num_heads``, then every other slope of the ``2n`` sequence for the remaining heads (Press et al.)."""
     closest = 2 ** int(math.floor(math.log2(num_heads)))
     base = 2.0 ** (-(2.0 ** -(math.log2(closest) - 3)))
-    slopes = [base ** p for p in range(1, closest + 1)]
+    slopes = [base**p for p in range(1, closest + 1)]
     if closest != num_heads:
         extra_base = 2.0 ** (-(2.0 ** -(math.log2(2 * closest) - 3)))
         remaining = min(closest, num_heads - closest)
-        slopes += [extra_base ** p for p in range(1, 1 + 2 * remaining, 2)]
+        slopes += [extra_base**p for p in range(1, 1 + 2 * remaining, 2)]
     return np.asarray(slopes, np.float32)
 
 
@@ -43,12 +53,21 @@ class BloomAttention(nn.Cell):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        dtypes = dict(init_std=cfg.initializer_range, param_dtype=ms_dtype(cfg.param_init_type),
-                      compute_dtype=ms_dtype(cfg.compute_dtype))
+        dtypes = dict(
+            init_std=cfg.initializer_range,
+            param_dtype=ms_dtype(cfg.param_init_type),
+            compute_dtype=ms_dtype(cfg.compute_dtype),
+        )
         self.query_key_value = Linear(cfg.hidden_size, 3 * cfg.hidden_size, **dtypes)
         self.dense = Linear(cfg.hidden_size, cfg.hidden_size, **dtypes)
-        self.attn = Attention(cfg.num_heads, cfg.num_heads, cfg.head_dim, cfg.attention_dropout_rate,
-                              ms_dtype(cfg.softmax_compute_type), ms_dtype(cfg.compute_dtype))
+        self.attn = Attention(
+            cfg.num_heads,
+            cfg.num_heads,
+            cfg.head_dim,
+            cfg.attention_dropout_rate,
+            ms_dtype(cfg.softmax_compute_type),
+            ms_dtype(cfg.compute_dtype),
+        )
         self.heads, self.head_dim = cfg.num_heads, cfg.head_dim
 
     def construct(self, x, bias, k_cache=None, v_cache=None, cache_index=None):
@@ -94,8 +113,10 @@ class BloomModel(Backbone):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, cfg.num_heads)
         if cfg.intermediate_size not in (None, 4 * cfg.hidden_size):
-            raise ConfigError(f"model_config.intermediate_size: BLOOM's MLP width is 4 * hidden_size "
-                              f"({4 * cfg.hidden_size}), got {cfg.intermediate_size}")
+            raise ConfigError(
+                f"model_config.intermediate_size: BLOOM's MLP width is 4 * hidden_size "
+                f"({4 * cfg.hidden_size}), got {cfg.intermediate_size}"
+            )
         dtype = ms_dtype(cfg.param_init_type)
         self.word_embeddings = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.initializer_range, dtype)
         self.word_embeddings_layernorm = hidden_norm(cfg)
@@ -107,8 +128,9 @@ class BloomModel(Backbone):
     def construct(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, cache_index=None):
         if attention_mask is None:
             attention_mask = ops.ones_like(input_ids)
-        _, bias, cache_index = attention_inputs(input_ids, attention_mask, position_ids, cache_index,
-                                                self.compute_dtype, self.cache_heads)
+        _, bias, cache_index = attention_inputs(
+            input_ids, attention_mask, position_ids, cache_index, self.compute_dtype, self.cache_heads
+        )
         bias = bias + alibi_bias(attention_mask, self.slopes, self.compute_dtype)  # (B, heads, S, L)
         x = self.drop(self.word_embeddings_layernorm(ops.cast(self.word_embeddings(input_ids), self.compute_dtype)))
         x = self.run_blocks(self.h, x, bias, (), kv_cache, cache_index)
@@ -122,24 +144,43 @@ def bloom_config_from_hf(hf: dict, source: str) -> ModelConfig:
         raise CheckpointError(f"{source}: field 'apply_residual_connection_post_layernorm' true is not supported")
     hidden = hf.get("hidden_size") or hf_field(hf, "n_embed", source)
     return ModelConfig(
-        type="bloom", vocab_size=hf_field(hf, "vocab_size", source), hidden_size=hidden,
+        type="bloom",
+        vocab_size=hf_field(hf, "vocab_size", source),
+        hidden_size=hidden,
         num_layers=hf.get("n_layer") or hf_field(hf, "num_hidden_layers", source),
         num_heads=hf.get("n_head") or hf_field(hf, "num_attention_heads", source),
-        seq_length=hf.get("seq_length", 2048), hidden_act="gelu",
-        layernorm_epsilon=hf.get("layer_norm_epsilon", 1e-5), **hf_special_ids(hf, 1, 2, 3))
+        seq_length=hf.get("seq_length", 2048),
+        hidden_act="gelu",
+        layernorm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
+        **hf_special_ids(hf, 1, 2, 3),
+    )
 
 
 def bloom_config_to_hf(cfg: ModelConfig) -> dict:
     """:class:`ModelConfig` -> ``BloomConfig`` fields."""
-    return {"hidden_size": cfg.hidden_size, "n_layer": cfg.num_layers, "n_head": cfg.num_heads,
-            "layer_norm_epsilon": cfg.layernorm_epsilon, "seq_length": cfg.seq_length,
-            "apply_residual_connection_post_layernorm": False, "hidden_dropout": cfg.hidden_dropout_rate,
-            "attention_dropout": cfg.attention_dropout_rate}
+    return {
+        "hidden_size": cfg.hidden_size,
+        "n_layer": cfg.num_layers,
+        "n_head": cfg.num_heads,
+        "layer_norm_epsilon": cfg.layernorm_epsilon,
+        "seq_length": cfg.seq_length,
+        "apply_residual_connection_post_layernorm": False,
+        "hidden_dropout": cfg.hidden_dropout_rate,
+        "attention_dropout": cfg.attention_dropout_rate,
+    }
 
 
-BLOOM = register_family(ModelFamily(
-    name="bloom", backbone=BloomModel,
-    hf=HFLayout("bloom", "transformer.", "word_embeddings.weight", "BloomForCausalLM",
-                "BloomForSequenceClassification"),
-    config_from_hf=bloom_config_from_hf, config_to_hf=bloom_config_to_hf, tied_default=True,
-    tokenizer=None, add_bos=False))
+BLOOM = register_family(
+    ModelFamily(
+        name="bloom",
+        backbone=BloomModel,
+        hf=HFLayout(
+            "bloom", "transformer.", "word_embeddings.weight", "BloomForCausalLM", "BloomForSequenceClassification"
+        ),
+        config_from_hf=bloom_config_from_hf,
+        config_to_hf=bloom_config_to_hf,
+        tied_default=True,
+        tokenizer=None,
+        add_bos=False,
+    )
+)

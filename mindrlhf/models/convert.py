@@ -14,6 +14,7 @@ Tied embeddings (``tie_word_embeddings``): the one ``(V, H)`` matrix may be stor
 ``lm_head.weight`` or under both names; loading accepts all three, writing stores the token table only (the
 layout ``transformers`` saves). Bundled models load by name: ``tinystories`` is :data:`BUNDLED_MODELS`' folder.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,8 +31,14 @@ from mindspore import Tensor, nn
 
 from mindrlhf.atomic import atomic_folder, atomic_path, remove_file
 from mindrlhf.config import ModelConfig
-from mindrlhf.models.registry import (CheckpointError, HFLayout, MindformersLayout,  # noqa: F401 (re-exported)
-                                      ModelFamily, family, family_for_model_type)
+from mindrlhf.models.registry import (
+    CheckpointError,
+    HFLayout,
+    MindformersLayout,  # noqa: F401 (re-exported)
+    ModelFamily,
+    family,
+    family_for_model_type,
+)
 from mindrlhf.faults import reach
 from mindrlhf.manifest import verify, write_manifest
 from mindrlhf.runlock import current_run
@@ -59,8 +66,9 @@ def model_config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
     """Translate a Hugging Face ``config.json`` dict into a :class:`ModelConfig`."""
     entry = hf_family(hf, source)
     cfg = entry.config_from_hf(hf, source)
-    return dataclasses.replace(cfg, initializer_range=hf.get("initializer_range", 0.02),
-                               tie_word_embeddings=hf_ties_embeddings(hf, source))
+    return dataclasses.replace(
+        cfg, initializer_range=hf.get("initializer_range", 0.02), tie_word_embeddings=hf_ties_embeddings(hf, source)
+    )
 
 
 def hf_ties_embeddings(hf: dict, source: str = "config.json") -> bool:
@@ -78,10 +86,17 @@ def model_config_to_hf(cfg: ModelConfig, reward: bool = False) -> dict:
     """The ``config.json`` dict Hugging Face ``transformers`` loads for ``cfg``."""
     entry = family(cfg.type)
     arch = entry.hf.reward_class if reward else entry.hf.lm_class
-    common = {"architectures": [arch], "model_type": entry.hf.model_type, "vocab_size": cfg.vocab_size,
-              "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id,
-              "initializer_range": cfg.initializer_range, "torch_dtype": cfg.param_init_type,
-              "tie_word_embeddings": ties_embeddings(cfg)}
+    common = {
+        "architectures": [arch],
+        "model_type": entry.hf.model_type,
+        "vocab_size": cfg.vocab_size,
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": cfg.eos_token_id,
+        "pad_token_id": cfg.pad_token_id,
+        "initializer_range": cfg.initializer_range,
+        "torch_dtype": cfg.param_init_type,
+        "tie_word_embeddings": ties_embeddings(cfg),
+    }
     if reward:
         common["num_labels"] = 1
     return {**common, **entry.config_to_hf(cfg)}
@@ -157,7 +172,7 @@ def hf_to_ours(tensors: Dict[str, np.ndarray], cfg: ModelConfig) -> Dict[str, np
         if name.endswith(layout.ignored):
             continue
         if name.startswith(layout.prefix):
-            ours = BACKBONE_PREFIX + name[len(layout.prefix):]
+            ours = BACKBONE_PREFIX + name[len(layout.prefix) :]
         elif name.startswith(head_names):
             ours = name
         else:  # the original GPT-2 release stores backbone names without a prefix
@@ -173,7 +188,7 @@ def ours_to_hf(params: Dict[str, np.ndarray], cfg: ModelConfig) -> Dict[str, np.
     layout = _layout(cfg)
     out = {}
     for name, array in params.items():
-        hf = layout.prefix + name[len(BACKBONE_PREFIX):] if name.startswith(BACKBONE_PREFIX) else name
+        hf = layout.prefix + name[len(BACKBONE_PREFIX) :] if name.startswith(BACKBONE_PREFIX) else name
         if hf.endswith(layout.transposed) and array.ndim == 2:
             array = array.T
         out[hf] = np.ascontiguousarray(array)
@@ -197,8 +212,10 @@ def merge_tied_embeddings(arrays: Dict[str, np.ndarray], cfg: ModelConfig, sourc
     if embed not in arrays:
         arrays[embed] = head
     elif arrays[embed].shape != head.shape or not np.array_equal(arrays[embed], head):
-        raise CheckpointError(f"{source}: tie_word_embeddings is true but {LM_HEAD} and the token table "
-                              f"{layout.prefix}{layout.embed} hold different values")
+        raise CheckpointError(
+            f"{source}: tie_word_embeddings is true but {LM_HEAD} and the token table "
+            f"{layout.prefix}{layout.embed} hold different values"
+        )
     return arrays
 
 
@@ -211,8 +228,13 @@ def cell_parameters(cell: nn.Cell) -> Dict[str, ms.Parameter]:
     return {p.name: p for p in cell.get_parameters() if not p.name.startswith("kv_cache")}
 
 
-def assign_parameters(cell: nn.Cell, arrays: Dict[str, np.ndarray], source: str,
-                      allow_missing: Iterable[str] = (), ignore_unexpected: Iterable[str] = ()) -> List[str]:
+def assign_parameters(
+    cell: nn.Cell,
+    arrays: Dict[str, np.ndarray],
+    source: str,
+    allow_missing: Iterable[str] = (),
+    ignore_unexpected: Iterable[str] = (),
+) -> List[str]:
     """Copy ``arrays`` into ``cell``'s parameters after checking every name and shape.
 
     Args:
@@ -232,14 +254,22 @@ def assign_parameters(cell: nn.Cell, arrays: Dict[str, np.ndarray], source: str,
     allow_missing, ignore_unexpected = tuple(allow_missing), tuple(ignore_unexpected)
     missing = [n for n in params if n not in arrays and not n.startswith(allow_missing)]
     unexpected = [n for n in arrays if n not in params and not n.startswith(ignore_unexpected)]
-    arrays = {n: (a.reshape(params[n].shape) if n in params and a.size == 1 == np.prod(params[n].shape) else a)
-              for n, a in arrays.items()}  # MindSpore saves one-element tensors as scalars
-    mismatched = [f"{n}: checkpoint {tuple(arrays[n].shape)} vs model {tuple(params[n].shape)}"
-                  for n in params if n in arrays and tuple(arrays[n].shape) != tuple(params[n].shape)]
+    arrays = {
+        n: (a.reshape(params[n].shape) if n in params and a.size == 1 == np.prod(params[n].shape) else a)
+        for n, a in arrays.items()
+    }  # MindSpore saves one-element tensors as scalars
+    mismatched = [
+        f"{n}: checkpoint {tuple(arrays[n].shape)} vs model {tuple(params[n].shape)}"
+        for n in params
+        if n in arrays and tuple(arrays[n].shape) != tuple(params[n].shape)
+    ]
     if missing or unexpected or mismatched:
         parts = []
-        for title, names in (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("shape mismatches", mismatched)):
+        for title, names in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        ):
             if names:
                 parts.append(f"{title} ({len(names)}): " + ", ".join(names[:20]) + (" ..." if len(names) > 20 else ""))
         raise CheckpointError(f"{source}: checkpoint does not fit the model; " + "; ".join(parts))
@@ -279,8 +309,10 @@ def check_table_fits_config(arrays: Dict[str, np.ndarray], hf: dict, cfg: ModelC
     for axis, (field, ours) in enumerate((("vocab_size", stated.vocab_size), ("hidden_size", stated.hidden_size))):
         if table.shape[axis] != ours:
             what = "rows" if axis == 0 else "columns"
-            raise CheckpointError(f"{source}: field {field!r} is {ours} but the weights' token table has "
-                                  f"{table.shape[axis]} {what} (config.json and the weights disagree)")
+            raise CheckpointError(
+                f"{source}: field {field!r} is {ours} but the weights' token table has "
+                f"{table.shape[axis]} {what} (config.json and the weights disagree)"
+            )
 
 
 def load_hf_checkpoint(cell: nn.Cell, folder: str, cfg: ModelConfig, new_heads: bool = False) -> List[str]:
@@ -319,8 +351,9 @@ def model_config_from_hf_folder(folder: str) -> ModelConfig:
 # writing
 
 
-def save_hf_checkpoint(cell: nn.Cell, cfg: ModelConfig, folder: str, reward: Optional[bool] = None,
-                       extra_files: Iterable[str] = ()) -> str:
+def save_hf_checkpoint(
+    cell: nn.Cell, cfg: ModelConfig, folder: str, reward: Optional[bool] = None, extra_files: Iterable[str] = ()
+) -> str:
     """Write ``cell`` as a Hugging Face folder (``config.json`` + ``model.safetensors``) that ``transformers``
     loads; ``reward`` (default: the cell has a ``score`` head) selects ``*ForSequenceClassification``.
 
@@ -368,8 +401,9 @@ def save_ckpt(cell: nn.Cell, path: str, append_dict: Optional[dict] = None) -> s
     return save_tensors(cell_parameters(cell), path, append_dict)
 
 
-def save_tensors(named: Dict[str, Union[ms.Parameter, ms.Tensor]], path: str,
-                 append_dict: Optional[dict] = None) -> str:
+def save_tensors(
+    named: Dict[str, Union[ms.Parameter, ms.Tensor]], path: str, append_dict: Optional[dict] = None
+) -> str:
     """Save named tensors as a MindSpore ``.ckpt`` atomically (written under a temporary name, its manifest
     written, then renamed into place) with mode 0644 less the umask; :class:`CheckpointError` when it cannot be
     written (a full disk), leaving any earlier file of that name as it was."""
@@ -381,7 +415,7 @@ def save_tensors(named: Dict[str, Union[ms.Parameter, ms.Tensor]], path: str,
             try:
                 ms.save_checkpoint(params, tmp, append_dict=append_dict)
             finally:
-                remove_file(tmp[:-len(".ckpt")] + ".tmp")
+                remove_file(tmp[: -len(".ckpt")] + ".tmp")
             reach("checkpoint_write")
             write_manifest(tmp, path, current_run())
     except (OSError, RuntimeError, ValueError) as err:
@@ -389,8 +423,9 @@ def save_tensors(named: Dict[str, Union[ms.Parameter, ms.Tensor]], path: str,
     return path
 
 
-def load_ckpt(cell: nn.Cell, path: str, allow_missing: Iterable[str] = (),
-              ignore_unexpected: Iterable[str] = ()) -> Dict[str, np.ndarray]:
+def load_ckpt(
+    cell: nn.Cell, path: str, allow_missing: Iterable[str] = (), ignore_unexpected: Iterable[str] = ()
+) -> Dict[str, np.ndarray]:
     """Load a MindSpore ``.ckpt`` into ``cell`` with the same checks as Hugging Face loading.
 
     Returns the entries of the file that are not parameters of ``cell`` (``append_dict`` values such as a step).
@@ -398,8 +433,9 @@ def load_ckpt(cell: nn.Cell, path: str, allow_missing: Iterable[str] = (),
     return _load_ckpt(cell, path, allow_missing, ignore_unexpected)[0]
 
 
-def _load_ckpt(cell: nn.Cell, path: str, allow_missing: Iterable[str], ignore_unexpected: Iterable[str]
-               ) -> Tuple[Dict[str, np.ndarray], List[str]]:
+def _load_ckpt(
+    cell: nn.Cell, path: str, allow_missing: Iterable[str], ignore_unexpected: Iterable[str]
+) -> Tuple[Dict[str, np.ndarray], List[str]]:
     """``(extras, names kept at their initial values)``; see :func:`load_ckpt`."""
     from mindrlhf.models.lora import BASE_KEY
 
@@ -428,8 +464,9 @@ def load_recorded_base(cell: nn.Cell, record: dict) -> None:
         logger.info("LoRA base loaded from %s", record["path"])
 
 
-def with_recorded_base(cell: nn.Cell, arrays: Dict[str, np.ndarray], record_text: str, path: str
-                       ) -> Dict[str, np.ndarray]:
+def with_recorded_base(
+    cell: nn.Cell, arrays: Dict[str, np.ndarray], record_text: str, path: str
+) -> Dict[str, np.ndarray]:
     """An adapter-only checkpoint's ``arrays`` completed by the frozen base it records (loaded into ``cell`` and
     checked digest by digest): what a model with or without adapters loads (without, they are folded in)."""
     from mindrlhf.models.lora import check_base, parse_base_record
@@ -463,8 +500,15 @@ def save_mindformers_ckpt(cell: nn.Cell, path: str) -> str:
 
 
 # the files of a Hugging Face folder besides its config and weights that describe how to use it
-HF_SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                 "tokenizer.model", "vocab.json", "merges.txt")
+HF_SIDE_FILES = (
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+)
 
 
 def hf_side_files(folder: str) -> List[str]:
@@ -479,8 +523,9 @@ def is_hf_folder(path: str) -> bool:
     return os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json"))
 
 
-def load_weights(cell: nn.Cell, path: str, cfg: ModelConfig, new_heads: bool = False,
-                 ignore_unexpected: Iterable[str] = ()) -> List[str]:
+def load_weights(
+    cell: nn.Cell, path: str, cfg: ModelConfig, new_heads: bool = False, ignore_unexpected: Iterable[str] = ()
+) -> List[str]:
     """Load a Hugging Face folder (or a bundled model's name, see :data:`BUNDLED_MODELS`) or a MindSpore ``.ckpt``
     into ``cell``; returns the names left initialised.
 
@@ -497,6 +542,5 @@ def load_weights(cell: nn.Cell, path: str, cfg: ModelConfig, new_heads: bool = F
             ignore_unexpected = tuple(ignore_unexpected) + ("lm_head.",)
         return _load_ckpt(cell, path, ("v_head.", "score.") if new_heads else (), ignore_unexpected)[1]
     newest = sorted(glob.glob(os.path.join(path, "**", "*.ckpt"), recursive=True), key=os.path.getmtime)
-    hint = (f"; it holds .ckpt files: pass one (the newest is {newest[-1]})" if os.path.isdir(path) and newest
-            else "")
+    hint = f"; it holds .ckpt files: pass one (the newest is {newest[-1]})" if os.path.isdir(path) and newest else ""
     raise CheckpointError(f"{path}: not a Hugging Face folder (config.json) or a MindSpore .ckpt file{hint}")

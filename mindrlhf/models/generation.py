@@ -12,6 +12,7 @@ Top-k runs inside the compiled step (only ``(B, k)`` candidates leave the device
 seeded draw run on the host in numpy.
 Rows that emit ``eos_token_id`` are finished: later tokens are ``pad_token_id`` and not in the response mask.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -119,8 +120,9 @@ class _FullStep(_StepBase):
         return self.candidates(ops.squeeze(ops.gather(hidden, index, 1), 1))
 
 
-def sample_tokens(values: np.ndarray, token_ids: Optional[np.ndarray], cfg: GenerationConfig,
-                  rng: np.random.Generator) -> np.ndarray:
+def sample_tokens(
+    values: np.ndarray, token_ids: Optional[np.ndarray], cfg: GenerationConfig, rng: np.random.Generator
+) -> np.ndarray:
     """Pick one token per row.
 
     Args:
@@ -178,16 +180,22 @@ class Generator:
             params = []
             for i in range(lm_cfg.num_layers):
                 for kind in ("k", "v"):
-                    params.append(Parameter(Tensor(np.zeros(shape), dtype), name=f"kv_cache.{kind}{i}",
-                                            requires_grad=False))
+                    params.append(
+                        Parameter(Tensor(np.zeros(shape), dtype), name=f"kv_cache.{kind}{i}", requires_grad=False)
+                    )
             cache = ParameterTuple(params)
             k = candidate_count(self.cfg, lm_cfg.vocab_size)
             self._cached_key = key
             self._cached_steps = (_Prefill(self.lm, k, cache), _Decode(self.lm, k, cache))
         return self._cached_steps
 
-    def generate(self, prompt_ids: np.ndarray, prompt_mask: Optional[np.ndarray] = None,
-                 max_new_tokens: Optional[int] = None, seed=None) -> GenerationOutput:
+    def generate(
+        self,
+        prompt_ids: np.ndarray,
+        prompt_mask: Optional[np.ndarray] = None,
+        max_new_tokens: Optional[int] = None,
+        seed=None,
+    ) -> GenerationOutput:
         """Generate for a left-padded batch.
 
         Args:
@@ -199,14 +207,18 @@ class Generator:
         prompt_ids = np.asarray(prompt_ids, np.int32)
         prompt_mask = np.ones_like(prompt_ids) if prompt_mask is None else np.asarray(prompt_mask, np.int32)
         if prompt_ids.ndim != 2 or prompt_mask.shape != prompt_ids.shape:
-            raise ValueError(f"prompt_ids must be (B, P) with a mask of the same shape, got {prompt_ids.shape} "
-                             f"and {prompt_mask.shape}")
+            raise ValueError(
+                f"prompt_ids must be (B, P) with a mask of the same shape, got {prompt_ids.shape} "
+                f"and {prompt_mask.shape}"
+            )
         if (prompt_mask[:, -1] == 0).any():
             raise ValueError("prompts must be left-padded: the last column of prompt_mask has zeros")
         steps = max_new_tokens or self.cfg.max_new_tokens
         if prompt_ids.shape[1] + steps > self.lm.config.seq_length:
-            raise ValueError(f"prompt length {prompt_ids.shape[1]} + max_new_tokens {steps} exceeds the model's "
-                             f"seq_length {self.lm.config.seq_length}")
+            raise ValueError(
+                f"prompt length {prompt_ids.shape[1]} + max_new_tokens {steps} exceeds the model's "
+                f"seq_length {self.lm.config.seq_length}"
+            )
         rng = np.random.default_rng(self.cfg.seed if seed is None else seed)
         was_training = self.lm.training
         self.lm.set_train(False)
@@ -245,8 +257,9 @@ class Generator:
             if finished.all() or t == steps - 1:
                 break
             slot_mask[:, plen + t] = 1
-            logits = decode(Tensor(tokens[:, None]), Tensor(slot_mask), Tensor((next_pos + t)[:, None]),
-                            Tensor(plen + t, ms.int32))
+            logits = decode(
+                Tensor(tokens[:, None]), Tensor(slot_mask), Tensor((next_pos + t)[:, None]), Tensor(plen + t, ms.int32)
+            )
         return response
 
     def _decode_full(self, prompt_ids, prompt_mask, steps, rng) -> np.ndarray:
@@ -280,5 +293,6 @@ class Generator:
             lengths = np.where(is_eos.any(1), is_eos.argmax(1) + 1, steps).astype(np.int32)
         response_mask = (np.arange(steps)[None, :] < lengths[:, None]).astype(np.int32)
         response = np.where(response_mask == 1, response, self.pad_token_id).astype(np.int32)
-        return GenerationOutput(np.concatenate([prompt_ids, response], 1), response, response_mask, lengths,
-                                prompt_mask)
+        return GenerationOutput(
+            np.concatenate([prompt_ids, response], 1), response, response_mask, lengths, prompt_mask
+        )

@@ -1,4 +1,5 @@
 """GPT-2 backbone: learned positions, pre-LayerNorm blocks, GELU MLP (Hugging Face ``GPT2Model`` layout)."""
+
 from __future__ import annotations
 
 import re
@@ -7,10 +8,29 @@ import numpy as np
 from mindspore import nn, ops
 
 from mindrlhf.config import ModelConfig
-from mindrlhf.models.layers import (Attention, Backbone, Embedding, Linear, activation, attention_inputs,
-                                    dropout, hidden_norm, TwoLayerMLP, ms_dtype, split_heads)
-from mindrlhf.models.registry import (HF_ACTIVATION_NAMES, HFLayout, MindformersLayout, ModelFamily, hf_activation,
-                                      hf_field, hf_special_ids, register_family)
+from mindrlhf.models.layers import (
+    Attention,
+    Backbone,
+    Embedding,
+    Linear,
+    activation,
+    attention_inputs,
+    dropout,
+    hidden_norm,
+    TwoLayerMLP,
+    ms_dtype,
+    split_heads,
+)
+from mindrlhf.models.registry import (
+    HF_ACTIVATION_NAMES,
+    HFLayout,
+    MindformersLayout,
+    ModelFamily,
+    hf_activation,
+    hf_field,
+    hf_special_ids,
+    register_family,
+)
 
 
 class GPT2Attention(nn.Cell):
@@ -21,8 +41,14 @@ class GPT2Attention(nn.Cell):
         dtypes = dict(param_dtype=ms_dtype(cfg.param_init_type), compute_dtype=ms_dtype(cfg.compute_dtype))
         self.c_attn = Linear(cfg.hidden_size, 3 * cfg.hidden_size, init_std=cfg.initializer_range, **dtypes)
         self.c_proj = Linear(cfg.hidden_size, cfg.hidden_size, init_std=cfg.initializer_range, **dtypes)
-        self.attn = Attention(cfg.num_heads, cfg.num_heads, cfg.head_dim, cfg.attention_dropout_rate,
-                              ms_dtype(cfg.softmax_compute_type), ms_dtype(cfg.compute_dtype))
+        self.attn = Attention(
+            cfg.num_heads,
+            cfg.num_heads,
+            cfg.head_dim,
+            cfg.attention_dropout_rate,
+            ms_dtype(cfg.softmax_compute_type),
+            ms_dtype(cfg.compute_dtype),
+        )
         self.heads, self.head_dim = cfg.num_heads, cfg.head_dim
         self.resid_dropout = dropout(cfg.hidden_dropout_rate)
 
@@ -37,8 +63,13 @@ class GPT2MLP(TwoLayerMLP):
     """``c_proj(act(c_fc(x)))``, ``act`` = ``hidden_act`` (default: the tanh GELU GPT-2 was trained with)."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__(cfg, cfg.intermediate_size or cfg.expand_ratio * cfg.hidden_size, ("c_fc", "c_proj"),
-                         activation(cfg.hidden_act or "gelu"), cfg.hidden_dropout_rate)
+        super().__init__(
+            cfg,
+            cfg.intermediate_size or cfg.expand_ratio * cfg.hidden_size,
+            ("c_fc", "c_proj"),
+            activation(cfg.hidden_act or "gelu"),
+            cfg.hidden_dropout_rate,
+        )
 
 
 class GPT2Block(nn.Cell):
@@ -78,8 +109,9 @@ class GPT2Model(Backbone):
         self.ln_f = hidden_norm(cfg)
 
     def construct(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, cache_index=None):
-        position_ids, bias, cache_index = attention_inputs(input_ids, attention_mask, position_ids, cache_index,
-                                                           self.compute_dtype, self.cache_heads)
+        position_ids, bias, cache_index = attention_inputs(
+            input_ids, attention_mask, position_ids, cache_index, self.compute_dtype, self.cache_heads
+        )
         x = self.drop(ops.cast(self.wte(input_ids) + self.wpe(position_ids), self.compute_dtype))
         x = self.run_blocks(self.h, x, bias, (), kv_cache, cache_index)
         return self.ln_f(x)
@@ -88,37 +120,55 @@ class GPT2Model(Backbone):
 def gpt2_config_from_hf(hf: dict, source: str) -> ModelConfig:
     """``GPT2Config`` fields -> :class:`ModelConfig`."""
     return ModelConfig(
-        type="gpt2", vocab_size=hf_field(hf, "vocab_size", source), hidden_size=hf_field(hf, "n_embd", source),
-        num_layers=hf_field(hf, "n_layer", source), num_heads=hf_field(hf, "n_head", source),
-        intermediate_size=hf.get("n_inner"), seq_length=hf_field(hf, "n_positions", source),
+        type="gpt2",
+        vocab_size=hf_field(hf, "vocab_size", source),
+        hidden_size=hf_field(hf, "n_embd", source),
+        num_layers=hf_field(hf, "n_layer", source),
+        num_heads=hf_field(hf, "n_head", source),
+        intermediate_size=hf.get("n_inner"),
+        seq_length=hf_field(hf, "n_positions", source),
         hidden_act=hf_activation(hf, source, "activation_function", "gelu_new"),
-        layernorm_epsilon=hf.get("layer_norm_epsilon", 1e-5), **hf_special_ids(hf, None, 50256, None))
+        layernorm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
+        **hf_special_ids(hf, None, 50256, None),
+    )
 
 
 def gpt2_config_to_hf(cfg: ModelConfig) -> dict:
     """:class:`ModelConfig` -> ``GPT2Config`` fields."""
-    return {"n_embd": cfg.hidden_size, "n_layer": cfg.num_layers, "n_head": cfg.num_heads,
-            "n_inner": cfg.intermediate_size, "n_positions": cfg.seq_length, "n_ctx": cfg.seq_length,
-            "activation_function": HF_ACTIVATION_NAMES[cfg.hidden_act or "gelu"],
-            "layer_norm_epsilon": cfg.layernorm_epsilon,
-            "resid_pdrop": cfg.hidden_dropout_rate, "embd_pdrop": cfg.hidden_dropout_rate,
-            "attn_pdrop": cfg.attention_dropout_rate}
+    return {
+        "n_embd": cfg.hidden_size,
+        "n_layer": cfg.num_layers,
+        "n_head": cfg.num_heads,
+        "n_inner": cfg.intermediate_size,
+        "n_positions": cfg.seq_length,
+        "n_ctx": cfg.seq_length,
+        "activation_function": HF_ACTIVATION_NAMES[cfg.hidden_act or "gelu"],
+        "layer_norm_epsilon": cfg.layernorm_epsilon,
+        "resid_pdrop": cfg.hidden_dropout_rate,
+        "embd_pdrop": cfg.hidden_dropout_rate,
+        "attn_pdrop": cfg.attention_dropout_rate,
+    }
 
 
 # mindformers' GPT-2 names (its convert_weight.py) -> ours. Per block: (mindformers suffix, our suffix, transposed):
 # mindformers' projection / mapping weights are stored (in, out), its q/k/v weights (out, in) as three matrices.
 MINDFORMERS_GPT2_BLOCK = (
-    ("layernorm1.gamma", "ln_1.weight", False), ("layernorm1.beta", "ln_1.bias", False),
-    ("layernorm2.gamma", "ln_2.weight", False), ("layernorm2.beta", "ln_2.bias", False),
+    ("layernorm1.gamma", "ln_1.weight", False),
+    ("layernorm1.beta", "ln_1.bias", False),
+    ("layernorm2.gamma", "ln_2.weight", False),
+    ("layernorm2.beta", "ln_2.bias", False),
     ("attention.projection.weight", "attn.c_proj.weight", True),
     ("attention.projection.bias", "attn.c_proj.bias", False),
-    ("output.mapping.weight", "mlp.c_fc.weight", True), ("output.mapping.bias", "mlp.c_fc.bias", False),
-    ("output.projection.weight", "mlp.c_proj.weight", True), ("output.projection.bias", "mlp.c_proj.bias", False),
+    ("output.mapping.weight", "mlp.c_fc.weight", True),
+    ("output.mapping.bias", "mlp.c_fc.bias", False),
+    ("output.projection.weight", "mlp.c_proj.weight", True),
+    ("output.projection.bias", "mlp.c_proj.bias", False),
 )
 MINDFORMERS_GPT2_TOP = (
     ("backbone.embedding.word_embedding.embedding_table", "backbone.wte.weight"),
     ("backbone.embedding.position_embedding.embedding_table", "backbone.wpe.weight"),
-    ("backbone.layernorm.gamma", "backbone.ln_f.weight"), ("backbone.layernorm.beta", "backbone.ln_f.bias"),
+    ("backbone.layernorm.gamma", "backbone.ln_f.weight"),
+    ("backbone.layernorm.beta", "backbone.ln_f.bias"),
 )
 MINDFORMERS_GPT2_QKV = ("dense1", "dense2", "dense3")  # q, k, v: the thirds of our fused c_attn
 MINDFORMERS_GPT2_BUFFERS = (".attention.beta", ".attention.masked_beta")  # causal-mask buffers, not parameters
@@ -172,12 +222,26 @@ def gpt2_to_mindformers(arrays: dict, cfg: ModelConfig) -> dict:
     return out
 
 
-GPT2 = register_family(ModelFamily(
-    name="gpt2", backbone=GPT2Model,
-    hf=HFLayout("gpt2", "transformer.", "wte.weight", "GPT2LMHeadModel", "GPT2ForSequenceClassification",
-                transposed=("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"),
-                ignored=(".attn.bias", ".attn.masked_bias")),
-    config_from_hf=gpt2_config_from_hf, config_to_hf=gpt2_config_to_hf, tied_default=True,
-    tokenizer="gpt2", add_bos=False,
-    mindformers=MindformersLayout(("backbone.blocks.", "backbone.embedding."), gpt2_from_mindformers,
-                                  gpt2_to_mindformers)))
+GPT2 = register_family(
+    ModelFamily(
+        name="gpt2",
+        backbone=GPT2Model,
+        hf=HFLayout(
+            "gpt2",
+            "transformer.",
+            "wte.weight",
+            "GPT2LMHeadModel",
+            "GPT2ForSequenceClassification",
+            transposed=("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"),
+            ignored=(".attn.bias", ".attn.masked_bias"),
+        ),
+        config_from_hf=gpt2_config_from_hf,
+        config_to_hf=gpt2_config_to_hf,
+        tied_default=True,
+        tokenizer="gpt2",
+        add_bos=False,
+        mindformers=MindformersLayout(
+            ("backbone.blocks.", "backbone.embedding."), gpt2_from_mindformers, gpt2_to_mindformers
+        ),
+    )
+)

@@ -1,6 +1,7 @@
 """GPT-J backbone: attention and MLP in parallel from one LayerNorm, partial rotary positions in the
 rotate-every-two layout, no position table (Hugging Face ``GPTJModel`` layout); the LM head is untied and has a
 bias."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,8 +12,19 @@ from mindspore import Tensor, nn, ops
 
 from mindrlhf.config import ConfigError, ModelConfig
 from mindrlhf.models.gpt2 import gpt2_config_from_hf, gpt2_config_to_hf
-from mindrlhf.models.layers import (Attention, Backbone, Embedding, Linear, attention_inputs,
-                                    activation, dropout, hidden_norm, TwoLayerMLP, ms_dtype, split_heads)
+from mindrlhf.models.layers import (
+    Attention,
+    Backbone,
+    Embedding,
+    Linear,
+    attention_inputs,
+    activation,
+    dropout,
+    hidden_norm,
+    TwoLayerMLP,
+    ms_dtype,
+    split_heads,
+)
 from mindrlhf.models.registry import HFLayout, ModelFamily, register_family
 
 
@@ -62,14 +74,24 @@ class GPTJAttention(nn.Cell):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        dtypes = dict(has_bias=False, init_std=cfg.initializer_range, param_dtype=ms_dtype(cfg.param_init_type),
-                      compute_dtype=ms_dtype(cfg.compute_dtype))
+        dtypes = dict(
+            has_bias=False,
+            init_std=cfg.initializer_range,
+            param_dtype=ms_dtype(cfg.param_init_type),
+            compute_dtype=ms_dtype(cfg.compute_dtype),
+        )
         self.q_proj = Linear(cfg.hidden_size, cfg.hidden_size, **dtypes)
         self.k_proj = Linear(cfg.hidden_size, cfg.hidden_size, **dtypes)
         self.v_proj = Linear(cfg.hidden_size, cfg.hidden_size, **dtypes)
         self.out_proj = Linear(cfg.hidden_size, cfg.hidden_size, **dtypes)
-        self.attn = Attention(cfg.num_heads, cfg.num_heads, cfg.head_dim, cfg.attention_dropout_rate,
-                              ms_dtype(cfg.softmax_compute_type), ms_dtype(cfg.compute_dtype))
+        self.attn = Attention(
+            cfg.num_heads,
+            cfg.num_heads,
+            cfg.head_dim,
+            cfg.attention_dropout_rate,
+            ms_dtype(cfg.softmax_compute_type),
+            ms_dtype(cfg.compute_dtype),
+        )
         self.heads, self.head_dim = cfg.num_heads, cfg.head_dim
         self.rotary_dim = cfg.rotary_dim or cfg.head_dim
         self.rot = Tensor(rotate_every_two_matrix(self.rotary_dim), ms.float32)
@@ -87,8 +109,13 @@ class GPTJMLP(TwoLayerMLP):
     """``fc_out(act(fc_in(x)))`` with biases; ``act`` = ``hidden_act`` (default: the tanh GELU)."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__(cfg, cfg.intermediate_size or 4 * cfg.hidden_size, ("fc_in", "fc_out"),
-                         activation(cfg.hidden_act or "gelu"), cfg.hidden_dropout_rate)
+        super().__init__(
+            cfg,
+            cfg.intermediate_size or 4 * cfg.hidden_size,
+            ("fc_in", "fc_out"),
+            activation(cfg.hidden_act or "gelu"),
+            cfg.hidden_dropout_rate,
+        )
 
 
 class GPTJBlock(nn.Cell):
@@ -115,8 +142,7 @@ class GPTJModel(Backbone):
         super().__init__(cfg, cfg.num_heads)
         rotary_dim = cfg.rotary_dim or cfg.head_dim
         if rotary_dim > cfg.head_dim or rotary_dim % 2:
-            raise ConfigError(f"model_config.rotary_dim: {rotary_dim} must be even and at most head_dim "
-                              f"{cfg.head_dim}")
+            raise ConfigError(f"model_config.rotary_dim: {rotary_dim} must be even and at most head_dim {cfg.head_dim}")
         self.wte = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.initializer_range, ms_dtype(cfg.param_init_type))
         self.drop = dropout(cfg.hidden_dropout_rate)
         self.h = nn.CellList([GPTJBlock(cfg) for _ in range(cfg.num_layers)])
@@ -124,8 +150,9 @@ class GPTJModel(Backbone):
         self.rotary = InterleavedRotary(rotary_dim, cfg.rope_theta)
 
     def construct(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, cache_index=None):
-        position_ids, bias, cache_index = attention_inputs(input_ids, attention_mask, position_ids, cache_index,
-                                                           self.compute_dtype, self.cache_heads)
+        position_ids, bias, cache_index = attention_inputs(
+            input_ids, attention_mask, position_ids, cache_index, self.compute_dtype, self.cache_heads
+        )
         cos, sin = self.rotary(position_ids)
         x = self.drop(ops.cast(self.wte(input_ids), self.compute_dtype))
         x = self.run_blocks(self.h, x, bias, (cos, sin), kv_cache, cache_index)
@@ -142,9 +169,23 @@ def gptj_config_to_hf(cfg: ModelConfig) -> dict:
     return {**gpt2_config_to_hf(cfg), "rotary_dim": cfg.rotary_dim or cfg.head_dim}
 
 
-GPTJ = register_family(ModelFamily(
-    name="gptj", backbone=GPTJModel,
-    hf=HFLayout("gptj", "transformer.", "wte.weight", "GPTJForCausalLM", "GPTJForSequenceClassification",
-                ignored=(".attn.bias", ".attn.masked_bias", ".attn.embed_positions")),
-    config_from_hf=gptj_config_from_hf, config_to_hf=gptj_config_to_hf, tied_default=False, lm_head_bias=True,
-    tokenizer="gpt2", add_bos=False))
+GPTJ = register_family(
+    ModelFamily(
+        name="gptj",
+        backbone=GPTJModel,
+        hf=HFLayout(
+            "gptj",
+            "transformer.",
+            "wte.weight",
+            "GPTJForCausalLM",
+            "GPTJForSequenceClassification",
+            ignored=(".attn.bias", ".attn.masked_bias", ".attn.embed_positions"),
+        ),
+        config_from_hf=gptj_config_from_hf,
+        config_to_hf=gptj_config_to_hf,
+        tied_default=False,
+        lm_head_bias=True,
+        tokenizer="gpt2",
+        add_bos=False,
+    )
+)

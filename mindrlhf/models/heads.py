@@ -1,4 +1,5 @@
 """Heads that turn hidden states ``(B, S, H)`` into outputs: the LM head and scalar (value / reward) heads."""
+
 from __future__ import annotations
 
 import mindspore as ms
@@ -16,13 +17,22 @@ class LMHead(nn.Cell):
     ``bias (V,)`` (GPT-J's head).
     """
 
-    def __init__(self, hidden_size: int, vocab_size: int, tied: bool, init_std: float = 0.02,
-                 param_dtype=ms.float32, compute_dtype=ms.float32, has_bias: bool = False):
+    def __init__(
+        self,
+        hidden_size: int,
+        vocab_size: int,
+        tied: bool,
+        init_std: float = 0.02,
+        param_dtype=ms.float32,
+        compute_dtype=ms.float32,
+        has_bias: bool = False,
+    ):
         super().__init__()
         self.tied = tied
         if not tied:
-            self.weight = Parameter(initializer(Normal(init_std), (vocab_size, hidden_size), param_dtype),
-                                    name="weight")
+            self.weight = Parameter(
+                initializer(Normal(init_std), (vocab_size, hidden_size), param_dtype), name="weight"
+            )
         self.has_bias = has_bias
         if has_bias:
             self.bias = Parameter(initializer(Zero(), (vocab_size,), param_dtype), name="bias")

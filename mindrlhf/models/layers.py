@@ -4,6 +4,7 @@ Parameter names mirror Hugging Face (``weight``/``bias``) so checkpoint conversi
 The shapes of the ops are chosen for MindSpore's CPU kernels: matmuls take 2-D inputs, attention uses
 ``BatchMatMul(transpose_b=True)`` instead of an explicit transpose, and KV caches are Parameters updated in place.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,8 +36,15 @@ class Linear(nn.Cell):
         compute_dtype: dtype of the matmul; the result is returned in that dtype.
     """
 
-    def __init__(self, in_features: int, out_features: int, has_bias: bool = True, init_std: float = 0.02,
-                 param_dtype=ms.float32, compute_dtype=ms.float32):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        has_bias: bool = True,
+        init_std: float = 0.02,
+        param_dtype=ms.float32,
+        compute_dtype=ms.float32,
+    ):
         super().__init__()
         self.weight = Parameter(initializer(Normal(init_std), (out_features, in_features), param_dtype), name="weight")
         self.has_bias = has_bias
@@ -58,8 +66,11 @@ class Linear(nn.Cell):
 def mlp_projections(cfg, width: int):
     """The two projections of a two-layer MLP, ``hidden_size -> width -> hidden_size``, with biases, the config's
     initialiser and dtypes: ``(up, down)``."""
-    dtypes = dict(init_std=cfg.initializer_range, param_dtype=ms_dtype(cfg.param_init_type),
-                  compute_dtype=ms_dtype(cfg.compute_dtype))
+    dtypes = dict(
+        init_std=cfg.initializer_range,
+        param_dtype=ms_dtype(cfg.param_init_type),
+        compute_dtype=ms_dtype(cfg.compute_dtype),
+    )
     return Linear(cfg.hidden_size, width, **dtypes), Linear(width, cfg.hidden_size, **dtypes)
 
 
@@ -233,8 +244,10 @@ def causal_padding_bias(attention_mask, dtype):
 
 def key_padding_bias(key_mask, dtype):
     """Additive attention bias ``(B, 1, 1, L)`` from a key mask over cache slots (decode step)."""
-    return ops.cast(ops.reshape((1.0 - ops.cast(key_mask, ms.float32)) * NEG_INF,
-                                (key_mask.shape[0], 1, 1, key_mask.shape[1])), dtype)
+    return ops.cast(
+        ops.reshape((1.0 - ops.cast(key_mask, ms.float32)) * NEG_INF, (key_mask.shape[0], 1, 1, key_mask.shape[1])),
+        dtype,
+    )
 
 
 class Attention(nn.Cell):
@@ -251,8 +264,15 @@ class Attention(nn.Cell):
       padded ones).
     """
 
-    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, dropout: float = 0.0,
-                 softmax_dtype=ms.float32, compute_dtype=ms.float32):
+    def __init__(
+        self,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dropout: float = 0.0,
+        softmax_dtype=ms.float32,
+        compute_dtype=ms.float32,
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
@@ -289,8 +309,9 @@ class Attention(nn.Cell):
             scores = cast(self.qk(q, k), self.softmax_dtype) + cast(bias, self.softmax_dtype)  # (B, n, S, L)
         else:
             qg = ops.reshape(q, (batch, self.num_kv_heads, self.groups * seq, dim))
-            scores = ops.reshape(cast(self.qk(qg, k), self.softmax_dtype),
-                                 (batch, self.num_kv_heads, self.groups, seq, keys))
+            scores = ops.reshape(
+                cast(self.qk(qg, k), self.softmax_dtype), (batch, self.num_kv_heads, self.groups, seq, keys)
+            )
             scores = scores + ops.expand_dims(cast(bias, self.softmax_dtype), 1)
         probs = self.dropout(cast(ops.softmax(scores, -1), self.compute_dtype))
         out = self.pv(ops.reshape(probs, (batch, self.num_kv_heads, self.groups * seq, keys)), v)
@@ -324,8 +345,11 @@ def attention_inputs(input_ids, attention_mask, position_ids, cache_index, dtype
         position_ids = positions_from_mask(attention_mask)
     if cache_index is None:
         return position_ids, causal_padding_bias(attention_mask, dtype), None
-    return (position_ids, key_padding_bias(attention_mask, dtype),
-            cache_slot_index(cache_index, input_ids.shape[0], cache_heads))
+    return (
+        position_ids,
+        key_padding_bias(attention_mask, dtype),
+        cache_slot_index(cache_index, input_ids.shape[0], cache_heads),
+    )
 
 
 def split_heads(x, heads: int, head_dim: int):

@@ -1,5 +1,6 @@
 """Llama-2 backbone: RMSNorm, rotary positions, SwiGLU MLP, no biases, grouped-query attention
 (Hugging Face ``LlamaModel`` layout)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,11 +8,31 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from mindrlhf.config import ModelConfig
-from mindrlhf.models.layers import (Attention, Backbone, Embedding, Linear, activation, attention_inputs, dropout,
-                                    hidden_norm, ms_dtype, split_heads)
-from mindrlhf.models.registry import (HF_ACTIVATION_NAMES, CheckpointError, HFLayout, MindformersLayout, ModelFamily,
-                                      hf_activation, hf_field, hf_rope_theta, hf_special_ids, register_family,
-                                      rename_by_pairs)
+from mindrlhf.models.layers import (
+    Attention,
+    Backbone,
+    Embedding,
+    Linear,
+    activation,
+    attention_inputs,
+    dropout,
+    hidden_norm,
+    ms_dtype,
+    split_heads,
+)
+from mindrlhf.models.registry import (
+    HF_ACTIVATION_NAMES,
+    CheckpointError,
+    HFLayout,
+    MindformersLayout,
+    ModelFamily,
+    hf_activation,
+    hf_field,
+    hf_rope_theta,
+    hf_special_ids,
+    register_family,
+    rename_by_pairs,
+)
 
 
 def llama_intermediate_size(cfg: ModelConfig) -> int:
@@ -52,16 +73,26 @@ class LlamaAttention(nn.Cell):
 
     def __init__(self, cfg: ModelConfig, qkv_bias: bool = False):
         super().__init__()
-        dtypes = dict(has_bias=False, init_std=cfg.initializer_range, param_dtype=ms_dtype(cfg.param_init_type),
-                      compute_dtype=ms_dtype(cfg.compute_dtype))
+        dtypes = dict(
+            has_bias=False,
+            init_std=cfg.initializer_range,
+            param_dtype=ms_dtype(cfg.param_init_type),
+            compute_dtype=ms_dtype(cfg.compute_dtype),
+        )
         kv_width = cfg.num_kv_heads * cfg.head_dim
         qkv = {**dtypes, "has_bias": qkv_bias}
         self.q_proj = Linear(cfg.hidden_size, cfg.hidden_size, **qkv)
         self.k_proj = Linear(cfg.hidden_size, kv_width, **qkv)
         self.v_proj = Linear(cfg.hidden_size, kv_width, **qkv)
         self.o_proj = Linear(cfg.hidden_size, cfg.hidden_size, **dtypes)
-        self.attn = Attention(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.attention_dropout_rate,
-                              ms_dtype(cfg.softmax_compute_type), ms_dtype(cfg.compute_dtype))
+        self.attn = Attention(
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            cfg.attention_dropout_rate,
+            ms_dtype(cfg.softmax_compute_type),
+            ms_dtype(cfg.compute_dtype),
+        )
         self.heads, self.kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
 
     def construct(self, x, bias, cos, sin, k_cache=None, v_cache=None, cache_index=None):
@@ -77,8 +108,12 @@ class LlamaMLP(nn.Cell):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         width = llama_intermediate_size(cfg)
-        dtypes = dict(has_bias=False, init_std=cfg.initializer_range, param_dtype=ms_dtype(cfg.param_init_type),
-                      compute_dtype=ms_dtype(cfg.compute_dtype))
+        dtypes = dict(
+            has_bias=False,
+            init_std=cfg.initializer_range,
+            param_dtype=ms_dtype(cfg.param_init_type),
+            compute_dtype=ms_dtype(cfg.compute_dtype),
+        )
         self.gate_proj = Linear(cfg.hidden_size, width, **dtypes)
         self.up_proj = Linear(cfg.hidden_size, width, **dtypes)
         self.down_proj = Linear(width, cfg.hidden_size, **dtypes)
@@ -113,15 +148,17 @@ class LlamaModel(Backbone):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, cfg.num_kv_heads)
-        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.initializer_range,
-                                      ms_dtype(cfg.param_init_type))
+        self.embed_tokens = Embedding(
+            cfg.vocab_size, cfg.hidden_size, cfg.initializer_range, ms_dtype(cfg.param_init_type)
+        )
         self.layers = nn.CellList([LlamaDecoderLayer(cfg, self.qkv_bias) for _ in range(cfg.num_layers)])
         self.norm = hidden_norm(cfg, rms=True)
         self.rotary = Rotary(cfg.head_dim, cfg.rope_theta)
 
     def construct(self, input_ids, attention_mask=None, position_ids=None, kv_cache=None, cache_index=None):
-        position_ids, bias, cache_index = attention_inputs(input_ids, attention_mask, position_ids, cache_index,
-                                                           self.compute_dtype, self.cache_heads)
+        position_ids, bias, cache_index = attention_inputs(
+            input_ids, attention_mask, position_ids, cache_index, self.compute_dtype, self.cache_heads
+        )
         cos, sin = self.rotary(position_ids)
         x = ops.cast(self.embed_tokens(input_ids), self.compute_dtype)
         x = self.run_blocks(self.layers, x, bias, (cos, sin), kv_cache, cache_index)
@@ -133,23 +170,35 @@ def rotary_config_from_hf(hf: dict, source: str, family_name: str, defaults) -> 
     family's ``(bos, eos, pad)`` ids when ``config.json`` does not give them."""
     heads = hf_field(hf, "num_attention_heads", source)
     return ModelConfig(
-        type=family_name, vocab_size=hf_field(hf, "vocab_size", source),
-        hidden_size=hf_field(hf, "hidden_size", source), num_layers=hf_field(hf, "num_hidden_layers", source),
-        num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
+        type=family_name,
+        vocab_size=hf_field(hf, "vocab_size", source),
+        hidden_size=hf_field(hf, "hidden_size", source),
+        num_layers=hf_field(hf, "num_hidden_layers", source),
+        num_heads=heads,
+        num_kv_heads=hf.get("num_key_value_heads") or heads,
         intermediate_size=hf_field(hf, "intermediate_size", source),
         seq_length=hf.get("max_position_embeddings", 4096),
         hidden_act=hf_activation(hf, source, "hidden_act", "silu"),
-        rms_norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=hf_rope_theta(hf, source),
-        **hf_special_ids(hf, *defaults))
+        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=hf_rope_theta(hf, source),
+        **hf_special_ids(hf, *defaults),
+    )
 
 
 def rotary_config_to_hf(cfg: ModelConfig) -> dict:
     """:class:`ModelConfig` -> the fields shared by ``LlamaConfig`` and ``Qwen2Config``."""
-    return {"hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers,
-            "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
-            "intermediate_size": llama_intermediate_size(cfg), "max_position_embeddings": cfg.seq_length,
-            "hidden_act": HF_ACTIVATION_NAMES[cfg.hidden_act or "silu"], "rms_norm_eps": cfg.rms_norm_eps,
-            "rope_theta": cfg.rope_theta, "attention_dropout": cfg.attention_dropout_rate}
+    return {
+        "hidden_size": cfg.hidden_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "intermediate_size": llama_intermediate_size(cfg),
+        "max_position_embeddings": cfg.seq_length,
+        "hidden_act": HF_ACTIVATION_NAMES[cfg.hidden_act or "silu"],
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "attention_dropout": cfg.attention_dropout_rate,
+    }
 
 
 def llama_config_from_hf(hf: dict, source: str) -> ModelConfig:
@@ -169,11 +218,15 @@ def llama_config_to_hf(cfg: ModelConfig) -> dict:
 MINDFORMERS_LLAMA_NAMES = (
     ("model.tok_embeddings.embedding_weight", "backbone.embed_tokens.weight"),
     ("model.norm_out.", "backbone.norm."),
-    (".attention.wq.", ".self_attn.q_proj."), (".attention.wk.", ".self_attn.k_proj."),
-    (".attention.wv.", ".self_attn.v_proj."), (".attention.wo.", ".self_attn.o_proj."),
-    (".feed_forward.w1.", ".mlp.gate_proj."), (".feed_forward.w2.", ".mlp.down_proj."),
+    (".attention.wq.", ".self_attn.q_proj."),
+    (".attention.wk.", ".self_attn.k_proj."),
+    (".attention.wv.", ".self_attn.v_proj."),
+    (".attention.wo.", ".self_attn.o_proj."),
+    (".feed_forward.w1.", ".mlp.gate_proj."),
+    (".feed_forward.w2.", ".mlp.down_proj."),
     (".feed_forward.w3.", ".mlp.up_proj."),
-    (".attention_norm.", ".input_layernorm."), (".ffn_norm.", ".post_attention_layernorm."),
+    (".attention_norm.", ".input_layernorm."),
+    (".ffn_norm.", ".post_attention_layernorm."),
     ("model.layers.", "backbone.layers."),
 )
 
@@ -191,11 +244,25 @@ def llama_to_mindformers(arrays: dict, cfg: ModelConfig) -> dict:
     return {rename_by_pairs(name, inverse): a for name, a in arrays.items()}
 
 
-LLAMA = register_family(ModelFamily(
-    name="llama", backbone=LlamaModel,
-    hf=HFLayout("llama", "model.", "embed_tokens.weight", "LlamaForCausalLM", "LlamaForSequenceClassification",
-                ignored=(".rotary_emb.inv_freq",)),
-    config_from_hf=llama_config_from_hf, config_to_hf=llama_config_to_hf, tied_default=False,
-    tokenizer="llama", add_bos=True,
-    mindformers=MindformersLayout(("model.tok_embeddings.", "model.layers.", "model.norm_out."),
-                                  llama_from_mindformers, llama_to_mindformers)))
+LLAMA = register_family(
+    ModelFamily(
+        name="llama",
+        backbone=LlamaModel,
+        hf=HFLayout(
+            "llama",
+            "model.",
+            "embed_tokens.weight",
+            "LlamaForCausalLM",
+            "LlamaForSequenceClassification",
+            ignored=(".rotary_emb.inv_freq",),
+        ),
+        config_from_hf=llama_config_from_hf,
+        config_to_hf=llama_config_to_hf,
+        tied_default=False,
+        tokenizer="llama",
+        add_bos=True,
+        mindformers=MindformersLayout(
+            ("model.tok_embeddings.", "model.layers.", "model.norm_out."), llama_from_mindformers, llama_to_mindformers
+        ),
+    )
+)

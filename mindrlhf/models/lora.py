@@ -15,6 +15,7 @@ Each adapter's scale ``alpha / r`` lives in a frozen Parameter ``lora_scale``: :
 0 (the base model: PPO's, GRPO's and DPO's reference, no second copy of the weights) and back, without recompiling a
 graph. :func:`merge_lora` folds ``W + (alpha / r) B A`` into the base and removes the adapters (export).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -70,8 +71,9 @@ class LoRALinear(Linear):
         out_features, in_features = base.weight.shape
         dtype = base.weight.dtype
         # PEFT's initialisation: A Kaiming-uniform, B zero (the adapted model starts as the base)
-        self.lora_A = Parameter(initializer(HeUniform(negative_slope=np.sqrt(5)), (r, in_features), dtype),
-                                name="lora_A")
+        self.lora_A = Parameter(
+            initializer(HeUniform(negative_slope=np.sqrt(5)), (r, in_features), dtype), name="lora_A"
+        )
         self.lora_B = Parameter(initializer(Zero(), (out_features, r), dtype), name="lora_B")
         self.lora_scale = Parameter(Tensor(alpha / r, ms.float32), name=LORA_SCALE, requires_grad=False)
         self.r, self.alpha = r, alpha
@@ -105,8 +107,10 @@ def matches(name: str, patterns) -> bool:
 def _check_rank(name: str, layer: Linear, r: int) -> None:
     out_features, in_features = layer.weight.shape
     if r > min(in_features, out_features):
-        raise ConfigError(f"lora.r: rank {r} is larger than layer {name!r} ({in_features} -> {out_features}) "
-                          f"allows (at most {min(in_features, out_features)})")
+        raise ConfigError(
+            f"lora.r: rank {r} is larger than layer {name!r} ({in_features} -> {out_features}) "
+            f"allows (at most {min(in_features, out_features)})"
+        )
 
 
 def rename_parameters(model: nn.Cell) -> None:
@@ -130,8 +134,9 @@ def apply_lora(model: nn.Cell, cfg: LoRAConfig) -> List[str]:
             kinds = sorted({re.sub(r"\.\d+\.", ".<i>.", name) for name in layers})
             near = difflib.get_close_matches(pattern, sorted({n.rsplit(".", 1)[-1] for n in layers}), n=1)
             hint = f"did you mean {near[0]!r}? " if near else ""
-            raise ConfigError(f"lora.target_modules: {pattern!r} matches no dense layer; {hint}the model has: "
-                              f"{', '.join(kinds)}")
+            raise ConfigError(
+                f"lora.target_modules: {pattern!r} matches no dense layer; {hint}the model has: {', '.join(kinds)}"
+            )
     chosen = sorted(name for name in layers if matches(name, cfg.target_modules))
     for name in chosen:
         _check_rank(name, layers[name][2], cfg.r)
@@ -142,8 +147,15 @@ def apply_lora(model: nn.Cell, cfg: LoRAConfig) -> List[str]:
     freeze_base(model, cfg.trainable)
     trainable = sum(int(np.prod(p.shape)) for p in model.trainable_params())
     total = sum(int(np.prod(p.shape)) for p in model.get_parameters() if not p.name.startswith("kv_cache"))
-    logger.info("LoRA r=%d alpha=%g on %d layers: %d of %d parameters trainable (%.2f%%)", cfg.r, cfg.alpha,
-                len(chosen), trainable, total, 100.0 * trainable / max(total, 1))
+    logger.info(
+        "LoRA r=%d alpha=%g on %d layers: %d of %d parameters trainable (%.2f%%)",
+        cfg.r,
+        cfg.alpha,
+        len(chosen),
+        trainable,
+        total,
+        100.0 * trainable / max(total, 1),
+    )
     return chosen
 
 
@@ -154,7 +166,8 @@ def freeze_base(model: nn.Cell, trainable=()) -> None:
         if leaf == LORA_SCALE or name.startswith("kv_cache"):
             continue
         param.requires_grad = leaf in LORA_PARAMS or any(
-            name == p or name.startswith(p + ".") or re.fullmatch(p, name) for p in trainable)
+            name == p or name.startswith(p + ".") or re.fullmatch(p, name) for p in trainable
+        )
 
 
 def lora_layers(model: nn.Cell) -> Dict[str, LoRALinear]:
@@ -210,8 +223,11 @@ def has_adapters(model: nn.Cell) -> bool:
 def adapter_parameters(model: nn.Cell) -> Dict[str, Parameter]:
     """What an adapter checkpoint of ``model`` holds: its trainable parameters (adapters, trained heads) and the
     adapter scales, by name; the frozen base is rebuilt from where it came from."""
-    return {p.name: p for p in model.get_parameters()
-            if not p.name.startswith("kv_cache") and (p.requires_grad or p.name.endswith("." + LORA_SCALE))}
+    return {
+        p.name: p
+        for p in model.get_parameters()
+        if not p.name.startswith("kv_cache") and (p.requires_grad or p.name.endswith("." + LORA_SCALE))
+    }
 
 
 def frozen_base(model: nn.Cell) -> Dict[str, Parameter]:
@@ -253,10 +269,15 @@ def check_base(params: Dict[str, Parameter], record: dict, source: str) -> None:
     if common and not differing:
         return
     base = record["path"] or "fresh weights of the same seed"
-    what = (f"{len(differing)} of {len(common)} base parameters differ, e.g. {differing[0]}" if differing
-            else "no base parameter in common")
-    raise CheckpointError(f"{source}: its LoRA adapters were trained on the base {base}, but the base weights given "
-                          f"are another model ({what}); start from that base")
+    what = (
+        f"{len(differing)} of {len(common)} base parameters differ, e.g. {differing[0]}"
+        if differing
+        else "no base parameter in common"
+    )
+    raise CheckpointError(
+        f"{source}: its LoRA adapters were trained on the base {base}, but the base weights given "
+        f"are another model ({what}); start from that base"
+    )
 
 
 class WithoutAdapters:
@@ -288,10 +309,11 @@ def fold_lora_arrays(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     ``<layer>.weight`` (``W + scale B A``): what a model without adapters loads."""
     out = dict(arrays)
     for name in [n for n in arrays if n.endswith(".lora_A")]:
-        layer = name[:-len(".lora_A")]
+        layer = name[: -len(".lora_A")]
         a, b = out.pop(name), out.pop(f"{layer}.lora_B")
         scale = float(out.pop(f"{layer}.{LORA_SCALE}"))
         weight = out[f"{layer}.weight"]
-        out[f"{layer}.weight"] = (weight.astype(np.float64) + scale * (b.astype(np.float64) @ a.astype(np.float64))
-                                  ).astype(weight.dtype)
+        out[f"{layer}.weight"] = (
+            weight.astype(np.float64) + scale * (b.astype(np.float64) @ a.astype(np.float64))
+        ).astype(weight.dtype)
     return out

@@ -13,6 +13,7 @@ whole matrix as ``base_model.model.score.weight``, so ``PeftModel.from_pretraine
 ``AutoModelForSequenceClassification`` of the base scores as ours. PPO's shared value head (``v_head``) has no
 ``transformers`` counterpart and stays out of an adapter folder.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,19 +40,18 @@ HEAD_MODULES = ("classifier", SAVED_HEAD)  # what PEFT puts in modules_to_save f
 
 def hf_module(name: str, prefix: str) -> str:
     """Our dotted layer name -> the Hugging Face module name (``backbone.`` -> the family's prefix)."""
-    return prefix + name[len(BACKBONE_PREFIX):] if name.startswith(BACKBONE_PREFIX) else name
+    return prefix + name[len(BACKBONE_PREFIX) :] if name.startswith(BACKBONE_PREFIX) else name
 
 
 def our_layer(module: str, prefix: str) -> str:
     """Inverse of :func:`hf_module`."""
-    return BACKBONE_PREFIX + module[len(prefix):] if module.startswith(prefix) else module
+    return BACKBONE_PREFIX + module[len(prefix) :] if module.startswith(prefix) else module
 
 
 def single_setting(values: List[float], what: str) -> float:
     """The one value every adapter shares (PEFT's per-layer patterns are not written)."""
     if len(set(values)) != 1:
-        raise ConfigError(f"adapters of different {what} ({sorted(set(values))}) cannot be written as one "
-                          f"PEFT config")
+        raise ConfigError(f"adapters of different {what} ({sorted(set(values))}) cannot be written as one PEFT config")
     return values[0]
 
 
@@ -72,13 +72,19 @@ def save_peft_adapter(model: nn.Cell, model_type: str, folder: str) -> str:
     head = getattr(model, SAVED_HEAD, None)
     if head is not None:  # a reward model or critic: its trained head in full, as PEFT saves modules_to_save
         tensors[f"{PEFT_PREFIX}{SAVED_HEAD}.weight"] = np.ascontiguousarray(head.weight.asnumpy())
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM" if head is None else "SEQ_CLS",
-              "base_model_name_or_path": None,
-              "r": int(single_setting([layer.r for layer in layers.values()], "ranks")),
-              "lora_alpha": single_setting([layer.alpha for layer in layers.values()], "alphas"),
-              "lora_dropout": 0.0, "target_modules": modules, "bias": "none", "inference_mode": True,
-              "fan_in_fan_out": any(f"{m}.weight".endswith(layout.transposed) for m in modules),
-              "modules_to_save": None if head is None else list(HEAD_MODULES)}
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM" if head is None else "SEQ_CLS",
+        "base_model_name_or_path": None,
+        "r": int(single_setting([layer.r for layer in layers.values()], "ranks")),
+        "lora_alpha": single_setting([layer.alpha for layer in layers.values()], "alphas"),
+        "lora_dropout": 0.0,
+        "target_modules": modules,
+        "bias": "none",
+        "inference_mode": True,
+        "fan_in_fan_out": any(f"{m}.weight".endswith(layout.transposed) for m in modules),
+        "modules_to_save": None if head is None else list(HEAD_MODULES),
+    }
     with atomic_folder(folder) as tmp:
         save_file(tensors, os.path.join(tmp, ADAPTER_WEIGHTS), metadata={"format": "pt"})
         with open(os.path.join(tmp, ADAPTER_CONFIG), "w", encoding="utf-8") as f:
@@ -102,8 +108,10 @@ def read_peft_config(folder: str) -> Dict:
         raise CheckpointError(f"{path}: field 'bias' is not supported (none)")
     extra = sorted(set(config.get("modules_to_save") or ()) - set(HEAD_MODULES))
     if extra:
-        raise CheckpointError(f"{path}: field 'modules_to_save' names {extra}: only a sequence-classification "
-                              f"head ({', '.join(HEAD_MODULES)}) is supported")
+        raise CheckpointError(
+            f"{path}: field 'modules_to_save' names {extra}: only a sequence-classification "
+            f"head ({', '.join(HEAD_MODULES)}) is supported"
+        )
     return config
 
 
@@ -118,14 +126,18 @@ def peft_arrays(folder: str, model_type: str) -> Tuple[Dict[str, np.ndarray], Lo
         if key == f"{PEFT_PREFIX}{SAVED_HEAD}.weight" and config.get("modules_to_save"):
             arrays[f"{SAVED_HEAD}.weight"] = array  # the trained score head, whole
             continue
-        module, kind = key[len(PEFT_PREFIX):].rsplit(".lora_", 1) if key.startswith(PEFT_PREFIX) else (key, "")
+        module, kind = key[len(PEFT_PREFIX) :].rsplit(".lora_", 1) if key.startswith(PEFT_PREFIX) else (key, "")
         if kind not in ("A.weight", "B.weight"):
             raise CheckpointError(f"{folder}/{ADAPTER_WEIGHTS}: tensor {key!r} is not a LoRA A/B weight")
         layer = our_layer(module, prefix)
         modules.add(layer)
         arrays[f"{layer}.lora_{kind[0]}"] = array
-    lora = LoRAConfig(r=int(config["r"]), alpha=float(config.get("lora_alpha", 8)),
-                      dropout=float(config.get("lora_dropout", 0.0)), target_modules=sorted(modules))
+    lora = LoRAConfig(
+        r=int(config["r"]),
+        alpha=float(config.get("lora_alpha", 8)),
+        dropout=float(config.get("lora_dropout", 0.0)),
+        target_modules=sorted(modules),
+    )
     return arrays, lora
 
 
@@ -142,7 +154,7 @@ def ckpt_adapter_arrays(path: str) -> Tuple[Dict[str, np.ndarray], LoRAConfig]:
     from mindrlhf.train.checkpoint import read_ckpt
 
     entries = read_ckpt(path)
-    layers = sorted(n[:-len(".lora_A")] for n in entries if n.endswith(".lora_A"))
+    layers = sorted(n[: -len(".lora_A")] for n in entries if n.endswith(".lora_A"))
     if not layers:
         raise CheckpointError(f"{path}: holds no LoRA adapters (no <layer>.lora_A entries)")
     r = int(entries[f"{layers[0]}.lora_A"].shape[0])
@@ -172,6 +184,7 @@ def attach_adapters(model: nn.Cell, arrays: Dict[str, np.ndarray], lora: LoRACon
         arrays = {n: a for n, a in arrays.items() if not n.startswith(f"{SAVED_HEAD}.")}
     else:
         expected.update(n for n in arrays if n.startswith(f"{SAVED_HEAD}."))
-    assign_parameters(model, arrays, source, allow_missing=tuple(n for n, _ in model.parameters_and_names()
-                                                                  if n not in expected))
+    assign_parameters(
+        model, arrays, source, allow_missing=tuple(n for n, _ in model.parameters_and_names() if n not in expected)
+    )
     return adapted

@@ -1,5 +1,6 @@
 """Causal language model (policy / reference) on any registered backbone, with an optional value head that shares
 the backbone (PPO's actor-critic)."""
+
 from __future__ import annotations
 
 import mindspore as ms
@@ -41,12 +42,23 @@ class CausalLM(nn.Cell):
         entry = family(cfg.type)
         tied = entry.tied_default if cfg.tie_word_embeddings is None else cfg.tie_word_embeddings
         self.tied = tied
-        self.lm_head = LMHead(cfg.hidden_size, cfg.vocab_size, tied, cfg.initializer_range,
-                              ms_dtype(cfg.param_init_type), ms_dtype(cfg.compute_dtype), entry.lm_head_bias)
+        self.lm_head = LMHead(
+            cfg.hidden_size,
+            cfg.vocab_size,
+            tied,
+            cfg.initializer_range,
+            ms_dtype(cfg.param_init_type),
+            ms_dtype(cfg.compute_dtype),
+            entry.lm_head_bias,
+        )
         self.with_value_head = with_value_head
         if with_value_head:
-            self.v_head = ScalarHead(cfg.hidden_size, has_bias=True, init_std=cfg.initializer_range,
-                                     compute_dtype=ms_dtype(cfg.compute_dtype))
+            self.v_head = ScalarHead(
+                cfg.hidden_size,
+                has_bias=True,
+                init_std=cfg.initializer_range,
+                compute_dtype=ms_dtype(cfg.compute_dtype),
+            )
         self.config = cfg
 
     def logits(self, hidden):

@@ -1,6 +1,7 @@
 """Qwen2 / Qwen2.5 backbone: the Llama layout (RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention) with
 biases on the q/k/v projections, a large ``rope_theta`` and, for the small sizes, tied embeddings (Hugging Face
 ``Qwen2Model``)."""
+
 from __future__ import annotations
 
 from mindrlhf.config import ModelConfig
@@ -29,9 +30,23 @@ def qwen2_config_to_hf(cfg: ModelConfig) -> dict:
     return {**rotary_config_to_hf(cfg), "use_sliding_window": False}
 
 
-QWEN2 = register_family(ModelFamily(
-    name="qwen2", backbone=Qwen2Model,
-    hf=HFLayout("qwen2", "model.", "embed_tokens.weight", "Qwen2ForCausalLM", "Qwen2ForSequenceClassification",
-                ignored=(".rotary_emb.inv_freq",)),
-    config_from_hf=qwen2_config_from_hf, config_to_hf=qwen2_config_to_hf, tied_default=False,
-    tokenizer=None, add_bos=False, chat_template="chatml"))
+QWEN2 = register_family(
+    ModelFamily(
+        name="qwen2",
+        backbone=Qwen2Model,
+        hf=HFLayout(
+            "qwen2",
+            "model.",
+            "embed_tokens.weight",
+            "Qwen2ForCausalLM",
+            "Qwen2ForSequenceClassification",
+            ignored=(".rotary_emb.inv_freq",),
+        ),
+        config_from_hf=qwen2_config_from_hf,
+        config_to_hf=qwen2_config_to_hf,
+        tied_default=False,
+        tokenizer=None,
+        add_bos=False,
+        chat_template="chatml",
+    )
+)

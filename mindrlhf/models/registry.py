@@ -6,6 +6,7 @@ Families register with :func:`register_family` from their own module (``gpt2.py`
 else looks them up with :func:`family` (by ``model_config.type``) or :func:`family_for_model_type` (by a Hugging Face
 ``config.json`` ``model_type``), so no ``construct`` and no converter branches on a family name.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -100,8 +101,9 @@ def family(name: str) -> ModelFamily:
     if name not in _FAMILIES:
         near = difflib.get_close_matches(name, list_backbones(), n=1, cutoff=0.3)
         hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ConfigError(f"model_config.type: unknown model {name!r}{hint} "
-                          f"(registered: {', '.join(list_backbones())})")
+        raise ConfigError(
+            f"model_config.type: unknown model {name!r}{hint} (registered: {', '.join(list_backbones())})"
+        )
     return _FAMILIES[name]
 
 
@@ -122,8 +124,10 @@ def backbone_class(name: str):
 def build_backbone(cfg: ModelConfig, recompute: bool = False):
     """Build the backbone named by ``cfg.type``; ``recompute`` recomputes each block in the backward pass."""
     if cfg.compute_dtype == "bfloat16" and ms.get_context("device_target") == "CPU":
-        raise ConfigError("model_config.compute_dtype: bfloat16 matmuls are not available on MindSpore's CPU "
-                          "kernels; use float32 or float16 on CPU (bfloat16 works on GPU/Ascend)")
+        raise ConfigError(
+            "model_config.compute_dtype: bfloat16 matmuls are not available on MindSpore's CPU "
+            "kernels; use float32 or float16 on CPU (bfloat16 works on GPU/Ascend)"
+        )
     backbone = backbone_class(cfg.type)(cfg)
     if recompute:
         for block in backbone.blocks():
@@ -135,8 +139,14 @@ _MISSING = object()
 
 
 # Hugging Face's activation names (transformers ACT2FN) -> ``ModelConfig.hidden_act``, and back
-HF_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact", "silu": "silu",
-                  "swish": "silu", "relu": "relu"}
+HF_ACTIVATIONS = {
+    "gelu_new": "gelu",
+    "gelu_pytorch_tanh": "gelu",
+    "gelu": "gelu_exact",
+    "silu": "silu",
+    "swish": "silu",
+    "relu": "relu",
+}
 HF_ACTIVATION_NAMES = {"gelu": "gelu_new", "gelu_exact": "gelu", "silu": "silu", "relu": "relu"}
 
 
@@ -148,8 +158,7 @@ def hf_activation(hf: Dict[str, Any], source: str, key: str, default: str) -> st
     """
     name = hf.get(key, default)
     if name not in HF_ACTIVATIONS:
-        raise CheckpointError(f"{source}: field {key!r} {name!r} is not supported (one of "
-                              f"{', '.join(HF_ACTIVATIONS)})")
+        raise CheckpointError(f"{source}: field {key!r} {name!r} is not supported (one of {', '.join(HF_ACTIVATIONS)})")
     return HF_ACTIVATIONS[name]
 
 
@@ -169,8 +178,11 @@ def hf_special_ids(hf: Dict[str, Any], bos: Optional[int], eos: Optional[int], p
         eos = eos[0]
     bos = hf.get("bos_token_id") if hf.get("bos_token_id") is not None else bos
     pad = hf.get("pad_token_id") if hf.get("pad_token_id") is not None else pad
-    return {"eos_token_id": eos, "bos_token_id": eos if bos is None else bos,
-            "pad_token_id": eos if pad is None else pad}
+    return {
+        "eos_token_id": eos,
+        "bos_token_id": eos if bos is None else bos,
+        "pad_token_id": eos if pad is None else pad,
+    }
 
 
 def hf_rope_theta(hf: Dict[str, Any], source: str, default: float = 10000.0) -> float:
@@ -182,8 +194,9 @@ def hf_rope_theta(hf: Dict[str, Any], source: str, default: float = 10000.0) -> 
     for field, value in (("rope_scaling", scaling), ("rope_parameters", params)):
         kind = value.get("rope_type", value.get("type", "default")) if isinstance(value, dict) else value
         if value and kind != "default":
-            raise CheckpointError(f"{source}: field {field!r} of type {kind!r} is not supported "
-                                  f"(only unscaled rotary positions are)")
+            raise CheckpointError(
+                f"{source}: field {field!r} of type {kind!r} is not supported (only unscaled rotary positions are)"
+            )
     if hf.get("rope_theta") is not None:
         return float(hf["rope_theta"])
     return float(params.get("rope_theta", default)) if isinstance(params, dict) else default

@@ -1,5 +1,6 @@
 """Reward model and critic: a backbone plus a scalar head ``score`` (Hugging Face's
 ``*ForSequenceClassification`` name, so reward checkpoints export to it and load into the critic)."""
+
 from __future__ import annotations
 
 from mindspore import nn
@@ -16,8 +17,9 @@ class ScalarModel(nn.Cell):
     def __init__(self, cfg: ModelConfig, recompute: bool = False):
         super().__init__()
         self.backbone = build_backbone(cfg, recompute)
-        self.score = ScalarHead(cfg.hidden_size, has_bias=False, init_std=cfg.initializer_range,
-                                compute_dtype=ms_dtype(cfg.compute_dtype))
+        self.score = ScalarHead(
+            cfg.hidden_size, has_bias=False, init_std=cfg.initializer_range, compute_dtype=ms_dtype(cfg.compute_dtype)
+        )
         self.config = cfg
 
     def token_scores(self, input_ids, attention_mask=None, position_ids=None):

@@ -19,6 +19,7 @@ paragraph of the section class's docstring and a table ``key | type | default | 
 A field without a meaning comment, or a section class without a docstring, is an error
 (:class:`ConfigDocError`, exit status 1): every config field carries its one-line doc.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -196,8 +197,9 @@ def collect_sections(missing: List[str], root: type = RunConfig) -> List[Section
                 missing.append(f"{cls.__name__}.{f.name} ({key}): no meaning comment")
             if f.default is not dataclasses.MISSING and current == getattr(fresh, f.name):
                 current = f.default  # not set by the parent's default; shown before __post_init__ derives it
-            section.rows.append((f.name, type_name(hints[f.name]), f"`{yaml_value(current)}`",
-                                 comments.get(f.name, "")))
+            section.rows.append(
+                (f.name, type_name(hints[f.name]), f"`{yaml_value(current)}`", comments.get(f.name, ""))
+            )
         for child in children:
             visit(*child)
 
@@ -214,8 +216,11 @@ def missing_comments(root: type = RunConfig) -> List[str]:
         for cls in vars(config_module).values():
             if dataclasses.is_dataclass(cls) and cls.__module__ == config_module.__name__ and cls not in seen:
                 hints, comments = typing.get_type_hints(cls), inherited_comments(cls)
-                missing += [f"{cls.__name__}.{f.name}: no meaning comment" for f in dataclasses.fields(cls)
-                            if not comments.get(f.name) and not dataclasses.is_dataclass(hints[f.name])]
+                missing += [
+                    f"{cls.__name__}.{f.name}: no meaning comment"
+                    for f in dataclasses.fields(cls)
+                    if not comments.get(f.name) and not dataclasses.is_dataclass(hints[f.name])
+                ]
     return list(dict.fromkeys(missing))
 
 
@@ -267,24 +272,40 @@ name in both `ppo` and `grpo`, is refused naming both keys.
 
 def seed_name_table() -> str:
     """The Markdown table of :data:`mindrlhf.config.SEED_NAMES`."""
-    rows = [f"| `{name}` | {', '.join(f'`{t}`' for t in targets)} |" for name, targets in
-            config_module.SEED_NAMES.items()]
+    rows = [
+        f"| `{name}` | {', '.join(f'`{t}`' for t in targets)} |" for name, targets in config_module.SEED_NAMES.items()
+    ]
     return "\n".join(["| seed name (`ppo.` / `grpo.`) | sets |", "|---|---|", *rows])
 
 
 def render(sections: Sequence[Section]) -> str:
     """The Markdown page."""
-    lines = ["# Configuration reference", "",
-             f"<!-- Generated from mindrlhf/config.py by `{COMMAND}`; do not edit by hand. -->", "",
-             INTRO.format(rules=_loading_rules(), seed_names=seed_name_table()), "## Sections", ""]
+    lines = [
+        "# Configuration reference",
+        "",
+        f"<!-- Generated from mindrlhf/config.py by `{COMMAND}`; do not edit by hand. -->",
+        "",
+        INTRO.format(rules=_loading_rules(), seed_names=seed_name_table()),
+        "## Sections",
+        "",
+    ]
     for section in sections:
         title = section.path or "top level"
-        lines.append(f"- [`{title}`](#{anchor(title)}): {markdown_cell(class_summary(section.cls))}"
-                     if section.path else f"- [top level](#top-level): {markdown_cell(class_summary(section.cls))}")
+        lines.append(
+            f"- [`{title}`](#{anchor(title)}): {markdown_cell(class_summary(section.cls))}"
+            if section.path
+            else f"- [top level](#top-level): {markdown_cell(class_summary(section.cls))}"
+        )
     for section in sections:
-        lines += ["", f"## {section.path}" if section.path else "## top level", "",
-                  markdown_cell(class_summary(section.cls)), "",
-                  "| key | type | default | meaning |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {section.path}" if section.path else "## top level",
+            "",
+            markdown_cell(class_summary(section.cls)),
+            "",
+            "| key | type | default | meaning |",
+            "|---|---|---|---|",
+        ]
         for key, tp, default, meaning in section.rows:
             default = default if default.startswith("[") else markdown_cell(default)
             lines.append(f"| `{key}` | {markdown_cell(tp)} | {default} | {markdown_cell(meaning)} |")
@@ -295,8 +316,9 @@ def generate(allow_missing: bool = False) -> str:
     """The page; raises :class:`ConfigDocError` listing every undocumented field unless ``allow_missing``."""
     missing = missing_comments()
     if missing and not allow_missing:
-        raise ConfigDocError("config fields need a trailing '# meaning' comment (and sections a docstring):\n  "
-                             + "\n  ".join(missing))
+        raise ConfigDocError(
+            "config fields need a trailing '# meaning' comment (and sections a docstring):\n  " + "\n  ".join(missing)
+        )
     return render(collect_sections([]))
 
 
@@ -309,10 +331,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Write (or ``--check``) the configuration reference; 0 on success, 1 when it is stale or a field is
     undocumented."""
     parser = argparse.ArgumentParser(prog="python -m mindrlhf.tools.config_doc", description=__doc__.split("\n")[0])
-    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="the Markdown file (default: docs/configuration.md "
-                        "of this checkout)")
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if --output differs from what "
-                        "would be generated")
+    parser.add_argument(
+        "--output", default=DEFAULT_OUTPUT, help="the Markdown file (default: docs/configuration.md of this checkout)"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if --output differs from what would be generated"
+    )
     args = parser.parse_args(argv)
     try:
         text = generate()

@@ -23,6 +23,7 @@ file as training appends to it, waits up to ``--timeout`` seconds for it to appe
 ``--plot_every`` points and whenever it has caught up with the writer, and stops once the file has not grown for
 ``--timeout`` seconds. Both modes close the events file and write the final plot before they return.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -187,8 +188,11 @@ def open_log(path: str, wait_s: float, poll_interval: float) -> BinaryIO:
         except FileNotFoundError:
             if wait_s > 0 and not told:
                 told = True
-                print(f"waiting up to {wait_s:g} s for {path} to appear (real-time mode follows a training run's "
-                      f"log; --parse_mode one-time reads a finished one, --log_file names it)", flush=True)
+                print(
+                    f"waiting up to {wait_s:g} s for {path} to appear (real-time mode follows a training run's "
+                    f"log; --parse_mode one-time reads a finished one, --log_file names it)",
+                    flush=True,
+                )
             if time.monotonic() - start >= wait_s:
                 waited = f" (waited {wait_s:g} s for it)" if wait_s > 0 else ""
                 raise FileNotFoundError(f"log file not found: {path}{waited}") from None
@@ -256,18 +260,32 @@ def parse_log(lines: Iterable[Optional[str]], recorder: LossRecorder, sink_size:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Turn the loss lines of a training log into TensorBoard scalars "
-                                                 "and loss.png.")
+    parser = argparse.ArgumentParser(
+        description="Turn the loss lines of a training log into TensorBoard scalars and loss.png."
+    )
     parser.add_argument("--log_file", default="output/log/rank_0/info.log", help="training log to read")
     parser.add_argument("--output_file_dir", default="loss_dir", help="folder for the events file and loss.png")
-    parser.add_argument("--sink_size", type=int, default=2,
-                        help="steps per logged point, for lines without Epoch/step (n-th point -> n * sink_size)")
-    parser.add_argument("--parse_mode", choices=["real-time", "one-time"], default="real-time",
-                        help="real-time follows a growing log (the predecessor's default); one-time reads it once")
-    parser.add_argument("--timeout", type=float, default=60.0,
-                        help="real-time: stop after the log has not grown (or not appeared) for this many seconds")
-    parser.add_argument("--poll_interval", type=float, default=1.0,
-                        help="real-time: seconds between checks for new lines")
+    parser.add_argument(
+        "--sink_size",
+        type=int,
+        default=2,
+        help="steps per logged point, for lines without Epoch/step (n-th point -> n * sink_size)",
+    )
+    parser.add_argument(
+        "--parse_mode",
+        choices=["real-time", "one-time"],
+        default="real-time",
+        help="real-time follows a growing log (the predecessor's default); one-time reads it once",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="real-time: stop after the log has not grown (or not appeared) for this many seconds",
+    )
+    parser.add_argument(
+        "--poll_interval", type=float, default=1.0, help="real-time: seconds between checks for new lines"
+    )
     parser.add_argument("--plot_every", type=int, default=50, help="real-time: rewrite loss.png every N new points")
     return parser
 
@@ -309,7 +327,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             recorder.close()
     if not recorder.steps:
         logger.warning("no loss lines found in %s", args.log_file)
-    summary = (f", steps {recorder.steps[0]}-{recorder.steps[-1]}" if recorder.steps else "")
+    summary = f", steps {recorder.steps[0]}-{recorder.steps[-1]}" if recorder.steps else ""
     print(f"end parse..., size= {len(recorder.steps)}{summary}", flush=True)
     logger.info("wrote %s and the events file in %s", recorder.png_path, args.output_file_dir)
     return status

@@ -17,6 +17,7 @@ With LoRA only the adapters and the stage's head are trainable, and the referenc
 off (no second copy of the base). The model cells carry no tensor or pipeline sharding strategies, so every device
 holds whole models and the devices split the batch (data parallel).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,12 +33,27 @@ DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 ADAM_STATE_BYTES = 8  # AdamW: first and second moment in float32 for every trainable parameter
 STAGES = ("sft", "rm", "ppo", "grpo", "dpo")
 # a LoRA column for recipes without a lora section: rank 16 on the attention input projections
-DEFAULT_LORA_TARGETS = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"],
-                        "gptj": ["q_proj", "v_proj"], "bloom": ["query_key_value"]}
+DEFAULT_LORA_TARGETS = {
+    "gpt2": ["c_attn"],
+    "llama": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "gptj": ["q_proj", "v_proj"],
+    "bloom": ["query_key_value"],
+}
 DEFAULT_LORA_RANK = 16
 GIB = 1 << 30
-_UNITS = {"": GIB, "b": 1, "kb": 1 << 10, "kib": 1 << 10, "mb": 1 << 20, "mib": 1 << 20, "gb": GIB, "gib": GIB,
-          "tb": 1 << 40, "tib": 1 << 40}
+_UNITS = {
+    "": GIB,
+    "b": 1,
+    "kb": 1 << 10,
+    "kib": 1 << 10,
+    "mb": 1 << 20,
+    "mib": 1 << 20,
+    "gb": GIB,
+    "gib": GIB,
+    "tb": 1 << 40,
+    "tib": 1 << 40,
+}
 
 Shapes = List[Tuple[str, Tuple[int, ...]]]
 
@@ -70,24 +86,44 @@ def _block_shapes(cfg: ModelConfig, p: str) -> Shapes:
     """One transformer block's Parameters under prefix ``p`` (Hugging Face names, as the cells use)."""
     h, kv, width = cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, mlp_width(cfg)
     if cfg.type == "gpt2":
-        return (_norm(f"{p}.ln_1", h, True) + _dense(f"{p}.attn.c_attn", h, 3 * h, True)
-                + _dense(f"{p}.attn.c_proj", h, h, True) + _norm(f"{p}.ln_2", h, True)
-                + _dense(f"{p}.mlp.c_fc", h, width, True) + _dense(f"{p}.mlp.c_proj", width, h, True))
+        return (
+            _norm(f"{p}.ln_1", h, True)
+            + _dense(f"{p}.attn.c_attn", h, 3 * h, True)
+            + _dense(f"{p}.attn.c_proj", h, h, True)
+            + _norm(f"{p}.ln_2", h, True)
+            + _dense(f"{p}.mlp.c_fc", h, width, True)
+            + _dense(f"{p}.mlp.c_proj", width, h, True)
+        )
     if cfg.type in ("llama", "qwen2"):
         qkv_bias = cfg.type == "qwen2"
-        return (_norm(f"{p}.input_layernorm", h, False) + _dense(f"{p}.self_attn.q_proj", h, h, qkv_bias)
-                + _dense(f"{p}.self_attn.k_proj", h, kv, qkv_bias) + _dense(f"{p}.self_attn.v_proj", h, kv, qkv_bias)
-                + _dense(f"{p}.self_attn.o_proj", h, h, False) + _norm(f"{p}.post_attention_layernorm", h, False)
-                + _dense(f"{p}.mlp.gate_proj", h, width, False) + _dense(f"{p}.mlp.up_proj", h, width, False)
-                + _dense(f"{p}.mlp.down_proj", width, h, False))
+        return (
+            _norm(f"{p}.input_layernorm", h, False)
+            + _dense(f"{p}.self_attn.q_proj", h, h, qkv_bias)
+            + _dense(f"{p}.self_attn.k_proj", h, kv, qkv_bias)
+            + _dense(f"{p}.self_attn.v_proj", h, kv, qkv_bias)
+            + _dense(f"{p}.self_attn.o_proj", h, h, False)
+            + _norm(f"{p}.post_attention_layernorm", h, False)
+            + _dense(f"{p}.mlp.gate_proj", h, width, False)
+            + _dense(f"{p}.mlp.up_proj", h, width, False)
+            + _dense(f"{p}.mlp.down_proj", width, h, False)
+        )
     if cfg.type == "gptj":
         attn = [s for n in ("q_proj", "k_proj", "v_proj", "out_proj") for s in _dense(f"{p}.attn.{n}", h, h, False)]
-        return (_norm(f"{p}.ln_1", h, True) + attn + _dense(f"{p}.mlp.fc_in", h, width, True)
-                + _dense(f"{p}.mlp.fc_out", width, h, True))
+        return (
+            _norm(f"{p}.ln_1", h, True)
+            + attn
+            + _dense(f"{p}.mlp.fc_in", h, width, True)
+            + _dense(f"{p}.mlp.fc_out", width, h, True)
+        )
     if cfg.type == "bloom":
-        return (_norm(f"{p}.input_layernorm", h, True) + _dense(f"{p}.self_attention.query_key_value", h, 3 * h, True)
-                + _dense(f"{p}.self_attention.dense", h, h, True) + _norm(f"{p}.post_attention_layernorm", h, True)
-                + _dense(f"{p}.mlp.dense_h_to_4h", h, width, True) + _dense(f"{p}.mlp.dense_4h_to_h", width, h, True))
+        return (
+            _norm(f"{p}.input_layernorm", h, True)
+            + _dense(f"{p}.self_attention.query_key_value", h, 3 * h, True)
+            + _dense(f"{p}.self_attention.dense", h, h, True)
+            + _norm(f"{p}.post_attention_layernorm", h, True)
+            + _dense(f"{p}.mlp.dense_h_to_4h", h, width, True)
+            + _dense(f"{p}.mlp.dense_4h_to_h", width, h, True)
+        )
     raise ConfigError(f"model_config.type {cfg.type!r}: the memory planner knows gpt2, llama, qwen2, gptj, bloom")
 
 
@@ -105,8 +141,9 @@ def backbone_shapes(cfg: ModelConfig) -> Shapes:
         head = [("backbone.wte.weight", (cfg.vocab_size, h))]
         blocks, final = "backbone.h", _norm("backbone.ln_f", h, True)
     else:
-        head = ([("backbone.word_embeddings.weight", (cfg.vocab_size, h))]
-                + _norm("backbone.word_embeddings_layernorm", h, True))
+        head = [("backbone.word_embeddings.weight", (cfg.vocab_size, h))] + _norm(
+            "backbone.word_embeddings_layernorm", h, True
+        )
         blocks, final = "backbone.h", _norm("backbone.ln_f", h, True)
     layers = [s for i in range(cfg.num_layers) for s in _block_shapes(cfg, f"{blocks}.{i}")]
     return head + layers + final
@@ -154,21 +191,28 @@ def lora_shapes(shapes: Shapes, lora: LoRAConfig) -> Shapes:
     Raises:
         ConfigError: a pattern that matches no dense layer, or ``r`` larger than ``min(in, out)`` of a layer.
     """
-    dense = {n[:-len(".weight")]: s for n, s in shapes
-             if n.endswith(".weight") and len(s) == 2 and n.startswith("backbone.") and ".wte" not in n
-             and ".wpe" not in n and "embed" not in n}
+    dense = {
+        n[: -len(".weight")]: s
+        for n, s in shapes
+        if n.endswith(".weight")
+        and len(s) == 2
+        and n.startswith("backbone.")
+        and ".wte" not in n
+        and ".wpe" not in n
+        and "embed" not in n
+    }
     for pattern in lora.target_modules:
         if not any(_matches(name, [pattern]) for name in dense):
             kinds = sorted({re.sub(r"\.\d+\.", ".<i>.", n) for n in dense})
-            raise ConfigError(f"lora.target_modules: {pattern!r} matches no dense layer; the model has: "
-                              f"{', '.join(kinds)}")
+            raise ConfigError(
+                f"lora.target_modules: {pattern!r} matches no dense layer; the model has: {', '.join(kinds)}"
+            )
     out: Shapes = []
     for name, (n_out, n_in) in dense.items():
         if _matches(name, lora.target_modules):
             if lora.r > min(n_in, n_out):
                 raise ConfigError(f"lora.r: rank {lora.r} is larger than layer {name!r} ({n_in} -> {n_out}) allows")
-            out += [(f"{name}.lora_A", (lora.r, n_in)), (f"{name}.lora_B", (n_out, lora.r)),
-                    (f"{name}.lora_scale", ())]
+            out += [(f"{name}.lora_A", (lora.r, n_in)), (f"{name}.lora_B", (n_out, lora.r)), (f"{name}.lora_scale", ())]
     return out
 
 
@@ -176,8 +220,9 @@ def trainable_count(shapes: Shapes, adapters: Shapes, trainable: Sequence[str]) 
     """Trainable elements under LoRA: the adapters' ``lora_A``/``lora_B`` plus the Parameters ``trainable`` names
     (a name, a name prefix, or a full regex; the stage's heads are in it)."""
     count = sum(numel(s) for n, s in adapters if not n.endswith("lora_scale"))
-    return count + sum(numel(s) for n, s in shapes
-                       if any(n == p or n.startswith(p + ".") or re.fullmatch(p, n) for p in trainable))
+    return count + sum(
+        numel(s) for n, s in shapes if any(n == p or n.startswith(p + ".") or re.fullmatch(p, n) for p in trainable)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -198,8 +243,15 @@ def layer_activation_elements(cfg: ModelConfig, batch: int, seq: int) -> int:
     return sb * (6 * cfg.hidden_size + 2 * kv + inner * mlp_width(cfg)) + cfg.num_heads * seq * seq * batch
 
 
-def activation_bytes(cfg: ModelConfig, batch: int, seq: int, recompute: bool, with_logits: bool = True,
-                     lora_rank: int = 0, adapted_per_layer: int = 0) -> int:
+def activation_bytes(
+    cfg: ModelConfig,
+    batch: int,
+    seq: int,
+    recompute: bool,
+    with_logits: bool = True,
+    lora_rank: int = 0,
+    adapted_per_layer: int = 0,
+) -> int:
     """Activation bytes of one training forward pass kept for the backward pass.
 
     Without recomputation: ``L * layer * d``; with per-block recomputation each block keeps only its input
@@ -294,11 +346,16 @@ def model_memory(spec: ModelSpec, lora: Optional[LoRAConfig], layout: Layout) ->
         optimizer = -(-optimizer // layout.data_parallel)
     adapted = len(adapters) // 3 // cfg.num_layers if adapters else 0
     rank = lora.r if adapters else 0
-    act = {flag: activation_bytes(cfg, spec.train_batch, cfg.seq_length, flag, spec.kind != "scalar", rank, adapted)
-           if spec.train_batch else 0 for flag in (False, True)}
+    act = {
+        flag: activation_bytes(cfg, spec.train_batch, cfg.seq_length, flag, spec.kind != "scalar", rank, adapted)
+        if spec.train_batch
+        else 0
+        for flag in (False, True)
+    }
     kv = kv_cache_bytes(cfg, spec.kv_batch, cfg.seq_length) if spec.kv_batch else 0
-    return ModelMemory(spec.role, params, trainable, params * p_bytes, trainable * p_bytes, optimizer, act[False],
-                       act[True], kv)
+    return ModelMemory(
+        spec.role, params, trainable, params * p_bytes, trainable * p_bytes, optimizer, act[False], act[True], kv
+    )
 
 
 def _data_batch(config: RunConfig) -> int:
@@ -329,8 +386,10 @@ def stage_models(stage: str, config: RunConfig, reward_cfg: Optional[ModelConfig
     if stage == "ppo":
         ppo = config.ppo
         kind, heads = ("lm_value", ("v_head",)) if ppo.is_shared_backbone else ("lm", ())
-        specs = [ModelSpec("policy", cfg, kind, ppo.batch_size, heads, kv_batch=ppo.chunk_size),
-                 ModelSpec("reference", cfg, "lm", shares_base=True)]
+        specs = [
+            ModelSpec("policy", cfg, kind, ppo.batch_size, heads, kv_batch=ppo.chunk_size),
+            ModelSpec("reference", cfg, "lm", shares_base=True),
+        ]
         if not ppo.is_shared_backbone:
             specs.append(ModelSpec("critic", reward_cfg, "scalar", ppo.batch_size, ("score",)))
         return specs + [ModelSpec("reward", reward_cfg, "scalar")]
@@ -364,9 +423,15 @@ def default_lora(cfg: ModelConfig, lora: LoRAConfig) -> LoRAConfig:
     projections (GPT-2 ``c_attn``, Llama/Qwen2/GPT-J ``q_proj`` and ``v_proj``, BLOOM ``query_key_value``)."""
     if lora.r > 0:
         return lora
-    return LoRAConfig(r=DEFAULT_LORA_RANK, alpha=2.0 * DEFAULT_LORA_RANK, target_modules=DEFAULT_LORA_TARGETS.get(
-        cfg.type, ["q_proj", "v_proj"]), trainable=list(lora.trainable), critic_r=lora.critic_r,
-        critic_alpha=lora.critic_alpha, critic_target_modules=lora.critic_target_modules)
+    return LoRAConfig(
+        r=DEFAULT_LORA_RANK,
+        alpha=2.0 * DEFAULT_LORA_RANK,
+        target_modules=DEFAULT_LORA_TARGETS.get(cfg.type, ["q_proj", "v_proj"]),
+        trainable=list(lora.trainable),
+        critic_r=lora.critic_r,
+        critic_alpha=lora.critic_alpha,
+        critic_target_modules=lora.critic_target_modules,
+    )
 
 
 def lora_of(spec: ModelSpec, lora: LoRAConfig) -> Optional[LoRAConfig]:
@@ -378,13 +443,16 @@ def lora_of(spec: ModelSpec, lora: LoRAConfig) -> Optional[LoRAConfig]:
     return critic if critic.r > 0 else None
 
 
-def plan(stage: str, config: RunConfig, layout: Layout, reward_cfg: Optional[ModelConfig] = None
-         ) -> Dict[str, List[ModelMemory]]:
+def plan(
+    stage: str, config: RunConfig, layout: Layout, reward_cfg: Optional[ModelConfig] = None
+) -> Dict[str, List[ModelMemory]]:
     """Per-device memory of every model of ``stage``: ``{"full": [...], "lora": [...]}``."""
     specs = stage_models(stage, config, reward_cfg)
     lora = default_lora(config.model.model_config, config.lora)
-    return {"full": [model_memory(s, None, layout) for s in specs],
-            "lora": [model_memory(s, lora_of(s, lora), layout) for s in specs]}
+    return {
+        "full": [model_memory(s, None, layout) for s in specs],
+        "lora": [model_memory(s, lora_of(s, lora), layout) for s in specs],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -418,15 +486,19 @@ def _count(n: int) -> str:
 
 def format_table(result: Dict[str, List[ModelMemory]], recompute: bool, capacity: int) -> List[str]:
     """The table (GiB per device) and one fits / does not fit line per mode."""
-    head = (f"{'mode':<5} {'model':<10} {'params':>9} {'trainable':>9} {'weights':>8} {'grads':>8} "
-            f"{'optimizer':>9} {'act':>8} {'act_rc':>8} {'kv_cache':>8} {'total':>8}")
+    head = (
+        f"{'mode':<5} {'model':<10} {'params':>9} {'trainable':>9} {'weights':>8} {'grads':>8} "
+        f"{'optimizer':>9} {'act':>8} {'act_rc':>8} {'kv_cache':>8} {'total':>8}"
+    )
     lines, verdicts = [head], []
     for mode, models in result.items():
         for m in models:
-            lines.append(f"{mode:<5} {m.role:<10} {_count(m.params):>9} {_count(m.trainable):>9} "
-                         f"{_gib(m.weights):>8} {_gib(m.gradients):>8} {_gib(m.optimizer):>9} "
-                         f"{_gib(m.activations):>8} {_gib(m.activations_recompute):>8} {_gib(m.kv_cache):>8} "
-                         f"{_gib(m.total(recompute)):>8}")
+            lines.append(
+                f"{mode:<5} {m.role:<10} {_count(m.params):>9} {_count(m.trainable):>9} "
+                f"{_gib(m.weights):>8} {_gib(m.gradients):>8} {_gib(m.optimizer):>9} "
+                f"{_gib(m.activations):>8} {_gib(m.activations_recompute):>8} {_gib(m.kv_cache):>8} "
+                f"{_gib(m.total(recompute)):>8}"
+            )
         total = sum(m.total(recompute) for m in models)
         fits = "fits" if total <= capacity else "does not fit"
         verdicts.append(f"{mode}: {_gib(total)} GiB per device of {_gib(capacity)} GiB: {fits}")
@@ -443,20 +515,38 @@ def critic_note(stage: str, config: RunConfig, lora: LoRAConfig) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mindrlhf plan-memory", description="Per-device memory of a recipe's "
-                                     "stage (weights, gradients, optimizer states, activations with and without "
-                                     "recomputation, rollout KV cache), full training and LoRA; says if it fits.")
+    parser = argparse.ArgumentParser(
+        prog="mindrlhf plan-memory",
+        description="Per-device memory of a recipe's "
+        "stage (weights, gradients, optimizer states, activations with and without "
+        "recomputation, rollout KV cache), full training and LoRA; says if it fits.",
+    )
     parser.add_argument("--config", required=True, help="run_*.yaml recipe")
-    parser.add_argument("--stage", choices=("auto",) + STAGES, default="auto",
-                        help="stage to plan (default: from the recipe's name, else its sections)")
-    parser.add_argument("--reward_config", default=None, help="PPO/GRPO: the reward model's recipe (default: the "
-                        "policy's model shape)")
-    parser.add_argument("--devices", type=int, default=None, help="devices, all data parallel (default: "
-                        "parallel_config.data_parallel)")
-    parser.add_argument("--device_memory", default=None, help="memory per device, e.g. 32GB (default: "
-                        "context.max_device_memory, else 64GB)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set lora.r=64 (repeatable)")
+    parser.add_argument(
+        "--stage",
+        choices=("auto",) + STAGES,
+        default="auto",
+        help="stage to plan (default: from the recipe's name, else its sections)",
+    )
+    parser.add_argument(
+        "--reward_config", default=None, help="PPO/GRPO: the reward model's recipe (default: the policy's model shape)"
+    )
+    parser.add_argument(
+        "--devices", type=int, default=None, help="devices, all data parallel (default: parallel_config.data_parallel)"
+    )
+    parser.add_argument(
+        "--device_memory",
+        default=None,
+        help="memory per device, e.g. 32GB (default: context.max_device_memory, else 64GB)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set lora.r=64 (repeatable)",
+    )
     return parser
 
 
@@ -473,10 +563,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     result = plan(stage, config, layout, reward_cfg)
     recompute = config.recompute_config.recompute
     lora = default_lora(config.model.model_config, config.lora)
-    sys.stdout.write(f"{args.config}: stage {stage}, {layout.data_parallel} device(s) data parallel, optimizer "
-                     f"states {'sharded' if layout.optimizer_shard else 'replicated'}, recompute "
-                     f"{'on' if recompute else 'off'} (total uses it); LoRA r {lora.r} on "
-                     f"{', '.join(lora.target_modules)}{critic_note(stage, config, lora)}; GiB per device\n")
+    sys.stdout.write(
+        f"{args.config}: stage {stage}, {layout.data_parallel} device(s) data parallel, optimizer "
+        f"states {'sharded' if layout.optimizer_shard else 'replicated'}, recompute "
+        f"{'on' if recompute else 'off'} (total uses it); LoRA r {lora.r} on "
+        f"{', '.join(lora.target_modules)}{critic_note(stage, config, lora)}; GiB per device\n"
+    )
     sys.stdout.write("\n".join(format_table(result, recompute, capacity)) + "\n")
     return 0
 

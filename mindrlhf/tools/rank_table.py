@@ -24,6 +24,7 @@ The table format (all values strings, this key order) is the one HCCL reads::
 
 Files are written with indent 4 under a temporary name, given mode 0o750 and moved into place.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,21 +62,25 @@ def parse_device_range(text: str, device_num_per_node: int = 8) -> List[int]:
         raise RankTableError(f"--device_num {text!r} must look like '[first,last)' (e.g. '[0,8)')")
     first, last = int(match.group(1)), int(match.group(2))
     if last > device_num_per_node:
-        raise RankTableError(f"--device_num {text!r}: last ({last}) must be <= device_num_per_node "
-                             f"({device_num_per_node})")
+        raise RankTableError(
+            f"--device_num {text!r}: last ({last}) must be <= device_num_per_node ({device_num_per_node})"
+        )
     if first >= last:
         raise RankTableError(f"--device_num {text!r}: first ({first}) must be < last ({last})")
     if first < 4 < last and not (first == 0 and last in (8, 16)):
-        raise RankTableError(f"--device_num {text!r}: a range crossing device 4 must cover the whole node "
-                             "('[0,8)' or '[0,16)'); use devices 0-3 or 4-7 otherwise")
+        raise RankTableError(
+            f"--device_num {text!r}: a range crossing device 4 must cover the whole node "
+            "('[0,8)' or '[0,16)'); use devices 0-3 or 4-7 otherwise"
+        )
     return list(range(first, last))
 
 
 def _ip_from_hccn_tool(tool: str, device_id: str) -> Optional[str]:
     """The ``ipaddr`` of ``device_id`` from ``hccn_tool -i <id> -ip -g`` (value after ':' on line 1), or None."""
     try:
-        out = subprocess.run([tool, "-i", device_id, "-ip", "-g"], check=False, capture_output=True,
-                             text=True, timeout=30)
+        out = subprocess.run(
+            [tool, "-i", device_id, "-ip", "-g"], check=False, capture_output=True, text=True, timeout=30
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     lines = out.stdout.splitlines()
@@ -95,8 +100,9 @@ def _ips_from_conf(path: str) -> Dict[str, str]:
     return {m.group(1): m.group(2) for m in found if m}
 
 
-def device_ips(devices: Sequence[str], hccn_conf: str = HCCN_CONF, ips: Optional[Sequence[str]] = None,
-               tool: str = "hccn_tool") -> Dict[str, str]:
+def device_ips(
+    devices: Sequence[str], hccn_conf: str = HCCN_CONF, ips: Optional[Sequence[str]] = None, tool: str = "hccn_tool"
+) -> Dict[str, str]:
     """``{device_id: device_ip}`` for every id in ``devices``.
 
     Args:
@@ -122,21 +128,26 @@ def device_ips(devices: Sequence[str], hccn_conf: str = HCCN_CONF, ips: Optional
         found.update({d: conf[d] for d in missing if d in conf})
     missing = [d for d in devices if d not in found]
     if missing:
-        raise RankTableError(f"no IP for device(s) {','.join(missing)}: neither hccn_tool nor {hccn_conf} "
-                             "lists them; pass --device_ips ip0,ip1,... (one per device)")
+        raise RankTableError(
+            f"no IP for device(s) {','.join(missing)}: neither hccn_tool nor {hccn_conf} "
+            "lists them; pass --device_ips ip0,ip1,... (one per device)"
+        )
     return {d: found[d] for d in devices}
 
 
 def select_devices(devices: Sequence[int], visible_devices: Sequence[str]) -> List[str]:
     """The device ids ``visible_devices[k]`` for the positions ``k`` in ``devices``."""
     if not devices or max(devices) >= len(visible_devices):
-        raise RankTableError(f"--visible_devices {','.join(map(str, visible_devices))} has {len(visible_devices)} "
-                             f"entries; --device_num needs positions {list(devices)}")
+        raise RankTableError(
+            f"--visible_devices {','.join(map(str, visible_devices))} has {len(visible_devices)} "
+            f"entries; --device_num needs positions {list(devices)}"
+        )
     return [str(visible_devices[k]) for k in devices]
 
 
-def build_rank_table(devices: Sequence[int], visible_devices: Sequence[str], server_ip: str,
-                     ips: Dict[str, str]) -> dict:
+def build_rank_table(
+    devices: Sequence[int], visible_devices: Sequence[str], server_ip: str, ips: Dict[str, str]
+) -> dict:
     """A one-server table: rank ``r`` is ``visible_devices[devices[r]]`` with its IP from ``ips``.
 
     Args:

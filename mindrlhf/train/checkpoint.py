@@ -8,6 +8,7 @@ Every file has a manifest (:mod:`mindrlhf.manifest`). "The newest checkpoint" of
 (the manifest's time, then the step) that matches its manifest: a corrupt or partial newer file is skipped with a
 warning naming it, never loaded. Files without any manifest (written by other tools) are taken by step.
 """
+
 from __future__ import annotations
 
 import glob
@@ -22,8 +23,14 @@ from mindspore import nn
 
 from mindrlhf.atomic import TMP_MARK
 from mindrlhf.manifest import manifest_path, read_manifest, verify
-from mindrlhf.models.convert import (CheckpointError, assign_parameters, cell_parameters, load_entries,
-                                     load_recorded_base, save_tensors)
+from mindrlhf.models.convert import (
+    CheckpointError,
+    assign_parameters,
+    cell_parameters,
+    load_entries,
+    load_recorded_base,
+    save_tensors,
+)
 from mindrlhf.models.lora import BASE_KEY, check_base, parse_base_record
 
 logger = logging.getLogger(__name__)
@@ -121,8 +128,9 @@ class CheckpointManager:
         self.prefix = prefix
         self.keep_max = keep_max
 
-    def save(self, train_step: nn.Cell, state: TrainState, frozen: Collection[str] = (),
-             base: Optional[str] = None) -> str:
+    def save(
+        self, train_step: nn.Cell, state: TrainState, frozen: Collection[str] = (), base: Optional[str] = None
+    ) -> str:
         """Write every parameter of ``train_step`` but the ``frozen`` base names; ``base`` (a LoRA run's
         :func:`~mindrlhf.models.lora.base_record`) is stored with them, so the base can be found and checked."""
         name = f"{self.prefix}_rank_{self.rank_id}-{state.global_step}_{state.epoch + 1}.ckpt"
@@ -132,7 +140,7 @@ class CheckpointManager:
             extra[BASE_KEY] = base
         frozen = set(frozen)
         save_tensors({n: p for n, p in cell_parameters(train_step).items() if n not in frozen}, path, extra)
-        for old in list_checkpoints(self.folder)[:-self.keep_max]:
+        for old in list_checkpoints(self.folder)[: -self.keep_max]:
             remove_checkpoint(old)
         logger.info("checkpoint saved: %s", path)
         return path
@@ -154,8 +162,9 @@ def newest_iteration_state(root: str, rank_id: int, prefix: str):
     that fails is skipped with a warning); :class:`CheckpointError` when there is none (an RL run's resume)."""
     folder = rank_dir(root, rank_id) if os.path.isdir(rank_dir(root, rank_id)) else root
     sets = iteration_files(folder) if os.path.isdir(folder) else {}
-    states = sorted((n, f"{prefix}{n}.ckpt") for n, paths in sets.items()
-                    if os.path.join(folder, f"{prefix}{n}.ckpt") in paths)
+    states = sorted(
+        (n, f"{prefix}{n}.ckpt") for n, paths in sets.items() if os.path.join(folder, f"{prefix}{n}.ckpt") in paths
+    )
     with_manifest = any(os.path.exists(manifest_path(p)) for paths in sets.values() for p in paths)
     for n, name in reversed(states):
         if intact(sets[n], required=with_manifest):
@@ -209,8 +218,10 @@ def restore(train_step: nn.Cell, path: str) -> TrainState:
     entries = read_ckpt(path)
     missing_state = [k for k in STATE_KEYS if k not in entries]
     if missing_state:
-        raise CheckpointError(f"{path}: not a training checkpoint (no {', '.join(missing_state)}); give a "
-                              f".ckpt of model weights as an initial checkpoint instead")
+        raise CheckpointError(
+            f"{path}: not a training checkpoint (no {', '.join(missing_state)}); give a "
+            f".ckpt of model weights as an initial checkpoint instead"
+        )
     base = ()
     if BASE_KEY in entries:  # a LoRA run's adapters: the frozen base must be the one they were trained on
         record = parse_base_record(entries[BASE_KEY], path)
@@ -218,13 +229,21 @@ def restore(train_step: nn.Cell, path: str) -> TrainState:
         base = tuple(record["digests"])
     params = {p.name for p in train_step.get_parameters() if p.name not in SCHEDULE_PARAMS}
     try:
-        assign_parameters(train_step, {n: v for n, v in entries.items() if n in params}, path,
-                          allow_missing=SCHEDULE_PARAMS + base)
+        assign_parameters(
+            train_step, {n: v for n, v in entries.items() if n in params}, path, allow_missing=SCHEDULE_PARAMS + base
+        )
     except CheckpointError as err:  # e.g. the SFT run's checkpoint root given to the reward model's training
-        raise CheckpointError(f"{err}. A checkpoint root (a folder with rank_<id>/) resumes a run of this same "
-                              f"stage; to start this model from another run's weights (the SFT model for the "
-                              f"reward model), pass the .ckpt file itself: --load_checkpoint {path}") from None
+        raise CheckpointError(
+            f"{err}. A checkpoint root (a folder with rank_<id>/) resumes a run of this same "
+            f"stage; to start this model from another run's weights (the SFT model for the "
+            f"reward model), pass the .ckpt file itself: --load_checkpoint {path}"
+        ) from None
     state = TrainState(**{k: int(entries[k]) for k in STATE_KEYS})
-    logger.info("resumed from %s at epoch %d, step %d of the epoch (global step %d)", path, state.epoch + 1,
-                state.step_in_epoch, state.global_step)
+    logger.info(
+        "resumed from %s at epoch %d, step %d of the epoch (global step %d)",
+        path,
+        state.epoch + 1,
+        state.step_in_epoch,
+        state.global_step,
+    )
     return state

@@ -11,6 +11,7 @@ numpy ones of a single process by float32 rounding. So each rank's float64 value
 int32 pairs, through one ``AllGather``, and every rank adds the ``rank_size`` rows in rank order: an exact float64
 all-reduce (sum) whose result is the same on every rank.
 """
+
 from __future__ import annotations
 
 import numpy as np

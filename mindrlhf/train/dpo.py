@@ -20,6 +20,7 @@ Each optimizer step logs TRL's metrics (:data:`mindrlhf.losses.PREFERENCE_METRIC
 :func:`evaluate_preferences` gives them on held-out pairs (``rewards/accuracies``: the implicit-reward accuracy) and
 :func:`win_rate` the policy's win rate against the reference on held-out prompts under a reward function or model.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -76,9 +77,18 @@ class DPOLoss(nn.Cell):
     def construct(self, input_ids, attention_mask, response_mask, ref_logps):
         logps, lengths = self.scorer(input_ids, attention_mask, response_mask)
         pairs = input_ids.shape[0] // 2
-        loss, chosen, rejected = preference_loss(logps[:pairs], logps[pairs:], lengths[:pairs], lengths[pairs:],
-                                                 ref_logps[:pairs], ref_logps[pairs:], self.loss_type, self.beta,
-                                                 self.label_smoothing, self.simpo_gamma)
+        loss, chosen, rejected = preference_loss(
+            logps[:pairs],
+            logps[pairs:],
+            lengths[:pairs],
+            lengths[pairs:],
+            ref_logps[:pairs],
+            ref_logps[pairs:],
+            self.loss_type,
+            self.beta,
+            self.label_smoothing,
+            self.simpo_gamma,
+        )
         return loss, preference_metrics(chosen, rejected, logps[:pairs], logps[pairs:])
 
 
@@ -98,8 +108,9 @@ def reference_model(model_cfg, checkpoint: str, seed: int) -> CausalLM:
         try:
             load_weights(ref, weights_file(checkpoint), model_cfg)
         except CheckpointError as err:
-            raise CheckpointError(f"reference checkpoint {checkpoint} does not fit the policy "
-                                  f"(model.model_config): {err}") from None
+            raise CheckpointError(
+                f"reference checkpoint {checkpoint} does not fit the policy (model.model_config): {err}"
+            ) from None
         logger.info("reference model from %s", checkpoint)
     ref.set_train(False)
     for param in ref.get_parameters():
@@ -129,17 +140,23 @@ def reference_table(ref: CausalLM, path: str, batch_size: int, rank_id: int = 0,
     mine = np.arange(rank_id, count, rank_size)
     start = 0
     for batch in dpo_batches(path, mine, batch_size, drop_remainder=False).create_dict_iterator(
-            num_epochs=1, output_numpy=True):
+        num_epochs=1, output_numpy=True
+    ):
         full, real = padded_rows(batch, batch_size)
         logps = scorer(*(Tensor(full[c]) for c in ("input_ids", "attention_mask", "response_mask")))[0].asnumpy()
-        rows = mine[start:start + real]
-        table[rows, 0], table[rows, 1] = logps[:real], logps[batch_size:batch_size + real]
+        rows = mine[start : start + real]
+        table[rows, 0], table[rows, 1] = logps[:real], logps[batch_size : batch_size + real]
         start += real
     return AllReduceSum(rank_size)(table)
 
 
-def with_reference(source, indices_of: Callable[[int, int], np.ndarray], batch_size: int,
-                   table: Optional[np.ndarray], ref_scorer: Optional[nn.Cell]):
+def with_reference(
+    source,
+    indices_of: Callable[[int, int], np.ndarray],
+    batch_size: int,
+    table: Optional[np.ndarray],
+    ref_scorer: Optional[nn.Cell],
+):
     """``source`` whose batches gain ``ref_logps (2B,)``: from ``table`` by record index, from ``ref_scorer`` on
     the fly, or zeros (reference-free losses)."""
 
@@ -147,11 +164,12 @@ def with_reference(source, indices_of: Callable[[int, int], np.ndarray], batch_s
         indices = indices_of(epoch, skip)
         for k, batch in enumerate(source(epoch, skip)):
             if table is not None:
-                rows = indices[k * batch_size:(k + 1) * batch_size]
+                rows = indices[k * batch_size : (k + 1) * batch_size]
                 ref = np.concatenate([table[rows, 0], table[rows, 1]])
             elif ref_scorer is not None:
-                ref = ref_scorer(*(Tensor(batch[c]) for c in ("input_ids", "attention_mask",
-                                                              "response_mask")))[0].asnumpy()
+                ref = ref_scorer(*(Tensor(batch[c]) for c in ("input_ids", "attention_mask", "response_mask")))[
+                    0
+                ].asnumpy()
             else:
                 ref = np.zeros(len(batch["input_ids"]))
             yield {**batch, "ref_logps": ref.astype(np.float32)}
@@ -174,9 +192,17 @@ def dpo_source(cfg: RunConfig, path: str, ref: Optional[CausalLM], rank_id: int,
     count = check_dpo_file(path)
 
     def indices_of(epoch: int, skip: int) -> np.ndarray:
-        return epoch_indices(count, batch_size, epoch=epoch, seed=cfg.seed, shuffle=data.data_loader.shuffle,
-                             rank_id=rank_id, rank_size=rank_size, skip_batches=skip,
-                             num_samples=data.data_loader.num_samples)
+        return epoch_indices(
+            count,
+            batch_size,
+            epoch=epoch,
+            seed=cfg.seed,
+            shuffle=data.data_loader.shuffle,
+            rank_id=rank_id,
+            rank_size=rank_size,
+            skip_batches=skip,
+            num_samples=data.data_loader.num_samples,
+        )
 
     table = scorer = None
     if ref is not None and cfg.dpo.precompute_ref_log_probs:
@@ -187,9 +213,16 @@ def dpo_source(cfg: RunConfig, path: str, ref: Optional[CausalLM], rank_id: int,
     return batch_size, steps, with_reference(source, indices_of, batch_size, table, scorer)
 
 
-def train_dpo(cfg: RunConfig, train_path: Optional[str] = None, sft_checkpoint: Optional[str] = None,
-              resume: str = "", rank_id: int = 0, rank_size: int = 1, stop_at_step: Optional[int] = None,
-              progress: Union[bool, str] = False) -> Tuple[CausalLM, FitResult]:
+def train_dpo(
+    cfg: RunConfig,
+    train_path: Optional[str] = None,
+    sft_checkpoint: Optional[str] = None,
+    resume: str = "",
+    rank_id: int = 0,
+    rank_size: int = 1,
+    stop_at_step: Optional[int] = None,
+    progress: Union[bool, str] = False,
+) -> Tuple[CausalLM, FitResult]:
     """Train a policy with the ``dpo`` section's loss on a preference MindRecord.
 
     Args:
@@ -223,12 +256,27 @@ def train_dpo(cfg: RunConfig, train_path: Optional[str] = None, sft_checkpoint: 
     if ref is not None and cfg.dpo.precompute_ref_log_probs:
         ref = None  # nothing holds the reference any more: it leaves memory before training
         gc.collect()
-    trainer = Trainer(cfg, DPOLoss(policy, cfg.dpo), TRAIN_COLUMNS, source, steps, rank_id, rank_size, progress,
-                      metric_names=PREFERENCE_METRICS, base_weights=weights_file(start, rank_id) if start else "")
-    logger.info("DPO (%s, beta %g): %d epochs x %d steps, batch %d pairs per device, reference %s",
-                cfg.dpo.loss_type, cfg.dpo.beta, cfg.runner_config.epochs, steps, batch_size,
-                "none" if cfg.dpo.reference_free else
-                "precomputed" if cfg.dpo.precompute_ref_log_probs else "on the fly")
+    trainer = Trainer(
+        cfg,
+        DPOLoss(policy, cfg.dpo),
+        TRAIN_COLUMNS,
+        source,
+        steps,
+        rank_id,
+        rank_size,
+        progress,
+        metric_names=PREFERENCE_METRICS,
+        base_weights=weights_file(start, rank_id) if start else "",
+    )
+    logger.info(
+        "DPO (%s, beta %g): %d epochs x %d steps, batch %d pairs per device, reference %s",
+        cfg.dpo.loss_type,
+        cfg.dpo.beta,
+        cfg.runner_config.epochs,
+        steps,
+        batch_size,
+        "none" if cfg.dpo.reference_free else "precomputed" if cfg.dpo.precompute_ref_log_probs else "on the fly",
+    )
     return policy, trainer.fit(stop_at_step)
 
 
@@ -246,31 +294,39 @@ def response_logps(model: CausalLM, path: str, batch_size: int) -> np.ndarray:
     scorer = ResponseLogProbs(model)
     out, start = np.zeros((count, 2, 2), np.float64), 0
     for batch in dpo_batches(path, np.arange(count), batch_size, drop_remainder=False).create_dict_iterator(
-            num_epochs=1, output_numpy=True):
+        num_epochs=1, output_numpy=True
+    ):
         full, real = padded_rows(batch, batch_size)
-        logps, lengths = (x.asnumpy() for x in scorer(*(Tensor(full[c]) for c in ("input_ids", "attention_mask",
-                                                                                     "response_mask"))))
+        logps, lengths = (
+            x.asnumpy() for x in scorer(*(Tensor(full[c]) for c in ("input_ids", "attention_mask", "response_mask")))
+        )
         for side, offset in ((0, 0), (1, batch_size)):
-            out[start:start + real, side, 0] = logps[offset:offset + real]
-            out[start:start + real, side, 1] = lengths[offset:offset + real]
+            out[start : start + real, side, 0] = logps[offset : offset + real]
+            out[start : start + real, side, 1] = lengths[offset : offset + real]
         start += real
     return out
 
 
-def evaluate_preferences(policy: CausalLM, ref: Optional[CausalLM], path: str, dpo: DPOConfig,
-                         batch_size: int = 8) -> Dict[str, float]:
+def evaluate_preferences(
+    policy: CausalLM, ref: Optional[CausalLM], path: str, dpo: DPOConfig, batch_size: int = 8
+) -> Dict[str, float]:
     """Held-out metrics of ``policy`` on every pair of ``path``: ``loss`` and :data:`PREFERENCE_METRICS`, with the
     same loss and implicit rewards as training (``ref`` None for the reference-free losses).
     ``rewards/accuracies`` is the held-out implicit-reward accuracy: the share of pairs whose chosen response gets
     the strictly higher implicit reward."""
     ours = response_logps(policy, path, batch_size)
     theirs = np.zeros_like(ours) if ref is None else response_logps(ref, path, batch_size)
-    t = [Tensor(x.astype(np.float32)) for x in (ours[:, 0, 0], ours[:, 1, 0], ours[:, 0, 1], ours[:, 1, 1],
-                                                 theirs[:, 0, 0], theirs[:, 1, 0])]
+    t = [
+        Tensor(x.astype(np.float32))
+        for x in (ours[:, 0, 0], ours[:, 1, 0], ours[:, 0, 1], ours[:, 1, 1], theirs[:, 0, 0], theirs[:, 1, 0])
+    ]
     loss, chosen, rejected = preference_loss(*t, dpo.loss_type, dpo.beta, dpo.label_smoothing, dpo.simpo_gamma)
     metrics = preference_metrics(chosen, rejected, t[0], t[1]).asnumpy()
-    return {"loss": float(loss.asnumpy()), **{k: float(v) for k, v in zip(PREFERENCE_METRICS, metrics)},
-            "pairs": float(len(ours))}
+    return {
+        "loss": float(loss.asnumpy()),
+        **{k: float(v) for k, v in zip(PREFERENCE_METRICS, metrics)},
+        "pairs": float(len(ours)),
+    }
 
 
 @dataclass
@@ -283,8 +339,16 @@ class WinRate:
     prompts: int
 
 
-def win_rate(policy: CausalLM, ref: CausalLM, prompts: Dict[str, object], score: Callable, gen: GenerationConfig,
-             eos_token_id: int, pad_token_id: int, seed: int = 0) -> WinRate:
+def win_rate(
+    policy: CausalLM,
+    ref: CausalLM,
+    prompts: Dict[str, object],
+    score: Callable,
+    gen: GenerationConfig,
+    eos_token_id: int,
+    pad_token_id: int,
+    seed: int = 0,
+) -> WinRate:
     """Sample one response per prompt from ``policy`` and from ``ref`` (the same seed) and compare their scores.
 
     Args:

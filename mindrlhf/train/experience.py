@@ -20,6 +20,7 @@ Data parallel: each rank makes its own rollouts, but every statistic over them (
 whitening, the adaptive KL controller's mean KL, the logged rollout statistics) is summed over all ranks
 (``reduce``, :class:`mindrlhf.train.distributed.AllReduceSum`), as one process on the global batch would compute it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,7 +40,6 @@ from mindrlhf.train.rollout import RewardFunction, RolloutMaker
 from mindrlhf.train.rollout import RolloutScorer, ends_with_eos, left_align_prompts  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -66,7 +66,7 @@ class Experience:
     @property
     def response_mask(self) -> np.ndarray:
         """``(B, N)`` 1 on generated tokens: ``attention_mask[:, P:]``."""
-        return self.attention_mask[:, self.query_tensors.shape[1]:]
+        return self.attention_mask[:, self.query_tensors.shape[1] :]
 
     def select(self, rows: Union[np.ndarray, slice]) -> "Experience":
         return Experience(**{f.name: getattr(self, f.name)[rows] for f in dataclasses.fields(self)})
@@ -76,8 +76,9 @@ class Experience:
 
     @staticmethod
     def concat(parts: Sequence["Experience"]) -> "Experience":
-        return Experience(**{f.name: np.concatenate([getattr(p, f.name) for p in parts])
-                             for f in dataclasses.fields(Experience)})
+        return Experience(
+            **{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Experience)}
+        )
 
 
 @dataclass
@@ -95,8 +96,13 @@ class RolloutStats:
     no_eos_rate: float = 0.0  # share of rollouts cut at max_new_tokens without eos
 
 
-def scale_scores(scores: np.ndarray, has_eos: np.ndarray, ppo: PPOConfig, moments: rl.RunningMoments,
-                 reduce: rl.Reduce = rl.local_sum) -> np.ndarray:
+def scale_scores(
+    scores: np.ndarray,
+    has_eos: np.ndarray,
+    ppo: PPOConfig,
+    moments: rl.RunningMoments,
+    reduce: rl.Reduce = rl.local_sum,
+) -> np.ndarray:
     """Raw scores ``(B,)`` -> the scores the rewards use ``(B,)`` float32, in this order: minus
     ``ppo.missing_eos_penalty`` where ``has_eos`` is False; ``reward_scaling`` (``running``: ``moments`` take the
     batch of every rank, then divide by their std; ``whiten``: ``(s - mean) / std`` with the mean and population
@@ -115,26 +121,44 @@ def scale_scores(scores: np.ndarray, has_eos: np.ndarray, ppo: PPOConfig, moment
     return scores.astype(np.float32)
 
 
-def rollout_stats(raw: Dict[str, np.ndarray], kl: np.ndarray, values: np.ndarray, returns: np.ndarray,
-                  kl_coef: float, reduce: rl.Reduce = rl.local_sum) -> Tuple[RolloutStats, float]:
+def rollout_stats(
+    raw: Dict[str, np.ndarray],
+    kl: np.ndarray,
+    values: np.ndarray,
+    returns: np.ndarray,
+    kl_coef: float,
+    reduce: rl.Reduce = rl.local_sum,
+) -> Tuple[RolloutStats, float]:
     """The :class:`RolloutStats` of every rank's rollouts and their number (the adaptive controller's step count).
 
     Args:
         raw: the rank's rollouts (:meth:`ExperienceMaker.rollouts`); kl, values, returns: ``(B, N)``, masked.
     """
     mask = raw["response_mask"]
-    kl_sum, tokens, no_eos, count = reduce(np.array([kl.sum(dtype=np.float64), mask.sum(dtype=np.float64),
-                                                     (~raw["ends_with_eos"]).sum(), len(mask)]))
+    kl_sum, tokens, no_eos, count = reduce(
+        np.array([kl.sum(dtype=np.float64), mask.sum(dtype=np.float64), (~raw["ends_with_eos"]).sum(), len(mask)])
+    )
     score_mean, score_var, _ = rl.masked_moments(raw["scores"], None, reduce)
-    stats = RolloutStats(score_mean=score_mean, score_std=math.sqrt(score_var), kl=float(kl_sum / count),
-                         response_length=float(tokens / count), kl_coef=kl_coef,
-                         explained_variance=rl.explained_variance(values, returns, mask, reduce),
-                         scores=raw["scores"], no_eos_rate=float(no_eos / count))
+    stats = RolloutStats(
+        score_mean=score_mean,
+        score_std=math.sqrt(score_var),
+        kl=float(kl_sum / count),
+        response_length=float(tokens / count),
+        kl_coef=kl_coef,
+        explained_variance=rl.explained_variance(values, returns, mask, reduce),
+        scores=raw["scores"],
+        no_eos_rate=float(no_eos / count),
+    )
     return stats, float(count)
 
 
-def build_experience(raw: Dict[str, np.ndarray], ppo: PPOConfig, kl_controller, moments: rl.RunningMoments,
-                     reduce: rl.Reduce = rl.local_sum) -> Tuple[Experience, RolloutStats]:
+def build_experience(
+    raw: Dict[str, np.ndarray],
+    ppo: PPOConfig,
+    kl_controller,
+    moments: rl.RunningMoments,
+    reduce: rl.Reduce = rl.local_sum,
+) -> Tuple[Experience, RolloutStats]:
     """Rewards, GAE, whitening and statistics of one iteration's rollouts; then the KL controller moves.
 
     Every statistic (score scaling, advantage whitening, the controller's mean KL and rollout count, the logged
@@ -156,11 +180,18 @@ def build_experience(raw: Dict[str, np.ndarray], ppo: PPOConfig, kl_controller, 
     advantages, returns = rl.gae(rewards, values, mask, ppo.gamma, ppo.lam)
     if ppo.whiten_advantages:
         advantages = rl.whiten(advantages, mask, reduce=reduce)
-    experience = Experience(query_tensors=raw["query_tensors"], response_tensors=raw["response_tensors"],
-                            logprobs=(raw["logprobs"] * mask).astype(np.float32), values=values,
-                            rewards=rewards, advantages=advantages, returns=returns,
-                            pretrain_ids=raw["pretrain_ids"], loss_mask=raw["loss_mask"],
-                            attention_mask=raw["attention_mask"])
+    experience = Experience(
+        query_tensors=raw["query_tensors"],
+        response_tensors=raw["response_tensors"],
+        logprobs=(raw["logprobs"] * mask).astype(np.float32),
+        values=values,
+        rewards=rewards,
+        advantages=advantages,
+        returns=returns,
+        pretrain_ids=raw["pretrain_ids"],
+        loss_mask=raw["loss_mask"],
+        attention_mask=raw["attention_mask"],
+    )
     stats, count = rollout_stats(raw, kl, values, returns, kl_coef, reduce)
     kl_controller.update(stats.kl, count)
     return experience, stats
@@ -182,16 +213,40 @@ class ExperienceMaker(RolloutMaker):
         reduce: sums statistics over the data-parallel ranks (:class:`mindrlhf.train.distributed.AllReduceSum`).
     """
 
-    def __init__(self, policy: CausalLM, ref: CausalLM, reward: Union[RewardModel, RewardFunction],
-                 critic: Optional[nn.Cell], ppo: PPOConfig, prompt_width: int, pad_token_id: int,
-                 eos_token_id: Optional[int], rank_id: int = 0, reduce: rl.Reduce = rl.local_sum):
+    def __init__(
+        self,
+        policy: CausalLM,
+        ref: CausalLM,
+        reward: Union[RewardModel, RewardFunction],
+        critic: Optional[nn.Cell],
+        ppo: PPOConfig,
+        prompt_width: int,
+        pad_token_id: int,
+        eos_token_id: Optional[int],
+        rank_id: int = 0,
+        reduce: rl.Reduce = rl.local_sum,
+    ):
         ppo.check_sampling()  # again: the generation section may have been replaced after validation
-        super().__init__(policy, ref, reward, ppo.generation, prompt_width, pad_token_id, eos_token_id,
-                         chunk_size=ppo.chunk_size, with_values=True, critic=critic, rank_id=rank_id)
+        super().__init__(
+            policy,
+            ref,
+            reward,
+            ppo.generation,
+            prompt_width,
+            pad_token_id,
+            eos_token_id,
+            chunk_size=ppo.chunk_size,
+            with_values=True,
+            critic=critic,
+            rank_id=rank_id,
+        )
         self.ppo = ppo
         self.reduce = reduce
-        self.kl_controller = (rl.AdaptiveKLController(ppo.kl_coef, ppo.target, ppo.horizon) if ppo.adaptive_kl
-                              else rl.FixedKLController(ppo.kl_coef))
+        self.kl_controller = (
+            rl.AdaptiveKLController(ppo.kl_coef, ppo.target, ppo.horizon)
+            if ppo.adaptive_kl
+            else rl.FixedKLController(ppo.kl_coef)
+        )
         self.score_moments = rl.RunningMoments()
 
     def make_experience(self, prompts: Dict[str, np.ndarray], iteration: int, seed: int = 0):
@@ -220,10 +275,12 @@ def save_experience(experience: Experience, stats: RolloutStats, path: str, stat
     records = [{name: data[name][i] for name in EXPERIENCE_SCHEMA} for i in range(len(experience))]
     with atomic_mindrecord(path, EXPERIENCE_SCHEMA, "ppo experience") as writer:
         writer.write_raw_data(records)
-    meta = {"rows": len(experience), "prompt_width": int(experience.query_tensors.shape[1]),
-            "stats": {k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                      for k, v in dataclasses.asdict(stats).items()},
-            "state": state or {}}
+    meta = {
+        "rows": len(experience),
+        "prompt_width": int(experience.query_tensors.shape[1]),
+        "stats": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in dataclasses.asdict(stats).items()},
+        "state": state or {},
+    }
     write_json(path + ".json", meta)
     logger.info("ppo element saved! Output file refer: %s (%d rollouts)", path, len(experience))
     return path

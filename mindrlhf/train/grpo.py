@@ -16,6 +16,7 @@ Checkpoints per rank under ``<output_dir>/checkpoint/rank_<id>/``: ``policy_mode
 ``CausalLM``: ``mindrlhf generate`` and ``export-hf`` take it) and ``grpo_state_epoch_<n>.ckpt`` (optimizer, loss
 scale, :class:`RLState`), the state last; ``resume`` continues exactly.
 """
+
 from __future__ import annotations
 
 import logging
@@ -69,15 +70,25 @@ class GRPOLoss(nn.Cell):
     def construct(self, response_tensors, attention_mask, logprobs, ref_logprobs, advantages, token_count):
         length = response_tensors.shape[1]
         hidden = self.policy.backbone(response_tensors, attention_mask)
-        logits = self.policy.logits(hidden[:, self.start:length - 1])
+        logits = self.policy.logits(hidden[:, self.start : length - 1])
         if self.temperature != 1.0:
             logits = logits / self.temperature
-        new_logprobs = token_logprobs(logits, response_tensors[:, self.start + 1:])
-        mask = ops.cast(attention_mask[:, self.start + 1:], ms.float32)
+        new_logprobs = token_logprobs(logits, response_tensors[:, self.start + 1 :])
+        mask = ops.cast(attention_mask[:, self.start + 1 :], ms.float32)
         count = token_count[0] / self.rank_size
-        loss, clipfrac, kl = grpo_policy_loss(new_logprobs, logprobs, ref_logprobs, advantages, mask,
-                                              self.epsilon_low, self.epsilon_high, self.beta, self.loss_type,
-                                              self.max_completion_length, count)
+        loss, clipfrac, kl = grpo_policy_loss(
+            new_logprobs,
+            logprobs,
+            ref_logprobs,
+            advantages,
+            mask,
+            self.epsilon_low,
+            self.epsilon_high,
+            self.beta,
+            self.loss_type,
+            self.max_completion_length,
+            count,
+        )
         entropy = masked_entropy(ops.stop_gradient(logits), mask, count)
         return loss, ops.stop_gradient(ops.stack([loss, clipfrac, kl, entropy]))
 
@@ -91,8 +102,9 @@ def group_scores(raw: Dict[str, np.ndarray], grpo) -> np.ndarray:
     ``beta * sum_t (logp_t - ref_logp_t)`` when the KL is a reward penalty (``kl_in_reward``)."""
     scores = raw["scores"].astype(np.float64)
     if grpo.overlong_buffer:
-        scores = scores + rl.overlong_penalty(raw["response_lengths"], grpo.generation.max_new_tokens,
-                                              grpo.overlong_buffer, grpo.overlong_penalty_factor)
+        scores = scores + rl.overlong_penalty(
+            raw["response_lengths"], grpo.generation.max_new_tokens, grpo.overlong_buffer, grpo.overlong_penalty_factor
+        )
     if grpo.kl_in_reward and grpo.beta:
         scores = scores - grpo.beta * ((raw["logprobs"] - raw["ref_logprobs"]) * raw["response_mask"]).sum(1)
     return scores.astype(np.float32)
@@ -133,15 +145,34 @@ class GRPOTrainer(RLTrainer):
     metric_names = LOSS_METRICS
     equal_rows = False  # dynamic sampling keeps a different number of groups on each rank
 
-    def __init__(self, cfg: RunConfig, policy: CausalLM, ref: CausalLM, reward, prompt_width: int,
-                 prompts: PromptSource, resume: str = "", rank_id: int = 0, rank_size: int = 1,
-                 progress: Union[bool, str] = False):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        policy: CausalLM,
+        ref: CausalLM,
+        reward,
+        prompt_width: int,
+        prompts: PromptSource,
+        resume: str = "",
+        rank_id: int = 0,
+        rank_size: int = 1,
+        progress: Union[bool, str] = False,
+    ):
         super().__init__(cfg, cfg.grpo, policy, prompt_width, prompts, rank_id, rank_size, progress)
         self.grpo, self.ref = cfg.grpo, ref
         model_cfg = policy.config
         rollouts = self.grpo.num_prompts * self.grpo.num_generations
-        self.maker = RolloutMaker(policy, ref, reward, self.grpo.generation, prompt_width, model_cfg.pad_token_id,
-                                  model_cfg.eos_token_id, chunk_size=rollouts, rank_id=rank_id)
+        self.maker = RolloutMaker(
+            policy,
+            ref,
+            reward,
+            self.grpo.generation,
+            prompt_width,
+            model_cfg.pad_token_id,
+            model_cfg.eos_token_id,
+            chunk_size=rollouts,
+            rank_id=rank_id,
+        )
         self.build(GRPOLoss(policy, self.grpo, prompt_width, rank_size), RLState(), resume)
 
     @property
@@ -150,13 +181,14 @@ class GRPOTrainer(RLTrainer):
 
     def token_counts(self, data: Dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
         """``(1,)``: the minibatch's generated tokens."""
-        return np.array([data["attention_mask"][rows, self.prompt_width:].sum()], np.float64)
+        return np.array([data["attention_mask"][rows, self.prompt_width :].sum()], np.float64)
 
     def advantages(self, scores: np.ndarray) -> np.ndarray:
         """``(B,)`` advantages of this rank's rollouts from their :func:`group_scores` (group-relative;
         REINFORCE++'s scale over every rank)."""
-        return rl.grpo_advantages(scores, self.grpo.num_generations, self.grpo.advantage_estimator,
-                                  self.grpo.scale_rewards, self.reduce).astype(np.float32)
+        return rl.grpo_advantages(
+            scores, self.grpo.num_generations, self.grpo.advantage_estimator, self.grpo.scale_rewards, self.reduce
+        ).astype(np.float32)
 
     def rollout_metrics(self, raw: Dict[str, np.ndarray], kept: np.ndarray) -> Dict[str, float]:
         """Rollout statistics over every rank: reward mean / std, KL, length, eos, kept groups, and each reward
@@ -164,14 +196,28 @@ class GRPOTrainer(RLTrainer):
         mask = raw["response_mask"]
         kl = ((raw["logprobs"] - raw["ref_logprobs"]) * mask).sum(1)
         components = getattr(self.maker.reward, "last_components", {})
-        sums = self.reduce([raw["scores"].sum(), np.square(raw["scores"].astype(np.float64)).sum(), kl.sum(),
-                            mask.sum(), (~raw["ends_with_eos"]).sum(), len(kept), len(mask)]
-                           + [np.sum(v) for v in components.values()])
+        sums = self.reduce(
+            [
+                raw["scores"].sum(),
+                np.square(raw["scores"].astype(np.float64)).sum(),
+                kl.sum(),
+                mask.sum(),
+                (~raw["ends_with_eos"]).sum(),
+                len(kept),
+                len(mask),
+            ]
+            + [np.sum(v) for v in components.values()]
+        )
         n = sums[6]
         mean = sums[0] / n
-        metrics = {"reward_mean": mean, "reward_std": float(np.sqrt(max(sums[1] / n - mean * mean, 0.0))),
-                   "kl": sums[2] / n, "response_length": sums[3] / n, "no_eos_rate": sums[4] / n,
-                   "kept_share": sums[5] / n}
+        metrics = {
+            "reward_mean": mean,
+            "reward_std": float(np.sqrt(max(sums[1] / n - mean * mean, 0.0))),
+            "kl": sums[2] / n,
+            "response_length": sums[3] / n,
+            "no_eos_rate": sums[4] / n,
+            "kept_share": sums[5] / n,
+        }
         metrics.update({f"reward/{name}": float(total / n) for name, total in zip(components, sums[7:])})
         return metrics
 
@@ -191,8 +237,13 @@ class GRPOTrainer(RLTrainer):
 # Entry
 
 
-def build_policy_and_ref(model_cfg: ModelConfig, checkpoint: str = "", seed: int = 0, recompute: bool = False,
-                         lora: Optional[LoRAConfig] = None):
+def build_policy_and_ref(
+    model_cfg: ModelConfig,
+    checkpoint: str = "",
+    seed: int = 0,
+    recompute: bool = False,
+    lora: Optional[LoRAConfig] = None,
+):
     """Policy and frozen reference from ``checkpoint`` (the same seeded random init without one); with ``lora``
     the policy trains adapters and the reference is the policy with its adapters off (one copy of the base)."""
     from mindrlhf.train.ppo import reference_of, weights_file, without_dropout
@@ -217,16 +268,25 @@ def grpo_prompt_source(dataset_dir: str, cfg: RunConfig, rank_id: int, rank_size
     width = read_prompts(dataset_dir, np.array([0]), pad)["prompt_ids"].shape[1]
 
     def prompts(iteration: int) -> Dict[str, object]:
-        indices = prompt_indices(count, cfg.grpo.num_prompts, iteration, seed=cfg.seed, rank_id=rank_id,
-                                 rank_size=rank_size)
+        indices = prompt_indices(
+            count, cfg.grpo.num_prompts, iteration, seed=cfg.seed, rank_id=rank_id, rank_size=rank_size
+        )
         return read_prompts(dataset_dir, indices, pad)
 
     return width, prompts
 
 
-def train_grpo(cfg: RunConfig, dataset_dir: str, reward, sft_checkpoint: str = "", resume: str = "",
-               rank_id: int = 0, rank_size: int = 1, stop_after: Optional[int] = None,
-               progress: Union[bool, str] = False) -> GRPOTrainer:
+def train_grpo(
+    cfg: RunConfig,
+    dataset_dir: str,
+    reward,
+    sft_checkpoint: str = "",
+    resume: str = "",
+    rank_id: int = 0,
+    rank_size: int = 1,
+    stop_after: Optional[int] = None,
+    progress: Union[bool, str] = False,
+) -> GRPOTrainer:
     """Build everything and run GRPO.
 
     Args:
@@ -238,8 +298,9 @@ def train_grpo(cfg: RunConfig, dataset_dir: str, reward, sft_checkpoint: str = "
         resume: a GRPO checkpoint root to continue from.
     """
     width, prompts = grpo_prompt_source(dataset_dir, cfg, rank_id, rank_size)
-    policy, ref = build_policy_and_ref(cfg.model.model_config, sft_checkpoint, cfg.seed,
-                                       cfg.recompute_config.recompute, cfg.lora)
+    policy, ref = build_policy_and_ref(
+        cfg.model.model_config, sft_checkpoint, cfg.seed, cfg.recompute_config.recompute, cfg.lora
+    )
     if isinstance(reward, RewardModel):
         reward.set_train(False)
     trainer = GRPOTrainer(cfg, policy, ref, reward, width, prompts, resume, rank_id, rank_size, progress)

@@ -9,6 +9,7 @@ epoch of a MindRecord for :class:`~mindrlhf.train.trainer.Trainer`; minibatches 
 TensorBoard, checkpoints). A new algorithm names its metrics (``metric_names``) and logs them without touching
 this loop.
 """
+
 from __future__ import annotations
 
 import time
@@ -75,14 +76,14 @@ class UpdateLoop:
         """One step on ``inputs``; ``global_step`` is the number of steps taken before it."""
         start = time.perf_counter()
         outputs = self.step(*inputs)
-        loss, overflow, scale = (float(outputs[0].asnumpy()), bool(outputs[1].asnumpy()),
-                                 float(outputs[2].asnumpy()))
+        loss, overflow, scale = (float(outputs[0].asnumpy()), bool(outputs[1].asnumpy()), float(outputs[2].asnumpy()))
         metrics = dict(zip(self.metric_names, outputs[3].asnumpy().tolist())) if self.metric_names else {}
         reach("train_step")
         return StepResult(loss, overflow, scale, self.lr(global_step), time.perf_counter() - start, metrics)
 
-    def run(self, batches: Iterable[Sequence[Tensor]], state,
-            on_step: Optional[Callable[[int, StepResult], bool]] = None) -> UpdateStats:
+    def run(
+        self, batches: Iterable[Sequence[Tensor]], state, on_step: Optional[Callable[[int, StepResult], bool]] = None
+    ) -> UpdateStats:
         """One step per input list of ``batches``, advancing ``state.global_step``. ``on_step(index, result)``
         runs after each (``index`` counts this call's steps from 0) and returns True to stop early."""
         stats = UpdateStats()

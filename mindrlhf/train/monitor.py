@@ -1,5 +1,6 @@
 """Training logs: the seeds' log line on stdout and in ``<output_dir>/log/rank_<id>/info.log``, and TensorBoard
 scalars (tensorboardX, rank 0 only) under ``<output_dir>/tensorboard``."""
+
 from __future__ import annotations
 
 import json
@@ -53,13 +54,24 @@ def attach_rank_log(output_dir: str, rank_id: int) -> str:
     return path
 
 
-def format_step_line(epoch: int, epochs: int, step: int, steps: int, loss: float, ms_per_step: float, lr: float,
-                     overflow: bool, loss_scale: float) -> str:
+def format_step_line(
+    epoch: int,
+    epochs: int,
+    step: int,
+    steps: int,
+    loss: float,
+    ms_per_step: float,
+    lr: float,
+    overflow: bool,
+    loss_scale: float,
+) -> str:
     """``Epoch:[  1/  2], step:[    2/29134], loss: 0.744, time:68580.279 ms, lr:8e-08, overflow cond: False,
     loss_scale: 128.0`` (epoch and step 1-based)."""
-    return (f"Epoch:[{epoch:3d}/{epochs:3d}], step:[{step:5d}/{steps:5d}], loss: {loss:5.3f}, "
-            f"time:{ms_per_step:.3f} ms, lr:{np.float32(lr)!s}, overflow cond: {bool(overflow)}, "
-            f"loss_scale: {float(loss_scale)}")
+    return (
+        f"Epoch:[{epoch:3d}/{epochs:3d}], step:[{step:5d}/{steps:5d}], loss: {loss:5.3f}, "
+        f"time:{ms_per_step:.3f} ms, lr:{np.float32(lr)!s}, overflow cond: {bool(overflow)}, "
+        f"loss_scale: {float(loss_scale)}"
+    )
 
 
 class TrainMonitor:

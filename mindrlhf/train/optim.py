@@ -4,6 +4,7 @@ table (linear warmup, then constant / cosine / polynomial decay).
 The schedule is materialised as a ``(total_steps,)`` table that the optimizer indexes with its own ``global_step``
 Parameter, so a resumed run continues the schedule exactly where it stopped.
 """
+
 from __future__ import annotations
 
 from typing import List
@@ -65,8 +66,9 @@ class AdamW(nn.Cell):
     Exposes ``parameters`` (all trained parameters) like an ``nn.Optimizer``; ``construct(grads)`` in that order.
     """
 
-    def __init__(self, params: List[ms.Parameter], lrs: Tensor, beta1: float, beta2: float, eps: float,
-                 weight_decay: float):
+    def __init__(
+        self, params: List[ms.Parameter], lrs: Tensor, beta1: float, beta2: float, eps: float, weight_decay: float
+    ):
         super().__init__(auto_prefix=False)
         self.adam = nn.Adam(params, learning_rate=lrs, beta1=beta1, beta2=beta2, eps=eps, weight_decay=0.0)
         self.parameters = self.adam.parameters
@@ -85,8 +87,9 @@ class AdamW(nn.Cell):
         return self.adam(grads)
 
 
-def build_optimizer(params: List[ms.Parameter], optimizer: OptimizerConfig, schedule: LrScheduleConfig,
-                    total_steps: int):
+def build_optimizer(
+    params: List[ms.Parameter], optimizer: OptimizerConfig, schedule: LrScheduleConfig, total_steps: int
+):
     """:class:`AdamW` over ``params`` with the scheduled learning rate.
 
     ``type`` FP32StateAdamWeightDecay / FusedAdamWeightDecay / AdamWeightDecay (mindformers' names) all map to it.

@@ -17,6 +17,7 @@ ratio of an iteration is exactly 1. With ``W`` data-parallel ranks each rank div
 scale, KL coefficient, score statistics, next iteration), ``n`` the 0-based iteration just finished; a run given
 that folder as ``resume`` continues exactly.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,13 +40,20 @@ from mindrlhf.models.lora import prepare_lora
 from mindrlhf.models.policy import token_logprobs
 from mindrlhf.train.checkpoint import resume_checkpoint
 from mindrlhf.train.experience import Experience, ExperienceMaker, RewardFunction, RolloutStats, save_experience
-from mindrlhf.train.rl_trainer import (Collected, IterationResult, PromptSource, RLState, RLTrainer,
-                                       format_rl_line)
+from mindrlhf.train.rl_trainer import Collected, IterationResult, PromptSource, RLState, RLTrainer, format_rl_line
 
 logger = logging.getLogger(__name__)
 
-TRAIN_COLUMNS = ("response_tensors", "attention_mask", "logprobs", "values", "advantages", "returns",
-                 "pretrain_ids", "loss_mask")
+TRAIN_COLUMNS = (
+    "response_tensors",
+    "attention_mask",
+    "logprobs",
+    "values",
+    "advantages",
+    "returns",
+    "pretrain_ids",
+    "loss_mask",
+)
 LOSS_METRICS = ("pg_loss", "vf_loss", "ptx_loss", "clipfrac", "approx_kl", "entropy", "vf_clipfrac")
 CRITIC_PREFIX = "critic."
 
@@ -59,8 +67,7 @@ def format_ppo_line(batch: int, ppo_epoch: int, loss: float, lr: float, overflow
 def token_counts(data: Dict[str, np.ndarray], rows: np.ndarray, prompt_width: int) -> np.ndarray:
     """``(2,)`` float64 token counts of one minibatch of a rank: ``[generated tokens (the PPO losses' mask),
     reference-answer tokens (the ptx loss's mask, loss_mask[:, 1:])]``."""
-    return np.array([data["attention_mask"][rows, prompt_width:].sum(), data["loss_mask"][rows, 1:].sum()],
-                    np.float64)
+    return np.array([data["attention_mask"][rows, prompt_width:].sum(), data["loss_mask"][rows, 1:].sum()], np.float64)
 
 
 class PPOLoss(nn.Cell):
@@ -74,8 +81,9 @@ class PPOLoss(nn.Cell):
     step mean-reduces) is the token mean over the global minibatch.
     """
 
-    def __init__(self, policy: CausalLM, critic: Optional[Critic], ppo: PPOConfig, prompt_width: int,
-                 rank_size: int = 1):
+    def __init__(
+        self, policy: CausalLM, critic: Optional[Critic], ppo: PPOConfig, prompt_width: int, rank_size: int = 1
+    ):
         super().__init__(auto_prefix=False)
         self.policy = policy
         self.shared = critic is None
@@ -95,31 +103,41 @@ class PPOLoss(nn.Cell):
         window, at the sampling temperature ``T``."""
         length = response_tensors.shape[1]
         hidden = self.policy.backbone(response_tensors, attention_mask)
-        window = hidden[:, self.start:length - 1]
+        window = hidden[:, self.start : length - 1]
         logits = self.policy.logits(window)
         if self.temperature != 1.0:
             logits = logits / self.temperature
-        new_logprobs = token_logprobs(logits, response_tensors[:, self.start + 1:])
+        new_logprobs = token_logprobs(logits, response_tensors[:, self.start + 1 :])
         if self.shared:
             new_values = self.policy.values(window)
         else:
-            new_values = self.critic(response_tensors, attention_mask)[:, self.start:length - 1]
+            new_values = self.critic(response_tensors, attention_mask)[:, self.start : length - 1]
         return logits, new_logprobs, new_values
 
-    def construct(self, response_tensors, attention_mask, logprobs, values, advantages, returns, pretrain_ids,
-                  loss_mask, token_counts):
+    def construct(
+        self,
+        response_tensors,
+        attention_mask,
+        logprobs,
+        values,
+        advantages,
+        returns,
+        pretrain_ids,
+        loss_mask,
+        token_counts,
+    ):
         logits, new_logprobs, new_values = self.policy_outputs(response_tensors, attention_mask)
-        mask = ops.cast(attention_mask[:, self.start + 1:], ms.float32)
+        mask = ops.cast(attention_mask[:, self.start + 1 :], ms.float32)
         count = token_counts[0] / self.rank_size
-        pg_loss, clipfrac, approx_kl = ppo_policy_loss(new_logprobs, logprobs, advantages, mask, self.cliprange,
-                                                       count)
+        pg_loss, clipfrac, approx_kl = ppo_policy_loss(new_logprobs, logprobs, advantages, mask, self.cliprange, count)
         vf_loss, vf_clipfrac = ppo_value_loss(new_values, values, returns, mask, self.cliprange_value, count)
         loss = pg_loss + self.vf_coef * vf_loss
         ptx_loss = ops.zeros((), ms.float32)
         if self.use_ptx:
             pt_hidden = self.policy.backbone(pretrain_ids[:, :-1], None)
-            ptx_loss = causal_lm_loss(self.policy.logits(pt_hidden), pretrain_ids[:, 1:], loss_mask[:, 1:],
-                                      token_counts[1] / self.rank_size)
+            ptx_loss = causal_lm_loss(
+                self.policy.logits(pt_hidden), pretrain_ids[:, 1:], loss_mask[:, 1:], token_counts[1] / self.rank_size
+            )
             loss = loss + self.ptx_coef * ptx_loss
         entropy = masked_entropy(ops.stop_gradient(logits), mask, count)
         metrics = ops.stack([pg_loss, vf_loss, ptx_loss, clipfrac, approx_kl, entropy, vf_clipfrac])
@@ -171,10 +189,19 @@ def reference_of(policy: CausalLM, ref: Optional[CausalLM], lora: LoRAConfig, he
     return ref
 
 
-def build_ppo_models(policy_cfg: ModelConfig, ppo: PPOConfig, reward: Union[ModelConfig, RewardFunction],
-                     critic_cfg: Optional[ModelConfig] = None, sft_checkpoint: str = "",
-                     reward_checkpoint: str = "", critic_checkpoint: str = "", rank_id: int = 0,
-                     recompute: bool = False, seed: int = 0, lora: Optional[LoRAConfig] = None) -> PPOModels:
+def build_ppo_models(
+    policy_cfg: ModelConfig,
+    ppo: PPOConfig,
+    reward: Union[ModelConfig, RewardFunction],
+    critic_cfg: Optional[ModelConfig] = None,
+    sft_checkpoint: str = "",
+    reward_checkpoint: str = "",
+    critic_checkpoint: str = "",
+    rank_id: int = 0,
+    recompute: bool = False,
+    seed: int = 0,
+    lora: Optional[LoRAConfig] = None,
+) -> PPOModels:
     """Policy and reference from the SFT weights (the same random init without them), the value head new; the
     reward model from its checkpoint; the separate critic (``is_shared_backbone: False``) from the critic
     checkpoint, else the reward model's. Weights not loaded are a pure function of ``seed`` (a resumed run
@@ -182,9 +209,11 @@ def build_ppo_models(policy_cfg: ModelConfig, ppo: PPOConfig, reward: Union[Mode
     reference is the policy itself with its adapters off; the critic's adapters follow ``lora.for_critic()``."""
     lora = lora or LoRAConfig()  # LoRA off (a fresh one per call: no shared default instance)
     if ppo.is_shared_backbone and lora.for_critic() is not lora:
-        raise ConfigError("lora.critic_r / critic_alpha / critic_target_modules set the separate critic's adapters: "
-                          "set ppo.is_shared_backbone: false, or remove them (a shared value head trains with the "
-                          "policy's adapters)")
+        raise ConfigError(
+            "lora.critic_r / critic_alpha / critic_target_modules set the separate critic's adapters: "
+            "set ppo.is_shared_backbone: false, or remove them (a shared value head trains with the "
+            "policy's adapters)"
+        )
     ms.set_seed(seed)
     policy_cfg = without_dropout(policy_cfg)
     policy = CausalLM(policy_cfg, with_value_head=ppo.is_shared_backbone, recompute=recompute)
@@ -195,8 +224,10 @@ def build_ppo_models(policy_cfg: ModelConfig, ppo: PPOConfig, reward: Union[Mode
     ref = reference_of(policy, ref, lora, heads=("v_head",))
     if isinstance(reward, ModelConfig):
         if reward.vocab_size != policy_cfg.vocab_size:
-            raise ValueError(f"the reward model's vocab_size {reward.vocab_size} differs from the policy's "
-                             f"{policy_cfg.vocab_size}: PPO needs one tokenizer for both")
+            raise ValueError(
+                f"the reward model's vocab_size {reward.vocab_size} differs from the policy's "
+                f"{policy_cfg.vocab_size}: PPO needs one tokenizer for both"
+            )
         reward_model = RewardModel(without_dropout(reward))
         if reward_checkpoint:
             load_weights(reward_model, weights_file(reward_checkpoint, rank_id), reward)
@@ -231,15 +262,23 @@ class PPOState(RLState):
 
     def state_dict(self) -> Dict[str, float]:
         moments = self.score_moments
-        return {**super().state_dict(), "kl_coef": float(self.kl_controller.value), "score_mean": moments.mean,
-                "score_var": moments.var, "score_count": moments.count}
+        return {
+            **super().state_dict(),
+            "kl_coef": float(self.kl_controller.value),
+            "score_mean": moments.mean,
+            "score_var": moments.var,
+            "score_count": moments.count,
+        }
 
     def load_state_dict(self, values: Dict[str, float]) -> None:
         super().load_state_dict(values)
         self.kl_controller.value = float(values["kl_coef"])
         moments = self.score_moments
-        moments.mean, moments.var, moments.count = (float(values["score_mean"]), float(values["score_var"]),
-                                                    float(values["score_count"]))
+        moments.mean, moments.var, moments.count = (
+            float(values["score_mean"]),
+            float(values["score_var"]),
+            float(values["score_count"]),
+        )
 
 
 class PPOTrainer(RLTrainer):
@@ -258,15 +297,33 @@ class PPOTrainer(RLTrainer):
     train_columns = TRAIN_COLUMNS
     metric_names = LOSS_METRICS
 
-    def __init__(self, cfg: RunConfig, models: PPOModels, prompt_width: int, prompts: PromptSource,
-                 resume: str = "", rank_id: int = 0, rank_size: int = 1, progress: Union[bool, str] = False):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        models: PPOModels,
+        prompt_width: int,
+        prompts: PromptSource,
+        resume: str = "",
+        rank_id: int = 0,
+        rank_size: int = 1,
+        progress: Union[bool, str] = False,
+    ):
         super().__init__(cfg, cfg.ppo, models.policy, prompt_width, prompts, rank_id, rank_size, progress)
         self.ppo, self.models = cfg.ppo, models
         self.save_data_file = ""
         model_cfg = models.policy.config
-        self.maker = ExperienceMaker(models.policy, models.ref, models.reward, models.critic, self.ppo,
-                                     prompt_width, model_cfg.pad_token_id, model_cfg.eos_token_id, rank_id,
-                                     self.reduce)
+        self.maker = ExperienceMaker(
+            models.policy,
+            models.ref,
+            models.reward,
+            models.critic,
+            self.ppo,
+            prompt_width,
+            model_cfg.pad_token_id,
+            model_cfg.eos_token_id,
+            rank_id,
+            self.reduce,
+        )
         state = PPOState(kl_controller=self.maker.kl_controller, score_moments=self.maker.score_moments)
         self.build(PPOLoss(models.policy, models.critic, self.ppo, prompt_width, rank_size), state, resume)
 
@@ -302,9 +359,15 @@ class PPOTrainer(RLTrainer):
 
 def rollout_metrics(rollout: RolloutStats) -> Dict[str, float]:
     """The rollout half of a PPO iteration's metrics."""
-    return {"reward_mean": rollout.score_mean, "reward_std": rollout.score_std, "kl": rollout.kl,
-            "kl_coef": rollout.kl_coef, "response_length": rollout.response_length,
-            "no_eos_rate": rollout.no_eos_rate, "explained_variance": rollout.explained_variance}
+    return {
+        "reward_mean": rollout.score_mean,
+        "reward_std": rollout.score_std,
+        "kl": rollout.kl,
+        "kl_coef": rollout.kl_coef,
+        "response_length": rollout.response_length,
+        "no_eos_rate": rollout.no_eos_rate,
+        "explained_variance": rollout.explained_variance,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -332,18 +395,30 @@ def prompt_source(dataset_dir: str, cfg: RunConfig, rank_id: int, rank_size: int
     ppo = cfg.ppo
 
     def prompts(iteration: int) -> Dict[str, np.ndarray]:
-        indices = prompt_indices(count, ppo.num_rollouts, iteration, seed=cfg.seed, rank_id=rank_id,
-                                 rank_size=rank_size)
+        indices = prompt_indices(
+            count, ppo.num_rollouts, iteration, seed=cfg.seed, rank_id=rank_id, rank_size=rank_size
+        )
         return read_prompts(dataset_dir, indices, pad)
 
     return width, prompts
 
 
-def train_ppo(cfg: RunConfig, dataset_dir: str, reward: Union[ModelConfig, RewardFunction],
-              sft_checkpoint: str = "", reward_checkpoint: str = "", critic_cfg: Optional[ModelConfig] = None,
-              critic_checkpoint: str = "", resume: str = "", save_data_file: str = "", stage: str = "all",
-              rank_id: int = 0, rank_size: int = 1, stop_after: Optional[int] = None,
-              progress: Union[bool, str] = False) -> PPOTrainer:
+def train_ppo(
+    cfg: RunConfig,
+    dataset_dir: str,
+    reward: Union[ModelConfig, RewardFunction],
+    sft_checkpoint: str = "",
+    reward_checkpoint: str = "",
+    critic_cfg: Optional[ModelConfig] = None,
+    critic_checkpoint: str = "",
+    resume: str = "",
+    save_data_file: str = "",
+    stage: str = "all",
+    rank_id: int = 0,
+    rank_size: int = 1,
+    stop_after: Optional[int] = None,
+    progress: Union[bool, str] = False,
+) -> PPOTrainer:
     """Build everything and run PPO.
 
     Args:
@@ -365,9 +440,19 @@ def train_ppo(cfg: RunConfig, dataset_dir: str, reward: Union[ModelConfig, Rewar
     if stage != "all" and not save_data_file:
         raise ValueError(f"stage {stage!r} needs save_data_file (the experience MindRecord)")
     width, prompts = prompt_source(dataset_dir, cfg, rank_id, rank_size)
-    models = build_ppo_models(cfg.model.model_config, cfg.ppo, reward, critic_cfg, sft_checkpoint,
-                              reward_checkpoint, critic_checkpoint, rank_id, cfg.recompute_config.recompute,
-                              cfg.seed, cfg.lora)
+    models = build_ppo_models(
+        cfg.model.model_config,
+        cfg.ppo,
+        reward,
+        critic_cfg,
+        sft_checkpoint,
+        reward_checkpoint,
+        critic_checkpoint,
+        rank_id,
+        cfg.recompute_config.recompute,
+        cfg.seed,
+        cfg.lora,
+    )
     trainer = PPOTrainer(cfg, models, width, prompts, resume, rank_id, rank_size, progress)
     data_file = experience_file(save_data_file, rank_id, rank_size) if save_data_file else ""
     if stage == "all":
@@ -396,12 +481,16 @@ def run_train_stage(trainer: PPOTrainer, data_file: str) -> IterationResult:
 
     experience, stats, state = load_experience(data_file)
     if int(state.get("iteration", -1)) != trainer.state.iteration:
-        raise ValueError(f"{data_file} holds the experience of iteration {int(state.get('iteration', -1))}, but the "
-                         f"run is at "
-                         f"iteration {trainer.state.iteration}: make experience again with the current checkpoint")
+        raise ValueError(
+            f"{data_file} holds the experience of iteration {int(state.get('iteration', -1))}, but the "
+            f"run is at "
+            f"iteration {trainer.state.iteration}: make experience again with the current checkpoint"
+        )
     if experience.query_tensors.shape[1] != trainer.prompt_width:
-        raise ValueError(f"{data_file}: prompt width {experience.query_tensors.shape[1]} differs from the prompt "
-                         f"data's {trainer.prompt_width}")
+        raise ValueError(
+            f"{data_file}: prompt width {experience.query_tensors.shape[1]} differs from the prompt "
+            f"data's {trainer.prompt_width}"
+        )
     trainer.state.load_state_dict({**trainer.state.state_dict(), **state})
     try:
         tick = time.perf_counter()

@@ -9,6 +9,7 @@ column PPO's :class:`~mindrlhf.models.RewardModel` reads on a rollout. Training 
 file's sequences end in the model's eos id (:func:`~mindrlhf.data.datasets.check_preference_ends`) and refuse files
 written by the older converter, which ended them at the last response token.
 """
+
 from __future__ import annotations
 
 import logging
@@ -78,24 +79,36 @@ def init_weights(model: RewardModel, cfg: RunConfig, rank_id: int) -> None:
         logger.info("reward model initialised from %s (fresh: %s)", path, ", ".join(kept) or "none")
 
 
-def train_reward_model(cfg: RunConfig, train_path: Optional[str] = None, rank_id: int = 0, rank_size: int = 1,
-                       stop_at_step: Optional[int] = None, progress: Union[bool, str] = False
-                       ) -> Tuple[RewardModel, FitResult]:
+def train_reward_model(
+    cfg: RunConfig,
+    train_path: Optional[str] = None,
+    rank_id: int = 0,
+    rank_size: int = 1,
+    stop_at_step: Optional[int] = None,
+    progress: Union[bool, str] = False,
+) -> Tuple[RewardModel, FitResult]:
     """Train a reward model on a preference MindRecord (``train_path`` or ``train_dataset.data_loader.dataset_dir``);
     ``progress`` shows a progress bar (see :class:`Trainer`)."""
     from mindrlhf.data.datasets import PREFERENCE_COLUMNS, check_preference_ends, reward_model_dataset
 
-    batch_size, steps, source = mindrecord_source(cfg, train_path, reward_model_dataset, PREFERENCE_COLUMNS, rank_id,
-                                                  rank_size)
+    batch_size, steps, source = mindrecord_source(
+        cfg, train_path, reward_model_dataset, PREFERENCE_COLUMNS, rank_id, rank_size
+    )
     path = train_path or cfg.train_dataset.data_loader.dataset_dir
     check_preference_ends(path, cfg.model.model_config.eos_token_id)
     model = RewardModel(cfg.model.model_config, recompute=cfg.recompute_config.recompute)
     init_weights(model, cfg, rank_id)
     prepare_lora(model, cfg.lora, heads=("score",))
-    trainer = Trainer(cfg, RewardLoss(model, cfg.reward.loss_type), TRAIN_COLUMNS, source, steps, rank_id, rank_size,
-                      progress)
-    logger.info("reward model training: %d epochs x %d steps, batch %d pairs per device, loss %s",
-                cfg.runner_config.epochs, steps, batch_size, cfg.reward.loss_type)
+    trainer = Trainer(
+        cfg, RewardLoss(model, cfg.reward.loss_type), TRAIN_COLUMNS, source, steps, rank_id, rank_size, progress
+    )
+    logger.info(
+        "reward model training: %d epochs x %d steps, batch %d pairs per device, loss %s",
+        cfg.runner_config.epochs,
+        steps,
+        batch_size,
+        cfg.reward.loss_type,
+    )
     return model, trainer.fit(stop_at_step)
 
 
@@ -122,8 +135,9 @@ def eval_checkpoints(distributed_ckpt_path: str, load_all: bool, rank_id: int = 
     return files
 
 
-def evaluate_reward_model(cfg: RunConfig, checkpoint: str, eval_path: Optional[str] = None,
-                          log_batches: bool = True) -> EvalResult:
+def evaluate_reward_model(
+    cfg: RunConfig, checkpoint: str, eval_path: Optional[str] = None, log_batches: bool = True
+) -> EvalResult:
     """Accuracy = share of pairs whose chosen score (at its own last token) beats the rejected one, over all pairs.
 
     Logs ``acc: [batch]; avg acc: [running]`` per batch and ``<checkpoint> acc: [total]`` at the end.
@@ -143,8 +157,9 @@ def evaluate_reward_model(cfg: RunConfig, checkpoint: str, eval_path: Optional[s
     model.set_train(False)
     scorer = EndScores(model)
     batch_size = data.batch_size or cfg.runner_config.batch_size
-    dataset = reward_model_dataset(path, batch_size, shuffle=False, drop_remainder=data.drop_remainder,
-                                   num_samples=data.data_loader.num_samples)
+    dataset = reward_model_dataset(
+        path, batch_size, shuffle=False, drop_remainder=data.drop_remainder, num_samples=data.data_loader.num_samples
+    )
     correct, pairs = 0, 0
     for batch in dataset.create_dict_iterator(num_epochs=1, output_numpy=True):
         scores = scorer(Tensor(batch["input_ids"]), Tensor(batch["attention_mask"]), Tensor(batch["end_ind"]))
@@ -170,8 +185,7 @@ def score_texts(model: RewardModel, token_rows: List[List[int]], seq_length: int
         row = list(row)[:seq_length]
         ids = np.full((1, seq_length), pad_id, np.int32)
         mask = np.zeros((1, seq_length), np.int32)
-        ids[0, :len(row)], mask[0, :len(row)] = row, 1
+        ids[0, : len(row)], mask[0, : len(row)] = row, 1
         out = scorer(Tensor(ids), Tensor(mask), Tensor(np.array([len(row)], np.int32)))
         scores.append(float(out.asnumpy()[0]))
     return np.asarray(scores, np.float32)
-

@@ -14,6 +14,7 @@ iterations are kept): ``policy_model_epoch_<n>.ckpt`` (loads into
 ``<name>_state_epoch_<n>.ckpt`` (optimizer moments, loss scale, :class:`RLState`) written last, ``n`` the 0-based
 iteration just finished; ``resume`` continues exactly.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,7 @@ from mindrlhf.models import CausalLM
 from mindrlhf.models.convert import assign_parameters, cell_parameters, save_tensors
 from mindrlhf.models.lora import adapter_parameters, has_adapters
 from mindrlhf.faults import reach
-from mindrlhf.train.checkpoint import (SCHEDULE_PARAMS, newest_iteration_state, prune_iterations, rank_dir,
-                                       read_ckpt)
+from mindrlhf.train.checkpoint import SCHEDULE_PARAMS, newest_iteration_state, prune_iterations, rank_dir, read_ckpt
 from mindrlhf.train.distributed import AllReduceSum
 from mindrlhf.train.loop import StepResult, UpdateLoop
 from mindrlhf.train.monitor import TrainMonitor, append_jsonl, trim_jsonl
@@ -88,12 +88,15 @@ def saved_parameters(model: nn.Cell) -> Dict[str, Parameter]:
     return adapter_parameters(model) if has_adapters(model) else cell_parameters(model)
 
 
-def format_rl_line(label: str, update_label: str, batch: int, update: int, loss: float, lr: float, overflow: bool,
-                   scale: float) -> str:
+def format_rl_line(
+    label: str, update_label: str, batch: int, update: int, loss: float, lr: float, overflow: bool, scale: float
+) -> str:
     """The seed's step line: ``PPO Batch: 0 | PPO Epoch: 0 | loss: [9.821571] | lr: [2.25e-08] | is overflow:
     False | loss scale: 4096.0`` (``label`` PPO, ``update_label`` Epoch)."""
-    return (f"{label} Batch: {batch} | {label} {update_label}: {update} | loss: [{np.float32(loss)!s}] | "
-            f"lr: [{np.float32(lr)!s}] | is overflow: {bool(overflow)} | loss scale: {float(scale)}")
+    return (
+        f"{label} Batch: {batch} | {label} {update_label}: {update} | loss: [{np.float32(loss)!s}] | "
+        f"lr: [{np.float32(lr)!s}] | is overflow: {bool(overflow)} | loss scale: {float(scale)}"
+    )
 
 
 class RLTrainer:
@@ -117,15 +120,26 @@ class RLTrainer:
     metric_names: Tuple[str, ...] = ()  # the loss net's metrics vector
     equal_rows = True  # every rank trains the same number of rows (else minibatch counts are agreed on)
 
-    def __init__(self, cfg: RunConfig, algo, policy: CausalLM, prompt_width: int, prompts: PromptSource,
-                 rank_id: int = 0, rank_size: int = 1, progress: Union[bool, str] = False):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        algo,
+        policy: CausalLM,
+        prompt_width: int,
+        prompts: PromptSource,
+        rank_id: int = 0,
+        rank_size: int = 1,
+        progress: Union[bool, str] = False,
+    ):
         self.cfg, self.algo = cfg, algo
         self.policy, self.prompts = policy, prompts
         self.rank_id, self.rank_size = rank_id, rank_size
         max_new = algo.generation.max_new_tokens
         if prompt_width + max_new > policy.config.seq_length:
-            raise ValueError(f"prompt width {prompt_width} + {self.name}.generation.max_new_tokens {max_new} "
-                             f"exceeds the policy's seq_length {policy.config.seq_length}")
+            raise ValueError(
+                f"prompt width {prompt_width} + {self.name}.generation.max_new_tokens {max_new} "
+                f"exceeds the policy's seq_length {policy.config.seq_length}"
+            )
         self.prompt_width = prompt_width
         self.reduce = AllReduceSum(rank_size)  # host statistics over every rank
         self.folder = rank_dir(os.path.join(cfg.output_dir, "checkpoint"), rank_id)
@@ -139,8 +153,7 @@ class RLTrainer:
         self.total_steps = self.algo.epochs * self.algo.steps_per_epoch
         optimizer = build_optimizer(loss_net.trainable_params(), cfg.optimizer, cfg.lr_schedule, self.total_steps)
         self.step = TrainStep(loss_net, optimizer, cfg.runner_wrapper, has_aux=True)
-        self.loop = UpdateLoop(self.step, lr_table(cfg.lr_schedule, cfg.optimizer, self.total_steps),
-                               self.metric_names)
+        self.loop = UpdateLoop(self.step, lr_table(cfg.lr_schedule, cfg.optimizer, self.total_steps), self.metric_names)
         if resume:
             self._restore(resume)
         if self.rank_id == 0:
@@ -178,8 +191,10 @@ class RLTrainer:
         model_names = set(cell_parameters(self.policy))
         for role, (prefix, cell) in self.extra_models().items():
             model_names.update(cell_parameters(cell))
-            save_tensors({n[len(prefix):]: p for n, p in saved_parameters(cell).items()},
-                         os.path.join(self.folder, f"{role}_epoch_{iteration}.ckpt"))
+            save_tensors(
+                {n[len(prefix) :]: p for n, p in saved_parameters(cell).items()},
+                os.path.join(self.folder, f"{role}_epoch_{iteration}.ckpt"),
+            )
         extra = {p.name: p for p in self.step.get_parameters() if p.name not in model_names}
         extra.update({f"{self.name}_state.{k}": Tensor(np.float64(v)) for k, v in self.state.state_dict().items()})
         save_tensors(extra, os.path.join(self.folder, f"{self.name}_state_epoch_{iteration}.ckpt"))
@@ -197,12 +212,18 @@ class RLTrainer:
         params = {p.name for p in self.step.get_parameters() if p.name not in SCHEDULE_PARAMS}
         models = [self.policy] + [cell for _, cell in self.extra_models().values()]
         base = tuple(n for cell in models for n in set(cell_parameters(cell)) - set(saved_parameters(cell)))
-        assign_parameters(self.step, {n: v for n, v in entries.items() if n in params}, folder,
-                          allow_missing=SCHEDULE_PARAMS + base)
+        assign_parameters(
+            self.step, {n: v for n, v in entries.items() if n in params}, folder, allow_missing=SCHEDULE_PARAMS + base
+        )
         prefix = f"{self.name}_state."
-        self.state.load_state_dict({k[len(prefix):]: float(v) for k, v in entries.items() if k.startswith(prefix)})
-        logger.info("resumed %s from %s at iteration %d (global step %d)", self.label, folder, self.state.iteration,
-                    self.state.global_step)
+        self.state.load_state_dict({k[len(prefix) :]: float(v) for k, v in entries.items() if k.startswith(prefix)})
+        logger.info(
+            "resumed %s from %s at iteration %d (global step %d)",
+            self.label,
+            folder,
+            self.state.iteration,
+            self.state.global_step,
+        )
 
     # -- updates ----------------------------------------------------------------------------------------------
 
@@ -217,7 +238,7 @@ class RLTrainer:
             mine = np.zeros(self.rank_size)
             mine[self.rank_id] = count
             count = int(self.reduce(mine).min())
-        return [order[b * size:(b + 1) * size] for b in range(count)]
+        return [order[b * size : (b + 1) * size] for b in range(count)]
 
     def step_inputs(self, data: Dict[str, np.ndarray], rows: np.ndarray, counts: np.ndarray) -> List[Tensor]:
         """The train step's inputs for ``rows`` of ``data``: :attr:`train_columns`, then the global minibatch's
@@ -227,10 +248,12 @@ class RLTrainer:
     def _log_step(self, batch: int, update: int, step: StepResult) -> None:
         if self.state.global_step % self.cfg.checkpoint.log_interval:
             return
-        self.monitor.line(format_rl_line(self.label, self.update_label, batch, update, step.loss, step.lr,
-                                         step.overflow, step.scale))
-        self.monitor.scalars(self.state.global_step, {"train/loss": step.loss, "train/lr": step.lr,
-                                                      "train/loss_scale": step.scale})
+        self.monitor.line(
+            format_rl_line(self.label, self.update_label, batch, update, step.loss, step.lr, step.overflow, step.scale)
+        )
+        self.monitor.scalars(
+            self.state.global_step, {"train/loss": step.loss, "train/lr": step.lr, "train/loss_scale": step.scale}
+        )
 
     def update(self, data: Dict[str, np.ndarray], rows: np.ndarray, iteration: int) -> IterationResult:
         """:attr:`updates_per_batch` passes of minibatch updates over ``rows`` of ``data``. Each pass first sums
@@ -278,9 +301,15 @@ class RLTrainer:
         self.monitor.scalars(result.iteration + 1, {f"{self.name}/{k}": v for k, v in measured.items()})
         logger.info("iteration %d: %s", result.iteration, ", ".join(f"{k} {v:.4g}" for k, v in measured.items()))
         if self.rank_id == 0:
-            append_jsonl(os.path.join(self.cfg.output_dir, f"{self.name}_metrics.jsonl"),
-                         {"iteration": result.iteration, "global_step": self.state.global_step, **result.metrics,
-                          "seconds": result.timings})
+            append_jsonl(
+                os.path.join(self.cfg.output_dir, f"{self.name}_metrics.jsonl"),
+                {
+                    "iteration": result.iteration,
+                    "global_step": self.state.global_step,
+                    **result.metrics,
+                    "seconds": result.timings,
+                },
+            )
         last = result.iteration + 1 == self.algo.epochs
         if (result.iteration + 1) % self.algo.save_checkpoint_epochs == 0 or last:
             self.save(result.iteration)
@@ -290,8 +319,13 @@ class RLTrainer:
         results = []
         epochs = self.algo.epochs
         end = epochs if stop_after is None else min(stop_after, epochs)
-        bar = tqdm(total=epochs, initial=self.state.iteration, unit="iter", disable=not self.progress,
-                   desc=self.progress if isinstance(self.progress, str) else self.name)
+        bar = tqdm(
+            total=epochs,
+            initial=self.state.iteration,
+            unit="iter",
+            disable=not self.progress,
+            desc=self.progress if isinstance(self.progress, str) else self.name,
+        )
         try:
             for iteration in range(self.state.iteration, end):
                 logger.info("%s iteration %d/%d", self.label, iteration + 1, epochs)
@@ -308,4 +342,3 @@ class RLTrainer:
         if self.state.iteration >= epochs:
             logger.info("%s train done!", self.label)
         return results
-

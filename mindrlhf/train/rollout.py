@@ -10,6 +10,7 @@ Layout of one rollout (``P`` prompt width, ``N = max_new_tokens``, ``L = P + N``
 :class:`RolloutMaker` returns the raw arrays of one batch; the algorithm modules turn them into their own records
 (PPO: :mod:`mindrlhf.train.experience`, GRPO and its family: :mod:`mindrlhf.train.grpo`).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -41,8 +42,14 @@ class RolloutScorer(nn.Cell):
     (``(B, L)`` per position) when given.
     """
 
-    def __init__(self, lm: CausalLM, prompt_width: int, with_values: bool, critic: Optional[nn.Cell] = None,
-                 temperature: float = 1.0):
+    def __init__(
+        self,
+        lm: CausalLM,
+        prompt_width: int,
+        with_values: bool,
+        critic: Optional[nn.Cell] = None,
+        temperature: float = 1.0,
+    ):
         super().__init__(auto_prefix=False)
         self.lm = lm
         self.critic = critic
@@ -53,13 +60,13 @@ class RolloutScorer(nn.Cell):
     def construct(self, tokens, mask):
         length = tokens.shape[1]
         hidden = self.lm.backbone(tokens, mask)
-        window = hidden[:, self.start:length - 1]
-        logprobs = token_logprobs(self.lm.logits(window), tokens[:, self.start + 1:], self.temperature)
+        window = hidden[:, self.start : length - 1]
+        logprobs = token_logprobs(self.lm.logits(window), tokens[:, self.start + 1 :], self.temperature)
         if not self.with_values:
             return logprobs
         if self.critic is None:
             return logprobs, self.lm.values(window)
-        return logprobs, self.critic(tokens, mask)[:, self.start:length - 1]
+        return logprobs, self.critic(tokens, mask)[:, self.start : length - 1]
 
 
 class FirstOutput:
@@ -91,8 +98,9 @@ def ends_with_eos(response_ids: np.ndarray, lengths: np.ndarray, eos_token_id: O
     return response_ids[np.arange(len(response_ids)), np.asarray(lengths) - 1] == eos_token_id
 
 
-def reward_model_scores(model: RewardModel, tokens: np.ndarray, mask: np.ndarray,
-                        eos_token_id: Optional[int]) -> np.ndarray:
+def reward_model_scores(
+    model: RewardModel, tokens: np.ndarray, mask: np.ndarray, eos_token_id: Optional[int]
+) -> np.ndarray:
     """A reward model's ``(B,)`` scores of rollouts ``(B, L)``, read at the eos they are closed with
     (:func:`close_with_eos`: appended to a rollout cut at ``max_new_tokens``)."""
     tokens, mask = close_with_eos(tokens, mask, eos_token_id, model.config.seq_length)
@@ -137,9 +145,20 @@ class RolloutMaker:
         rank_id: this rank (sampling seeds differ per rank).
     """
 
-    def __init__(self, policy: CausalLM, ref: CausalLM, reward: Union[RewardModel, RewardFunction],
-                 generation: GenerationConfig, prompt_width: int, pad_token_id: int, eos_token_id: Optional[int],
-                 chunk_size: int, with_values: bool = False, critic: Optional[nn.Cell] = None, rank_id: int = 0):
+    def __init__(
+        self,
+        policy: CausalLM,
+        ref: CausalLM,
+        reward: Union[RewardModel, RewardFunction],
+        generation: GenerationConfig,
+        prompt_width: int,
+        pad_token_id: int,
+        eos_token_id: Optional[int],
+        chunk_size: int,
+        with_values: bool = False,
+        critic: Optional[nn.Cell] = None,
+        rank_id: int = 0,
+    ):
         self.rank_id = rank_id
         self.prompt_width = prompt_width
         self.pad_token_id = pad_token_id
@@ -148,15 +167,17 @@ class RolloutMaker:
         self.with_values = with_values
         temperature = generation.temperature
         self.generator = Generator(policy, generation, eos_token_id, pad_token_id)
-        self.policy_scorer = RolloutScorer(policy, prompt_width, with_values=with_values, critic=critic,
-                                           temperature=temperature)
+        self.policy_scorer = RolloutScorer(
+            policy, prompt_width, with_values=with_values, critic=critic, temperature=temperature
+        )
         if ref is policy and critic is None:
             # LoRA: the reference is the policy with its adapters off, so the policy's compiled scorer serves it
             # too (a second graph of the same model held about 1.5 GiB more on CPU at GPT-2 124M)
             self.ref_scorer = FirstOutput(WithoutAdapters(self.policy_scorer, policy))
         else:
-            self.ref_scorer = reference_scorer(RolloutScorer(ref, prompt_width, with_values=False,
-                                                             temperature=temperature), ref)
+            self.ref_scorer = reference_scorer(
+                RolloutScorer(ref, prompt_width, with_values=False, temperature=temperature), ref
+            )
         self.reward = reward
         self.policy, self.critic, self.ref = policy, critic, ref
         self.timings: Dict[str, float] = {}
@@ -184,8 +205,9 @@ class RolloutMaker:
         responses = [row[m == 1].tolist() for row, m in zip(tokens[:, width:], mask[:, width:])]
         return prompts, responses
 
-    def _mixed_scores(self, mix: RewardMix, tokens: np.ndarray, mask: np.ndarray,
-                      answers: Optional[List[str]]) -> np.ndarray:
+    def _mixed_scores(
+        self, mix: RewardMix, tokens: np.ndarray, mask: np.ndarray, answers: Optional[List[str]]
+    ) -> np.ndarray:
         total, parts = np.zeros(len(tokens), np.float32), {}
         if mix.functions is not None:
             answers = list(answers) if answers is not None else [""] * len(tokens)
@@ -211,10 +233,16 @@ class RolloutMaker:
             cell.set_train(False)
         scored = self.policy_scorer(Tensor(tokens), Tensor(mask))
         ref_logprobs = self.ref_scorer(Tensor(tokens), Tensor(mask))
-        chunk = {"query_tensors": query, "response_tensors": tokens, "attention_mask": mask,
-                 "response_mask": out.response_mask.astype(np.float32), "scores": scores,
-                 "ends_with_eos": ends_with_eos(out.response_ids, out.response_lengths, self.eos_token_id),
-                 "response_lengths": out.response_lengths.astype(np.int32), "ref_logprobs": ref_logprobs.asnumpy()}
+        chunk = {
+            "query_tensors": query,
+            "response_tensors": tokens,
+            "attention_mask": mask,
+            "response_mask": out.response_mask.astype(np.float32),
+            "scores": scores,
+            "ends_with_eos": ends_with_eos(out.response_ids, out.response_lengths, self.eos_token_id),
+            "response_lengths": out.response_lengths.astype(np.int32),
+            "ref_logprobs": ref_logprobs.asnumpy(),
+        }
         if self.with_values:
             chunk["logprobs"], chunk["values"] = scored[0].asnumpy(), scored[1].asnumpy()
         else:
@@ -244,6 +272,6 @@ class RolloutMaker:
         total = len(prompts["prompt_ids"])
         chunks = []
         for i, start in enumerate(range(0, total, self.chunk_size)):
-            part = {k: v[start:start + self.chunk_size] for k, v in prompts.items()}
+            part = {k: v[start : start + self.chunk_size] for k, v in prompts.items()}
             chunks.append(self._rollout(part, seed=[seed, iteration, self.rank_id, i]))
         return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}

@@ -3,6 +3,7 @@
 Batches come from :func:`mindrlhf.data.datasets.sft_dataset`: ``input_ids``, ``attention_mask`` and ``loss_mask``,
 each ``(B, S) int32``, right-padded; ``loss_mask`` is 1 on the response tokens and their eos.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,6 +23,7 @@ from mindrlhf.train.trainer import FitResult, Trainer, mindrecord_source
 
 logger = logging.getLogger(__name__)
 
+
 class SFTLoss(nn.Cell):
     """``(input_ids (B,S), attention_mask (B,S), loss_mask (B,S)) -> loss``: next-token cross-entropy.
 
@@ -39,8 +41,11 @@ class SFTLoss(nn.Cell):
         hidden = self.model.backbone(input_ids, attention_mask)
         logits = self.model.logits(hidden[:, :-1])
         loss = causal_lm_loss(logits, input_ids[:, 1:], loss_mask[:, 1:])
-        return ops.select(ops.reduce_sum(ops.cast(loss_mask[:, 1:], ms.float32)) > 0, loss, ops.fill(
-            loss.dtype, loss.shape, float("nan")))
+        return ops.select(
+            ops.reduce_sum(ops.cast(loss_mask[:, 1:], ms.float32)) > 0,
+            loss,
+            ops.fill(loss.dtype, loss.shape, float("nan")),
+        )
 
 
 def init_weights(model: CausalLM, cfg: RunConfig, rank_id: int) -> None:
@@ -53,8 +58,14 @@ def init_weights(model: CausalLM, cfg: RunConfig, rank_id: int) -> None:
         logger.info("SFT model initialised from %s", path)
 
 
-def train_sft(cfg: RunConfig, train_path: Optional[str] = None, rank_id: int = 0, rank_size: int = 1,
-              stop_at_step: Optional[int] = None, progress: Union[bool, str] = False) -> Tuple[CausalLM, FitResult]:
+def train_sft(
+    cfg: RunConfig,
+    train_path: Optional[str] = None,
+    rank_id: int = 0,
+    rank_size: int = 1,
+    stop_at_step: Optional[int] = None,
+    progress: Union[bool, str] = False,
+) -> Tuple[CausalLM, FitResult]:
     """Fine-tune a causal LM on an SFT MindRecord (``train_path`` or ``train_dataset.data_loader.dataset_dir``).
 
     Args:
@@ -71,6 +82,7 @@ def train_sft(cfg: RunConfig, train_path: Optional[str] = None, rank_id: int = 0
     init_weights(model, cfg, rank_id)
     prepare_lora(model, cfg.lora)
     trainer = Trainer(cfg, SFTLoss(model), SFT_COLUMNS, source, steps, rank_id, rank_size, progress)
-    logger.info("SFT training: %d epochs x %d steps, batch %d sequences per device", cfg.runner_config.epochs, steps,
-                batch_size)
+    logger.info(
+        "SFT training: %d epochs x %d steps, batch %d sequences per device", cfg.runner_config.epochs, steps, batch_size
+    )
     return model, trainer.fit(stop_at_step)

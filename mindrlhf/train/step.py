@@ -10,6 +10,7 @@ to learn from: the step is skipped, the loss scale kept).
 The dynamic loss scale lives in Parameters (``loss_scale``, ``loss_scale_good_steps``), so it is saved and restored
 with the optimizer state.
 """
+
 from __future__ import annotations
 
 import mindspore as ms
@@ -31,8 +32,10 @@ def _scale_grad_tensor(factor, grad):
 def global_norm(grads):
     """``sqrt(sum_i |g_i|^2)`` in float32, each square sum as one dot product (MindSpore's CPU reductions are slow);
     inf or nan when any gradient holds one."""
-    squares = [ops.matmul(ops.reshape(ops.cast(g, ms.float32), (1, -1)), ops.reshape(ops.cast(g, ms.float32), (-1, 1)))
-               for g in grads]
+    squares = [
+        ops.matmul(ops.reshape(ops.cast(g, ms.float32), (1, -1)), ops.reshape(ops.cast(g, ms.float32), (-1, 1)))
+        for g in grads
+    ]
     return ops.sqrt(ops.reshape(ops.addn(squares), ()))
 
 
@@ -57,8 +60,7 @@ class TrainStep(nn.Cell):
         has_aux: the loss net also returns a metrics vector.
     """
 
-    def __init__(self, loss_net: nn.Cell, optimizer: nn.Optimizer, scale_cfg: LossScaleConfig,
-                 has_aux: bool = False):
+    def __init__(self, loss_net: nn.Cell, optimizer: nn.Optimizer, scale_cfg: LossScaleConfig, has_aux: bool = False):
         super().__init__(auto_prefix=False)
         self.has_aux = has_aux
         self.network = loss_net
@@ -70,8 +72,9 @@ class TrainStep(nn.Cell):
         self.reducer = data_parallel_reducer(self.weights)
         self.distributed = _get_parallel_mode() != ParallelMode.STAND_ALONE
         self.allreduce = ops.AllReduce() if self.distributed else None
-        self.loss_scale = Parameter(Tensor(scale_cfg.loss_scale_value, ms.float32), name="loss_scale",
-                                    requires_grad=False)
+        self.loss_scale = Parameter(
+            Tensor(scale_cfg.loss_scale_value, ms.float32), name="loss_scale", requires_grad=False
+        )
         self.good_steps = Parameter(Tensor(0, ms.int32), name="loss_scale_good_steps", requires_grad=False)
         self.scale_factor = float(scale_cfg.scale_factor)
         self.scale_window = int(scale_cfg.scale_window)
@@ -84,8 +87,9 @@ class TrainStep(nn.Cell):
         scale = self.loss_scale
         good = self.good_steps + 1
         grow = good >= self.scale_window
-        new_scale = ops.select(finite, ops.select(grow, scale * self.scale_factor, scale),
-                               ops.maximum(scale / self.scale_factor, 1.0))
+        new_scale = ops.select(
+            finite, ops.select(grow, scale * self.scale_factor, scale), ops.maximum(scale / self.scale_factor, 1.0)
+        )
         new_good = ops.select(finite, ops.select(grow, ops.zeros_like(good), good), ops.zeros_like(good))
         new_scale = ops.select(counted, new_scale, scale)
         new_good = ops.select(counted, new_good, self.good_steps)

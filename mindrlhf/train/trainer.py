@@ -1,6 +1,7 @@
 """The epoch driver of the supervised stages (SFT, reward model): MindRecord batches -> the shared step loop
 (:class:`~mindrlhf.train.loop.UpdateLoop`) -> step lines, TensorBoard, checkpoints, and exact resume (model,
 optimizer, loss scale, epoch and position in the data)."""
+
 from __future__ import annotations
 
 import itertools
@@ -28,8 +29,14 @@ logger = logging.getLogger(__name__)
 BatchSource = Callable[[int, int], Iterable[Dict[str, np.ndarray]]]
 
 
-def mindrecord_source(cfg: RunConfig, train_path: Optional[str], make_dataset: Callable, columns: Sequence[str],
-                      rank_id: int, rank_size: int) -> Tuple[int, int, BatchSource]:
+def mindrecord_source(
+    cfg: RunConfig,
+    train_path: Optional[str],
+    make_dataset: Callable,
+    columns: Sequence[str],
+    rank_id: int,
+    rank_size: int,
+) -> Tuple[int, int, BatchSource]:
     """``(batch size, batches per epoch, source)`` for a training MindRecord (``train_path`` or
     ``train_dataset.data_loader.dataset_dir``) read by ``make_dataset`` (``sft_dataset``, ``reward_model_dataset``)
     with the ``train_dataset`` settings, sharded by rank."""
@@ -40,14 +47,22 @@ def mindrecord_source(cfg: RunConfig, train_path: Optional[str], make_dataset: C
     if not path:
         raise ValueError("no training data: pass --train_dataset or set train_dataset.data_loader.dataset_dir")
     batch_size = data.batch_size or cfg.runner_config.batch_size
-    steps = num_batches(path, batch_size, rank_size, data.drop_remainder, data.data_loader.num_samples,
-                        tuple(columns))
+    steps = num_batches(path, batch_size, rank_size, data.drop_remainder, data.data_loader.num_samples, tuple(columns))
 
     def source(epoch: int, skip: int):
-        dataset = make_dataset(path, batch_size, epoch=epoch, seed=cfg.seed, shuffle=data.data_loader.shuffle,
-                               rank_id=rank_id, rank_size=rank_size, skip_batches=skip,
-                               drop_remainder=data.drop_remainder, num_samples=data.data_loader.num_samples,
-                               num_parallel_workers=data.num_parallel_workers)
+        dataset = make_dataset(
+            path,
+            batch_size,
+            epoch=epoch,
+            seed=cfg.seed,
+            shuffle=data.data_loader.shuffle,
+            rank_id=rank_id,
+            rank_size=rank_size,
+            skip_batches=skip,
+            drop_remainder=data.drop_remainder,
+            num_samples=data.data_loader.num_samples,
+            num_parallel_workers=data.num_parallel_workers,
+        )
         return dataset.create_dict_iterator(num_epochs=1, output_numpy=True)
 
     return batch_size, steps, source
@@ -83,9 +98,19 @@ class Trainer:
             weights); checkpoints then hold the adapters (and trained heads) alone and record that base.
     """
 
-    def __init__(self, cfg: RunConfig, loss_net: nn.Cell, input_columns: Sequence[str], source: BatchSource,
-                 steps_per_epoch: int, rank_id: int = 0, rank_size: int = 1, progress: Union[bool, str] = False,
-                 metric_names: Sequence[str] = (), base_weights: Optional[str] = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        loss_net: nn.Cell,
+        input_columns: Sequence[str],
+        source: BatchSource,
+        steps_per_epoch: int,
+        rank_id: int = 0,
+        rank_size: int = 1,
+        progress: Union[bool, str] = False,
+        metric_names: Sequence[str] = (),
+        base_weights: Optional[str] = None,
+    ):
         if steps_per_epoch < 1:
             raise ValueError("the training data gives no full batch: lower the batch size or add data")
         self.cfg = cfg
@@ -99,8 +124,12 @@ class Trainer:
         self.step = TrainStep(loss_net, self.optimizer, cfg.runner_wrapper, has_aux=bool(metric_names))
         self.step.set_train(True)
         self.loop = UpdateLoop(self.step, lr_table(cfg.lr_schedule, cfg.optimizer, self.total_steps), metric_names)
-        self.checkpoints = CheckpointManager(os.path.join(cfg.output_dir, "checkpoint"), rank_id,
-                                             cfg.checkpoint.prefix, cfg.checkpoint.keep_checkpoint_max)
+        self.checkpoints = CheckpointManager(
+            os.path.join(cfg.output_dir, "checkpoint"),
+            rank_id,
+            cfg.checkpoint.prefix,
+            cfg.checkpoint.keep_checkpoint_max,
+        )
         self.monitor = TrainMonitor(cfg.output_dir, rank_id, is_main=rank_id == 0)
         self.progress = progress if rank_id == 0 else False
         self.state = TrainState()
@@ -131,21 +160,44 @@ class Trainer:
         state, log_every = self.state, self.cfg.checkpoint.log_interval
         if state.global_step % log_every and state.step_in_epoch != self.steps_per_epoch:
             return
-        self.monitor.line(format_step_line(state.epoch + 1, self.epochs, state.step_in_epoch, self.steps_per_epoch,
-                                           result.loss, result.seconds * 1000.0, result.lr, result.overflow,
-                                           result.scale))
+        self.monitor.line(
+            format_step_line(
+                state.epoch + 1,
+                self.epochs,
+                state.step_in_epoch,
+                self.steps_per_epoch,
+                result.loss,
+                result.seconds * 1000.0,
+                result.lr,
+                result.overflow,
+                result.scale,
+            )
+        )
         if result.metrics:
             self.monitor.line(", ".join(f"{name}: {value:.4f}" for name, value in result.metrics.items()))
-        self.monitor.scalars(state.global_step, {"loss": result.loss, "lr": result.lr, "loss_scale": result.scale,
-                                                 "overflow": float(result.overflow), **result.metrics})
+        self.monitor.scalars(
+            state.global_step,
+            {
+                "loss": result.loss,
+                "lr": result.lr,
+                "loss_scale": result.scale,
+                "overflow": float(result.overflow),
+                **result.metrics,
+            },
+        )
 
     def fit(self, stop_at_step: Optional[int] = None) -> FitResult:
         """Train to the end (or until ``global_step == stop_at_step``); saves every ``save_checkpoint_steps`` and at
         the end."""
         result = FitResult()
         save_every = self.cfg.checkpoint.save_checkpoint_steps
-        bar = tqdm(total=self.total_steps, initial=self.state.global_step, unit="step", disable=not self.progress,
-                   desc=self.progress if isinstance(self.progress, str) else "train")
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.state.global_step,
+            unit="step",
+            disable=not self.progress,
+            desc=self.progress if isinstance(self.progress, str) else "train",
+        )
 
         def on_step(_, step: StepResult) -> bool:
             self.state.step_in_epoch += 1
@@ -153,8 +205,11 @@ class Trainer:
             result.overflows += int(step.overflow and not math.isnan(step.loss))
             if math.isnan(step.loss):
                 result.nan_losses += 1
-                logger.warning("global step %d: loss is %s (a batch with no token to learn from): skipped, "
-                               "not trained on", self.state.global_step, step.loss)
+                logger.warning(
+                    "global step %d: loss is %s (a batch with no token to learn from): skipped, not trained on",
+                    self.state.global_step,
+                    step.loss,
+                )
             result.step_seconds.append(step.seconds)
             if step.metrics:
                 result.metrics.append(step.metrics)
