@@ -69,18 +69,20 @@ class _Sample:
     Second paragraph, not in the summary.
     """
 
+    # The layouts the comment reader must handle, kept as hand-written code may have them:
+    # fmt: off
     plain: int = 1  # one line
     wrapped: str = "a|b"  # first line of a long comment,
     #                       continued with the text aligned
     #                       and once more
     aligned: float = 0.5  # a comment whose next line
-    # has its '#' in the same column
+                          # has its '#' in the same column
     # a plain comment line: not part of `aligned`, and not a comment of `bare`
     bare: Optional[int] = None
-    multi: dict = dataclasses.field(
-        default_factory=lambda: {"k": 1}
-    )  # trailing comment on the last line of a multi-line field
+    multi: dict = dataclasses.field(default_factory=lambda: {
+        "k": 1})  # trailing comment on the last line of a multi-line field
     inner: _Inner = dataclasses.field(default_factory=_Inner)
+    # fmt: on
 
 
 @dataclasses.dataclass
