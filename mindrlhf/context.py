@@ -61,7 +61,11 @@ def apply_device_target(ctx: ContextConfig, flag: Optional[str]) -> None:
 
 # MindSpore warnings that say nothing about the user's run: nn.Adam (our AdamW's kernel) builds a FusedSparseAdam
 # for sparse gradients, which MindSpore reports as deprecated in every training process; our update is dense.
-HARMLESS_MINDSPORE_WARNINGS = ("'FusedSparseAdam' is deprecated",)
+# enable_graph_kernel is reported as deprecated in favour of jit_level O1, which does not fuse anything on CPU.
+HARMLESS_MINDSPORE_WARNINGS = (
+    "'FusedSparseAdam' is deprecated",
+    "'enable_graph_kernel' parameter is deprecated",
+)
 
 
 class _HarmlessWarningFilter(logging.Filter):
@@ -76,6 +80,23 @@ def quiet_mindspore_warnings() -> None:
     ms_logger = ms_log._get_logger()  # MindSpore's logger: its name carries the process id
     if not any(isinstance(f, _HarmlessWarningFilter) for f in ms_logger.filters):
         ms_logger.addFilter(_HarmlessWarningFilter())
+
+
+def graph_kernel_settings(ctx: ContextConfig) -> Dict[str, Any]:
+    """``set_context`` keywords for ``ctx.enable_graph_kernel`` (graph mode only; PYNATIVE runs without it).
+
+    MindSpore's AKG compiler writes the fused kernels under ``$MS_COMPILER_CACHE_PATH`` (else the working
+    directory); it is pointed at ``ctx.kernel_cache_dir`` unless the user exported it, so later runs reuse them.
+    The folder must exist: where it does not, MindSpore logs errors and silently runs the graph unfused.
+    """
+    if not ctx.enable_graph_kernel or ctx.mode != 0:
+        return {"enable_graph_kernel": False} if ctx.mode == 0 else {}
+    os.environ.setdefault("MS_COMPILER_CACHE_PATH", os.path.expanduser(ctx.kernel_cache_dir))
+    os.makedirs(os.environ["MS_COMPILER_CACHE_PATH"], exist_ok=True)
+    # AKG reads its bundled tiling repository only from under this folder (default: the working directory) and
+    # prints a line to stdout for every kernel when it is elsewhere.
+    os.environ.setdefault("AKG_WHITE_LIST_PATH", os.path.join(os.path.dirname(ms.__file__), "_akg", "akg"))
+    return {"enable_graph_kernel": True}
 
 
 def init_context(ctx: ContextConfig, seed: int = 0) -> None:
@@ -107,14 +128,18 @@ def init_context(ctx: ContextConfig, seed: int = 0) -> None:
             if ms.get_context("device_target") != ctx.device_target:
                 raise
     ms.set_recursion_limit(ctx.max_call_depth)
+    fusion = graph_kernel_settings(ctx)
+    if fusion and fusion["enable_graph_kernel"] != ms.get_context("enable_graph_kernel"):
+        kwargs.update(fusion)  # only on a change: MindSpore warns on every set_context that names it
     ms.set_context(**kwargs)
     ms.set_seed(seed)
     logger.info(
-        "context: %s mode on %s (device %s), seed %d",
+        "context: %s mode on %s (device %s), seed %d%s",
         "graph" if ctx.mode == 0 else "pynative",
         ctx.device_target,
         ctx.device_id if device_id is None else device_id,
         seed,
+        ", graph-kernel fusion" if ms.get_context("enable_graph_kernel") else "",
     )
 
 

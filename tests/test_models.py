@@ -15,7 +15,7 @@ from mindspore import Tensor
 from mindrlhf.config import ConfigError
 from mindrlhf.models import CausalLM, Critic, RewardModel, TokenLogProbs, list_backbones, token_logprobs
 from mindrlhf.models.convert import model_config_from_hf_folder, save_hf_checkpoint
-from mindrlhf.models.layers import FUSED_MAX_ROWS, GeluTanh, LayerNorm
+from mindrlhf.models.layers import FUSED_MAX_ROWS, LayerNorm, gelu_tanh
 from mindrlhf.models.registry import backbone_class
 from tests.helpers import (
     FIRST_TEXT_ID,
@@ -218,12 +218,12 @@ def test_bloom_refuses_an_activation_its_checkpoints_cannot_name():
 
 @pytest.mark.parametrize("rows", [4, 2 * FUSED_MAX_ROWS])  # the fused (decode-sized) and the elementwise path
 def test_gelu_backward_matches_torch(ms_mode, rows):
-    """GeluTanh's hand-written backward against torch's tanh GELU gradient (and its forward against torch's)."""
+    """gelu_tanh's forward and autodiff gradient against torch's tanh GELU, the tails included."""
     import torch
 
     x = np.random.default_rng(5).normal(0.0, 3.0, (rows, 16)).astype(np.float32)  # the tails included
     dout = np.random.default_rng(6).normal(size=x.shape).astype(np.float32)
-    gelu = GeluTanh()
+    gelu = gelu_tanh
 
     def weighted(v, d):
         return (gelu(v) * d).sum()

@@ -15,8 +15,8 @@ from mindrlhf.models.layers import (
     Attention,
     Backbone,
     Embedding,
-    GeluTanh,
     Linear,
+    activation,
     attention_inputs,
     dropout,
     hidden_norm,
@@ -85,7 +85,7 @@ class BloomMLP(TwoLayerMLP):
     def __init__(self, cfg: ModelConfig):
         if cfg.hidden_act not in (None, "gelu"):
             raise ConfigError(f"model_config.hidden_act: BLOOM's MLP is the tanh GELU (gelu), got {cfg.hidden_act!r}")
-        super().__init__(cfg, 4 * cfg.hidden_size, ("dense_h_to_4h", "dense_4h_to_h"), GeluTanh())
+        super().__init__(cfg, 4 * cfg.hidden_size, ("dense_h_to_4h", "dense_4h_to_h"), activation("gelu"))
 
 
 class BloomBlock(nn.Cell):

@@ -181,34 +181,20 @@ GELU_K, GELU_C = 0.7978845608028654, 0.044715  # sqrt(2/pi) and the cubic coeffi
 def gelu_tanh(x):
     """GPT-2's GELU, ``0.5 x (1 + tanh(k (x + c x^3)))``; fused for decode-sized inputs, else elementwise as the
     equal ``x sigmoid(2 k (x + c x^3))`` (MindSpore's fused CPU GeLU and its gradient are several times slower
-    there, and its CPU ``tanh`` loses the tail: ``1 + tanh(u)`` is 0 below u = -5, half its value at u = -4.7)."""
+    there, and its CPU ``tanh`` loses the tail: ``1 + tanh(u)`` is 0 below u = -5, half its value at u = -4.7).
+
+    A plain function differentiated by autodiff: a Cell with a hand-written ``bprop`` here made MindSpore copy
+    two whole tensors (about 50 MB) in every compiled decode step, even though nothing is differentiated there.
+    """
     if x.size <= FUSED_MAX_ROWS * x.shape[-1]:
         return ops.gelu(x, approximate="tanh")
     return x * ops.sigmoid(2.0 * GELU_K * x * (1.0 + GELU_C * x * x))
 
 
-def gelu_tanh_grad(x):
-    """``d gelu_tanh(x) / dx = s (1 + 2 k x (1 + 3 c x^2) (1 - s))``, ``s = sigmoid(2 k x (1 + c x^2))``;
-    elementwise, any shape (14 ops, the shared ``c x^2`` and ``2 k x`` computed once)."""
-    cx2 = GELU_C * (x * x)
-    kx2 = 2.0 * GELU_K * x
-    s = ops.sigmoid(kx2 * (1.0 + cx2))
-    return s * (1.0 + kx2 * (1.0 + 3.0 * cx2) * (1.0 - s))
-
-
-class GeluTanh(nn.Cell):
-    """:func:`gelu_tanh` with a hand-written backward (:func:`gelu_tanh_grad`).
-
-    Autodiff of the elementwise form keeps its intermediates (about eight tensors the size of the MLP's hidden
-    activations, ``(N, 4H)``) alive from the forward to the backward pass; this backward keeps only the input and
-    recomputes the tanh, so a training step holds two ``(N, 4H)`` tensors per MLP instead of about ten.
-    """
-
-    def construct(self, x):
-        return gelu_tanh(x)
-
-    def bprop(self, x, out, dout):
-        return (dout * gelu_tanh_grad(x),)
+def gelu_tanh_fused(x):
+    """GPT-2's GELU as MindSpore's GeLU op at every size: under graph-kernel fusion its expander turns GeLU and
+    GeLUGrad into fused elementwise kernels, which keep fewer intermediates than the sigmoid form's autodiff."""
+    return ops.gelu(x, approximate="tanh")
 
 
 def gelu_exact(x):
@@ -218,9 +204,10 @@ def gelu_exact(x):
 
 def activation(name: str):
     """The elementwise MLP activation ``ModelConfig.hidden_act`` names (already validated): gelu (tanh
-    approximation, as the :class:`GeluTanh` cell with its memory-saving backward), gelu_exact, silu or relu."""
+    approximation: :func:`gelu_tanh`, or :func:`gelu_tanh_fused` when graph-kernel fusion is on as the model is
+    built), gelu_exact, silu or relu."""
     if name == "gelu":
-        return GeluTanh()
+        return gelu_tanh_fused if ms.get_context("enable_graph_kernel") else gelu_tanh
     return {"gelu_exact": gelu_exact, "silu": ops.silu, "relu": ops.relu}[name]
 
 
