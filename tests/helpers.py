@@ -7,8 +7,12 @@ Face's sequence classifiers find the last real token by looking for ``pad_token_
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import threading
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import mindspore as ms
@@ -259,3 +263,44 @@ class ThreadRanks:
         if errors:
             raise errors[0]
         return results
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for msrun's scheduler)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def venv_env(**extra: str) -> Dict[str, str]:
+    """This environment with the running interpreter's folder first on PATH (msrun starts ``python`` from PATH)."""
+    return dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""), **extra)
+
+
+def run_two_msrun_workers(
+    tmp_dir: str, script_and_args: Sequence[str], extra_env: Optional[Dict[str, str]] = None
+) -> Tuple[subprocess.CompletedProcess, str]:
+    """``msrun`` with two local CPU workers running ``script_and_args`` in ``tmp_dir`` (logs under
+    ``tmp_dir/msrun_log``); returns the finished process and the last 3000 characters of every worker log, joined."""
+    msrun = os.path.join(os.path.dirname(sys.executable), "msrun")
+    proc = subprocess.run(
+        [
+            msrun,
+            "--worker_num=2",
+            "--local_worker_num=2",
+            f"--master_port={free_port()}",
+            f"--log_dir={tmp_dir}/msrun_log",
+            "--join=True",
+            *script_and_args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=venv_env(**(extra_env or {})),
+        cwd=tmp_dir,
+    )
+    logs = "".join(
+        open(os.path.join(tmp_dir, "msrun_log", f), encoding="utf-8", errors="replace").read()[-3000:]
+        for f in os.listdir(os.path.join(tmp_dir, "msrun_log"))
+    )
+    return proc, logs

@@ -6,7 +6,6 @@ from __future__ import annotations
 import glob
 import os
 import re
-import socket
 import subprocess
 import sys
 
@@ -14,17 +13,12 @@ import numpy as np
 
 from mindrlhf.data.convert_preference import convert_preference
 from mindrlhf.train.checkpoint import latest_checkpoint, read_ckpt
+from tests.helpers import run_two_msrun_workers, venv_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "examples", "reward_model_train_tutorial", "reward_train.py")
 RECIPE = os.path.join(ROOT, "model_configs", "gpt2_config", "run_gpt2_tiny_rm.yaml")
 OASST = os.path.join(ROOT, "tests", "data", "oasst_rm_zh_sample5.json")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def train_args(data, out, batch):
@@ -71,7 +65,7 @@ def compiled_allreduces(folder):
 def test_two_workers_match_one_process(tmp_dir):
     data = os.path.join(tmp_dir, "pairs.mindrecord")
     convert_preference(OASST, data, "gpt2", seq_length=128, pad_token_id=50256, progress=False)
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    env = venv_env()
     single = os.path.join(tmp_dir, "single")
     proc = subprocess.run(
         [sys.executable, SCRIPT, *train_args(data, single, 2)], capture_output=True, text=True, timeout=300, env=env
@@ -80,30 +74,11 @@ def test_two_workers_match_one_process(tmp_dir):
     assert "Epoch:[  2/  2], step:[    3/    3]" in proc.stdout  # 6 pairs used per epoch: 3 steps of 2
 
     parallel = os.path.join(tmp_dir, "parallel")
-    msrun = os.path.join(os.path.dirname(sys.executable), "msrun")
     graphs = os.path.join(tmp_dir, "graphs")  # the compiled graphs, to count their all-reduces
-    proc = subprocess.run(
-        [
-            msrun,
-            "--worker_num=2",
-            "--local_worker_num=2",
-            f"--master_port={free_port()}",
-            f"--log_dir={tmp_dir}/msrun_log",
-            "--join=True",
-            SCRIPT,
-            *train_args(data, parallel, 1),
-            "--use_parallel",
-            "True",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(env, MS_DEV_SAVE_GRAPHS="1", MS_DEV_SAVE_GRAPHS_PATH=graphs),
-        cwd=tmp_dir,
-    )
-    logs = "".join(
-        open(os.path.join(tmp_dir, "msrun_log", f), encoding="utf-8", errors="replace").read()[-3000:]
-        for f in os.listdir(os.path.join(tmp_dir, "msrun_log"))
+    proc, logs = run_two_msrun_workers(
+        tmp_dir,
+        [SCRIPT, *train_args(data, parallel, 1), "--use_parallel", "True"],
+        extra_env={"MS_DEV_SAVE_GRAPHS": "1", "MS_DEV_SAVE_GRAPHS_PATH": graphs},
     )
     assert proc.returncode == 0, logs
     assert "data parallel: rank 1 of 2" in logs

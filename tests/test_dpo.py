@@ -11,7 +11,6 @@ import json
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
 
@@ -25,7 +24,7 @@ from mindrlhf.models import CausalLM
 from mindrlhf.models.convert import CheckpointError, cell_parameters, save_ckpt
 from mindrlhf.train.checkpoint import latest_checkpoint, read_ckpt
 from mindrlhf.train.dpo import reference_model, train_dpo
-from tests.helpers import set_mode
+from tests.helpers import run_two_msrun_workers, set_mode, venv_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "model_configs", "gpt2_config", "run_gpt2_tiny_dpo.yaml")
@@ -101,12 +100,6 @@ def test_on_the_fly_reference_matches_precomputed(pairs, full_run, tmp_dir):
     assert max(np.abs(ours[n] - final[n]).max() for n in final) <= 1e-5
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def cli_args(pairs, out, batch, *extra):
     sets = [f"runner_config.batch_size={batch}" if s.startswith("runner_config.batch_size") else s for s in TINY]
     return [
@@ -124,7 +117,7 @@ def cli_args(pairs, out, batch, *extra):
 def test_command_logs_evaluates_and_two_workers_match_one(pairs, tmp_dir):
     """``train_dpo.py`` (= ``mindrlhf dpo``) alone with batch 2, then under msrun on two workers with batch 1 each:
     the same pairs per step, the same final weights."""
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    env = venv_env()
     single = os.path.join(tmp_dir, "single")
     proc = subprocess.run(
         [sys.executable, SCRIPT, *cli_args(pairs, single, 2, "--eval_dataset", pairs)],
@@ -143,28 +136,7 @@ def test_command_logs_evaluates_and_two_workers_match_one(pairs, tmp_dir):
     assert held_out["rewards/margins"] > 0  # trained on these pairs
 
     parallel = os.path.join(tmp_dir, "parallel")
-    msrun = os.path.join(os.path.dirname(sys.executable), "msrun")
-    proc = subprocess.run(
-        [
-            msrun,
-            "--worker_num=2",
-            "--local_worker_num=2",
-            f"--master_port={free_port()}",
-            f"--log_dir={tmp_dir}/msrun_log",
-            "--join=True",
-            SCRIPT,
-            *cli_args(pairs, parallel, 1, "--use_parallel", "True"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp_dir,
-    )
-    logs = "".join(
-        open(os.path.join(tmp_dir, "msrun_log", f), encoding="utf-8", errors="replace").read()[-3000:]
-        for f in os.listdir(os.path.join(tmp_dir, "msrun_log"))
-    )
+    proc, logs = run_two_msrun_workers(tmp_dir, [SCRIPT, *cli_args(pairs, parallel, 1, "--use_parallel", "True")])
     assert proc.returncode == 0, logs
     assert "Epoch:[  2/  2], step:[    3/    3]" in logs
     params = [

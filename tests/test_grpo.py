@@ -31,7 +31,14 @@ from mindrlhf.train.grpo import (
     repeat_prompts,
     train_grpo,
 )
-from tests.helpers import PAD, parameter_arrays, rl_training_sections, set_mode, tiny_gpt2_config
+from tests.helpers import (
+    PAD,
+    parameter_arrays,
+    rl_training_sections,
+    run_two_msrun_workers,
+    set_mode,
+    tiny_gpt2_config,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = {
@@ -368,35 +375,10 @@ def test_two_grpo_workers_match_one_process(tmp_dir):
     """Two msrun CPU workers (token-level loss, REINFORCE++ advantages scaled over both ranks, responses of
     different lengths on the two ranks) end with identical policies, equal to one process that trains on both
     ranks' rollouts each iteration."""
-    from tests.test_data_parallel import free_port
-
     set_mode("graph")
     prompts_file = write_prompts(os.path.join(tmp_dir, "prompts.mindrecord"), count=16)
     parallel = os.path.join(tmp_dir, "parallel")
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    msrun = os.path.join(os.path.dirname(sys.executable), "msrun")
-    proc = subprocess.run(
-        [
-            msrun,
-            "--worker_num=2",
-            "--local_worker_num=2",
-            f"--master_port={free_port()}",
-            f"--log_dir={tmp_dir}/msrun_log",
-            "--join=True",
-            WORKER,
-            prompts_file,
-            parallel,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp_dir,
-    )
-    logs = "".join(
-        open(os.path.join(tmp_dir, "msrun_log", f), encoding="utf-8", errors="replace").read()[-3000:]
-        for f in os.listdir(os.path.join(tmp_dir, "msrun_log"))
-    )
+    proc, logs = run_two_msrun_workers(tmp_dir, [WORKER, prompts_file, parallel])
     assert proc.returncode == 0, logs
     assert "data parallel: rank 1 of 2" in logs
     assert "worker 0 done at iteration 2" in logs and "worker 1 done at iteration 2" in logs

@@ -15,7 +15,7 @@ import pytest
 
 from mindrlhf.data.convert_preference import convert_preference
 from mindrlhf.train.checkpoint import latest_checkpoint, read_ckpt
-from tests.test_data_parallel import free_port
+from tests.helpers import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "scripts")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,9 +16,8 @@ import pytest
 from mindrlhf.train.checkpoint import read_ckpt
 from mindrlhf.train.experience import build_experience
 from mindrlhf.train.ppo import PPOTrainer, build_ppo_models, prompt_source, token_counts
-from tests.helpers import parameter_arrays, set_mode
+from tests.helpers import parameter_arrays, run_two_msrun_workers, set_mode
 from tests.ppo_dp_worker import dp_config
-from tests.test_data_parallel import free_port
 from tests.test_ppo import target_reward, write_prompts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,30 +68,7 @@ def one_process(prompts_file: str, out: str):
 def test_two_ppo_workers_match_one_process(tmp_dir):
     prompts_file = write_prompts(os.path.join(tmp_dir, "prompts.mindrecord"), count=16)
     parallel = os.path.join(tmp_dir, "parallel")
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    msrun = os.path.join(os.path.dirname(sys.executable), "msrun")
-    proc = subprocess.run(
-        [
-            msrun,
-            "--worker_num=2",
-            "--local_worker_num=2",
-            f"--master_port={free_port()}",
-            f"--log_dir={tmp_dir}/msrun_log",
-            "--join=True",
-            WORKER,
-            prompts_file,
-            parallel,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp_dir,
-    )
-    logs = "".join(
-        open(os.path.join(tmp_dir, "msrun_log", f), encoding="utf-8", errors="replace").read()[-3000:]
-        for f in os.listdir(os.path.join(tmp_dir, "msrun_log"))
-    )
+    proc, logs = run_two_msrun_workers(tmp_dir, [WORKER, prompts_file, parallel])
     assert proc.returncode == 0, logs
     assert "data parallel: rank 1 of 2" in logs
     assert "worker 0 done at iteration 3" in logs and "worker 1 done at iteration 3" in logs
