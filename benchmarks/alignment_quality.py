@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,7 +55,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
-from rm_train import rss_mb  # noqa: E402 - shared with the other benchmarks
+from bench_common import print_report  # noqa: E402 - shared with the other benchmarks
 from mindrlhf.alignment import (  # noqa: E402
     HeldOutJudge,
     PolicyEvaluation,
@@ -445,30 +444,6 @@ def trl_grpo(data, cfg, tokenizer, out_dir: str):
     return saved, clock.median_phases()
 
 
-def print_report(report: dict, path: str = "") -> None:
-    """Print the JSON document, and write it to ``path`` too when given."""
-    text = json.dumps(report, indent=1)
-    if path:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-    print(text)
-
-
-def step_clock(base):
-    """``(callback, times)``: a ``base`` (transformers' ``TrainerCallback``) that appends ``[begin, end]``
-    ``perf_counter`` times of every optimizer step to ``times``."""
-    times = []
-
-    class StepClock(base):
-        def on_step_begin(self, *_, **__):
-            times.append([time.perf_counter()])
-
-        def on_step_end(self, *_, **__):
-            times[-1].append(time.perf_counter())
-
-    return StepClock(), times
-
-
 class TRLPhaseClock:
     """Per-iteration phases of TRL's GRPOTrainer, the split our ``grpo_metrics.jsonl`` records: ``generation``
     (``_generate``), ``scoring`` (``_calculate_rewards``), ``logprobs`` (old-policy and reference log-probs computed
@@ -576,156 +551,45 @@ def run_peer_grpo(protocol: StoryProtocol, data, tokenizer, out_dir: str, iterat
 # DPO: the gold pairs themselves, no proxy; each side trains in its own process (peak memory)
 
 
-def dpo_recipe(out_dir: str):
-    from mindrlhf.config import load_config
-
-    return load_config(
-        os.path.join(RECIPES, "run_tinystories_656k_dpo.yaml"),
-        [
-            f"output_dir={out_dir}",
-            "checkpoint.log_interval=1000000",
-            "checkpoint.save_checkpoint_steps=1000000",
-            "checkpoint.keep_checkpoint_max=1",
-        ],
-    )
+DPO_RECIPE = os.path.join(RECIPES, "run_tinystories_656k_dpo.yaml")
 
 
-def dpo_worker_ours(job: dict) -> dict:
-    """mindrlhf DPO on the pairs MindRecord; returns the checkpoint and the step times."""
-    import mindspore as ms
-
-    from mindrlhf.train.dpo import train_dpo
-
-    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
-    ms.device_context.cpu.op_tuning.threads_num(DPO_THREADS)
-    after_import = rss_mb()
-    _, fit = train_dpo(dpo_recipe(job["out_dir"]), job["pairs_file"], story_model_folder())
-    return {
-        "checkpoint": fit.last_checkpoint,
-        "step_s": fit.step_seconds,
-        "losses": fit.losses,
-        "rss_after_import_mb": after_import,
-    }
-
-
-def dpo_worker_trl(job: dict) -> dict:
-    """TRL's DPOTrainer on the same token ids and settings; returns the saved folder and the step times."""
-    import torch
-    import trl
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-
-    torch.set_num_threads(DPO_THREADS)
-    torch.manual_seed(0)
-    after_import = rss_mb()
-    cfg = dpo_recipe(job["out_dir"])
-    folder, width = story_model_folder(), job["prompt_width"]
-
-    class PreTokenized(trl.DPOTrainer):
-        def _prepare_dataset(self, dataset, *_, **__):  # the ids are the benchmark's: no re-tokenization
-            return dataset
-
-    dataset = Dataset.from_dict(
-        {
-            "prompt_ids": [c[:width] for c in job["chosen"]],
-            "chosen_ids": [c[width:] for c in job["chosen"]],
-            "rejected_ids": [r[width:] for r in job["rejected"]],
-        }
-    )
-    opt, runner = cfg.optimizer, cfg.runner_config
-    args = trl.DPOConfig(
-        output_dir=os.path.join(job["out_dir"], "trl_dpo_run"),
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
-        seed=0,
-        beta=cfg.dpo.beta,
-        loss_type=[cfg.dpo.loss_type],
-        learning_rate=opt.learning_rate,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=opt.weight_decay,
-        adam_beta1=opt.beta1,
-        adam_beta2=opt.beta2,
-        adam_epsilon=opt.eps,
-        max_grad_norm=cfg.runner_wrapper.max_grad_norm,
-        per_device_train_batch_size=runner.batch_size,
-        gradient_accumulation_steps=1,
-        num_train_epochs=runner.epochs,
-        dataloader_drop_last=True,
-        max_length=None,
-        precompute_ref_log_probs=True,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        report_to="none",
-        logging_steps=1,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
-    clock, times = step_clock(TrainerCallback)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    trainer = PreTokenized(
-        model=AutoModelForCausalLM.from_pretrained(folder),
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        callbacks=[clock],
-    )
-    trainer.train()
-    saved = os.path.join(job["out_dir"], "trl_dpo_policy")
-    trainer.model.save_pretrained(saved)
-    return {
-        "checkpoint": saved,
-        "step_s": [b - a for a, b in times],
-        "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
-        "rss_after_import_mb": after_import,
-        "framework_version": f"trl {trl.__version__}",
-    }
-
-
-def dpo_worker(job_file: str) -> None:
-    """``--dpo_worker job.json``: one side's training in this process; prints its result as the last line."""
-    with open(job_file, encoding="utf-8") as f:
-        job = json.load(f)
-    result = {"ours": dpo_worker_ours, "trl": dpo_worker_trl}[job["side"]](job)
-    result["peak_rss_mb"] = rss_mb()
-    print(json.dumps(result))
+def dpo_overrides(out_dir: str) -> list:
+    return [
+        f"output_dir={out_dir}",
+        "checkpoint.log_interval=1000000",
+        "checkpoint.save_checkpoint_steps=1000000",
+        "checkpoint.keep_checkpoint_max=1",
+    ]
 
 
 def run_dpo_side(side: str, data, out_dir: str) -> dict:
-    """Train one side in a subprocess, then judge its policy here with the shared evaluation."""
+    """Train one side in its own process (``dpo_sides.py``), then judge its policy here with the shared evaluation."""
+    from dpo_sides import run_side  # noqa: E402 - a sibling module
+
+    from mindrlhf.config import load_config
     from mindrlhf.models import CausalLM
     from mindrlhf.models.convert import load_weights, model_config_from_hf_folder
     from mindrlhf.train.dpo import evaluate_preferences, reference_model
 
-    os.makedirs(out_dir, exist_ok=True)
+    width = int(data.train_prompts.shape[1])
+    chosen, rejected = data.train_pairs.chosen, data.train_pairs.rejected
     job = {
-        "side": side,
+        "recipe": DPO_RECIPE,
+        "overrides": dpo_overrides(out_dir),
+        "model": story_model_folder(),
         "out_dir": out_dir,
+        "threads": DPO_THREADS,
         "pairs_file": data.files["pairs"],
-        "prompt_width": int(data.train_prompts.shape[1]),
-        "chosen": data.train_pairs.chosen,
-        "rejected": data.train_pairs.rejected,
+        "pairs": [[c[:width] for c in chosen], [c[width:] for c in chosen], [r[width:] for r in rejected]],
     }
-    job_file = os.path.join(out_dir, "job.json")
-    with open(job_file, "w", encoding="utf-8") as f:
-        json.dump(job, f)
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--dpo_worker", job_file],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{side} DPO worker failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_side(side, job)
     cfg = model_config_from_hf_folder(story_model_folder())
     ref, policy = reference_model(cfg, story_model_folder(), 0), CausalLM(cfg)
     load_weights(policy, result["checkpoint"], cfg)
-    held_out = evaluate_preferences(policy, ref, data.files["eval_pairs"], dpo_recipe(out_dir).dpo)
-    return {**result, "wall_s": wall, "held_out": held_out, "policy": policy, "ref": ref}
+    dpo = load_config(DPO_RECIPE, dpo_overrides(out_dir)).dpo
+    held_out = evaluate_preferences(policy, ref, data.files["eval_pairs"], dpo)
+    return {**result, "held_out": held_out, "policy": policy, "ref": ref}
 
 
 def run_dpo(protocol: StoryProtocol, data, tokenizer, out_dir: str, frameworks) -> list:
@@ -741,7 +605,6 @@ def run_dpo(protocol: StoryProtocol, data, tokenizer, out_dir: str, frameworks) 
         wins = np.mean(
             (np.array(after.gold) > np.array(before.gold)) + 0.5 * (np.array(after.gold) == np.array(before.gold))
         )
-        steps = side["step_s"][1:]  # the first step compiles (ours) / warms up (TRL)
         sides.append(
             {
                 "framework": "mindrlhf" if framework == "ours" else "trl",
@@ -756,12 +619,12 @@ def run_dpo(protocol: StoryProtocol, data, tokenizer, out_dir: str, frameworks) 
                 "win_rate": float(wins),
                 "held_out_accuracy": side["held_out"]["rewards/accuracies"],
                 "held_out": side["held_out"],
-                "steps": len(side["step_s"]),
-                "step_s_median": float(np.median(steps)),
+                "steps": side["steps"],
+                "step_s_median": side["step_s_median"],
                 "peak_rss_mb": side["peak_rss_mb"],
                 "rss_after_import_mb": side["rss_after_import_mb"],
-                "first_loss": side["losses"][0] if side["losses"] else None,
-                "last_loss": side["losses"][-1] if side["losses"] else None,
+                "first_loss": side["first_loss"],
+                "last_loss": side["last_loss"],
             }
         )
     return sides
@@ -859,11 +722,7 @@ def main(argv=None) -> None:
     side.add_argument("--peer-only", action="store_true")
     parser.add_argument("--json", metavar="PATH", help="also write the JSON document here")
     parser.add_argument("--output_dir", default="", help="keep checkpoints and data here (default: a temp folder)")
-    parser.add_argument("--dpo_worker", metavar="JOB", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.dpo_worker:
-        dpo_worker(args.dpo_worker)
-        return
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     for name in ("accelerate", "mindrlhf.train.monitor"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -916,7 +775,7 @@ def main(argv=None) -> None:
                     f"{peer['held_out_accuracy']:.3f}; win rate vs reference ours / TRL: {ours['win_rate']:.3f} / "
                     f"{peer['win_rate']:.3f}"
                 )
-    from rm_train import versions  # noqa: E402 - shared with the other benchmarks
+    from bench_common import versions  # noqa: E402 - shared with the other benchmarks
 
     report = {
         "machine": {

@@ -72,7 +72,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), 
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from rm_train import rss_mb  # noqa: E402 - shared with the other benchmarks
+from bench_common import rss_mb  # noqa: E402 - shared with the other benchmarks
 
 from mindrlhf.config import ParallelConfig  # noqa: E402
 
@@ -456,7 +456,7 @@ def markdown_table(result: dict, profile: dict | None) -> str:
 def versions_info() -> dict:
     try:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from rm_train import versions
+        from bench_common import versions
 
         return versions()
     except ImportError:  # rm_train's versions() also names torch and transformers

@@ -6,9 +6,11 @@ converted with ``convert-preference`` (best answer against each worse one, GPT-2
 from the same SFT model: the tiny GPT-2 recipe trained by ``mindrlhf sft`` on the bundled oasst SFT conversations
 (``oasst_sft_zh.json``), exported as a Hugging Face folder. Both train with DPO on the same token ids (TRL gets the
 prompt / chosen / rejected ids read from the MindRecord, its tokenization bypassed), the same beta, learning rate,
-batch and epochs, reference log-probs precomputed, one compute thread each. The trained policies are scored by the
-same code (:func:`mindrlhf.train.dpo.evaluate_preferences`) on the held-out pairs: the held-out implicit-reward
-accuracy (share of pairs whose chosen answer gets the higher ``beta * (logp - ref_logp)``) and margin.
+batch and epochs, reference log-probs precomputed, one compute thread each, each side in its own process (its peak
+RSS, ``VmHWM``, is its own; the TRL worker imports no MindSpore; see ``dpo_sides.py``). The trained policies are
+scored by the same code (:func:`mindrlhf.train.dpo.evaluate_preferences`) on the held-out pairs: the held-out
+implicit-reward accuracy (share of pairs whose chosen answer gets the higher ``beta * (logp - ref_logp)``) and
+margin.
 
     python benchmarks/dpo_oasst.py [--seq_length 128] [--epochs 1] [--json out.json]
 """
@@ -21,7 +23,6 @@ import logging
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -31,6 +32,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
+
+from bench_common import print_report, versions  # noqa: E402 - shared with the other benchmarks
+from dpo_sides import run_side  # noqa: E402 - one DPO side per process, shared with alignment_quality.py
 
 logger = logging.getLogger("dpo_oasst")
 
@@ -122,103 +126,9 @@ def read_pairs(path: str):
     return prompts, chosen, rejected
 
 
-def run_ours(cfg, train: str, sft: str) -> dict:
-    import mindspore as ms
-
-    from mindrlhf.train.dpo import train_dpo
-
-    ms.device_context.cpu.op_tuning.threads_num(THREADS)
-    start = time.perf_counter()
-    policy, fit = train_dpo(cfg, train, sft)
-    return {
-        "framework": "mindrlhf",
-        "policy": policy,
-        "wall_s": time.perf_counter() - start,
-        "step_s_median": float(np.median(fit.step_seconds[1:])),
-        "steps": len(fit.losses),
-        "first_loss": fit.losses[0],
-        "last_loss": fit.losses[-1],
-    }
-
-
-def run_trl(cfg, train: str, sft: str, out_dir: str) -> dict:
-    import torch
-    import trl
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-
-    from mindrlhf.models import CausalLM
-    from mindrlhf.models.convert import load_weights
-
-    torch.set_num_threads(THREADS)
-    torch.manual_seed(0)
-    prompts, chosen, rejected = read_pairs(train)
-
-    class PreTokenized(trl.DPOTrainer):
-        def _prepare_dataset(self, dataset, *_, **__):  # the ids are the benchmark's: no re-tokenization
-            return dataset
-
-    opt, runner = cfg.optimizer, cfg.runner_config
-    args = trl.DPOConfig(
-        output_dir=os.path.join(out_dir, "trl_run"),
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
-        seed=0,
-        beta=cfg.dpo.beta,
-        loss_type=["sigmoid"],
-        learning_rate=opt.learning_rate,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=opt.weight_decay,
-        adam_beta1=opt.beta1,
-        adam_beta2=opt.beta2,
-        adam_epsilon=opt.eps,
-        max_grad_norm=cfg.runner_wrapper.max_grad_norm,
-        per_device_train_batch_size=runner.batch_size,
-        num_train_epochs=runner.epochs,
-        dataloader_drop_last=True,
-        max_length=None,
-        precompute_ref_log_probs=True,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        report_to="none",
-        logging_steps=1,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
-    from alignment_quality import step_clock  # noqa: E402 - a sibling script, on sys.path when run
-
-    clock, times = step_clock(TrainerCallback)
-
-    dataset = Dataset.from_dict({"prompt_ids": prompts, "chosen_ids": chosen, "rejected_ids": rejected})
-    tokenizer = AutoTokenizer.from_pretrained(sft)
-    tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; masks, not ids, mark padding
-    start = time.perf_counter()
-    trainer = PreTokenized(
-        model=AutoModelForCausalLM.from_pretrained(sft),
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        callbacks=[clock],
-    )
-    trainer.train()
-    wall = time.perf_counter() - start
-    saved = os.path.join(out_dir, "trl_policy")
-    trainer.model.save_pretrained(saved)
-    policy = CausalLM(cfg.model.model_config)
-    load_weights(policy, saved, cfg.model.model_config)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {
-        "framework": "trl",
-        "framework_version": f"trl {trl.__version__}",
-        "policy": policy,
-        "wall_s": wall,
-        "step_s_median": float(np.median([b - a for a, b in times[1:]])),
-        "steps": len(times),
-        "first_loss": losses[0],
-        "last_loss": losses[-1],
-    }
+def dpo_overrides(seq_length: int, epochs: int, out_dir: str) -> list:
+    _, dpo_sets = settings(seq_length, epochs)
+    return dpo_sets + [f"output_dir={out_dir}/dpo"]
 
 
 def main(argv=None) -> None:
@@ -234,6 +144,8 @@ def main(argv=None) -> None:
 
     from mindrlhf.config import load_config
     from mindrlhf.data.convert_preference import convert_preference
+    from mindrlhf.models import CausalLM
+    from mindrlhf.models.convert import load_weights
     from mindrlhf.train.dpo import evaluate_preferences, reference_model
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
@@ -247,32 +159,50 @@ def main(argv=None) -> None:
     }
     train, held_out = (files[n].replace(".json", ".mindrecord") for n in ("train", "held_out"))
     sft = sft_model(out_dir, args.seq_length)
-    _, dpo_sets = settings(args.seq_length, args.epochs)
-    cfg = load_config(DPO_RECIPE, dpo_sets + [f"output_dir={out_dir}/dpo"])
+    overrides = dpo_overrides(args.seq_length, args.epochs, out_dir)
+    cfg = load_config(DPO_RECIPE, overrides)
     ref = reference_model(cfg.model.model_config, sft, 0)
     before = evaluate_preferences(ref, ref, held_out, cfg.dpo)
+    job = {
+        "recipe": DPO_RECIPE,
+        "overrides": overrides,
+        "model": sft,
+        "out_dir": out_dir,
+        "threads": THREADS,
+        "pairs_file": train,
+        "pairs": read_pairs(train),
+    }
     results = []
-    for side in (run_ours(cfg, train, sft), run_trl(cfg, train, sft, out_dir)):
-        side["held_out"] = evaluate_preferences(side.pop("policy"), ref, held_out, cfg.dpo)
-        results.append(side)
-    print("| framework | held-out implicit-reward acc | held-out margin | first / last loss | s / step | wall s |")
-    print("|---|---:|---:|---:|---:|---:|")
+    for side in ("ours", "trl"):
+        result = {"framework": "mindrlhf" if side == "ours" else "trl", **run_side(side, job)}
+        policy = CausalLM(cfg.model.model_config)
+        load_weights(policy, result["checkpoint"], cfg.model.model_config)
+        result["held_out"] = evaluate_preferences(policy, ref, held_out, cfg.dpo)
+        results.append(result)
+    print(
+        "| framework | held-out implicit-reward acc | held-out margin | first / last loss | s / step | wall s | "
+        "peak RSS MiB (after imports) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         h = r["held_out"]
         print(
             f"| {r['framework']} | {h['rewards/accuracies']:.3f} | {h['rewards/margins']:.3f} | "
-            f"{r['first_loss']:.3f} / {r['last_loss']:.3f} | {r['step_s_median']:.3f} | {r['wall_s']:.0f} |"
+            f"{r['first_loss']:.3f} / {r['last_loss']:.3f} | {r['step_s_median']:.3f} | {r['wall_s']:.0f} | "
+            f"{r['peak_rss_mb']:.0f} ({r['rss_after_import_mb']:.0f}) |"
         )
+    ours, trl = results
     report = {
         "conversations": {"train": n_train, "held_out": n_held},
         "pairs": {k: v["count"] for k, v in stats.items()},
         "before": before,
         "results": results,
+        "step_speedup_vs_trl": trl["step_s_median"] / ours["step_s_median"],
+        "peak_rss_ours_over_trl": ours["peak_rss_mb"] / trl["peak_rss_mb"],
+        "versions": versions(),
         "load_avg_at_start": load_start,
         "load_avg_at_end": os.getloadavg(),
     }
-    from alignment_quality import print_report  # noqa: E402 - a sibling script, on sys.path when run
-
     print_report(report, args.json)
 
 

@@ -30,8 +30,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from bench_common import rss_mb  # noqa: E402 - shared with the other benchmarks; sets OMP_WAIT_POLICY first
 import mindspore as ms  # noqa: E402
-from rm_train import rss_mb  # shared with the other benchmarks
 
 from mindrlhf.config import GenerationConfig, ModelConfig, load_config  # noqa: E402
 from mindrlhf.models import CausalLM  # noqa: E402
@@ -67,11 +67,16 @@ def make_prompts(cfg: ModelConfig, batch: int, prompt: int) -> tuple:
     return ids, np.ones_like(ids)
 
 
-def ours_side(case: str, hf_dir: str, batch: int, prompt: int, new_tokens: int, repeats: int, no_cache: bool) -> dict:
-    """Our generation on the weights in ``hf_dir``; ``peak_rss_mb`` is taken before the no-cache runs."""
+def ours_side(
+    case: str, hf_dir: str, batch: int, prompt: int, new_tokens: int, repeats: int, no_cache: bool, fused: bool
+) -> dict:
+    """Our generation on the weights in ``hf_dir`` (graph-kernel fusion when ``fused``); ``peak_rss_mb`` is taken
+    before the no-cache runs."""
+    from mindrlhf.config import ContextConfig
+    from mindrlhf.context import init_context
     from mindrlhf.models.convert import load_weights
 
-    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    init_context(ContextConfig(mode=0, enable_graph_kernel=fused))
     cfg = case_config(case)
     lm = CausalLM(cfg)
     load_weights(lm, hf_dir, cfg)
@@ -135,7 +140,9 @@ def side_process(side: str, case: str, hf_dir: str, args, batch: int) -> dict:
         str(args.new_tokens),
         "--repeats",
         str(args.repeats),
-    ] + (["--skip-no-cache"] if args.skip_no_cache else [])
+    ]
+    cmd += ["--skip-no-cache"] if args.skip_no_cache else []
+    cmd += ["--graph-kernel"] if args.graph_kernel and side == "ours" else []
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{side} (case {case}) failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -183,6 +190,9 @@ def main(argv=None) -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--skip-no-cache", action="store_true", help="skip the slow no-cache runs")
+    parser.add_argument(
+        "--graph-kernel", action="store_true", help="ours with graph-kernel fusion (context.enable_graph_kernel)"
+    )
     parser.add_argument("--side", choices=["ours", "transformers"], help=argparse.SUPPRESS)
     parser.add_argument("--hf-dir", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -198,6 +208,7 @@ def main(argv=None) -> None:
                     args.new_tokens,
                     args.repeats,
                     not args.skip_no_cache,
+                    args.graph_kernel,
                 )
             )
         )
@@ -222,6 +233,7 @@ def main(argv=None) -> None:
         },
         "versions": {"mindspore": ms.__version__, "torch": torch.__version__, "transformers": transformers.__version__},
         "repeats": args.repeats,
+        "graph_kernel": args.graph_kernel,
         "statistic": "median seconds per generate() call",
         "results": [],
     }

@@ -106,7 +106,7 @@ def run_trl(base: str, out: str) -> dict:
     from transformers import AutoModelForCausalLM, GPT2TokenizerFast, TrainerCallback
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from alignment_quality import step_clock  # noqa: E402 - a sibling script
+    from bench_common import step_clock  # noqa: E402 - a sibling module
 
     torch.set_num_threads(THREADS)
     ids, mask = token_rows()

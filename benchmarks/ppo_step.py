@@ -75,7 +75,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from rm_train import rss_mb, versions  # noqa: E402 - shared with the reward-model benchmark
+from bench_common import rss_mb, versions  # noqa: E402 - shared with the other benchmarks
 
 logger = logging.getLogger("ppo_step")
 
@@ -147,9 +147,8 @@ def summarize(iterations: list[dict]) -> dict:
 def run_ours(args) -> dict:
     """One PPO iteration of mindrlhf on the setup above; returns the same keys as :func:`run_peer` (medians of
     PHASES, ``total``, ``other``, ``tokens_generated``, ...)."""
-    import mindspore as ms
-
     from mindrlhf.config import (
+        ContextConfig,
         GenerationConfig,
         LossScaleConfig,
         LrScheduleConfig,
@@ -159,9 +158,10 @@ def run_ours(args) -> dict:
         PPOConfig,
         RunConfig,
     )
+    from mindrlhf.context import init_context
     from mindrlhf.train.ppo import PPOTrainer, build_ppo_models
 
-    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    init_context(ContextConfig(mode=0, enable_graph_kernel=args.graph_kernel), SEED)
     model = ModelConfig(
         type="gpt2",
         vocab_size=VOCAB,
@@ -597,7 +597,8 @@ def side_process(flag: str, args) -> tuple:
                 str(args.warmup),
                 "--side-json",
                 out,
-            ],
+            ]
+            + (["--graph-kernel"] if args.graph_kernel else []),
             check=True,
         )
         with open(out, encoding="utf-8") as f:
@@ -613,6 +614,9 @@ def main(argv=None) -> None:
     side.add_argument("--peer-only", action="store_true", help="only TRL PPOTrainer")
     side.add_argument("--ours-only", action="store_true", help="only mindrlhf")
     parser.add_argument("--json", metavar="PATH", help="write the full report here")
+    parser.add_argument(
+        "--graph-kernel", action="store_true", help="ours with graph-kernel fusion (context.enable_graph_kernel)"
+    )
     parser.add_argument("--side-json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
@@ -661,6 +665,7 @@ def main(argv=None) -> None:
                 "kl_coef": KL_COEF,
                 "repeats": args.repeats,
                 "warmup": args.warmup,
+                "graph_kernel": args.graph_kernel,
                 "prompts": os.path.relpath(PROMPTS, ROOT),
                 "statistic": "median over timed iterations, each key on its own",
             },

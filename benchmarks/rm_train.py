@@ -16,7 +16,7 @@ right-padded to ``--seq`` with 62.5-100 % real tokens (at least one full row per
 
 Each timed figure is the median over ``--repeats`` runs of ``--steps`` steps, after ``WARMUP_STEPS`` untimed steps
 (graph compilation, optimizer state, allocator). Every step syncs on the loss (``asnumpy`` / ``item``), as a
-training loop that logs it does. Peak memory is the process RSS high-water mark (``VmHWM``; see :func:`rss_mb`) of
+training loop that logs it does. Peak memory is the process RSS high-water mark (``VmHWM``; ``bench_common.rss_mb``) of
 a separate subprocess per side that imports only its own framework, builds the model and runs warm-up + ``--steps``
 steps; ``rss_after_import_mb`` is the same process right after its imports. Unless ``--no-breakdown``, forward
 alone (no grad), the step without the optimizer update and the optimizer update alone are timed too. Prints one
@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,8 @@ import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
+
+from bench_common import rss_mb, versions  # noqa: E402 - shared with the other benchmarks
 
 logger = logging.getLogger("rm_train")
 
@@ -135,13 +136,20 @@ def ours_model(seq: int):
     return RewardModel(model_config(seq))
 
 
-def ours_cells(seq: int, loss_type: str, steps_total: int):
-    """(model, loss_net, optimizer, TrainStep) for a fresh seeded reward model, as the reward Trainer builds them."""
-    from mindrlhf.config import LossScaleConfig, LrScheduleConfig, OptimizerConfig
+# our sides: (loss type, graph-kernel fusion); "ours_fused" is the "end" loss with context.enable_graph_kernel
+OURS_SIDES = {"ours_end": ("end", False), "ours_span": ("span", False), "ours_fused": ("end", True)}
+
+
+def ours_cells(seq: int, loss_type: str, steps_total: int, fused: bool = False):
+    """(model, loss_net, optimizer, TrainStep) for a fresh seeded reward model, as the reward Trainer builds them
+    (graph mode, graph-kernel fusion on or off as ``context.enable_graph_kernel`` sets it)."""
+    from mindrlhf.config import ContextConfig, LossScaleConfig, LrScheduleConfig, OptimizerConfig
+    from mindrlhf.context import init_context
     from mindrlhf.train.optim import build_optimizer
     from mindrlhf.train.reward import RewardLoss
     from mindrlhf.train.step import TrainStep
 
+    init_context(ContextConfig(mode=0, enable_graph_kernel=fused))
     model = ours_model(seq)
     loss_net = RewardLoss(model, loss_type)
     optimizer = build_optimizer(
@@ -159,8 +167,9 @@ def ours_tensors(batches):
     return [[Tensor(b[n]) for n in names] for b in batches]
 
 
-def ours_train_timing(seq, loss_type, batches, steps, repeats) -> dict:
-    _, _, _, train_step = ours_cells(seq, loss_type, 10_000)
+def ours_train_timing(seq, side, batches, steps, repeats) -> dict:
+    loss_type, fused = OURS_SIDES[side]
+    _, _, _, train_step = ours_cells(seq, loss_type, 10_000, fused)
     inputs = ours_tensors(batches)
     return time_steps(lambda i: train_step(*inputs[i])[0].asnumpy(), len(inputs), steps, repeats)
 
@@ -375,20 +384,6 @@ def trl_trainer_timing(hf_dir, pair_sets, seq, batch, steps, repeats) -> dict:
 # peak memory: one subprocess per side
 
 
-def rss_mb() -> float:
-    """This process's RSS high-water mark in MiB: ``VmHWM`` of /proc/self/status. ``getrusage(...).ru_maxrss`` is
-    not used where /proc exists: Linux carries the parent's high-water mark through fork + exec into it (and
-    RUSAGE_CHILDREN is a max over all children), so every worker would read at least the parent's RSS."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
-
 def worker(side: str, hf_dir: str, batch: int, seq: int, steps: int) -> dict:
     """Runs in its own process: import one framework, build one side, WARMUP_STEPS + ``steps`` steps."""
     _, batches = make_data(batch, seq)
@@ -397,7 +392,8 @@ def worker(side: str, hf_dir: str, batch: int, seq: int, steps: int) -> dict:
 
         ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
         after_import = rss_mb()
-        _, _, _, train_step = ours_cells(seq, side.split("_")[1], 10_000)
+        loss_type, fused = OURS_SIDES[side]
+        _, _, _, train_step = ours_cells(seq, loss_type, 10_000, fused)
         inputs = ours_tensors(batches)
         timing = time_steps(lambda i: train_step(*inputs[i])[0].asnumpy(), len(inputs), steps, 1)
     else:
@@ -451,26 +447,6 @@ def throughput(entry: dict, batch: int, real_tokens: float, padded_tokens: int) 
     }
 
 
-def versions() -> dict:
-    import mindspore as ms
-    import torch
-    import transformers
-
-    out = {
-        "python": platform.python_version(),
-        "mindspore": ms.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "numpy": np.__version__,
-    }
-    for name in ("trl", "accelerate", "datasets"):
-        try:
-            out[name] = __import__(name).__version__
-        except ImportError:
-            out[name] = None
-    return out
-
-
 def run_all(args) -> dict:
     import mindspore as ms
     import torch
@@ -485,9 +461,9 @@ def run_all(args) -> dict:
     sides, skipped = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = save_hf_checkpoint(ours_model(args.seq), model_config(args.seq), os.path.join(tmp, "hf"))
-        for loss_type in ("end", "span"):
-            logger.info("ours %s", loss_type)
-            sides[f"ours_{loss_type}"] = ours_train_timing(args.seq, loss_type, batches, args.steps, args.repeats)
+        for side in OURS_SIDES:
+            logger.info(side)
+            sides[side] = ours_train_timing(args.seq, side, batches, args.steps, args.repeats)
         for attn in ("eager", "sdpa"):
             logger.info("torch %s", attn)
             sides[f"torch_{attn}"] = torch_timing(hf_dir, attn, batches, args.steps, args.repeats, args.breakdown)
@@ -504,7 +480,7 @@ def run_all(args) -> dict:
                 )
             except Exception as err:  # report what did not work instead of failing the whole run
                 skipped["trl_trainer"] = f"{type(err).__name__}: {err}"
-        for side in ("ours_end", "torch_eager", "torch_sdpa"):
+        for side in ("ours_end", "ours_fused", "torch_eager", "torch_sdpa"):
             logger.info("memory %s", side)
             sides[side].update(measure_memory(side, hf_dir, args))
     sides = {name: throughput(entry, args.batch, real, padded) for name, entry in sides.items()}
@@ -514,13 +490,14 @@ def run_all(args) -> dict:
 def ratios(sides: dict) -> dict:
     """Ours / peer for throughput (> 1: ours faster) and peak RSS (< 1: ours smaller)."""
     out = {}
-    for ours in ("ours_end", "ours_span"):
+    for ours in OURS_SIDES:
         for peer in ("torch_eager", "torch_sdpa", "trl_trainer"):
             if peer in sides:
                 out[f"{ours}/{peer}_speed"] = sides[peer]["step_s"] / sides[ours]["step_s"]
-    for peer in ("torch_eager", "torch_sdpa"):
-        if "peak_rss_mb" in sides["ours_end"] and "peak_rss_mb" in sides[peer]:
-            out[f"ours_end/{peer}_peak_rss"] = sides["ours_end"]["peak_rss_mb"] / sides[peer]["peak_rss_mb"]
+    for ours in ("ours_end", "ours_fused"):
+        for peer in ("torch_eager", "torch_sdpa"):
+            if "peak_rss_mb" in sides[ours] and "peak_rss_mb" in sides[peer]:
+                out[f"{ours}/{peer}_peak_rss"] = sides[ours]["peak_rss_mb"] / sides[peer]["peak_rss_mb"]
     return out
 
 

@@ -43,7 +43,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), 
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from rm_train import TORCH_THREADS, rss_mb, versions  # noqa: E402 - shared with the other benchmarks
+from bench_common import rss_mb, versions  # noqa: E402 - shared with the other benchmarks
+from rm_train import TORCH_THREADS  # noqa: E402 - the same torch thread count as the reward-model benchmark
 
 logger = logging.getLogger("train_efficiency")
 
@@ -105,19 +106,22 @@ def median_time(fn, steps: int, warmup: int) -> list:
     return times
 
 
-def ours_side(cfg, arrays: dict, steps: int) -> dict:
-    """The step and GEMM timings of MindSpore (GRAPH_MODE, CPU)."""
+SIDES = ("ours", "ours_fused", "torch")  # ours_fused: with graph-kernel fusion (context.enable_graph_kernel)
+
+
+def ours_side(cfg, arrays: dict, steps: int, fused: bool = False) -> dict:
+    """The step and GEMM timings of MindSpore (GRAPH_MODE, CPU; graph-kernel fusion when ``fused``)."""
     import mindspore as ms
     from mindspore import Tensor, nn, ops
 
-    from mindrlhf.config import LossScaleConfig, LrScheduleConfig, OptimizerConfig
+    from mindrlhf.config import ContextConfig, LossScaleConfig, LrScheduleConfig, OptimizerConfig
+    from mindrlhf.context import init_context
     from mindrlhf.models import CausalLM
     from mindrlhf.train.optim import build_optimizer
     from mindrlhf.train.sft import SFTLoss
     from mindrlhf.train.step import TrainStep
 
-    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
-    ms.set_seed(0)
+    init_context(ContextConfig(mode=0, enable_graph_kernel=fused), seed=0)
     loss_net = SFTLoss(CausalLM(cfg))
     optimizer = build_optimizer(
         loss_net.trainable_params(), OptimizerConfig(learning_rate=LEARNING_RATE), LrScheduleConfig(), 10_000
@@ -190,7 +194,10 @@ def worker(side: str, batch: int, seq: int, steps: int) -> dict:
     """Runs in its own process: one side's timings, its FLOP rates and its peak RSS."""
     cfg = model_config(seq)
     arrays = batch_arrays(cfg, batch, seq)
-    out = (ours_side if side == "ours" else torch_side)(cfg, arrays, steps)
+    if side == "torch":
+        out = torch_side(cfg, arrays, steps)
+    else:
+        out = ours_side(cfg, arrays, steps, fused=side == "ours_fused")
     flops = step_flops(cfg, batch, seq)
     out["step_s"] = statistics.median(out["step_s_all"])
     out["gemm_s"] = statistics.median(out["gemm_s_all"])
@@ -245,7 +252,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seq", type=int, default=256, help="tokens per sequence")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per side (median reported)")
     parser.add_argument("--json", metavar="PATH", help="write the full report here")
-    parser.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.worker, args.batch, args.seq, args.steps)))
@@ -253,7 +260,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     load_start = os.getloadavg()
     sides = {}
-    for side in ("ours", "torch"):
+    for side in SIDES:
         logger.info("%s", side)
         sides[side] = run_side(side, args)
     flops = step_flops(model_config(args.seq), args.batch, args.seq)
