@@ -14,12 +14,14 @@ the tutorial's entry point (examples/reward_model_train_tutorial/reward_train.py
              on the same shapes with the two cores shared the same way, but no communication.
   profile    (unless ``--no-profile``) 2 msrun workers run the same TrainStep (built as the reward trainer builds
              it) under MindSpore's profiler, which works on CPU (it writes per-op host times to
-             ``FRAMEWORK/cpu_op_detail_info_<rank>.csv``): the AllReduce kernels' count and time per step, the
-             gradients' count and bytes, each worker's peak RSS (``VmHWM``). One pass per ``--profile-buckets``
-             value of ``parallel_config.allreduce_bucket_mb`` (default 0 = one all-reduce per gradient, and the
-             default bucket size, whose gradients MindSpore's all-reduce fusion sends in a few buckets).
+             ``FRAMEWORK/cpu_op_detail_info_<rank>.csv``): the communication kernels' (AllReduce, AllGather) count
+             and time per step, the gradients' count and bytes, each worker's peak RSS (``VmHWM``). One pass per
+             ``--profile-passes`` entry ``BUCKET_MB:dense|rows``: ``parallel_config.allreduce_bucket_mb`` (0 = one
+             all-reduce per gradient) and ``parallel_config.embedding_grad_rows`` (``rows``: the token table's
+             gradient reduced as the gathered rows the batch looked up; ``dense``: all-reduced as a whole). The
+             default passes: unfused and dense (the first round's step), fused and dense, fused with rows.
 
-The timed runs use ``--bucket-mb`` (default: the config default).
+The timed runs use ``--bucket-mb`` and ``--embedding-rows`` (default: the config defaults).
 
 Step times are the ``time:... ms`` field of the step lines every rank writes to ``output/log/rank_<id>/info.log``
 (mindrlhf/train/monitor.py: the step call until the loss is on the host; data loading and logging excluded); the
@@ -45,7 +47,8 @@ than ``one``, and the efficiency figure measures the framework's data-parallel o
 speed-up. Run on an otherwise idle machine (the load average is recorded).
 
     python benchmarks/data_parallel.py [--repeats 3] [--steps 30] [--batch 4] [--max-other-cpu 0.05] [--retries 3]
-        [--bucket-mb 25] [--profile-buckets 0 25] [--no-profile] [--keep DIR] [--json out.json]
+        [--bucket-mb 25] [--embedding-rows 1]
+        [--profile-passes 0:dense 25:dense 25:rows] [--no-profile] [--keep DIR] [--json out.json]
 """
 
 from __future__ import annotations
@@ -89,11 +92,13 @@ BIN = os.path.dirname(sys.executable)  # msrun starts `python` from PATH: this v
 STEP_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*step:\[\s*(\d+)/\s*\d+\].*time:([0-9.]+) ms")
 
 
-def overrides(out: str, batch: int, samples: int, bucket_mb: int) -> list:
+def overrides(out: str, batch: int, samples: int, bucket_mb: int, rows: bool = True) -> list:
     """``--set`` flags: the widened model, ``batch`` pairs per worker, the first ``samples`` records, no
-    checkpoint before the end, gradient all-reduces fused into ``bucket_mb`` MB buckets (0: one per gradient)."""
+    checkpoint before the end, gradient all-reduces fused into ``bucket_mb`` MB buckets (0: one per gradient), the
+    token table's gradient as gathered rows (``rows``) or all-reduced whole."""
     values = {
         "parallel_config.allreduce_bucket_mb": bucket_mb,
+        "parallel_config.embedding_grad_rows": rows,
         "output_dir": out,
         "model.model_config.hidden_size": HIDDEN,
         "model.model_config.num_layers": LAYERS,
@@ -170,7 +175,7 @@ def msrun_cmd(log_dir: str, args: list) -> list:
     ]
 
 
-def run_case(case: str, work: str, data: str, batch: int, steps: int, bucket_mb: int) -> list:
+def run_case(case: str, work: str, data: str, batch: int, steps: int, bucket_mb: int, rows: bool = True) -> list:
     """Run one configuration; returns the info.log paths of its processes (one per rank or process)."""
     total = WARMUP_STEPS + steps
     folder = tempfile.mkdtemp(prefix=f"{case}_", dir=work)
@@ -198,7 +203,7 @@ def run_case(case: str, work: str, data: str, batch: int, steps: int, bucket_mb:
                 RECIPE,
                 "--train_dataset",
                 data,
-                *overrides(folder, batch, 2 * batch * total, bucket_mb),
+                *overrides(folder, batch, 2 * batch * total, bucket_mb, rows),
             ],
         )
         logs = [os.path.join(folder, "msrun_log", f"worker_{r}.log") for r in range(2)]
@@ -298,7 +303,7 @@ def summarise(case: str, logs: list) -> dict:
 # profiler pass (its workers run this file with --profile-worker under msrun)
 
 
-def profile_worker(out: str, data: str, batch: int, bucket_mb: int) -> None:
+def profile_worker(out: str, data: str, batch: int, bucket_mb: int, rows: bool) -> None:
     """One msrun worker: the reward trainer's TrainStep on this rank's batches, ``WARMUP_STEPS`` steps, then
     ``PROFILED_STEPS`` steps under the profiler; writes ``profile_rank_<id>.json`` (with the gradients' count and
     bytes and this worker's RSS high-water mark)."""
@@ -313,12 +318,12 @@ def profile_worker(out: str, data: str, batch: int, bucket_mb: int) -> None:
     from mindrlhf.train.step import TrainStep
 
     total = WARMUP_STEPS + PROFILED_STEPS
-    cfg = load_config(RECIPE, [s for s in overrides(out, batch, 2 * batch * total, bucket_mb) if s != "--set"])
+    cfg = load_config(RECIPE, [s for s in overrides(out, batch, 2 * batch * total, bucket_mb, rows) if s != "--set"])
     init_context(cfg.context, cfg.seed)
     rank_id, rank_size = init_distributed(cfg.parallel_config, cfg.context.device_target)
     loss_net = RewardLoss(RewardModel(cfg.model.model_config), cfg.reward.loss_type)
     optimizer = build_optimizer(loss_net.trainable_params(), cfg.optimizer, cfg.lr_schedule, total)
-    step = TrainStep(loss_net, optimizer, cfg.runner_wrapper)
+    step = TrainStep(loss_net, optimizer, cfg.runner_wrapper, gather_embedding_rows=rows)
     step.set_train(True)
     batches = reward_model_dataset(data, batch, rank_id=rank_id, rank_size=rank_size, num_samples=2 * batch * total)
     inputs = [
@@ -340,6 +345,7 @@ def profile_worker(out: str, data: str, batch: int, bucket_mb: int) -> None:
                 "rank_size": rank_size,
                 "step_s": seconds,
                 "bucket_mb": bucket_mb,
+                "embedding_grad_rows": rows,
                 "gradients": len(optimizer.parameters),
                 "gradient_bytes": sum(4 * p.size for p in optimizer.parameters),
                 "peak_rss_mb": rss_mb(),
@@ -350,8 +356,9 @@ def profile_worker(out: str, data: str, batch: int, bucket_mb: int) -> None:
 
 
 def op_times(folder: str) -> dict:
-    """AllReduce and all-op host time per profiled step from the profiler's per-op CSV; ``allreduce_ops`` counts
-    the gradient all-reduces (one per bucket when fused) plus the step's overflow-flag all-reduce."""
+    """Communication (AllReduce and AllGather) and all-op host time per profiled step from the profiler's per-op
+    CSV; ``allreduce_ops`` counts the gradient all-reduces (one per bucket when fused) plus the step's
+    overflow-flag all-reduce, ``allgather_ops`` the gathered embedding rows and their ids."""
     found = glob.glob(os.path.join(folder, "**", "cpu_op_detail_info_*.csv"), recursive=True)
     if not found:
         raise RuntimeError(f"no cpu_op_detail_info_*.csv under {folder}")
@@ -359,19 +366,23 @@ def op_times(folder: str) -> dict:
         rows = list(csv.DictReader(f))
     per_step = {r["full_op_name"]: float(r["op_total_time(ms)"]) / PROFILED_STEPS for r in rows}
     reduce = {k: v for k, v in per_step.items() if "/AllReduce-op" in k}
-    biggest = sorted(reduce.items(), key=lambda kv: -kv[1])[:3]
+    gather = {k: v for k, v in per_step.items() if "/AllGather-op" in k}
+    biggest = sorted({**reduce, **gather}.items(), key=lambda kv: -kv[1])[:3]
     # the ops' names do not tell a fused gradient bucket from the overflow flag's all-reduce: only the total counts
     return {
         "all_ops_ms": sum(per_step.values()),
         "allreduce_ms": sum(reduce.values()),
         "allreduce_ops": len(reduce),
+        "allgather_ms": sum(gather.values()),
+        "allgather_ops": len(gather),
+        "comm_ms": sum(reduce.values()) + sum(gather.values()),
         "largest_allreduce_ms": [[k, v] for k, v in biggest],
     }
 
 
-def run_profile(work: str, data: str, batch: int, bucket_mb: int) -> dict:
-    """The profiler pass on 2 msrun workers; returns both ranks' figures and the mean AllReduce share."""
-    folder = tempfile.mkdtemp(prefix=f"profile_{bucket_mb}mb_", dir=work)
+def run_profile(work: str, data: str, batch: int, bucket_mb: int, rows: bool) -> dict:
+    """The profiler pass on 2 msrun workers; returns both ranks' figures and the mean communication share."""
+    folder = tempfile.mkdtemp(prefix=f"profile_{bucket_mb}mb_{'rows' if rows else 'dense'}_", dir=work)
     cmd = msrun_cmd(
         os.path.join(folder, "msrun_log"),
         [
@@ -384,6 +395,8 @@ def run_profile(work: str, data: str, batch: int, bucket_mb: int) -> dict:
             str(batch),
             "--bucket-mb",
             str(bucket_mb),
+            "--embedding-rows",
+            str(int(rows)),
         ],
     )
     logs = [os.path.join(folder, "msrun_log", f"worker_{r}.log") for r in range(2)]
@@ -392,8 +405,8 @@ def run_profile(work: str, data: str, batch: int, bucket_mb: int) -> dict:
     for rank in range(2):
         with open(os.path.join(folder, f"profile_rank_{rank}.json"), encoding="utf-8") as f:
             ranks.append(json.load(f))
-    share = statistics.mean(r["allreduce_ms"] / 1000.0 / r["step_s"] for r in ranks)
-    return {"ranks": ranks, "allreduce_share": share, "profiled_steps": PROFILED_STEPS, "warmup_steps": WARMUP_STEPS}
+    share = statistics.mean(r["comm_ms"] / 1000.0 / r["step_s"] for r in ranks)
+    return {"ranks": ranks, "comm_share": share, "profiled_steps": PROFILED_STEPS, "warmup_steps": WARMUP_STEPS}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -440,14 +453,14 @@ def markdown_table(result: dict, profile: dict | None) -> str:
         f"two_alone / 2 x one: {result['two_alone_efficiency']:.2f}"
     )
     rows.append(f"communication share of a 2-worker step (1 - two_alone / two): {result['communication_share']:.2f}")
-    for bucket_mb, entry in (profile or {}).items():
-        ms_ = statistics.mean(r["allreduce_ms"] for r in entry["ranks"])
+    for label, entry in (profile or {}).items():
+        ms_ = statistics.mean(r["comm_ms"] for r in entry["ranks"])
         step = statistics.mean(r["step_s"] for r in entry["ranks"])
         rank0 = entry["ranks"][0]
         rows.append(
-            f"profiler, allreduce_bucket_mb {bucket_mb}: AllReduce {ms_:.0f} ms of a {step * 1000:.0f} ms "
-            f"profiled step ({entry['allreduce_share']:.2f}), {rank0['allreduce_ops']} AllReduce ops/step "
-            f"for {rank0['gradients']} gradients ({rank0['gradient_bytes'] / 2**20:.1f} MiB); peak RSS "
+            f"profiler, {label}: AllReduce + AllGather {ms_:.0f} ms of a {step * 1000:.0f} ms profiled step "
+            f"({entry['comm_share']:.2f}), {rank0['allreduce_ops']} AllReduce + {rank0['allgather_ops']} AllGather "
+            f"ops/step for {rank0['gradients']} gradients ({rank0['gradient_bytes'] / 2**20:.1f} MiB); peak RSS "
             f"per rank {' / '.join(str(round(r['peak_rss_mb'])) for r in entry['ranks'])} MiB"
         )
     return "\n".join(rows)
@@ -470,7 +483,9 @@ def clean_run(case: str, work: str, data: str, args) -> dict:
     than ``--max-other-cpu`` of the machine. Returns the last attempt's statistics with its attempt number."""
     for attempt in range(1, args.retries + 2):
         load = os.getloadavg()
-        logs, usage = with_usage(run_case, case, work, data, args.batch, args.steps, args.bucket_mb)
+        logs, usage = with_usage(
+            run_case, case, work, data, args.batch, args.steps, args.bucket_mb, args.embedding_rows
+        )
         entry = {**summarise(case, logs), **usage, "load_avg_before": load, "attempt": attempt}
         logger.info(
             "%s: %.3f s/step (load before %.2f, other processes %.0f %% of the CPU, attempt %d)",
@@ -486,6 +501,14 @@ def clean_run(case: str, work: str, data: str, args) -> dict:
     return entry
 
 
+def profile_pass(label: str) -> tuple:
+    """``"25:rows"`` -> ``(25, True)``: all-reduce bucket MB and whether the token table's gradient is gathered rows."""
+    bucket, _, kind = label.partition(":")
+    if not bucket.isdigit() or kind not in ("dense", "rows"):
+        raise SystemExit(f"--profile-passes: {label!r} is not BUCKET_MB:dense or BUCKET_MB:rows")
+    return int(bucket), kind == "rows"
+
+
 def run_all(args, work: str) -> tuple:
     data = convert_data(work)
     needed = 2 * args.batch * (WARMUP_STEPS + args.steps)
@@ -496,10 +519,11 @@ def run_all(args, work: str) -> tuple:
         for case in per_run:
             per_run[case].append(clean_run(case, work, data, args))
     profile = {}
-    for bucket_mb in args.profile_buckets if args.profile else ():
-        logger.info("profiler pass, allreduce_bucket_mb %d", bucket_mb)
-        profile[bucket_mb], usage = with_usage(run_profile, work, data, args.batch, bucket_mb)
-        profile[bucket_mb].update(usage)
+    for label in args.profile_passes if args.profile else ():
+        bucket_mb, rows = profile_pass(label)
+        logger.info("profiler pass, allreduce_bucket_mb %d, embedding rows %s", bucket_mb, rows)
+        profile[label], usage = with_usage(run_profile, work, data, args.batch, bucket_mb, rows)
+        profile[label].update(usage)
     return combine(per_run, args.batch), profile
 
 
@@ -522,11 +546,18 @@ def main(argv=None) -> None:
         help="parallel_config.allreduce_bucket_mb of the timed runs (0: one all-reduce per gradient)",
     )
     parser.add_argument(
-        "--profile-buckets",
+        "--embedding-rows",
         type=int,
+        choices=(0, 1),
+        default=int(ParallelConfig.embedding_grad_rows),
+        help="parallel_config.embedding_grad_rows of the timed runs (1: gathered rows, 0: the whole table)",
+    )
+    fused = ParallelConfig.allreduce_bucket_mb
+    parser.add_argument(
+        "--profile-passes",
         nargs="+",
-        default=[0, ParallelConfig.allreduce_bucket_mb],
-        help="one profiler pass per allreduce_bucket_mb value",
+        default=["0:dense", f"{fused}:dense", f"{fused}:rows"],
+        help="one profiler pass per BUCKET_MB:dense|rows (allreduce_bucket_mb, embedding_grad_rows)",
     )
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the profiler passes")
     parser.add_argument("--json", metavar="PATH", help="write the full report here")
@@ -535,7 +566,7 @@ def main(argv=None) -> None:
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.profile_worker:
-        profile_worker(args.profile_worker, args.data, args.batch, args.bucket_mb)
+        profile_worker(args.profile_worker, args.data, args.batch, args.bucket_mb, bool(args.embedding_rows))
         return
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     load_start = os.getloadavg()
@@ -564,6 +595,7 @@ def main(argv=None) -> None:
                 "batch_pairs_per_worker": args.batch,
                 "steps_per_run": args.steps,
                 "allreduce_bucket_mb": args.bucket_mb,
+                "embedding_grad_rows": bool(args.embedding_rows),
                 "warmup_steps": WARMUP_STEPS,
                 "repeats": args.repeats,
                 "statistic": "median over repeats of each run's median step time (info.log time:)",

@@ -198,6 +198,8 @@ class ParallelConfig:
     pipeline_stage: int = 1  # pipeline stages (Ascend semi_auto_parallel)
     optimizer_shard: bool = False  # shard optimizer states across data-parallel ranks
     allreduce_bucket_mb: int = 25  # gradients fused into data-parallel all-reduces of up to this many MB; 0 = off
+    # data parallel: an untied token table's gradient travels as the rows the batch looked up, not the whole table
+    embedding_grad_rows: bool = True  # gather looked-up embedding rows instead of all-reducing the table's gradient
 
     def __post_init__(self):
         if self.allreduce_bucket_mb < 0:

@@ -22,8 +22,10 @@ def dp_config(out: str):
     statistics that span the ranks: REINFORCE++'s advantage scale (the std over every rank's rollouts) and the
     token-level loss's normaliser (the global token count). The eos id 2 lies in the 64-token vocabulary, so some
     responses end before ``max_new_tokens`` and the ranks' minibatches hold different numbers of generated
-    tokens. Adam eps 1e-6 (see tests/test_data_parallel.py)."""
-    return run_config(
+    tokens. Adam eps 1e-6 (see tests/test_data_parallel.py). The policy's LM head is untied, so its 64-row token
+    table's gradient is reduced in the backward pass (``parallel_config.embedding_grad_rows``; with more tokens per
+    batch than table rows, as one all-reduce there) and the gradient all-reduce skips it."""
+    cfg = run_config(
         out,
         epochs=2,
         num_prompts=2,
@@ -35,6 +37,8 @@ def dp_config(out: str):
         beta=0.04,
         eps=1e-6,
     )
+    cfg.model.model_config.tie_word_embeddings = False
+    return cfg
 
 
 def main(prompts: str, out: str) -> None:

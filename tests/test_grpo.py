@@ -387,7 +387,7 @@ def test_two_grpo_workers_match_one_process(tmp_dir):
     rank0, rank1 = (read_ckpt(final.format(rank)) for rank in range(2))
     assert rank0.keys() == rank1.keys()
     rank_diff = max(float(np.abs(rank0[k] - rank1[k]).max()) for k in rank0)
-    assert rank_diff <= 1e-7, rank_diff
+    assert rank_diff <= 1e-7, (rank_diff, {k: float(np.abs(rank0[k] - rank1[k]).max()) for k in rank0})
     local = [rank_losses(parallel, rank) for rank in range(2)]
     assert all(len(v) == 2 for v in local), local
     assert all(a != b for a, b in zip(*local)), local  # the ranks trained on different rollouts

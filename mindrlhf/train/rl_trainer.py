@@ -152,7 +152,13 @@ class RLTrainer:
         self.loss_net, self.state = loss_net, state
         self.total_steps = self.algo.epochs * self.algo.steps_per_epoch
         optimizer = build_optimizer(loss_net.trainable_params(), cfg.optimizer, cfg.lr_schedule, self.total_steps)
-        self.step = TrainStep(loss_net, optimizer, cfg.runner_wrapper, has_aux=True)
+        self.step = TrainStep(
+            loss_net,
+            optimizer,
+            cfg.runner_wrapper,
+            has_aux=True,
+            gather_embedding_rows=cfg.parallel_config.embedding_grad_rows,
+        )
         self.loop = UpdateLoop(self.step, lr_table(cfg.lr_schedule, cfg.optimizer, self.total_steps), self.metric_names)
         if resume:
             self._restore(resume)

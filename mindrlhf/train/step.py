@@ -13,6 +13,9 @@ with the optimizer state.
 
 from __future__ import annotations
 
+import contextlib
+from typing import List
+
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.communication import get_group_size
@@ -20,6 +23,8 @@ from mindspore.context import ParallelMode
 from mindspore.parallel._utils import _get_parallel_mode
 
 from mindrlhf.config import LossScaleConfig
+from mindrlhf.models.layers import Backbone, Embedding, RowGatheredLookup
+from mindrlhf.models.policy import CausalLM
 
 _scale_grad = ops.MultitypeFuncGraph("scale_grad")
 
@@ -39,12 +44,45 @@ def global_norm(grads):
     return ops.sqrt(ops.reshape(ops.addn(squares), ()))
 
 
-def data_parallel_reducer(parameters):
-    """Mean all-reduce of gradients in data-parallel runs; identity otherwise."""
+def untied_token_embeddings(net: nn.Cell) -> List[Embedding]:
+    """The token :class:`Embedding` of every backbone in ``net`` whose table only the lookup uses (no tied LM head
+    multiplies with it): a reward model's, a critic's, an untied causal LM's."""
+    cells = [cell for _, cell in net.cells_and_names()]
+    tied = {id(cell.backbone) for cell in cells if isinstance(cell, CausalLM) and cell.tied}
+    return [getattr(c, c.embedding_name) for c in cells if isinstance(c, Backbone) and id(c) not in tied]
+
+
+def data_parallel_reducer(net: nn.Cell, parameters, gather_embedding_rows: bool = True):
+    """Mean all-reduce of gradients in data-parallel runs; identity otherwise.
+
+    With ``gather_embedding_rows`` (graph mode), the trainable untied token tables of ``net`` reduce their gradients
+    inside the backward pass as gathered rows (:class:`RowGatheredLookup`) and the all-reduce skips them. Returns
+    ``(reducer, those embeddings)``.
+    """
     mode = _get_parallel_mode()
-    if mode in (ParallelMode.DATA_PARALLEL, ParallelMode.HYBRID_PARALLEL):
-        return nn.DistributedGradReducer(parameters, mean=True, degree=get_group_size())
-    return nn.Identity()
+    if mode not in (ParallelMode.DATA_PARALLEL, ParallelMode.HYBRID_PARALLEL):
+        return nn.Identity(), []
+    reducer = nn.DistributedGradReducer(parameters, mean=True, degree=get_group_size())
+    if not gather_embedding_rows or ms.get_context("mode") != ms.GRAPH_MODE:
+        return reducer, []
+    trained = {id(param) for param in parameters}
+    gathered = [e for e in untied_token_embeddings(net) if id(e.weight) in trained]
+    skip = {id(e.weight) for e in gathered}
+    reducer.allreduce_filter = tuple(f and id(p) not in skip for f, p in zip(reducer.allreduce_filter, parameters))
+    return reducer, gathered
+
+
+@contextlib.contextmanager
+def row_gathered_lookups(embeddings: List[Embedding]):
+    """Within the block, ``embeddings`` look up through a :class:`RowGatheredLookup` (for the train step's graph,
+    compiled on its first call); afterwards the plain gather again, for every graph compiled later."""
+    for embedding in embeddings:
+        embedding.row_lookup = RowGatheredLookup(get_group_size())
+    try:
+        yield
+    finally:
+        for embedding in embeddings:
+            embedding.row_lookup = None
 
 
 class TrainStep(nn.Cell):
@@ -58,9 +96,18 @@ class TrainStep(nn.Cell):
         optimizer: built over the trainable parameters of ``loss_net``.
         scale_cfg: initial loss scale, growth/backoff factor, window, clipping.
         has_aux: the loss net also returns a metrics vector.
+        gather_embedding_rows: data parallel: untied token tables' gradients travel as the looked-up rows
+            (``parallel_config.embedding_grad_rows``, :func:`data_parallel_reducer`).
     """
 
-    def __init__(self, loss_net: nn.Cell, optimizer: nn.Optimizer, scale_cfg: LossScaleConfig, has_aux: bool = False):
+    def __init__(
+        self,
+        loss_net: nn.Cell,
+        optimizer: nn.Optimizer,
+        scale_cfg: LossScaleConfig,
+        has_aux: bool = False,
+        gather_embedding_rows: bool = True,
+    ):
         super().__init__(auto_prefix=False)
         self.has_aux = has_aux
         self.network = loss_net
@@ -69,7 +116,8 @@ class TrainStep(nn.Cell):
         self.weights = optimizer.parameters
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
         self.hyper_map = ops.HyperMap()
-        self.reducer = data_parallel_reducer(self.weights)
+        self.reducer, self.row_gathered = data_parallel_reducer(loss_net, self.weights, gather_embedding_rows)
+        self.row_graph_compiled = False
         self.distributed = _get_parallel_mode() != ParallelMode.STAND_ALONE
         self.allreduce = ops.AllReduce() if self.distributed else None
         self.loss_scale = Parameter(
@@ -95,6 +143,14 @@ class TrainStep(nn.Cell):
         new_good = ops.select(counted, new_good, self.good_steps)
         ops.assign(self.good_steps, new_good)
         return ops.assign(self.loss_scale, new_scale)
+
+    def __call__(self, *inputs):
+        if self.row_graph_compiled or not self.row_gathered:
+            return super().__call__(*inputs)
+        with row_gathered_lookups(self.row_gathered):  # the first call compiles the graph
+            outputs = super().__call__(*inputs)
+        self.row_graph_compiled = True
+        return outputs
 
     def construct(self, *inputs):
         outputs = self.network(*inputs)

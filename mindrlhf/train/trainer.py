@@ -121,7 +121,13 @@ class Trainer:
         self.total_steps = self.epochs * steps_per_epoch
         self.rank_id = rank_id
         self.optimizer = build_optimizer(loss_net.trainable_params(), cfg.optimizer, cfg.lr_schedule, self.total_steps)
-        self.step = TrainStep(loss_net, self.optimizer, cfg.runner_wrapper, has_aux=bool(metric_names))
+        self.step = TrainStep(
+            loss_net,
+            self.optimizer,
+            cfg.runner_wrapper,
+            has_aux=bool(metric_names),
+            gather_embedding_rows=cfg.parallel_config.embedding_grad_rows,
+        )
         self.step.set_train(True)
         self.loop = UpdateLoop(self.step, lr_table(cfg.lr_schedule, cfg.optimizer, self.total_steps), metric_names)
         self.checkpoints = CheckpointManager(
