@@ -98,7 +98,7 @@ def overrides(out: str, batch: int, samples: int, bucket_mb: int, rows: bool = T
     token table's gradient as gathered rows (``rows``) or all-reduced whole."""
     values = {
         "parallel_config.allreduce_bucket_mb": bucket_mb,
-        "parallel_config.embedding_grad_rows": rows,
+        "parallel_config.embedding_grad_rows": bool(rows),
         "output_dir": out,
         "model.model_config.hidden_size": HIDDEN,
         "model.model_config.num_layers": LAYERS,
