@@ -14,7 +14,7 @@ with the optimizer state.
 from __future__ import annotations
 
 import contextlib
-from typing import List
+from typing import List, Tuple
 
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
@@ -73,15 +73,16 @@ def data_parallel_reducer(net: nn.Cell, parameters, gather_embedding_rows: bool 
 
 
 @contextlib.contextmanager
-def row_gathered_lookups(embeddings: List[Embedding]):
-    """Within the block, ``embeddings`` look up through a :class:`RowGatheredLookup` (for the train step's graph,
-    compiled on its first call); afterwards the plain gather again, for every graph compiled later."""
-    for embedding in embeddings:
-        embedding.row_lookup = RowGatheredLookup(get_group_size())
+def row_gathered_lookups(lookups: List[Tuple[Embedding, RowGatheredLookup]]):
+    """Within the block, each embedding looks up through its :class:`RowGatheredLookup`, so a train-step graph
+    compiled there (on its first call, or again for new input shapes) has it; outside, the plain gather, for the
+    generation and scoring graphs."""
+    for embedding, lookup in lookups:
+        embedding.row_lookup = lookup
     try:
         yield
     finally:
-        for embedding in embeddings:
+        for embedding, _ in lookups:
             embedding.row_lookup = None
 
 
@@ -116,8 +117,8 @@ class TrainStep(nn.Cell):
         self.weights = optimizer.parameters
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
         self.hyper_map = ops.HyperMap()
-        self.reducer, self.row_gathered = data_parallel_reducer(loss_net, self.weights, gather_embedding_rows)
-        self.row_graph_compiled = False
+        self.reducer, gathered = data_parallel_reducer(loss_net, self.weights, gather_embedding_rows)
+        self.row_lookups = [(embedding, RowGatheredLookup(get_group_size())) for embedding in gathered]
         self.distributed = _get_parallel_mode() != ParallelMode.STAND_ALONE
         self.allreduce = ops.AllReduce() if self.distributed else None
         self.loss_scale = Parameter(
@@ -145,12 +146,10 @@ class TrainStep(nn.Cell):
         return ops.assign(self.loss_scale, new_scale)
 
     def __call__(self, *inputs):
-        if self.row_graph_compiled or not self.row_gathered:
+        if not self.row_lookups:
             return super().__call__(*inputs)
-        with row_gathered_lookups(self.row_gathered):  # the first call compiles the graph
-            outputs = super().__call__(*inputs)
-        self.row_graph_compiled = True
-        return outputs
+        with row_gathered_lookups(self.row_lookups):  # read only when the call compiles a graph
+            return super().__call__(*inputs)
 
     def construct(self, *inputs):
         outputs = self.network(*inputs)
