@@ -44,10 +44,16 @@ ADVANTAGE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_baseline")  # grpo
 GRPO_LOSS_TYPES = ("grpo", "token", "dr_grpo")  # grpo.loss_type
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "simpo", "orpo")  # dpo.loss_type
 # mindformers settings with no effect here (no dataset sinking: one host call per step; no pipeline or embedding
-# sharding; gradients all-reduced as one group), accepted in a recipe and dropped with a warning
+# sharding; gradient all-reduces fused by size), accepted in a recipe and dropped with a warning
 MINDFORMERS_ONLY_KEYS = {
     "runner_config": ("sink_mode", "sink_size"),
     "parallel_config": ("micro_batch_num", "vocab_emb_dp", "gradient_aggregation_group"),
+}
+# what does that job here, named in the warning
+MINDFORMERS_KEY_HINTS = {
+    "gradient_aggregation_group": "gradient all-reduces are fused by size: parallel_config.allreduce_bucket_mb",
+    "vocab_emb_dp": "the token table is replicated; in data parallel its gradient travels as the looked-up rows "
+    "(parallel_config.embedding_grad_rows)",
 }
 # The sections only some stages read, per stage. Every stage also reads (or tolerates, as a model recipe carries
 # them) the model run sections: model, generation, context, parallel_config, runner_config, optimizer, lr_schedule,
@@ -959,7 +965,10 @@ def drop_mindformers_only(data: Dict[str, Any], where: str) -> Dict[str, Any]:
         if isinstance(out.get(section), dict) and set(keys) & set(out[section]):
             out[section] = {k: v for k, v in out[section].items() if k not in keys}
             for key in sorted(set(keys) & set(data[section])):
-                logger.warning("%s: %s.%s is a mindformers setting with no effect here; ignored", where, section, key)
+                hint = f" ({MINDFORMERS_KEY_HINTS[key]})" if key in MINDFORMERS_KEY_HINTS else ""
+                logger.warning(
+                    "%s: %s.%s is a mindformers setting with no effect here; ignored%s", where, section, key, hint
+                )
     return out
 
 

@@ -702,6 +702,7 @@ def test_mindformers_only_keys_are_dropped_with_a_warning(tmp_path, caplog):
     warned = [r.getMessage() for r in caplog.records if r.name == "mindrlhf.config"]
     assert len(warned) == 5 and all(m.startswith(f"{path}: ") and "ignored" in m for m in warned)
     assert any("runner_config.sink_size is a mindformers setting" in m for m in warned)
+    assert any("gradient_aggregation_group" in m and "allreduce_bucket_mb" in m for m in warned)
     dropped = {key for keys in config_module.MINDFORMERS_ONLY_KEYS.values() for key in keys}
     for cls in (config_module.RunnerConfig, config_module.ParallelConfig):  # not fields: nothing could read them
         assert not {f.name for f in dataclasses.fields(cls)} & dropped
