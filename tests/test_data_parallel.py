@@ -13,10 +13,11 @@ import numpy as np
 
 from mindrlhf.data.convert_preference import convert_preference
 from mindrlhf.train.checkpoint import latest_checkpoint, read_ckpt
-from tests.helpers import run_two_msrun_workers, venv_env
+from tests.helpers import run_two_msrun_workers, set_mode, venv_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "examples", "reward_model_train_tutorial", "reward_train.py")
+SHAPES_WORKER = os.path.join(ROOT, "tests", "rm_shapes_dp_worker.py")
 RECIPE = os.path.join(ROOT, "model_configs", "gpt2_config", "run_gpt2_tiny_rm.yaml")
 OASST = os.path.join(ROOT, "tests", "data", "oasst_rm_zh_sample5.json")
 
@@ -101,3 +102,29 @@ def test_two_workers_match_one_process(tmp_dir):
     # rank 0 alone prints the step line and writes TensorBoard; every rank writes its own info.log
     assert os.path.exists(os.path.join(parallel, "log", "rank_1", "info.log"))
     assert len(glob.glob(os.path.join(parallel, "tensorboard", "events.out.tfevents.*"))) == 1
+
+
+def test_a_step_recompiled_for_new_shapes_keeps_the_gathered_embedding_rows(tmp_dir):
+    """Steps at sequence length 16, then 8: the data-parallel train step compiles twice, and both graphs must
+    reduce the untied token table's gradient as gathered rows (the gradient all-reduce skips that table, so a
+    graph without them would leave each rank with its own table). Two workers end equal to each other and to one
+    process on the concatenated batches."""
+    from mindspore import Tensor
+
+    from tests.rm_shapes_dp_worker import LENGTHS, global_batch, train_step
+
+    proc, logs = run_two_msrun_workers(tmp_dir, [SHAPES_WORKER, tmp_dir])
+    assert proc.returncode == 0, logs
+    assert "worker 0 done" in logs and "worker 1 done" in logs
+    rank0, rank1 = (dict(np.load(os.path.join(tmp_dir, f"rank_{r}.npz"))) for r in range(2))
+    assert max(float(np.abs(rank0[k] - rank1[k]).max()) for k in rank0) <= 1e-7
+
+    set_mode("graph")
+    step, model = train_step()
+    initial = model.backbone.wte.weight.asnumpy().copy()  # asnumpy shares the parameter's memory on CPU
+    for i in range(len(LENGTHS)):
+        step(*(Tensor(a) for a in global_batch(i)))[0].asnumpy()
+    reference = {p.name: p.asnumpy() for p in model.get_parameters()}
+    diffs = {k: float(np.abs(rank0[k] - reference[k]).max()) for k in rank0}
+    assert max(diffs.values()) <= 1e-5, diffs
+    assert float(np.abs(reference["backbone.wte.weight"] - initial).max()) > 1e-3  # the table did train
