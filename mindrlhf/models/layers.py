@@ -135,7 +135,7 @@ class Embedding(nn.Cell):
 
     ``row_lookup`` (a :class:`RowGatheredLookup`, set by a data-parallel train step) is the lookup of the graphs
     compiled while it is set; every other graph (generation, scoring) keeps the plain gather. The attribute is
-    read when a graph compiles, so a train step sets it around its own first call only.
+    read when a graph compiles, so a train step sets it around each of its own calls (``row_gathered_lookups``).
     """
 
     def __init__(self, num: int, dim: int, init_std: float = 0.02, param_dtype=ms.float32):
